@@ -1,0 +1,1 @@
+"""metafs: a POSIX-like file system for machine-learning teams."""

@@ -1,0 +1,161 @@
+"""The single source of metafs settings.
+
+Settings are read, each later source overriding the earlier ones, from:
+
+1. the defaults below;
+2. a TOML config file: ``--config FILE``, else ``$METAFS_CONFIG``, else
+   ``<user config dir>/metafs/config.toml`` when it exists;
+3. ``METAFS_<NAME>`` environment variables (``METAFS_INLINE_LIMIT=131072``);
+4. command-line flags (passed to :func:`load` as ``overrides``).
+
+Nothing else in metafs hard-codes an address, a port, a path or a threshold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import platformdirs
+
+DEFAULT_PORT = 7420
+
+
+def default_data_dir() -> str:
+    return str(Path(platformdirs.user_data_dir("metafs", appauthor=False)))
+
+
+@dataclass(frozen=True)
+class Settings:
+    # -- where the namenode's state lives --
+    data_dir: str = field(default_factory=default_data_dir)
+    """Embedded default: holds ``meta.db`` (SQLite) and ``blocks/`` (local block store)."""
+    db_url: str = ""
+    """SQLAlchemy-style URL: sqlite:///path/meta.db or postgresql://user@host/db. Empty: the
+    SQLite file inside data_dir."""
+    blocks_url: str = ""
+    """file:///path or s3://bucket/prefix. Empty: ``blocks/`` inside data_dir."""
+
+    # -- network --
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    """Address the namenode serves gRPC on."""
+    namenode: str = ""
+    """Address clients connect to (HOST:PORT, several separated by commas). Empty: embedded."""
+    grpc_workers: int = 32
+    """Threads serving ordinary calls."""
+    max_subscribers: int = 16
+    """Changelog streams served at once; each gets a thread of its own beyond grpc_workers."""
+    rpc_timeout: float = 30.0
+    """Seconds a client waits for a namenode call before failing with EIO."""
+
+    # -- data layout --
+    inline_limit: int = 64 * 1024
+    """Files up to this many bytes keep their data in the metadata database."""
+    block_size: int = 4 * 1024 * 1024
+    """Size of the blocks larger files are cut into."""
+
+    # -- database --
+    sqlite_busy_timeout_ms: int = 30_000
+    sqlite_synchronous: str = "NORMAL"
+    """NORMAL survives a crash of any process (WAL); FULL also survives power loss."""
+    db_retries: int = 30
+    """Attempts for a transaction that hits a serialization failure or deadlock."""
+    db_pool_size: int = 8
+
+    # -- limits --
+    max_xattr_size: int = 64 * 1024
+    readdir_page: int = 1000
+    bulk_max_entries: int = 100_000
+    capacity_bytes: int = 1 << 50
+    """Size reported by statfs (metadata capacity is not the limit; the store is)."""
+    capacity_inodes: int = 1 << 40
+
+    # -- sessions and handles --
+    session_lease: float = 60.0
+    """A client that has not renewed its session for this long is considered dead: its open
+    handles are dropped and unlinked files it kept open are reclaimed."""
+
+    # -- changelog --
+    changelog_poll: float = 0.05
+    """Seconds between checks for records committed by other namenodes."""
+
+    # -- logging --
+    log_level: str = "INFO"
+
+    def with_(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def effective_db_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{Path(self.data_dir) / 'meta.db'}"
+
+    @property
+    def effective_blocks_url(self) -> str:
+        if self.blocks_url:
+            return self.blocks_url
+        return (Path(self.data_dir) / "blocks").as_uri()
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    f = _FIELDS[name]
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        return str(value).lower() in ("1", "true", "yes", "on")
+    return str(value)
+
+
+def config_file_path(explicit: str | None = None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("METAFS_CONFIG")
+    if env:
+        return Path(env)
+    p = Path(platformdirs.user_config_dir("metafs", appauthor=False)) / "config.toml"
+    return p if p.exists() else None
+
+
+def load(
+    config_file: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from defaults, the config file, METAFS_* variables and flags."""
+    values: dict[str, Any] = {}
+    path = config_file_path(config_file)
+    if path is not None:
+        if not path.exists():
+            raise FileNotFoundError(f"metafs config file {path} does not exist")
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        for key, value in data.items():
+            key = key.replace("-", "_")
+            if key not in _FIELDS:
+                raise ValueError(f"{path}: unknown setting {key!r}")
+            values[key] = _coerce(key, value)
+    env = os.environ if environ is None else environ
+    for name in _FIELDS:
+        var = "METAFS_" + name.upper()
+        if var in env:
+            values[name] = _coerce(name, env[var])
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in _FIELDS:
+            raise ValueError(f"unknown setting {key!r}")
+        values[key] = _coerce(key, value)
+    return Settings(**values)

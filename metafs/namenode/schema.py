@@ -1,0 +1,164 @@
+"""The metadata schema (SQLAlchemy 2 Core) and its versioned migrations.
+
+Inodes carry immutable ids. Directory entries are rows keyed by (parent, name) that point
+at an inode, so a rename touches a constant number of rows whatever the size of the
+subtree, and hard links are several entries naming one inode.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Connection
+
+metadata = MetaData()
+
+# Names compare byte-wise everywhere so that keyset paging of directories is stable.
+NameText = Text().with_variant(String(collation="C"), "postgresql")
+
+ROOT_INO = 1
+
+inodes = Table(
+    "inodes",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("mode", Integer, nullable=False),
+    Column("uid", BigInteger, nullable=False),
+    Column("gid", BigInteger, nullable=False),
+    Column("nlink", Integer, nullable=False),
+    Column("rdev", BigInteger, nullable=False, default=0),
+    Column("size", BigInteger, nullable=False, default=0),
+    Column("atime_ns", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("ctime_ns", BigInteger, nullable=False),
+    Column("btime_ns", BigInteger, nullable=False),
+    Column("version", BigInteger, nullable=False, default=0),
+    Column("generation", BigInteger, nullable=False, default=0),
+    # 0: data inline in file_data (or none); 1: data in blocks (see the blockstore)
+    Column("storage", SmallInteger, nullable=False, default=0),
+    Column("target", Text, nullable=True),  # symlink target
+)
+
+dentries = Table(
+    "dentries",
+    metadata,
+    Column("parent", BigInteger, primary_key=True),
+    Column("name", NameText, primary_key=True),
+    Column("ino", BigInteger, nullable=False),
+    Column("mode", Integer, nullable=False),  # type bits, for readdir without a join
+    Index("ix_dentries_ino", "ino"),
+)
+
+file_data = Table(
+    "file_data",
+    metadata,
+    Column("ino", BigInteger, primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
+xattrs = Table(
+    "xattrs",
+    metadata,
+    Column("ino", BigInteger, primary_key=True),
+    Column("name", NameText, primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", Text, nullable=False, default=""),
+    Column("uid", BigInteger, nullable=False, default=0),
+    Column("pid", BigInteger, nullable=False, default=0),
+    Column("started_ns", BigInteger, nullable=False),
+    Column("expires_ns", BigInteger, nullable=False),
+)
+
+handles = Table(
+    "handles",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("ino", BigInteger, nullable=False),
+    Column("session", String(64), nullable=False),
+    Column("flags", Integer, nullable=False),
+    Column("opened_ns", BigInteger, nullable=False),
+    Index("ix_handles_ino", "ino"),
+    Index("ix_handles_session", "session"),
+)
+
+# Change records, one total order by seq equal to commit order (see changelog.py).
+changelog = Table(
+    "changelog",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("op", SmallInteger, nullable=False),
+    Column("ino", BigInteger, nullable=False),
+    Column("ts_ns", BigInteger, nullable=False),
+    Column("body", LargeBinary, nullable=False),  # serialized ChangeRecord (without seq)
+)
+
+# Small named counters: the changelog head (whose row lock orders commits), id allocation
+# on engines without sequences, and the lock serializing cross-directory directory renames.
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_ns", BigInteger, nullable=False),
+)
+
+COUNTERS = ("changelog", "inode", "handle", "rename_lock")
+
+
+def _v1(conn: Connection) -> None:
+    """Initial schema."""
+    metadata.create_all(conn, tables=[inodes, dentries, file_data, xattrs, sessions,
+                                      handles, changelog, counters])
+    conn.execute(insert(counters), [{"name": n, "value": 0} for n in COUNTERS])
+    # inode ids start after the root
+    conn.execute(counters.update().where(counters.c.name == "inode").values(value=ROOT_INO))
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _v1),
+]
+
+
+def current_version(conn: Connection) -> int:
+    schema_version.create(conn, checkfirst=True)
+    row = conn.execute(select(schema_version.c.version).order_by(
+        schema_version.c.version.desc()).limit(1)).first()
+    return row[0] if row else 0
+
+
+def migrate(conn: Connection, now_ns: int) -> list[int]:
+    """Apply the migrations the database has not seen yet; returns their versions."""
+    done = []
+    have = current_version(conn)
+    for version, step in MIGRATIONS:
+        if version > have:
+            step(conn)
+            conn.execute(insert(schema_version).values(version=version, applied_ns=now_ns))
+            done.append(version)
+    return done

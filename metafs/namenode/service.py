@@ -1,0 +1,188 @@
+"""Request handlers: protobuf requests in, protobuf replies out, FsError on failure.
+
+The same handlers serve both transports: the gRPC server wraps them (turning FsError into
+a structured status), and the in-process transport calls them directly.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from ..config import Settings
+from ..errors import FsError
+from ..proto import metafs_pb2 as pb
+from .namespace import Namespace
+from .perms import Cred
+
+log = logging.getLogger("metafs.namenode")
+
+EMPTY = pb.Empty()
+
+
+def _time(how: int, ns: int) -> tuple[int, int]:
+    return how, ns
+
+
+class Handlers:
+    """One method per RPC of the Namenode service."""
+
+    def __init__(self, ns: Namespace, settings: Settings) -> None:
+        self.ns = ns
+        self.settings = settings
+        # Authentication (metafs.namenode.auth) may replace this to bind callers to ids.
+        self.cred_of: Callable[[pb.Caller, Any], Cred] = lambda c, ctx: Cred.from_pb(c)
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def c(self, req: Any, ctx: Any = None) -> Cred:
+        return self.cred_of(req.caller, ctx)
+
+    # -- sessions
+    def OpenSession(self, req: pb.SessionRequest, ctx: Any = None) -> pb.SessionReply:
+        return self.ns.open_session(self.c(req, ctx), req.client_id, req.host)
+
+    # -- lookups
+    def Lookup(self, req: pb.LookupRequest, ctx: Any = None) -> pb.Entry:
+        return self.ns.lookup(self.c(req, ctx), req.parent, req.name)
+
+    def Resolve(self, req: pb.ResolveRequest, ctx: Any = None) -> pb.Entry:
+        return self.ns.resolve(self.c(req, ctx), req.path, req.start, req.follow)
+
+    def GetAttr(self, req: pb.InodeRequest, ctx: Any = None) -> pb.Attr:
+        return self.ns.getattr(self.c(req, ctx), req.ino)
+
+    def SetAttr(self, req: pb.SetAttrRequest, ctx: Any = None) -> pb.Attr:
+        return self.ns.setattr(
+            self.c(req, ctx), req.ino,
+            mode=req.mode if req.HasField("mode") else None,
+            uid=req.uid if req.HasField("uid") else None,
+            gid=req.gid if req.HasField("gid") else None,
+            size=req.size if req.HasField("size") else None,
+            atime=_time(req.atime_how, req.atime_ns), mtime=_time(req.mtime_how, req.mtime_ns),
+            handle=req.handle)
+
+    # -- namespace changes
+    def Create(self, req: pb.CreateRequest, ctx: Any = None) -> pb.OpenReply:
+        return self.ns.create(self.c(req, ctx), req.parent, req.name, req.mode, req.umask,
+                              req.exclusive, req.open, req.flags, req.rdev)
+
+    def Mkdir(self, req: pb.MkdirRequest, ctx: Any = None) -> pb.Entry:
+        return self.ns.mkdir(self.c(req, ctx), req.parent, req.name, req.mode, req.umask)
+
+    def Unlink(self, req: pb.NameRequest, ctx: Any = None) -> pb.Empty:
+        self.ns.unlink(self.c(req, ctx), req.parent, req.name)
+        return EMPTY
+
+    def Rmdir(self, req: pb.NameRequest, ctx: Any = None) -> pb.Empty:
+        self.ns.rmdir(self.c(req, ctx), req.parent, req.name)
+        return EMPTY
+
+    def Rename(self, req: pb.RenameRequest, ctx: Any = None) -> pb.Empty:
+        self.ns.rename(self.c(req, ctx), req.src_parent, req.src_name, req.dst_parent,
+                       req.dst_name, req.flags)
+        return EMPTY
+
+    def Link(self, req: pb.LinkRequest, ctx: Any = None) -> pb.Entry:
+        return self.ns.link(self.c(req, ctx), req.ino, req.new_parent, req.new_name)
+
+    def Symlink(self, req: pb.SymlinkRequest, ctx: Any = None) -> pb.Entry:
+        return self.ns.symlink(self.c(req, ctx), req.parent, req.name, req.target)
+
+    def Readlink(self, req: pb.InodeRequest, ctx: Any = None) -> pb.ReadlinkReply:
+        return pb.ReadlinkReply(target=self.ns.readlink(self.c(req, ctx), req.ino))
+
+    def ReadDir(self, req: pb.ReadDirRequest, ctx: Any = None) -> pb.ReadDirReply:
+        return self.ns.readdir(self.c(req, ctx), req.ino, req.cursor, req.limit, req.attrs)
+
+    def StatFs(self, req: pb.StatFsRequest, ctx: Any = None) -> pb.StatFsReply:
+        return self.ns.statfs(self.c(req, ctx))
+
+    # -- xattrs
+    def GetXattr(self, req: pb.GetXattrRequest, ctx: Any = None) -> pb.XattrReply:
+        return self.ns.getxattr(self.c(req, ctx), req.ino, req.name, req.size)
+
+    def SetXattr(self, req: pb.SetXattrRequest, ctx: Any = None) -> pb.Empty:
+        self.ns.setxattr(self.c(req, ctx), req.ino, req.name, req.value, req.flags)
+        return EMPTY
+
+    def ListXattr(self, req: pb.InodeRequest, ctx: Any = None) -> pb.ListXattrReply:
+        return pb.ListXattrReply(names=self.ns.listxattr(self.c(req, ctx), req.ino))
+
+    def RemoveXattr(self, req: pb.RemoveXattrRequest, ctx: Any = None) -> pb.Empty:
+        self.ns.removexattr(self.c(req, ctx), req.ino, req.name)
+        return EMPTY
+
+    def Access(self, req: pb.AccessRequest, ctx: Any = None) -> pb.Empty:
+        self.ns.access(self.c(req, ctx), req.ino, req.mask)
+        return EMPTY
+
+    # -- handles and data
+    def Open(self, req: pb.OpenRequest, ctx: Any = None) -> pb.OpenReply:
+        return self.ns.open(self.c(req, ctx), req.ino, req.flags)
+
+    def Release(self, req: pb.ReleaseRequest, ctx: Any = None) -> pb.Empty:
+        self.ns.release(self.c(req, ctx), req.handle)
+        return EMPTY
+
+    def Read(self, req: pb.ReadRequest, ctx: Any = None) -> pb.ReadReply:
+        return self.ns.read(self.c(req, ctx), req.ino, req.offset, req.size, req.handle)
+
+    def Write(self, req: pb.WriteRequest, ctx: Any = None) -> pb.WriteReply:
+        return self.ns.write(self.c(req, ctx), req.ino, req.offset, req.data, req.handle,
+                             req.append)
+
+    def BulkCreate(self, req: pb.BulkCreateRequest, ctx: Any = None) -> pb.BulkCreateReply:
+        return self.ns.bulk_create(self.c(req, ctx), req.parent, req.entries,
+                                   req.make_parents, req.exist_ok)
+
+    # -- changelog
+    def ReadChangelog(self, req: pb.ReadChangelogRequest,
+                      ctx: Any = None) -> pb.ReadChangelogReply:
+        self.c(req, ctx)
+        recs, head = self.ns.changelog_read(req.after, req.limit)
+        if not recs and req.wait_ms:
+            deadline = time.monotonic() + min(req.wait_ms, 60_000) / 1000
+            while not recs and time.monotonic() < deadline and not self._stopping.is_set():
+                self.ns.notifier.wait(req.after, min(self.settings.changelog_poll,
+                                                     max(deadline - time.monotonic(), 0)))
+                recs, head = self.ns.changelog_read(req.after, req.limit)
+        return pb.ReadChangelogReply(records=recs, head=head)
+
+    def SubscribeChangelog(self, req: pb.ReadChangelogRequest,
+                           ctx: Any = None) -> Iterator[pb.ChangeRecord]:
+        """Stream every record after ``req.after``, then follow the tail until cancelled."""
+        self.c(req, ctx)
+        after = req.after
+        batch = min(req.limit or 1000, 10_000)
+        while not self._stopping.is_set() and (ctx is None or ctx.is_active()):
+            recs, _ = self.ns.changelog_read(after, batch)
+            for r in recs:
+                yield r
+                after = r.seq
+            if len(recs) < batch:
+                self.ns.notifier.wait(after, self.settings.changelog_poll)
+
+    def ChangelogHead(self, req: pb.HeadRequest, ctx: Any = None) -> pb.HeadReply:
+        self.c(req, ctx)
+        return pb.HeadReply(head=self.ns.changelog_head())
+
+    def RecordAccess(self, req: pb.RecordAccessRequest, ctx: Any = None) -> pb.Empty:
+        self.ns.record_access(self.c(req, ctx), req.events)
+        return EMPTY
+
+    def RecordRun(self, req: pb.RunRecordRequest, ctx: Any = None) -> pb.Empty:
+        self.ns.record_run(self.c(req, ctx), req.run_id, req.json)
+        return EMPTY
+
+
+def internal_error(exc: BaseException, method: str) -> FsError:
+    """An unexpected failure: logged here with its traceback, EIO for the caller."""
+    log.exception("internal error in %s", method)
+    return FsError(errno.EIO, f"internal namenode error in {method} ({type(exc).__name__}); "
+                   "see the namenode log")

@@ -1,0 +1,1 @@
+"""Generated protocol code for proto/metafs.proto (regenerate with ``python -m metafs.proto.generate``)."""
