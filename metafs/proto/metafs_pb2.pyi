@@ -651,6 +651,88 @@ class RunRecordRequest(_message.Message):
     json: str
     def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., run_id: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
 
+class BlockRef(_message.Message):
+    __slots__ = ("index", "key", "length", "checksum")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    key: str
+    length: int
+    checksum: str
+    def __init__(self, index: _Optional[int] = ..., key: _Optional[str] = ..., length: _Optional[int] = ..., checksum: _Optional[str] = ...) -> None: ...
+
+class LayoutRequest(_message.Message):
+    __slots__ = ("caller", "ino", "handle", "first_index", "count", "presign")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    INO_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    PRESIGN_FIELD_NUMBER: _ClassVar[int]
+    caller: Caller
+    ino: int
+    handle: int
+    first_index: int
+    count: int
+    presign: bool
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., handle: _Optional[int] = ..., first_index: _Optional[int] = ..., count: _Optional[int] = ..., presign: _Optional[bool] = ...) -> None: ...
+
+class LayoutReply(_message.Message):
+    __slots__ = ("attr", "block_size", "blocks", "inline_data", "urls", "store_url")
+    ATTR_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    INLINE_DATA_FIELD_NUMBER: _ClassVar[int]
+    URLS_FIELD_NUMBER: _ClassVar[int]
+    STORE_URL_FIELD_NUMBER: _ClassVar[int]
+    attr: Attr
+    block_size: int
+    blocks: _containers.RepeatedCompositeFieldContainer[BlockRef]
+    inline_data: bytes
+    urls: _containers.RepeatedScalarFieldContainer[str]
+    store_url: str
+    def __init__(self, attr: _Optional[_Union[Attr, _Mapping]] = ..., block_size: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., inline_data: _Optional[bytes] = ..., urls: _Optional[_Iterable[str]] = ..., store_url: _Optional[str] = ...) -> None: ...
+
+class CommitBlocksRequest(_message.Message):
+    __slots__ = ("caller", "ino", "handle", "size", "blocks", "base_version", "to_blocks")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    INO_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    caller: Caller
+    ino: int
+    handle: int
+    size: int
+    blocks: _containers.RepeatedCompositeFieldContainer[BlockRef]
+    base_version: int
+    to_blocks: bool
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., handle: _Optional[int] = ..., size: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., base_version: _Optional[int] = ..., to_blocks: _Optional[bool] = ...) -> None: ...
+
+class PresignRequest(_message.Message):
+    __slots__ = ("caller", "ino", "handle", "keys", "put")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    INO_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    PUT_FIELD_NUMBER: _ClassVar[int]
+    caller: Caller
+    ino: int
+    handle: int
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    put: bool
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., handle: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., put: _Optional[bool] = ...) -> None: ...
+
+class PresignReply(_message.Message):
+    __slots__ = ("urls",)
+    URLS_FIELD_NUMBER: _ClassVar[int]
+    urls: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, urls: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Empty(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -184,6 +184,21 @@ class NamenodeStub:
                 request_serializer=metafs__pb2.RunRecordRequest.SerializeToString,
                 response_deserializer=metafs__pb2.Empty.FromString,
                 _registered_method=True)
+        self.GetLayout = channel.unary_unary(
+                '/metafs.v1.Namenode/GetLayout',
+                request_serializer=metafs__pb2.LayoutRequest.SerializeToString,
+                response_deserializer=metafs__pb2.LayoutReply.FromString,
+                _registered_method=True)
+        self.CommitBlocks = channel.unary_unary(
+                '/metafs.v1.Namenode/CommitBlocks',
+                request_serializer=metafs__pb2.CommitBlocksRequest.SerializeToString,
+                response_deserializer=metafs__pb2.Attr.FromString,
+                _registered_method=True)
+        self.Presign = channel.unary_unary(
+                '/metafs.v1.Namenode/Presign',
+                request_serializer=metafs__pb2.PresignRequest.SerializeToString,
+                response_deserializer=metafs__pb2.PresignReply.FromString,
+                _registered_method=True)
 
 
 class NamenodeServicer:
@@ -369,6 +384,24 @@ class NamenodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLayout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitBlocks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Presign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NamenodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -521,6 +554,21 @@ def add_NamenodeServicer_to_server(servicer, server):
                     servicer.RecordRun,
                     request_deserializer=metafs__pb2.RunRecordRequest.FromString,
                     response_serializer=metafs__pb2.Empty.SerializeToString,
+            ),
+            'GetLayout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLayout,
+                    request_deserializer=metafs__pb2.LayoutRequest.FromString,
+                    response_serializer=metafs__pb2.LayoutReply.SerializeToString,
+            ),
+            'CommitBlocks': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitBlocks,
+                    request_deserializer=metafs__pb2.CommitBlocksRequest.FromString,
+                    response_serializer=metafs__pb2.Attr.SerializeToString,
+            ),
+            'Presign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Presign,
+                    request_deserializer=metafs__pb2.PresignRequest.FromString,
+                    response_serializer=metafs__pb2.PresignReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1333,6 +1381,87 @@ class Namenode:
             '/metafs.v1.Namenode/RecordRun',
             metafs__pb2.RunRecordRequest.SerializeToString,
             metafs__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLayout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metafs.v1.Namenode/GetLayout',
+            metafs__pb2.LayoutRequest.SerializeToString,
+            metafs__pb2.LayoutReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metafs.v1.Namenode/CommitBlocks',
+            metafs__pb2.CommitBlocksRequest.SerializeToString,
+            metafs__pb2.Attr.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Presign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metafs.v1.Namenode/Presign',
+            metafs__pb2.PresignRequest.SerializeToString,
+            metafs__pb2.PresignReply.FromString,
             options,
             channel_credentials,
             insecure,
