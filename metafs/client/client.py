@@ -1,0 +1,565 @@
+"""``metafs.Client``: the Python client library.
+
+    from metafs import Client
+
+    with Client(data_dir="/tmp/mfs") as fs:          # embedded namenode, in-process
+        fs.makedirs("/datasets/coco", exist_ok=True)
+        with fs.open("/datasets/coco/a.json", "w") as f:
+            f.write("{}")
+        fs.setxattr("/datasets/coco/a.json", "user.tags", b'{"bicycles": 4}')
+
+    fs = Client("namenode-host:7420")                 # a remote namenode over gRPC
+
+Paths are absolute (relative paths are taken from the root). Every failure is raised as the
+matching ``OSError`` subclass (``FileNotFoundError``, ``PermissionError``, ...) with the
+path in it, exactly as the ``os`` module does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import socket
+import stat as stat_mod
+import threading
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from .. import config as config_mod
+from ..config import Settings
+from ..errors import FsError
+from ..proto import metafs_pb2 as pb
+from . import file as file_mod
+from .transport import GrpcTransport, LocalTransport, Transport
+
+ROOT_INO = 1
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+
+def to_stat(a: pb.Attr) -> os.stat_result:
+    """An ``os.stat_result`` for a metafs inode (st_dev is 0: metafs is not a local device)."""
+    blocks = (a.size + 511) // 512
+    return os.stat_result((
+        a.mode, a.ino, 0, a.nlink, a.uid, a.gid, a.size,
+        a.atime_ns // 1_000_000_000, a.mtime_ns // 1_000_000_000, a.ctime_ns // 1_000_000_000,
+        a.atime_ns / 1e9, a.mtime_ns / 1e9, a.ctime_ns / 1e9,
+        a.atime_ns, a.mtime_ns, a.ctime_ns,
+        4096, blocks, a.rdev,
+    ))
+
+
+@dataclass
+class BulkFile:
+    """One entry of :meth:`Client.bulk_create`."""
+
+    path: str
+    data: bytes = b""
+    mode: int = 0o644
+    xattrs: Mapping[str, bytes] = field(default_factory=dict)
+    is_dir: bool = False
+
+
+class DirEntry:
+    """Like ``os.DirEntry``, for :meth:`Client.scandir`."""
+
+    __slots__ = ("name", "path", "_ino", "_mode", "_attr", "_client")
+
+    def __init__(self, client: "Client", parent: str, e: pb.DirEntry) -> None:
+        self.name = e.name
+        self.path = posixpath.join(parent, e.name)
+        self._ino = e.ino
+        self._mode = e.mode
+        self._attr = e.attr if e.HasField("attr") else None
+        self._client = client
+
+    def inode(self) -> int:
+        return self._ino
+
+    def is_dir(self, *, follow_symlinks: bool = True) -> bool:
+        if follow_symlinks and stat_mod.S_ISLNK(self._mode):
+            try:
+                return stat_mod.S_ISDIR(self._client.stat(self.path).st_mode)
+            except OSError:
+                return False
+        return stat_mod.S_ISDIR(self._mode)
+
+    def is_file(self, *, follow_symlinks: bool = True) -> bool:
+        if follow_symlinks and stat_mod.S_ISLNK(self._mode):
+            try:
+                return stat_mod.S_ISREG(self._client.stat(self.path).st_mode)
+            except OSError:
+                return False
+        return stat_mod.S_ISREG(self._mode)
+
+    def is_symlink(self) -> bool:
+        return stat_mod.S_ISLNK(self._mode)
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        if self._attr is not None and not (follow_symlinks and self.is_symlink()):
+            return to_stat(self._attr)
+        return self._client.stat(self.path, follow_symlinks=follow_symlinks)
+
+    def __repr__(self) -> str:
+        return f"<metafs.DirEntry {self.name!r}>"
+
+
+class Client:
+    """A connection to a metafs namenode (remote over gRPC, or embedded in-process)."""
+
+    def __init__(self, namenode: str | None = None, *, data_dir: str | None = None,
+                 settings: Settings | None = None, transport: Transport | None = None,
+                 uid: int | None = None, gid: int | None = None,
+                 groups: Sequence[int] | None = None, run_id: str | None = None,
+                 host: str | None = None) -> None:
+        if settings is None:
+            overrides: dict[str, Any] = {}
+            if namenode:
+                overrides["namenode"] = namenode
+            if data_dir:
+                overrides["data_dir"] = data_dir
+            settings = config_mod.load(overrides=overrides)
+        elif namenode or data_dir:
+            settings = settings.with_(**{k: v for k, v in
+                                         (("namenode", namenode), ("data_dir", data_dir)) if v})
+        self.settings = settings
+        self._embedded = None
+        if transport is None:
+            if settings.namenode and not data_dir:
+                transport = GrpcTransport(settings.namenode, timeout=settings.rpc_timeout)
+            else:
+                from ..namenode.server import Namenode
+
+                self._embedded = Namenode(settings)
+                transport = LocalTransport(self._embedded, owns=True)
+        self.transport = transport
+        self.client_id = uuid.uuid4().hex
+        self.host = host or socket.gethostname()
+        self.caller = pb.Caller(
+            uid=os.getuid() if uid is None else uid,
+            gid=os.getgid() if gid is None else gid,
+            groups=list(os.getgroups() if groups is None else groups),
+            pid=os.getpid(), client_id=self.client_id,
+            run_id=os.environ.get("METAFS_RUN_ID", "") if run_id is None else run_id)
+        reply = self._call("OpenSession", pb.SessionRequest(
+            caller=self.caller, client_id=self.client_id, host=self.host))
+        self.inline_limit = reply.inline_limit
+        self.block_size = reply.block_size
+        self.io_buffer_size = max(reply.inline_limit, 64 * 1024)
+        self._closed = threading.Event()
+        self._lease = reply.lease_seconds
+        self._renewer = threading.Thread(target=self._renew, name="metafs-session", daemon=True)
+        self._renewer.start()
+        self.raw_file_class: type[file_mod.RawFile] = file_mod.RawFile
+        self._attach_block_layer()
+
+    def _attach_block_layer(self) -> None:
+        try:
+            from ..blockstore import client as block_client  # type: ignore[attr-defined]
+        except ImportError:
+            return
+        attach = getattr(block_client, "attach", None)
+        if attach is not None:
+            attach(self)
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def embedded(self) -> Any:
+        """The in-process namenode, when this client runs one."""
+        return self._embedded
+
+    def _renew(self) -> None:
+        while not self._closed.wait(max(self._lease / 3, 0.5)):
+            try:
+                self.transport.call("OpenSession", pb.SessionRequest(
+                    caller=self.caller, client_id=self.client_id, host=self.host))
+            except FsError:
+                pass  # namenode away for now: try again next round
+
+    def _call(self, method: str, request: Any, path: str | None = None) -> Any:
+        try:
+            return self.transport.call(method, request)
+        except FsError as err:
+            raise err.to_oserror(path if path is not None else err.path) from None
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._embedded is not None:
+            try:
+                self._embedded.ns.close_session(self.client_id)
+            except Exception:
+                pass
+        self.transport.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ resolution
+    @staticmethod
+    def _norm(path: str | os.PathLike[str]) -> str:
+        p = os.fspath(path)
+        if not isinstance(p, str):
+            raise TypeError("metafs paths are str")
+        if not p:
+            raise FileNotFoundError(errno.ENOENT, "empty path", p)
+        return p if p.startswith("/") else "/" + p
+
+    def _resolve(self, path: str, follow: bool = True) -> pb.Entry:
+        return self._call("Resolve", pb.ResolveRequest(
+            caller=self.caller, path=path, follow=follow), path)
+
+    def _split(self, path: str) -> tuple[int, str]:
+        """(parent inode, last name) of a path, resolving the parent (following links)."""
+        p = path.rstrip("/")
+        if not p:
+            raise OSError(errno.EBUSY, "the root cannot be changed this way", path)
+        parent, name = posixpath.split(p)
+        if parent in ("", "/"):
+            return ROOT_INO, name
+        entry = self._resolve(parent, follow=True)
+        if not stat_mod.S_ISDIR(entry.attr.mode):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
+        return entry.ino, name
+
+    def ino(self, path: str | os.PathLike[str], follow_symlinks: bool = True) -> int:
+        return self._resolve(self._norm(path), follow_symlinks).ino
+
+    # ------------------------------------------------------------------ metadata
+    def stat(self, path: str | os.PathLike[str], *, follow_symlinks: bool = True
+             ) -> os.stat_result:
+        return to_stat(self._resolve(self._norm(path), follow_symlinks).attr)
+
+    def lstat(self, path: str | os.PathLike[str]) -> os.stat_result:
+        return self.stat(path, follow_symlinks=False)
+
+    def exists(self, path: str | os.PathLike[str]) -> bool:
+        try:
+            self.stat(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def isdir(self, path: str | os.PathLike[str]) -> bool:
+        try:
+            return stat_mod.S_ISDIR(self.stat(path).st_mode)
+        except OSError:
+            return False
+
+    def isfile(self, path: str | os.PathLike[str]) -> bool:
+        try:
+            return stat_mod.S_ISREG(self.stat(path).st_mode)
+        except OSError:
+            return False
+
+    def islink(self, path: str | os.PathLike[str]) -> bool:
+        try:
+            return stat_mod.S_ISLNK(self.lstat(path).st_mode)
+        except OSError:
+            return False
+
+    def access(self, path: str | os.PathLike[str], mode: int) -> bool:
+        p = self._norm(path)
+        try:
+            e = self._resolve(p)
+            self._call("Access", pb.AccessRequest(caller=self.caller, ino=e.ino, mask=mode), p)
+            return True
+        except (PermissionError, FileNotFoundError, NotADirectoryError):
+            return False
+
+    def statvfs(self) -> pb.StatFsReply:
+        return self._call("StatFs", pb.StatFsRequest(caller=self.caller))
+
+    def scandir(self, path: str | os.PathLike[str] = "/", *, page: int = 0
+                ) -> Iterator[DirEntry]:
+        """Entries of a directory (without '.' and '..'), fetched page by page, so a
+        directory of millions of entries is never held whole."""
+        p = self._norm(path)
+        ino = self._resolve(p).ino
+        cursor = ""
+        while True:
+            reply = self._call("ReadDir", pb.ReadDirRequest(
+                caller=self.caller, ino=ino, cursor=cursor, limit=page, attrs=True), p)
+            for e in reply.entries:
+                yield DirEntry(self, p, e)
+            if reply.eof or not reply.entries:
+                return
+            cursor = reply.next_cursor
+
+    def listdir(self, path: str | os.PathLike[str] = "/") -> list[str]:
+        return [e.name for e in self.scandir(path)]
+
+    def walk(self, top: str | os.PathLike[str] = "/", topdown: bool = True
+             ) -> Iterator[tuple[str, list[str], list[str]]]:
+        top = self._norm(top)
+        try:
+            entries = list(self.scandir(top))
+        except OSError:
+            return
+        dirs = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        files = [e.name for e in entries if not e.is_dir(follow_symlinks=False)]
+        if topdown:
+            yield top, dirs, files
+        for d in list(dirs):
+            yield from self.walk(posixpath.join(top, d), topdown)
+        if not topdown:
+            yield top, dirs, files
+
+    # ------------------------------------------------------------------ changes
+    def mkdir(self, path: str | os.PathLike[str], mode: int = 0o777) -> None:
+        p = self._norm(path)
+        parent, name = self._split(p)
+        self._call("Mkdir", pb.MkdirRequest(caller=self.caller, parent=parent, name=name,
+                                            mode=mode, umask=self.umask), p)
+
+    umask = 0o022
+
+    def makedirs(self, path: str | os.PathLike[str], mode: int = 0o777,
+                 exist_ok: bool = False) -> None:
+        p = self._norm(path).rstrip("/") or "/"
+        if p == "/":
+            if not exist_ok:
+                raise FileExistsError(errno.EEXIST, "file exists", p)
+            return
+        head, _ = posixpath.split(p)
+        if head and head != "/" and not self.exists(head):
+            self.makedirs(head, mode, exist_ok=True)
+        try:
+            self.mkdir(p, mode)
+        except FileExistsError:
+            if not exist_ok or not self.isdir(p):
+                raise
+
+    def remove(self, path: str | os.PathLike[str]) -> None:
+        p = self._norm(path)
+        parent, name = self._split(p)
+        self._call("Unlink", pb.NameRequest(caller=self.caller, parent=parent, name=name), p)
+
+    unlink = remove
+
+    def rmdir(self, path: str | os.PathLike[str]) -> None:
+        p = self._norm(path)
+        parent, name = self._split(p)
+        self._call("Rmdir", pb.NameRequest(caller=self.caller, parent=parent, name=name), p)
+
+    def rmtree(self, path: str | os.PathLike[str]) -> None:
+        p = self._norm(path)
+        for top, dirs, files in list(self.walk(p, topdown=False)):
+            for f in files:
+                self.remove(posixpath.join(top, f))
+            for d in dirs:
+                self.rmdir(posixpath.join(top, d))
+        self.rmdir(p)
+
+    def rename(self, src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
+               noreplace: bool = False, exchange: bool = False) -> None:
+        """POSIX rename(2): atomically replaces ``dst`` (a file, or an empty directory when
+        ``src`` is a directory). ``noreplace`` and ``exchange`` are renameat2's flags."""
+        s, d = self._norm(src), self._norm(dst)
+        sp, sn = self._split(s)
+        dp, dn = self._split(d)
+        flags = (pb.RENAME_NOREPLACE if noreplace else 0) | (pb.RENAME_EXCHANGE if exchange else 0)
+        self._call("Rename", pb.RenameRequest(caller=self.caller, src_parent=sp, src_name=sn,
+                                              dst_parent=dp, dst_name=dn, flags=flags), s)
+
+    def replace(self, src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        self.rename(src, dst)
+
+    def symlink(self, target: str, path: str | os.PathLike[str]) -> None:
+        p = self._norm(path)
+        parent, name = self._split(p)
+        self._call("Symlink", pb.SymlinkRequest(caller=self.caller, parent=parent, name=name,
+                                                target=os.fspath(target)), p)
+
+    def readlink(self, path: str | os.PathLike[str]) -> str:
+        p = self._norm(path)
+        e = self._resolve(p, follow=False)
+        return self._call("Readlink", pb.InodeRequest(caller=self.caller, ino=e.ino), p).target
+
+    def link(self, src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        s, d = self._norm(src), self._norm(dst)
+        e = self._resolve(s, follow=False)
+        dp, dn = self._split(d)
+        self._call("Link", pb.LinkRequest(caller=self.caller, ino=e.ino, new_parent=dp,
+                                          new_name=dn), d)
+
+    def chmod(self, path: str | os.PathLike[str], mode: int, *,
+              follow_symlinks: bool = True) -> None:
+        p = self._norm(path)
+        e = self._resolve(p, follow_symlinks)
+        self._call("SetAttr", pb.SetAttrRequest(caller=self.caller, ino=e.ino, mode=mode), p)
+
+    def chown(self, path: str | os.PathLike[str], uid: int, gid: int, *,
+              follow_symlinks: bool = True) -> None:
+        p = self._norm(path)
+        e = self._resolve(p, follow_symlinks)
+        req = pb.SetAttrRequest(caller=self.caller, ino=e.ino)
+        if uid != -1:
+            req.uid = uid
+        if gid != -1:
+            req.gid = gid
+        self._call("SetAttr", req, p)
+
+    def utime(self, path: str | os.PathLike[str], times: tuple[float, float] | None = None,
+              *, ns: tuple[int, int] | None = None, follow_symlinks: bool = True) -> None:
+        """As ``os.utime``; a time of UTIME_NOW or UTIME_OMIT (nanoseconds) has their
+        utimensat(2) meaning."""
+        p = self._norm(path)
+        e = self._resolve(p, follow_symlinks)
+        req = pb.SetAttrRequest(caller=self.caller, ino=e.ino)
+        if times is not None and ns is not None:
+            raise ValueError("utime: you may specify either 'times' or 'ns' but not both")
+        if times is None and ns is None:
+            req.atime_how = req.mtime_how = pb.TIME_NOW
+        else:
+            vals = ns if ns is not None else tuple(int(t * 1e9) for t in times)  # type: ignore
+            for v, which in zip(vals, ("atime", "mtime")):
+                if v == UTIME_NOW:
+                    setattr(req, f"{which}_how", pb.TIME_NOW)
+                elif v == UTIME_OMIT:
+                    setattr(req, f"{which}_how", pb.TIME_OMIT)
+                else:
+                    setattr(req, f"{which}_how", pb.TIME_SET)
+                    setattr(req, f"{which}_ns", int(v))
+        self._call("SetAttr", req, p)
+
+    def truncate(self, path: str | os.PathLike[str], size: int) -> None:
+        p = self._norm(path)
+        if size < 0:
+            raise OSError(errno.EINVAL, "negative size", p)
+        e = self._resolve(p)
+        if not e.attr.inline or size > self.inline_limit:
+            with self.open(p, "r+b") as f:
+                f.truncate(size)
+            return
+        self._call("SetAttr", pb.SetAttrRequest(caller=self.caller, ino=e.ino, size=size), p)
+
+    # ------------------------------------------------------------------ xattrs
+    def getxattr(self, path: str | os.PathLike[str], name: str, *,
+                 follow_symlinks: bool = True) -> bytes:
+        p = self._norm(path)
+        e = self._resolve(p, follow_symlinks)
+        return self._call("GetXattr", pb.GetXattrRequest(caller=self.caller, ino=e.ino,
+                                                         name=name), p).value
+
+    def setxattr(self, path: str | os.PathLike[str], name: str, value: bytes, flags: int = 0,
+                 *, follow_symlinks: bool = True) -> None:
+        p = self._norm(path)
+        e = self._resolve(p, follow_symlinks)
+        self._call("SetXattr", pb.SetXattrRequest(caller=self.caller, ino=e.ino, name=name,
+                                                  value=bytes(value), flags=flags), p)
+
+    def listxattr(self, path: str | os.PathLike[str], *, follow_symlinks: bool = True
+                  ) -> list[str]:
+        p = self._norm(path)
+        e = self._resolve(p, follow_symlinks)
+        return list(self._call("ListXattr", pb.InodeRequest(caller=self.caller, ino=e.ino),
+                               p).names)
+
+    def removexattr(self, path: str | os.PathLike[str], name: str, *,
+                    follow_symlinks: bool = True) -> None:
+        p = self._norm(path)
+        e = self._resolve(p, follow_symlinks)
+        self._call("RemoveXattr", pb.RemoveXattrRequest(caller=self.caller, ino=e.ino,
+                                                        name=name), p)
+
+    # ------------------------------------------------------------------ data
+    def open(self, path: str | os.PathLike[str], mode: str = "r", buffering: int = -1,
+             encoding: str | None = None, errors: str | None = None,
+             newline: str | None = None, *, perm: int = 0o666) -> Any:
+        """Open a file like the built-in ``open()``; returns a normal file object."""
+        p = self._norm(path)
+        flags, binary, _ = file_mod.parse_mode(mode)
+        reply = self._open(p, flags, perm)
+        f = file_mod.make_file(self, p, reply, flags, binary=binary, buffering=buffering,
+                               encoding=encoding, errors=errors, newline=newline,
+                               raw_class=self.raw_file_class)
+        if not binary:
+            f.mode = mode
+        return f
+
+    def _open(self, p: str, flags: int, perm: int) -> pb.OpenReply:
+        if flags & os.O_CREAT and p.rstrip("/"):
+            parent, name = self._split(p)
+            try:
+                return self._call("Create", pb.CreateRequest(
+                    caller=self.caller, parent=parent, name=name, mode=stat_mod.S_IFREG | perm,
+                    umask=self.umask, exclusive=bool(flags & os.O_EXCL), open=True,
+                    flags=flags & ~(os.O_CREAT | os.O_EXCL)), p)
+            except OSError as exc:
+                # an existing symlink: open what it points to (creating it if missing)
+                if exc.errno != errno.ELOOP or flags & os.O_EXCL:
+                    raise
+                try:
+                    target = self._resolve(p, follow=True)
+                except FileNotFoundError:
+                    link = self.readlink(p)
+                    dest = link if link.startswith("/") else posixpath.join(
+                        posixpath.dirname(p), link)
+                    return self._open(dest, flags, perm)
+                return self._call("Open", pb.OpenRequest(
+                    caller=self.caller, ino=target.ino, flags=flags & ~os.O_CREAT), p)
+        e = self._resolve(p, follow=True)
+        return self._call("Open", pb.OpenRequest(caller=self.caller, ino=e.ino, flags=flags), p)
+
+    def read_bytes(self, path: str | os.PathLike[str]) -> bytes:
+        with self.open(path, "rb") as f:
+            return f.read()
+
+    def write_bytes(self, path: str | os.PathLike[str], data: bytes) -> int:
+        with self.open(path, "wb") as f:
+            return f.write(data)
+
+    # ------------------------------------------------------------------ bulk
+    def bulk_create(self, parent: str | os.PathLike[str], entries: Iterable[BulkFile | tuple],
+                    *, make_parents: bool = True, exist_ok: bool = True) -> list[int]:
+        """Create many files (with their small contents and xattrs) in one call and one
+        transaction: all of them or, on any error, none. Returns their inode numbers."""
+        p = self._norm(parent)
+        base = self._resolve(p).ino
+        req = pb.BulkCreateRequest(caller=self.caller, parent=base, make_parents=make_parents,
+                                   exist_ok=exist_ok)
+        for e in entries:
+            if isinstance(e, tuple):
+                e = BulkFile(*e)
+            mode = (stat_mod.S_IFDIR if e.is_dir else stat_mod.S_IFREG) | (e.mode & 0o7777)
+            req.entries.add(path=e.path, mode=mode, data=bytes(e.data),
+                            xattrs={k: bytes(v) for k, v in e.xattrs.items()})
+        return list(self._call("BulkCreate", req, p).inos)
+
+    # ------------------------------------------------------------------ changelog
+    def changelog(self, after: int = 0, limit: int = 1000, wait_ms: int = 0
+                  ) -> tuple[list[pb.ChangeRecord], int]:
+        """Records with seq > ``after`` (at most ``limit``), and the head."""
+        r = self._call("ReadChangelog", pb.ReadChangelogRequest(
+            caller=self.caller, after=after, limit=limit, wait_ms=wait_ms))
+        return list(r.records), r.head
+
+    def subscribe(self, after: int = 0) -> Iterator[pb.ChangeRecord]:
+        """Every record after ``after``, then new ones as they commit (until closed)."""
+        return self.transport.stream("SubscribeChangelog", pb.ReadChangelogRequest(
+            caller=self.caller, after=after))
+
+    def changelog_head(self) -> int:
+        return self._call("ChangelogHead", pb.HeadRequest(caller=self.caller)).head
+
+    @contextmanager
+    def as_user(self, uid: int, gid: int, groups: Sequence[int] = ()) -> Iterator["Client"]:
+        """Temporarily claim another identity (for tools running as root on behalf of a
+        user; a namenode with authentication ignores claims it cannot verify)."""
+        saved = pb.Caller()
+        saved.CopyFrom(self.caller)
+        self.caller.uid, self.caller.gid = uid, gid
+        del self.caller.groups[:]
+        self.caller.groups.extend(groups)
+        try:
+            yield self
+        finally:
+            self.caller.CopyFrom(saved)

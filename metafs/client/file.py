@@ -1,0 +1,197 @@
+"""File objects: ``Client.open()`` gives a normal buffered binary (or text) file over
+:class:`RawFile`, which reads and writes through the namenode for inline files.
+
+The data path is kept behind :class:`RawFile`'s ``_read_at``/``_write_at``/``_truncate``
+methods so that the block layer can take over for files above the inline limit.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from typing import TYPE_CHECKING, Any
+
+from ..errors import FsError
+from ..proto import metafs_pb2 as pb
+
+if TYPE_CHECKING:
+    from .client import Client
+
+
+def parse_mode(mode: str) -> tuple[int, bool, bool]:
+    """``open()`` mode string -> (os flags, binary, plus)."""
+    chars = set(mode)
+    if not mode or len(chars) != len(mode) or chars - set("rwaxbt+"):
+        raise ValueError(f"invalid mode: {mode!r}")
+    kinds = chars & set("rwax")
+    if len(kinds) != 1 or ("b" in chars and "t" in chars):
+        raise ValueError(f"invalid mode: {mode!r}")
+    kind = kinds.pop()
+    plus = "+" in chars
+    flags = {
+        "r": os.O_RDONLY,
+        "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+        "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+        "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+    }[kind]
+    if plus:
+        flags = (flags & ~os.O_WRONLY) | os.O_RDWR
+    return flags, "b" in chars, plus
+
+
+class RawFile(io.RawIOBase):
+    """Unbuffered access to one open metafs file (one namenode handle)."""
+
+    def __init__(self, client: "Client", path: str, reply: pb.OpenReply, flags: int) -> None:
+        super().__init__()
+        self._client = client
+        self.name = path
+        self.mode_flags = flags
+        self.handle = reply.handle
+        self.attr = reply.attr
+        self.ino = reply.attr.ino
+        self._pos = 0
+        acc = flags & os.O_ACCMODE
+        self._readable = acc in (os.O_RDONLY, os.O_RDWR)
+        self._writable = acc in (os.O_WRONLY, os.O_RDWR)
+        self._append = bool(flags & os.O_APPEND)
+
+    # -- io.RawIOBase
+    def readable(self) -> bool:
+        return self._readable
+
+    def writable(self) -> bool:
+        return self._writable
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        self._check_open()
+        if not self._readable:
+            raise io.UnsupportedOperation("file not open for reading")
+        view = memoryview(b).cast("B")
+        data = self._read_at(self._pos, len(view))
+        n = len(data)
+        view[:n] = data
+        self._pos += n
+        return n
+
+    def write(self, b: Any) -> int:
+        self._check_open()
+        if not self._writable:
+            raise io.UnsupportedOperation("file not open for writing")
+        data = bytes(b)
+        if not data:
+            return 0
+        end = self._write_at(self._pos, data, self._append)
+        self._pos = end
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_open()
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size() + offset
+        else:
+            raise ValueError(f"invalid whence ({whence})")
+        if pos < 0:
+            raise OSError(errno.EINVAL, "negative seek position", self.name)
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def truncate(self, size: int | None = None) -> int:
+        self._check_open()
+        if not self._writable:
+            raise io.UnsupportedOperation("file not open for writing")
+        size = self._pos if size is None else size
+        if size < 0:
+            raise OSError(errno.EINVAL, "negative size", self.name)
+        self._truncate(size)
+        return size
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._flush_data()
+        finally:
+            super().close()
+            try:
+                self._client._call("Release", pb.ReleaseRequest(
+                    caller=self._client.caller, handle=self.handle), self.name)
+            except OSError:
+                pass  # the session's lease reclaims the handle
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("metafs files have no OS file descriptor")
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+
+    # -- the data path (inline files; the block layer overrides these)
+    def _size(self) -> int:
+        return self._client._call("GetAttr", pb.InodeRequest(
+            caller=self._client.caller, ino=self.ino), self.name).size
+
+    def _read_at(self, offset: int, size: int) -> bytes:
+        reply = self._client._call("Read", pb.ReadRequest(
+            caller=self._client.caller, ino=self.ino, offset=offset, size=size,
+            handle=self.handle), self.name)
+        if not reply.inline:
+            raise OSError(errno.EIO, "file data is in blocks and no block store is configured",
+                          self.name)
+        self.attr = reply.attr
+        return reply.data
+
+    def _write_at(self, offset: int, data: bytes, append: bool) -> int:
+        reply = self._client._call("Write", pb.WriteRequest(
+            caller=self._client.caller, ino=self.ino, offset=offset, data=data,
+            handle=self.handle, append=append), self.name)
+        self.attr = reply.attr
+        return reply.offset + reply.written
+
+    def _truncate(self, size: int) -> None:
+        self.attr = self._client._call("SetAttr", pb.SetAttrRequest(
+            caller=self._client.caller, ino=self.ino, size=size, handle=self.handle), self.name)
+
+    def _flush_data(self) -> None:
+        """Push data buffered below the buffered layer (none for inline files)."""
+
+
+def make_file(client: "Client", path: str, reply: pb.OpenReply, flags: int, *, binary: bool,
+              buffering: int, encoding: str | None, errors: str | None,
+              newline: str | None, raw_class: type[RawFile] | None = None) -> Any:
+    raw = (raw_class or RawFile)(client, path, reply, flags)
+    if flags & os.O_APPEND:
+        raw.seek(0, io.SEEK_END)
+    if buffering == 0:
+        if not binary:
+            raise ValueError("can't have unbuffered text I/O")
+        return raw
+    size = buffering if buffering > 1 else max(io.DEFAULT_BUFFER_SIZE, client.io_buffer_size)
+    buffered: io.BufferedIOBase
+    if raw.readable() and raw.writable():
+        buffered = io.BufferedRandom(raw, size)
+    elif raw.writable():
+        buffered = io.BufferedWriter(raw, size)
+    else:
+        buffered = io.BufferedReader(raw, size)
+    if binary:
+        return buffered
+    text = io.TextIOWrapper(buffered, encoding=encoding or "utf-8", errors=errors,
+                            newline=newline, line_buffering=buffering == 1)
+    text.mode = "r"  # type: ignore[misc]
+    return text
+
+
+def to_oserror(err: FsError, path: str) -> OSError:
+    return err.to_oserror(path)

@@ -1,0 +1,190 @@
+"""The namenode process: database engine, namespace, handlers, background work, gRPC server.
+
+``Namenode(settings)`` is what both an embedded client and ``metafs serve`` run; the gRPC
+server in :func:`serve_grpc` wraps its handlers so that every failure reaches the client as
+a status carrying an ``ErrorDetail`` (errno, message, path), never a traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from concurrent import futures
+from typing import Any, Callable
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from ..config import Settings
+from ..errors import FsError
+from ..proto import metafs_pb2 as pb
+from ..proto import metafs_pb2_grpc as pb_grpc
+from .engine import engine_for
+from .namespace import Namespace
+from .service import Handlers, internal_error
+
+log = logging.getLogger("metafs.namenode")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Namenode"].full_name
+
+
+class Namenode:
+    """A namenode on one metadata database: what `metafs serve` runs, and what an embedded
+    client runs in-process."""
+
+    def __init__(self, settings: Settings, *, background: bool = True) -> None:
+        self.settings = settings
+        self.engine = engine_for(settings.effective_db_url, settings)
+        self.ns = Namespace(self.engine, settings)
+        self.ns.setup()
+        self.handlers = Handlers(self.ns, settings)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.extensions: list[Any] = []  # attached parts (block layer, indexers, ...)
+        self._attach_extensions()
+        if background:
+            self.start_background(
+                "reclaim", self.ns.reclaim, max(1.0, settings.session_lease / 2))
+
+    def _attach_extensions(self) -> None:
+        """Attach optional parts that register themselves on the namespace."""
+        try:
+            from . import blocks  # noqa: F401  (the block layer, when present)
+        except ImportError:
+            return
+        attach = getattr(blocks, "attach", None)
+        if attach is not None:
+            self.extensions.append(attach(self))
+
+    def start_background(self, name: str, fn: Callable[[], Any], every: float) -> None:
+        def loop() -> None:
+            while not self._stop.wait(every):
+                try:
+                    fn()
+                except Exception:  # keep the namenode up; the next round retries
+                    log.exception("background task %s failed", name)
+
+        t = threading.Thread(target=loop, name=f"metafs-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.handlers.stop()
+        for ext in self.extensions:
+            close = getattr(ext, "close", None)
+            if close:
+                close()
+        for t in self._threads:
+            t.join(timeout=5)
+        self.engine.dispose()
+
+
+# ---------------------------------------------------------------------- gRPC adapter
+def _abort(ctx: grpc.ServicerContext, err: FsError) -> None:
+    detail = any_pb2.Any()
+    detail.Pack(pb.ErrorDetail(errno=err.errno, message=err.message, path=err.path))
+    status = status_pb2.Status(code=getattr(code_pb2, err.grpc_code_name),
+                               message=str(err), details=[detail])
+    ctx.abort_with_status(rpc_status.to_status(status))
+
+
+def _unary(handlers: Handlers, name: str) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def call(request: Any, ctx: grpc.ServicerContext) -> Any:
+        try:
+            fn = getattr(handlers, name, None)
+            if fn is None:
+                raise FsError(errno.ENOSYS, f"this namenode does not implement {name}")
+            return fn(request, ctx)
+        except FsError as err:
+            _abort(ctx, err)
+        except Exception as exc:
+            _abort(ctx, internal_error(exc, name))
+
+    call.__name__ = name
+    return call
+
+
+def _streaming(handlers: Handlers, name: str, gate: threading.BoundedSemaphore,
+               limit: int) -> Callable[[Any, grpc.ServicerContext], Any]:
+    fn = getattr(handlers, name)
+
+    def call(request: Any, ctx: grpc.ServicerContext) -> Any:
+        if not gate.acquire(blocking=False):
+            _abort(ctx, FsError(errno.EAGAIN, f"too many changelog subscribers (limit {limit}); "
+                                "poll with ReadChangelog and wait_ms instead"))
+        try:
+            yield from fn(request, ctx)
+        except FsError as err:
+            _abort(ctx, err)
+        except Exception as exc:
+            _abort(ctx, internal_error(exc, name))
+        finally:
+            gate.release()
+
+    call.__name__ = name
+    return call
+
+
+def make_servicer(handlers: Handlers, max_subscribers: int) -> pb_grpc.NamenodeServicer:
+    """A servicer whose every RPC calls the handler of the same name."""
+    gate = threading.BoundedSemaphore(max_subscribers)
+    methods: dict[str, Any] = {}
+    for m in pb.DESCRIPTOR.services_by_name["Namenode"].methods:
+        if m.server_streaming:
+            methods[m.name] = _streaming(handlers, m.name, gate, max_subscribers)
+        else:
+            methods[m.name] = _unary(handlers, m.name)
+    cls = type("NamenodeServicer", (pb_grpc.NamenodeServicer,),
+               {k: staticmethod(v) for k, v in methods.items()})
+    return cls()
+
+
+class GrpcServer:
+    def __init__(self, namenode: Namenode, listen: str) -> None:
+        s = namenode.settings
+        self.namenode = namenode
+        # Ordinary calls get grpc_workers threads; each changelog stream may hold one more
+        # thread, and at most max_subscribers streams run at once, so streams can never
+        # take the threads ordinary calls need.
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=s.grpc_workers + s.max_subscribers,
+                                       thread_name_prefix="metafs-grpc"),
+            options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
+                     ("grpc.max_send_message_length", 256 * 1024 * 1024),
+                     ("grpc.so_reuseport", 0)],
+        )
+        pb_grpc.add_NamenodeServicer_to_server(
+            make_servicer(namenode.handlers, s.max_subscribers), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(listen)
+        if self.port == 0:
+            raise OSError(errno.EADDRINUSE, f"cannot listen on {listen}")
+        host = listen.rsplit(":", 1)[0]
+        self.address = f"{host}:{self.port}"
+
+    def start(self) -> "GrpcServer":
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.namenode.handlers.stop()
+        self.server.stop(grace).wait()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def serve_grpc(namenode: Namenode, listen: str | None = None) -> GrpcServer:
+    return GrpcServer(namenode, listen or namenode.settings.listen).start()
