@@ -58,6 +58,39 @@ class Settings:
     block_size: int = 4 * 1024 * 1024
     """Size of the blocks larger files are cut into."""
 
+    # -- block store (large files) --
+    s3_endpoint: str = ""
+    """S3-compatible endpoint URL. Empty: boto3's own choice (AWS_ENDPOINT_URL, or AWS)."""
+    s3_region: str = ""
+    """Region for S3 requests and signatures. Empty: boto3's chain (AWS_REGION, config)."""
+    s3_retries: int = 8
+    """Attempts per S3 request; 500/503/throttling and timeouts are retried with backoff."""
+    s3_connect_timeout: float = 5.0
+    s3_read_timeout: float = 20.0
+    """Seconds without data before an S3 response counts as failed (and is retried)."""
+    s3_max_connections: int = 32
+    presign_expiry: float = 900.0
+    """Seconds a presigned block URL stays valid."""
+    block_checksum_piece: int = 64 * 1024
+    """Blocks carry one CRC-32 per piece of this size, so ranged reads are verified too."""
+    block_cache_dir: str = ""
+    """Local directory caching blocks read by clients. Empty: no disk cache."""
+    block_cache_size: int = 10 * 1024**3
+    """Bytes the block cache directory may hold; least recently used blocks go first."""
+    block_memory_cache: int = 64 * 1024**2
+    """Bytes of recently read blocks each open file keeps in memory."""
+    block_readahead: int = 4
+    """Blocks fetched ahead of a sequential reader."""
+    block_parallel: int = 8
+    """Concurrent block uploads and downloads per client."""
+    block_write_buffer: int = 64 * 1024**2
+    """Bytes of written data a file buffers before it uploads finished blocks."""
+    gc_grace: float = 3600.0
+    """Seconds an unreferenced block is kept before garbage collection removes it (readers
+    of an old file version and uploads not yet committed are safe for this long)."""
+    gc_interval: float = 3600.0
+    """Seconds between background garbage collections in the namenode (0: off)."""
+
     # -- database --
     sqlite_busy_timeout_ms: int = 30_000
     sqlite_synchronous: str = "NORMAL"
@@ -83,8 +116,61 @@ class Settings:
     changelog_poll: float = 0.05
     """Seconds between checks for records committed by other namenodes."""
 
+    # -- search index (metafs/cdc/search) --
+    search_dir: str = ""
+    """Where the indexer keeps its state and embedded index. Empty: ``search/`` inside
+    data_dir."""
+    search_backend: str = "embedded"
+    """``embedded`` (SQLite FTS5 + typed tags, no server) or ``elasticsearch``."""
+    search_in_process: bool = True
+    """Run the indexer inside the process of an embedded namenode (when a search is made)."""
+    search_batch: int = 5000
+    """Change records the indexer applies per transaction."""
+    search_wait_timeout: float = 60.0
+    """Seconds a ``--wait`` search waits for the index to reach the changelog head."""
+    es_url: str = "http://127.0.0.1:9200"
+    """Elasticsearch address for the elasticsearch search back end."""
+    es_index: str = "metafs-files"
+    """Elasticsearch index name (an index template ``<name>-template`` is installed)."""
+
     # -- logging --
     log_level: str = "INFO"
+
+    # -- security (metafs/ops/auth.py): TLS, mutual TLS, tokens --
+    tls_cert: str = ""
+    """PEM certificate the namenode serves TLS with. Empty: plaintext gRPC."""
+    tls_key: str = ""
+    """PEM private key of tls_cert."""
+    tls_ca: str = ""
+    """PEM CA bundle: clients verify the namenode with it; with tls_client_auth the
+    namenode verifies client certificates with it."""
+    tls_client_auth: bool = False
+    """Mutual TLS: the namenode requires a client certificate signed by tls_ca."""
+    tls_client_cert: str = ""
+    """PEM client certificate presented to the namenode (mutual TLS)."""
+    tls_client_key: str = ""
+    """PEM private key of tls_client_cert."""
+    tls_server_name: str = ""
+    """Host name the client expects in the namenode's certificate. Empty: the address's."""
+    auth_mode: str = "none"
+    """``none``: callers' claimed ids are trusted; ``token``: a bearer token is required;
+    ``cert``: a client certificate is required; ``any``: either (token first)."""
+    auth_file: str = ""
+    """TOML identity table: [tokens.NAME] and [certs.COMMON_NAME] entries with uid, gid,
+    groups (and ``token`` for tokens; ``root_may_act_as`` to let a uid-0 service act for
+    others)."""
+    token: str = ""
+    """Bearer token this client sends. Empty: none (or $METAFS_TOKEN_FILE's content)."""
+    token_file: str = ""
+    """File holding the bearer token this client sends."""
+
+    # -- operations (metafs/ops) --
+    metrics_port: int = 0
+    """Port `metafs serve` exposes Prometheus metrics on (0: none)."""
+    metrics_listen: str = "127.0.0.1"
+    """Address the metrics endpoint binds."""
+    quota_enabled: bool = True
+    """Enforce directory quotas set with `metafs quota set`."""
 
     def with_(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -94,6 +180,10 @@ class Settings:
         if self.db_url:
             return self.db_url
         return f"sqlite:///{Path(self.data_dir) / 'meta.db'}"
+
+    @property
+    def effective_search_dir(self) -> str:
+        return self.search_dir or str(Path(self.data_dir) / "search")
 
     @property
     def effective_blocks_url(self) -> str:

@@ -119,6 +119,9 @@ class Namespace:
         # Hooks for the block layer: free an inode's data (blocks), and commit data
         # that outgrows the inline limit. The inline-only default refuses the latter.
         self.free_data_hooks: list[Callable[[Tx, int], None]] = []
+        from .blocks import BlockLayer  # registers its free hook; opens the store lazily
+
+        self.blocks = BlockLayer(self)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -1004,11 +1007,10 @@ class Namespace:
         self._store_inline(tx, row.id, data.rstrip(b"\0") if size > len(data) else data, had)
 
     def _truncate_blocks(self, tx: Tx, row: Row, size: int) -> None:
-        raise FsError(errno.EFBIG, "file data is in blocks, but no block store is configured")
+        self.blocks.truncate(tx, row, size)
 
     def _grow_past_inline(self, tx: Tx, row: Row, size: int) -> None:
-        raise FsError(errno.EFBIG, f"file would exceed the inline limit of "
-                      f"{self.settings.inline_limit} bytes and no block store is configured")
+        self.blocks.grow_past_inline(tx, row, size)
 
     def read(self, cred: Cred, ino: int, offset: int, size: int, handle: int = 0) -> pb.ReadReply:
         if offset < 0 or size < 0:
@@ -1055,7 +1057,7 @@ class Namespace:
             off = row.size if append else offset
             end = off + len(data)
             if row.storage != STORAGE_INLINE or end > self.settings.inline_limit:
-                self._grow_past_inline(tx, row, end)
+                self.blocks.refuse_inline_write(row, end)
             cur = self._inline(tx.conn, ino)
             had = bool(cur)
             if len(cur) < off:

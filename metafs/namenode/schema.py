@@ -130,6 +130,30 @@ schema_version = Table(
 
 COUNTERS = ("changelog", "inode", "handle", "rename_lock")
 
+# -- v2: block data of large files (see metafs/namenode/blocks.py) --
+# Chunk ``idx`` of inode ``ino`` is the immutable block ``key``; ``length`` bytes of it
+# belong to the file (a truncate may shorten it; past it the chunk reads as zeros).
+blocks = Table(
+    "blocks",
+    metadata,
+    Column("ino", BigInteger, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("key", Text, nullable=False),
+    Column("length", BigInteger, nullable=False),
+    Column("checksum", Text, nullable=False),
+    Index("ux_blocks_key", "key", unique=True),
+)
+
+# Blocks no longer referenced (overwritten, truncated away, freed files): removed from the
+# store by garbage collection once ``freed_ns`` is older than the grace period.
+block_garbage = Table(
+    "block_garbage",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("freed_ns", BigInteger, nullable=False),
+    Index("ix_block_garbage_freed", "freed_ns"),
+)
+
 
 def _v1(conn: Connection) -> None:
     """Initial schema."""
@@ -140,8 +164,14 @@ def _v1(conn: Connection) -> None:
     conn.execute(counters.update().where(counters.c.name == "inode").values(value=ROOT_INO))
 
 
+def _v2(conn: Connection) -> None:
+    """Block mappings and the block garbage list."""
+    metadata.create_all(conn, tables=[blocks, block_garbage])
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
+    (2, _v2),
 ]
 
 

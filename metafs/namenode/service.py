@@ -180,6 +180,17 @@ class Handlers:
         self.ns.record_run(self.c(req, ctx), req.run_id, req.json)
         return EMPTY
 
+    # -- block data (large files): metafs.namenode.blocks
+    def GetLayout(self, req: pb.LayoutRequest, ctx: Any = None) -> pb.LayoutReply:
+        return self.ns.blocks.get_layout(self.c(req, ctx), req.ino, req.handle,
+                                         req.first_index, req.count, req.presign)
+
+    def CommitBlocks(self, req: pb.CommitBlocksRequest, ctx: Any = None) -> pb.Attr:
+        return self.ns.blocks.commit(self.c(req, ctx), req)
+
+    def Presign(self, req: pb.PresignRequest, ctx: Any = None) -> pb.PresignReply:
+        return self.ns.blocks.presign(self.c(req, ctx), req.ino, req.handle, req.keys, req.put)
+
 
 def internal_error(exc: BaseException, method: str) -> FsError:
     """An unexpected failure: logged here with its traceback, EIO for the caller."""

@@ -1,0 +1,137 @@
+"""Block caches for readers: a size-bounded directory on local disk and a small in-memory
+LRU. Blocks are immutable, so a cached block never goes stale; a cached block is checked
+against its checksum whenever it is used, and dropped when it fails."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+
+log = logging.getLogger("metafs.blockstore.cache")
+
+
+class MemoryCache:
+    """Least-recently-used blocks in memory, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max(0, max_bytes)
+        self._d: OrderedDict[str, bytes] = OrderedDict()
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._d.pop(key, None)
+            if old is not None:
+                self._used -= len(old)
+            self._d[key] = data
+            self._used += len(data)
+            while self._used > self.max_bytes and self._d:
+                _, v = self._d.popitem(last=False)
+                self._used -= len(v)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self._used = 0
+
+
+class DiskCache:
+    """Whole blocks as files in a local directory, at most ``max_bytes`` in total; the least
+    recently used go first. Shared safely by several processes (writes are atomic renames;
+    eviction tolerates files another process removed)."""
+
+    def __init__(self, root: str | os.PathLike[str], max_bytes: int) -> None:
+        self.root = Path(root)
+        self.max_bytes = max(0, max_bytes)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._used = sum(p.stat().st_size for p in self.root.glob("*/*") if p.is_file())
+
+    def _path(self, key: str) -> Path:
+        h = hashlib.sha256(key.encode()).hexdigest()
+        return self.root / h[:2] / h[2:]
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def get(self, key: str) -> bytes | None:
+        p = self._path(key)
+        try:
+            with open(p, "rb") as fh:
+                data = fh.read()
+            os.utime(p)  # recency for eviction
+            return data
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("block cache read of %s failed: %s", key, exc)
+            return None
+
+    def discard(self, key: str) -> None:
+        p = self._path(key)
+        try:
+            size = p.stat().st_size
+            p.unlink()
+            with self._lock:
+                self._used -= size
+        except OSError:
+            pass
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
+        p = self._path(key)
+        if p.exists():
+            return
+        try:
+            p.parent.mkdir(exist_ok=True)
+            tmp = p.parent / f".{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, p)
+        except OSError as exc:  # a full or broken cache disk only costs speed
+            log.warning("block cache write of %s failed: %s", key, exc)
+            return
+        with self._lock:
+            self._used += len(data)
+            over = self._used > self.max_bytes
+        if over:
+            self._evict()
+
+    def _evict(self) -> None:
+        with self._lock:
+            files = []
+            for p in self.root.glob("*/*"):
+                try:
+                    st = p.stat()
+                except OSError:
+                    continue
+                files.append((st.st_mtime, st.st_size, p))
+            files.sort()
+            used = sum(f[1] for f in files)
+            target = self.max_bytes * 9 // 10
+            for _, size, p in files:
+                if used <= target:
+                    break
+                try:
+                    p.unlink()
+                    used -= size
+                except OSError:
+                    pass
+            self._used = used

@@ -1,0 +1,167 @@
+"""A block store in a local directory (``file:///path``).
+
+A block is written to a temporary file under ``.tmp/``, fsynced, renamed to its key and its
+directory fsynced, so a block is durable before ``put`` returns and a crash leaves at worst
+a temporary file (listed under ``.tmp/`` so garbage collection removes it).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import unquote, urlparse
+
+from ..errors import FsError
+from .base import BlockInfo, BlockNotFound, BlockStore, check_key
+
+TMP = ".tmp"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore(BlockStore):
+    """Blocks as files under one directory."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self.url = self.root.resolve().as_uri() if self.root.exists() else self.root.as_uri()
+        try:
+            (self.root / TMP).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FsError(exc.errno or errno.EIO, f"cannot create block directory: {exc}",
+                          str(self.root)) from None
+        self.url = self.root.resolve().as_uri()
+
+    @classmethod
+    def from_url(cls, url: str) -> "LocalStore":
+        u = urlparse(url)
+        if u.scheme != "file" or u.netloc not in ("", "localhost"):
+            raise FsError(errno.EINVAL, f"not a local block store URL: {url!r}")
+        return cls(unquote(u.path))
+
+    def _path(self, key: str) -> Path:
+        if key.startswith(TMP + "/"):  # unfinished uploads, for garbage collection
+            check_key(key[len(TMP) + 1:])
+            return self.root / key
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        path = self._path(key)
+        tmp = self.root / TMP / uuid.uuid4().hex
+        try:
+            made_dir = not path.parent.exists()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                mv = memoryview(data)
+                while mv:
+                    n = os.write(fd, mv)
+                    mv = mv[n:]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            for attempt in range(5):
+                try:
+                    os.replace(tmp, path)
+                    break
+                except FileNotFoundError:
+                    # a concurrent delete removed the emptied directory: make it again
+                    if attempt == 4:
+                        raise
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    made_dir = True
+            if self.fsync:
+                _fsync_dir(path.parent)
+                if made_dir:
+                    _fsync_dir(path.parent.parent)
+        except OSError as exc:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise FsError(errno.EIO, f"cannot store block {key}: {exc}", key) from None
+
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        if start < 0 or (end is not None and end < start):
+            raise FsError(errno.EINVAL, f"bad range [{start}, {end}) for block {key}")
+        try:
+            with open(self._path(key), "rb", buffering=0) as fh:
+                if start:
+                    fh.seek(start)
+                if end is None:
+                    return fh.read()
+                want = end - start
+                buf = bytearray(want)
+                mv = memoryview(buf)
+                got = 0
+                while got < want:
+                    n = fh.readinto(mv[got:])
+                    if not n:
+                        break
+                    got += n
+                del mv
+                if got < want:
+                    del buf[got:]
+                return bytes(buf)
+        except FileNotFoundError:
+            raise BlockNotFound(key) from None
+        except OSError as exc:
+            raise FsError(errno.EIO, f"cannot read block {key}: {exc}", key) from None
+
+    def head(self, key: str) -> BlockInfo | None:
+        try:
+            st = os.stat(self._path(key))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise FsError(errno.EIO, f"cannot stat block {key}: {exc}", key) from None
+        return BlockInfo(key, st.st_size, st.st_mtime)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise FsError(errno.EIO, f"cannot delete block {key}: {exc}", key) from None
+        if path.parent not in (self.root, self.root / TMP):
+            try:  # drop the per-inode directory once it is empty
+                path.parent.rmdir()
+            except OSError:
+                pass
+
+    def list(self, prefix: str = "") -> Iterator[BlockInfo]:
+        root = str(self.root)
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, root)
+            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            for name in sorted(filenames):
+                key = rel_dir + name
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue
+                yield BlockInfo(key, st.st_size, st.st_mtime)
+
+    def presign(self, key: str, put: bool = False, expires: float = 900.0) -> str:
+        # A local directory is only reachable by clients on this machine: the URL is
+        # the file itself.
+        return self._path(key).as_uri()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
