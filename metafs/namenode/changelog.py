@@ -29,30 +29,37 @@ import threading
 import time
 from typing import Sequence
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from ..proto import metafs_pb2 as pb
 from . import schema
+from .sql import Prepared
 
 _ct = schema.counters
 _cl = schema.changelog
+
+_Q_BUMP = Prepared(update(_ct).where(_ct.c.name == "changelog")
+                   .values(value=_ct.c.value + bindparam("n")).returning(_ct.c.value))
+_Q_INSERT = Prepared(insert(_cl).values(seq=bindparam("seq"), op=bindparam("op"),
+                                        ino=bindparam("ino"), ts_ns=bindparam("ts_ns"),
+                                        body=bindparam("body")))
 
 
 def append(conn: Connection, records: Sequence[pb.ChangeRecord]) -> int:
     """Append ``records`` in the current transaction; returns the last position."""
     n = len(records)
-    last = int(conn.execute(
-        update(_ct).where(_ct.c.name == "changelog").values(value=_ct.c.value + n)
-        .returning(_ct.c.value)
-    ).scalar_one())
+    last = int(_Q_BUMP.scalar(conn, n=n))
     first = last - n + 1
     rows = []
     for i, r in enumerate(records):
         rows.append({"seq": first + i, "op": r.op, "ino": r.ino, "ts_ns": r.ts_ns,
                      "body": r.SerializeToString()})
         r.seq = first + i
-    conn.execute(insert(_cl), rows)
+    if n == 1:
+        _Q_INSERT.run(conn, **rows[0])
+    else:
+        conn.execute(insert(_cl), rows)
     return last
 
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from sqlalchemy import and_, delete, exists, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from ..config import Settings
@@ -28,6 +28,7 @@ from ..proto import metafs_pb2 as pb
 from . import changelog, schema
 from .engine import MetaEngine
 from .perms import ROOT, R, W, X, Cred, check, check_sticky, is_owner
+from .sql import Prepared
 
 log = logging.getLogger("metafs.namenode")
 
@@ -54,6 +55,25 @@ STORAGE_INLINE, STORAGE_BLOCKS = 0, 1
 ATTR_COLS = (I.c.id, I.c.mode, I.c.nlink, I.c.uid, I.c.gid, I.c.rdev, I.c.size,
              I.c.atime_ns, I.c.mtime_ns, I.c.ctime_ns, I.c.btime_ns, I.c.version,
              I.c.generation, I.c.storage, I.c.target)
+
+_Q_INODE = Prepared(select(*ATTR_COLS).where(I.c.id == bindparam("ino")))
+_Q_LOOKUP = Prepared(select(*ATTR_COLS).select_from(D.join(I, I.c.id == D.c.ino))
+                     .where(D.c.parent == bindparam("parent"), D.c.name == bindparam("name")))
+_Q_HAS_HANDLES = Prepared(select(H.c.id).where(H.c.ino == bindparam("ino")).limit(1))
+_Q_DIR_PARENT = Prepared(select(D.c.parent).where(D.c.ino == bindparam("ino")).limit(1))
+_Q_DIR_NONEMPTY = Prepared(select(D.c.name).where(D.c.parent == bindparam("ino")).limit(1))
+_Q_TOUCH_DIR = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
+    mtime_ns=bindparam("now"), ctime_ns=bindparam("now"), nlink=I.c.nlink + bindparam("delta")))
+_Q_INSERT_INODE = Prepared(insert(I))
+_Q_INSERT_DENTRY = Prepared(insert(D).values(parent=bindparam("parent"), name=bindparam("name"),
+                                             ino=bindparam("ino"), mode=bindparam("mode")))
+_Q_INSERT_HANDLE = Prepared(insert(H).values(id=bindparam("id"), ino=bindparam("ino"),
+                                             session=bindparam("session"),
+                                             flags=bindparam("flags"),
+                                             opened_ns=bindparam("opened_ns")))
+_Q_HANDLE_FLAGS = Prepared(select(H.c.flags).where(H.c.id == bindparam("hid"),
+                                                   H.c.ino == bindparam("ino")))
+_Q_INLINE = Prepared(select(FD.c.data).where(FD.c.ino == bindparam("ino")))
 
 _ALLOWED_TYPES = {stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK}
 
@@ -154,8 +174,8 @@ class Namespace:
     def query(self, fn: Callable[[Connection], T]) -> T:
         return self.engine.read(fn)
 
-    def _row(self, conn: Connection, ino: int) -> Row | None:
-        return conn.execute(select(*ATTR_COLS).where(I.c.id == ino)).first()
+    def _row(self, conn: Connection, ino: int) -> Any:
+        return _Q_INODE.first(conn, ino=ino)
 
     def _get(self, conn: Connection, ino: int) -> Row:
         row = self._row(conn, ino)
@@ -177,11 +197,8 @@ class Namespace:
         if self.engine.supports_for_update:
             conn.execute(select(C.c.value).where(C.c.name == "rename_lock").with_for_update()).all()
 
-    def _lookup(self, conn: Connection, parent: int, name: str) -> Row | None:
-        return conn.execute(
-            select(*ATTR_COLS).select_from(D.join(I, I.c.id == D.c.ino))
-            .where(D.c.parent == parent, D.c.name == name)
-        ).first()
+    def _lookup(self, conn: Connection, parent: int, name: str) -> Any:
+        return _Q_LOOKUP.first(conn, parent=parent, name=name)
 
     def _dir(self, conn: Connection, ino: int) -> Row:
         row = self._get(conn, ino)
@@ -192,21 +209,18 @@ class Namespace:
         return row
 
     def _has_handles(self, conn: Connection, ino: int) -> bool:
-        return conn.execute(select(H.c.id).where(H.c.ino == ino).limit(1)).first() is not None
+        return _Q_HAS_HANDLES.first(conn, ino=ino) is not None
 
     def _parent_of_dir(self, conn: Connection, ino: int) -> int:
         if ino == ROOT_INO:
             return ROOT_INO
-        p = conn.execute(select(D.c.parent).where(D.c.ino == ino).limit(1)).scalar()
+        p = _Q_DIR_PARENT.scalar(conn, ino=ino)
         if p is None:
             raise FsError(errno.ENOENT, f"directory {ino} has no parent")
         return int(p)
 
     def _touch_dir(self, tx: Tx, ino: int, nlink_delta: int = 0) -> None:
-        vals: dict[str, Any] = {"mtime_ns": tx.now, "ctime_ns": tx.now}
-        if nlink_delta:
-            vals["nlink"] = I.c.nlink + nlink_delta
-        tx.conn.execute(update(I).where(I.c.id == ino).values(**vals))
+        _Q_TOUCH_DIR.run(tx.conn, ino=ino, now=tx.now, delta=nlink_delta)
 
     def _new_inode(self, tx: Tx, parent: Row, mode: int, *, rdev: int = 0,
                    target: str | None = None, size: int = 0, ino: int | None = None) -> dict:
@@ -227,8 +241,7 @@ class Namespace:
                     version=0, generation=0, storage=STORAGE_INLINE, target=target)
 
     def _link_entry(self, tx: Tx, parent: int, name: str, ino: int, mode: int) -> None:
-        tx.conn.execute(insert(D).values(parent=parent, name=name, ino=ino,
-                                         mode=stat.S_IFMT(mode)))
+        _Q_INSERT_DENTRY.run(tx.conn, parent=parent, name=name, ino=ino, mode=stat.S_IFMT(mode))
 
     def _check_dir_for_entry(self, tx: Tx, parent_ino: int, name: str) -> Row:
         """Lock and check a directory that gets a new entry ``name``."""
@@ -492,7 +505,7 @@ class Namespace:
                 return self._open(tx, existing.id, flags)
             check(cred, pdir, W | X, "create entries in this directory")
             row = self._new_inode(tx, pdir, ftype | perm, rdev=rdev)
-            tx.conn.execute(insert(I).values(**row))
+            _Q_INSERT_INODE.run(tx.conn, **row)
             self._link_entry(tx, parent, name, row["id"], row["mode"])
             self._touch_dir(tx, parent)
             attr = to_attr(_Obj(row))
@@ -510,7 +523,7 @@ class Namespace:
         def fn(tx: Tx) -> pb.Entry:
             pdir = self._check_dir_for_entry(tx, parent, name)
             row = self._new_inode(tx, pdir, stat.S_IFDIR | perm)
-            tx.conn.execute(insert(I).values(**row))
+            _Q_INSERT_INODE.run(tx.conn, **row)
             self._link_entry(tx, parent, name, row["id"], row["mode"])
             self._touch_dir(tx, parent, nlink_delta=1)
             attr = to_attr(_Obj(row))
@@ -532,7 +545,7 @@ class Namespace:
         def fn(tx: Tx) -> pb.Entry:
             pdir = self._check_dir_for_entry(tx, parent, name)
             row = self._new_inode(tx, pdir, stat.S_IFLNK | 0o777, target=target, size=tsize)
-            tx.conn.execute(insert(I).values(**row))
+            _Q_INSERT_INODE.run(tx.conn, **row)
             self._link_entry(tx, parent, name, row["id"], row["mode"])
             self._touch_dir(tx, parent)
             attr = to_attr(_Obj(row))
@@ -620,7 +633,7 @@ class Namespace:
         self.mutate(cred, fn)
 
     def _dir_has_entries(self, conn: Connection, ino: int) -> bool:
-        return conn.execute(select(D.c.name).where(D.c.parent == ino).limit(1)).first() is not None
+        return _Q_DIR_NONEMPTY.first(conn, ino=ino) is not None
 
     # ------------------------------------------------------------------ rename
     def rename(self, cred: Cred, src_parent: int, src_name: str, dst_parent: int,
@@ -947,8 +960,8 @@ class Namespace:
 
     def _new_handle(self, tx: Tx, ino: int, flags: int) -> int:
         hid = self.engine.allocate_ids(tx.conn, "handle", 1)[0]
-        tx.conn.execute(insert(H).values(id=hid, ino=ino, session=tx.cred.client_id or "",
-                                         flags=flags, opened_ns=tx.now))
+        _Q_INSERT_HANDLE.run(tx.conn, id=hid, ino=ino, session=tx.cred.client_id or "",
+                             flags=flags, opened_ns=tx.now)
         return hid
 
     def release(self, cred: Cred, handle: int) -> None:
@@ -965,7 +978,7 @@ class Namespace:
     def _writable_handle(self, conn: Connection, handle: int, ino: int) -> bool:
         if not handle:
             return False
-        flags = conn.execute(select(H.c.flags).where(H.c.id == handle, H.c.ino == ino)).scalar()
+        flags = _Q_HANDLE_FLAGS.scalar(conn, hid=handle, ino=ino)
         if flags is None:
             raise FsError(errno.EBADF, f"handle {handle} is not open on inode {ino}")
         return flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
@@ -973,14 +986,14 @@ class Namespace:
     def _readable_handle(self, conn: Connection, handle: int, ino: int) -> bool:
         if not handle:
             return False
-        flags = conn.execute(select(H.c.flags).where(H.c.id == handle, H.c.ino == ino)).scalar()
+        flags = _Q_HANDLE_FLAGS.scalar(conn, hid=handle, ino=ino)
         if flags is None:
             raise FsError(errno.EBADF, f"handle {handle} is not open on inode {ino}")
         return flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)
 
     # ------------------------------------------------------------------ inline data
     def _inline(self, conn: Connection, ino: int) -> bytes:
-        v = conn.execute(select(FD.c.data).where(FD.c.ino == ino)).scalar()
+        v = _Q_INLINE.scalar(conn, ino=ino)
         return bytes(v) if v is not None else b""
 
     def _store_inline(self, tx: Tx, ino: int, data: bytes, had: bool) -> None:
