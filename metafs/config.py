@@ -133,6 +133,39 @@ class Settings:
     es_index: str = "metafs-files"
     """Elasticsearch index name (an index template ``<name>-template`` is installed)."""
 
+    # -- search index (metafs/cdc/search) --
+    search_dir: str = ""
+    """Where the indexer keeps its state and embedded index. Empty: ``search/`` inside
+    data_dir."""
+    search_backend: str = "embedded"
+    """``embedded`` (SQLite FTS5 + typed tags, no server) or ``elasticsearch``."""
+    search_in_process: bool = True
+    """Run the indexer inside the process of an embedded namenode (when a search is made)."""
+    search_batch: int = 5000
+    """Change records the indexer applies per transaction."""
+    search_wait_timeout: float = 60.0
+    """Seconds a ``--wait`` search waits for the index to reach the changelog head."""
+    es_url: str = "http://127.0.0.1:9200"
+    """Elasticsearch address for the elasticsearch search back end."""
+    es_index: str = "metafs-files"
+    """Elasticsearch index name (an index template ``<name>-template`` is installed)."""
+
+    # -- provenance --
+    access_events: bool = True
+    """Clients (and the mount) report which files each process read and wrote, for the
+    provenance graph. METAFS_ACCESS_EVENTS=0 turns the reports off."""
+    access_batch: int = 256
+    """Access events a client buffers before it sends them in one RecordAccess call."""
+    access_flush_interval: float = 2.0
+    """Seconds an access event may wait in a client's buffer before it is sent."""
+    prov_db_url: str = ""
+    """Database of the provenance graph (sqlite:///PATH or postgresql://...). Empty: the
+    SQLite file ``provenance.db`` inside data_dir."""
+    prov_dataset_dir_min: int = 2
+    """A directory directly holding at least this many data-set files (by extension:
+    .csv, .parquet, images, ...) is itself a data set: reads of its files count as one read
+    of the directory."""
+
     # -- logging --
     log_level: str = "INFO"
 
@@ -180,6 +213,10 @@ class Settings:
         if self.db_url:
             return self.db_url
         return f"sqlite:///{Path(self.data_dir) / 'meta.db'}"
+
+    @property
+    def effective_search_dir(self) -> str:
+        return self.search_dir or str(Path(self.data_dir) / "search")
 
     @property
     def effective_search_dir(self) -> str:

@@ -74,13 +74,34 @@ class TransportSource:
         return int(self.transport.call("ChangelogHead", pb.HeadRequest()).head)
 
 
+class ClientSource:
+    """Reads the changelog through a :class:`metafs.client.Client` (its caller identity
+    travels with each request)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def read(self, after: int, limit: int, wait_ms: int = 0
+             ) -> tuple[Sequence[pb.ChangeRecord], int]:
+        recs, head = self.client.changelog(after, limit, wait_ms)
+        return recs, int(head)
+
+    def head(self) -> int:
+        return int(self.client.changelog_head())
+
+
 def source_for(obj: Any) -> ChangelogSource:
     """Adapt a Namespace, a Client (anything with ``.transport``), a transport, or an
     existing source."""
     if hasattr(obj, "changelog_read") and hasattr(obj, "notifier"):
         return NamespaceSource(obj)
-    if isinstance(obj, (NamespaceSource, TransportSource)):
+    if isinstance(obj, (NamespaceSource, TransportSource, ClientSource)):
         return obj
+    embedded = getattr(obj, "embedded", None)
+    if embedded is not None and hasattr(embedded, "ns"):
+        return NamespaceSource(embedded.ns)  # an embedded client: read in-process
+    if hasattr(obj, "changelog") and hasattr(obj, "changelog_head"):
+        return ClientSource(obj)
     if hasattr(obj, "transport") and hasattr(obj.transport, "call"):
         return TransportSource(obj.transport)
     if hasattr(obj, "call"):
