@@ -133,23 +133,6 @@ class Settings:
     es_index: str = "metafs-files"
     """Elasticsearch index name (an index template ``<name>-template`` is installed)."""
 
-    # -- search index (metafs/cdc/search) --
-    search_dir: str = ""
-    """Where the indexer keeps its state and embedded index. Empty: ``search/`` inside
-    data_dir."""
-    search_backend: str = "embedded"
-    """``embedded`` (SQLite FTS5 + typed tags, no server) or ``elasticsearch``."""
-    search_in_process: bool = True
-    """Run the indexer inside the process of an embedded namenode (when a search is made)."""
-    search_batch: int = 5000
-    """Change records the indexer applies per transaction."""
-    search_wait_timeout: float = 60.0
-    """Seconds a ``--wait`` search waits for the index to reach the changelog head."""
-    es_url: str = "http://127.0.0.1:9200"
-    """Elasticsearch address for the elasticsearch search back end."""
-    es_index: str = "metafs-files"
-    """Elasticsearch index name (an index template ``<name>-template`` is installed)."""
-
     # -- provenance --
     access_events: bool = True
     """Clients (and the mount) report which files each process read and wrote, for the
@@ -213,10 +196,6 @@ class Settings:
         if self.db_url:
             return self.db_url
         return f"sqlite:///{Path(self.data_dir) / 'meta.db'}"
-
-    @property
-    def effective_search_dir(self) -> str:
-        return self.search_dir or str(Path(self.data_dir) / "search")
 
     @property
     def effective_search_dir(self) -> str:
