@@ -1,0 +1,211 @@
+"""A local HTTP server that answers as Elasticsearch would, and records every request.
+
+It implements what the metafs Elasticsearch back end uses: the product check, index
+templates, index creation, ``_bulk`` with external versioning (409 on a version that is not
+higher), ``_search`` over the query DSL subset the back end emits (bool, term, terms,
+range, prefix, wildcard, nested, multi_match phrase/phrase_prefix, match_all/none),
+sorting and paging. Faults can be injected: ``down`` (every request gets a 503 with no
+product header), and ``fail_items`` (a number of bulk items answered 429, once each).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _words(s: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(s)]
+
+
+class FakeES:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, str]] = []
+        self.templates: dict[str, Any] = {}
+        self.indices: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}
+        self.down = False
+        self.fail_items = 0
+        self.lock = threading.Lock()
+        fake = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def _body(self) -> str:
+                n = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(n).decode() if n else ""
+
+            def _send(self, status: int, obj: Any, product: bool = True) -> None:
+                data = b"" if obj is None else json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                if product:
+                    self.send_header("X-Elastic-Product", "Elasticsearch")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def _handle(self) -> None:
+                body = self._body()
+                path = self.path.split("?")[0]
+                with fake.lock:
+                    fake.requests.append((self.command, self.path, body))
+                    if fake.down:
+                        self._send(503, {"error": "unavailable"}, product=False)
+                        return
+                    status, obj = fake.route(self.command, path, self.path, body)
+                self._send(status, obj)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # ------------------------------------------------------------------ routing
+    def route(self, method: str, path: str, full: str, body: str) -> tuple[int, Any]:
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            return 200, {"name": "fake", "cluster_name": "fake", "version": {
+                "number": "9.0.0", "build_flavor": "default"}, "tagline": "You Know, for Search"}
+        if parts[0] == "_index_template" and method == "PUT":
+            self.templates[parts[1]] = json.loads(body)
+            return 200, {"acknowledged": True}
+        if parts[-1] == "_bulk":
+            return self.bulk(body)
+        idx = parts[0]
+        if len(parts) == 1:
+            if method == "HEAD":
+                return (200 if idx in self.indices else 404), None
+            if method == "PUT":
+                if idx in self.indices:
+                    return 400, {"error": {"type": "resource_already_exists_exception"},
+                                 "status": 400}
+                self.indices[idx] = {}
+                return 200, {"acknowledged": True, "index": idx}
+        if parts[-1] == "_search":
+            return self.search(idx, json.loads(body or "{}"), full)
+        if parts[-1] == "_refresh":
+            return 200, {"_shards": {"total": 1, "successful": 1, "failed": 0}}
+        return 400, {"error": f"fake ES does not know {method} {path}"}
+
+    def bulk(self, body: str) -> tuple[int, Any]:
+        lines = [json.loads(x) for x in body.splitlines() if x.strip()]
+        items = []
+        errors = False
+        for i in range(0, len(lines), 2):
+            action = lines[i]
+            op, meta = next(iter(action.items()))
+            src = lines[i + 1]
+            idx = self.indices.setdefault(meta["_index"], {})
+            _id = meta["_id"]
+            version = int(meta["version"])
+            assert meta.get("version_type") == "external", meta
+            if self.fail_items > 0:
+                self.fail_items -= 1
+                errors = True
+                items.append({op: {"_index": meta["_index"], "_id": _id, "status": 429,
+                                   "error": {"type": "es_rejected_execution_exception"}}})
+                continue
+            cur = idx.get(_id)
+            if cur is not None and cur[0] >= version:
+                errors = True
+                items.append({op: {"_index": meta["_index"], "_id": _id, "status": 409,
+                                   "error": {"type": "version_conflict_engine_exception"}}})
+                continue
+            idx[_id] = (version, src)
+            items.append({op: {"_index": meta["_index"], "_id": _id, "_version": version,
+                               "result": "created" if cur is None else "updated",
+                               "status": 201 if cur is None else 200}})
+        return 200, {"took": 1, "errors": errors, "items": items}
+
+    def search(self, idx: str, body: dict[str, Any], full: str) -> tuple[int, Any]:
+        docs = [(k, v[1]) for k, v in self.indices.get(idx, {}).items()]
+        hits = [(k, d) for k, d in docs if self.match(body.get("query", {"match_all": {}}), d)]
+        for spec in reversed(body.get("sort", [])):
+            f, o = next(iter(spec.items()))
+            hits.sort(key=lambda kd: kd[1].get(f, 0), reverse=o["order"] == "desc")
+        frm, size = int(body.get("from", 0)), int(body.get("size", 10))
+        page = hits[frm:frm + size]
+        return 200, {"took": 1, "timed_out": False,
+                     "hits": {"total": {"value": len(hits), "relation": "eq"},
+                              "hits": [{"_index": idx, "_id": k, "_score": None}
+                                       for k, _ in page]}}
+
+    # ------------------------------------------------------------------ query DSL
+    def match(self, qd: dict[str, Any], d: dict[str, Any]) -> bool:
+        kind, arg = next(iter(qd.items()))
+        if kind == "match_all":
+            return True
+        if kind == "match_none":
+            return False
+        if kind == "bool":
+            ok = all(self.match(x, d) for x in arg.get("filter", []) + arg.get("must", []))
+            ok = ok and not any(self.match(x, d) for x in arg.get("must_not", []))
+            if arg.get("should"):
+                ok = ok and any(self.match(x, d) for x in arg["should"])
+            return ok
+        if kind == "nested":
+            return any(self.match(arg["query"], {"tags." + k: v for k, v in t.items()})
+                       for t in d.get(arg["path"], []))
+        if kind == "multi_match":
+            return any(self._phrase(arg["query"], self._get(d, f), arg["type"] == "phrase_prefix")
+                       for f in arg["fields"])
+        field, val = next(iter(arg.items()))
+        vals = self._get(d, field)
+        if kind == "term":
+            return any(v == val and type(v) is type(val) or
+                       (isinstance(v, (int, float)) and not isinstance(v, bool) and
+                        not isinstance(val, bool) and isinstance(val, (int, float)) and v == val)
+                       for v in vals)
+        if kind == "terms":
+            return any(v in set(val) for v in vals)
+        if kind == "range":
+            ops = {"lt": lambda a, b: a < b, "lte": lambda a, b: a <= b,
+                   "gt": lambda a, b: a > b, "gte": lambda a, b: a >= b}
+            return any(all(type(v) is not bool and isinstance(v, type(b)) or
+                           (isinstance(v, (int, float)) and isinstance(b, (int, float)))
+                           for b in val.values()) and
+                       all(ops[o](v, b) for o, b in val.items()) for v in vals
+                       if not isinstance(v, bool))
+        if kind == "prefix":
+            return any(isinstance(v, str) and v.startswith(val) for v in vals)
+        if kind == "wildcard":
+            return any(isinstance(v, str) and fnmatch.fnmatchcase(v, val["value"]) for v in vals)
+        raise AssertionError(f"fake ES: unsupported query {kind}")
+
+    @staticmethod
+    def _get(d: dict[str, Any], field: str) -> list[Any]:
+        if field.endswith(".text"):
+            field = field[:-5]
+        v = d.get(field)
+        if v is None:
+            return []
+        return v if isinstance(v, list) else [v]
+
+    @staticmethod
+    def _phrase(phrase: str, texts: list[Any], prefix: bool) -> bool:
+        pw = _words(phrase)
+        for t in texts:
+            tw = _words(str(t))
+            for i in range(len(tw) - len(pw) + 1):
+                if all(tw[i + j] == pw[j] for j in range(len(pw) - 1)):
+                    last = tw[i + len(pw) - 1]
+                    if last.startswith(pw[-1]) if prefix else last == pw[-1]:
+                        return True
+        return False

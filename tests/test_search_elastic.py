@@ -1,0 +1,114 @@
+"""The Elasticsearch back end, against a local server that answers as Elasticsearch would:
+the shared back-end suite, plus the exact requests it sends and the failures it must
+survive (409 conflicts, partial bulk failures, a server that is down)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+pytest.importorskip("elasticsearch")
+from elasticsearch import Elasticsearch  # noqa: E402
+
+from metafs.cdc.consumer import Consumer  # noqa: E402
+from metafs.cdc.search.elastic import ElasticIndex  # noqa: E402
+from metafs.cdc.source import source_for  # noqa: E402
+from metafs.client import Client  # noqa: E402
+
+from es_fake import FakeES  # noqa: E402
+from search_suite import SearchSuite  # noqa: E402
+
+
+class TestElastic(SearchSuite):
+    @pytest.fixture(autouse=True)
+    def _server(self) -> Iterator[None]:
+        self.fake = FakeES()
+        self.es = Elasticsearch(self.fake.url, max_retries=0)
+        yield
+        self.fake.close()
+
+    def make_backend(self, path: Path) -> ElasticIndex:
+        return ElasticIndex(path / "es-state.db", client=self.es, index=f"t-{path.name}",
+                            backoff=0.01)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[FakeES, Client, ElasticIndex]]:
+    fake = FakeES()
+    client = Client(data_dir=str(tmp_path / "data"))
+    ix = ElasticIndex(tmp_path / "es.db", client=Elasticsearch(fake.url, max_retries=0),
+                      index="files", backoff=0.01)
+    yield fake, client, ix
+    ix.close()
+    client.close()
+    fake.close()
+
+
+def _bulk_lines(fake: FakeES) -> list[list[dict]]:
+    return [[json.loads(x) for x in body.splitlines()] for m, p, body in fake.requests
+            if p.split("?")[0].endswith("/_bulk")]
+
+
+def test_exact_requests(setup: tuple[FakeES, Client, ElasticIndex]) -> None:
+    fake, client, ix = setup
+    client.write_bytes("/a.jpg", b"1")
+    client.setxattr("/a.jpg", "user.det", b'{"n": 3, "l": ["cat"]}')
+    Consumer(source_for(client), ix).catch_up()
+    tpl = fake.templates["files-template"]
+    assert tpl["index_patterns"] == ["files"]
+    assert tpl["template"]["mappings"]["properties"]["tags"]["type"] == "nested"
+    bulks = _bulk_lines(fake)
+    assert len(bulks) == 1
+    action, doc = bulks[0]
+    assert action["index"]["_id"] == str(client.stat("/a.jpg").st_ino)
+    assert action["index"]["version_type"] == "external"
+    assert action["index"]["version"] == client.changelog_head()
+    assert doc["name"] == "a.jpg" and doc["ext"] == "jpg" and doc["deleted"] is False
+    assert doc["tags"] == [{"k": "det.n", "n": 3.0}, {"k": "det.l", "s": "cat"}]
+    assert "refresh=wait_for" in [p for m, p, b in fake.requests if "_bulk" in p][0]
+
+
+def test_replay_gets_409_and_is_harmless(setup: tuple[FakeES, Client, ElasticIndex]) -> None:
+    fake, client, ix = setup
+    client.write_bytes("/a.jpg", b"1")
+    client.remove("/a.jpg")
+    Consumer(source_for(client), ix).catch_up()
+    ino_docs = fake.indices["files"]
+    (ver, doc), = ino_docs.values()
+    assert doc["deleted"] is True  # a tombstone at the removal's position
+    ix.reset()  # rebuild: every version is sent again and refused with 409
+    Consumer(source_for(client), ix).catch_up()
+    assert list(fake.indices["files"].values()) == [(ver, doc)]
+    assert ix.search("").hits == []
+    # A late update with an older version cannot undo the delete.
+    status, resp = fake.bulk(json.dumps({"index": {"_index": "files", "_id": next(iter(
+        ino_docs)), "version": ver - 1, "version_type": "external"}}) + "\n" +
+        json.dumps({"name": "a.jpg", "deleted": False}) + "\n")
+    assert resp["items"][0]["index"]["status"] == 409
+
+
+def test_partial_bulk_failure_is_retried(setup: tuple[FakeES, Client, ElasticIndex]) -> None:
+    fake, client, ix = setup
+    for i in range(5):
+        client.write_bytes(f"/f{i}", b"")
+    fake.fail_items = 2
+    Consumer(source_for(client), ix).catch_up()
+    bulks = _bulk_lines(fake)
+    assert len(bulks) == 2 and len(bulks[1]) == 4  # only the 2 failed items were resent
+    assert len(ix.search("", limit=100).hits) == 5
+
+
+def test_server_down_keeps_the_checkpoint(setup: tuple[FakeES, Client, ElasticIndex]) -> None:
+    fake, client, ix = setup
+    client.write_bytes("/x.jpg", b"")
+    fake.down = True
+    cons = Consumer(source_for(client), ix)
+    with pytest.raises(Exception):
+        cons.step()
+    assert ix.position() == 0 and ix.committed_position() == 0
+    fake.down = False
+    cons.catch_up()
+    assert ix.search("ext:jpg").paths == ["/x.jpg"]
