@@ -59,7 +59,7 @@ def append(conn: Connection, records: Sequence[pb.ChangeRecord]) -> int:
     if n == 1:
         _Q_INSERT.run(conn, **rows[0])
     else:
-        conn.execute(insert(_cl), rows)
+        _Q_INSERT.many(conn, rows)
     return last
 
 

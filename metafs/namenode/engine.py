@@ -22,13 +22,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from sqlalchemy import create_engine, event, select, text, update
+from sqlalchemy import bindparam, create_engine, event, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..config import Settings
 from ..errors import FsError
 from . import schema
+from .sql import Prepared
 
 log = logging.getLogger("metafs.namenode.engine")
 
@@ -175,12 +176,7 @@ class SqliteEngine(MetaEngine):
 
     def allocate_ids(self, conn: Connection, kind: str, n: int) -> list[int]:
         # Writers are serialized by BEGIN IMMEDIATE, so a counter row costs nothing extra.
-        last = conn.execute(
-            update(schema.counters)
-            .where(schema.counters.c.name == kind)
-            .values(value=schema.counters.c.value + n)
-            .returning(schema.counters.c.value)
-        ).scalar_one()
+        last = _Q_ALLOCATE.scalar(conn, kind=kind, n=n)
         return list(range(int(last) - n + 1, int(last) + 1))
 
 
@@ -241,6 +237,11 @@ class PostgresEngine(MetaEngine):
         return [int(v) for v in conn.execute(text(
             f"SELECT nextval('metafs_{kind}_seq') FROM generate_series(1, :n)"), {"n": n}
         ).scalars().all()]
+
+
+_Q_ALLOCATE = Prepared(
+    update(schema.counters).where(schema.counters.c.name == bindparam("kind"))
+    .values(value=schema.counters.c.value + bindparam("n")).returning(schema.counters.c.value))
 
 
 def engine_for(url: str, settings: Settings) -> MetaEngine:

@@ -73,6 +73,9 @@ _Q_INSERT_HANDLE = Prepared(insert(H).values(id=bindparam("id"), ino=bindparam("
                                              opened_ns=bindparam("opened_ns")))
 _Q_HANDLE_FLAGS = Prepared(select(H.c.flags).where(H.c.id == bindparam("hid"),
                                                    H.c.ino == bindparam("ino")))
+_Q_INSERT_DATA = Prepared(insert(FD).values(ino=bindparam("ino"), data=bindparam("data")))
+_Q_INSERT_XATTR = Prepared(insert(XA).values(ino=bindparam("ino"), name=bindparam("name"),
+                                             value=bindparam("value")))
 _Q_INLINE = Prepared(select(FD.c.data).where(FD.c.ino == bindparam("ino")))
 
 _ALLOWED_TYPES = {stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK}
@@ -83,6 +86,15 @@ def to_attr(row: Any) -> pb.Attr:
                    rdev=row.rdev, size=row.size, atime_ns=row.atime_ns, mtime_ns=row.mtime_ns,
                    ctime_ns=row.ctime_ns, btime_ns=row.btime_ns, version=row.version,
                    generation=row.generation, inline=row.storage == STORAGE_INLINE)
+
+
+def dict_attr(row: dict) -> pb.Attr:
+    """to_attr for the column dict of an inode this transaction is creating."""
+    return pb.Attr(ino=row["id"], mode=row["mode"], nlink=row["nlink"], uid=row["uid"],
+                   gid=row["gid"], rdev=row["rdev"], size=row["size"], atime_ns=row["atime_ns"],
+                   mtime_ns=row["mtime_ns"], ctime_ns=row["ctime_ns"], btime_ns=row["btime_ns"],
+                   version=row["version"], generation=row["generation"],
+                   inline=row["storage"] == STORAGE_INLINE)
 
 
 def check_name(name: str, *, new: bool = True) -> None:
@@ -120,8 +132,10 @@ class Tx:
     after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     def log(self, op: int, ino: int, **kw: Any) -> pb.ChangeRecord:
-        rec = pb.ChangeRecord(op=op, ino=ino, uid=self.cred.uid, client_id=self.cred.client_id,
-                              run_id=self.cred.run_id, ts_ns=self.now, **kw)
+        fields: dict[str, Any] = dict(uid=self.cred.uid, client_id=self.cred.client_id,
+                                      run_id=self.cred.run_id, ts_ns=self.now)
+        fields.update(kw)  # a record may name another run (RecordAccess events do)
+        rec = pb.ChangeRecord(op=op, ino=ino, **fields)
         self.records.append(rec)
         return rec
 
@@ -142,6 +156,11 @@ class Namespace:
         from .blocks import BlockLayer  # registers its free hook; opens the store lazily
 
         self.blocks = BlockLayer(self)
+        # Checks run inside each write transaction before it commits (quotas).
+        self.precommit_hooks: list[Callable[[Tx], None]] = []
+        from .quota import Quotas  # registers its EDQUOT check
+
+        self.quotas = Quotas(self)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -161,6 +180,8 @@ class Namespace:
         def body(conn: Connection) -> tuple[T, int, list[Callable[[], None]]]:
             tx = Tx(self, conn, cred, time.time_ns())
             result = fn(tx)
+            for hook in self.precommit_hooks:
+                hook(tx)
             last = changelog.append(conn, tx.records) if tx.records else 0
             return result, last, tx.after_commit
 
@@ -247,9 +268,11 @@ class Namespace:
         """Lock and check a directory that gets a new entry ``name``."""
         self._lock(tx.conn, parent_ino)
         parent = self._dir(tx.conn, parent_ino)
-        check(tx.cred, parent, W | X, "create entries in this directory")
+        # As Linux: a name that exists is EEXIST even where it could not be created.
+        check(tx.cred, parent, X, "search this directory")
         if self._lookup(tx.conn, parent_ino, name) is not None:
             raise FsError(errno.EEXIST, "file exists", name)
+        check(tx.cred, parent, W | X, "create entries in this directory")
         return parent
 
     def _drop_link(self, tx: Tx, row: Row) -> int:
@@ -508,7 +531,7 @@ class Namespace:
             _Q_INSERT_INODE.run(tx.conn, **row)
             self._link_entry(tx, parent, name, row["id"], row["mode"])
             self._touch_dir(tx, parent)
-            attr = to_attr(_Obj(row))
+            attr = dict_attr(row)
             tx.log(pb.OP_CREATE if ftype == stat.S_IFREG else pb.OP_MKNOD, row["id"],
                    parent=parent, name=name, attr=attr)
             handle = self._new_handle(tx, row["id"], flags) if do_open else 0
@@ -526,7 +549,7 @@ class Namespace:
             _Q_INSERT_INODE.run(tx.conn, **row)
             self._link_entry(tx, parent, name, row["id"], row["mode"])
             self._touch_dir(tx, parent, nlink_delta=1)
-            attr = to_attr(_Obj(row))
+            attr = dict_attr(row)
             tx.log(pb.OP_MKDIR, row["id"], parent=parent, name=name, attr=attr)
             return pb.Entry(ino=row["id"], attr=attr)
 
@@ -548,7 +571,7 @@ class Namespace:
             _Q_INSERT_INODE.run(tx.conn, **row)
             self._link_entry(tx, parent, name, row["id"], row["mode"])
             self._touch_dir(tx, parent)
-            attr = to_attr(_Obj(row))
+            attr = dict_attr(row)
             tx.log(pb.OP_SYMLINK, row["id"], parent=parent, name=name, attr=attr,
                    extra=json.dumps({"target": target}))
             return pb.Entry(ino=row["id"], attr=attr)
@@ -561,16 +584,14 @@ class Namespace:
         def fn(tx: Tx) -> pb.Entry:
             self._lock(tx.conn, ino, new_parent)
             row = self._get(tx.conn, ino)
+            # Linux's order: the new name (EEXIST), write access, then the source.
+            self._check_dir_for_entry(tx, new_parent, new_name)
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EPERM, "hard links to directories are not allowed")
             if row.nlink == 0:
                 raise FsError(errno.ENOENT, "cannot link a file that has been removed")
             if row.nlink >= LINK_MAX:
                 raise FsError(errno.EMLINK, "too many links")
-            pdir = self._dir(tx.conn, new_parent)
-            check(cred, pdir, W | X, "create entries in this directory")
-            if self._lookup(tx.conn, new_parent, new_name) is not None:
-                raise FsError(errno.EEXIST, "file exists", new_name)
             self._link_entry(tx, new_parent, new_name, ino, row.mode)
             tx.conn.execute(update(I).where(I.c.id == ino).values(nlink=I.c.nlink + 1,
                                                                    ctime_ns=tx.now))
@@ -1169,7 +1190,7 @@ class Namespace:
             if stat.S_ISDIR(mode):
                 touched[pdir.id] += 1
             obj = _Obj(row)
-            attr = to_attr(obj)
+            attr = dict_attr(row)
             tx.log(pb.OP_MKDIR if stat.S_ISDIR(mode) else pb.OP_CREATE, row["id"],
                    parent=pdir.id, name=name, attr=attr)
             for k, v in xa.items():
@@ -1204,13 +1225,10 @@ class Namespace:
                 dirs[tuple(parts)] = obj
             inos.append(obj.id)
 
-        if inode_rows:
-            conn.execute(insert(I), inode_rows)
-            conn.execute(insert(D), dentry_rows)
-        if data_rows:
-            conn.execute(insert(FD), data_rows)
-        if xattr_rows:
-            conn.execute(insert(XA), xattr_rows)
+        _Q_INSERT_INODE.many(conn, inode_rows)
+        _Q_INSERT_DENTRY.many(conn, dentry_rows)
+        _Q_INSERT_DATA.many(conn, data_rows)
+        _Q_INSERT_XATTR.many(conn, xattr_rows)
         for dino, delta in touched.items():
             self._touch_dir(tx, dino, nlink_delta=delta)
         return pb.BulkCreateReply(created=created, inos=inos)

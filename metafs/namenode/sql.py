@@ -82,3 +82,18 @@ class Prepared:
             return cur.rowcount
         finally:
             cur.close()
+
+    def many(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Execute once per row of parameters (executemany on the driver)."""
+        if not rows:
+            return
+        sql, pos, fixed = self._sql(conn)
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if pos is not None:
+                cur.executemany(sql, [tuple({**fixed, **r}[k] for k in pos) if fixed else
+                                      tuple(r[k] for k in pos) for r in rows])
+            else:
+                cur.executemany(sql, [{**fixed, **r} for r in rows] if fixed else rows)
+        finally:
+            cur.close()

