@@ -66,10 +66,13 @@ def _setup_logging(level: str) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .namenode.server import Namenode, serve_grpc
 
-    s = settings_from(args)
+    from .ops.cli import serve_overrides, start_serve_extras
+
+    s = settings_from(args, **serve_overrides(args))
     _setup_logging(s.log_level)
     nn = Namenode(s)
     server = serve_grpc(nn, s.listen)
+    start_serve_extras(nn, s)  # Prometheus metrics endpoint, when configured
     db = s.effective_db_url
     shown_db = db.split("@")[-1] if "@" in db else db
     log.info("metafs namenode started on %s (db %s, blocks %s, pid %d)", server.address,
@@ -261,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--blocks", dest="blocks_url", help="file:///PATH or s3://BUCKET/PREFIX")
     sp.add_argument("--listen", help="HOST:PORT to serve gRPC on")
     sp.add_argument("--ready-file", help="write the bound address here once serving")
+    from .ops.cli import add_serve_flags
+
+    add_serve_flags(sp)  # TLS, authentication, metrics
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("demo", help="show metafs working on a throwaway data directory")

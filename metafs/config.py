@@ -149,6 +149,63 @@ class Settings:
     .csv, .parquet, images, ...) is itself a data set: reads of its files count as one read
     of the directory."""
 
+    # -- provenance --
+    access_events: bool = True
+    """Clients (and the mount) report which files each process read and wrote, for the
+    provenance graph. METAFS_ACCESS_EVENTS=0 turns the reports off."""
+    access_batch: int = 256
+    """Access events a client buffers before it sends them in one RecordAccess call."""
+    access_flush_interval: float = 2.0
+    """Seconds an access event may wait in a client's buffer before it is sent."""
+    prov_db_url: str = ""
+    """Database of the provenance graph (sqlite:///PATH or postgresql://...). Empty: the
+    SQLite file ``provenance.db`` inside data_dir."""
+    prov_dataset_dir_min: int = 2
+    """A directory directly holding at least this many data-set files (by extension:
+    .csv, .parquet, images, ...) is itself a data set: reads of its files count as one read
+    of the directory."""
+
+    # -- FUSE mount (metafs/fuse; see docs/fuse.md for the consistency each gives) --
+    fuse_attr_timeout: float = 1.0
+    """Seconds the kernel and the mount may answer stat() from cache. Changes made through
+    other mounts become visible after at most this long (sooner with fuse_follow_changes)."""
+    fuse_entry_timeout: float = 1.0
+    """Seconds a name -> inode lookup may be cached (kernel dentries and the mount's table)."""
+    fuse_negative_timeout: float = 0.0
+    """Seconds a 'no such file' answer may be cached (0: names created elsewhere appear at
+    once)."""
+    fuse_follow_changes: bool = True
+    """Follow the namenode's changelog and drop cached names, attributes and page cache of
+    inodes that other clients changed, so long timeouts stay coherent between mounts."""
+    fuse_follow_poll_ms: int = 200
+    """Longest wait of one changelog poll when following changes."""
+    fuse_kernel_cache: bool = True
+    """Keep the kernel page cache of a file across opens when its data version is unchanged
+    (close-to-open: every open asks the namenode for the current version)."""
+    fuse_write_buffer: int = 4 * 1024 * 1024
+    """Bytes of contiguous small writes an open file coalesces before sending them (pushed
+    on close, fsync, read, stat of the file, or when full)."""
+    fuse_readahead: int = 1024 * 1024
+    """Bytes a sequential reader of an open file fetches ahead in one call."""
+    fuse_max_write: int = 1024 * 1024
+    """Largest write request the kernel sends (libfuse 3 allows up to 1 MiB)."""
+    fuse_rpc_timeout: float = 10.0
+    """Seconds a mount waits for a namenode call before the operation fails with EIO."""
+    fuse_access_events: bool = True
+    """Record which processes read and wrote which files (provenance access events)."""
+    fuse_access_batch: int = 512
+    """Access events sent to the namenode in one RecordAccess call."""
+    fuse_access_interval: float = 1.0
+    """Seconds between sends of pending access events."""
+    fuse_allow_other: bool = False
+    """Let users other than the one who mounted use the mount (needs root, or
+    user_allow_other in /etc/fuse.conf)."""
+    fuse_default_permissions: bool = True
+    """Let the kernel check mode bits against cached attributes too (the namenode always
+    checks): required for cached lookups to be safe for several users."""
+    fuse_threads: bool = True
+    """Serve FUSE requests on several threads."""
+
     # -- logging --
     log_level: str = "INFO"
 

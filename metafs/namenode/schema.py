@@ -169,9 +169,25 @@ def _v2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[blocks, block_garbage])
 
 
+# -- v3: directory quotas (see metafs/namenode/quota.py) --
+quotas = Table(
+    "quotas",
+    metadata,
+    Column("ino", BigInteger, primary_key=True, autoincrement=False),
+    Column("max_files", BigInteger, nullable=False, default=0),  # 0: no limit
+    Column("max_bytes", BigInteger, nullable=False, default=0),  # 0: no limit
+)
+
+
+def _v3(conn: Connection) -> None:
+    """Directory quotas."""
+    metadata.create_all(conn, tables=[quotas])
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
+    (3, _v3),
 ]
 
 

@@ -134,6 +134,9 @@ def _streaming(handlers: Handlers, name: str, gate: threading.BoundedSemaphore,
 def make_servicer(handlers: Handlers, max_subscribers: int) -> pb_grpc.NamenodeServicer:
     """A servicer whose every RPC calls the handler of the same name."""
     gate = threading.BoundedSemaphore(max_subscribers)
+    from ..ops.metrics import instrument  # Prometheus: ops by type and errno, latency
+
+    handlers = instrument(handlers)
     methods: dict[str, Any] = {}
     for m in pb.DESCRIPTOR.services_by_name["Namenode"].methods:
         if m.server_streaming:
@@ -165,7 +168,10 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(listen)
+        from ..ops import auth  # TLS, mutual TLS and caller authentication
+
+        auth.install(namenode, self.server)
+        self.port = auth.bind(self.server, listen, s)
         if self.port == 0:
             raise OSError(errno.EADDRINUSE, f"cannot listen on {listen}")
         host = listen.rsplit(":", 1)[0]

@@ -1,0 +1,2 @@
+"""Running metafs for a team: TLS and authentication, certificates, metrics, quotas,
+fsck, backup and restore, folder sync and bulk copies."""

@@ -1,0 +1,374 @@
+"""TLS on gRPC, and authentication of callers mapped to uids and groups.
+
+Without authentication (``auth_mode = "none"``) a namenode trusts the uid, gid and groups
+each request claims, which is right on one machine and wrong on a shared cluster. With
+``auth_mode`` ``token``, ``cert`` or ``any`` every remote caller must prove an identity,
+by a bearer token (``authorization: Bearer ...`` call metadata) or by a client certificate
+(mutual TLS, the certificate's common name), and that identity is looked up in the
+identity table (``auth_file``, TOML)::
+
+    [tokens.alice]            # a token identity
+    token = "9f2c..."         # or token_sha256 = "<hex digest>"
+    uid = 1000
+    gid = 1000
+    groups = [1000, 100]
+
+    [certs.bob]               # a client certificate with common name "bob"
+    uid = 1001
+    gid = 1001
+
+    [certs.fuse-gateway]      # a trusted service (the FUSE mount acting for its users)
+    uid = 0
+    gid = 0
+    trusted = true
+
+A caller may claim exactly its identity's uid, its gid or one of its groups as gid, and a
+subset of its groups; any other claim is refused with EACCES naming both identities. A
+``trusted`` identity may claim any ids (a mount serving many local users does). An
+in-process (embedded) caller is always trusted: it already runs with the user's rights.
+
+Clients learn their identity with the ``metafs.Auth/WhoAmI`` call (a small JSON method
+served beside the Namenode service), so ``Client()`` claims the right ids by itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import hashlib
+import hmac
+import json
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+
+from ..config import Settings
+from ..errors import FsError
+from ..proto import metafs_pb2 as pb
+from ..namenode.perms import Cred
+
+log = logging.getLogger("metafs.auth")
+
+AUTH_MODES = ("none", "token", "cert", "any")
+WHOAMI = "/metafs.Auth/WhoAmI"
+
+
+class AuthError(FsError):
+    """An unauthenticated caller: EACCES for the client, UNAUTHENTICATED on the wire."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EACCES, "not authenticated: " + message)
+
+    @property
+    def grpc_code_name(self) -> str:
+        return "UNAUTHENTICATED"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a token or certificate belongs to."""
+
+    name: str
+    kind: str  # "token" | "cert" | "local"
+    uid: int
+    gid: int
+    groups: frozenset[int] = field(default_factory=frozenset)
+    trusted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "uid": self.uid, "gid": self.gid,
+                "groups": sorted(self.groups), "trusted": self.trusted}
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class IdentityTable:
+    """Tokens and certificate names, mapped to identities (read from ``auth_file``)."""
+
+    def __init__(self, tokens: dict[str, Identity] | None = None,
+                 certs: dict[str, Identity] | None = None) -> None:
+        self.by_digest: dict[str, Identity] = dict(tokens or {})  # sha256 hex -> identity
+        self.by_cn: dict[str, Identity] = dict(certs or {})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "IdentityTable":
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"auth_file {p} does not exist") from None
+        t = cls()
+        for name, e in (data.get("tokens") or {}).items():
+            digest = e.get("token_sha256") or (token_digest(e["token"]) if "token" in e
+                                               else None)
+            if not digest:
+                raise ValueError(f"{p}: tokens.{name} needs token or token_sha256")
+            t.by_digest[digest.lower()] = cls._ident(p, name, "token", e)
+        for name, e in (data.get("certs") or {}).items():
+            t.by_cn[name] = cls._ident(p, name, "cert", e)
+        return t
+
+    @staticmethod
+    def _ident(p: Path, name: str, kind: str, e: dict[str, Any]) -> Identity:
+        if "uid" not in e:
+            raise ValueError(f"{p}: {kind}s.{name} has no uid")
+        uid = int(e["uid"])
+        gid = int(e.get("gid", uid))
+        return Identity(name, kind, uid, gid, frozenset(int(g) for g in e.get("groups", [])),
+                        bool(e.get("trusted", False)))
+
+    def by_token(self, token: str) -> Identity | None:
+        digest = token_digest(token)
+        for known, ident in self.by_digest.items():
+            if hmac.compare_digest(known, digest):
+                return ident
+        return None
+
+
+def add_token(path: str | Path, name: str, uid: int, gid: int, groups: list[int],
+              token: str, trusted: bool = False) -> None:
+    """Append a token identity (stored as its SHA-256 digest) to an identity table file."""
+    p = Path(path)
+    existing = tomllib.loads(p.read_text()) if p.exists() else {}
+    if name in (existing.get("tokens") or {}):
+        raise ValueError(f"{p} already has a token named {name!r}")
+    with open(p, "a") as fh:
+        fh.write(f'\n[tokens."{name}"]\ntoken_sha256 = "{token_digest(token)}"\n'
+                 f"uid = {uid}\ngid = {gid}\ngroups = {json.dumps(groups)}\n"
+                 + ("trusted = true\n" if trusted else ""))
+    p.chmod(0o600)
+
+
+def add_cert_identity(path: str | Path, common_name: str, uid: int, gid: int,
+                      groups: list[int], trusted: bool = False) -> None:
+    p = Path(path)
+    with open(p, "a") as fh:
+        fh.write(f'\n[certs."{common_name}"]\nuid = {uid}\ngid = {gid}\n'
+                 f"groups = {json.dumps(groups)}\n" + ("trusted = true\n" if trusted else ""))
+
+
+# ---------------------------------------------------------------------- server side
+class Authenticator:
+    """Binds each remote call to an identity and checks the ids it claims."""
+
+    def __init__(self, settings: Settings) -> None:
+        mode = settings.auth_mode.lower()
+        if mode not in AUTH_MODES:
+            raise ValueError(f"auth_mode must be one of {', '.join(AUTH_MODES)}, not {mode!r}")
+        self.mode = mode
+        self.table = IdentityTable.load(settings.auth_file) if settings.auth_file \
+            else IdentityTable()
+        if mode != "none" and not settings.auth_file:
+            raise ValueError(f"auth_mode {mode} needs an auth_file (the identity table)")
+        if mode in ("cert", "any") and not (settings.tls_cert and settings.tls_ca):
+            raise ValueError(f"auth_mode {mode} needs TLS with a CA (tls_cert, tls_key, tls_ca)")
+        if mode == "cert" and not settings.tls_client_auth:
+            raise ValueError("auth_mode cert needs tls_client_auth = true (mutual TLS)")
+
+    def identify(self, ctx: Any) -> Identity | None:
+        """The identity a call proves, or None (AuthError when it proves a wrong one)."""
+        if ctx is None:
+            return None
+        if self.mode in ("token", "any"):
+            token = None
+            for k, v in ctx.invocation_metadata() or ():
+                if k == "authorization":
+                    scheme, _, rest = v.partition(" ")
+                    if scheme.lower() != "bearer" or not rest:
+                        raise AuthError("the authorization metadata must be 'Bearer TOKEN'")
+                    token = rest.strip()
+            if token is not None:
+                ident = self.table.by_token(token)
+                if ident is None:
+                    raise AuthError("the bearer token is not known to this namenode")
+                return ident
+        if self.mode in ("cert", "any"):
+            ac = ctx.auth_context() or {}
+            cns = ac.get("x509_common_name") or []
+            if cns:
+                cn = cns[0].decode() if isinstance(cns[0], bytes) else str(cns[0])
+                ident = self.table.by_cn.get(cn)
+                if ident is None:
+                    raise AuthError(f"client certificate {cn!r} is not mapped to a user in "
+                                    "the namenode's auth_file")
+                return ident
+        return None
+
+    def require(self, ctx: Any) -> Identity:
+        ident = self.identify(ctx)
+        if ident is None:
+            what = {"token": "a bearer token (set token or token_file)",
+                    "cert": "a client certificate (mutual TLS)",
+                    "any": "a bearer token or a client certificate"}[self.mode]
+            raise AuthError(f"this namenode requires {what}")
+        return ident
+
+    def cred_of(self, caller: pb.Caller, ctx: Any) -> Cred:
+        claimed = Cred.from_pb(caller)
+        if ctx is None or self.mode == "none":
+            return claimed  # in-process caller, or a namenode that trusts its network
+        ident = self.require(ctx)
+        if ident.trusted:
+            return claimed
+        allowed_groups = ident.groups | {ident.gid}
+        if claimed.uid != ident.uid:
+            raise FsError(errno.EACCES, f"caller claims uid {claimed.uid} but its {ident.kind} "
+                          f"{ident.name!r} is bound to uid {ident.uid}")
+        if claimed.gid not in allowed_groups:
+            raise FsError(errno.EACCES, f"caller claims gid {claimed.gid} but its {ident.kind} "
+                          f"{ident.name!r} has gid {ident.gid} and groups "
+                          f"{sorted(ident.groups)}")
+        extra = set(claimed.groups) - allowed_groups
+        if extra:
+            raise FsError(errno.EACCES, f"caller claims groups {sorted(extra)} that its "
+                          f"{ident.kind} {ident.name!r} is not in")
+        return claimed
+
+    def whoami(self, ctx: Any) -> dict[str, Any]:
+        if self.mode == "none":
+            return {"name": "", "kind": "none", "uid": None, "gid": None, "groups": [],
+                    "trusted": True}
+        return self.require(ctx).to_json()
+
+
+def install(namenode: Any, server: grpc.Server) -> Authenticator:
+    """Put authentication in front of a namenode's handlers and serve WhoAmI."""
+    auth = Authenticator(namenode.settings)
+    namenode.handlers.cred_of = auth.cred_of
+    namenode.authenticator = auth
+
+    def whoami(_req: bytes, ctx: grpc.ServicerContext) -> dict[str, Any]:
+        try:
+            return auth.whoami(ctx)
+        except FsError as err:
+            ctx.abort(grpc.StatusCode.UNAUTHENTICATED, err.message)
+            raise  # unreachable: abort raises
+
+    handler = grpc.method_handlers_generic_handler("metafs.Auth", {
+        "WhoAmI": grpc.unary_unary_rpc_method_handler(
+            whoami, request_deserializer=lambda b: b,
+            response_serializer=lambda d: json.dumps(d).encode())})
+    server.add_generic_rpc_handlers((handler,))
+    return auth
+
+
+def _check_validity(pem: bytes, what: str, path: str) -> None:
+    from .certs import validity
+
+    start, end = validity(pem)
+    now = dt.datetime.now(dt.timezone.utc)
+    if now > end:
+        raise PermissionError(errno.EACCES, f"{what} {path} expired on {end:%Y-%m-%d %H:%M} UTC")
+    if now < start:
+        raise PermissionError(errno.EACCES, f"{what} {path} is not valid before "
+                              f"{start:%Y-%m-%d %H:%M} UTC")
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, f"{what} not found", path) from None
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials for `metafs serve`, or None for plaintext."""
+    if not settings.tls_cert:
+        if settings.tls_client_auth:
+            raise ValueError("tls_client_auth needs tls_cert and tls_key")
+        return None
+    if not settings.tls_key:
+        raise ValueError("tls_cert is set but tls_key is not")
+    cert = _read(settings.tls_cert, "TLS certificate")
+    _check_validity(cert, "the namenode's TLS certificate", settings.tls_cert)
+    key = _read(settings.tls_key, "TLS key")
+    ca = _read(settings.tls_ca, "TLS CA") if settings.tls_ca else None
+    if settings.tls_client_auth and ca is None:
+        raise ValueError("tls_client_auth needs tls_ca to verify client certificates")
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                       require_client_auth=settings.tls_client_auth)
+
+
+def bind(server: grpc.Server, listen: str, settings: Settings) -> int:
+    """Listen on ``listen`` with TLS when configured; the bound port."""
+    creds = server_credentials(settings)
+    if creds is None:
+        if settings.auth_mode not in ("none", "") and not settings.tls_cert:
+            log.warning("authentication without TLS: tokens cross the network in the clear")
+        return server.add_insecure_port(listen)
+    return server.add_secure_port(listen, creds)
+
+
+# ---------------------------------------------------------------------- client side
+def client_token(settings: Settings) -> str:
+    if settings.token:
+        return settings.token.strip()
+    if settings.token_file:
+        return _read(settings.token_file, "token file").decode().strip()
+    return ""
+
+
+def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
+    """TLS credentials for a client, or None (plaintext) when no CA or client certificate
+    is configured."""
+    if not (settings.tls_ca or settings.tls_client_cert):
+        return None
+    ca = _read(settings.tls_ca, "TLS CA") if settings.tls_ca else None
+    key = cert = None
+    if settings.tls_client_cert:
+        cert = _read(settings.tls_client_cert, "client certificate")
+        _check_validity(cert, "client certificate", settings.tls_client_cert)
+        if not settings.tls_client_key:
+            raise ValueError("tls_client_cert is set but tls_client_key is not")
+        key = _read(settings.tls_client_key, "client key")
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                        certificate_chain=cert)
+
+
+def make_transport(settings: Settings) -> Any:
+    """The gRPC transport a client uses: TLS and token as configured."""
+    from ..client.transport import GrpcTransport
+
+    creds = channel_credentials(settings)
+    token = client_token(settings)
+    metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) \
+        if token else ()
+    options: tuple[tuple[str, Any], ...] = ()
+    if settings.tls_server_name and creds is not None:
+        options = (("grpc.ssl_target_name_override", settings.tls_server_name),)
+
+    class AuthTransport(GrpcTransport):
+        """GrpcTransport that can ask the namenode who it takes this client to be."""
+
+        def whoami(self) -> dict[str, Any]:
+            fn: Callable[..., Any] = self._channels[0].unary_unary(
+                WHOAMI, request_serializer=lambda b: b, response_deserializer=json.loads)
+            try:
+                return fn(b"", timeout=self.timeout, metadata=self.metadata)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    return {"kind": "none", "uid": None}
+                from ..client.transport import error_from_rpc
+
+                raise error_from_rpc(exc, "WhoAmI").to_oserror() from None
+
+    t = AuthTransport(settings.namenode, timeout=settings.rpc_timeout, credentials=creds,
+                      metadata=metadata, options=options)
+    t.authenticated = bool(token or settings.tls_client_cert)
+    return t
+
+
+def identity_for_client(transport: Any) -> tuple[int, int, list[int]] | None:
+    """(uid, gid, groups) the namenode binds this transport to, when it authenticates."""
+    if not getattr(transport, "authenticated", False):
+        return None
+    who = transport.whoami()
+    if who.get("uid") is None or who.get("trusted"):
+        return None
+    return int(who["uid"]), int(who["gid"]), [int(g) for g in who.get("groups", [])]
