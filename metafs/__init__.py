@@ -6,6 +6,7 @@ change on a changelog that feeds search and provenance.
 """
 
 from .client import BulkFile, Client
+from .cdc.provenance.runs import run  # provenance: with metafs.run("train", params=...):
 
-__all__ = ["BulkFile", "Client"]
+__all__ = ["BulkFile", "Client", "run"]
 __version__ = "0.1.0"

@@ -155,7 +155,7 @@ class Client:
         self._renewer = threading.Thread(target=self._renew, name="metafs-session", daemon=True)
         self._renewer.start()
         self.raw_file_class: type[file_mod.RawFile] = file_mod.RawFile
-        self.access = AccessRecorder(self)  # provenance: what this process reads and writes
+        self.access_recorder = AccessRecorder(self)  # provenance: what it reads and writes
         self._attach_block_layer()
 
     def _attach_block_layer(self) -> None:
@@ -191,7 +191,7 @@ class Client:
         if self._closed.is_set():
             return
         self._closed.set()
-        self.access.close()
+        self.access_recorder.close()
         if self._embedded is not None:
             try:
                 self._embedded.ns.close_session(self.client_id)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FsError
 from ..proto import metafs_pb2 as pb
+from . import access
 
 if TYPE_CHECKING:
     from .client import Client
@@ -56,6 +57,7 @@ class RawFile(io.RawIOBase):
         self._readable = acc in (os.O_RDONLY, os.O_RDWR)
         self._writable = acc in (os.O_WRONLY, os.O_RDWR)
         self._append = bool(flags & os.O_APPEND)
+        self._did_read = self._did_write = False  # reported as an access event at close
 
     # -- io.RawIOBase
     def readable(self) -> bool:
@@ -76,6 +78,7 @@ class RawFile(io.RawIOBase):
         n = len(data)
         view[:n] = data
         self._pos += n
+        self._did_read = True
         return n
 
     def write(self, b: Any) -> int:
@@ -87,6 +90,7 @@ class RawFile(io.RawIOBase):
             return 0
         end = self._write_at(self._pos, data, self._append)
         self._pos = end
+        self._did_write = True
         return len(data)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
@@ -122,6 +126,7 @@ class RawFile(io.RawIOBase):
             return
         try:
             self._flush_data()
+            access.note_file_closed(self)  # provenance: this process read/wrote the file
         finally:
             super().close()
             try:

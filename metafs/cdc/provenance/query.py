@@ -1,0 +1,310 @@
+"""Questions asked of the provenance graph, answered with recursive SQL.
+
+``upstream`` follows artifact version <-wrote- run <-read- artifact version ... and
+``downstream`` the other way, each as one ``WITH RECURSIVE`` statement over the edges
+table (on SQLite and PostgreSQL alike); Python only touches the rows of the answer.
+``--as-of`` keeps the edges, versions and runs first seen at or before a changelog
+position (or a time).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import and_, literal, select, true, union
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import ColumnElement
+
+from .classify import classify
+from .store import EDGES, FILES, RUNS, VERSIONS, ProvenanceStore
+
+ROOT_INO = 1
+_CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class AsOf:
+    """A point in the changelog: a position, a time (ns since the epoch), or neither."""
+
+    seq: int | None = None
+    ts_ns: int | None = None
+
+    def cond(self, table: Any, seq_col: str = "seq", ts_col: str = "ts_ns"
+             ) -> ColumnElement[bool]:
+        parts: list[ColumnElement[bool]] = []
+        if self.seq is not None:
+            parts.append(table.c[seq_col] <= self.seq)
+        if self.ts_ns is not None:
+            parts.append(table.c[ts_col] <= self.ts_ns)
+        return and_(true(), *parts)
+
+    def includes(self, seq: int | None, ts_ns: int | None) -> bool:
+        if seq is None:
+            return False
+        if self.seq is not None and seq > self.seq:
+            return False
+        if self.ts_ns is not None and ts_ns is not None and ts_ns > self.ts_ns:
+            return False
+        return True
+
+
+NOW = AsOf()
+
+
+@dataclass
+class Graph:
+    """A lineage answer: runs, artifact versions and the edges between them."""
+
+    direction: str
+    roots: list[int]
+    runs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    artifacts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    edges: list[tuple[int, str, int]] = field(default_factory=list)  # (run, 'r'|'w', av)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"direction": self.direction, "roots": self.roots,
+                "artifacts": [self.artifacts[a] for a in sorted(self.artifacts)],
+                "runs": [self.runs[r] for r in sorted(self.runs)],
+                "edges": [{"run": r, "type": "read" if d == "r" else "wrote", "artifact": a}
+                          for r, d, a in sorted(self.edges)]}
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return [a for a in self.artifacts.values() if a["kind"] == "dataset"]
+
+
+class ProvenanceQuery:
+    """Read-only queries over a :class:`ProvenanceStore`."""
+
+    def __init__(self, store: ProvenanceStore) -> None:
+        self.store = store
+
+    # ------------------------------------------------------------------ lookups
+    def conn(self) -> Any:
+        return self.store.reader.connect()
+
+    def ino_for_path(self, path: str) -> int | None:
+        """Resolve a path through the names the graph has seen (works for deleted files
+        too; the live namespace is asked first by the API)."""
+        parts = [p for p in path.split("/") if p]
+        ino = ROOT_INO
+        with self.conn() as c:
+            for name in parts:
+                row = c.execute(select(FILES.c.ino).where(and_(
+                    FILES.c.parent == ino, FILES.c.name == name))
+                    .order_by(FILES.c.deleted, FILES.c.seq.desc()).limit(1)).first()
+                if row is None:
+                    return None
+                ino = int(row[0])
+        return ino
+
+    def versions(self, ino: int, asof: AsOf = NOW) -> list[dict[str, Any]]:
+        """The versions of artifact ``ino`` (oldest first) as of ``asof``."""
+        with self.conn() as c:
+            rows = c.execute(select(VERSIONS).where(and_(VERSIONS.c.ino == ino,
+                                                         asof.cond(VERSIONS)))
+                             .order_by(VERSIONS.c.id)).all()
+            return [self._version_dict(r, i + 1) for i, r in enumerate(rows)]
+
+    def artifact_of(self, ino: int) -> int:
+        """The artifact a path's inode is recorded as (its data-set directory, if any)."""
+        from .store import _Batch
+
+        with self.conn() as c:
+            target, _ = self.store.target_of(c, _Batch(), ino)
+        return target
+
+    # ------------------------------------------------------------------ walks
+    def upstream(self, avs: Sequence[int], depth: int | None = None,
+                 asof: AsOf = NOW) -> Graph:
+        """Runs that wrote ``avs``, what they read, who wrote that, ... (``depth`` runs
+        deep; None: all the way)."""
+        return self._walk(avs, "upstream", depth, asof)
+
+    def downstream(self, avs: Sequence[int], depth: int | None = None,
+                   asof: AsOf = NOW) -> Graph:
+        """Runs that read ``avs``, what they wrote, who read that, ..."""
+        return self._walk(avs, "downstream", depth, asof)
+
+    def _walk(self, avs: Sequence[int], direction: str, depth: int | None,
+              asof: AsOf) -> Graph:
+        g = Graph(direction=direction, roots=list(avs))
+        if not avs:
+            return g
+        a = EDGES.alias("a")  # edge into the current artifact (wrote for upstream)
+        b = EDGES.alias("b")  # edge out of that run to the next artifact
+        d_in, d_out = ("w", "r") if direction == "upstream" else ("r", "w")
+        base_cols = [VERSIONS.c.id.label("av")]
+        if depth is not None:
+            base_cols.append(literal(0).label("d"))
+        base = select(*base_cols).where(and_(VERSIONS.c.id.in_(list(avs)),
+                                             asof.cond(VERSIONS)))
+        walk = base.cte("walk", recursive=True)
+        join_a = and_(a.c.av == walk.c.av, a.c.dir == d_in, asof.cond(a))
+        join_b = and_(b.c.run == a.c.run, b.c.dir == d_out, b.c.av != a.c.av, asof.cond(b))
+        rec_cols = [b.c.av]
+        if depth is not None:
+            rec_cols.append(walk.c.d + 1)
+        rec = select(*rec_cols).select_from(walk.join(a, join_a).join(b, join_b))
+        limit = true() if depth is None else walk.c.d < depth
+        walk = walk.union(rec.where(limit))
+        hop1 = (select(a.c.run, a.c.dir, a.c.av).select_from(walk.join(a, join_a))
+                .where(limit))
+        hop2 = (select(b.c.run, b.c.dir, b.c.av)
+                .select_from(walk.join(a, join_a).join(b, join_b)).where(limit))
+        with self.conn() as c:
+            edges = {(int(r), str(d), int(v)) for r, d, v in c.execute(union(hop1, hop2))}
+            g.edges = sorted(edges)
+            av_ids = set(avs) | {v for _, _, v in edges}
+            run_ids = {r for r, _, _ in edges}
+            g.artifacts = self._artifacts(c, av_ids, asof)
+            g.runs = self._runs(c, run_ids, asof)
+        return g
+
+    # ------------------------------------------------------------------ listings
+    def runs(self, ino: int | None = None, asof: AsOf = NOW, limit: int = 1000
+             ) -> list[dict[str, Any]]:
+        """Runs (newest first), or the runs that read or wrote artifact ``ino``, each
+        with ``reads``/``writes`` version numbers when ``ino`` is given."""
+        with self.conn() as c:
+            if ino is None:
+                rows = c.execute(select(RUNS.c.id).where(asof.cond(RUNS))
+                                 .order_by(RUNS.c.id.desc()).limit(limit)).all()
+                runs = self._runs(c, {int(r[0]) for r in rows}, asof)
+                return [runs[r] for r in sorted(runs, reverse=True)]
+            vers = {int(r.id): i + 1 for i, r in enumerate(c.execute(
+                select(VERSIONS.c.id).where(VERSIONS.c.ino == ino).order_by(VERSIONS.c.id)))}
+            rows = c.execute(select(EDGES.c.run, EDGES.c.dir, EDGES.c.av).where(and_(
+                EDGES.c.av.in_(list(vers)), asof.cond(EDGES)))).all() if vers else []
+            runs = self._runs(c, {int(r[0]) for r in rows}, asof)
+            for run, d, av in rows:
+                key = "reads" if d == "r" else "writes"
+                runs[int(run)].setdefault(key, []).append(vers[int(av)])
+            return [runs[r] for r in sorted(runs, reverse=True)][:limit]
+
+    def show(self, ino: int, asof: AsOf = NOW) -> dict[str, Any]:
+        """An artifact: what it is, its versions, and who wrote and read each."""
+        with self.conn() as c:
+            info = self._files(c, {ino}).get(ino)
+            vrows = c.execute(select(VERSIONS).where(and_(VERSIONS.c.ino == ino,
+                                                          asof.cond(VERSIONS)))
+                              .order_by(VERSIONS.c.id)).all()
+            versions = [self._version_dict(r, i + 1) for i, r in enumerate(vrows)]
+            ids = [v["id"] for v in versions]
+            rows = c.execute(select(EDGES.c.run, EDGES.c.dir, EDGES.c.av).where(and_(
+                EDGES.c.av.in_(ids), asof.cond(EDGES)))).all() if ids else []
+            runs = self._runs(c, {int(r[0]) for r in rows}, asof)
+        by_id = {v["id"]: v for v in versions}
+        for v in versions:
+            v["written_by"], v["read_by"] = [], []
+        for run, d, av in rows:
+            by_id[int(av)]["written_by" if d == "w" else "read_by"].append(runs[int(run)])
+        out = {"ino": ino, "path": self._paths([ino]).get(ino, f"<ino {ino}>"),
+               "kind": self._kind(info), "is_dir": bool(info and info["is_dir"]),
+               "deleted": bool(info and info["deleted"]), "versions": versions}
+        return out
+
+    # ------------------------------------------------------------------ details
+    def _version_dict(self, r: Any, ordinal: int) -> dict[str, Any]:
+        return {"id": int(r.id), "ino": int(r.ino), "version": ordinal,
+                "data_versions": [int(r.v_lo), int(r.v_hi)], "size": int(r.size),
+                "seq": int(r.seq), "ts_ns": int(r.ts_ns)}
+
+    def _kind(self, f: dict[str, Any] | None) -> str:
+        if f is None:
+            return "other"
+        return classify(f["name"], f["is_dir"], f["kind_x"], f["data_children"],
+                        self.store.dataset_dir_min)
+
+    def _files(self, c: Connection, inos: Iterable[int]) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        todo = list(set(inos))
+        for i in range(0, len(todo), _CHUNK):
+            for r in c.execute(select(FILES).where(FILES.c.ino.in_(todo[i:i + _CHUNK]))):
+                out[int(r.ino)] = dict(r._mapping)
+        return out
+
+    def _paths(self, inos: Iterable[int]) -> dict[int, str]:
+        with self.conn() as c:
+            return self._paths_c(c, inos)
+
+    def _paths_c(self, c: Connection, inos: Iterable[int]) -> dict[int, str]:
+        names: dict[int, tuple[int, str]] = {}
+        want = set(inos)
+        todo = set(want)
+        while todo:
+            got = self._files(c, todo)
+            todo = set()
+            for ino, f in got.items():
+                names[ino] = (int(f["parent"]), f["name"])
+                p = int(f["parent"])
+                if p != ROOT_INO and p != ino and p not in names:
+                    todo.add(p)
+        out: dict[int, str] = {}
+        for ino in want:
+            if ino == ROOT_INO:
+                out[ino] = "/"
+                continue
+            parts: list[str] = []
+            cur, hops = ino, 0
+            while cur != ROOT_INO and cur in names and hops < 256:
+                parent, name = names[cur]
+                parts.append(name)
+                cur, hops = parent, hops + 1
+            out[ino] = "/" + "/".join(reversed(parts)) if cur == ROOT_INO else f"<ino {ino}>"
+        return out
+
+    def _artifacts(self, c: Connection, av_ids: Iterable[int], asof: AsOf
+                   ) -> dict[int, dict[str, Any]]:
+        ids = list(set(av_ids))
+        rows = []
+        for i in range(0, len(ids), _CHUNK):
+            rows.extend(c.execute(select(VERSIONS).where(VERSIONS.c.id.in_(ids[i:i + _CHUNK]))))
+        inos = {int(r.ino) for r in rows}
+        files = self._files(c, inos)
+        paths = self._paths_c(c, inos)
+        ordinals: dict[int, int] = {}
+        inol = list(inos)
+        for i in range(0, len(inol), _CHUNK):
+            last: dict[int, int] = {}
+            for vid, vino in c.execute(select(VERSIONS.c.id, VERSIONS.c.ino)
+                                       .where(VERSIONS.c.ino.in_(inol[i:i + _CHUNK]))
+                                       .order_by(VERSIONS.c.id)):
+                last[int(vino)] = last.get(int(vino), 0) + 1
+                ordinals[int(vid)] = last[int(vino)]
+        out: dict[int, dict[str, Any]] = {}
+        for r in rows:
+            f = files.get(int(r.ino))
+            d = self._version_dict(r, ordinals.get(int(r.id), 1))
+            d.update(path=paths.get(int(r.ino), f"<ino {r.ino}>"), kind=self._kind(f),
+                     is_dir=bool(f and f["is_dir"]), deleted=bool(f and f["deleted"]))
+            out[int(r.id)] = d
+        return out
+
+    def _runs(self, c: Connection, run_ids: Iterable[int], asof: AsOf
+              ) -> dict[int, dict[str, Any]]:
+        ids = list(set(run_ids))
+        out: dict[int, dict[str, Any]] = {}
+        for i in range(0, len(ids), _CHUNK):
+            for r in c.execute(select(RUNS).where(RUNS.c.id.in_(ids[i:i + _CHUNK]))):
+                out[int(r.id)] = run_dict(r, asof)
+        return out
+
+
+def run_dict(r: Any, asof: AsOf = NOW) -> dict[str, Any]:
+    """A run row as a plain dict (its end hidden when it is after ``asof``)."""
+    ended = r.end_seq is not None and asof.includes(int(r.end_seq), r.end_ns)
+    key = str(r.key)
+    try:
+        params = json.loads(r.params or "{}")
+    except ValueError:
+        params = {}
+    return {"id": int(r.id), "run_id": key.split(":", 1)[1] if key.startswith("run:") else key,
+            "explicit": bool(r.explicit), "name": r.name or "", "params": params,
+            "host": r.host or "", "user": r.user_name or "", "uid": r.uid, "pid": r.pid,
+            "cmdline": r.cmdline or "",
+            "status": (r.status or "") if ended or not r.explicit else "running",
+            "exit_code": r.exit_code if ended else None,
+            "start_ns": r.start_ns, "end_ns": r.end_ns if ended else None,
+            "seq": int(r.seq)}
