@@ -149,22 +149,6 @@ class Settings:
     .csv, .parquet, images, ...) is itself a data set: reads of its files count as one read
     of the directory."""
 
-    # -- provenance --
-    access_events: bool = True
-    """Clients (and the mount) report which files each process read and wrote, for the
-    provenance graph. METAFS_ACCESS_EVENTS=0 turns the reports off."""
-    access_batch: int = 256
-    """Access events a client buffers before it sends them in one RecordAccess call."""
-    access_flush_interval: float = 2.0
-    """Seconds an access event may wait in a client's buffer before it is sent."""
-    prov_db_url: str = ""
-    """Database of the provenance graph (sqlite:///PATH or postgresql://...). Empty: the
-    SQLite file ``provenance.db`` inside data_dir."""
-    prov_dataset_dir_min: int = 2
-    """A directory directly holding at least this many data-set files (by extension:
-    .csv, .parquet, images, ...) is itself a data set: reads of its files count as one read
-    of the directory."""
-
     # -- FUSE mount (metafs/fuse; see docs/fuse.md for the consistency each gives) --
     fuse_attr_timeout: float = 1.0
     """Seconds the kernel and the mount may answer stat() from cache. Changes made through

@@ -1,0 +1,159 @@
+"""mfusepy on libfuse 3, with the pieces mfusepy 3.1 leaves out.
+
+mfusepy loads libfuse 2 whenever it is installed unless ``FUSE_LIBRARY_NAME=fuse3`` is set
+before it is imported, so this module sets it first. Its libfuse 3 callbacks drop the
+rename flags (RENAME_NOREPLACE, RENAME_EXCHANGE) and the open file of truncate, chmod,
+chown and utimens, and turn UTIME_NOW/UTIME_OMIT into bogus times; :class:`MetafsFUSE`
+overrides those callbacks to read the low-level arguments itself. It also fills ``struct
+stat`` straight from the namenode's attributes, and sets the connection and config options
+(page cache kept across writes, 1 MiB writes, timeouts, hard_remove, nullpath_ok) in init.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from typing import Any, Callable
+
+os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+os.environ.pop("FUSE_LIBRARY_PATH", None)
+
+import mfusepy  # noqa: E402
+
+from ..config import Settings  # noqa: E402
+
+if mfusepy.fuse_version_major != 3:  # pragma: no cover - depends on the machine
+    raise ImportError(f"metafs needs libfuse 3 (found {mfusepy.fuse_version_major}."
+                      f"{mfusepy.fuse_version_minor}); install the fuse3 package")
+
+log = logging.getLogger("metafs.fuse")
+
+_libfuse = mfusepy._libfuse
+_libfuse.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+_libfuse.fuse_invalidate_path.restype = ctypes.c_int
+
+# fuse_common.h capability bits (libfuse 3)
+CAP_POSIX_LOCKS = 1 << 1
+CAP_ATOMIC_O_TRUNC = 1 << 3
+CAP_FLOCK_LOCKS = 1 << 10
+CAP_AUTO_INVAL_DATA = 1 << 12
+CAP_WRITEBACK_CACHE = 1 << 16
+CAP_PARALLEL_DIROPS = 1 << 18
+
+
+def fuse_context() -> tuple[int, int, int]:
+    """(uid, gid, pid) of the process behind the current request."""
+    ctx = _libfuse.fuse_get_context().contents
+    return ctx.uid, ctx.gid, ctx.pid
+
+
+class MetafsFUSE(mfusepy.FUSE):
+    """mfusepy's FUSE with complete libfuse 3 callbacks for metafs."""
+
+    def __init__(self, operations: Any, mountpoint: str, settings: Settings,
+                 on_ready: Callable[[], None] | None = None, **options: Any) -> None:
+        self._settings = settings
+        self._mountpoint = mountpoint
+        self._on_ready = on_ready
+        self._fuse_ptr: int | None = None
+        super().__init__(operations, mountpoint, raw_fi=True, **options)
+
+    def _d(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    # -- init: connection and config options
+    def init_fuse_3(self, conn: Any, config: Any) -> None:
+        s = self._settings
+        c = conn.contents
+        want = c.want & ~(CAP_AUTO_INVAL_DATA | CAP_WRITEBACK_CACHE | CAP_POSIX_LOCKS
+                          | CAP_FLOCK_LOCKS)
+        for cap in (CAP_ATOMIC_O_TRUNC, CAP_PARALLEL_DIROPS):
+            if c.capable & cap:
+                want |= cap
+        c.want = want
+        if s.fuse_max_write:
+            c.max_write = min(int(s.fuse_max_write), 1 << 20)
+        c.max_background = 64
+        c.congestion_threshold = 48
+        c.time_gran = 1
+        if config:
+            cfg = config.contents
+            cfg.entry_timeout = float(s.fuse_entry_timeout)
+            cfg.attr_timeout = float(s.fuse_attr_timeout)
+            cfg.negative_timeout = float(s.fuse_negative_timeout)
+            # open files whose name is removed get a .fuse_hidden name that exists only in
+            # the mount (MetafsOperations._hide): hard_remove would make fstat fail
+            cfg.hard_remove = 0
+            cfg.use_ino = 1
+            cfg.readdir_ino = 0
+            cfg.nullpath_ok = 1
+            cfg.kernel_cache = 0  # the mount decides keep_cache per open (data version)
+            cfg.auto_cache = 0
+            cfg.direct_io = 0
+            cfg.intr = 0
+        self._fuse_ptr = _libfuse.fuse_get_context().contents.fuse
+        self.operations.invalidate_kernel = self._invalidate
+        self.operations.start()
+        threading.Thread(target=self._signal_ready, name="metafs-ready", daemon=True).start()
+
+    def _signal_ready(self) -> None:
+        try:
+            os.stat(self._mountpoint)  # returns once the kernel has our INIT reply
+        except OSError as exc:
+            log.warning("mount point check failed: %s", exc)
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def _invalidate(self, path: str) -> None:
+        if self._fuse_ptr:
+            _libfuse.fuse_invalidate_path(self._fuse_ptr, path.encode(self.encoding,
+                                                                      self.errors))
+
+    def destroy(self, private_data: Any) -> None:
+        self.operations.stop()
+
+    # -- the callbacks mfusepy 3.1 gets wrong on libfuse 3
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        return self.operations.rename(self._d(old), self._d(new), flags)
+
+    @staticmethod
+    def _fh(fip: Any) -> int | None:
+        return fip.contents.fh if fip else None
+
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
+        return self.operations.chmod(self._d(path), mode, self._fh(fip))
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
+        uid = -1 if uid in (-1, 0xFFFFFFFF) else uid
+        gid = -1 if gid in (-1, 0xFFFFFFFF) else gid
+        return self.operations.chown(self._d(path), uid, gid, self._fh(fip))
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        return self.operations.truncate(self._d(path), length, self._fh(fip))
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        times = None
+        if buf:
+            a, m = buf.contents.actime, buf.contents.modtime
+            times = ((a.tv_sec, a.tv_nsec), (m.tv_sec, m.tv_nsec))
+        return self.operations.utimens_raw(self._d(path), times, self._fh(fip))
+
+    def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        a = self.operations.getattr_pb(self._d(path), self._fh(fip))
+        ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
+        st = buf.contents
+        st.st_ino = a.ino
+        st.st_mode = a.mode
+        st.st_nlink = a.nlink
+        st.st_uid = a.uid
+        st.st_gid = a.gid
+        st.st_rdev = a.rdev
+        st.st_size = a.size
+        st.st_blksize = 65536
+        st.st_blocks = (a.size + 511) // 512
+        st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = divmod(a.atime_ns, 1_000_000_000)
+        st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = divmod(a.mtime_ns, 1_000_000_000)
+        st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(a.ctime_ns, 1_000_000_000)
+        return 0

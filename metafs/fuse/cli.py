@@ -1,0 +1,86 @@
+"""``metafs mount MOUNTPOINT`` and ``metafs umount MOUNTPOINT``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable
+
+
+def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    sp = sub.add_parser("mount", help="mount metafs with FUSE (returns once it is ready)",
+                        description="Mount metafs on MOUNTPOINT. Without --namenode an "
+                        "embedded namenode runs in the mount process on --data DIR.")
+    common(sp)
+    sp.add_argument("mountpoint")
+    sp.add_argument("-f", "--foreground", action="store_true",
+                    help="stay attached (serve in this process until unmounted)")
+    sp.add_argument("--log-file", help="where a background mount logs")
+    sp.add_argument("--attr-timeout", type=float, dest="fuse_attr_timeout",
+                    help="seconds attributes may be cached (default 1)")
+    sp.add_argument("--entry-timeout", type=float, dest="fuse_entry_timeout",
+                    help="seconds name lookups may be cached (default 1)")
+    sp.add_argument("--negative-timeout", type=float, dest="fuse_negative_timeout",
+                    help="seconds 'no such file' may be cached (default 0)")
+    sp.add_argument("--no-follow-changes", dest="fuse_follow_changes", action="store_const",
+                    const=False, help="do not follow the changelog for other clients' changes")
+    sp.add_argument("--no-kernel-cache", dest="fuse_kernel_cache", action="store_const",
+                    const=False, help="drop the page cache of a file at every open")
+    sp.add_argument("--write-buffer", type=int, dest="fuse_write_buffer",
+                    help="bytes of small writes coalesced per open file")
+    sp.add_argument("--readahead", type=int, dest="fuse_readahead",
+                    help="bytes fetched ahead by sequential readers")
+    sp.add_argument("--rpc-timeout", type=float, dest="fuse_rpc_timeout",
+                    help="seconds before a namenode call fails with EIO (default 10)")
+    sp.add_argument("--no-access-events", dest="fuse_access_events", action="store_const",
+                    const=False, help="do not record which processes read and wrote files")
+    sp.add_argument("--allow-other", dest="fuse_allow_other", action="store_const",
+                    const=True, help="let other users use the mount")
+    sp.add_argument("--single-threaded", dest="fuse_threads", action="store_const",
+                    const=False, help="serve FUSE requests on one thread")
+    sp.set_defaults(func=cmd_mount)
+
+    sp = sub.add_parser("umount", help="unmount a metafs mount")
+    sp.add_argument("mountpoint")
+    sp.add_argument("-l", "--lazy", action="store_true", help="detach now, clean up when "
+                    "no longer busy")
+    sp.add_argument("--log-level", dest="log_level")
+    sp.set_defaults(func=cmd_umount)
+
+
+_MOUNT_FIELDS = ("fuse_attr_timeout", "fuse_entry_timeout", "fuse_negative_timeout",
+                 "fuse_follow_changes", "fuse_kernel_cache", "fuse_write_buffer",
+                 "fuse_readahead", "fuse_rpc_timeout", "fuse_access_events",
+                 "fuse_allow_other", "fuse_threads")
+
+
+def mount_settings(args: argparse.Namespace) -> Any:
+    from ..cli import settings_from
+
+    extra = {k: getattr(args, k, None) for k in _MOUNT_FIELDS}
+    s = settings_from(args, **extra)
+    return s.with_(data_dir=os.path.abspath(s.data_dir))
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from .mount import run_mount, spawn_mount
+
+    settings = mount_settings(args)
+    if args.foreground:
+        return run_mount(settings, args.mountpoint)
+    spawn_mount(settings, args.mountpoint, log_file=args.log_file)
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from .mount import unmount
+
+    unmount(args.mountpoint, lazy=args.lazy)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from ..cli import main
+
+    sys.exit(main(["mount", *sys.argv[1:]]))

@@ -1,0 +1,213 @@
+"""Running a mount: the client it uses, the FUSE loop, daemonizing and unmounting.
+
+``metafs mount`` starts the mount as a detached child process (so no gRPC or namenode
+thread ever crosses a fork) and returns once the kernel has answered the mount's INIT,
+i.e. once the file system is usable, like mount(8). The child gets its settings through
+an environment variable and reports readiness on a pipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from ..client.client import Client
+from ..client.transport import GrpcTransport
+from ..config import Settings
+
+log = logging.getLogger("metafs.fuse")
+
+SETTINGS_ENV = "METAFS_MOUNT_SETTINGS"
+
+
+def state_dir() -> Path:
+    d = Path(platformdirs.user_runtime_dir("metafs", appauthor=False)) / "mounts"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        d = Path("/tmp") / f"metafs-{os.getuid()}" / "mounts"
+        d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _key(mountpoint: str) -> str:
+    return hashlib.sha1(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+
+
+def pid_file(mountpoint: str) -> Path:
+    return state_dir() / f"{_key(mountpoint)}.pid"
+
+
+def default_log_file(mountpoint: str) -> Path:
+    d = Path(platformdirs.user_log_dir("metafs", appauthor=False))
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        d = state_dir()
+    return d / f"mount-{_key(mountpoint)}.log"
+
+
+def make_client(settings: Settings) -> Client:
+    """The mount's client: remote namenode over gRPC with the mount's (short) timeout and
+    fast reconnects, or an embedded namenode on ``settings.data_dir``."""
+    if settings.namenode:
+        transport = GrpcTransport(
+            settings.namenode, timeout=settings.fuse_rpc_timeout,
+            options=(("grpc.initial_reconnect_backoff_ms", 100),
+                     ("grpc.min_reconnect_backoff_ms", 100),
+                     ("grpc.max_reconnect_backoff_ms", 1000)))
+        return Client(settings=settings, transport=transport)
+    return Client(settings=settings.with_(namenode=""))
+
+
+def fuse_options(settings: Settings) -> dict[str, Any]:
+    opts: dict[str, Any] = {"fsname": "metafs", "subtype": "metafs", "foreground": True}
+    if not settings.fuse_threads:
+        opts["nothreads"] = True
+    if settings.fuse_allow_other:
+        opts["allow_other"] = True
+    if settings.fuse_default_permissions:
+        opts["default_permissions"] = True
+    return opts
+
+
+def run_mount(settings: Settings, mountpoint: str, ready_fd: int | None = None) -> int:
+    """Mount and serve until unmounted (blocks)."""
+    from .binding import MetafsFUSE
+    from .ops import MetafsOperations
+
+    mountpoint = os.path.abspath(mountpoint)
+    client = make_client(settings)
+    ops = MetafsOperations(client, settings)
+    pf = pid_file(mountpoint)
+
+    def ready() -> None:
+        pf.write_text(f"{os.getpid()}\n")
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, b"ok\n")
+                os.close(ready_fd)
+            except OSError:
+                pass
+        log.info("metafs mounted on %s", mountpoint)
+
+    try:
+        MetafsFUSE(ops, mountpoint, settings, on_ready=ready, **fuse_options(settings))
+    finally:
+        try:
+            ops.stop()
+        finally:
+            client.close()
+            try:
+                if pf.read_text().strip() == str(os.getpid()):
+                    pf.unlink()
+            except OSError:
+                pass
+    return 0
+
+
+def settings_to_env(settings: Settings) -> str:
+    return json.dumps(dataclasses.asdict(settings))
+
+
+def settings_from_env(value: str) -> Settings:
+    return Settings(**json.loads(value))
+
+
+def spawn_mount(settings: Settings, mountpoint: str, *, log_file: str | None = None,
+                timeout: float = 60.0) -> int:
+    """Start a detached mount process; return its pid once the mount is usable."""
+    mountpoint = os.path.abspath(mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise NotADirectoryError(20, "mount point is not a directory", mountpoint)
+    logf = Path(log_file) if log_file else default_log_file(mountpoint)
+    r, w = os.pipe()
+    env = dict(os.environ)
+    env[SETTINGS_ENV] = settings_to_env(settings)
+    with open(logf, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "metafs.fuse.mount", mountpoint, str(w)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, pass_fds=(w,),
+            start_new_session=True, close_fds=True)
+    os.close(w)
+    deadline = time.monotonic() + timeout
+    got = b""
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(r, 64)
+            if not chunk:
+                break
+            got += chunk
+            if b"ok" in got:
+                return proc.pid
+    finally:
+        os.close(r)
+    if proc.poll() is None:
+        proc.terminate()
+    tail = ""
+    try:
+        tail = logf.read_text(errors="replace")[-2000:]
+    except OSError:
+        pass
+    raise OSError(5, f"the mount did not become ready (log: {logf}):\n{tail}", mountpoint)
+
+
+def unmount(mountpoint: str, *, lazy: bool = False, wait: float = 30.0) -> None:
+    """Unmount and wait for the mount process to finish its work (flushing buffered
+    data and access events, closing the embedded namenode)."""
+    mountpoint = os.path.abspath(mountpoint)
+    pid = None
+    try:
+        pid = int(pid_file(mountpoint).read_text().strip())
+    except (OSError, ValueError):
+        pass
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u"] + (["-z"] if lazy else []) + [mountpoint] if tool else \
+        ["umount"] + (["-l"] if lazy else []) + [mountpoint]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise OSError(16, f"unmount failed: {res.stderr.strip() or res.stdout.strip()}",
+                      mountpoint)
+    if pid is None:
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            return
+        time.sleep(0.02)
+
+
+def _child_main(argv: list[str]) -> int:
+    """Entry point of the detached mount process: MOUNTPOINT READY_FD."""
+    mountpoint, fd = argv[0], int(argv[1])
+    settings = settings_from_env(os.environ.pop(SETTINGS_ENV))
+    logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        os.chdir("/")
+    except OSError:
+        pass
+    return run_mount(settings, mountpoint, ready_fd=fd)
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

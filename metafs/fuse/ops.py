@@ -1,0 +1,876 @@
+"""The file system operations of a metafs mount, written against mfusepy's high-level API.
+
+Paths from libfuse are turned into metafs inode numbers through a name table that the mount
+keeps (filled by lookups, creates and directory listings, emptied by its own changes and by
+changes other clients make, which it learns from the namenode's changelog). Every call to
+the namenode carries the identity of the process that made the FUSE request, so the
+namenode enforces permissions for every user of a shared machine.
+
+Data goes through :class:`metafs.client.file.RawFile` (``client.raw_file_class``): inline
+files through Read/Write, large files through the block layer once it is attached to the
+client. The mount adds write-back buffering of small writes and read-ahead on top of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import posixpath
+import stat as stat_mod
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from ..client.client import Client
+from ..config import Settings
+from ..errors import FsError
+from ..proto import metafs_pb2 as pb
+from .access import AccessRecorder
+from .procinfo import ProcCache
+
+log = logging.getLogger("metafs.fuse")
+
+ROOT_INO = 1
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+XATTR_SECURITY_CAPABILITY = "security.capability"
+HIDDEN_PREFIX = ".fuse_hidden"
+_FOREVER = float("inf")
+
+
+class FuseError(OSError):
+    """An errno for the kernel (mfusepy turns OSError into -errno)."""
+
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(code, message or os.strerror(code))
+
+
+class _ClientView:
+    """The client as one open file sees it: the same connection, with the identity of the
+    process that opened the file (so data calls carry it)."""
+
+    def __init__(self, client: Client, caller: pb.Caller) -> None:
+        self._client = client
+        self.caller = caller
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+class Handle:
+    """One FUSE open file: a namenode handle plus the mount's buffers."""
+
+    __slots__ = ("fh", "ino", "flags", "raw", "lock", "buf", "buf_off", "append", "rbuf",
+                 "rbuf_off", "rbuf_epoch", "did_read", "did_write", "pid", "error")
+
+    def __init__(self, fh: int, ino: int, flags: int, raw: Any, pid: int) -> None:
+        self.fh = fh
+        self.ino = ino
+        self.flags = flags
+        self.raw = raw
+        self.lock = threading.Lock()
+        self.buf = bytearray()
+        self.buf_off = 0
+        self.append = bool(flags & os.O_APPEND)
+        self.rbuf = b""
+        self.rbuf_off = 0
+        self.rbuf_epoch = -1
+        self.did_read = False
+        self.did_write = False
+        self.pid = pid
+        self.error: OSError | None = None
+
+
+class DirHandle:
+    """One open directory: the entries fetched so far (the namenode pages them)."""
+
+    __slots__ = ("ino", "path", "entries", "cursor", "eof", "lock")
+
+    def __init__(self, ino: int, path: str) -> None:
+        self.ino = ino
+        self.path = path
+        self.entries: list[tuple[str, int, int]] = []  # (name, mode, ino)
+        self.cursor = ""
+        self.eof = False
+        self.lock = threading.Lock()
+
+
+class MetafsOperations:
+    """mfusepy operations for one mount (only the methods a mount needs are defined, since
+    every method libfuse sees costs a kernel round trip when it is called)."""
+
+    use_ns = True
+
+    def __init__(self, client: Client, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.transport = client.transport
+        self.client_id = client.client_id
+        self.procs = ProcCache()
+        # name table and attribute cache: path -> (ino, expires), ino -> (attr, expires)
+        self._names: dict[str, tuple[int, float]] = {}
+        self._attrs: dict[int, tuple[pb.Attr, float]] = {}
+        self._path_of: dict[int, str] = {ROOT_INO: "/"}
+        self._nocap: dict[int, float] = {}  # inodes known to have no security.capability
+        # names libfuse gives open files whose last name was removed (see unlink below)
+        self._hidden: dict[str, int] = {}
+        following = settings.fuse_follow_changes
+        self._name_ttl = 60.0 if following else settings.fuse_entry_timeout
+        self._attr_ttl = 60.0 if following else settings.fuse_attr_timeout
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self._next_fh = 1
+        self._fh_lock = threading.Lock()
+        self._dirty: dict[int, set[Handle]] = {}
+        self._epoch: dict[int, int] = {}  # data generation per inode (read-ahead validity)
+        self._seen_version: dict[int, int] = {}  # data version the page cache holds
+        self.write_buffer = max(0, settings.fuse_write_buffer)
+        self.readahead = max(0, settings.fuse_readahead)
+        self.access = AccessRecorder(self, settings) if settings.fuse_access_events else None
+        self.invalidate_kernel: Callable[[str], None] | None = None  # set by the binding
+        self._follower: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ plumbing
+    def caller(self) -> pb.Caller:
+        """The identity of the process behind the current FUSE request."""
+        from .binding import fuse_context
+
+        uid, gid, pid = fuse_context()
+        return pb.Caller(uid=uid, gid=gid, groups=self.procs.groups(pid) if pid else (),
+                         pid=pid, client_id=self.client_id)
+
+    def own_caller(self) -> pb.Caller:
+        return pb.Caller(uid=os.getuid(), gid=os.getgid(), groups=os.getgroups(),
+                         pid=os.getpid(), client_id=self.client_id)
+
+    def rpc(self, method: str, request: Any) -> Any:
+        try:
+            return self.transport.call(method, request)
+        except FsError as err:
+            raise FuseError(err.errno, err.message) from None
+
+    def start(self) -> None:
+        """Start background work (changelog following, access events)."""
+        if self.access is not None:
+            self.access.start()
+        if self.settings.fuse_follow_changes and self._follower is None:
+            self._follower = threading.Thread(target=self._follow, name="metafs-follow",
+                                              daemon=True)
+            self._follower.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for h in list(self._handles.values()):
+            try:
+                self._release_handle(h)
+            except OSError:
+                pass
+        if self.access is not None:
+            self.access.stop()
+
+    # ------------------------------------------------------------------ caches
+    def _remember(self, path: str, attr: pb.Attr) -> pb.Attr:
+        now = time.monotonic()
+        self._names[path] = (attr.ino, now + self._name_ttl)
+        self._attrs[attr.ino] = (attr, now + self._attr_ttl)
+        self._path_of[attr.ino] = path
+        return attr
+
+    def _set_attr(self, attr: pb.Attr) -> pb.Attr:
+        self._attrs[attr.ino] = (attr, time.monotonic() + self._attr_ttl)
+        return attr
+
+    def _forget_path(self, path: str, subtree: bool = False) -> None:
+        hit = self._names.pop(path, None)
+        if hit is not None:
+            self._attrs.pop(hit[0], None)
+        if subtree:
+            prefix = path.rstrip("/") + "/"
+            for p in [p for p in list(self._names) if p.startswith(prefix)]:
+                self._names.pop(p, None)
+
+    def _forget_ino(self, ino: int) -> None:
+        self._attrs.pop(ino, None)
+        self._nocap.pop(ino, None)
+
+    def forget_all(self) -> None:
+        self._names.clear()
+        self._attrs.clear()
+        self._nocap.clear()
+
+    @staticmethod
+    def _split(path: str) -> tuple[str, str]:
+        parent, name = posixpath.split(path)
+        return parent or "/", name
+
+    def _ino_of(self, path: str, caller: pb.Caller) -> int:
+        if path == "/":
+            return ROOT_INO
+        hit = self._names.get(path)
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        return self._lookup(path, caller).ino
+
+    def _lookup(self, path: str, caller: pb.Caller) -> pb.Attr:
+        """Ask the namenode what ``path`` names now (one call)."""
+        parent, name = self._split(path)
+        if name.startswith(HIDDEN_PREFIX):
+            ino = self._hidden.get(path)
+            if ino is None:
+                raise FuseError(errno.ENOENT)
+            return self._set_attr(self.rpc("GetAttr", pb.InodeRequest(caller=caller, ino=ino)))
+        hit = self._names.get(parent) if parent != "/" else (ROOT_INO, _FOREVER)
+        if hit is not None and hit[1] > time.monotonic():
+            try:
+                e = self.rpc("Lookup", pb.LookupRequest(caller=caller, parent=hit[0], name=name))
+                return self._remember(path, e.attr)
+            except FuseError as err:
+                if err.errno != errno.ENOENT or parent == "/":
+                    raise
+                self._forget_path(parent)  # the parent itself may be gone: ask by path
+        e = self.rpc("Resolve", pb.ResolveRequest(caller=caller, path=path, follow=False))
+        return self._remember(path, e.attr)
+
+    def _attr_of_path(self, path: str, caller: pb.Caller) -> pb.Attr:
+        now = time.monotonic()
+        hit = self._names.get(path) if path != "/" else (ROOT_INO, _FOREVER)
+        if hit is not None and hit[1] > now:
+            ino = hit[0]
+            if ino in self._dirty:
+                self._flush_ino(ino)
+            a = self._attrs.get(ino)
+            if a is not None and a[1] > now:
+                return a[0]
+            try:
+                return self._remember(path, self.rpc("GetAttr", pb.InodeRequest(
+                    caller=caller, ino=ino)))
+            except FuseError as err:
+                if err.errno != errno.ENOENT or path == "/":
+                    raise
+                self._forget_path(path)
+        return self._lookup(path, caller)
+
+    def _attr_of_ino(self, ino: int, caller: pb.Caller) -> pb.Attr:
+        if ino in self._dirty:
+            self._flush_ino(ino)
+        a = self._attrs.get(ino)
+        if a is not None and a[1] > time.monotonic():
+            return a[0]
+        return self._set_attr(self.rpc("GetAttr", pb.InodeRequest(caller=caller, ino=ino)))
+
+    # ------------------------------------------------------------------ attributes
+    # mfusepy registers a libfuse callback only for methods that exist; the binding
+    # (MetafsFUSE) overrides these three callbacks and calls getattr_pb/utimens_raw/stop.
+    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
+        a = self.getattr_pb(path, fh)
+        return {"st_ino": a.ino, "st_mode": a.mode, "st_nlink": a.nlink, "st_uid": a.uid,
+                "st_gid": a.gid, "st_size": a.size, "st_atime": a.atime_ns,
+                "st_mtime": a.mtime_ns, "st_ctime": a.ctime_ns}
+
+    def utimens(self, path: str | None, times: Any = None) -> int:
+        raise FuseError(errno.ENOSYS)
+
+    def destroy(self, path: str) -> None:
+        self.stop()
+
+    def getattr_pb(self, path: str | None, fh: int | None) -> pb.Attr:
+        """Attributes for libfuse's getattr (``fh`` set when the file is open)."""
+        caller = self.caller()
+        if fh:
+            h = self._handles.get(fh)
+            if h is not None:
+                return self._attr_of_ino(h.ino, caller)
+        if path is None:
+            raise FuseError(errno.EBADF)
+        return self._attr_of_path(path, caller)
+
+    def _setattr(self, path: str | None, fh: int | None, **fields: Any) -> None:
+        caller = self.caller()
+        h = self._handles.get(fh) if fh else None
+        if h is not None:
+            ino = h.ino
+        elif path is not None:
+            ino = self._ino_of(path, caller)
+        else:
+            raise FuseError(errno.EBADF)
+        if ino in self._dirty:
+            self._flush_ino(ino)
+        req = pb.SetAttrRequest(caller=caller, ino=ino, **fields)
+        try:
+            attr = self.rpc("SetAttr", req)
+        except FuseError as err:
+            if err.errno == errno.ENOENT and h is None and path is not None:
+                self._forget_path(path)
+                req.ino = self._ino_of(path, caller)
+                attr = self.rpc("SetAttr", req)
+            else:
+                raise
+        self._set_attr(attr)
+        self._nocap.pop(ino, None)
+
+    def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
+        self._setattr(path, fh, mode=mode & 0o7777)
+        return 0
+
+    def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
+        fields: dict[str, int] = {}
+        if uid != -1:
+            fields["uid"] = uid
+        if gid != -1:
+            fields["gid"] = gid
+        if fields:
+            self._setattr(path, fh, **fields)
+        return 0
+
+    def utimens_raw(self, path: str | None, times: tuple[tuple[int, int], tuple[int, int]] | None,
+                    fh: int | None = None) -> int:
+        """utimensat(2): ``times`` is ((atime s, ns), (mtime s, ns)) with UTIME_NOW and
+        UTIME_OMIT in the ns fields, or None for both NOW."""
+        fields: dict[str, int] = {}
+        if times is None:
+            fields.update(atime_how=pb.TIME_NOW, mtime_how=pb.TIME_NOW)
+        else:
+            for which, (sec, nsec) in zip(("atime", "mtime"), times):
+                if nsec == UTIME_NOW:
+                    fields[f"{which}_how"] = pb.TIME_NOW
+                elif nsec == UTIME_OMIT:
+                    fields[f"{which}_how"] = pb.TIME_OMIT
+                else:
+                    fields[f"{which}_how"] = pb.TIME_SET
+                    fields[f"{which}_ns"] = sec * 1_000_000_000 + nsec
+        if fields.get("atime_how") == pb.TIME_OMIT and fields.get("mtime_how") == pb.TIME_OMIT:
+            return 0
+        self._setattr(path, fh, **fields)
+        return 0
+
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        if length < 0:
+            raise FuseError(errno.EINVAL)
+        caller = self.caller()
+        h = self._handles.get(fh) if fh else None
+        if h is None and path is not None:
+            # truncate(2) by name: the namenode checks write permission and moves data
+            ino = self._ino_of(path, caller)
+            h2 = next(iter(self._dirty.get(ino, ())), None)
+            if h2 is None:
+                if ino in self._dirty:
+                    self._flush_ino(ino)
+                self._bump(ino)
+                self._set_attr(self.rpc("SetAttr", pb.SetAttrRequest(
+                    caller=caller, ino=ino, size=length)))
+                return 0
+            h = h2
+        if h is None:
+            raise FuseError(errno.EBADF)
+        with h.lock:
+            self._push(h)
+            h.raw._truncate(length)
+            h.did_write = True
+        self._bump(h.ino)
+        self._set_attr(h.raw.attr)
+        return 0
+
+    def access(self, path: str, amode: int) -> int:
+        caller = self.caller()
+        ino = self._ino_of(path, caller)
+        self.rpc("Access", pb.AccessRequest(caller=caller, ino=ino, mask=amode))
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        r = self.rpc("StatFs", pb.StatFsRequest(caller=self.caller()))
+        return {"f_bsize": r.bsize, "f_frsize": r.bsize, "f_blocks": r.blocks,
+                "f_bfree": r.bfree, "f_bavail": r.bavail, "f_files": r.files,
+                "f_ffree": r.ffree, "f_favail": r.ffree, "f_namemax": r.namemax or 255}
+
+    # ------------------------------------------------------------------ names
+    def _parent(self, path: str, caller: pb.Caller) -> tuple[int, str, str]:
+        parent, name = self._split(path)
+        return self._ino_of(parent, caller), name, parent
+
+    def _retry_stale_parent(self, path: str, caller: pb.Caller,
+                            fn: Callable[[int, str], Any]) -> Any:
+        """Run ``fn(parent_ino, name)``; if the cached parent inode turned out to be gone,
+        look the parent up again and retry once."""
+        pino, name, parent = self._parent(path, caller)
+        try:
+            return fn(pino, name)
+        except FuseError as err:
+            if err.errno not in (errno.ENOENT, errno.ENOTDIR) or parent == "/":
+                raise
+            hit = self._names.get(parent)
+            if hit is None:
+                raise
+            self._forget_path(parent)
+            try:
+                pino2 = self._ino_of(parent, caller)
+            except FuseError:
+                raise err from None
+            if pino2 == pino:
+                raise
+            return fn(pino2, name)
+
+    def mkdir(self, path: str, mode: int) -> int:
+        caller = self.caller()
+        e = self._retry_stale_parent(path, caller, lambda p, n: self.rpc("Mkdir", pb.MkdirRequest(
+            caller=caller, parent=p, name=n, mode=mode & 0o7777, umask=0)))
+        self._remember(path, e.attr)
+        self._forget_ino(self._names.get(self._split(path)[0], (ROOT_INO,))[0])
+        return 0
+
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        caller = self.caller()
+        r = self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
+            "Create", pb.CreateRequest(caller=caller, parent=p, name=n, mode=mode, umask=0,
+                                       exclusive=True, open=False, rdev=dev)))
+        self._remember(path, r.attr)
+        return 0
+
+    def symlink(self, path: str, target: str) -> int:
+        caller = self.caller()
+        e = self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
+            "Symlink", pb.SymlinkRequest(caller=caller, parent=p, name=n, target=target)))
+        self._remember(path, e.attr)
+        return 0
+
+    def link(self, path: str, existing: str) -> int:
+        caller = self.caller()
+        ino = self._ino_of(existing, caller)
+        e = self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
+            "Link", pb.LinkRequest(caller=caller, ino=ino, new_parent=p, new_name=n)))
+        self._remember(path, e.attr)
+        return 0
+
+    def readlink(self, path: str) -> str:
+        caller = self.caller()
+        ino = self._ino_of(path, caller)
+        return self.rpc("Readlink", pb.InodeRequest(caller=caller, ino=ino)).target
+
+    def unlink(self, path: str) -> int:
+        if path in self._hidden:
+            # the last close of an unlinked file: the namenode frees it on Release
+            self._hidden.pop(path, None)
+            self._names.pop(path, None)
+            return 0
+        caller = self.caller()
+        self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
+            "Unlink", pb.NameRequest(caller=caller, parent=p, name=n)))
+        self._forget_path(path)
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        caller = self.caller()
+        self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
+            "Rmdir", pb.NameRequest(caller=caller, parent=p, name=n)))
+        self._forget_path(path, subtree=True)
+        self._forget_ino(self._names.get(self._split(path)[0], (ROOT_INO,))[0])
+        return 0
+
+    def _hide(self, old: str, hidden: str) -> int:
+        """libfuse's high-level API cannot serve fstat/fchmod on an open file whose name is
+        gone (with hard_remove it answers ESTALE), so it renames such files to a
+        ``.fuse_hidden*`` name instead of unlinking them. metafs does not need that name:
+        the namenode keeps an unlinked inode alive while handles are open. So the file is
+        unlinked for real here, and the hidden name lives only in this mount's table
+        (no directory listing, and no other mount, ever shows it)."""
+        caller = self.caller()
+        ino = self._ino_of(old, caller)
+        self._retry_stale_parent(old, caller, lambda p, n: self.rpc(
+            "Unlink", pb.NameRequest(caller=caller, parent=p, name=n)))
+        self._forget_path(old)
+        self._hidden[hidden] = ino
+        self._names[hidden] = (ino, _FOREVER)
+        return 0
+
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        if posixpath.basename(new).startswith(HIDDEN_PREFIX) and not flags:
+            return self._hide(old, new)
+        caller = self.caller()
+        sp, sn, _ = self._parent(old, caller)
+        dp, dn, _ = self._parent(new, caller)
+        moved = self._names.get(old)
+        replaced = self._names.get(new)
+        try:
+            self.rpc("Rename", pb.RenameRequest(caller=caller, src_parent=sp, src_name=sn,
+                                                dst_parent=dp, dst_name=dn, flags=flags))
+        except FuseError as err:
+            if err.errno == errno.ENOENT:
+                self._forget_path(old)
+                self._forget_path(new)
+            raise
+        self._forget_path(old, subtree=True)
+        self._forget_path(new, subtree=True)
+        for hit in (moved, replaced):
+            if hit is not None:
+                self._forget_ino(hit[0])
+        self._forget_ino(sp)
+        self._forget_ino(dp)
+        now = time.monotonic()
+        if moved is not None:
+            self._names[new] = (moved[0], now + self._name_ttl)
+            self._path_of[moved[0]] = new
+        if flags & pb.RENAME_EXCHANGE and replaced is not None:
+            self._names[old] = (replaced[0], now + self._name_ttl)
+            self._path_of[replaced[0]] = old
+        return 0
+
+    # ------------------------------------------------------------------ directories
+    def opendir(self, path: str) -> int:
+        caller = self.caller()
+        attr = self._attr_of_path(path, caller)
+        if not stat_mod.S_ISDIR(attr.mode):
+            raise FuseError(errno.ENOTDIR)
+        with self._fh_lock:
+            fh = self._next_fh
+            self._next_fh += 1
+        self._dirs[fh] = DirHandle(attr.ino, path)
+        return fh
+
+    def _fetch_page(self, d: DirHandle, caller: pb.Caller) -> None:
+        r = self.rpc("ReadDir", pb.ReadDirRequest(caller=caller, ino=d.ino, cursor=d.cursor,
+                                                  limit=self.settings.readdir_page, attrs=True))
+        now = time.monotonic()
+        base = d.path.rstrip("/") + "/"
+        name_exp, attr_exp = now + self._name_ttl, now + self._attr_ttl
+        for e in r.entries:
+            d.entries.append((e.name, e.mode, e.ino))
+            if e.HasField("attr"):
+                p = base + e.name
+                self._names[p] = (e.ino, name_exp)
+                if e.ino not in self._dirty:
+                    self._attrs[e.ino] = (e.attr, attr_exp)
+                self._path_of[e.ino] = p
+        d.cursor = r.next_cursor
+        d.eof = r.eof or not r.entries
+
+    def readdir_with_offset(self, path: str | None, offset: int, fh: int
+                            ) -> Iterator[tuple[str, dict[str, int], int]]:
+        d = self._dirs.get(fh)
+        if d is None:
+            raise FuseError(errno.EBADF)
+        caller = self.caller()
+        if offset == 0:
+            yield ".", {"st_mode": stat_mod.S_IFDIR, "st_ino": d.ino}, 1
+        if offset <= 1:
+            yield "..", {"st_mode": stat_mod.S_IFDIR}, 2
+        i = max(0, offset - 2)
+        while True:
+            with d.lock:
+                if i >= len(d.entries) and not d.eof:
+                    self._fetch_page(d, caller)
+                if i >= len(d.entries):
+                    return
+                name, mode, ino = d.entries[i]
+            i += 1
+            yield name, {"st_mode": mode, "st_ino": ino}, i + 2
+
+    def releasedir(self, path: str | None, fh: int) -> int:
+        self._dirs.pop(fh, None)
+        return 0
+
+    # ------------------------------------------------------------------ xattrs
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0
+                 ) -> int:
+        caller = self.caller()
+        ino = self._ino_of(path, caller)
+        self.rpc("SetXattr", pb.SetXattrRequest(caller=caller, ino=ino, name=name,
+                                                value=bytes(value), flags=options))
+        self._forget_ino(ino)
+        return 0
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        caller = self.caller()
+        ino = self._ino_of(path, caller)
+        if name == XATTR_SECURITY_CAPABILITY:
+            # the kernel asks this on every write: answer "none" from cache when known
+            until = self._nocap.get(ino)
+            if until is not None and until > time.monotonic():
+                raise FuseError(errno.ENODATA)
+        try:
+            return self.rpc("GetXattr", pb.GetXattrRequest(caller=caller, ino=ino,
+                                                           name=name)).value
+        except FuseError as err:
+            if name == XATTR_SECURITY_CAPABILITY and err.errno in (errno.ENODATA,
+                                                                   errno.EOPNOTSUPP):
+                self._nocap[ino] = time.monotonic() + self._attr_ttl
+                raise FuseError(errno.ENODATA) from None
+            raise
+
+    def listxattr(self, path: str) -> list[str]:
+        caller = self.caller()
+        ino = self._ino_of(path, caller)
+        return list(self.rpc("ListXattr", pb.InodeRequest(caller=caller, ino=ino)).names)
+
+    def removexattr(self, path: str, name: str) -> int:
+        caller = self.caller()
+        ino = self._ino_of(path, caller)
+        self.rpc("RemoveXattr", pb.RemoveXattrRequest(caller=caller, ino=ino, name=name))
+        self._forget_ino(ino)
+        return 0
+
+    # ------------------------------------------------------------------ files
+    def _new_handle(self, path: str, reply: pb.OpenReply, flags: int, caller: pb.Caller,
+                    fi: Any) -> None:
+        attr = reply.attr
+        raw = self.client.raw_file_class(_ClientView(self.client, caller), path, reply,
+                                         flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
+        with self._fh_lock:
+            fh = self._next_fh
+            self._next_fh += 1
+        h = Handle(fh, attr.ino, flags, raw, caller.pid)
+        self._handles[fh] = h
+        self._set_attr(attr)
+        self._path_of[attr.ino] = path
+        seen = self._seen_version.get(attr.ino)
+        fi.fh = fh
+        fi.keep_cache = 1 if (self.settings.fuse_kernel_cache and seen == attr.version) else 0
+        self._seen_version[attr.ino] = attr.version
+        if seen != attr.version:
+            self._bump(attr.ino)
+        if self.access is not None:
+            self.access.opened(h)
+
+    def open(self, path: str, fi: Any) -> int:
+        caller = self.caller()
+        flags = fi.flags
+        ino = self._ino_of(path, caller)
+        if ino in self._dirty:
+            self._flush_ino(ino)
+        req = pb.OpenRequest(caller=caller, ino=ino, flags=flags & ~(os.O_CREAT | os.O_EXCL))
+        try:
+            reply = self.rpc("Open", req)
+        except FuseError as err:
+            if err.errno != errno.ENOENT:
+                raise
+            self._forget_path(path)
+            req.ino = self._ino_of(path, caller)
+            reply = self.rpc("Open", req)
+        if flags & os.O_TRUNC:
+            self._bump(ino)
+        self._new_handle(path, reply, flags, caller, fi)
+        return 0
+
+    def create(self, path: str, mode: int, fi: Any) -> int:
+        caller = self.caller()
+        flags = fi.flags
+        reply = self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
+            "Create", pb.CreateRequest(caller=caller, parent=p, name=n,
+                                       mode=(mode & 0o7777) | stat_mod.S_IFREG, umask=0,
+                                       exclusive=bool(flags & os.O_EXCL), open=True,
+                                       flags=flags & ~(os.O_CREAT | os.O_EXCL))))
+        self._remember(path, reply.attr)
+        self._new_handle(path, reply, flags, caller, fi)
+        return 0
+
+    def _bump(self, ino: int) -> None:
+        self._epoch[ino] = self._epoch.get(ino, 0) + 1
+
+    def _handle(self, fi: Any) -> Handle:
+        h = self._handles.get(fi.fh if not isinstance(fi, int) else fi)
+        if h is None:
+            raise FuseError(errno.EBADF)
+        if h.error is not None:
+            err, h.error = h.error, None
+            raise err
+        return h
+
+    def read(self, path: str | None, size: int, offset: int, fi: Any) -> bytes:
+        h = self._handle(fi)
+        if h.ino in self._dirty:
+            self._flush_ino(h.ino)
+        h.did_read = True
+        epoch = self._epoch.get(h.ino, 0)
+        with h.lock:
+            if h.rbuf_epoch == epoch:
+                start = offset - h.rbuf_off
+                if 0 <= start and offset + size <= h.rbuf_off + len(h.rbuf):
+                    return h.rbuf[start:start + size]
+            want = max(size, self.readahead)
+            data = h.raw._read_at(offset, want)
+            if len(data) > size:
+                h.rbuf, h.rbuf_off, h.rbuf_epoch = data, offset, epoch
+                return data[:size]
+            h.rbuf, h.rbuf_epoch = b"", -1
+            return data
+
+    def write(self, path: str | None, data: bytes, offset: int, fi: Any) -> int:
+        h = self._handle(fi)
+        n = len(data)
+        with h.lock:
+            h.did_write = True
+            if h.buf and (h.append or h.buf_off + len(h.buf) == offset) \
+                    and len(h.buf) + n <= self.write_buffer:
+                h.buf += data
+            else:
+                self._push(h)
+                if n >= self.write_buffer:
+                    h.raw._write_at(offset, data, h.append)
+                    self._wrote(h)
+                else:
+                    h.buf = bytearray(data)
+                    h.buf_off = offset
+                    self._dirty.setdefault(h.ino, set()).add(h)
+        self._bump(h.ino)
+        return n
+
+    def _wrote(self, h: Handle) -> None:
+        attr = getattr(h.raw, "attr", None)
+        if attr is not None and attr.ino == h.ino:
+            self._set_attr(attr)
+            self._seen_version[h.ino] = attr.version
+        else:
+            self._forget_ino(h.ino)
+
+    def _push(self, h: Handle) -> None:
+        """Send the handle's buffered writes (caller holds ``h.lock``)."""
+        if not h.buf:
+            return
+        data, off = bytes(h.buf), h.buf_off
+        h.buf = bytearray()
+        s = self._dirty.get(h.ino)
+        if s is not None:
+            s.discard(h)
+            if not s:
+                self._dirty.pop(h.ino, None)
+        try:
+            h.raw._write_at(off, data, h.append)
+        except OSError as err:
+            self._forget_ino(h.ino)
+            raise FuseError(err.errno or errno.EIO, str(err)) from None
+        self._wrote(h)
+
+    def _flush_ino(self, ino: int) -> None:
+        """Push every buffered write to ``ino`` (before anything reads its data or size)."""
+        for h in list(self._dirty.get(ino, ())):
+            with h.lock:
+                try:
+                    self._push(h)
+                except OSError as err:
+                    h.error = err  # reported to the writer at its next write/flush/close
+
+    def flush(self, path: str | None, fi: Any) -> int:
+        h = self._handle(fi)
+        with h.lock:
+            self._push(h)
+        return 0
+
+    def fsync(self, path: str | None, datasync: int, fi: Any) -> int:
+        h = self._handle(fi)
+        with h.lock:
+            self._push(h)
+            h.raw._flush_data()
+            self._wrote(h)
+        return 0
+
+    def _release_handle(self, h: Handle) -> None:
+        self._handles.pop(h.fh, None)
+        err: OSError | None = None
+        with h.lock:
+            try:
+                self._push(h)
+            except OSError as exc:
+                err = exc
+            try:
+                h.raw.close()
+            except OSError as exc:
+                err = err or exc
+            if h.did_write:
+                self._wrote(h)
+        if self.access is not None:
+            self.access.closed(h)
+        if err is not None:
+            raise FuseError(err.errno or errno.EIO, str(err))
+
+    def release(self, path: str | None, fi: Any) -> int:
+        h = self._handles.get(fi.fh)
+        if h is None:
+            return 0
+        self._release_handle(h)
+        return 0
+
+    def fallocate(self, path: str | None, mode: int, offset: int, size: int, fi: Any) -> int:
+        h = self._handle(fi)
+        if offset < 0 or size <= 0:
+            raise FuseError(errno.EINVAL)
+        if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+            raise FuseError(errno.EOPNOTSUPP)
+        caller = self.caller()
+        with h.lock:
+            self._push(h)
+            cur = self._attr_of_ino(h.ino, caller).size
+            end = offset + size
+            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                # metafs has no preallocation: zeroing is writing zeros (holes read as zeros)
+                stop = min(end, cur) if mode & FALLOC_FL_KEEP_SIZE else end
+                pos = offset
+                chunk = 1 << 20
+                while pos < stop:
+                    n = min(chunk, stop - pos)
+                    h.raw._write_at(pos, bytes(n), False)
+                    pos += n
+                self._wrote(h)
+            elif not mode & FALLOC_FL_KEEP_SIZE and end > cur:
+                h.raw._truncate(end)
+                self._wrote(h)
+        self._bump(h.ino)
+        return 0
+
+    # ------------------------------------------------------------------ other mounts
+    def _follow(self) -> None:
+        """Drop what this mount caches about inodes other clients change (from the
+        changelog), so several mounts of one namenode see each other's changes."""
+        after = None
+        own = self.own_caller()
+        wait = max(1, self.settings.fuse_follow_poll_ms)
+        while not self._stop.is_set():
+            try:
+                if after is None:
+                    after = self.transport.call("ChangelogHead", pb.HeadRequest(caller=own)).head
+                r = self.transport.call("ReadChangelog", pb.ReadChangelogRequest(
+                    caller=own, after=after, limit=1000, wait_ms=wait))
+            except Exception:
+                # the namenode is away: whatever changed meanwhile is unknown
+                self.forget_all()
+                after = None
+                self._stop.wait(1.0)
+                continue
+            if r.records:
+                self._apply_changes(r.records)
+                after = r.records[-1].seq
+
+    def _apply_changes(self, records: Any) -> None:
+        kernel: set[str] = set()
+        for rec in records:
+            if rec.client_id == self.client_id or rec.op in (pb.OP_ACCESS, pb.OP_RUN):
+                continue
+            for ino in (rec.ino, rec.target_ino, rec.parent, rec.old_parent):
+                if ino:
+                    self._forget_ino(ino)
+                    p = self._path_of.get(ino)
+                    if p is not None:
+                        kernel.add(p)
+            if rec.op in (pb.OP_WRITE, pb.OP_SETATTR, pb.OP_FREE) and rec.ino:
+                self._bump(rec.ino)
+                self._seen_version.pop(rec.ino, None)
+            for parent, name in ((rec.parent, rec.name), (rec.old_parent, rec.old_name)):
+                if parent and name:
+                    pp = self._path_of.get(parent)
+                    if pp is not None:
+                        path = posixpath.join(pp, name)
+                        self._forget_path(path, subtree=rec.op in (pb.OP_RENAME, pb.OP_RMDIR))
+            if rec.op == pb.OP_RENAME:
+                # paths remembered for inodes under a moved directory are now wrong
+                self._path_of = {k: v for k, v in self._path_of.items() if k == ROOT_INO
+                                 or k in (rec.parent, rec.old_parent)
+                                 or (self._names.get(v, (0,))[0] == k)}
+        inval = self.invalidate_kernel
+        if inval is not None:
+            for p in kernel:
+                try:
+                    inval(p)
+                except Exception:  # the kernel may not know the path: nothing cached
+                    pass

@@ -1,0 +1,124 @@
+"""What the mount knows about the processes calling it: supplementary groups (for
+permissions), and start time, command line and METAFS_RUN_ID (for access events).
+
+Reading ``/proc`` costs tens of microseconds, so answers are cached per pid for a short
+time; a pid reused within that time by another program would be attributed to the old one
+for at most ``ttl`` seconds, which the start time recorded with each event makes visible.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _boot_time_ns() -> int:
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return int(line.split()[1]) * 1_000_000_000
+    except OSError:
+        pass
+    return 0
+
+
+_BOOT_NS = _boot_time_ns()
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    """One calling process, as seen in /proc."""
+
+    pid: int
+    groups: tuple[int, ...]
+    start_ns: int
+    cmdline: str
+    run_id: str
+
+
+def read_groups(pid: int) -> tuple[int, ...]:
+    """Supplementary groups of ``pid`` from /proc/PID/status (empty if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Groups:"):
+                    return tuple(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return ()
+
+
+def read_start_ns(pid: int) -> int:
+    """Wall-clock start time of ``pid`` in ns (0 if unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+        fields = data[data.rindex(b")") + 2:].split()
+        ticks = int(fields[19])  # field 22 of the full line: starttime
+        return _BOOT_NS + ticks * 1_000_000_000 // _CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def read_cmdline(pid: int, limit: int = 4096) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read(limit)
+    except OSError:
+        return ""
+    return " ".join(p.decode("utf-8", "replace") for p in raw.rstrip(b"\0").split(b"\0"))
+
+
+def read_run_id(pid: int) -> str:
+    """METAFS_RUN_ID from the environment of ``pid`` ("" when unset or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return ""
+    for item in env.split(b"\0"):
+        if item.startswith(b"METAFS_RUN_ID="):
+            return item[len(b"METAFS_RUN_ID="):].decode("utf-8", "replace")
+    return ""
+
+
+class ProcCache:
+    """A short-lived cache of :class:`ProcInfo` by pid."""
+
+    def __init__(self, ttl: float = 2.0, max_entries: int = 4096) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._groups: dict[int, tuple[tuple[int, ...], float]] = {}
+        self._full: dict[int, tuple[ProcInfo, float]] = {}
+        self._lock = threading.Lock()
+
+    def groups(self, pid: int) -> tuple[int, ...]:
+        now = time.monotonic()
+        hit = self._groups.get(pid)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        g = read_groups(pid)
+        with self._lock:
+            if len(self._groups) >= self.max_entries:
+                self._groups.clear()
+            self._groups[pid] = (g, now + self.ttl)
+        return g
+
+    def info(self, pid: int) -> ProcInfo:
+        now = time.monotonic()
+        hit = self._full.get(pid)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        info = ProcInfo(pid=pid, groups=self.groups(pid), start_ns=read_start_ns(pid),
+                        cmdline=read_cmdline(pid), run_id=read_run_id(pid))
+        with self._lock:
+            if len(self._full) >= self.max_entries:
+                self._full.clear()
+            self._full[pid] = (info, now + self.ttl)
+        return info
