@@ -107,14 +107,14 @@ def _search(fs: Any) -> None:
     from .cdc.search import api as search_api  # noqa: F401
 
     _step("4. search the tags")
-    query = "bicycles>3 split=train under:/datasets/coco"
+    query = "tags.bicycles>3 tags.split=train under:/datasets/coco"
     t = time.perf_counter()
-    hits = fs.search(query, limit=5, wait=True)
+    res = fs.search(query, limit=5, wait=True, count=True)
     dt = (time.perf_counter() - t) * 1000
-    total = getattr(hits, "total", len(hits))
-    console.print(f"query [bold]{query}[/]: {total} hits in {dt:.0f} ms (first 5):")
-    for h in list(hits)[:5]:
-        console.print(f"  {getattr(h, 'path', h)}")
+    console.print(f"query [bold]{query}[/]: {res.total} matches, answered in {dt:.0f} ms "
+                  f"(index at changelog position {res.position}); the first 5:")
+    for path in res.paths:
+        console.print(f"  {path}")
 
 
 def _provenance(fs: Any) -> None:
@@ -124,7 +124,7 @@ def _provenance(fs: Any) -> None:
     import metafs
 
     run_fn = getattr(metafs, "run", None)
-    if run_fn is None:
+    if run_fn is None or not hasattr(fs, "upstream"):
         raise ImportError(name="metafs.run")
     with run_fn("demo-train", params={"lr": 0.1}, client=fs):
         with fs.open("/datasets/coco/images/img00002.jpg", "rb") as f:
