@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import IntegrityError
 
 from ..blockstore import BlockStore, open_store
 from ..blockstore.base import (BlockInfo, check_key, checksum, key_belongs_to, new_key,
@@ -87,28 +86,31 @@ class BlockLayer:
 
     @property
     def block_size(self) -> int:
-        """The file system's chunk size, fixed in the database when it is first used (a
-        later change of the setting must not reinterpret existing files)."""
+        """The file system's chunk size (see :meth:`_bs`)."""
         if self._block_size is None:
-            name = "block_size"
-            val = self.ns.query(lambda c: c.execute(
-                select(C.c.value).where(C.c.name == name)).scalar())
-            if val is None:
-                try:
-                    self.ns.engine.write(lambda c: c.execute(
-                        insert(C).values(name=name, value=self.settings.block_size)))
-                    val = self.settings.block_size
-                except IntegrityError:
-                    val = self.ns.query(lambda c: c.execute(
-                        select(C.c.value).where(C.c.name == name)).scalar())
-            val = int(val)
-            if val != self.settings.block_size:
-                log.warning("block_size setting %d differs from the file system's %d; "
-                            "using %d", self.settings.block_size, val, val)
-            if val <= 0:
-                raise FsError(errno.EINVAL, f"bad block size {val}")
-            self._block_size = val
+            return self.ns.engine.write(lambda c: self._bs(c, write=True))
         return self._block_size
+
+    def _bs(self, conn: Connection, write: bool = False) -> int:
+        """The chunk size, fixed in the database when first used (a later change of the
+        setting must not reinterpret existing files). ``write``: inside a write
+        transaction, which may record it."""
+        if self._block_size is not None:
+            return self._block_size
+        val = conn.execute(select(C.c.value).where(C.c.name == "block_size")).scalar()
+        if val is None:
+            if not write:
+                return self.settings.block_size  # nothing is stored in blocks yet
+            conn.execute(insert(C).values(name="block_size", value=self.settings.block_size))
+            val = self.settings.block_size
+        val = int(val)
+        if val <= 0:
+            raise FsError(errno.EIO, f"bad block size {val} in the database")
+        if val != self.settings.block_size:
+            log.warning("block_size setting %d differs from the file system's %d; using %d",
+                        self.settings.block_size, val, val)
+        self._block_size = val
+        return val
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -153,7 +155,7 @@ class BlockLayer:
 
     def _inline_to_blocks(self, tx: "Tx", ino: int, provided: set[int]) -> None:
         data = self.ns._inline(tx.conn, ino)
-        bs = self.block_size
+        bs = self._bs(tx.conn, write=True)
         if data:
             for idx in range(0, pieces_for(len(data), bs)):
                 if idx in provided:
@@ -172,7 +174,7 @@ class BlockLayer:
     def truncate(self, tx: "Tx", row: Row, size: int) -> None:
         """Truncate a file in blocks to ``size`` bytes (the caller sets the size column). At
         or under the inline limit the file's bytes move back inline."""
-        bs = self.block_size
+        bs = self._bs(tx.conn, write=True)
         if size <= self.settings.inline_limit:
             parts = []
             if size:
@@ -197,7 +199,7 @@ class BlockLayer:
 
     def _drop_beyond(self, tx: "Tx", ino: int, size: int) -> None:
         """Unmap chunks past ``size`` and shorten the chunk that now ends the file."""
-        bs = self.block_size
+        bs = self._bs(tx.conn, write=True)
         n = pieces_for(size, bs)
         keys = tx.conn.execute(select(B.c.key).where(B.c.ino == ino, B.c.idx >= n)
                                ).scalars().all()
@@ -214,17 +216,17 @@ class BlockLayer:
                    count: int = 0, presign: bool = False) -> pb.LayoutReply:
         from .namespace import to_attr
 
-        bs = self.block_size
-
         def fn(conn: Connection) -> pb.LayoutReply:
+            bs = self._bs(conn)
             row = self.ns._get(conn, ino)
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EISDIR, "is a directory")
             if not stat.S_ISREG(row.mode):
                 raise FsError(errno.EINVAL, "not a regular file")
-            if not self.ns._readable_handle(conn, handle, ino):
-                if handle:
-                    raise FsError(errno.EBADF, "file is not open for reading")
+            # A handle open for writing may see the layout too: writers read the chunks
+            # they partly change (read-modify-write), as the kernel's page cache does.
+            if not (self.ns._readable_handle(conn, handle, ino)
+                    or self.ns._writable_handle(conn, handle, ino)):
                 check(cred, row, R, "read this file")
             reply = pb.LayoutReply(attr=to_attr(row), block_size=bs, store_url=self.store_url)
             if row.storage == STORAGE_INLINE:

@@ -1,0 +1,473 @@
+"""The client's block data path: files above the inline limit, read and written straight
+from and to the block store.
+
+``attach(client)`` (called by :class:`metafs.client.Client`) makes every file the client
+opens a :class:`BlockFile`: inline files keep using the namenode's Read/Write calls; a file
+in blocks, or one that grows past the inline limit, is cut into ``block_size`` chunks.
+
+Writing: changed chunks are buffered (a random write reads the chunk it changes first:
+read-modify-write of the affected chunks only), finished chunks are uploaded in the
+background as NEW blocks, and ``flush()``/``close()`` commits them with one CommitBlocks
+call. Chunks of zeros are holes and store nothing. If an upload fails, nothing is committed
+and the file keeps its previous version.
+
+Reading: the layout is fetched on first use after open (close-to-open consistency), in
+windows; random reads fetch only the checksum pieces they need (ranged GETs); sequential
+reads fetch whole blocks in parallel with read-ahead; blocks are kept in a small memory
+cache and, when ``block_cache_dir`` is set, in a size-bounded local cache directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from ..errors import FsError
+from ..proto import metafs_pb2 as pb
+from ..client.file import RawFile
+from . import open_store
+from .base import BlockNotFound, BlockStore, ChecksumError, checksum, new_key, read_verified, verify
+from .cache import DiskCache, MemoryCache
+
+if TYPE_CHECKING:
+    from ..client.client import Client
+
+log = logging.getLogger("metafs.blockstore.client")
+
+WINDOW = 1024  # chunks per GetLayout call
+
+
+class BlockContext:
+    """Per-client shared parts: the store, the thread pool, the disk cache."""
+
+    def __init__(self, client: "Client") -> None:
+        self.client = client
+        self.settings = client.settings
+        self._stores: dict[str, BlockStore] = {}
+        self._lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(max(2, self.settings.block_parallel * 2),
+                                       thread_name_prefix="metafs-blockio")
+        self.disk_cache: DiskCache | None = None
+        if self.settings.block_cache_dir:
+            self.disk_cache = DiskCache(self.settings.block_cache_dir,
+                                        self.settings.block_cache_size)
+
+    def store(self, url: str) -> BlockStore:
+        with self._lock:
+            st = self._stores.get(url)
+            if st is None:
+                st = self._stores[url] = open_store(url, self.settings)
+            return st
+
+
+def attach(client: "Client") -> None:
+    """Give ``client`` the block data path (called by ``Client.__init__``)."""
+    client._blocks = BlockContext(client)  # type: ignore[attr-defined]
+    client.raw_file_class = BlockFile
+
+
+def _zero(n: int) -> bytes:
+    return bytes(n)
+
+
+class BlockFile(RawFile):
+    """A :class:`~metafs.client.file.RawFile` that also handles files in blocks."""
+
+    def __init__(self, client: "Client", path: str, reply: pb.OpenReply, flags: int) -> None:
+        super().__init__(client, path, reply, flags)
+        self._ctx: BlockContext = client._blocks  # type: ignore[attr-defined]
+        self._s = client.settings
+        self._inline = reply.attr.inline
+        self._bs = 0                            # chunk size, from the first layout
+        self._bsize = reply.attr.size           # size in blocks mode (ours once dirty)
+        self._version = reply.attr.version      # version our layout / writes are based on
+        self._store_url = ""
+        self._refs: dict[int, pb.BlockRef] = {}  # layout cache (holes absent)
+        self._windows: set[int] = set()
+        self._layout_version: int | None = None
+        self._dirty: dict[int, bytearray] = {}   # chunk -> new content (may be short)
+        self._dirty_bytes = 0
+        self._uploads: dict[int, Future[pb.BlockRef]] = {}  # chunk -> upload (uncommitted)
+        self._inline_data = b""
+        self._to_blocks = False
+        self._mem = MemoryCache(self._s.block_memory_cache)
+        self._prefetch: dict[str, Future[bytes]] = {}
+        self._last_end = -1
+        self._streak = 0
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------ helpers
+    @property
+    def _c(self) -> "Client":
+        return self._client
+
+    def _oserror(self, err: FsError) -> OSError:
+        return err.to_oserror(self.name)
+
+    def _store(self) -> BlockStore:
+        return self._ctx.store(self._store_url)
+
+    def _load_window(self, w: int) -> None:
+        reply = self._c._call("GetLayout", pb.LayoutRequest(
+            caller=self._c.caller, ino=self.ino, handle=self.handle, first_index=w * WINDOW,
+            count=WINDOW), self.name)
+        self._apply_layout(reply, w)
+
+    def _apply_layout(self, reply: pb.LayoutReply, w: int) -> None:
+        if self._layout_version is not None and reply.attr.version != self._layout_version:
+            # the file changed between two windows: start over on the new version
+            self._refs.clear()
+            self._windows.clear()
+        self._layout_version = reply.attr.version
+        self._bs = reply.block_size
+        self._store_url = reply.store_url
+        self.attr = reply.attr
+        if not self._dirty and not self._uploads:
+            self._bsize = reply.attr.size
+            self._version = reply.attr.version
+        for b in reply.blocks:
+            self._refs[b.index] = b
+        self._windows.add(w)
+        if reply.attr.inline:
+            self._inline_data = bytes(reply.inline_data)
+
+    def _ref(self, idx: int) -> pb.BlockRef | None:
+        w = idx // WINDOW
+        if w not in self._windows:
+            self._load_window(w)
+        return self._refs.get(idx)
+
+    def _enter_blocks(self) -> None:
+        """Switch this handle to the block path (the file is in blocks, or grows past the
+        inline limit now)."""
+        self._inline_data = b""
+        self._refs.clear()
+        self._windows.clear()
+        self._layout_version = None
+        self._load_window(0)
+        if self.attr.inline:
+            # Move the inline bytes into chunk buffers; CommitBlocks(to_blocks) moves the file.
+            data = self._inline_data
+            size = self.attr.size
+            bs = self._bs
+            for i in range(0, len(data), bs):
+                self._dirty[i // bs] = bytearray(data[i:i + bs])
+                self._dirty_bytes += len(data[i:i + bs])
+            self._bsize = size
+            self._to_blocks = True
+        self._inline = False
+
+    # ------------------------------------------------------------ RawFile data path
+    def _size(self) -> int:
+        if not self._inline and (self._dirty or self._uploads):
+            return self._bsize
+        a = self._c._call("GetAttr", pb.InodeRequest(caller=self._c.caller, ino=self.ino),
+                          self.name)
+        return a.size
+
+    def _read_at(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            if self._inline:
+                reply = self._c._call("Read", pb.ReadRequest(
+                    caller=self._c.caller, ino=self.ino, offset=offset, size=size,
+                    handle=self.handle), self.name)
+                if reply.inline:
+                    self.attr = reply.attr
+                    return reply.data
+                self._enter_blocks()
+            elif self._bs == 0:
+                self._load_window(0)
+            try:
+                return self._read_blocks(offset, size)
+            except FsError as err:
+                raise self._oserror(err) from None
+
+    def _write_at(self, offset: int, data: bytes, append: bool) -> int:
+        with self._lock:
+            if self._inline:
+                if append:
+                    offset = self._size()
+                if offset + len(data) <= self._c.inline_limit:
+                    try:
+                        return super()._write_at(offset, data, False)
+                    except OSError as exc:
+                        if exc.errno != errno.EFBIG:
+                            raise
+                self._enter_blocks()
+            elif self._bs == 0:
+                self._load_window(0)
+            if append:
+                offset = self._bsize
+            try:
+                self._write_blocks(offset, data)
+            except FsError as err:
+                raise self._oserror(err) from None
+            return offset + len(data)
+
+    def _truncate(self, size: int) -> None:
+        with self._lock:
+            self._commit()
+            super()._truncate(size)
+            self._inline = self.attr.inline
+            self._bsize = self.attr.size
+            self._version = self.attr.version
+            self._refs.clear()
+            self._windows.clear()
+            self._layout_version = None
+            self._mem.clear()
+
+    def _flush_data(self) -> None:
+        with self._lock:
+            self._commit()
+
+    def flush(self) -> None:
+        """Commit written blocks (a metafs file's data is visible to others after this)."""
+        if not self.closed:
+            self._flush_data()
+        super().flush()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            for f in self._prefetch.values():
+                f.cancel()
+            self._prefetch.clear()
+            self._mem.clear()
+
+    # ------------------------------------------------------------ writing
+    def _chunk_for_write(self, idx: int, lo: int, hi: int) -> bytearray:
+        """The buffer of chunk ``idx``, loaded with its current bytes unless the write
+        ``[lo, hi)`` (offsets inside the chunk) replaces all of them."""
+        buf = self._dirty.get(idx)
+        if buf is not None:
+            return buf
+        bs = self._bs
+        start = idx * bs
+        valid = max(0, min(bs, self._bsize - start))  # bytes of the chunk inside the file
+        if lo == 0 and hi >= valid:
+            cur = b""
+        else:
+            cur = self._chunk_bytes(idx, 0, valid)
+        buf = bytearray(cur)
+        self._dirty[idx] = buf
+        self._dirty_bytes += len(buf)
+        return buf
+
+    def _write_blocks(self, offset: int, data: bytes) -> None:
+        bs = self._bs
+        mv = memoryview(data)
+        pos = offset
+        end = offset + len(data)
+        while pos < end:
+            idx = pos // bs
+            lo = pos - idx * bs
+            hi = min(bs, lo + (end - pos))
+            buf = self._chunk_for_write(idx, lo, hi)
+            before = len(buf)
+            if len(buf) < lo:
+                buf.extend(bytes(lo - len(buf)))
+            buf[lo:hi] = mv[pos - offset:pos - offset + (hi - lo)]
+            self._dirty_bytes += len(buf) - before
+            pos += hi - lo
+            if hi == bs and len(buf) == bs:
+                self._start_upload(idx)  # a finished chunk goes now (sequential writers)
+        self._bsize = max(self._bsize, end)
+        if self._dirty_bytes > self._s.block_write_buffer:
+            for idx in list(self._dirty):
+                self._start_upload(idx)
+
+    def _start_upload(self, idx: int) -> None:
+        buf = self._dirty.pop(idx)
+        self._dirty_bytes -= len(buf)
+        data = bytes(buf)
+        old = self._uploads.pop(idx, None)
+        if old is not None:
+            old.cancel()  # superseded; if it ran, its block is an orphan for GC
+        # bound the memory held by uploads in flight
+        limit = max(2, self._s.block_write_buffer // max(self._bs, 1))
+        busy = [f for f in self._uploads.values() if not f.done()]
+        while len(busy) >= limit:
+            try:
+                busy[0].result()
+            except Exception:  # noqa: BLE001 - reported by the commit
+                pass
+            busy = [f for f in busy if not f.done()]
+        self._uploads[idx] = self._ctx.pool.submit(self._upload, idx, data)
+
+    def _pending_ref(self, idx: int) -> pb.BlockRef | None:
+        """The chunk's uploaded, not yet committed block, else its committed one."""
+        fut = self._uploads.get(idx)
+        if fut is not None:
+            try:
+                return fut.result()
+            except FsError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise FsError(errno.EIO, f"block upload failed: {exc}") from None
+        return self._ref(idx)
+
+    def _upload(self, idx: int, data: bytes) -> pb.BlockRef:
+        if data.count(0) == len(data):
+            return pb.BlockRef(index=idx)  # a hole: nothing stored
+        key = new_key(self.ino, idx)
+        self._store().put(key, data)
+        return pb.BlockRef(index=idx, key=key, length=len(data),
+                           checksum=checksum(data, self._s.block_checksum_piece))
+
+    def _commit(self) -> None:
+        if self._inline or (not self._dirty and not self._uploads):
+            return
+        for idx in list(self._dirty):
+            self._start_upload(idx)
+        refs: list[pb.BlockRef] = []
+        failure: BaseException | None = None
+        for idx, fut in sorted(self._uploads.items()):
+            try:
+                ref = fut.result()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                failure = failure or exc
+                continue
+            # a chunk wholly past the end (after a shrink) is not committed
+            if ref.key and idx * self._bs >= self._bsize:
+                continue
+            refs.append(ref)
+        self._uploads.clear()
+        if failure is not None:
+            self._dirty.clear()
+            self._dirty_bytes = 0
+            self._to_blocks = False
+            # Nothing is committed: the file keeps its last version; uploaded blocks are
+            # orphans for garbage collection.
+            self._inline = self.attr.inline
+            self._bsize = self.attr.size
+            if isinstance(failure, FsError):
+                raise self._oserror(FsError(errno.EIO, f"writing blocks failed; nothing was "
+                                            f"committed: {failure.message}")) from None
+            raise OSError(errno.EIO, f"writing blocks failed: {failure}", self.name)
+        attr = self._c._call("CommitBlocks", pb.CommitBlocksRequest(
+            caller=self._c.caller, ino=self.ino, handle=self.handle, size=self._bsize,
+            blocks=refs, base_version=self._version, to_blocks=self._to_blocks), self.name)
+        self.attr = attr
+        self._to_blocks = False
+        self._version = attr.version
+        self._bsize = attr.size
+        for r in refs:
+            if r.key:
+                self._refs[r.index] = r
+            else:
+                self._refs.pop(r.index, None)
+        self._layout_version = attr.version
+
+    # ------------------------------------------------------------ reading
+    def _read_blocks(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self._bsize)
+        if offset >= end:
+            return b""
+        bs = self._bs
+        sequential = offset == self._last_end
+        self._streak = self._streak + 1 if sequential else 0
+        self._last_end = end
+        whole = self._streak >= 2 or end - offset >= bs // 2 or self._ctx.disk_cache is not None
+        first, last = offset // bs, (end - 1) // bs
+        if whole and self._streak >= 2:
+            self._readahead(last + 1)
+        if last > first and whole:
+            # several chunks at once: fetch them in parallel
+            for idx in range(first, last + 1):
+                self._prefetch_chunk(idx)
+        out = []
+        for idx in range(first, last + 1):
+            lo = max(offset, idx * bs) - idx * bs
+            hi = min(end, (idx + 1) * bs) - idx * bs
+            out.append(self._chunk_bytes(idx, lo, hi, whole=whole))
+        return b"".join(out)
+
+    def _readahead(self, idx: int) -> None:
+        n = self._s.block_readahead
+        last = (self._bsize - 1) // self._bs
+        for i in range(idx, min(idx + n, last + 1)):
+            self._prefetch_chunk(i)
+
+    def _prefetch_chunk(self, idx: int) -> None:
+        if idx in self._dirty or idx in self._uploads:
+            return
+        ref = self._ref(idx)
+        if ref is None or ref.key in self._prefetch or self._mem.get(ref.key) is not None:
+            return
+        if len(self._prefetch) > 4 * max(1, self._s.block_readahead):
+            for k in [k for k, f in self._prefetch.items() if f.done()]:
+                self._prefetch.pop(k, None)
+        self._prefetch[ref.key] = self._ctx.pool.submit(self._fetch_whole, ref)
+
+    def _fetch_whole(self, ref: pb.BlockRef) -> bytes:
+        dc = self._ctx.disk_cache
+        if dc is not None:
+            data = dc.get(ref.key)
+            if data is not None:
+                try:
+                    verify(ref.key, data, 0, ref.checksum, None)
+                    if len(data) >= ref.length:
+                        return data
+                except ChecksumError:
+                    pass
+                log.warning("dropping cached copy of block %s: it failed its checksum", ref.key)
+                dc.discard(ref.key)
+        data = read_verified(self._store(), ref.key, ref.checksum, 0, ref.length)
+        if dc is not None and len(data) == ref.length:
+            dc.put(ref.key, data)
+        return data
+
+    def _chunk_bytes(self, idx: int, lo: int, hi: int, whole: bool = False) -> bytes:
+        """Bytes ``[lo, hi)`` of chunk ``idx`` as this handle sees it."""
+        if hi <= lo:
+            return b""
+        buf = self._dirty.get(idx)
+        if buf is not None:
+            part = bytes(buf[lo:hi])
+            return part + _zero(hi - lo - len(part))
+        for attempt in (0, 1):
+            ref = self._pending_ref(idx)
+            if ref is None or not ref.key:
+                return _zero(hi - lo)
+            top = min(hi, ref.length)
+            try:
+                if lo >= top:
+                    part = b""
+                else:
+                    part = self._from_block(ref, lo, top, whole)
+            except (BlockNotFound, ChecksumError) as err:
+                log.error("block %s (chunk %d of %s): %s", ref.key, idx, self.name, err.message)
+                self._mem.clear()
+                self._prefetch.pop(ref.key, None)
+                if attempt == 0 and idx not in self._uploads:
+                    # our layout may be older than a rewrite and its garbage collection
+                    self._refs.clear()
+                    self._windows.clear()
+                    self._layout_version = None
+                    continue
+                raise FsError(errno.EIO, f"block {ref.key} of chunk {idx} is unreadable: "
+                              f"{err.message}", self.name) from None
+            return part + _zero(hi - lo - len(part))
+        raise AssertionError("unreachable")
+
+    def _from_block(self, ref: pb.BlockRef, lo: int, hi: int, whole: bool) -> bytes:
+        data = self._mem.get(ref.key)
+        if data is None:
+            fut = self._prefetch.pop(ref.key, None)
+            if fut is not None:
+                data = fut.result()
+            elif whole:
+                data = self._fetch_whole(ref)
+            else:
+                return read_verified(self._store(), ref.key, ref.checksum, lo, hi)
+            self._mem.put(ref.key, data)
+        return data[lo:hi]
+
+
+__all__ = ["BlockFile", "attach"]
+_ = os  # (os is used by type checkers only through RawFile)

@@ -1,0 +1,355 @@
+"""The block store contract on the local store and on S3 (a real moto server), checksums,
+and the namenode's block layer (commit, layout, truncate, free, garbage collection)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from metafs.blockstore import BlockNotFound, BlockStore, LocalStore, open_store
+from metafs.blockstore.base import (ChecksumError, checksum, new_key, read_verified, verify)
+from metafs.blockstore.gc import gc, gc_main
+from metafs.config import load
+from metafs.errors import FsError
+from metafs.namenode.server import Namenode
+from metafs.proto import metafs_pb2 as pb
+
+from blockstore_fixtures import make_bucket, moto_url  # noqa: F401
+
+PIECE = 4096
+
+
+class StoreContract:
+    """Every block store passes these. Subclasses provide the ``store`` fixture."""
+
+    def test_put_get_roundtrip(self, store: BlockStore) -> None:
+        data = os.urandom(100_000)
+        store.put("7/0-a", data)
+        assert store.get("7/0-a") == data
+        assert store.exists("7/0-a")
+        info = store.head("7/0-a")
+        assert info is not None and info.size == len(data) and info.key == "7/0-a"
+        assert abs(info.mtime - time.time()) < 3600
+
+    def test_ranged_get(self, store: BlockStore) -> None:
+        data = bytes(range(256)) * 40
+        store.put("7/1-b", data)
+        assert store.get("7/1-b", 10, 20) == data[10:20]
+        assert store.get("7/1-b", 5000) == data[5000:]
+        assert store.get("7/1-b", 10000, 20000) == data[10000:]   # past the end: short
+        assert store.get("7/1-b", len(data), len(data) + 5) == b""
+        assert store.get("7/1-b", 20000, 20010) == b""
+        assert store.get("7/1-b", 3, 3) == b""
+
+    def test_empty_block(self, store: BlockStore) -> None:
+        store.put("7/2-e", b"")
+        assert store.get("7/2-e") == b""
+        assert store.head("7/2-e").size == 0  # type: ignore[union-attr]
+
+    def test_missing_block(self, store: BlockStore) -> None:
+        with pytest.raises(BlockNotFound) as ei:
+            store.get("7/404-x")
+        assert ei.value.errno == errno.ENOENT
+        assert store.head("7/404-x") is None
+        assert not store.exists("7/404-x")
+
+    def test_delete_is_idempotent(self, store: BlockStore) -> None:
+        store.put("8/0-d", b"x")
+        store.delete("8/0-d")
+        store.delete("8/0-d")
+        assert not store.exists("8/0-d")
+
+    def test_list_and_delete_many(self, store: BlockStore) -> None:
+        keys = [f"9/{i}-k" for i in range(25)] + ["10/0-z"]
+        for k in keys:
+            store.put(k, k.encode())
+        listed = {b.key: b.size for b in store.list("9/")}
+        assert listed == {k: len(k) for k in keys[:-1]}
+        assert "10/0-z" in {b.key for b in store.list()}
+        assert store.delete_many(keys[:20]) == 20
+        assert {b.key for b in store.list("9/")} == set(keys[20:25])
+
+    @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "a/", "sp ace", "x" * 600,
+                                     "../up", "bad\0nul"])
+    def test_malformed_keys(self, store: BlockStore, key: str) -> None:
+        with pytest.raises(FsError) as ei:
+            store.put(key, b"x")
+        assert ei.value.errno == errno.EINVAL
+
+    def test_large_block(self, store: BlockStore) -> None:
+        data = os.urandom(4 << 20)
+        store.put("11/0-big", data)
+        assert store.get("11/0-big") == data
+        assert store.get("11/0-big", (4 << 20) - 7) == data[-7:]
+
+    def test_checksum_verified_ranged_reads(self, store: BlockStore) -> None:
+        data = os.urandom(5 * PIECE + 123)
+        cs = checksum(data, PIECE)
+        store.put("12/0-c", data)
+        for lo, hi in [(0, 1), (PIECE - 1, PIECE + 1), (3 * PIECE + 5, len(data)),
+                       (0, len(data)), (len(data) - 1, len(data) + 100)]:
+            assert read_verified(store, "12/0-c", cs, lo, hi) == data[lo:hi]
+        # a block stored short (lost its tail) fails its checksum
+        store.put("12/1-short", data[: 3 * PIECE])
+        with pytest.raises(ChecksumError):
+            read_verified(store, "12/1-short", cs, 0, len(data))
+
+
+class TestLocalStore(StoreContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> BlockStore:
+        return open_store((tmp_path / "blocks").as_uri())
+
+    def test_put_is_atomic_and_leaves_no_temp_files(self, store: LocalStore) -> None:
+        store.put("1/0-a", b"abc")
+        assert list((store.root / ".tmp").iterdir()) == []
+
+    def test_corruption_is_eio_naming_the_block(self, store: LocalStore,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+        data = os.urandom(3 * PIECE)
+        cs = checksum(data, PIECE)
+        store.put("1/0-c", data)
+        p = store.root / "1" / "0-c"
+        raw = bytearray(p.read_bytes())
+        raw[PIECE + 10] ^= 0xFF
+        p.write_bytes(bytes(raw))
+        assert read_verified(store, "1/0-c", cs, 0, PIECE) == data[:PIECE]  # piece 0 intact
+        with pytest.raises(ChecksumError) as ei:
+            read_verified(store, "1/0-c", cs, PIECE, PIECE + 1)
+        assert ei.value.errno == errno.EIO and "1/0-c" in str(ei.value)
+
+
+class TestS3Store(StoreContract):
+    @pytest.fixture
+    def store(self, moto_url: str) -> BlockStore:  # noqa: F811
+        bucket = make_bucket(moto_url)
+        s = load(overrides={"s3_endpoint": moto_url}, environ={})
+        return open_store(f"s3://{bucket}/some/prefix", s)
+
+    def test_presigned_urls(self, store: BlockStore) -> None:
+        store.put("3/0-p", b"presigned data")
+        url = store.presign("3/0-p")
+        with urllib.request.urlopen(url) as r:
+            assert r.read() == b"presigned data"
+        put_url = store.presign("3/1-q", put=True)
+        req = urllib.request.Request(put_url, data=b"uploaded", method="PUT",
+                                     headers={"Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(req) as r:
+            assert r.status == 200
+        assert store.get("3/1-q") == b"uploaded"
+
+    def test_prefix_isolation(self, store: BlockStore, moto_url: str) -> None:  # noqa: F811
+        store.put("4/0-a", b"a")
+        assert [b.key for b in store.list()] == ["4/0-a"]
+
+
+def test_checksum_format_and_verify() -> None:
+    data = b"a" * 10_000
+    cs = checksum(data, 4096)
+    assert cs.startswith("crc32:4096:") and len(cs.split(":")[2]) == 3 * 8
+    verify("k", data, 0, cs, 3)
+    verify("k", data[4096:8192], 1, cs, 1)
+    with pytest.raises(ChecksumError):
+        verify("k", data[:-1] + b"b", 0, cs, 3)
+    with pytest.raises(FsError) as ei:
+        verify("k", data, 0, "md5:zz")
+    assert ei.value.errno == errno.EINVAL
+
+
+def test_open_store_rejects_unknown_urls() -> None:
+    for url in ("ftp://x/y", "gs://bucket", "s3://"):
+        with pytest.raises(FsError) as ei:
+            open_store(url)
+        assert ei.value.errno == errno.EINVAL
+
+
+# ---------------------------------------------------------------- the namenode's block layer
+ROOT = pb.Caller(uid=0, gid=0, client_id="t")
+USER = pb.Caller(uid=1000, gid=1000, client_id="u")
+BS = 64 * 1024
+
+
+@pytest.fixture
+def nn(tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = load(overrides={"data_dir": str(tmp_path / "d"), "block_size": BS,
+                        "inline_limit": 4096, "block_checksum_piece": PIECE,
+                        "gc_interval": 0}, environ={})
+    n = Namenode(s, background=False)
+    yield n
+    n.close()
+
+
+def _create(nn: Namenode, name: str = "f", caller: pb.Caller = ROOT, mode: int = 0o644) -> int:
+    r = nn.handlers.Create(pb.CreateRequest(caller=caller, parent=1, name=name,
+                                            mode=0o100000 | mode))
+    return r.attr.ino
+
+
+def _block(nn: Namenode, ino: int, idx: int, data: bytes) -> pb.BlockRef:
+    key = new_key(ino, idx)
+    nn.ns.blocks.store.put(key, data)
+    return pb.BlockRef(index=idx, key=key, length=len(data), checksum=checksum(data, PIECE))
+
+
+def _commit(nn: Namenode, ino: int, size: int, refs: list[pb.BlockRef],
+            caller: pb.Caller = ROOT, **kw: object) -> pb.Attr:
+    return nn.handlers.CommitBlocks(pb.CommitBlocksRequest(caller=caller, ino=ino, size=size,
+                                                           blocks=refs, **kw))
+
+
+def _layout(nn: Namenode, ino: int) -> pb.LayoutReply:
+    return nn.handlers.GetLayout(pb.LayoutRequest(caller=ROOT, ino=ino))
+
+
+def test_commit_layout_and_changelog(nn: Namenode) -> None:
+    ino = _create(nn)
+    head = nn.ns.changelog_head()
+    a = _commit(nn, ino, BS + 10, [_block(nn, ino, 0, b"x" * BS), _block(nn, ino, 1, b"y" * 10)],
+                to_blocks=True)
+    assert a.size == BS + 10 and not a.inline and a.version == 1
+    lay = _layout(nn, ino)
+    assert [b.index for b in lay.blocks] == [0, 1] and lay.block_size == BS
+    recs, _ = nn.ns.changelog_read(head, 100)
+    assert [r.op for r in recs] == [pb.OP_WRITE] and recs[0].attr.size == BS + 10
+
+
+def test_commit_refuses_block_not_stored_and_changes_nothing(nn: Namenode) -> None:
+    ino = _create(nn)
+    good = _block(nn, ino, 0, b"a" * 100)
+    _commit(nn, ino, 100, [good], to_blocks=True)
+    before = _layout(nn, ino)
+    missing = pb.BlockRef(index=0, key=new_key(ino, 0), length=5, checksum=checksum(b"12345", PIECE))
+    with pytest.raises(FsError) as ei:
+        _commit(nn, ino, 5000, [missing])
+    assert ei.value.errno == errno.EIO and missing.key in str(ei.value)
+    after = _layout(nn, ino)
+    assert after == before
+
+
+@pytest.mark.parametrize("case", ["foreign", "dup_index", "past_end", "bad_len", "bad_sum",
+                                  "reused", "freed", "hole_with_data"])
+def test_commit_rejects_bad_requests(nn: Namenode, case: str) -> None:
+    ino = _create(nn)
+    other = _create(nn, "g")
+    b0 = _block(nn, ino, 0, b"a" * 100)
+    _commit(nn, ino, 100, [b0], to_blocks=True)
+    if case == "foreign":
+        refs = [_block(nn, other, 0, b"z")]
+    elif case == "dup_index":
+        refs = [_block(nn, ino, 1, b"1"), _block(nn, ino, 1, b"2")]
+    elif case == "past_end":
+        refs = [_block(nn, ino, 5, b"1")]
+    elif case == "bad_len":
+        r = _block(nn, ino, 1, b"123")
+        refs = [pb.BlockRef(index=1, key=r.key, length=BS + 1, checksum=r.checksum)]
+    elif case == "bad_sum":
+        r = _block(nn, ino, 1, b"123")
+        refs = [pb.BlockRef(index=1, key=r.key, length=3, checksum=checksum(b"1" * 9000, PIECE))]
+    elif case == "reused":   # a block of one chunk cannot be mapped at another
+        refs = [pb.BlockRef(index=1, key=b0.key, length=100, checksum=b0.checksum)]
+    elif case == "freed":
+        b1 = _block(nn, ino, 0, b"b" * 100)
+        _commit(nn, ino, 100, [b1])       # b0 is now garbage
+        refs = [pb.BlockRef(index=1, key=b0.key, length=100, checksum=b0.checksum)]
+    else:
+        refs = [pb.BlockRef(index=1, length=5)]
+    before = _layout(nn, ino)
+    with pytest.raises(FsError) as ei:
+        _commit(nn, ino, 2 * BS, refs)
+    assert ei.value.errno == errno.EINVAL
+    assert _layout(nn, ino) == before
+
+
+def test_commit_needs_write_permission(nn: Namenode) -> None:
+    ino = _create(nn, mode=0o644)
+    with pytest.raises(FsError) as ei:
+        _commit(nn, ino, 10, [_block(nn, ino, 0, b"x" * 10)], caller=USER)
+    assert ei.value.errno == errno.EACCES
+    with pytest.raises(FsError) as ei:
+        nn.handlers.Presign(pb.PresignRequest(caller=USER, ino=ino, keys=[new_key(ino, 0)],
+                                              put=True))
+    assert ei.value.errno == errno.EACCES
+
+
+def test_truncate_moves_between_inline_and_blocks(nn: Namenode) -> None:
+    ino = _create(nn)
+    nn.handlers.Write(pb.WriteRequest(caller=ROOT, ino=ino, offset=0, data=b"hello"))
+    # grow past the inline limit by truncate: the bytes move to a block
+    a = nn.handlers.SetAttr(pb.SetAttrRequest(caller=ROOT, ino=ino, size=3 * BS + 7))
+    assert not a.inline and a.size == 3 * BS + 7
+    lay = _layout(nn, ino)
+    assert [b.index for b in lay.blocks] == [0]
+    assert nn.ns.blocks.store.get(lay.blocks[0].key) == b"hello"
+    # the inline Write call refuses a file in blocks
+    with pytest.raises(FsError) as ei:
+        nn.handlers.Write(pb.WriteRequest(caller=ROOT, ino=ino, offset=0, data=b"x"))
+    assert ei.value.errno == errno.EFBIG
+    # shrink within blocks: the tail chunk's length shrinks, chunks past the end go
+    b2 = _block(nn, ino, 2, b"q" * BS)
+    _commit(nn, ino, 3 * BS + 7, [b2])
+    a = nn.handlers.SetAttr(pb.SetAttrRequest(caller=ROOT, ino=ino, size=2 * BS + 3))
+    lay = _layout(nn, ino)
+    assert {b.index: b.length for b in lay.blocks} == {0: 5, 2: 3}
+    # back under the inline limit: inline again, with the right bytes
+    a = nn.handlers.SetAttr(pb.SetAttrRequest(caller=ROOT, ino=ino, size=4))
+    assert a.inline and a.size == 4
+    assert nn.handlers.Read(pb.ReadRequest(caller=ROOT, ino=ino, size=10)).data == b"hell"
+    assert not _layout(nn, ino).blocks
+    # every replaced block is on the garbage list, then collected
+    stats = gc(nn.ns, now=time.time() + 10 * 3600)
+    assert stats.freed_deleted == 2
+    assert list(nn.ns.blocks.store.list()) == []
+
+
+def test_unlink_frees_blocks_and_gc_keeps_referenced(nn: Namenode) -> None:
+    keep = _create(nn, "keep")
+    gone = _create(nn, "gone")
+    kb = _block(nn, keep, 0, b"k" * 1000)
+    _commit(nn, keep, 1000, [kb], to_blocks=True)
+    _commit(nn, gone, 1000, [_block(nn, gone, 0, b"g" * 1000)], to_blocks=True)
+    nn.handlers.Unlink(pb.NameRequest(caller=ROOT, parent=1, name="gone"))
+    # within the grace period nothing goes
+    stats = gc(nn.ns)
+    assert stats.deleted == 0
+    stats = gc(nn.ns, now=time.time() + 10 * 3600)
+    assert stats.freed_deleted == 1 and stats.referenced == 1
+    assert [b.key for b in nn.ns.blocks.store.list()] == [kb.key]
+
+
+def test_commit_refuses_stale_uploads(nn: Namenode) -> None:
+    ino = _create(nn)
+    ref = _block(nn, ino, 0, b"s" * 10)
+    p = nn.ns.blocks.store.root / ref.key  # type: ignore[attr-defined]
+    old = time.time() - nn.settings.gc_grace
+    os.utime(p, (old, old))
+    with pytest.raises(FsError) as ei:
+        _commit(nn, ino, 10, [ref], to_blocks=True)
+    assert ei.value.errno == errno.ESTALE
+
+
+def test_presign_get_only_for_blocks_of_the_file(nn: Namenode) -> None:
+    ino = _create(nn)
+    ref = _block(nn, ino, 0, b"p" * 10)
+    _commit(nn, ino, 10, [ref], to_blocks=True)
+    urls = nn.handlers.Presign(pb.PresignRequest(caller=ROOT, ino=ino, keys=[ref.key])).urls
+    assert len(urls) == 1
+    with pytest.raises(FsError) as ei:
+        nn.handlers.Presign(pb.PresignRequest(caller=ROOT, ino=ino, keys=[new_key(ino, 3)]))
+    assert ei.value.errno == errno.ENOENT
+    with pytest.raises(FsError) as ei:  # PUT over an existing block: blocks are write-once
+        nn.handlers.Presign(pb.PresignRequest(caller=ROOT, ino=ino, keys=[ref.key], put=True))
+    assert ei.value.errno == errno.EEXIST
+
+
+def test_gc_main_cli(nn: Namenode, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ino = _create(nn)
+    _commit(nn, ino, 10, [_block(nn, ino, 0, b"c" * 10)], to_blocks=True)
+    nn.ns.blocks.store.put(new_key(ino, 1), b"orphan")
+    assert gc_main(["--data-dir", nn.settings.data_dir, "--grace", "0", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"orphans_deleted": 1' in out and '"referenced": 1' in out
