@@ -147,8 +147,10 @@ class ProvenanceQuery:
         if depth is not None:
             rec_cols.append(walk.c.d + 1)
         rec = select(*rec_cols).select_from(walk.join(a, join_a).join(b, join_b))
+        walk = walk.union(rec.where(true() if depth is None else walk.c.d < depth))
+        # the joins again, now over the finished (unioned) walk
+        join_a = and_(a.c.av == walk.c.av, a.c.dir == d_in, asof.cond(a))
         limit = true() if depth is None else walk.c.d < depth
-        walk = walk.union(rec.where(limit))
         hop1 = (select(a.c.run, a.c.dir, a.c.av).select_from(walk.join(a, join_a))
                 .where(limit))
         hop2 = (select(b.c.run, b.c.dir, b.c.av)

@@ -124,8 +124,8 @@ def _run_uuid(run: dict[str, Any]) -> str:
 
 
 def openlineage_events(g: Graph, namespace: str) -> list[Any]:
-    """One OpenLineage RunEvent per run in the answer: COMPLETE/FAIL for ended runs,
-    RUNNING otherwise, with the artifact versions it read as inputs and wrote as outputs
+    """OpenLineage RunEvents for each run in the answer: START, then COMPLETE, FAIL or
+    ABORT once it has ended, with the artifact versions it read as inputs and wrote as outputs
     (data set namespace ``namespace``, name = path, version facet = artifact version)."""
     from openlineage.client.event_v2 import (InputDataset, Job, OutputDataset, Run,
                                              RunEvent, RunState)
@@ -142,18 +142,21 @@ def openlineage_events(g: Graph, namespace: str) -> list[Any]:
         outs = [ds(OutputDataset, g.artifacts[a]) for r, d, a in g.edges
                 if r == rid and d == "w"]
         st = run["status"]
-        state = (RunState.COMPLETE if st == "completed" else
-                 RunState.RUNNING if st in ("running", "process", "") else RunState.FAIL)
-        when = run["end_ns"] or run["start_ns"] or time.time_ns()
-        events.append(RunEvent(
-            eventType=state,
-            eventTime=datetime.fromtimestamp(when / 1e9, tz=timezone.utc).isoformat(),
-            run=Run(runId=_run_uuid(run)),
-            job=Job(namespace=namespace, name=run_label(run), facets={
-                "jobType": job_type_job.JobTypeJobFacet(
-                    processingType="BATCH", integration="METAFS",
-                    jobType="RUN" if run["explicit"] else "PROCESS")}),
-            inputs=ins, outputs=outs, producer=PRODUCER))
+        states = [(RunState.START, run["start_ns"] or time.time_ns())]
+        if run["end_ns"]:
+            states.append((RunState.COMPLETE if st == "completed" else
+                           RunState.ABORT if st.startswith("killed") else RunState.FAIL,
+                           run["end_ns"]))
+        for state, when in states:
+            events.append(RunEvent(
+                eventType=state,
+                eventTime=datetime.fromtimestamp(when / 1e9, tz=timezone.utc).isoformat(),
+                run=Run(runId=_run_uuid(run)),
+                job=Job(namespace=namespace, name=run_label(run), facets={
+                    "jobType": job_type_job.JobTypeJobFacet(
+                        processingType="BATCH", integration="METAFS",
+                        jobType="RUN" if run["explicit"] else "PROCESS")}),
+                inputs=ins, outputs=outs, producer=PRODUCER))
     return events
 
 
