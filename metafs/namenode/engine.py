@@ -71,8 +71,7 @@ class MetaEngine:
     # -- shared --
     def setup(self) -> list[int]:
         """Create or migrate the schema; returns the migrations applied."""
-        with self.engine.begin() as conn:
-            return schema.migrate(conn, time.time_ns())
+        return self.write(lambda conn: schema.migrate(conn, time.time_ns()))
 
     def write(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in a write transaction, retrying it on transient conflicts."""
@@ -118,6 +117,11 @@ class SqliteEngine(MetaEngine):
     name = "sqlite"
     supports_for_update = False
 
+    def __init__(self, url: str, settings: Settings) -> None:
+        self._all: list[Connection] = []
+        self._all_lock = threading.Lock()
+        super().__init__(url, settings)
+
     def _create_engine(self, url: str) -> Engine:
         path = url.split("sqlite:///", 1)[1] if url.startswith("sqlite:///") else ""
         if path and path != ":memory:":
@@ -145,18 +149,46 @@ class SqliteEngine(MetaEngine):
             cur.execute("PRAGMA foreign_keys=OFF")
             cur.close()
 
-        @event.listens_for(eng, "begin")
-        def _on_begin(conn):  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql(conn.info.pop("begin_sql", "BEGIN"))
-
         return eng
+
+    # Each thread keeps one connection checked out, and transactions are begun and ended
+    # on the driver connection: SQLAlchemy's pool checkout and transaction events cost
+    # more than a primary-key lookup. A nested transaction on the same thread (which the
+    # namespace never makes, but an extension might) gets a connection of its own.
+    def _thread_conn(self) -> tuple[Connection, bool]:
+        loc = self._local
+        conn = getattr(loc, "conn", None)
+        if getattr(loc, "busy", False):
+            return self.engine.connect(), True
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect()
+            loc.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn, False
 
     @contextmanager
     def _tx(self, begin_sql: str) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            conn.info["begin_sql"] = begin_sql
-            with conn.begin():
+        conn, private = self._thread_conn()
+        if not private:
+            self._local.busy = True
+        raw = conn.connection.dbapi_connection
+        try:
+            raw.execute(begin_sql)  # type: ignore[union-attr]
+            try:
                 yield conn
+            except BaseException:
+                if raw.in_transaction:  # type: ignore[union-attr]
+                    raw.execute("ROLLBACK")  # type: ignore[union-attr]
+                raise
+            raw.execute("COMMIT")  # type: ignore[union-attr]
+        finally:
+            if conn.in_transaction():
+                conn.rollback()  # SQLAlchemy's own bookkeeping; the driver has no transaction
+            if private:
+                conn.close()
+            else:
+                self._local.busy = False
 
     @contextmanager
     def _write_tx(self) -> Iterator[Connection]:
@@ -167,6 +199,16 @@ class SqliteEngine(MetaEngine):
     def _read_tx(self) -> Iterator[Connection]:
         with self._tx("BEGIN") as conn:
             yield conn
+
+    def dispose(self) -> None:
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:  # a connection another thread is using: the pool drops it
+                pass
+        super().dispose()
 
     def is_retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, OperationalError):

@@ -420,9 +420,7 @@ class Namespace:
         def fn(conn: Connection) -> pb.Attr:
             return to_attr(self._get(conn, ino))
 
-        # One statement: atomic on its own, no need for a transaction around it.
-        with self.engine.engine.connect() as conn:
-            return fn(conn)
+        return self.query(fn)
 
     def readlink(self, cred: Cred, ino: int) -> str:
         def fn(conn: Connection) -> str:
@@ -697,10 +695,24 @@ class Namespace:
             raise FsError(errno.ENOENT, "RENAME_EXCHANGE target does not exist", dn)
         if dst is not None and flags & RENAME_NOREPLACE:
             raise FsError(errno.EEXIST, "target exists (RENAME_NOREPLACE)", dn)
-        if dst is not None and dst.id == src.id:
-            return  # two names of one inode: POSIX says do nothing
         src_dir = stat.S_ISDIR(src.mode)
         dst_dir = dst is not None and stat.S_ISDIR(dst.mode)
+        if sp != dp:
+            # Linux's order: the subtree checks come before the checks on types. A source
+            # directory may not go into its own subtree; a target directory that holds the
+            # source is not empty (or, exchanged, would go into its own subtree).
+            if src_dir:
+                self._check_not_ancestor(conn, src.id, dp, sn)
+            if dst_dir:
+                try:
+                    self._check_not_ancestor(conn, dst.id, sp, dn)
+                except FsError as exc:
+                    if exc.errno == errno.EINVAL and not exchange:
+                        raise FsError(errno.ENOTEMPTY, "target directory is not empty",
+                                      dn) from None
+                    raise
+        if dst is not None and dst.id == src.id:
+            return  # two names of one inode: POSIX says do nothing
         check_sticky(cred, spd, src)
         if dst is not None:
             check_sticky(cred, dpd, dst)
@@ -715,10 +727,8 @@ class Namespace:
             # A directory that changes parent has its '..' rewritten: it needs write access.
             if src_dir:
                 check(cred, src, W, "move this directory")
-                self._check_not_ancestor(conn, src.id, dp, sn)
             if exchange and dst_dir:
                 check(cred, dst, W, "move the exchanged directory")
-                self._check_not_ancestor(conn, dst.id, sp, dn)
 
         if exchange:
             conn.execute(update(D).where(D.c.parent == sp, D.c.name == sn)
