@@ -376,3 +376,48 @@ def test_openlineage(env: dict[str, str], tmp_path: Path) -> None:
         srv.shutdown()
     assert got and all(g["path"] == "/api/v1/lineage" for g in got)
     _validate([g["body"] for g in got])
+
+
+# ---------------------------------------------------------------------- FUSE mount
+PLAIN_TRAIN = """
+import os, sys
+ds, out = sys.argv[1], sys.argv[2]
+total = 0
+for name in sorted(os.listdir(ds)):
+    with open(os.path.join(ds, name), "rb") as f:
+        total += len(f.read())
+os.makedirs(os.path.dirname(out), exist_ok=True)
+with open(out, "wb") as f:
+    f.write(b"weights:" + str(total).encode())
+"""
+
+
+@pytest.mark.fuse
+def test_through_mount(env: dict[str, str], tmp_path: Path) -> None:
+    """Ordinary programs on a real mount: the mount's access events feed the graph."""
+    pytest.importorskip("metafs.fuse.mount")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    make_images(env, "/p8/data")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run([sys.executable, "-m", "metafs.cli", "mount", str(mnt)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount here: {r.stderr.strip()[-300:]}")
+    try:
+        prog = tmp_path / "plain_train.py"
+        prog.write_text(PLAIN_TRAIN)
+        metafs(env, "run", "--name", "mount-train", "--", sys.executable, str(prog),
+               str(mnt / "p8/data"), str(mnt / "p8/models/model.pt"))
+        sh(env, sys.executable, "-c", "import sys; open(sys.argv[2], 'w').write("
+           "str(len(open(sys.argv[1], 'rb').read())))", str(mnt / "p8/models/model.pt"),
+           str(mnt / "p8/report.txt"))
+    finally:
+        metafs(env, "umount", str(mnt))  # flushes the mount's pending access events
+    up = prov(env, "upstream", "/p8/models/model.pt")
+    assert "/p8/data" in paths(up)
+    assert "mount-train" in run_names(up)
+    down = prov(env, "downstream", "/p8/data")
+    assert "/p8/report.txt" in paths(down)
+    assert any("report.txt" in r["cmdline"] for r in down["runs"] if not r["explicit"])
