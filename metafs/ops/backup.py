@@ -39,19 +39,35 @@ def libpq_url(url: str) -> str:
 
 
 def _pg_tool(name: str) -> str:
-    """pg_dump/pg_restore: on PATH, else the one shipped with the pgserver package."""
+    """pg_dump/pg_restore: the newest of the one on PATH, those of installed PostgreSQL
+    versions and the one shipped with the pgserver package (a newer pg_dump reads older
+    servers; an older one refuses newer servers)."""
+    cands: list[Path] = []
     found = shutil.which(name)
     if found:
-        return found
+        cands.append(Path(found))
+    cands += sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
     try:
         import pgserver
 
-        cand = Path(pgserver.__file__).parent / "pginstall" / "bin" / name
-        if cand.exists():
-            return str(cand)
+        cands.append(Path(pgserver.__file__).parent / "pginstall" / "bin" / name)
     except ImportError:
         pass
-    raise FileNotFoundError(f"{name} not found: install the PostgreSQL client tools")
+    best: tuple[int, str] | None = None
+    for c in cands:
+        if not c.exists():
+            continue
+        try:
+            out = subprocess.run([str(c), "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout
+            major = int(out.split()[-1].split(".")[0])
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            continue
+        if best is None or major > best[0]:
+            best = (major, str(c))
+    if best is None:
+        raise FileNotFoundError(f"{name} not found: install the PostgreSQL client tools")
+    return best[1]
 
 
 def backup(db_url: str, out: str | os.PathLike[str], progress: ProgressFn | None = None
@@ -82,8 +98,11 @@ def backup(db_url: str, out: str | os.PathLike[str], progress: ProgressFn | None
         os.replace(tmp, dest)
         return dest
     url = libpq_url(db_url)
-    subprocess.run([_pg_tool("pg_dump"), "--format=custom", "--no-owner", "--file",
-                    str(dest), "--dbname", url], check=True, capture_output=True)
+    proc = subprocess.run([_pg_tool("pg_dump"), "--format=custom", "--no-owner", "--file",
+                           str(dest), "--dbname", url], capture_output=True, text=True)
+    if proc.returncode != 0:
+        dest.unlink(missing_ok=True)
+        raise RuntimeError(f"pg_dump failed: {proc.stderr.strip()}")
     return dest
 
 

@@ -204,7 +204,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from .backup import backup
 
     s = _settings(args)
-    out = backup(s.effective_db_url, args.out)
+    try:
+        out = backup(s.effective_db_url, args.out)
+    except RuntimeError as exc:
+        print(f"metafs backup: {exc}", file=sys.stderr)
+        return 1
     print(f"backup of {s.effective_db_url.split('@')[-1]} written to {out}")
     return 0
 
@@ -213,7 +217,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from .backup import restore
 
     s = _settings(args)
-    restore(args.backup, s.effective_db_url, force=args.force)
+    try:
+        restore(args.backup, s.effective_db_url, force=args.force)
+    except RuntimeError as exc:
+        print(f"metafs restore: {exc}", file=sys.stderr)
+        return 1
     print(f"restored {args.backup} into {s.effective_db_url.split('@')[-1]}; run metafs fsck")
     return 0
 

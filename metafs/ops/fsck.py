@@ -210,6 +210,9 @@ def _run(conn: Connection, rep: Report, repair: bool, store: Any, engine: Any) -
         links[d.ino] += 1
         if stat.S_ISDIR(d.mode):
             subdirs[d.parent] += 1
+    if repair:  # count again over what the repairs left (and lost+found)
+        inodes = {r.id: r for r in conn.execute(select(I.c.id, I.c.mode, I.c.nlink,
+                                                       I.c.size, I.c.storage)).all()}
     for i, r in inodes.items():
         if r.nlink == 0 and links[i] == 0:
             continue  # unlinked, kept for open handles (or being reclaimed)
@@ -217,8 +220,6 @@ def _run(conn: Connection, rep: Report, repair: bool, store: Any, engine: Any) -
         if want == 0 and i in open_inos:
             want = 0
         cur = r.nlink
-        if repair and i in inodes:
-            cur = conn.execute(select(I.c.nlink).where(I.c.id == i)).scalar_one()
         if cur != want:
             add("nlink", f"inode {i} has nlink {cur}, its entries make {want}", i, True)
             if repair:
