@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install what metafs needs on a fresh Debian/Ubuntu machine: FUSE 3 and friends (when
-# run as root, or with sudo available), then metafs itself with its optional parts.
+# Install what metafs needs on a fresh Debian/Ubuntu machine: FUSE 3 and friends (as root,
+# or through sudo), then metafs with its optional parts. Prints, as its last line, the
+# Python interpreter that has metafs installed (a .venv when the system Python is
+# externally managed).
 #   bash scripts/setup.sh          # runtime: metafs with all optional parts
-#   bash scripts/setup.sh test     # also what the tests and benchmarks need
+#   bash scripts/setup.sh test     # also what the tests need
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRA="${1:-all}"
@@ -13,8 +15,13 @@ if [ -n "$need" ]; then
   SUDO=""
   [ "$(id -u)" != 0 ] && SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq $need >/dev/null
+  $SUDO apt-get update -qq >&2
+  $SUDO apt-get install -y -qq $need >&2
 fi
 PY="${PYTHON:-python3}"
-"$PY" -m pip install -q --disable-pip-version-check -e ".[${EXTRA}]"
+if "$PY" -c 'import sys, sysconfig, os; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv >&2
+  PY="$PWD/.venv/bin/python"
+fi
+"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[${EXTRA}]" >&2
+command -v "$PY" || echo "$PY"

@@ -3,5 +3,5 @@
 # tests, a real S3 endpoint, real FUSE mounts when run as root). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test
-exec python3 -m pytest -q "$@"
+PY="$(bash scripts/setup.sh test | tail -n 1)"
+exec "$PY" -m pytest -q "$@"
