@@ -90,6 +90,9 @@ def run_mount(settings: Settings, mountpoint: str, ready_fd: int | None = None) 
 
     mountpoint = os.path.abspath(mountpoint)
     client = make_client(settings)
+    rec = getattr(client, "access_recorder", None)
+    if rec is not None:
+        rec.enabled = False  # the mount reports access events itself, per calling process
     ops = MetafsOperations(client, settings)
     pf = pid_file(mountpoint)
 

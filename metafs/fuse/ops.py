@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import posixpath
+import queue
 import stat as stat_mod
 import threading
 import time
@@ -64,12 +65,13 @@ class _ClientView:
 class Handle:
     """One FUSE open file: a namenode handle plus the mount's buffers."""
 
-    __slots__ = ("fh", "ino", "flags", "raw", "lock", "buf", "buf_off", "append", "rbuf",
+    __slots__ = ("fh", "ino", "path", "flags", "raw", "lock", "buf", "buf_off", "append", "rbuf",
                  "rbuf_off", "rbuf_epoch", "did_read", "did_write", "pid", "error")
 
-    def __init__(self, fh: int, ino: int, flags: int, raw: Any, pid: int) -> None:
+    def __init__(self, fh: int, ino: int, path: str, flags: int, raw: Any, pid: int) -> None:
         self.fh = fh
         self.ino = ino
+        self.path = path
         self.flags = flags
         self.raw = raw
         self.lock = threading.Lock()
@@ -127,7 +129,11 @@ class MetafsOperations:
         self._fh_lock = threading.Lock()
         self._dirty: dict[int, set[Handle]] = {}
         self._epoch: dict[int, int] = {}  # data generation per inode (read-ahead validity)
-        self._seen_version: dict[int, int] = {}  # data version the page cache holds
+        # data version the kernel page cache holds, per inode and name: libfuse's high-level
+        # API gives each name of a hard-linked file its own kernel inode (and page cache)
+        self._seen_version: dict[int, dict[str, int]] = {}
+        self._links: dict[int, set[str]] = {}  # known names of inodes with several links
+        self._kq: "queue.SimpleQueue[str | None]" = queue.SimpleQueue()
         self.write_buffer = max(0, settings.fuse_write_buffer)
         self.readahead = max(0, settings.fuse_readahead)
         self.access = AccessRecorder(self, settings) if settings.fuse_access_events else None
@@ -158,6 +164,8 @@ class MetafsOperations:
         """Start background work (changelog following, access events)."""
         if self.access is not None:
             self.access.start()
+        threading.Thread(target=self._kernel_invalidator, name="metafs-inval",
+                         daemon=True).start()
         if self.settings.fuse_follow_changes and self._follower is None:
             self._follower = threading.Thread(target=self._follow, name="metafs-follow",
                                               daemon=True)
@@ -165,6 +173,7 @@ class MetafsOperations:
 
     def stop(self) -> None:
         self._stop.set()
+        self._kq.put(None)
         for h in list(self._handles.values()):
             try:
                 self._release_handle(h)
@@ -179,7 +188,30 @@ class MetafsOperations:
         self._names[path] = (attr.ino, now + self._name_ttl)
         self._attrs[attr.ino] = (attr, now + self._attr_ttl)
         self._path_of[attr.ino] = path
+        if attr.nlink > 1 and not stat_mod.S_ISDIR(attr.mode):
+            self._links.setdefault(attr.ino, set()).add(path)
         return attr
+
+    def _other_names_changed(self, ino: int, except_path: str | None) -> None:
+        """The kernel caches each name of a hard-linked file separately: drop the cached
+        attributes and pages of the other names (asynchronously, outside the request)."""
+        names = self._links.get(ino)
+        if names and self.invalidate_kernel is not None:
+            for p in names:
+                if p != except_path:
+                    self._kq.put(p)
+
+    def _kernel_invalidator(self) -> None:
+        while True:
+            p = self._kq.get()
+            if p is None:
+                return
+            inval = self.invalidate_kernel
+            if inval is not None:
+                try:
+                    inval(p)
+                except Exception:
+                    pass
 
     def _set_attr(self, attr: pb.Attr) -> pb.Attr:
         self._attrs[attr.ino] = (attr, time.monotonic() + self._attr_ttl)
@@ -368,11 +400,11 @@ class MetafsOperations:
         if h is None:
             raise FuseError(errno.EBADF)
         with h.lock:
-            self._push(h)
-            h.raw._truncate(length)
             h.did_write = True
+            self._commit(h)
+            h.raw._truncate(length)
+            self._wrote(h)
         self._bump(h.ino)
-        self._set_attr(h.raw.attr)
         return 0
 
     def access(self, path: str, amode: int) -> int:
@@ -442,7 +474,9 @@ class MetafsOperations:
         ino = self._ino_of(existing, caller)
         e = self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
             "Link", pb.LinkRequest(caller=caller, ino=ino, new_parent=p, new_name=n)))
+        self._links.setdefault(ino, set()).update((existing, path))
         self._remember(path, e.attr)
+        self._other_names_changed(ino, path)
         return 0
 
     def readlink(self, path: str) -> str:
@@ -459,7 +493,14 @@ class MetafsOperations:
         caller = self.caller()
         self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
             "Unlink", pb.NameRequest(caller=caller, parent=p, name=n)))
+        hit = self._names.get(path)
         self._forget_path(path)
+        if hit is not None and hit[0] in self._links:
+            names = self._links[hit[0]]
+            names.discard(path)
+            self._other_names_changed(hit[0], None)
+            if len(names) <= 1:
+                self._links.pop(hit[0], None)
         return 0
 
     def rmdir(self, path: str) -> int:
@@ -621,14 +662,15 @@ class MetafsOperations:
         with self._fh_lock:
             fh = self._next_fh
             self._next_fh += 1
-        h = Handle(fh, attr.ino, flags, raw, caller.pid)
+        h = Handle(fh, attr.ino, path, flags, raw, caller.pid)
         self._handles[fh] = h
         self._set_attr(attr)
         self._path_of[attr.ino] = path
-        seen = self._seen_version.get(attr.ino)
+        versions = self._seen_version.setdefault(attr.ino, {})
+        seen = versions.get(path)
         fi.fh = fh
         fi.keep_cache = 1 if (self.settings.fuse_kernel_cache and seen == attr.version) else 0
-        self._seen_version[attr.ino] = attr.version
+        versions[path] = attr.version
         if seen != attr.version:
             self._bump(attr.ino)
         if self.access is not None:
@@ -708,78 +750,94 @@ class MetafsOperations:
             else:
                 self._push(h)
                 if n >= self.write_buffer:
-                    h.raw._write_at(offset, data, h.append)
-                    self._wrote(h)
+                    self._write_raw(h, offset, data)
                 else:
                     h.buf = bytearray(data)
                     h.buf_off = offset
-                    self._dirty.setdefault(h.ino, set()).add(h)
+            self._dirty.setdefault(h.ino, set()).add(h)
         self._bump(h.ino)
         return n
 
+    def _write_raw(self, h: Handle, offset: int, data: bytes) -> None:
+        try:
+            h.raw._write_at(offset, data, h.append)
+        except OSError as err:
+            self._forget_ino(h.ino)
+            raise FuseError(err.errno or errno.EIO, str(err)) from None
+        self._forget_ino(h.ino)  # size and times changed (maybe not committed yet)
+
     def _wrote(self, h: Handle) -> None:
+        """After a commit: the handle's view of the attributes is the namenode's."""
         attr = getattr(h.raw, "attr", None)
         if attr is not None and attr.ino == h.ino:
             self._set_attr(attr)
-            self._seen_version[h.ino] = attr.version
+            self._seen_version[h.ino] = {h.path: attr.version}
         else:
             self._forget_ino(h.ino)
+            self._seen_version.pop(h.ino, None)
+        if h.ino in self._links:
+            self._other_names_changed(h.ino, h.path)
 
     def _push(self, h: Handle) -> None:
-        """Send the handle's buffered writes (caller holds ``h.lock``)."""
+        """Send the handle's buffered writes to its file (caller holds ``h.lock``)."""
         if not h.buf:
             return
         data, off = bytes(h.buf), h.buf_off
         h.buf = bytearray()
-        s = self._dirty.get(h.ino)
-        if s is not None:
-            s.discard(h)
-            if not s:
-                self._dirty.pop(h.ino, None)
+        self._write_raw(h, off, data)
+
+    def _commit(self, h: Handle) -> None:
+        """Push buffered writes and make them visible to everyone (the data path commits
+        what it buffers, e.g. blocks); caller holds ``h.lock``."""
         try:
-            h.raw._write_at(off, data, h.append)
+            self._push(h)
+            if h.did_write:
+                h.raw._flush_data()
         except OSError as err:
             self._forget_ino(h.ino)
             raise FuseError(err.errno or errno.EIO, str(err)) from None
-        self._wrote(h)
+        finally:
+            s = self._dirty.get(h.ino)
+            if s is not None:
+                s.discard(h)
+                if not s:
+                    self._dirty.pop(h.ino, None)
+        if h.did_write:
+            self._wrote(h)
 
     def _flush_ino(self, ino: int) -> None:
-        """Push every buffered write to ``ino`` (before anything reads its data or size)."""
+        """Commit every buffered write to ``ino`` (before anything reads its data or size)."""
         for h in list(self._dirty.get(ino, ())):
             with h.lock:
                 try:
-                    self._push(h)
+                    self._commit(h)
                 except OSError as err:
                     h.error = err  # reported to the writer at its next write/flush/close
 
     def flush(self, path: str | None, fi: Any) -> int:
         h = self._handle(fi)
         with h.lock:
-            self._push(h)
+            self._commit(h)
         return 0
 
     def fsync(self, path: str | None, datasync: int, fi: Any) -> int:
         h = self._handle(fi)
         with h.lock:
-            self._push(h)
-            h.raw._flush_data()
-            self._wrote(h)
+            self._commit(h)
         return 0
 
     def _release_handle(self, h: Handle) -> None:
         self._handles.pop(h.fh, None)
-        err: OSError | None = None
+        err: OSError | None = h.error
         with h.lock:
             try:
-                self._push(h)
+                self._commit(h)
             except OSError as exc:
-                err = exc
+                err = err or exc
             try:
                 h.raw.close()
             except OSError as exc:
                 err = err or exc
-            if h.did_write:
-                self._wrote(h)
         if self.access is not None:
             self.access.closed(h)
         if err is not None:
@@ -800,7 +858,8 @@ class MetafsOperations:
             raise FuseError(errno.EOPNOTSUPP)
         caller = self.caller()
         with h.lock:
-            self._push(h)
+            h.did_write = True
+            self._commit(h)
             cur = self._attr_of_ino(h.ino, caller).size
             end = offset + size
             if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
@@ -812,6 +871,7 @@ class MetafsOperations:
                     n = min(chunk, stop - pos)
                     h.raw._write_at(pos, bytes(n), False)
                     pos += n
+                h.raw._flush_data()
                 self._wrote(h)
             elif not mode & FALLOC_FL_KEEP_SIZE and end > cur:
                 h.raw._truncate(end)
