@@ -100,11 +100,14 @@ class FaultProxy:
                 resp = conn.getresponse()
                 data = resp.read()
                 self.send_response(resp.status)
+                length = str(len(data))
                 for k, v in resp.getheaders():
+                    if k.lower() == "content-length" and self.command == "HEAD":
+                        length = v  # HEAD: the size of the object, not of this body
                     if k.lower() in ("transfer-encoding", "connection", "content-length"):
                         continue
                     self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
