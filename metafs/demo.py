@@ -123,17 +123,18 @@ def _provenance(fs: Any) -> None:
     _step("5. provenance")
     import metafs
 
-    run_fn = getattr(metafs, "run", None)
-    if run_fn is None or not hasattr(fs, "upstream"):
-        raise ImportError(name="metafs.run")
+    run_fn = metafs.run
     with run_fn("demo-train", params={"lr": 0.1}, client=fs):
-        with fs.open("/datasets/coco/images/img00002.jpg", "rb") as f:
-            f.read()
+        for i in range(3):
+            with fs.open(f"/datasets/coco/images/img{i:05d}.jpg", "rb") as f:
+                f.read()
         with fs.open("/models/demo-model.pt", "wb") as f:
             f.write(b"weights")
-    up = fs.upstream("/models/demo-model.pt", wait=True)
-    console.print("upstream of /models/demo-model.pt:")
-    console.print(up)
+    from .cdc.provenance.render import render_graph
+
+    graph = fs.upstream("/models/demo-model.pt")
+    console.print("upstream of /models/demo-model.pt (Mermaid):")
+    console.print(render_graph(graph, "mermaid"), markup=False)
 
 
 def _mount(settings: Settings) -> None:

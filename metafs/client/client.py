@@ -130,7 +130,12 @@ class Client:
         self._embedded = None
         if transport is None:
             if settings.namenode and not data_dir:
-                transport = GrpcTransport(settings.namenode, timeout=settings.rpc_timeout)
+                from ..ops.auth import identity_for_client, make_transport  # TLS, tokens
+
+                transport = make_transport(settings)
+                bound = identity_for_client(transport)  # claim the ids we authenticate as
+                if bound is not None and uid is None and gid is None and groups is None:
+                    uid, gid, groups = bound
             else:
                 from ..namenode.server import Namenode
 
@@ -526,7 +531,13 @@ class Client:
         """Create many files (with their small contents and xattrs) in one call and one
         transaction: all of them or, on any error, none. Returns their inode numbers."""
         p = self._norm(parent)
-        base = self._resolve(p).ino
+        try:
+            base = self._resolve(p).ino
+        except FileNotFoundError:
+            if not make_parents:
+                raise
+            self.makedirs(p, exist_ok=True)
+            base = self._resolve(p).ino
         req = pb.BulkCreateRequest(caller=self.caller, parent=base, make_parents=make_parents,
                                    exist_ok=exist_ok)
         for e in entries:
@@ -552,6 +563,36 @@ class Client:
 
     def changelog_head(self) -> int:
         return self._call("ChangelogHead", pb.HeadRequest(caller=self.caller)).head
+
+    # ------------------------------------------------------------------ search
+    def search(self, query: str, **kw: Any) -> Any:
+        """Search files by name, attributes and JSON tags, e.g.
+        ``fs.search('bicycles>3 ext:jpg under:/datasets/coco', limit=20, wait=True)``.
+        ``wait=True`` first waits until the index reflects every change committed before
+        the call. Returns a ``SearchResult`` (``.hits``, ``.paths``, ``.position``)."""
+        from ..cdc.search.api import search
+
+        return search(self, query, **kw)
+
+    # ------------------------------------------------------------------ provenance
+    def provenance(self) -> Any:
+        """A :class:`metafs.cdc.provenance.Provenance` over this client: ``show``,
+        ``upstream``, ``downstream`` and ``runs`` of paths, with ``as_of``."""
+        from ..cdc.provenance import Provenance
+
+        return Provenance(self)
+
+    def upstream(self, path: str, **kw: Any) -> Any:
+        """What went into ``path``: the runs that wrote it and what they read (a Graph)."""
+        from ..cdc.provenance import upstream
+
+        return upstream(self, path, **kw)
+
+    def downstream(self, path: str, **kw: Any) -> Any:
+        """What ``path`` fed: the runs that read it and what they wrote (a Graph)."""
+        from ..cdc.provenance import downstream
+
+        return downstream(self, path, **kw)
 
     @contextmanager
     def as_user(self, uid: int, gid: int, groups: Sequence[int] = ()) -> Iterator["Client"]:
