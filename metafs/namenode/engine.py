@@ -239,7 +239,12 @@ class PostgresEngine(MetaEngine):
         )
 
     def setup(self) -> list[int]:
-        applied = super().setup()
+        def migrate(conn: Connection) -> list[int]:
+            # namenodes starting together on an empty database migrate one at a time
+            conn.execute(text("SELECT pg_advisory_xact_lock(74201)"))
+            return schema.migrate(conn, time.time_ns())
+
+        applied = self.write(migrate)
         with self.engine.begin() as conn:
             for kind in ("inode", "handle"):
                 conn.execute(text(
