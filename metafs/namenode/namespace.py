@@ -46,6 +46,7 @@ ROOT_INO = schema.ROOT_INO
 NAME_MAX = 255
 PATH_MAX = 4096
 SYMLOOP_MAX = 40
+MAX_FILE_SIZE = (1 << 63) - 1  # sizes and offsets are signed 64-bit in every database
 LINK_MAX = 65000
 XATTR_NAME_MAX = 255
 XATTR_CREATE, XATTR_REPLACE = 1, 2
@@ -110,13 +111,17 @@ def check_name(name: str, *, new: bool = True) -> None:
     if size > NAME_MAX:
         raise FsError(errno.ENAMETOOLONG, f"file name is {size} bytes; the limit is {NAME_MAX}")
     if new and name in (".", ".."):
-        raise FsError(errno.EINVAL, f"{name!r} cannot name a new entry", name)
+        raise FsError(errno.EEXIST, f"{name!r} always exists", name)  # as Linux
 
 
 def check_path(path: str) -> None:
     if "\0" in path:
         raise FsError(errno.EINVAL, "a path may not contain NUL")
-    if len(path.encode("utf-8", "surrogatepass")) >= PATH_MAX:
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise FsError(errno.EILSEQ, "paths must be valid UTF-8") from None
+    if size >= PATH_MAX:
         raise FsError(errno.ENAMETOOLONG, f"path is longer than {PATH_MAX - 1} bytes")
 
 
@@ -501,6 +506,9 @@ class Namespace:
     def create(self, cred: Cred, parent: int, name: str, mode: int, umask: int = 0,
                exclusive: bool = False, do_open: bool = False, flags: int = 0,
                rdev: int = 0) -> pb.OpenReply:
+        if name in (".", ".."):  # as Linux: open(O_CREAT) of a directory
+            raise FsError(errno.EISDIR if do_open and not exclusive else errno.EEXIST,
+                          "is a directory" if do_open and not exclusive else "file exists", name)
         check_name(name)
         ftype = stat.S_IFMT(mode) or stat.S_IFREG
         if ftype not in _ALLOWED_TYPES:
@@ -559,7 +567,10 @@ class Namespace:
             raise FsError(errno.ENOENT, "a symbolic link needs a target")
         if "\0" in target:
             raise FsError(errno.EINVAL, "a symlink target may not contain NUL")
-        tsize = len(target.encode("utf-8", "surrogatepass"))
+        try:
+            tsize = len(target.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise FsError(errno.EILSEQ, "a symlink target must be valid UTF-8") from None
         if tsize >= PATH_MAX:
             raise FsError(errno.ENAMETOOLONG, f"symlink target longer than {PATH_MAX - 1} bytes")
 
@@ -663,10 +674,12 @@ class Namespace:
             raise FsError(errno.EINVAL, f"unknown rename flags {flags:#x}")
         if flags & RENAME_NOREPLACE and flags & RENAME_EXCHANGE:
             raise FsError(errno.EINVAL, "RENAME_NOREPLACE and RENAME_EXCHANGE exclude each other")
-        for n in (src_name, dst_name):
-            if n in (".", ".."):
-                raise FsError(errno.EINVAL if n == "." else errno.EBUSY,
-                              f"cannot rename {n!r}", n)
+        # As Linux: '.' or '..' on either side is EBUSY (EEXIST for a NOREPLACE target).
+        if src_name in (".", ".."):
+            raise FsError(errno.EBUSY, f"cannot rename {src_name!r}", src_name)
+        if dst_name in (".", ".."):
+            raise FsError(errno.EEXIST if flags & RENAME_NOREPLACE else errno.EBUSY,
+                          f"cannot rename onto {dst_name!r}", dst_name)
         self.mutate(cred, lambda tx: self._rename(tx, src_parent, src_name, dst_parent,
                                                   dst_name, flags))
 
@@ -791,6 +804,8 @@ class Namespace:
                 mtime: tuple[int, int] = (pb.TIME_OMIT, 0), handle: int = 0) -> pb.Attr:
         if size is not None and size < 0:
             raise FsError(errno.EINVAL, "negative file size")
+        if size is not None and size > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG, f"file size {size} is past the largest file")
         for how, ns in (atime, mtime):
             if how not in (pb.TIME_OMIT, pb.TIME_NOW, pb.TIME_SET):
                 raise FsError(errno.EINVAL, f"unknown time setting {how}")
@@ -1086,6 +1101,8 @@ class Namespace:
               append: bool = False) -> pb.WriteReply:
         if offset < 0:
             raise FsError(errno.EINVAL, "negative offset")
+        if offset + len(data) > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG, "write past the largest file")
 
         def fn(tx: Tx) -> pb.WriteReply:
             self._lock(tx.conn, ino)

@@ -21,6 +21,8 @@ from .perms import Cred
 log = logging.getLogger("metafs.namenode")
 
 EMPTY = pb.Empty()
+_ID_FIELDS = ("ino", "parent", "src_parent", "dst_parent", "new_parent", "start", "handle")
+_ID_MAX = (1 << 63) - 1
 
 
 def _time(how: int, ns: int) -> tuple[int, int]:
@@ -41,6 +43,11 @@ class Handlers:
         self._stopping.set()
 
     def c(self, req: Any, ctx: Any = None) -> Cred:
+        for f in _ID_FIELDS:  # uint64 ids past what any database holds name nothing
+            v = getattr(req, f, 0)
+            if v > _ID_MAX:
+                raise FsError(errno.EBADF if f == "handle" else errno.ENOENT,
+                              f"no {'handle' if f == 'handle' else 'inode'} {v}")
         return self.cred_of(req.caller, ctx)
 
     # -- sessions
