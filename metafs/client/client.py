@@ -41,6 +41,15 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 
 
+def _check_utf8(p: str) -> str:
+    """metafs names are UTF-8: a lone surrogate (os.fsdecode of other bytes) is EILSEQ."""
+    try:
+        p.encode("utf-8")
+    except UnicodeEncodeError:
+        raise OSError(errno.EILSEQ, "metafs names must be valid UTF-8", p) from None
+    return p
+
+
 def to_stat(a: pb.Attr) -> os.stat_result:
     """An ``os.stat_result`` for a metafs inode (st_dev is 0: metafs is not a local device)."""
     blocks = (a.size + 511) // 512
@@ -218,6 +227,7 @@ class Client:
             raise TypeError("metafs paths are str")
         if not p:
             raise FileNotFoundError(errno.ENOENT, "empty path", p)
+        _check_utf8(p)
         return p if p.startswith("/") else "/" + p
 
     def _resolve(self, path: str, follow: bool = True) -> pb.Entry:
@@ -384,7 +394,7 @@ class Client:
         p = self._norm(path)
         parent, name = self._split(p)
         self._call("Symlink", pb.SymlinkRequest(caller=self.caller, parent=parent, name=name,
-                                                target=os.fspath(target)), p)
+                                                target=_check_utf8(os.fspath(target))), p)
 
     def readlink(self, path: str | os.PathLike[str]) -> str:
         p = self._norm(path)
