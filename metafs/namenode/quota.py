@@ -26,12 +26,15 @@ from sqlalchemy.engine import Connection
 from ..errors import FsError
 from ..proto import metafs_pb2 as pb
 from . import schema
+from .sql import Prepared
 
 if TYPE_CHECKING:
     from .namespace import Namespace, Tx
 
 Q = schema.quotas
 D = schema.dentries
+
+_Q_ANY = Prepared(select(Q.c.ino).limit(1))
 
 _CREATES = {pb.OP_CREATE, pb.OP_MKDIR, pb.OP_MKNOD, pb.OP_SYMLINK, pb.OP_LINK}
 
@@ -108,7 +111,7 @@ class Quotas:
         if not self.ns.settings.quota_enabled or not tx.records:
             return
         conn = tx.conn
-        if conn.execute(select(Q.c.ino).limit(1)).first() is None:
+        if _Q_ANY.first(conn) is None:
             return  # no quotas anywhere: nothing to check
         starts: set[int] = set()
         for r in tx.records:
