@@ -103,11 +103,13 @@ class Consumer:
         self._step_lock = threading.Lock()
 
     # ------------------------------------------------------------------ driving
-    def step(self, wait_ms: int = 0) -> int:
-        """Read one batch after the checkpoint and apply it; returns the records applied."""
+    def step(self, wait_ms: int = 0, upto: int | None = None) -> int:
+        """Read one batch after the checkpoint (not past ``upto``) and apply it; returns
+        the records applied."""
         with self._step_lock:
             after = self.sink.position()
-            recs, head = self.source.read(after, self.batch, wait_ms)
+            want = self.batch if upto is None else max(1, min(self.batch, upto - after))
+            recs, head = self.source.read(after, want, wait_ms)
             if head < after:
                 if not self.auto_rebuild:
                     raise SourceReset(f"changelog head {head} is behind checkpoint {after}")
@@ -116,7 +118,7 @@ class Consumer:
                 self.sink.reset()
                 after = 0
                 recs, head = self.source.read(0, self.batch, 0)
-            recs = [r for r in recs if r.seq > after]
+            recs = [r for r in recs if r.seq > after and (upto is None or r.seq <= upto)]
             if recs:
                 self.sink.apply(recs, recs[-1].seq, self.on_record)
                 pos = recs[-1].seq
@@ -137,11 +139,11 @@ class Consumer:
         goal = self.source.head() if target is None else target
         n = 0
         while self.sink.position() < goal:
-            got = self.step()
+            got = self.step(upto=goal)
             n += got
             if not got and self.sink.position() < goal:
                 # Nothing more to read yet (target beyond the head): wait for commits.
-                self.step(wait_ms=self.wait_ms)
+                n += self.step(wait_ms=self.wait_ms, upto=goal)
         return n
 
     def rebuild(self) -> int:
