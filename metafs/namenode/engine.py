@@ -20,7 +20,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import bindparam, create_engine, event, select, text, update
 from sqlalchemy.engine import Connection, Engine
@@ -75,11 +75,20 @@ class MetaEngine:
 
     def write(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in a write transaction, retrying it on transient conflicts."""
+        return self._retrying(self._write_tx, fn)
+
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in a consistent read-only snapshot."""
+        return self._retrying(self._read_tx, fn)
+
+    def _retrying(self, tx: Callable[[], Any], fn: Callable[[Connection], T]) -> T:
+        """Bounded retries with jittered exponential backoff; FsErrors are answers, not
+        conflicts, and are never retried."""
         attempts = max(1, self.settings.db_retries)
         delay = 0.002
         for attempt in range(1, attempts + 1):
             try:
-                with self._write_tx() as conn:
+                with tx() as conn:
                     return fn(conn)
             except FsError:
                 raise
@@ -89,22 +98,6 @@ class MetaEngine:
                               type(exc.orig).__name__, attempt)
                     time.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 0.25)
-                    continue
-                raise
-        raise AssertionError("unreachable")
-
-    def read(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in a consistent read-only snapshot."""
-        attempts = max(1, self.settings.db_retries)
-        for attempt in range(1, attempts + 1):
-            try:
-                with self._read_tx() as conn:
-                    return fn(conn)
-            except FsError:
-                raise
-            except DBAPIError as exc:
-                if attempt < attempts and self.is_retryable(exc):
-                    time.sleep(0.002 * attempt)
                     continue
                 raise
         raise AssertionError("unreachable")
