@@ -621,10 +621,11 @@ class Namespace:
             target = self._lookup(tx.conn, parent, name)
             self._lock(tx.conn, parent, target.id if target else 0)
             pdir = self._dir(tx.conn, parent)
-            check(cred, pdir, W | X, "remove entries from this directory")
+            check(cred, pdir, X, "search this directory")
             row = self._lookup(tx.conn, parent, name)
-            if row is None:
+            if row is None:  # as Linux: ENOENT before EACCES
                 raise FsError(errno.ENOENT, "no such file or directory", name)
+            check(cred, pdir, W | X, "remove entries from this directory")
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EISDIR, "is a directory (use rmdir)", name)
             check_sticky(cred, pdir, row)
@@ -646,10 +647,11 @@ class Namespace:
             target = self._lookup(tx.conn, parent, name)
             self._lock(tx.conn, parent, target.id if target else 0)
             pdir = self._dir(tx.conn, parent)
-            check(cred, pdir, W | X, "remove entries from this directory")
+            check(cred, pdir, X, "search this directory")
             row = self._lookup(tx.conn, parent, name)
-            if row is None:
+            if row is None:  # as Linux: ENOENT before EACCES
                 raise FsError(errno.ENOENT, "no such file or directory", name)
+            check(cred, pdir, W | X, "remove entries from this directory")
             if not stat.S_ISDIR(row.mode):
                 raise FsError(errno.ENOTDIR, "not a directory", name)
             check_sticky(cred, pdir, row)
@@ -696,9 +698,8 @@ class Namespace:
         # Re-read everything under the locks.
         spd = self._dir(conn, sp)
         dpd = spd if dp == sp else self._dir(conn, dp)
-        check(cred, spd, W | X, "rename entries in the source directory")
-        if dpd is not spd:
-            check(cred, dpd, W | X, "create entries in the target directory")
+        check(cred, spd, X, "search the source directory")
+        check(cred, dpd, X, "search the target directory")
         src = self._lookup(conn, sp, sn)
         if src is None:
             raise FsError(errno.ENOENT, "no such file or directory", sn)
@@ -726,6 +727,10 @@ class Namespace:
                     raise
         if dst is not None and dst.id == src.id:
             return  # two names of one inode: POSIX says do nothing
+        # As Linux: missing names, subtree checks, then write access to the directories.
+        check(cred, spd, W | X, "rename entries in the source directory")
+        if dpd is not spd:
+            check(cred, dpd, W | X, "create entries in the target directory")
         check_sticky(cred, spd, src)
         if dst is not None:
             check_sticky(cred, dpd, dst)
@@ -827,7 +832,7 @@ class Namespace:
                 if not cred.is_root:
                     if new_uid != row.uid:
                         raise FsError(errno.EPERM, "only root may change a file's owner")
-                    if cred.uid != row.uid and (new_gid != row.gid or uid is not None):
+                    if cred.uid != row.uid:  # as Linux, even to the same values
                         raise FsError(errno.EPERM, "only the owner may change the group")
                     if new_gid != row.gid and not cred.in_group(new_gid):
                         raise FsError(errno.EPERM, "you are not a member of that group")
