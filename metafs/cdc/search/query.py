@@ -12,7 +12,8 @@ parentheses group. A term is one of:
 - ``KEY OP VALUE`` with OP one of ``= != < <= > >=`` (``:`` means ``=``): a comparison on a
   tag (any ``user.*`` attribute key, dotted for nested JSON), or on a built-in field when
   KEY is one of :data:`FIELDS`. Force a tag whose key is also a built-in field with
-  ``tag.KEY``. ``KEY:LOW..HIGH`` is an inclusive range.
+  ``tag.KEY`` (so ``user.tags = {"bicycles": 4}`` is ``tags.bicycles>3``, while
+  ``tag.size>3`` is the tag ``size``). ``KEY:LOW..HIGH`` is an inclusive range.
 - ``exists:KEY`` (or ``has:KEY``): the tag is present.
 - ``under:DIR``: anywhere below the directory DIR.
 - a word or a ``"quoted phrase"``: free text over names and textual tag values;
@@ -349,7 +350,7 @@ class _Parser:
         return self._cmp(key, "=" if op == ":" else op, raw, tok.quoted, tok, vpos)
 
     def _tag_key(self, key: str, tok: _Tok) -> str:
-        if key.lower().startswith(("tag.", "tags.")):
+        if key.lower().startswith("tag."):
             key = key.split(".", 1)[1]
         if not key or key.startswith(".") or key.endswith(".") or ".." in key:
             raise self.err(f"bad tag key {key!r}", tok)
@@ -359,7 +360,7 @@ class _Parser:
 
     def _cmp(self, key: str, op: str, raw: str, quoted: bool, tok: _Tok, vpos: int) -> Node:
         lk = key.lower()
-        if lk in FIELDS and not key.lower().startswith(("tag.", "tags.")):
+        if lk in FIELDS and not key.lower().startswith("tag."):
             return self._field(lk, op, raw, quoted, tok, vpos)
         k = self._tag_key(key, tok)
         if quoted:
