@@ -567,9 +567,14 @@ class Client:
         return list(r.records), r.head
 
     def subscribe(self, after: int = 0) -> Iterator[pb.ChangeRecord]:
-        """Every record after ``after``, then new ones as they commit (until closed)."""
-        return self.transport.stream("SubscribeChangelog", pb.ReadChangelogRequest(
+        """Every record after ``after``, then new ones as they commit (until closed).
+        Failures (a namenode at its subscriber limit: EAGAIN) raise OSError like any call."""
+        stream = self.transport.stream("SubscribeChangelog", pb.ReadChangelogRequest(
             caller=self.caller, after=after))
+        try:
+            yield from stream
+        except FsError as err:
+            raise err.to_oserror() from None
 
     def changelog_head(self) -> int:
         return self._call("ChangelogHead", pb.HeadRequest(caller=self.caller)).head
