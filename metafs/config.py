@@ -266,10 +266,11 @@ def _coerce(name: str, value: Any) -> Any:
     return str(value)
 
 
-def config_file_path(explicit: str | None = None) -> Path | None:
+def config_file_path(explicit: str | None = None,
+                     environ: Mapping[str, str] | None = None) -> Path | None:
     if explicit:
         return Path(explicit)
-    env = os.environ.get("METAFS_CONFIG")
+    env = (os.environ if environ is None else environ).get("METAFS_CONFIG")
     if env:
         return Path(env)
     p = Path(platformdirs.user_config_dir("metafs", appauthor=False)) / "config.toml"
@@ -283,7 +284,7 @@ def load(
 ) -> Settings:
     """Build the settings from defaults, the config file, METAFS_* variables and flags."""
     values: dict[str, Any] = {}
-    path = config_file_path(config_file)
+    path = config_file_path(config_file, environ)
     if path is not None:
         if not path.exists():
             raise FileNotFoundError(f"metafs config file {path} does not exist")
