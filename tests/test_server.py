@@ -106,8 +106,9 @@ def test_config_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     d = load(overrides={}, environ={})
     assert d.listen.endswith(f":{DEFAULT_PORT}") and d.inline_limit == 64 * 1024
     # the file named by METAFS_CONFIG is read, and unknown settings are refused
+    assert load(environ={"METAFS_CONFIG": str(cfg)}).inline_limit == 1000
     monkeypatch.setenv("METAFS_CONFIG", str(cfg))
-    assert load(environ={}).inline_limit == 1000
+    assert load().inline_limit == 1000
     monkeypatch.delenv("METAFS_CONFIG")
     bad = tmp_path / "bad.toml"
     bad.write_text("no_such_setting = 1\n")
