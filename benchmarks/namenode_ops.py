@@ -25,6 +25,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 OPS = ("create", "stat", "readdir", "rename", "unlink")
+EXTRA = ("grpc_noop",)  # the gRPC ceiling: an empty health-check call on the same server
 
 
 # ---------------------------------------------------------------------- metafs workers
@@ -50,6 +51,15 @@ def _metafs_worker(args: tuple[dict, str, int, int, Any, Any]) -> dict[str, floa
         fn()
         out[name] = time.perf_counter() - t
 
+    if address:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        ch = grpc.insecure_channel(address.split(",")[0])
+        stub = health_pb2_grpc.HealthStub(ch)
+        ping = health_pb2.HealthCheckRequest(service="")
+        timed("grpc_noop", lambda: [stub.Check(ping) for _ in range(n)])
+        ch.close()
     # Each op is what a FUSE mount or a client sends: one namenode call per file.
     timed("create", lambda: [call("Create", pb.CreateRequest(
         caller=caller, parent=dino, name=f"f{i}", mode=0o100644)) for i in range(n)])
@@ -72,7 +82,9 @@ def _run_metafs(settings_kw: dict, address: str, clients: int, n: int) -> dict[s
             res = pool.map(_metafs_worker, [(settings_kw, address, w, n, None, bar)
                                             for w in range(clients)])
     rates = {}
-    for op in OPS:
+    for op in OPS + EXTRA:
+        if op not in res[0]:
+            continue
         slowest = max(r[op] for r in res)
         count = n * clients if op != "readdir" else max(1, n // 1000) * n * clients
         rates[op] = count / slowest
@@ -227,7 +239,8 @@ def _print_table(results: list[dict[str, Any]]) -> None:
 
     jfs = next((r for r in results if r["system"].startswith("juicefs")), None)
     t = Table(title="namenode operations (ops/s; ratio to JuiceFS's mount in brackets)")
-    for col in ("system", "engine", "mode", "clients", *OPS, "bulk 1 KiB files/s"):
+    for col in ("system", "engine", "mode", "clients", *OPS, "bulk 1 KiB files/s",
+                "empty gRPC call/s"):
         t.add_column(col, justify="right" if col not in ("system", "engine", "mode") else "left")
     for r in results:
         cells = []
@@ -236,8 +249,9 @@ def _print_table(results: list[dict[str, Any]]) -> None:
             ratio = f" [{v / jfs[op]:.1f}x]" if jfs and v and r is not jfs else ""
             cells.append(f"{v:,.0f}{ratio}" if v else "-")
         bulk = r.get("bulk_1k_files")
+        noop = r.get("grpc_noop")
         t.add_row(r["system"], r["engine"], r["mode"], str(r["clients"]), *cells,
-                  f"{bulk:,.0f}" if bulk else "-")
+                  f"{bulk:,.0f}" if bulk else "-", f"{noop:,.0f}" if noop else "-")
     Console(stderr=True, width=200).print(t)
 
 
