@@ -73,13 +73,23 @@ class Settings:
     """Seconds a presigned block URL stays valid."""
     block_checksum_piece: int = 64 * 1024
     """Blocks carry one CRC-32 per piece of this size, so ranged reads are verified too."""
-    block_cache_dir: str = ""
-    """Local directory caching blocks read by clients. Empty: no disk cache."""
+    block_cache_dir: str = "auto"
+    """Local directory caching blocks clients read and write (like JuiceFS's cache dir).
+    ``auto``: ``<user cache dir>/metafs/blocks`` for a remote (S3) store, none for a local
+    directory store. Empty or ``off``: no disk cache."""
     block_cache_size: int = 10 * 1024**3
     """Bytes the block cache directory may hold; least recently used blocks go first."""
+    block_cache_free_ratio: float = 0.1
+    """The cache never fills its disk past this fraction of free space."""
+    block_cache_writes: bool = True
+    """Also keep blocks this client uploads in the cache (readers on the machine that
+    wrote them need not download them)."""
+    block_presign: bool = False
+    """Move blocks through presigned URLs the namenode hands out, for clients without
+    credentials of their own for the block store."""
     block_memory_cache: int = 64 * 1024**2
     """Bytes of recently read blocks each open file keeps in memory."""
-    block_readahead: int = 4
+    block_readahead: int = 8
     """Blocks fetched ahead of a sequential reader."""
     block_parallel: int = 8
     """Concurrent block uploads and downloads per client."""
@@ -189,6 +199,8 @@ class Settings:
     checks): required for cached lookups to be safe for several users."""
     fuse_threads: bool = True
     """Serve FUSE requests on several threads."""
+    fuse_max_threads: int = 16
+    """Most threads serving FUSE requests at once (they stay alive once started)."""
 
     # -- logging --
     log_level: str = "INFO"

@@ -49,8 +49,30 @@ def fuse_context() -> tuple[int, int, int]:
     return ctx.uid, ctx.gid, ctx.pid
 
 
+_tls = threading.local()
+_PyGILState_Ensure = ctypes.pythonapi.PyGILState_Ensure
+_PyGILState_Ensure.restype = ctypes.c_int
+
+
+def _pin_thread_state() -> None:
+    """Keep this libfuse worker thread's Python thread state alive between callbacks.
+
+    A ctypes callback on a thread Python did not start gets a new thread state for each
+    call, and so a fresh ``threading.local``: per-thread caches (the embedded namenode
+    keeps one database connection per thread) would be rebuilt, and leaked, on every
+    request. One extra PyGILState_Ensure, never released, pins the thread state to the
+    thread for its lifetime (libfuse keeps a fixed set of worker threads)."""
+    if not getattr(_tls, "pinned", False):
+        _PyGILState_Ensure()
+        _tls.pinned = True
+
+
 class MetafsFUSE(mfusepy.FUSE):
     """mfusepy's FUSE with complete libfuse 3 callbacks for metafs."""
+
+    def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        _pin_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
 
     def __init__(self, operations: Any, mountpoint: str, settings: Settings,
                  on_ready: Callable[[], None] | None = None, **options: Any) -> None:

@@ -9,12 +9,14 @@ an environment variable and reports readiness on a pipe.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import hashlib
 import json
 import logging
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -73,9 +75,16 @@ def make_client(settings: Settings) -> Client:
 
 
 def fuse_options(settings: Settings) -> dict[str, Any]:
-    opts: dict[str, Any] = {"fsname": "metafs", "subtype": "metafs", "foreground": True}
+    source = settings.namenode or settings.data_dir
+    opts: dict[str, Any] = {"fsname": f"metafs:{source}", "subtype": "metafs",
+                            "foreground": True}
     if not settings.fuse_threads:
         opts["nothreads"] = True
+    else:
+        # a fixed set of worker threads: libfuse would otherwise start and end threads
+        # with the load, and the embedded namenode keeps one database connection per thread
+        opts["max_threads"] = settings.fuse_max_threads
+        opts["max_idle_threads"] = settings.fuse_max_threads
     if settings.fuse_allow_other:
         opts["allow_other"] = True
     if settings.fuse_default_permissions:
@@ -209,6 +218,7 @@ def _child_main(argv: list[str]) -> int:
         os.chdir("/")
     except OSError:
         pass
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: dump stacks to the log
     return run_mount(settings, mountpoint, ready_fd=fd)
 
 

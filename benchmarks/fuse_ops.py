@@ -1,0 +1,206 @@
+"""File operations through the metafs FUSE mount, next to JuiceFS and the local disk,
+measured in the same run.
+
+    python benchmarks/fuse_ops.py [--files 10000] [--big-mib 512] [--json out.json]
+
+Per-file operations (create, stat, readdir, 4 KiB write and read, rename, directory
+rename, unlink, rmdir) run over N files in a two-level tree (100 files per directory);
+the big-file test writes and reads one file sequentially in 1 MiB pieces. Each figure is
+operations (or MiB) per second; the table shows metafs / JuiceFS and metafs / local.
+Targets: >= 1.0x JuiceFS on every metadata operation and on 4 KiB files, >= 0.8x on the
+large file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peers import juicefs_binary, juicefs_mount, local_dir, metafs_mount  # noqa: E402
+
+PER_DIR = 100
+TARGETS = {"big_write_mib_s": 0.8, "big_read_mib_s": 0.8}
+
+
+def _drop_caches() -> None:
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        pass
+
+
+def _timed(n: int, fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    return n / dt if dt > 0 else float("inf")
+
+
+def run_suite(root: Path, files: int, big_mib: int) -> dict[str, float]:
+    """Operations per second (MiB/s for the big file) under ``root``."""
+    base = root / "bench"
+    base.mkdir()
+    ndirs = max(1, (files + PER_DIR - 1) // PER_DIR)
+    dirs = [base / f"d{i:04d}" for i in range(ndirs)]
+    paths = [dirs[i // PER_DIR] / f"f{i:06d}" for i in range(files)]
+    payload = os.urandom(4096)
+    out: dict[str, float] = {}
+
+    def mkdirs() -> None:
+        for d in dirs:
+            d.mkdir()
+
+    out["mkdir"] = _timed(ndirs, mkdirs)
+
+    def create() -> None:
+        for p in paths:
+            os.close(os.open(p, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644))
+
+    out["create"] = _timed(files, create)
+
+    def stat() -> None:
+        for p in paths:
+            os.stat(p)
+
+    out["stat"] = _timed(files, stat)
+
+    def readdir() -> None:
+        for d in dirs:
+            with os.scandir(d) as it:
+                for _ in it:
+                    pass
+
+    out["readdir_entries"] = _timed(files, readdir)
+
+    def write4k() -> None:
+        for p in paths:
+            fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
+            os.write(fd, payload)
+            os.close(fd)
+
+    out["write_4k"] = _timed(files, write4k)
+
+    def read4k() -> None:
+        for p in paths:
+            fd = os.open(p, os.O_RDONLY)
+            os.read(fd, 8192)
+            os.close(fd)
+
+    out["read_4k"] = _timed(files, read4k)
+
+    renamed = [p.with_name("r" + p.name[1:]) for p in paths]
+
+    def rename() -> None:
+        for a, b in zip(paths, renamed):
+            os.rename(a, b)
+
+    out["rename"] = _timed(files, rename)
+
+    moved = [d.with_name("m" + d.name[1:]) for d in dirs]
+
+    def dir_rename() -> None:
+        for a, b in zip(dirs, moved):
+            os.rename(a, b)
+
+    out["dir_rename"] = _timed(ndirs, dir_rename)
+    final = [moved[i // PER_DIR] / renamed[i].name for i in range(files)]
+
+    def unlink() -> None:
+        for p in final:
+            os.unlink(p)
+
+    out["unlink"] = _timed(files, unlink)
+
+    def rmdir() -> None:
+        for d in moved:
+            os.rmdir(d)
+
+    out["rmdir"] = _timed(ndirs, rmdir)
+
+    if big_mib:
+        big = base / "big.bin"
+        chunk = os.urandom(1 << 20)
+
+        def big_write() -> None:
+            with open(big, "wb", buffering=0) as f:
+                for _ in range(big_mib):
+                    f.write(chunk)
+                os.fsync(f.fileno())
+
+        out["big_write_mib_s"] = _timed(big_mib, big_write)
+        _drop_caches()
+
+        def big_read() -> None:
+            with open(big, "rb", buffering=0) as f:
+                while f.read(1 << 20):
+                    pass
+
+        out["big_read_mib_s"] = _timed(big_mib, big_read)
+        big.unlink()
+    base.rmdir()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=10_000)
+    ap.add_argument("--big-mib", type=int, default=512)
+    ap.add_argument("--workdir", help="where to put mounts and data (default: a temp dir)")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--no-juicefs", action="store_true")
+    ap.add_argument("--metafs-args", default="", help="extra `metafs mount` flags")
+    args = ap.parse_args(argv)
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="metafs-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, float]] = {}
+    with contextlib.ExitStack() as stack:
+        peers: list[tuple[str, Path]] = [
+            ("metafs", stack.enter_context(metafs_mount(work, args.metafs_args.split()))),
+        ]
+        if not args.no_juicefs and juicefs_binary():
+            peers.append(("juicefs", stack.enter_context(juicefs_mount(work))))
+        peers.append(("local", stack.enter_context(local_dir(work))))
+        for name, root in peers:
+            print(f"running on {name} ({root}) ...", file=sys.stderr, flush=True)
+            results[name] = run_suite(root, args.files, args.big_mib)
+
+    ops = list(results["metafs"])
+    ratios = {}
+    rows = []
+    header = f"{'operation':<18}{'metafs':>12}{'juicefs':>12}{'local':>12}{'vs juicefs':>12}" \
+             f"{'vs local':>10}{'target':>8}"
+    for op in ops:
+        m = results["metafs"][op]
+        j = results.get("juicefs", {}).get(op)
+        loc = results["local"][op]
+        rj = m / j if j else None
+        target = TARGETS.get(op, 1.0)
+        ratios[op] = {"vs_juicefs": rj, "vs_local": m / loc if loc else None,
+                      "target": target, "met": None if rj is None else rj >= target}
+        rows.append(f"{op:<18}{m:>12.0f}{(j or 0):>12.0f}{loc:>12.0f}"
+                    f"{(f'{rj:.2f}x' if rj else '-'):>12}{m / loc:>9.2f}x"
+                    f"{('ok' if rj and rj >= target else 'MISS') if rj else '-':>8}")
+    print(header)
+    print("\n".join(rows))
+    doc = {"files": args.files, "big_mib": args.big_mib, "results": results,
+           "ratios": ratios, "units": "ops/s; MiB/s for big_*"}
+    text = json.dumps(doc, indent=2)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Mounts of a namenode served over gRPC: two mounts see each other's changes, an
+unreachable namenode gives EIO promptly and the mount recovers, access events arrive."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fuse_fixtures import GrpcNamenode, Mount, grpc_namenode, mount_factory, needs_fuse  # noqa: F401
+from metafs.client import Client
+from metafs.proto import metafs_pb2 as pb
+
+pytestmark = [pytest.mark.fuse, needs_fuse]
+
+
+def test_two_mounts_see_each_others_changes(grpc_namenode: GrpcNamenode, mount_factory) -> None:
+    a = mount_factory("--namenode", grpc_namenode.address)
+    b = mount_factory("--namenode", grpc_namenode.address)
+    (a / "d").mkdir()
+    (a / "d" / "f").write_text("v1")
+    assert (b / "d" / "f").read_text() == "v1"          # close-to-open
+    (b / "d" / "f").write_text("version two")
+    assert (a / "d" / "f").read_text() == "version two"  # A's page cache is not reused
+    assert os.stat(a / "d" / "f").st_size == len("version two")
+    os.rename(b / "d" / "f", b / "d" / "g")
+    assert sorted(os.listdir(a / "d")) == ["g"]
+    assert (a / "d" / "g").read_text() == "version two"
+    with open(a / "d" / "g", "a") as fh:
+        fh.write(" + appended by A")
+    assert (b / "d" / "g").read_text() == "version two + appended by A"
+    os.unlink(a / "d" / "g")
+    assert os.listdir(b / "d") == []
+    os.rmdir(b / "d")
+    assert not (a / "d").exists()
+    # a large file (blocks) written on one mount is read whole on the other
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    (a / "big").write_bytes(data)
+    assert (b / "big").read_bytes() == data
+    (a / "big").write_bytes(data[::-1])
+    assert (b / "big").read_bytes() == data[::-1]
+
+
+def test_unreachable_namenode_gives_eio_and_recovers(grpc_namenode: GrpcNamenode,
+                                                     mount_factory) -> None:
+    m = mount_factory("--namenode", grpc_namenode.address, "--rpc-timeout", "2",
+                      "--attr-timeout", "0", "--entry-timeout", "0")
+    (m / "before").write_text("ok")
+    port = grpc_namenode.port
+    grpc_namenode.stop()
+    try:
+        with pytest.raises(OSError) as ei:
+            os.stat(m / "never-seen")
+        assert ei.value.errno == errno.EIO
+        with pytest.raises(OSError) as ei:
+            (m / "new-file").write_text("x")
+        assert ei.value.errno == errno.EIO
+    finally:
+        grpc_namenode.start(port)
+    # the mount reconnects by itself
+    deadline_tries = 100
+    for _ in range(deadline_tries):
+        try:
+            assert (m / "before").read_text() == "ok"
+            break
+        except OSError as exc:
+            assert exc.errno == errno.EIO
+            import time
+            time.sleep(0.1)
+    (m / "after").write_text("back")
+    assert sorted(os.listdir(m.path)) == ["after", "before"]
+
+
+def test_access_events_reach_the_namenode(grpc_namenode: GrpcNamenode, mount_factory) -> None:
+    m = mount_factory("--namenode", grpc_namenode.address)
+    (m / "input.csv").write_text("a,b\n1,2\n")
+    code = (f"d = open({str(m / 'input.csv')!r}).read(); "
+            f"open({str(m / 'model.bin')!r}, 'w').write(d.upper())")
+    subprocess.run([sys.executable, "-c", code, "train-marker"], check=True,
+                   env={**os.environ, "METAFS_RUN_ID": "run-42"})
+    m.stop()  # unmounting sends what is pending
+    with Client(grpc_namenode.address) as c:
+        records, _ = c.changelog(0, limit=10_000)
+        ino_in, ino_out = c.ino("/input.csv"), c.ino("/model.bin")
+    events = [r for r in records if r.op == pb.OP_ACCESS and r.run_id == "run-42"]
+    assert events, "no access events recorded for the run"
+    by_ino = {r.ino: json.loads(r.extra) for r in events}
+    assert by_ino[ino_in]["read"] and not by_ino[ino_in]["wrote"]
+    assert by_ino[ino_out]["wrote"]
+    assert "train-marker" in by_ino[ino_in]["cmdline"]
+    assert by_ino[ino_in]["proc_start"] > 0 and by_ino[ino_in]["pid"] > 0
+
+
+def test_access_events_can_be_switched_off(grpc_namenode: GrpcNamenode, mount_factory) -> None:
+    m = mount_factory("--namenode", grpc_namenode.address, "--no-access-events")
+    (m / "f").write_text("x")
+    assert (m / "f").read_text() == "x"
+    m.stop()
+    with Client(grpc_namenode.address) as c:
+        records, _ = c.changelog(0, limit=10_000)
+    assert not [r for r in records if r.op == pb.OP_ACCESS]
