@@ -30,8 +30,14 @@ def moto_url() -> Iterator[str]:
     pytest.importorskip("moto")
     from moto.server import ThreadedMotoServer
 
-    saved = {k: os.environ.get(k) for k in CREDS}
+    import tempfile
+
+    # the default block cache ("auto") lives in the user's cache dir: keep tests' blocks
+    # out of the real one
+    cache_home = tempfile.mkdtemp(prefix="mfs-cache")
+    saved = {k: os.environ.get(k) for k in [*CREDS, "XDG_CACHE_HOME"]}
     os.environ.update(CREDS)
+    os.environ["XDG_CACHE_HOME"] = cache_home
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -44,6 +50,9 @@ def moto_url() -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        import shutil
+
+        shutil.rmtree(cache_home, ignore_errors=True)
 
 
 def make_bucket(endpoint: str) -> str:

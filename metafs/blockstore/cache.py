@@ -51,19 +51,24 @@ class MemoryCache:
 
 
 class DiskCache:
-    """Whole blocks as files in a local directory, at most ``max_bytes`` in total; the least
-    recently used go first. Shared safely by several processes (writes are atomic renames;
-    eviction tolerates files another process removed)."""
+    """Whole blocks as files in a local directory, at most ``max_bytes`` in total, and never
+    filling its disk past ``1 - free_ratio`` of its capacity; the least recently used go
+    first. Shared safely by several processes (writes are atomic renames; eviction
+    tolerates files another process removed)."""
 
-    def __init__(self, root: str | os.PathLike[str], max_bytes: int) -> None:
+    def __init__(self, root: str | os.PathLike[str], max_bytes: int,
+                 free_ratio: float = 0.0, namespace: str = "") -> None:
         self.root = Path(root)
+        self.namespace = namespace  # e.g. the store's URL: keys are unique per store only
         self.max_bytes = max(0, max_bytes)
+        self.free_ratio = min(max(0.0, free_ratio), 0.99)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._used = sum(p.stat().st_size for p in self.root.glob("*/*") if p.is_file())
 
     def _path(self, key: str) -> Path:
-        h = hashlib.sha256(key.encode()).hexdigest()
+        name = f"{self.namespace}\0{key}" if self.namespace else key
+        h = hashlib.sha256(name.encode()).hexdigest()
         return self.root / h[:2] / h[2:]
 
     @property
@@ -83,6 +88,35 @@ class DiskCache:
             log.warning("block cache read of %s failed: %s", key, exc)
             return None
 
+    def get_range(self, key: str, start: int, end: int) -> bytes | None:
+        """Bytes ``[start, end)`` of a cached block (None when it is not cached or is
+        shorter than ``end``)."""
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("block cache read of %s failed: %s", key, exc)
+            return None
+        try:
+            data = os.pread(fd, end - start, start)
+        except OSError as exc:
+            log.warning("block cache read of %s failed: %s", key, exc)
+            return None
+        finally:
+            os.close(fd)
+        return data if len(data) == end - start else None
+
+    def _disk_full(self, incoming: int) -> bool:
+        """Would storing ``incoming`` more bytes leave less than ``free_ratio`` free?"""
+        if not self.free_ratio:
+            return False
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return False
+        return (st.f_bavail * st.f_frsize - incoming) < self.free_ratio * st.f_blocks * st.f_frsize
+
     def discard(self, key: str) -> None:
         p = self._path(key)
         try:
@@ -99,6 +133,10 @@ class DiskCache:
         p = self._path(key)
         if p.exists():
             return
+        if self._disk_full(len(data)):
+            self._evict(extra=len(data))
+            if self._disk_full(len(data)):
+                return  # the cache never takes a disk's last free space
         try:
             p.parent.mkdir(exist_ok=True)
             tmp = p.parent / f".{uuid.uuid4().hex}.tmp"
@@ -114,7 +152,7 @@ class DiskCache:
         if over:
             self._evict()
 
-    def _evict(self) -> None:
+    def _evict(self, extra: int = 0) -> None:
         with self._lock:
             files = []
             for p in self.root.glob("*/*"):
@@ -126,6 +164,8 @@ class DiskCache:
             files.sort()
             used = sum(f[1] for f in files)
             target = self.max_bytes * 9 // 10
+            if extra:  # the disk is short of space: free what is needed
+                target = max(0, min(target, used - extra))
             for _, size, p in files:
                 if used <= target:
                     break

@@ -20,18 +20,23 @@ cache and, when ``block_cache_dir`` is set, in a size-bounded local cache direct
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from ..errors import FsError
 from ..proto import metafs_pb2 as pb
 from ..client.file import RawFile
 from . import open_store
-from .base import BlockNotFound, BlockStore, ChecksumError, checksum, new_key, read_verified, verify
+from .base import (BlockNotFound, BlockStore, ChecksumError, checksum, new_key, parse_checksum,
+                   pieces_for, read_verified, verify)
 from .cache import DiskCache, MemoryCache
+from .presigned import PresignedStore, PresignedView
 
 if TYPE_CHECKING:
     from ..client.client import Client
@@ -41,27 +46,113 @@ log = logging.getLogger("metafs.blockstore.client")
 WINDOW = 1024  # chunks per GetLayout call
 
 
+LAYOUTS = 4096  # complete layouts a client remembers (see BlockContext.layouts)
+
+
+class Layout:
+    """Everything a reader needs of one version of a file in blocks, complete."""
+
+    __slots__ = ("version", "size", "block_size", "store_url", "refs")
+
+    def __init__(self, version: int, size: int, block_size: int, store_url: str,
+                 refs: dict[int, pb.BlockRef]) -> None:
+        self.version = version
+        self.size = size
+        self.block_size = block_size
+        self.store_url = store_url
+        self.refs = refs
+
+
 class BlockContext:
-    """Per-client shared parts: the store, the thread pool, the disk cache."""
+    """Per-client shared parts: the stores, the thread pool, the disk cache, what the client
+    learned of the file system (chunk size, store URL) and complete layouts of recently
+    seen file versions.
+
+    A layout is cached by inode and data version: every change of a file's data or size
+    bumps its version and inode numbers are never reused, so a cached layout of the version
+    an Open reports is exactly what GetLayout would return (blocks are immutable, and blocks
+    of a version that is still current are never collected). A handle that finds its
+    version here skips the GetLayout round trip; a handle that wrote the whole layout of a
+    new version (a new file, or one nobody else committed to in between) puts it here."""
 
     def __init__(self, client: "Client") -> None:
         self.client = client
         self.settings = client.settings
         self._stores: dict[str, BlockStore] = {}
         self._lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(max(2, self.settings.block_parallel * 2),
+        self.pool = ThreadPoolExecutor(max(4, self.settings.block_parallel * 2),
                                        thread_name_prefix="metafs-blockio")
-        self.disk_cache: DiskCache | None = None
-        if self.settings.block_cache_dir:
-            self.disk_cache = DiskCache(self.settings.block_cache_dir,
-                                        self.settings.block_cache_size)
+        self._disk_cache: DiskCache | None = None
+        self._disk_cache_for: str | None = None
+        self.block_size: int | None = None     # the file system's chunk size, once seen
+        self.store_url: str | None = None      # the file system's store, once seen
+        self._layouts: OrderedDict[int, Layout] = OrderedDict()
+
+    def learn(self, block_size: int, store_url: str) -> None:
+        """Remember the file system's chunk size and store (from a layout reply)."""
+        self.block_size = block_size
+        self.store_url = store_url
 
     def store(self, url: str) -> BlockStore:
         with self._lock:
             st = self._stores.get(url)
             if st is None:
-                st = self._stores[url] = open_store(url, self.settings)
+                if self.settings.block_presign:
+                    st = PresignedStore(url, self)
+                else:
+                    st = open_store(url, self.settings)
+                self._stores[url] = st
             return st
+
+    def disk_cache(self, store_url: str) -> DiskCache | None:
+        """The local block cache for blocks of ``store_url`` (None: no cache). With
+        ``block_cache_dir = "auto"`` (the default) blocks of a remote store (S3) are cached
+        under the user's cache directory and a local store is not cached."""
+        with self._lock:
+            if self._disk_cache_for is None:
+                self._disk_cache_for = store_url
+                root = cache_dir_for(self.settings, store_url)
+                if root:
+                    try:
+                        self._disk_cache = DiskCache(root, self.settings.block_cache_size,
+                                                     self.settings.block_cache_free_ratio,
+                                                     namespace=store_url)
+                    except OSError as exc:
+                        log.warning("no local block cache: cannot use %s: %s", root, exc)
+            return self._disk_cache
+
+    def cached_layout(self, ino: int, version: int) -> Layout | None:
+        with self._lock:
+            lay = self._layouts.get(ino)
+            if lay is None or lay.version != version:
+                return None
+            self._layouts.move_to_end(ino)
+            return lay
+
+    def remember_layout(self, ino: int, layout: Layout) -> None:
+        with self._lock:
+            self._layouts[ino] = layout
+            self._layouts.move_to_end(ino)
+            while len(self._layouts) > LAYOUTS:
+                self._layouts.popitem(last=False)
+
+    def forget_layout(self, ino: int) -> None:
+        with self._lock:
+            self._layouts.pop(ino, None)
+
+
+def cache_dir_for(settings: Any, store_url: str) -> str:
+    """The block cache directory to use for ``store_url`` ("" for none)."""
+    d = settings.block_cache_dir.strip()
+    if d.lower() in ("", "off", "none"):
+        return ""
+    if d.lower() == "auto":
+        if urlparse(store_url).scheme == "file":
+            return ""  # a local directory needs no second copy on the same disk
+        import platformdirs
+
+        d = os.path.join(platformdirs.user_cache_dir("metafs", appauthor=False), "blocks")
+    return d
 
 
 def attach(client: "Client") -> None:
@@ -99,6 +190,15 @@ class BlockFile(RawFile):
         self._last_end = -1
         self._streak = 0
         self._lock = threading.RLock()
+        # An empty inline file needs no layout to be written: its chunks are all new.
+        self._fresh = reply.attr.inline and reply.attr.size == 0
+        self._pend: bytearray | None = None     # inline bytes held back (see _write_at)
+        self._complete = False                  # _refs is the whole layout of its version
+        self._urls: dict[str, str] = {}         # presigned GET URLs (block_presign)
+        if not self._inline:
+            lay = self._ctx.cached_layout(self.ino, reply.attr.version)
+            if lay is not None and lay.size == reply.attr.size:
+                self._adopt(lay)
 
     # ------------------------------------------------------------ helpers
     @property
@@ -109,13 +209,44 @@ class BlockFile(RawFile):
         return err.to_oserror(self.name)
 
     def _store(self) -> BlockStore:
+        if self._s.block_presign:
+            return PresignedView(self._ctx.store(self._store_url), self)  # type: ignore[arg-type]
         return self._ctx.store(self._store_url)
+
+    def _dc(self) -> DiskCache | None:
+        return self._ctx.disk_cache(self._store_url) if self._store_url else None
+
+    def _adopt(self, lay: Layout) -> None:
+        """Use a complete layout the client already knows for this version."""
+        self._bs = lay.block_size
+        self._store_url = lay.store_url
+        self._refs = dict(lay.refs)
+        self._windows.clear()
+        self._layout_version = lay.version
+        self._bsize = lay.size
+        self._version = lay.version
+        self._complete = True
 
     def _load_window(self, w: int) -> None:
         reply = self._c._call("GetLayout", pb.LayoutRequest(
             caller=self._c.caller, ino=self.ino, handle=self.handle, first_index=w * WINDOW,
-            count=WINDOW), self.name)
+            count=WINDOW, presign=self._s.block_presign), self.name)
         self._apply_layout(reply, w)
+
+    # presigned URLs (block_presign: this client has no store credentials)
+    def presigned_url(self, key: str, put: bool, refresh: bool = False) -> str:
+        """A URL to GET (or PUT) block ``key`` of this file, from the namenode."""
+        if not put and not refresh:
+            url = self._urls.get(key)
+            if url:
+                return url
+        reply = self._c._call("Presign", pb.PresignRequest(
+            caller=self._c.caller, ino=self.ino, handle=self.handle, keys=[key], put=put),
+            self.name)
+        url = reply.urls[0]
+        if not put:
+            self._urls[key] = url
+        return url
 
     def _apply_layout(self, reply: pb.LayoutReply, w: int) -> None:
         if self._layout_version is not None and reply.attr.version != self._layout_version:
@@ -125,34 +256,66 @@ class BlockFile(RawFile):
         self._layout_version = reply.attr.version
         self._bs = reply.block_size
         self._store_url = reply.store_url
+        self._ctx.learn(reply.block_size, reply.store_url)
         self.attr = reply.attr
         if not self._dirty and not self._uploads:
             self._bsize = reply.attr.size
             self._version = reply.attr.version
         for b in reply.blocks:
             self._refs[b.index] = b
+        for b, url in zip(reply.blocks, reply.urls):
+            self._urls[b.key] = url
         self._windows.add(w)
         if reply.attr.inline:
             self._inline_data = bytes(reply.inline_data)
+        elif w == 0 and len(self._windows) == 1 \
+                and (reply.attr.size + self._bs - 1) // self._bs <= WINDOW:
+            # one window holds the whole file: remember it for the next open of this version
+            self._complete = True
+            self._ctx.remember_layout(self.ino, Layout(
+                reply.attr.version, reply.attr.size, self._bs, self._store_url,
+                dict(self._refs)))
 
     def _ref(self, idx: int) -> pb.BlockRef | None:
+        if self._complete:
+            return self._refs.get(idx)
         w = idx // WINDOW
         if w not in self._windows:
             self._load_window(w)
         return self._refs.get(idx)
 
-    def _enter_blocks(self) -> None:
-        """Switch this handle to the block path (the file is in blocks, or grows past the
-        inline limit now)."""
-        self._inline_data = b""
+    def _forget_layout(self) -> None:
         self._refs.clear()
         self._windows.clear()
         self._layout_version = None
-        self._load_window(0)
-        if self.attr.inline:
+        self._complete = False
+
+    def _enter_blocks(self) -> None:
+        """Switch this handle to the block path (the file is in blocks, or grows past the
+        inline limit now). A file that was empty when this handle opened it and that this
+        handle has not written inline needs no GetLayout once the client knows the chunk
+        size and store: its layout is empty."""
+        self._inline_data = b""
+        self._forget_layout()
+        pend, self._pend = self._pend, None
+        if self._fresh and self._ctx.block_size and self._ctx.store_url:
+            self._bs = self._ctx.block_size
+            self._store_url = self._ctx.store_url
+            self._layout_version = self._version
+            self._complete = True
+            data, size, inline = b"", 0, True
+        else:
+            self._load_window(0)
+            data, size, inline = self._inline_data, self.attr.size, self.attr.inline
+        if pend:
+            # inline bytes this handle held back go over what the file holds
+            merged = bytearray(data)
+            if len(merged) < len(pend):
+                merged.extend(bytes(len(pend) - len(merged)))
+            merged[:len(pend)] = pend
+            data, size = bytes(merged), max(size, len(pend))
+        if inline:
             # Move the inline bytes into chunk buffers; CommitBlocks(to_blocks) moves the file.
-            data = self._inline_data
-            size = self.attr.size
             bs = self._bs
             for i in range(0, len(data), bs):
                 self._dirty[i // bs] = bytearray(data[i:i + bs])
@@ -160,9 +323,27 @@ class BlockFile(RawFile):
             self._bsize = size
             self._to_blocks = True
         self._inline = False
+        self._fresh = False
+
+    def _flush_pend(self) -> None:
+        """Send inline bytes held back by :meth:`_write_at` (one Write call)."""
+        pend, self._pend = self._pend, None
+        self._fresh = False
+        if not pend:
+            return
+        try:
+            super()._write_at(0, bytes(pend), False)
+        except OSError as exc:
+            if exc.errno != errno.EFBIG:
+                raise
+            # the file moved to blocks meanwhile (another writer): write them as blocks
+            self._pend = pend
+            self._enter_blocks()
 
     # ------------------------------------------------------------ RawFile data path
     def _size(self) -> int:
+        if self._pend is not None:
+            self._flush_pend()
         if not self._inline and (self._dirty or self._uploads):
             return self._bsize
         a = self._c._call("GetAttr", pb.InodeRequest(caller=self._c.caller, ino=self.ino),
@@ -171,6 +352,8 @@ class BlockFile(RawFile):
 
     def _read_at(self, offset: int, size: int) -> bytes:
         with self._lock:
+            if self._pend is not None:
+                self._flush_pend()
             if self._inline:
                 reply = self._c._call("Read", pb.ReadRequest(
                     caller=self._c.caller, ino=self.ino, offset=offset, size=size,
@@ -191,8 +374,22 @@ class BlockFile(RawFile):
             if self._inline:
                 if append:
                     offset = self._size()
-                if offset + len(data) <= self._c.inline_limit:
+                end = offset + len(data)
+                limit = self._c.inline_limit
+                if end <= limit:
+                    if self._pend is not None or (self._fresh and offset == 0 and end == limit):
+                        # A new file filled exactly to the inline limit in one write is
+                        # most likely the buffered writer's first flush of a larger file:
+                        # hold it back, so that the file goes straight to blocks (or is
+                        # written inline once, at flush).
+                        pend = self._pend if self._pend is not None else bytearray()
+                        if len(pend) < offset:
+                            pend.extend(bytes(offset - len(pend)))
+                        pend[offset:end] = data
+                        self._pend = pend
+                        return end
                     try:
+                        self._fresh = False
                         return super()._write_at(offset, data, False)
                     except OSError as exc:
                         if exc.errno != errno.EFBIG:
@@ -215,10 +412,20 @@ class BlockFile(RawFile):
             self._inline = self.attr.inline
             self._bsize = self.attr.size
             self._version = self.attr.version
-            self._refs.clear()
-            self._windows.clear()
-            self._layout_version = None
+            self._fresh = False
+            self._forget_layout()
             self._mem.clear()
+
+    def readall(self) -> bytes:
+        """The rest of the file in one go (one Read call for an inline file; the blocks
+        fetched in parallel), instead of io's default of many small reads."""
+        self._check_open()
+        if not self._readable:
+            raise io.UnsupportedOperation("file not open for reading")
+        data = self._read_at(self._pos, 1 << 62)
+        self._pos += len(data)
+        self._did_read = True
+        return data
 
     def _flush_data(self) -> None:
         with self._lock:
@@ -316,10 +523,16 @@ class BlockFile(RawFile):
             return pb.BlockRef(index=idx)  # a hole: nothing stored
         key = new_key(self.ino, idx)
         self._store().put(key, data)
+        if self._s.block_cache_writes:
+            dc = self._dc()
+            if dc is not None:
+                dc.put(key, data)  # readers on this machine need not fetch it again
         return pb.BlockRef(index=idx, key=key, length=len(data),
                            checksum=checksum(data, self._s.block_checksum_piece))
 
     def _commit(self) -> None:
+        if self._pend is not None:
+            self._flush_pend()
         if self._inline or (not self._dirty and not self._uploads):
             return
         for idx in list(self._dirty):
@@ -349,12 +562,18 @@ class BlockFile(RawFile):
                 raise self._oserror(FsError(errno.EIO, f"writing blocks failed; nothing was "
                                             f"committed: {failure.message}")) from None
             raise OSError(errno.EIO, f"writing blocks failed: {failure}", self.name)
-        attr = self._c._call("CommitBlocks", pb.CommitBlocksRequest(
-            caller=self._c.caller, ino=self.ino, handle=self.handle, size=self._bsize,
-            blocks=refs, base_version=self._version, to_blocks=self._to_blocks), self.name)
+        base, old_size = self._version, self.attr.size
+        try:
+            attr = self._c._call("CommitBlocks", pb.CommitBlocksRequest(
+                caller=self._c.caller, ino=self.ino, handle=self.handle, size=self._bsize,
+                blocks=refs, base_version=base, to_blocks=self._to_blocks), self.name)
+        except OSError:
+            self._ctx.forget_layout(self.ino)
+            raise
         self.attr = attr
         self._to_blocks = False
         self._version = attr.version
+        size = self._bsize
         self._bsize = attr.size
         for r in refs:
             if r.key:
@@ -362,6 +581,14 @@ class BlockFile(RawFile):
             else:
                 self._refs.pop(r.index, None)
         self._layout_version = attr.version
+        # Our layout is the new version's whole layout if it was complete, nobody else
+        # committed in between and the namenode shortened nothing.
+        if self._complete and attr.version == base + 1 and attr.size == size >= old_size:
+            self._ctx.remember_layout(self.ino, Layout(attr.version, attr.size, self._bs,
+                                                       self._store_url, dict(self._refs)))
+        else:
+            self._complete = False
+            self._ctx.forget_layout(self.ino)
 
     # ------------------------------------------------------------ reading
     def _read_blocks(self, offset: int, size: int) -> bytes:
@@ -372,7 +599,7 @@ class BlockFile(RawFile):
         sequential = offset == self._last_end
         self._streak = self._streak + 1 if sequential else 0
         self._last_end = end
-        whole = self._streak >= 2 or end - offset >= bs // 2 or self._ctx.disk_cache is not None
+        whole = self._streak >= 2 or end - offset >= bs // 2
         first, last = offset // bs, (end - 1) // bs
         if whole and self._streak >= 2:
             self._readahead(last + 1)
@@ -405,7 +632,7 @@ class BlockFile(RawFile):
         self._prefetch[ref.key] = self._ctx.pool.submit(self._fetch_whole, ref)
 
     def _fetch_whole(self, ref: pb.BlockRef) -> bytes:
-        dc = self._ctx.disk_cache
+        dc = self._dc()
         if dc is not None:
             data = dc.get(ref.key)
             if data is not None:
@@ -446,9 +673,8 @@ class BlockFile(RawFile):
                 self._prefetch.pop(ref.key, None)
                 if attempt == 0 and idx not in self._uploads:
                     # our layout may be older than a rewrite and its garbage collection
-                    self._refs.clear()
-                    self._windows.clear()
-                    self._layout_version = None
+                    self._forget_layout()
+                    self._ctx.forget_layout(self.ino)
                     continue
                 raise FsError(errno.EIO, f"block {ref.key} of chunk {idx} is unreadable: "
                               f"{err.message}", self.name) from None
@@ -464,10 +690,28 @@ class BlockFile(RawFile):
             elif whole:
                 data = self._fetch_whole(ref)
             else:
-                return read_verified(self._store(), ref.key, ref.checksum, lo, hi)
+                return self._read_range(ref, lo, hi)
             self._mem.put(ref.key, data)
         return data[lo:hi]
 
+    def _read_range(self, ref: pb.BlockRef, lo: int, hi: int) -> bytes:
+        """Bytes ``[lo, hi)`` of a block: the checksum pieces around them from the local
+        cache when it holds the block, else with one ranged GET."""
+        dc = self._dc()
+        if dc is not None:
+            piece, crcs = parse_checksum(ref.checksum)
+            p0, p1 = lo // piece, min(len(crcs), pieces_for(hi, piece))
+            if p0 < p1:
+                data = dc.get_range(ref.key, p0 * piece, min(p1 * piece, ref.length))
+                if data is not None:
+                    try:
+                        verify(ref.key, data, p0, ref.checksum, p1 - p0)
+                        return data[lo - p0 * piece:hi - p0 * piece]
+                    except ChecksumError:
+                        log.warning("dropping cached copy of block %s: it failed its "
+                                    "checksum", ref.key)
+                        dc.discard(ref.key)
+        return read_verified(self._store(), ref.key, ref.checksum, lo, hi)
+
 
 __all__ = ["BlockFile", "attach"]
-_ = os  # (os is used by type checkers only through RawFile)

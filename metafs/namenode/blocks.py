@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, literal, select, update
 from sqlalchemy.engine import Connection, Row
 
 from ..blockstore import BlockStore, open_store
@@ -47,6 +47,26 @@ C = schema.counters
 
 STORAGE_INLINE, STORAGE_BLOCKS = 0, 1
 MAX_FILE_SIZE = (1 << 63) - 1
+
+
+def _insert_ignoring_conflict(conn: Connection, name: str, value: int) -> Any:
+    """``INSERT`` of a counter row that does nothing when the row exists (PostgreSQL and
+    SQLite: ON CONFLICT DO NOTHING; others: insert only when absent)."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(C).values(name=name, value=value).on_conflict_do_nothing(
+            index_elements=[C.c.name])
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(C).values(name=name, value=value).on_conflict_do_nothing(
+            index_elements=[C.c.name])
+    return insert(C).from_select(
+        ["name", "value"],
+        select(literal(name), literal(value)).where(
+            ~select(C.c.name).where(C.c.name == name).exists()))
 
 
 def attach(namenode: Any) -> "BlockLayer":
@@ -101,8 +121,12 @@ class BlockLayer:
         if val is None:
             if not write:
                 return self.settings.block_size  # nothing is stored in blocks yet
-            conn.execute(insert(C).values(name="block_size", value=self.settings.block_size))
-            val = self.settings.block_size
+            # Several namenodes may record it at the same moment: the first one wins and
+            # the others read what it recorded (no unique-key error).
+            conn.execute(_insert_ignoring_conflict(conn, "block_size", self.settings.block_size))
+            val = conn.execute(select(C.c.value).where(C.c.name == "block_size")).scalar()
+            if val is None:  # pragma: no cover - a conflicting row must be visible now
+                raise FsError(errno.EAGAIN, "the block size is being recorded; try again")
         val = int(val)
         if val <= 0:
             raise FsError(errno.EIO, f"bad block size {val} in the database")
