@@ -148,3 +148,172 @@ def test_cli_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert out["hits"][0]["tags"] == {"bicycles": 4}
     assert main(["search", "--data", str(tmp_path), "bicycles>"]) == 2
     assert "needs a value" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- the planner
+PLANNER_QUERIES = [
+    "bicycles>3",
+    "bicycles>3 ext:jpg under:/datasets/coco \"red car\"",
+    "score>=0.5 score<0.75",
+    "score>=0.25 score<=0.5 bicycles>=1",
+    "score:0.1..0.9 NOT label=cat",
+    "(label=cat OR label=dog) NOT reviewed=true",
+    "(label=cat OR label=dog) under:/datasets/voc",
+    "(bicycles=1 ext:png) OR (label=person -ext:jpg)",
+    "vals>5 vals<3",
+    "vals>=2 vals<=2",
+    "vals>1 vals<9 label=dog",
+    "exists:det det.bbox.w>=3 det.bbox.w<12",
+    "red",
+    "red ext:jpg",
+    "red NOT bicycles>2",
+    "name:img1* bicycles>2",
+    "size>10 ext:png",
+    "size>=0 size<30 size>5",
+    "type:file bicycles<6",
+    "ino>5 ino<40 label=car",
+    "under:/datasets -under:/datasets/coco label!=cat",
+    "label>=c label<e",
+]
+
+
+@pytest.mark.parametrize("cap", [1, 4, 25, 100_000])
+def test_planner_paths_match_namespace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       cap: int) -> None:
+    """Every plan (narrow sets driving, broad terms probed per row, free text streamed,
+    merged ranges, counting) gives the namespace's answer: the estimate cap decides which
+    terms are narrow, so small caps force the per-row paths on a small tree."""
+    from metafs.cdc.search import embedded
+
+    monkeypatch.setattr(embedded, "ESTIMATE_CAP", cap)
+    client = Client(data_dir=str(tmp_path / "data"))
+    idx = EmbeddedIndex(tmp_path / "idx" / "index.db")
+    try:
+        SearchSuite.populate(client, seed=21, n=120)
+        rnd = random.Random(5)
+        for i, (top, _, files) in enumerate(client.walk("/")):
+            for f in files:
+                p = top.rstrip("/") + "/" + f
+                if rnd.random() < 0.4:  # a multi-valued numeric key
+                    vals = [rnd.randrange(0, 10) for _ in range(rnd.randrange(1, 4))]
+                    client.setxattr(p, "user.vals", json.dumps(vals).encode())
+        Consumer(source_for(client), idx, batch=50).catch_up()
+        c = idx.reader()
+        assert c.execute("SELECT 1 FROM multi WHERE key='vals'").fetchone()
+        assert not c.execute("SELECT 1 FROM multi WHERE key='score'").fetchone()
+        for query in PLANNER_QUERIES:
+            want = expected(client, query)
+            full = idx.search(query, limit=10_000, count=True)
+            assert sorted(full.paths) == sorted(want), query
+            assert full.total == len(full.hits), query
+            inos = [h["ino"] for h in full.hits]
+            assert inos == sorted(inos), query  # unsorted results come in ino order
+            for k in (1, 3, 10):  # a limit stops early but returns the same first hits
+                got = idx.search(query, limit=k)
+                assert [h["ino"] for h in got.hits] == inos[:k], (query, k)
+            page = idx.search(query, limit=4, offset=2)
+            assert [h["ino"] for h in page.hits] == inos[2:6], query
+            srt = idx.search(query, limit=5, sort="-size,name")
+            ref = sorted(full.hits, key=lambda h: (-h["size"], h["name"], h["ino"]))[:5]
+            assert [h["ino"] for h in srt.hits] == [h["ino"] for h in ref], query
+    finally:
+        idx.close()
+        client.close()
+
+
+def test_multi_valued_ranges_are_not_merged(tmp_path: Path) -> None:
+    """On a key some document holds several values of, each comparison may be met by a
+    different value (the shared semantics of every back end): no merged range."""
+    client = Client(data_dir=str(tmp_path / "data"))
+    idx = EmbeddedIndex(tmp_path / "idx" / "index.db")
+    try:
+        client.write_bytes("/a", b"")
+        client.write_bytes("/b", b"")
+        client.setxattr("/a", "user.s", b"[0.1, 0.9]")
+        client.setxattr("/b", "user.s", b"0.5")
+        client.setxattr("/b", "user.t", b"0.7")
+        Consumer(source_for(client), idx).catch_up()
+        assert sorted(idx.search("s>=0.5 s<0.501").paths) == ["/a", "/b"]
+        assert idx.search("t>0.6 t<0.8").paths == ["/b"]
+        assert idx.search("t>0.6 t<0.65").paths == []
+    finally:
+        idx.close()
+        client.close()
+
+
+def test_bulk_replay_builds_indexes_at_the_head(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay into an empty index drops the query indexes, answers correctly without
+    them, survives a crash, and builds them when it reaches the head; the result equals a
+    replay that never left normal mode."""
+    from metafs.cdc.search import store
+
+    client = Client(data_dir=str(tmp_path / "data"))
+    try:
+        SearchSuite.populate(client, seed=8, n=80)
+        client.rename("/datasets/coco", "/coco")
+        head = client.changelog_head()
+        normal = EmbeddedIndex(tmp_path / "normal" / "index.db")
+        Consumer(source_for(client), normal, batch=10).catch_up()
+        assert not normal.in_bulk()
+
+        monkeypatch.setattr(store, "BULK_MIN_RECORDS", 20)
+        bulk = EmbeddedIndex(tmp_path / "bulk" / "index.db")
+
+        class Crash(Exception):
+            pass
+
+        seen = [0]
+
+        def hook(_r: object) -> None:
+            seen[0] += 1
+            if seen[0] == 130:
+                raise Crash
+
+        with pytest.raises(Crash):
+            Consumer(source_for(client), bulk, batch=50, on_record=hook).catch_up()
+        path = bulk.path
+        bulk.close()
+        bulk = EmbeddedIndex(path)  # a restart mid-replay: still in bulk mode
+        assert bulk.in_bulk() and 0 < bulk.position() < head
+        names = {r[0] for r in bulk.reader().execute(
+            "SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "tags_num" not in names and "docs_parent" not in names
+        q_ = "bicycles>2 under:/coco"
+        part = bulk.search(q_, limit=10_000)  # correct (if slower) without the indexes
+        Consumer(source_for(client), bulk, batch=50).catch_up(bulk.position())
+        assert part.position == bulk.position()
+        Consumer(source_for(client), bulk, batch=50).catch_up()
+        assert not bulk.in_bulk()
+        names = {r[0] for r in bulk.reader().execute(
+            "SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"tags_num", "tags_str", "docs_parent", "dirs_parent"} <= names
+        assert dump(bulk) == dump(normal)
+        assert sorted(bulk.search(q_, limit=10_000).paths) == sorted(expected(client, q_))
+        bulk.close()
+        normal.close()
+    finally:
+        client.close()
+
+
+def test_index_of_another_schema_version_is_rebuilt(tmp_path: Path) -> None:
+    import sqlite3
+
+    client = Client(data_dir=str(tmp_path / "data"))
+    try:
+        client.write_bytes("/a.jpg", b"")
+        client.setxattr("/a.jpg", "user.n", b"1")
+        f = tmp_path / "idx" / "index.db"
+        f.parent.mkdir()
+        old = sqlite3.connect(f)  # the first layout: rowid tags without a seq column
+        old.executescript("CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+                          "INSERT INTO meta VALUES ('position', 99);"
+                          "CREATE TABLE tags(ino, xattr, key, kind, num, str);")
+        old.close()
+        idx = EmbeddedIndex(f)
+        assert idx.position() == 0
+        Consumer(source_for(client), idx).catch_up()
+        assert idx.search("n=1").paths == ["/a.jpg"]
+        idx.close()
+    finally:
+        client.close()

@@ -54,6 +54,10 @@ class Sink(Protocol):
     def close(self) -> None:
         ...
 
+    # Optional: ``caught_up()``, called by the consumer whenever a step leaves the
+    # checkpoint at the changelog head (a sink that defers work during a long replay, like
+    # the search index building its query indexes, does it there).
+
 
 @dataclass
 class ConsumerStatus:
@@ -130,6 +134,11 @@ class Consumer:
                 self._applied += len(recs)
                 self._batches += 1 if recs else 0
                 self._oldest_pending_ns = 0 if pos >= head else time.time_ns()
+            if pos >= head:
+                hook = getattr(self.sink, "caught_up", None)
+                if hook is not None:
+                    hook()
+            with self._cond:
                 self._cond.notify_all()
             return len(recs)
 

@@ -110,8 +110,8 @@ class ElasticIndex(SearchBackend):
             return None
         links = d.pop("links")
         tags = []
-        for row in c.execute("SELECT key, kind, num, str FROM tags WHERE ino=? ORDER BY rowid",
-                             (ino,)):
+        for row in c.execute("SELECT key, kind, num, str FROM tags WHERE ino=? "
+                             "ORDER BY xattr, seq", (ino,)):
             key, kind, num, s = row
             t: dict[str, Any] = {"k": key}
             if kind == "n":

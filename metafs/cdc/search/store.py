@@ -23,6 +23,7 @@ end does).
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import stat
 import threading
@@ -36,33 +37,51 @@ from .tags import NUM, STR, TEXT, collect, flatten, tag_key
 ROOT_INO = 1
 RENAME_EXCHANGE = 2
 
-SCHEMA = """
+SCHEMA_VERSION = 2
+"""Bumped when the tables change; an index file of another version is rebuilt by replay."""
+
+TABLES = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta(key, value) VALUES ('position', 0);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('bulk', 0);
 CREATE TABLE IF NOT EXISTS docs(
   ino INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name TEXT NOT NULL, ext TEXT NOT NULL,
   type TEXT NOT NULL, size INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
   mode INTEGER NOT NULL, nlink INTEGER NOT NULL, atime INTEGER NOT NULL,
   mtime INTEGER NOT NULL, ctime INTEGER NOT NULL, btime INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dirs(ino INTEGER PRIMARY KEY, parent INTEGER NOT NULL,
+  name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS xlinks(parent INTEGER NOT NULL, name TEXT NOT NULL,
+  ino INTEGER NOT NULL, PRIMARY KEY(parent, name)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS xlinks_ino ON xlinks(ino);
+CREATE TABLE IF NOT EXISTS tags(ino INTEGER NOT NULL, xattr TEXT NOT NULL,
+  seq INTEGER NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL, num REAL, str TEXT,
+  PRIMARY KEY(ino, xattr, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS multi(key TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(name, text,
+  tokenize = "unicode61 remove_diacritics 2");
+"""
+"""Tables, and the indexes the apply path itself needs (``tags`` is clustered by ino)."""
+
+INDEXES = """
 CREATE INDEX IF NOT EXISTS docs_parent ON docs(parent);
 CREATE INDEX IF NOT EXISTS docs_name ON docs(name);
 CREATE INDEX IF NOT EXISTS docs_ext ON docs(ext);
 CREATE INDEX IF NOT EXISTS docs_size ON docs(size);
 CREATE INDEX IF NOT EXISTS docs_mtime ON docs(mtime);
-CREATE TABLE IF NOT EXISTS dirs(ino INTEGER PRIMARY KEY, parent INTEGER NOT NULL,
-  name TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS dirs_parent ON dirs(parent, name);
-CREATE TABLE IF NOT EXISTS xlinks(parent INTEGER NOT NULL, name TEXT NOT NULL,
-  ino INTEGER NOT NULL, PRIMARY KEY(parent, name)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS xlinks_ino ON xlinks(ino);
-CREATE TABLE IF NOT EXISTS tags(ino INTEGER NOT NULL, xattr TEXT NOT NULL, key TEXT NOT NULL,
-  kind TEXT NOT NULL, num REAL, str TEXT);
-CREATE INDEX IF NOT EXISTS tags_ino ON tags(ino, xattr);
-CREATE INDEX IF NOT EXISTS tags_num ON tags(key, kind, num, ino);
-CREATE INDEX IF NOT EXISTS tags_str ON tags(key, kind, str, ino);
-CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(name, text,
-  tokenize = "unicode61 remove_diacritics 2");
+CREATE INDEX IF NOT EXISTS tags_num ON tags(key, kind, num) WHERE num IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tags_str ON tags(key, kind, str);
 """
+"""Secondary indexes used only by queries (and ``lookup_dir``). A replay from scratch
+drops them and builds them once at the end (sorted bulk build instead of millions of
+random B-tree inserts). Entries of a WITHOUT ROWID table's index carry its primary key,
+so ``tags_num``/``tags_str`` cover ``(key, kind, value) -> ino``."""
+
+_INDEX_NAMES = re.findall(r"EXISTS (\w+) ON", INDEXES)
+
+BULK_MIN_RECORDS = 5000
+"""A batch at least this long applied to an empty index at position 0 starts bulk mode."""
 
 DOC_COLS = ("ino", "parent", "name", "ext", "type", "size", "uid", "gid", "mode", "nlink",
             "atime", "mtime", "ctime", "btime")
@@ -74,12 +93,13 @@ class _Batch:
     """What one batch touched: ino -> the last seq that changed its document, and the inos
     whose full-text row needs rewriting."""
 
-    __slots__ = ("changed", "fts", "fresh")
+    __slots__ = ("changed", "fts", "fresh", "fresh_x")
 
     def __init__(self) -> None:
         self.changed: dict[int, int] = {}
         self.fts: set[int] = set()
-        self.fresh: set[int] = set()  # created in this batch: no old fts row to delete
+        self.fresh: set[int] = set()  # created in this batch: no old fts row or tags
+        self.fresh_x: dict[int, set[str]] = {}  # fresh ino -> xattrs set in this batch
 
 
 class StateStore:
@@ -91,10 +111,74 @@ class StateStore:
         self._wlock = threading.RLock()
         self._local = threading.local()
         self._w = self._connect()
-        self._w.executescript(SCHEMA)
+        self._open_schema(self._w)
         self._pos = int(self._w.execute("SELECT value FROM meta WHERE key='position'")
                         .fetchone()[0])
         self._closed = False
+
+    def _open_schema(self, c: sqlite3.Connection) -> None:
+        """Create the tables (and, unless a bulk replay is under way, the query indexes).
+        A file written by another schema version is emptied: the index is derived state,
+        and the consumer rebuilds it by replaying from position 0."""
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            version = c.execute("PRAGMA user_version").fetchone()[0]
+            has_tables = c.execute("SELECT count(*) FROM sqlite_master WHERE name='meta'"
+                                   ).fetchone()[0]
+            if has_tables and version != SCHEMA_VERSION:
+                for (kind, name) in c.execute(
+                        "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') "
+                        "AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'fts_%'").fetchall():
+                    c.execute(f"DROP {kind.upper()} IF EXISTS {name}")
+            _run_script(c, TABLES)
+            c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if not self._bulk_flag(c):
+                _run_script(c, INDEXES)
+            self._open_extra(c)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def _open_extra(self, c: sqlite3.Connection) -> None:
+        """Hook: a subclass's own tables (called inside the opening transaction)."""
+
+    @staticmethod
+    def _bulk_flag(c: sqlite3.Connection) -> bool:
+        return bool(c.execute("SELECT value FROM meta WHERE key='bulk'").fetchone()[0])
+
+    # ------------------------------------------------------------------ bulk replay
+    def in_bulk(self) -> bool:
+        """True while a replay from scratch runs without the query indexes."""
+        return self._bulk_flag(self.reader())
+
+    def _maybe_start_bulk(self, c: sqlite3.Connection, n: int) -> None:
+        """Inside an apply transaction: a long batch into an empty index at position 0
+        (a first build or a rebuild) drops the query indexes until :meth:`caught_up`."""
+        if self._pos != 0 or n < BULK_MIN_RECORDS or self._bulk_flag(c):
+            return
+        if c.execute("SELECT 1 FROM docs LIMIT 1").fetchone() is not None:
+            return
+        for name in _INDEX_NAMES:
+            c.execute(f"DROP INDEX IF EXISTS {name}")
+        c.execute("UPDATE meta SET value=1 WHERE key='bulk'")
+
+    def caught_up(self) -> None:
+        """The consumer reached the changelog head: end a bulk replay by building the query
+        indexes (each a sorted bulk build) and refreshing the planner's statistics."""
+        with self._wlock:
+            c = self._w
+            if not self._bulk_flag(c):
+                return
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                _run_script(c, INDEXES)
+                c.execute("UPDATE meta SET value=0 WHERE key='bulk'")
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("ANALYZE")
 
     # ------------------------------------------------------------------ connections
     def _connect(self) -> sqlite3.Connection:
@@ -134,7 +218,7 @@ class StateStore:
             c = self._w
             c.execute("BEGIN IMMEDIATE")
             try:
-                for t in ("docs", "dirs", "xlinks", "tags", "fts"):
+                for t in ("docs", "dirs", "xlinks", "tags", "multi", "fts"):
                     c.execute(f"DELETE FROM {t}")
                 c.execute("UPDATE meta SET value=0 WHERE key='position'")
                 self._reset_extra(c)
@@ -155,6 +239,7 @@ class StateStore:
             try:
                 b = _Batch()
                 pos = self._pos
+                self._maybe_start_bulk(c, len(records))
                 for r in records:
                     if r.seq <= pos:
                         continue
@@ -190,13 +275,33 @@ class StateStore:
             b.fresh.add(ino)
         elif op == pb.OP_SETXATTR:
             key = tag_key(r.xattr_name)
-            if key is None or not self._has_doc(c, ino):
+            if key is None:
                 return
-            c.execute("DELETE FROM tags WHERE ino=? AND xattr=?", (ino, key))
+            if ino in b.fresh:
+                # Created in this batch: no tags before this batch, so only a value set
+                # earlier in the batch needs deleting.
+                seen = b.fresh_x.setdefault(ino, set())
+                if key in seen:
+                    c.execute("DELETE FROM tags WHERE ino=? AND xattr=?", (ino, key))
+                else:
+                    seen.add(key)
+            elif self._has_doc(c, ino):
+                c.execute("DELETE FROM tags WHERE ino=? AND xattr=?", (ino, key))
+            else:
+                return
             tags = flatten(r.xattr_name, r.xattr_value)
-            if tags:
-                c.executemany("INSERT INTO tags VALUES (?,?,?,?,?,?)",
-                              [(ino, key, t.key, t.kind, t.num, t.str) for t in tags])
+            if len(tags) == 1:
+                t = tags[0]
+                c.execute("INSERT INTO tags VALUES (?,?,0,?,?,?,?)",
+                          (ino, key, t.key, t.kind, t.num, t.str))
+            elif tags:
+                c.executemany("INSERT INTO tags VALUES (?,?,?,?,?,?,?)",
+                              [(ino, key, i, t.key, t.kind, t.num, t.str)
+                               for i, t in enumerate(tags)])
+                keys = [t.key for t in tags]
+                if len(set(keys)) < len(keys):
+                    c.executemany("INSERT OR IGNORE INTO multi VALUES (?)",
+                                  [(k,) for k in set(keys) if keys.count(k) > 1])
             b.changed[ino] = r.seq
             b.fts.add(ino)
         elif op == pb.OP_REMOVEXATTR:
@@ -255,6 +360,7 @@ class StateStore:
         if ino in b.fresh:
             b.fresh.discard(ino)
             b.fts.discard(ino)
+            b.fresh_x.pop(ino, None)
         else:
             c.execute("DELETE FROM fts WHERE rowid=?", (ino,))
             b.fts.discard(ino)
@@ -301,22 +407,35 @@ class StateStore:
         c.execute("UPDATE dirs SET parent=?, name=? WHERE ino=?", (parent, name, ino))
 
     def _flush_fts(self, c: sqlite3.Connection, b: _Batch) -> None:
+        """Rewrite the full-text rows of the documents this batch touched: the names of
+        every link, and the string and text tag values in tag order."""
         if not b.fts:
             return
         old = [(i,) for i in b.fts if i not in b.fresh]
         if old:
             c.executemany("DELETE FROM fts WHERE rowid=?", old)
+        ids = sorted(b.fts)
         rows = []
-        for ino in b.fts:
-            d = c.execute("SELECT name FROM docs WHERE ino=?", (ino,)).fetchone()
-            if d is None:
+        for chunk in _chunks(ids, 500):
+            qs = ",".join("?" * len(chunk))
+            names: dict[int, list[str]] = {
+                ino: [name] for ino, name in c.execute(
+                    f"SELECT ino, name FROM docs WHERE ino IN ({qs})", chunk)}
+            if not names:
                 continue
-            texts = [r[0] for r in c.execute(
-                "SELECT str FROM tags WHERE ino=? AND kind IN (?,?) ORDER BY rowid",
-                (ino, STR, TEXT))]
-            names = [d[0]] + [r[0] for r in c.execute("SELECT name FROM xlinks WHERE ino=?",
-                                                      (ino,))]
-            rows.append((ino, " ".join(names), "\n".join(texts)))
+            texts: dict[int, list[str]] = {}
+            for ino, s in c.execute(
+                    f"SELECT ino, str FROM tags WHERE ino IN ({qs}) AND kind IN ('{STR}', "
+                    f"'{TEXT}') ORDER BY ino, xattr, seq", chunk):
+                texts.setdefault(ino, []).append(s)
+            for ino, name in c.execute(
+                    f"SELECT ino, name FROM xlinks WHERE ino IN ({qs}) "
+                    "ORDER BY ino, parent, name", chunk):
+                if ino in names:
+                    names[ino].append(name)
+            for ino in chunk:
+                if ino in names:
+                    rows.append((ino, " ".join(names[ino]), "\n".join(texts.get(ino, ()))))
         c.executemany("INSERT INTO fts(rowid, name, text) VALUES (?,?,?)", rows)
 
     # ------------------------------------------------------------------ reading
@@ -335,7 +454,7 @@ class StateStore:
             trows: dict[int, list[tuple[str, str, float | None, str | None]]] = {}
             for ino, key, kind, num, s in c.execute(
                     f"SELECT ino, key, kind, num, str FROM tags WHERE ino IN ({qs}) "
-                    "ORDER BY ino, rowid", chunk):
+                    "ORDER BY ino, xattr, seq", chunk):
                 trows.setdefault(ino, []).append((key, kind, num, s))
             for ino, rows in trows.items():
                 if ino in out:
@@ -407,6 +526,14 @@ class StateStore:
             (ino,))]
 
 
+def _run_script(c: sqlite3.Connection, script: str) -> None:
+    """Run the statements of ``script`` one by one, inside the caller's transaction
+    (``executescript`` would commit it)."""
+    for stmt in script.split(";\n"):
+        if stmt.strip():
+            c.execute(stmt)
+
+
 def _chunks(xs: list[int], n: int) -> Iterable[list[int]]:
     for i in range(0, len(xs), n):
         yield xs[i:i + n]
@@ -416,4 +543,5 @@ def is_dir_mode(mode: int) -> bool:
     return stat.S_ISDIR(mode)
 
 
-__all__ = ["StateStore", "DOC_COLS", "ROOT_INO", "NUM", "STR", "TEXT"]
+__all__ = ["StateStore", "DOC_COLS", "ROOT_INO", "NUM", "STR", "TEXT", "SCHEMA_VERSION",
+           "BULK_MIN_RECORDS"]
