@@ -106,7 +106,7 @@ def test_tar_extract_and_diff(mnt: Mount, tmp_path: Path) -> None:
     src = tmp_path / "src"
     _make_tree(src)
     archive = tmp_path / "t.tar"
-    run("tar", "-C", str(tmp_path), "-cf", str(archive), "src")
+    run("tar", "--format=posix", "-C", str(tmp_path), "-cf", str(archive), "src")
     dest = mnt / "x"
     dest.mkdir()
     run("tar", "-C", str(dest), "-xpf", str(archive), "--same-owner")
@@ -114,7 +114,7 @@ def test_tar_extract_and_diff(mnt: Mount, tmp_path: Path) -> None:
     assert os.stat(dest / "src" / "hardlink").st_ino == \
         os.stat(dest / "src" / "sub" / "small5.txt").st_ino
     # and back out again
-    run("tar", "-C", str(dest), "-cf", str(tmp_path / "back.tar"), "src")
+    run("tar", "--format=posix", "-C", str(dest), "-cf", str(tmp_path / "back.tar"), "src")
     back = tmp_path / "back"
     back.mkdir()
     run("tar", "-C", str(back), "-xpf", str(tmp_path / "back.tar"))

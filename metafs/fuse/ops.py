@@ -124,6 +124,7 @@ class MetafsOperations:
         self._name_ttl = 60.0 if following else settings.fuse_entry_timeout
         self._attr_ttl = 60.0 if following else settings.fuse_attr_timeout
         self._handles: dict[int, Handle] = {}
+        self._open_by_ino: dict[int, set[Handle]] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._fh_lock = threading.Lock()
@@ -664,6 +665,7 @@ class MetafsOperations:
             self._next_fh += 1
         h = Handle(fh, attr.ino, path, flags, raw, caller.pid)
         self._handles[fh] = h
+        self._open_by_ino.setdefault(attr.ino, set()).add(h)
         self._set_attr(attr)
         self._path_of[attr.ino] = path
         versions = self._seen_version.setdefault(attr.ino, {})
@@ -742,6 +744,17 @@ class MetafsOperations:
     def write(self, path: str | None, data: bytes, offset: int, fi: Any) -> int:
         h = self._handle(fi)
         n = len(data)
+        others = self._dirty.get(h.ino)
+        if others and (len(others) > 1 or h not in others):
+            # writes through several handles of one file must reach it in the order they
+            # were made: commit what the other handles hold before buffering this one
+            for o in list(others):
+                if o is not h:
+                    with o.lock:
+                        try:
+                            self._commit(o)
+                        except OSError as err:
+                            o.error = err
         with h.lock:
             h.did_write = True
             if h.buf and (h.append or h.buf_off + len(h.buf) == offset) \
@@ -777,6 +790,42 @@ class MetafsOperations:
             self._seen_version.pop(h.ino, None)
         if h.ino in self._links:
             self._other_names_changed(h.ino, h.path)
+        self._refresh_others(h.ino, h)
+
+    def _refresh_others(self, ino: int, writer: Handle | None) -> None:
+        """Other open files of ``ino`` in this mount must see what was just committed at
+        once (processes on one machine share one file), not only at their next open: their
+        data path must drop the layout, size and version it cached (a partial-chunk write
+        based on a stale size would write stale bytes back)."""
+        attr = getattr(writer.raw, "attr", None) if writer is not None else None
+        for o in list(self._open_by_ino.get(ino, ())):
+            if o is writer:
+                continue
+            o.rbuf, o.rbuf_epoch = b"", -1
+            raw = o.raw
+            inval = getattr(raw, "invalidate", None)
+            if inval is not None:
+                inval(attr)
+                continue
+            if not hasattr(raw, "_forget_layout"):
+                if attr is not None:
+                    raw.attr = attr
+                continue
+            with raw._lock:
+                if getattr(raw, "_dirty", None) or getattr(raw, "_uploads", None) \
+                        or getattr(raw, "_pend", None) is not None:
+                    continue  # committed before this handle writes again (see write())
+                if attr is None:
+                    attr = self.rpc("GetAttr", pb.InodeRequest(caller=self.own_caller(),
+                                                               ino=ino))
+                raw.attr = attr
+                raw._inline = attr.inline
+                raw._bsize = attr.size
+                raw._version = attr.version
+                raw._inline_data = b""
+                raw._fresh = False
+                raw._forget_layout()
+                raw._bs = 0  # reload the layout at the next read or write
 
     def _push(self, h: Handle) -> None:
         """Send the handle's buffered writes to its file (caller holds ``h.lock``)."""
@@ -828,6 +877,11 @@ class MetafsOperations:
 
     def _release_handle(self, h: Handle) -> None:
         self._handles.pop(h.fh, None)
+        hs = self._open_by_ino.get(h.ino)
+        if hs is not None:
+            hs.discard(h)
+            if not hs:
+                self._open_by_ino.pop(h.ino, None)
         err: OSError | None = h.error
         with h.lock:
             try:
@@ -916,6 +970,8 @@ class MetafsOperations:
             if rec.op in (pb.OP_WRITE, pb.OP_SETATTR, pb.OP_FREE) and rec.ino:
                 self._bump(rec.ino)
                 self._seen_version.pop(rec.ino, None)
+                if rec.ino in self._open_by_ino:
+                    self._refresh_others(rec.ino, None)
             for parent, name in ((rec.parent, rec.name), (rec.old_parent, rec.old_name)):
                 if parent and name:
                     pp = self._path_of.get(parent)
