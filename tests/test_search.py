@@ -317,3 +317,39 @@ def test_index_of_another_schema_version_is_rebuilt(tmp_path: Path) -> None:
         idx.close()
     finally:
         client.close()
+
+
+def test_one_batch_equals_record_by_record(tmp_path: Path) -> None:
+    """Rows of documents created in a batch are written together at the end of the batch
+    or before any record that reads them: one big batch of mixed records gives the same
+    index as applying them one at a time."""
+    client = Client(data_dir=str(tmp_path / "data"))
+    try:
+        client.makedirs("/a/b")
+        for i in range(30):
+            p = f"/a/f{i}.jpg"
+            client.write_bytes(p, b"x" * i)
+            client.setxattr(p, "user.n", str(i).encode())
+            client.setxattr(p, "user.l", b'["x", "y"]' if i % 3 else b'"caption words"')
+            if i % 4 == 0:
+                client.setxattr(p, "user.n", str(100 + i).encode())  # re-set in the batch
+            if i % 5 == 0:
+                client.link(p, f"/a/b/h{i}.jpg")
+                client.rename(p, f"/a/b/r{i}.jpg")
+                client.setxattr(f"/a/b/r{i}.jpg", "user.m", b"1")
+            if i % 7 == 0:
+                client.removexattr(f"/a/f{i}.jpg" if i % 5 else f"/a/b/r{i}.jpg", "user.l")
+            if i % 6 == 0:
+                client.remove(f"/a/f{i}.jpg" if i % 5 else f"/a/b/r{i}.jpg")
+        one = EmbeddedIndex(tmp_path / "one" / "index.db")
+        big = EmbeddedIndex(tmp_path / "big" / "index.db")
+        Consumer(source_for(client), one, batch=1).catch_up()
+        Consumer(source_for(client), big, batch=100_000).catch_up()
+        assert dump(one) == dump(big)
+        for query in ("n>=100", "l=y", "caption", "exists:m under:/a/b", "n<10 -l=x"):
+            assert sorted(big.search(query, limit=1000).paths) == \
+                sorted(expected(client, query)), query
+        one.close()
+        big.close()
+    finally:
+        client.close()

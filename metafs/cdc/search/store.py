@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ...proto import metafs_pb2 as pb
 from .query import ext_of, type_of_mode
-from .tags import NUM, STR, TEXT, collect, flatten, tag_key
+from .tags import NUM, STR, TEXT, collect, flatten_key, tag_key
 
 ROOT_INO = 1
 RENAME_EXCHANGE = 2
@@ -93,13 +93,17 @@ class _Batch:
     """What one batch touched: ino -> the last seq that changed its document, and the inos
     whose full-text row needs rewriting."""
 
-    __slots__ = ("changed", "fts", "fresh", "fresh_x")
+    __slots__ = ("changed", "fts", "fresh", "fresh_x", "new_docs", "new_tags")
 
     def __init__(self) -> None:
         self.changed: dict[int, int] = {}
         self.fts: set[int] = set()
         self.fresh: set[int] = set()  # created in this batch: no old fts row or tags
         self.fresh_x: dict[int, set[str]] = {}  # fresh ino -> xattrs set in this batch
+        # Rows of fresh documents not yet written: the common create-then-tag records go
+        # in with one executemany; any other record writes them out first.
+        self.new_docs: list[tuple[Any, ...]] = []
+        self.new_tags: list[tuple[Any, ...]] = []
 
 
 class StateStore:
@@ -246,6 +250,7 @@ class StateStore:
                     self._apply_one(c, r, b)
                     if on_record is not None:
                         on_record(r)
+                self._write_new(c, b)
                 self._flush_fts(c, b)
                 self._project(c, b)
                 c.execute("UPDATE meta SET value=? WHERE key='position'", (max(upto, pos),))
@@ -259,21 +264,33 @@ class StateStore:
         """Hook: send the documents this batch changed elsewhere, before the commit."""
 
     # ------------------------------------------------------------------ records
+    @staticmethod
+    def _write_new(c: sqlite3.Connection, b: _Batch) -> None:
+        """Write the batch's pending document and tag rows."""
+        if b.new_docs:
+            c.executemany("INSERT OR REPLACE INTO docs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                          b.new_docs)
+            b.new_docs = []
+        if b.new_tags:
+            c.executemany("INSERT INTO tags VALUES (?,?,?,?,?,?,?)", b.new_tags)
+            b.new_tags = []
+
     def _apply_one(self, c: sqlite3.Connection, r: pb.ChangeRecord, b: _Batch) -> None:
         op = r.op
         ino = r.ino
         if op in _CREATE_OPS:
             a = r.attr
             typ = type_of_mode(a.mode)
-            c.execute("INSERT OR REPLACE INTO docs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                      (ino, r.parent, r.name, ext_of(r.name), typ, a.size, a.uid, a.gid,
-                       a.mode, a.nlink, a.atime_ns, a.mtime_ns, a.ctime_ns, a.btime_ns))
+            b.new_docs.append((ino, r.parent, r.name, ext_of(r.name), typ, a.size, a.uid,
+                               a.gid, a.mode, a.nlink, a.atime_ns, a.mtime_ns, a.ctime_ns,
+                               a.btime_ns))
             if typ == "dir":
                 c.execute("INSERT OR REPLACE INTO dirs VALUES (?,?,?)", (ino, r.parent, r.name))
             b.changed[ino] = r.seq
             b.fts.add(ino)
             b.fresh.add(ino)
-        elif op == pb.OP_SETXATTR:
+            return
+        if op == pb.OP_SETXATTR:
             key = tag_key(r.xattr_name)
             if key is None:
                 return
@@ -282,29 +299,28 @@ class StateStore:
                 # earlier in the batch needs deleting.
                 seen = b.fresh_x.setdefault(ino, set())
                 if key in seen:
+                    self._write_new(c, b)
                     c.execute("DELETE FROM tags WHERE ino=? AND xattr=?", (ino, key))
                 else:
                     seen.add(key)
-            elif self._has_doc(c, ino):
-                c.execute("DELETE FROM tags WHERE ino=? AND xattr=?", (ino, key))
             else:
-                return
-            tags = flatten(r.xattr_name, r.xattr_value)
-            if len(tags) == 1:
-                t = tags[0]
-                c.execute("INSERT INTO tags VALUES (?,?,0,?,?,?,?)",
-                          (ino, key, t.key, t.kind, t.num, t.str))
-            elif tags:
-                c.executemany("INSERT INTO tags VALUES (?,?,?,?,?,?,?)",
-                              [(ino, key, i, t.key, t.kind, t.num, t.str)
+                self._write_new(c, b)
+                if not self._has_doc(c, ino):
+                    return
+                c.execute("DELETE FROM tags WHERE ino=? AND xattr=?", (ino, key))
+            tags = flatten_key(key, r.xattr_value)
+            b.new_tags.extend([(ino, key, i, t.key, t.kind, t.num, t.str)
                                for i, t in enumerate(tags)])
+            if len(tags) > 1:
                 keys = [t.key for t in tags]
                 if len(set(keys)) < len(keys):
                     c.executemany("INSERT OR IGNORE INTO multi VALUES (?)",
                                   [(k,) for k in set(keys) if keys.count(k) > 1])
             b.changed[ino] = r.seq
             b.fts.add(ino)
-        elif op == pb.OP_REMOVEXATTR:
+            return
+        self._write_new(c, b)
+        if op == pb.OP_REMOVEXATTR:
             key = tag_key(r.xattr_name)
             if key is None:
                 return

@@ -53,14 +53,30 @@ def flatten(xattr_name: str, value: bytes) -> list[Tag]:
     key = tag_key(xattr_name)
     if key is None:
         return []
+    return flatten_key(key, value)
+
+
+def flatten_key(key: str, value: bytes) -> list[Tag]:
+    """The typed tags of an attribute value under the tag key ``key`` (its name without
+    ``user.``)."""
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError:
         return [Tag(key, TEXT, None, value.decode("utf-8", "replace"))]
     try:
-        doc = json.loads(text, parse_constant=_reject_constant)
+        doc = _DECODER.decode(text)
     except (ValueError, RecursionError):
         return [Tag(key, TEXT, None, text)]
+    # Scalars (most tags) without the walk.
+    if doc is True or doc is False:
+        return [Tag(key, BOOL, 1.0 if doc else 0.0, "true" if doc else "false")]
+    if type(doc) is str:
+        return [Tag(key, STR, None, doc)]
+    if type(doc) is int or type(doc) is float:
+        f = _finite(doc)
+        if f is not None:
+            return [Tag(key, NUM, f, None)]
+        return [Tag(key, TEXT, None, str(doc))]
     out: list[Tag] = []
     try:
         for t in _walk(key, doc, 0):
@@ -76,14 +92,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _finite(v: int | float) -> float | None:
+    """``v`` as a finite float, or None (an integer too large for a double is text)."""
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def _walk(key: str, v: Any, depth: int) -> Iterator[Tag]:
     if depth > 32:
         raise RecursionError
     if isinstance(v, bool):
         yield Tag(key, BOOL, 1.0 if v else 0.0, "true" if v else "false")
     elif isinstance(v, (int, float)):
-        f = float(v)
-        if math.isfinite(f):
+        f = _finite(v)
+        if f is not None:
             yield Tag(key, NUM, f, None)
         else:
             yield Tag(key, TEXT, None, str(v))
