@@ -5,8 +5,9 @@ before it is imported, so this module sets it first. Its libfuse 3 callbacks dro
 rename flags (RENAME_NOREPLACE, RENAME_EXCHANGE) and the open file of truncate, chmod,
 chown and utimens, and turn UTIME_NOW/UTIME_OMIT into bogus times; :class:`MetafsFUSE`
 overrides those callbacks to read the low-level arguments itself. It also fills ``struct
-stat`` straight from the namenode's attributes, and sets the connection and config options
-(page cache kept across writes, 1 MiB writes, timeouts, hard_remove, nullpath_ok) in init.
+stat`` straight from the namenode's attributes, pins the Python thread state of libfuse's
+worker threads, and sets the connection and config options (page cache kept across writes,
+1 MiB writes, timeouts, use_ino, nullpath_ok) in init.
 """
 
 from __future__ import annotations

@@ -35,7 +35,9 @@ SETTINGS_ENV = "METAFS_MOUNT_SETTINGS"
 
 
 def state_dir() -> Path:
-    d = Path(platformdirs.user_runtime_dir("metafs", appauthor=False)) / "mounts"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    d = (Path(platformdirs.user_runtime_dir("metafs", appauthor=False)) if runtime
+         else Path("/tmp") / f"metafs-{os.getuid()}") / "mounts"
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError:
