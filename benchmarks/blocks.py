@@ -5,9 +5,17 @@ local directory and on a moto S3 endpoint, in the same run.
     python benchmarks/blocks.py [--quick] [--json out.json] [--no-juicefs]
 
 Workloads: sequential write and read of one large file (1 GiB; 128 MiB with --quick),
-random 4 KiB reads in it, and many 1 MiB files (write, then read). Prints a table and JSON
-with metafs/JuiceFS ratios, and the namenode process's CPU seconds per GiB moved (it should
-not grow with the bytes: the namenode is not in the data path).
+random 4 KiB reads in it, and many 1 MiB files (write, then read); and small files that stay
+inline in the namenode (10,000 of 4 KiB and of 60 KiB; 1,000 with --quick), written and read
+one open/write/close at a time (as through JuiceFS's mount) and, for metafs, also written
+with bulk_create in batches of 1,000. Prints a table and JSON with metafs/JuiceFS ratios,
+and the namenode process's CPU seconds per GiB moved (it should not grow with the bytes: the
+namenode is not in the data path).
+
+Caching: JuiceFS runs with its defaults (a local block cache that keeps what it writes and
+reads). metafs runs with its defaults too: ``block_cache_dir = "auto"``, which caches blocks
+of an S3 store (written and read) in the user's cache directory -- here pointed at the run's
+temporary directory -- and does not cache a local directory store.
 """
 
 from __future__ import annotations
@@ -85,6 +93,37 @@ def run_workloads(t: Target, big: int, nrand: int, nsmall: int,
     return res
 
 
+SMALL_SIZES = (4096, 60 * 1024)
+
+
+def run_small(t: Target, n: int, bulk: Callable[[str, list[tuple[str, bytes]]], None] | None
+              = None) -> dict[str, float]:
+    """``n`` files of each small size written and read one at a time (and, with ``bulk``,
+    written in batches of 1,000)."""
+    res: dict[str, float] = {}
+    for size in SMALL_SIZES:
+        tag = f"{size // 1024}KiB"
+        d = f"/small{tag}"
+        t.mkdir(d)
+        data = os.urandom(size)
+        t0 = time.perf_counter()
+        for i in range(n):
+            with t.open(f"{d}/{i}", "wb") as f:
+                f.write(data)
+        res[f"{tag}_write_files_s"] = n / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for i in range(n):
+            with t.open(f"{d}/{i}", "rb") as f:
+                f.read()
+        res[f"{tag}_read_files_s"] = n / (time.perf_counter() - t0)
+        if bulk is not None:
+            t0 = time.perf_counter()
+            for b in range(0, n, 1000):
+                bulk(f"{d}b", [(str(i), data) for i in range(b, min(n, b + 1000))])
+            res[f"{tag}_bulk_write_files_s"] = n / (time.perf_counter() - t0)
+    return res
+
+
 def dir_target(root: Path) -> Target:
     def opener(p: str, mode: str) -> Any:
         return open(root / p.lstrip("/"), mode, buffering=4 * MiB)
@@ -108,7 +147,7 @@ while True:
 
 
 def metafs_run(work: Path, blocks_url: str, endpoint: str, big: int, nrand: int,
-               nsmall: int) -> dict[str, float]:
+               nsmall: int, ntiny: int = 0) -> dict[str, float]:
     import psutil
 
     from metafs.client import Client
@@ -135,6 +174,11 @@ def metafs_run(work: Path, blocks_url: str, endpoint: str, big: int, nrand: int,
         gib_small = 2 * nsmall * MiB / (1 << 30)
         res["namenode_cpu_s_per_GiB_big"] = res["namenode_cpu_s_big"] / gib_big
         res["namenode_cpu_s_per_GiB_small"] = res["namenode_cpu_s_small"] / gib_small
+        if ntiny:
+            from metafs.client.client import BulkFile
+
+            res.update(run_small(t, ntiny, lambda d, fs: c.bulk_create(
+                d, [BulkFile(path=p, data=b) for p, b in fs])))
         c.close()
         return res
     finally:
@@ -144,7 +188,7 @@ def metafs_run(work: Path, blocks_url: str, endpoint: str, big: int, nrand: int,
 
 # ---------------------------------------------------------------- JuiceFS
 def juicefs_run(work: Path, storage: str, bucket: str, big: int, nrand: int, nsmall: int,
-                env: dict[str, str]) -> dict[str, float] | None:
+                env: dict[str, str], ntiny: int = 0) -> dict[str, float] | None:
     jfs = shutil.which("juicefs")
     if jfs is None:
         return None
@@ -158,7 +202,10 @@ def juicefs_run(work: Path, storage: str, bucket: str, big: int, nrand: int, nsm
     subprocess.run(fmt + [meta, "bench"], check=True, capture_output=True)
     subprocess.run([jfs, "mount", "-d", meta, str(mnt)], check=True, capture_output=True)
     try:
-        return run_workloads(dir_target(mnt), big, nrand, nsmall)
+        res = run_workloads(dir_target(mnt), big, nrand, nsmall)
+        if ntiny:
+            res.update(run_small(dir_target(mnt), ntiny))
+        return res
     finally:
         subprocess.run([jfs, "umount", str(mnt)], capture_output=True)
 
@@ -170,12 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the JSON here")
     ap.add_argument("--no-juicefs", action="store_true")
     ap.add_argument("--stores", default="local,s3")
+    ap.add_argument("--small-files", type=int, default=None,
+                    help="files per small size (default 10000; 1000 with --quick; 0: skip)")
     a = ap.parse_args(argv)
     big = (128 if a.quick else 1024) * MiB
     nrand = 300 if a.quick else 2000
     nsmall = 50 if a.quick else 300
+    ntiny = a.small_files if a.small_files is not None else (1000 if a.quick else 10000)
     results: dict[str, dict[str, Any]] = {}
     base = Path(tempfile.mkdtemp(prefix="mfsbench"))
+    # metafs's default block cache ("auto") goes to the user's cache dir: keep it in the run
+    os.environ["XDG_CACHE_HOME"] = str(base / "cache-home")
     moto = None
     env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
            "AWS_DEFAULT_REGION": "us-east-1"}
@@ -183,16 +235,19 @@ def main(argv: list[str] | None = None) -> int:
         work = base / "disk"
         work.mkdir()
         results["disk"] = {"local": run_workloads(dir_target(work), big, nrand, nsmall)}
+        if ntiny:
+            results["disk"]["local"].update(run_small(dir_target(work), ntiny))
         for store in a.stores.split(","):
             if store == "local":
                 w = base / "m-local"
                 w.mkdir()
                 results.setdefault("metafs", {})["local"] = metafs_run(
-                    w, (w / "blocks").as_uri(), "", big, nrand, nsmall)
+                    w, (w / "blocks").as_uri(), "", big, nrand, nsmall, ntiny)
                 if not a.no_juicefs:
                     w = base / "j-local"
                     w.mkdir()
-                    r = juicefs_run(w, "file", str(w / "bucket") + "/", big, nrand, nsmall, env)
+                    r = juicefs_run(w, "file", str(w / "bucket") + "/", big, nrand, nsmall, env,
+                                    ntiny)
                     if r:
                         results.setdefault("juicefs", {})["local"] = r
             elif store == "s3":
@@ -227,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         j = results.get("juicefs", {}).get(store)
         if j:
             ratios[store] = {k: round(m[k] / j[k], 2) for k in j if j[k]}
-    out = {"sizes": {"big_MiB": big // MiB, "random_reads": nrand, "small_files": nsmall},
+    out = {"sizes": {"big_MiB": big // MiB, "random_reads": nrand, "1MiB_files": nsmall,
+                     "inline_files_per_size": ntiny},
+           "caching": "JuiceFS: its default local cache; metafs: block_cache_dir=auto "
+                      "(S3 blocks cached locally, written and read; local store uncached)",
            "results": results, "metafs_over_juicefs": ratios}
     keys = ["seq_write_MiBps", "seq_read_MiBps", "rand_4k_read_ops", "1MiB_write_files_s",
             "1MiB_read_files_s"]
@@ -237,6 +295,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{sysname + '/' + store:<16}" + "".join(f"{r[k]:>20.1f}" for k in keys))
     for store, r in ratios.items():
         print(f"{'ratio/' + store:<16}" + "".join(f"{r.get(k, 0):>20.2f}" for k in keys))
+    skeys = [f"{sz // 1024}KiB_{op}_files_s" for sz in SMALL_SIZES for op in ("write", "read")]
+    if ntiny:
+        print(f"\nsmall (inline) files, {ntiny} per size, files/s")
+        print(f"{'system/store':<16}" + "".join(f"{k:>20}" for k in skeys)
+              + "".join(f"{f'{sz // 1024}KiB_bulk_write':>20}" for sz in SMALL_SIZES))
+        for sysname, per in results.items():
+            for store, r in per.items():
+                if skeys[0] in r:
+                    print(f"{sysname + '/' + store:<16}"
+                          + "".join(f"{r[k]:>20.1f}" for k in skeys)
+                          + "".join(f"{r.get(f'{sz // 1024}KiB_bulk_write_files_s', 0):>20.1f}"
+                                    for sz in SMALL_SIZES))
+        for store, r in ratios.items():
+            if skeys[0] in r:
+                print(f"{'ratio/' + store:<16}" + "".join(f"{r.get(k, 0):>20.2f}" for k in skeys))
+        for store, m in results.get("metafs", {}).items():
+            j = results.get("juicefs", {}).get(store, {})
+            for sz in SMALL_SIZES:
+                k = f"{sz // 1024}KiB_bulk_write_files_s"
+                jw = j.get(f"{sz // 1024}KiB_write_files_s")
+                if k in m and jw:
+                    ratios[store][f"{sz // 1024}KiB_bulk_write_vs_juicefs_write"] = \
+                        round(m[k] / jw, 2)
     for store, r in results.get("metafs", {}).items():
         print(f"namenode CPU ({store}): {r['namenode_cpu_s_big']:.2f}s for "
               f"{2 * big // MiB} MiB in one file ({r['namenode_cpu_s_per_GiB_big']:.3f} s/GiB); "

@@ -195,7 +195,7 @@ class BlockFile(RawFile):
         self._pend: bytearray | None = None     # inline bytes held back (see _write_at)
         self._complete = False                  # _refs is the whole layout of its version
         self._urls: dict[str, str] = {}         # presigned GET URLs (block_presign)
-        if not self._inline:
+        if not self._inline and not self._s.block_presign:  # (presigning needs URLs)
             lay = self._ctx.cached_layout(self.ino, reply.attr.version)
             if lay is not None and lay.size == reply.attr.size:
                 self._adopt(lay)
@@ -307,6 +307,8 @@ class BlockFile(RawFile):
         else:
             self._load_window(0)
             data, size, inline = self._inline_data, self.attr.size, self.attr.inline
+            if inline:
+                self._complete = True  # an inline file has no blocks: its layout is empty
         if pend:
             # inline bytes this handle held back go over what the file holds
             merged = bytearray(data)
@@ -377,11 +379,12 @@ class BlockFile(RawFile):
                 end = offset + len(data)
                 limit = self._c.inline_limit
                 if end <= limit:
-                    if self._pend is not None or (self._fresh and offset == 0 and end == limit):
-                        # A new file filled exactly to the inline limit in one write is
-                        # most likely the buffered writer's first flush of a larger file:
-                        # hold it back, so that the file goes straight to blocks (or is
-                        # written inline once, at flush).
+                    if self._pend is not None or (self._fresh and offset == 0
+                                                  and 2 * end >= limit):
+                        # A new file filled to near the inline limit in one write is most
+                        # likely the buffered writer's first flush of a larger file: hold
+                        # it back, so that the file goes straight to blocks if it grows
+                        # (else it is written inline once, at flush or close).
                         pend = self._pend if self._pend is not None else bytearray()
                         if len(pend) < offset:
                             pend.extend(bytes(offset - len(pend)))

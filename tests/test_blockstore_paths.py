@@ -1,0 +1,340 @@
+"""The block data path's shortcuts: files that go straight to blocks, layouts cached per
+file version, the default local block cache (write-through, ranged reads), presigned URLs
+for clients without store credentials (moto, real HTTP), and the chunk size recorded by
+two namenodes on PostgreSQL at once."""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from metafs.blockstore import client as block_client
+from metafs.blockstore.client import cache_dir_for
+from metafs.blockstore.presigned import PresignedStore
+from metafs.client import Client
+from metafs.config import Settings, load
+from metafs.namenode.server import Namenode, serve_grpc
+
+from blockstore_fixtures import FaultProxy, fault_proxy, make_bucket, moto_url  # noqa: F401
+
+MiB = 1 << 20
+LIMIT = 8192
+
+
+def _settings(tmp_path: Path, **kw: object) -> Settings:
+    over: dict[str, object] = {"data_dir": str(tmp_path / "data"), "gc_interval": 0,
+                               "block_size": 256 * 1024, "inline_limit": LIMIT,
+                               "block_checksum_piece": 16384}
+    over.update(kw)
+    return load(overrides=over, environ={})
+
+
+def _count(c: Client) -> collections.Counter[str]:
+    """Count the client's namenode calls by method."""
+    calls: collections.Counter[str] = collections.Counter()
+    orig = c.transport.call
+
+    def call(method: str, request: Any) -> Any:
+        calls[method] += 1
+        return orig(method, request)
+
+    c.transport.call = call  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.fixture
+def fs(tmp_path: Path) -> Iterator[Client]:
+    c = Client(settings=_settings(tmp_path))
+    yield c
+    c.close()
+
+
+# ---------------------------------------------------------------- straight to blocks
+def test_new_file_goes_straight_to_blocks(fs: Client) -> None:
+    fs.write_bytes("/first", os.urandom(100_000))   # the client learns chunk size and store
+    calls = _count(fs)
+    data = os.urandom(700_000)
+    fs.write_bytes("/big", data)
+    assert calls["GetLayout"] == 0 and calls["Write"] == 0 and calls["CommitBlocks"] == 1
+    assert not fs.stat("/big").st_size != len(data)
+    assert fs.read_bytes("/big") == data
+
+
+@pytest.mark.parametrize("piece", [1000, 1024])
+def test_buffered_small_writes_skip_the_inline_write(fs: Client, piece: int) -> None:
+    fs.write_bytes("/first", os.urandom(100_000))
+    calls = _count(fs)
+    data = os.urandom(300_000)
+    with fs.open("/pieces", "wb", buffering=LIMIT) as f:   # first flush: near the limit
+        for i in range(0, len(data), piece):
+            f.write(data[i:i + piece])
+    assert calls["Write"] == 0 and calls["GetLayout"] == 0
+    assert fs.read_bytes("/pieces") == data
+
+
+@pytest.mark.parametrize("size", [LIMIT - 1, LIMIT, LIMIT + 1])
+def test_inline_limit_edges_after_held_back_write(fs: Client, size: int) -> None:
+    data = os.urandom(size)
+    with fs.open("/e", "wb", buffering=0) as f:
+        f.write(data[:LIMIT] if size >= LIMIT else data)  # exactly the limit: held back
+        if size > LIMIT:
+            f.write(data[LIMIT:])
+    assert fs.read_bytes("/e") == data
+    assert fs.stat("/e").st_size == size
+
+
+def test_held_back_bytes_are_visible_to_the_same_handle(fs: Client) -> None:
+    data = os.urandom(LIMIT)
+    with fs.open("/rw", "w+b", buffering=0) as f:
+        f.write(data)                       # held back
+        assert f.seek(0, os.SEEK_END) == LIMIT
+        f.seek(0)
+        assert f.read() == data             # written before it is read
+        f.write(b"tail")
+    assert fs.read_bytes("/rw") == data + b"tail"
+
+
+def test_readall_is_one_call(fs: Client) -> None:
+    small = os.urandom(LIMIT - 10)
+    fs.write_bytes("/s", small)
+    calls = _count(fs)
+    assert fs.read_bytes("/s") == small
+    assert calls["Read"] == 1
+
+
+# ---------------------------------------------------------------- layouts per version
+def test_layout_cached_per_version_and_refreshed_when_changed(tmp_path: Path) -> None:
+    s = _settings(tmp_path)
+    nn = Namenode(s)
+    srv = serve_grpc(nn, "127.0.0.1:0")
+    a = Client(settings=s.with_(namenode=srv.address))
+    b = Client(settings=s.with_(namenode=srv.address))
+    try:
+        v1 = os.urandom(600_000)
+        a.write_bytes("/f", v1)
+        calls = _count(a)
+        assert a.read_bytes("/f") == v1
+        assert calls["GetLayout"] == 0          # the writer knows the new version's layout
+        v2 = os.urandom(500_000)
+        b.write_bytes("/f", v2)                 # another client: a new version
+        assert a.read_bytes("/f") == v2
+        assert calls["GetLayout"] == 1
+        assert a.read_bytes("/f") == v2 and calls["GetLayout"] == 1  # cached again
+        with b.open("/f", "r+b") as f:          # a partial overwrite by the other client
+            f.seek(100_000)
+            f.write(b"x" * 300_000)
+        want = v2[:100_000] + b"x" * 300_000 + v2[400_000:]
+        assert a.read_bytes("/f") == want
+        with b.open("/f", "r+b") as f:
+            f.truncate(300_000)
+        assert a.read_bytes("/f") == want[:300_000]
+    finally:
+        a.close()
+        b.close()
+        srv.stop(0)
+        nn.close()
+
+
+# ---------------------------------------------------------------- local block cache
+def test_cache_dir_defaults(tmp_path: Path) -> None:
+    s = _settings(tmp_path)
+    assert s.block_cache_dir == "auto"
+    assert cache_dir_for(s, "file:///srv/blocks") == ""
+    assert cache_dir_for(s, "s3://bucket/p").endswith(os.path.join("metafs", "blocks"))
+    assert cache_dir_for(s.with_(block_cache_dir="off"), "s3://bucket/p") == ""
+    assert cache_dir_for(s.with_(block_cache_dir=str(tmp_path)), "file:///x") == str(tmp_path)
+
+
+def test_default_cache_serves_reads_when_s3_fails(tmp_path: Path, fault_proxy: FaultProxy,  # noqa: F811
+                                                   moto_url: str) -> None:  # noqa: F811
+    bucket = make_bucket(moto_url)
+    s = _settings(tmp_path, blocks_url=f"s3://{bucket}/fs", s3_endpoint=fault_proxy.url,
+                  s3_retries=2)
+    c = Client(settings=s)
+    try:
+        data = os.urandom(MiB)
+        c.write_bytes("/f", data)              # uploaded and kept in the cache
+        root = Path(cache_dir_for(s, s.blocks_url))
+        assert root.is_dir() and any(p.is_file() for p in root.rglob("*"))
+        fault_proxy.fail_always(500)
+        assert c.read_bytes("/f") == data      # whole blocks from the cache
+        with c.open("/f", "rb", buffering=0) as f:  # ranged reads from the cache
+            for off in (0, 300_000, 777_777, MiB - 5):
+                f.seek(off)
+                assert f.read(4096) == data[off:off + 4096]
+        # a corrupted cached block is dropped; with the store down that is EIO
+        for p in root.rglob("*"):
+            if p.is_file():
+                p.write_bytes(b"garbage" * 100)
+        with pytest.raises(OSError) as ei:
+            c.read_bytes("/f")
+        assert ei.value.errno == errno.EIO
+        fault_proxy.heal()
+        assert c.read_bytes("/f") == data      # and read from the store again
+    finally:
+        fault_proxy.heal()
+        c.close()
+
+
+def test_cache_keeps_free_space(tmp_path: Path) -> None:
+    from metafs.blockstore.cache import DiskCache
+
+    dc = DiskCache(tmp_path / "c", 1 << 40, free_ratio=0.99)  # the disk is never that free
+    dc.put("1/0-a", b"x" * 1000)
+    assert dc.get("1/0-a") is None
+    dc = DiskCache(tmp_path / "c2", 1 << 40, free_ratio=0.0, namespace="s3://b/p")
+    dc.put("1/0-a", b"abcdef")
+    assert dc.get_range("1/0-a", 2, 5) == b"cde" and dc.get_range("1/0-a", 2, 50) is None
+    other = DiskCache(tmp_path / "c2", 1 << 40, namespace="s3://other/p")
+    assert other.get("1/0-a") is None          # keys are per store
+
+
+# ---------------------------------------------------------------- presigned URLs
+@pytest.fixture
+def presigned(tmp_path: Path, moto_url: str,  # noqa: F811
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Client, Namenode]]:
+    """A namenode with S3 credentials and a client that has none: it may not open a store
+    itself, so every byte goes through URLs the namenode signed."""
+    bucket = make_bucket(moto_url)
+    s = _settings(tmp_path, blocks_url=f"s3://{bucket}/fs", s3_endpoint=moto_url,
+                  block_cache_dir="off")
+    nn = Namenode(s)
+    srv = serve_grpc(nn, "127.0.0.1:0")
+
+    def no_credentials(*a: object, **k: object) -> None:
+        raise AssertionError("a presigning client must not open the store itself")
+
+    monkeypatch.setattr(block_client, "open_store", no_credentials)
+    c = Client(settings=s.with_(namenode=srv.address, block_presign=True, s3_endpoint=""))
+    try:
+        yield c, nn
+    finally:
+        c.close()
+        srv.stop(0)
+        nn.close()
+
+
+def test_presigned_write_and_read(presigned: tuple[Client, Namenode]) -> None:
+    c, nn = presigned
+    calls = _count(c)
+    data = os.urandom(900_000)
+    c.write_bytes("/p", data)
+    assert calls["Presign"] == 4                 # one PUT URL per new block
+    assert c.read_bytes("/p") == data
+    with c.open("/p", "r+b") as f:               # read-modify-write through URLs
+        f.seek(250_000)
+        f.write(b"y" * 20_000)
+    want = data[:250_000] + b"y" * 20_000 + data[270_000:]
+    c2 = Client(settings=c.settings)             # a fresh client: GET URLs from the layout
+    try:
+        calls2 = _count(c2)
+        with c2.open("/p", "rb", buffering=0) as f:
+            f.seek(600_000)
+            assert f.read(5000) == want[600_000:605_000]
+            assert f.read() == want[605_000:]
+        assert calls2["GetLayout"] == 1 and calls2["Presign"] == 0
+        assert c2.read_bytes("/p") == want
+    finally:
+        c2.close()
+    assert all(isinstance(st, PresignedStore) for st in c._blocks._stores.values())  # type: ignore[attr-defined]
+    keys = {b.key for b in nn.ns.blocks.store.list()}
+    assert keys and all(k.startswith(f"{c.stat('/p').st_ino}/") for k in keys)
+
+
+def test_presigned_url_refreshed_when_refused(tmp_path: Path, moto_url: str,  # noqa: F811
+                                             fault_proxy: FaultProxy,  # noqa: F811
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket = make_bucket(moto_url)
+    s = _settings(tmp_path, blocks_url=f"s3://{bucket}/fs", s3_endpoint=fault_proxy.url,
+                  block_cache_dir="off", s3_retries=2)
+    nn = Namenode(s)
+    srv = serve_grpc(nn, "127.0.0.1:0")
+    c = Client(settings=s.with_(namenode=srv.address, block_presign=True, s3_endpoint=""))
+    try:
+        data = os.urandom(600_000)
+        fault_proxy.fail(1, 403)                 # an expired PUT URL: signed again
+        c.write_bytes("/q", data)
+        calls = _count(c)
+        with c.open("/q", "rb", buffering=0) as f:
+            fault_proxy.fail(1, 403)             # an expired GET URL: signed again
+            assert f.read() == data
+        assert calls["GetLayout"] == 1 and calls["Presign"] == 1  # URLs come with the layout
+        fault_proxy.fail_always(403)             # refused even when fresh: EACCES
+        with pytest.raises(OSError) as ei:
+            with c.open("/q", "rb", buffering=0) as f:
+                f._urls.clear()  # type: ignore[attr-defined]
+                f._mem.clear()  # type: ignore[attr-defined]
+                f.read()
+        assert ei.value.errno == errno.EACCES
+    finally:
+        fault_proxy.heal()
+        c.close()
+        srv.stop(0)
+        nn.close()
+
+
+def test_presigned_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = _settings(tmp_path)
+    nn = Namenode(s)
+    srv = serve_grpc(nn, "127.0.0.1:0")
+    c = Client(settings=s.with_(namenode=srv.address, block_presign=True))
+    try:
+        data = os.urandom(700_000)
+        c.write_bytes("/l", data)
+        assert c.read_bytes("/l") == data
+    finally:
+        c.close()
+        srv.stop(0)
+        nn.close()
+
+
+# ---------------------------------------------------------------- two namenodes, one PG
+def test_block_size_recorded_by_two_namenodes_at_once(pg_url: str) -> None:
+    """Two transactions insert the chunk size at the same moment: the second waits for the
+    first and then reads its value instead of failing on the unique key."""
+    from sqlalchemy import create_engine, select
+
+    from metafs.namenode import schema
+    from metafs.namenode.blocks import _insert_ignoring_conflict
+
+    url = "postgresql+psycopg://" + pg_url.split("://", 1)[1]
+    s = load(overrides={"db_url": pg_url, "data_dir": "/nonexistent"}, environ={})
+    Namenode(s, background=False).close()       # creates the schema
+    eng = create_engine(url, isolation_level="READ COMMITTED")
+    C = schema.counters
+    first_inserted = threading.Event()
+    errors: list[BaseException] = []
+    seen: list[int] = []
+
+    def second() -> None:
+        try:
+            first_inserted.wait()
+            with eng.begin() as conn:
+                conn.execute(_insert_ignoring_conflict(conn, "block_size", 999))
+                seen.append(conn.execute(select(C.c.value).where(
+                    C.c.name == "block_size")).scalar_one())
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=second)
+    t.start()
+    with eng.begin() as conn:
+        conn.execute(_insert_ignoring_conflict(conn, "block_size", 4 * MiB))
+        first_inserted.set()
+        t.join(0.5)                              # the second one waits on our row
+    t.join()
+    eng.dispose()
+    assert not errors and seen == [4 * MiB]
+    # and the namenodes agree on it
+    a, b = Namenode(s, background=False), Namenode(s, background=False)
+    try:
+        assert a.ns.blocks.block_size == b.ns.blocks.block_size == 4 * MiB
+    finally:
+        a.close()
+        b.close()
