@@ -338,3 +338,12 @@ def test_block_size_recorded_by_two_namenodes_at_once(pg_url: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_held_back_bytes_survive_a_move_to_blocks_by_another_writer(fs: Client) -> None:
+    held = os.urandom(LIMIT)
+    other = os.urandom(400_000)
+    with fs.open("/m", "wb", buffering=0) as f:
+        f.write(held)                          # held back: the file is still empty
+        fs.write_bytes("/m", other)            # another writer puts it in blocks
+    assert fs.read_bytes("/m") == held + other[LIMIT:]

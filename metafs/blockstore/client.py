@@ -326,6 +326,9 @@ class BlockFile(RawFile):
             self._to_blocks = True
         self._inline = False
         self._fresh = False
+        if pend and not inline:
+            # the file went to blocks meanwhile (another writer): our bytes go over it
+            self._write_blocks(0, bytes(pend))
 
     def _flush_pend(self) -> None:
         """Send inline bytes held back by :meth:`_write_at` (one Write call)."""
