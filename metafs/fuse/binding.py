@@ -51,6 +51,8 @@ def fuse_context() -> tuple[int, int, int]:
 
 
 _tls = threading.local()
+# METAFS_FUSE_COUNT_CALLS=1: count the kernel's calls by operation (logged at unmount)
+CALL_COUNTS: dict[str, int] | None = {} if os.environ.get("METAFS_FUSE_COUNT_CALLS") else None
 _PyGILState_Ensure = ctypes.pythonapi.PyGILState_Ensure
 _PyGILState_Ensure.restype = ctypes.c_int
 
@@ -73,6 +75,9 @@ class MetafsFUSE(mfusepy.FUSE):
 
     def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         _pin_thread_state()
+        if CALL_COUNTS is not None:
+            name = getattr(func, "__name__", "?")
+            CALL_COUNTS[name] = CALL_COUNTS.get(name, 0) + 1
         return super()._wrapper(func, *args, **kwargs)
 
     def __init__(self, operations: Any, mountpoint: str, settings: Settings,
@@ -135,6 +140,8 @@ class MetafsFUSE(mfusepy.FUSE):
                                                                       self.errors))
 
     def destroy(self, private_data: Any) -> None:
+        if CALL_COUNTS is not None:
+            log.warning("FUSE calls: %s", sorted(CALL_COUNTS.items(), key=lambda kv: -kv[1]))
         self.operations.stop()
 
     # -- the callbacks mfusepy 3.1 gets wrong on libfuse 3

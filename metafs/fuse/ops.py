@@ -40,6 +40,7 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 XATTR_SECURITY_CAPABILITY = "security.capability"
 HIDDEN_PREFIX = ".fuse_hidden"
+LARGE_WRITE = 128 * 1024  # writes this large go to the data path unbuffered
 _FOREVER = float("inf")
 
 
@@ -528,6 +529,13 @@ class MetafsOperations:
         self._names[hidden] = (ino, _FOREVER)
         return 0
 
+    def _maybe_dir(self, hit: tuple[int, float] | None) -> bool:
+        """Whether a cached name may be a directory (its subtree's names must go)."""
+        if hit is None:
+            return True
+        a = self._attrs.get(hit[0])
+        return a is None or stat_mod.S_ISDIR(a[0].mode)
+
     def rename(self, old: str, new: str, flags: int = 0) -> int:
         if posixpath.basename(new).startswith(HIDDEN_PREFIX) and not flags:
             return self._hide(old, new)
@@ -544,8 +552,8 @@ class MetafsOperations:
                 self._forget_path(old)
                 self._forget_path(new)
             raise
-        self._forget_path(old, subtree=True)
-        self._forget_path(new, subtree=True)
+        self._forget_path(old, subtree=self._maybe_dir(moved))
+        self._forget_path(new, subtree=self._maybe_dir(replaced) if replaced else False)
         for hit in (moved, replaced):
             if hit is not None:
                 self._forget_ino(hit[0])
@@ -762,7 +770,7 @@ class MetafsOperations:
                 h.buf += data
             else:
                 self._push(h)
-                if n >= self.write_buffer:
+                if n >= min(self.write_buffer, LARGE_WRITE):
                     self._write_raw(h, offset, data)
                 else:
                     h.buf = bytearray(data)
