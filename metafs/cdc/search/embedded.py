@@ -384,7 +384,11 @@ class EmbeddedIndex(SearchBackend):
                                  "LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
             total = None
             if count:
-                cc = Compiler(self, c, plan=False)
+                # With a narrow term the planned WHERE counts fast (the driver bounds the
+                # rows); with none, collecting every term as a set beats probing 1 M rows.
+                driven = any(comp._narrow(u) for u in comp._units(node))
+                cc = Compiler(self, c, plan=driven)
+                cc._est = comp._est
                 cwhere = cc.compile(node)
                 total = int(c.execute(f"SELECT count(*) FROM docs d WHERE {cwhere}",
                                       cc.params).fetchone()[0])
