@@ -168,9 +168,11 @@ class Settings:
     fuse_negative_timeout: float = 0.0
     """Seconds a 'no such file' answer may be cached (0: names created elsewhere appear at
     once)."""
-    fuse_follow_changes: bool = True
+    fuse_follow_changes: str = "auto"
     """Follow the namenode's changelog and drop cached names, attributes and page cache of
-    inodes that other clients changed, so long timeouts stay coherent between mounts."""
+    inodes that other clients changed, so long timeouts stay coherent between mounts:
+    ``on``, ``off``, or ``auto`` (on for a remote namenode; off for an embedded one, whose
+    only other writers are other processes opening the same data directory)."""
     fuse_follow_poll_ms: int = 200
     """Longest wait of one changelog poll when following changes."""
     fuse_kernel_cache: bool = True
@@ -199,6 +201,12 @@ class Settings:
     checks): required for cached lookups to be safe for several users."""
     fuse_threads: bool = True
     """Serve FUSE requests on several threads."""
+    fuse_lazy_read_handles: str = "auto"
+    """Open read-only files without a namenode handle (one read-only call instead of two
+    writes per open/close; the namenode still checks read permission on every read). A
+    name removed through this mount while such a file is open takes a handle first, so the
+    file keeps working; a name removed by another client would not. ``auto``: on for an
+    embedded namenode (no other clients), off for a remote one."""
     fuse_max_threads: int = 16
     """Most threads serving FUSE requests at once (they stay alive once started)."""
 

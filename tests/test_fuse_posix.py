@@ -281,3 +281,22 @@ def test_other_user_denied_by_mode_bits(shared_mnt: Mount) -> None:
     (shared / "roots").write_text("r")
     r = run(*nobody, "rm", "-f", str(shared / "roots"), check=False)
     assert r.returncode != 0 and (shared / "roots").exists()
+
+
+def test_unlinked_file_open_for_reading_keeps_working(mnt: Mount) -> None:
+    f = mnt / "readme"
+    data = os.urandom(200_000)  # in blocks
+    f.write_bytes(data)
+    small = mnt / "small"
+    small.write_bytes(b"small data")
+    fds = [os.open(f, os.O_RDONLY), os.open(small, os.O_RDONLY)]
+    try:
+        os.unlink(f)
+        os.unlink(small)
+        assert os.listdir(mnt.path) == []
+        assert os.pread(fds[0], len(data) + 10, 0) == data
+        assert os.pread(fds[1], 100, 0) == b"small data"
+        assert os.fstat(fds[0]).st_size == len(data)
+    finally:
+        for fd in fds:
+            os.close(fd)

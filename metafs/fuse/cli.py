@@ -23,8 +23,12 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
                     help="seconds name lookups may be cached (default 1)")
     sp.add_argument("--negative-timeout", type=float, dest="fuse_negative_timeout",
                     help="seconds 'no such file' may be cached (default 0)")
+    sp.add_argument("--follow-changes", dest="fuse_follow_changes",
+                    choices=["auto", "on", "off"],
+                    help="follow the changelog to drop caches of what other clients change "
+                    "(default auto: on for a remote namenode)")
     sp.add_argument("--no-follow-changes", dest="fuse_follow_changes", action="store_const",
-                    const=False, help="do not follow the changelog for other clients' changes")
+                    const="off", help="same as --follow-changes off")
     sp.add_argument("--no-kernel-cache", dest="fuse_kernel_cache", action="store_const",
                     const=False, help="drop the page cache of a file at every open")
     sp.add_argument("--write-buffer", type=int, dest="fuse_write_buffer",

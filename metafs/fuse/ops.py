@@ -14,6 +14,7 @@ client. The mount adds write-back buffering of small writes and read-ahead on to
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import posixpath
@@ -42,6 +43,22 @@ XATTR_SECURITY_CAPABILITY = "security.capability"
 HIDDEN_PREFIX = ".fuse_hidden"
 LARGE_WRITE = 128 * 1024  # writes this large go to the data path unbuffered
 _FOREVER = float("inf")
+
+
+def follows_changes(settings: Settings) -> bool:
+    """Whether the mount follows the changelog (``fuse_follow_changes``)."""
+    v = str(settings.fuse_follow_changes).strip().lower()
+    if v in ("auto", ""):
+        return bool(settings.namenode)
+    return v in ("1", "true", "yes", "on")
+
+
+def lazy_read_handles(settings: Settings) -> bool:
+    """Whether read-only opens skip the namenode handle (``fuse_lazy_read_handles``)."""
+    v = str(settings.fuse_lazy_read_handles).strip().lower()
+    if v in ("auto", ""):
+        return not settings.namenode
+    return v in ("1", "true", "yes", "on")
 
 
 class FuseError(OSError):
@@ -121,11 +138,13 @@ class MetafsOperations:
         self._nocap: dict[int, float] = {}  # inodes known to have no security.capability
         # names libfuse gives open files whose last name was removed (see unlink below)
         self._hidden: dict[str, int] = {}
-        following = settings.fuse_follow_changes
+        following = follows_changes(settings)
         self._name_ttl = 60.0 if following else settings.fuse_entry_timeout
         self._attr_ttl = 60.0 if following else settings.fuse_attr_timeout
         self._handles: dict[int, Handle] = {}
         self._open_by_ino: dict[int, set[Handle]] = {}
+        self._lazy_reads = lazy_read_handles(settings)
+        self._keepalive: dict[int, int] = {}  # ino -> namenode handle keeping it alive
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._fh_lock = threading.Lock()
@@ -168,7 +187,7 @@ class MetafsOperations:
             self.access.start()
         threading.Thread(target=self._kernel_invalidator, name="metafs-inval",
                          daemon=True).start()
-        if self.settings.fuse_follow_changes and self._follower is None:
+        if follows_changes(self.settings) and self._follower is None:
             self._follower = threading.Thread(target=self._follow, name="metafs-follow",
                                               daemon=True)
             self._follower.start()
@@ -522,6 +541,7 @@ class MetafsOperations:
         (no directory listing, and no other mount, ever shows it)."""
         caller = self.caller()
         ino = self._ino_of(old, caller)
+        self._keep_alive(ino)
         self._retry_stale_parent(old, caller, lambda p, n: self.rpc(
             "Unlink", pb.NameRequest(caller=caller, parent=p, name=n)))
         self._forget_path(old)
@@ -692,6 +712,15 @@ class MetafsOperations:
         ino = self._ino_of(path, caller)
         if ino in self._dirty:
             self._flush_ino(ino)
+        if self._lazy_reads and flags & os.O_ACCMODE == os.O_RDONLY \
+                and not flags & os.O_TRUNC:
+            attr = self._fresh_attr(path, ino, caller)
+            if stat_mod.S_ISLNK(attr.mode):
+                raise FuseError(errno.ELOOP)
+            if not self.settings.fuse_default_permissions:
+                self.rpc("Access", pb.AccessRequest(caller=caller, ino=attr.ino, mask=os.R_OK))
+            self._new_handle(path, pb.OpenReply(attr=attr, handle=0), flags, caller, fi)
+            return 0
         req = pb.OpenRequest(caller=caller, ino=ino, flags=flags & ~(os.O_CREAT | os.O_EXCL))
         try:
             reply = self.rpc("Open", req)
@@ -705,6 +734,29 @@ class MetafsOperations:
             self._bump(ino)
         self._new_handle(path, reply, flags, caller, fi)
         return 0
+
+    def _fresh_attr(self, path: str, ino: int, caller: pb.Caller) -> pb.Attr:
+        """The inode's current attributes from the namenode (close-to-open)."""
+        try:
+            return self._set_attr(self.rpc("GetAttr", pb.InodeRequest(caller=caller, ino=ino)))
+        except FuseError as err:
+            if err.errno != errno.ENOENT:
+                raise
+            self._forget_path(path)
+            return self._lookup(path, caller)
+
+    def _keep_alive(self, ino: int) -> None:
+        """Take a namenode handle for ``ino`` if only handle-less opens hold it (its last
+        name is about to be removed through this mount)."""
+        hs = self._open_by_ino.get(ino)
+        if not hs or ino in self._keepalive or any(h.raw.handle for h in hs):
+            return
+        try:
+            r = self.rpc("Open", pb.OpenRequest(caller=self.own_caller(), ino=ino,
+                                                flags=os.O_RDONLY))
+            self._keepalive[ino] = r.handle
+        except FuseError as err:
+            log.warning("cannot keep inode %d alive for its open files: %s", ino, err)
 
     def create(self, path: str, mode: int, fi: Any) -> int:
         caller = self.caller()
@@ -890,6 +942,13 @@ class MetafsOperations:
             hs.discard(h)
             if not hs:
                 self._open_by_ino.pop(h.ino, None)
+                kept = self._keepalive.pop(h.ino, None)
+                if kept:
+                    try:
+                        self.rpc("Release", pb.ReleaseRequest(caller=self.own_caller(),
+                                                              handle=kept))
+                    except FuseError:
+                        pass  # the session's lease reclaims it
         err: OSError | None = h.error
         with h.lock:
             try:
@@ -897,7 +956,10 @@ class MetafsOperations:
             except OSError as exc:
                 err = err or exc
             try:
-                h.raw.close()
+                if h.raw.handle:
+                    h.raw.close()
+                else:  # no namenode handle to release
+                    io.RawIOBase.close(h.raw)
             except OSError as exc:
                 err = err or exc
         if self.access is not None:
