@@ -196,9 +196,10 @@ class Settings:
     fuse_allow_other: bool = False
     """Let users other than the one who mounted use the mount (needs root, or
     user_allow_other in /etc/fuse.conf)."""
-    fuse_default_permissions: bool = True
+    fuse_default_permissions: str = "auto"
     """Let the kernel check mode bits against cached attributes too (the namenode always
-    checks): required for cached lookups to be safe for several users."""
+    checks): required for cached lookups to be safe for several users. ``auto``: on with
+    fuse_allow_other (without it only the mounting user can use the mount)."""
     fuse_threads: bool = True
     """Serve FUSE requests on several threads."""
     fuse_lazy_read_handles: str = "auto"

@@ -76,6 +76,13 @@ def make_client(settings: Settings) -> Client:
     return Client(settings=settings.with_(namenode=""))
 
 
+def default_permissions(settings: Settings) -> bool:
+    v = str(settings.fuse_default_permissions).strip().lower()
+    if v in ("auto", ""):
+        return bool(settings.fuse_allow_other)
+    return v in ("1", "true", "yes", "on")
+
+
 def fuse_options(settings: Settings) -> dict[str, Any]:
     source = settings.namenode or settings.data_dir
     opts: dict[str, Any] = {"fsname": f"metafs:{source}", "subtype": "metafs",
@@ -89,7 +96,7 @@ def fuse_options(settings: Settings) -> dict[str, Any]:
         opts["max_idle_threads"] = settings.fuse_max_threads
     if settings.fuse_allow_other:
         opts["allow_other"] = True
-    if settings.fuse_default_permissions:
+    if default_permissions(settings):
         opts["default_permissions"] = True
     return opts
 

@@ -157,7 +157,7 @@ class MetafsOperations:
         self._kq: "queue.SimpleQueue[str | None]" = queue.SimpleQueue()
         self.write_buffer = max(0, settings.fuse_write_buffer)
         self.readahead = max(0, settings.fuse_readahead)
-        self.access = AccessRecorder(self, settings) if settings.fuse_access_events else None
+        self.recorder = AccessRecorder(self, settings) if settings.fuse_access_events else None
         self.invalidate_kernel: Callable[[str], None] | None = None  # set by the binding
         self._follower: threading.Thread | None = None
         self._stop = threading.Event()
@@ -183,8 +183,8 @@ class MetafsOperations:
 
     def start(self) -> None:
         """Start background work (changelog following, access events)."""
-        if self.access is not None:
-            self.access.start()
+        if self.recorder is not None:
+            self.recorder.start()
         threading.Thread(target=self._kernel_invalidator, name="metafs-inval",
                          daemon=True).start()
         if follows_changes(self.settings) and self._follower is None:
@@ -200,8 +200,8 @@ class MetafsOperations:
                 self._release_handle(h)
             except OSError:
                 pass
-        if self.access is not None:
-            self.access.stop()
+        if self.recorder is not None:
+            self.recorder.stop()
 
     # ------------------------------------------------------------------ caches
     def _remember(self, path: str, attr: pb.Attr) -> pb.Attr:
@@ -528,7 +528,9 @@ class MetafsOperations:
         caller = self.caller()
         self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
             "Rmdir", pb.NameRequest(caller=caller, parent=p, name=n)))
-        self._forget_path(path, subtree=True)
+        # the directory was empty: names still cached under it are stale already, and
+        # every use of a stale name falls back to a fresh lookup
+        self._forget_path(path)
         self._forget_ino(self._names.get(self._split(path)[0], (ROOT_INO,))[0])
         return 0
 
@@ -703,8 +705,8 @@ class MetafsOperations:
         versions[path] = attr.version
         if seen != attr.version:
             self._bump(attr.ino)
-        if self.access is not None:
-            self.access.opened(h)
+        if self.recorder is not None:
+            self.recorder.opened(h)
 
     def open(self, path: str, fi: Any) -> int:
         caller = self.caller()
@@ -717,7 +719,9 @@ class MetafsOperations:
             attr = self._fresh_attr(path, ino, caller)
             if stat_mod.S_ISLNK(attr.mode):
                 raise FuseError(errno.ELOOP)
-            if not self.settings.fuse_default_permissions:
+            from .mount import default_permissions
+
+            if not default_permissions(self.settings):
                 self.rpc("Access", pb.AccessRequest(caller=caller, ino=attr.ino, mask=os.R_OK))
             self._new_handle(path, pb.OpenReply(attr=attr, handle=0), flags, caller, fi)
             return 0
@@ -962,8 +966,8 @@ class MetafsOperations:
                     io.RawIOBase.close(h.raw)
             except OSError as exc:
                 err = err or exc
-        if self.access is not None:
-            self.access.closed(h)
+        if self.recorder is not None:
+            self.recorder.closed(h)
         if err is not None:
             raise FuseError(err.errno or errno.EIO, str(err))
 
