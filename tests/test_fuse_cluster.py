@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -17,6 +19,17 @@ from metafs.client import Client
 from metafs.proto import metafs_pb2 as pb
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
+
+
+def eventually(check: Callable[[], bool], within: float) -> None:
+    """Metadata between mounts is coherent within a bound (docs/fuse.md, "Caching and
+    consistency"): the other mount's changelog follower has to invalidate the kernel's
+    cached dentry and attributes first. Fails when ``check`` is still false after
+    ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"still stale after {within} s"
+        time.sleep(0.005)
 
 
 def test_two_mounts_see_each_others_changes(grpc_namenode: GrpcNamenode, mount_factory) -> None:
@@ -37,13 +50,34 @@ def test_two_mounts_see_each_others_changes(grpc_namenode: GrpcNamenode, mount_f
     os.unlink(a / "d" / "g")
     assert os.listdir(b / "d") == []
     os.rmdir(b / "d")
-    assert not (a / "d").exists()
+    eventually(lambda: not (a / "d").exists(), within=3.0)
     # a large file (blocks) written on one mount is read whole on the other
     data = os.urandom(3 * 1024 * 1024 + 17)
     (a / "big").write_bytes(data)
     assert (b / "big").read_bytes() == data
     (a / "big").write_bytes(data[::-1])
     assert (b / "big").read_bytes() == data[::-1]
+
+
+def test_followed_changes_beat_long_kernel_timeouts(grpc_namenode: GrpcNamenode,
+                                                    mount_factory) -> None:
+    """With 60 s kernel caches, another mount's removes, renames and chmods still show
+    within the changelog lag: the follower invalidates what the kernel cached."""
+    a = mount_factory("--namenode", grpc_namenode.address,
+                      "--attr-timeout", "60", "--entry-timeout", "60")
+    b = mount_factory("--namenode", grpc_namenode.address)
+    (a / "d").mkdir()
+    (a / "d" / "f").write_text("x")
+    os.stat(a / "d" / "f")                      # cached in A's kernel for 60 s
+    os.chmod(b / "d" / "f", 0o600)
+    eventually(lambda: os.stat(a / "d" / "f").st_mode & 0o777 == 0o600, within=5.0)
+    (b / "d" / "f").write_text("longer contents")
+    eventually(lambda: os.stat(a / "d" / "f").st_size == len("longer contents"), within=5.0)
+    assert (a / "d" / "f").read_text() == "longer contents"
+    os.unlink(b / "d" / "f")
+    eventually(lambda: not (a / "d" / "f").exists(), within=5.0)
+    os.rmdir(b / "d")
+    eventually(lambda: not (a / "d").exists(), within=5.0)
 
 
 def test_unreachable_namenode_gives_eio_and_recovers(grpc_namenode: GrpcNamenode,
