@@ -40,7 +40,7 @@ def _add_conn(p: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
     overrides = {}
     for key in ("data_dir", "namenode", "log_level", "db_url", "blocks_url", "listen",
-                "inline_limit", "block_size"):
+                "inline_limit", "block_size", "serve_index", "search_dir"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     overrides.update({k: v for k, v in extra.items() if v is not None})
@@ -264,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--blocks", dest="blocks_url", help="file:///PATH or s3://BUCKET/PREFIX")
     sp.add_argument("--listen", help="HOST:PORT to serve gRPC on")
     sp.add_argument("--ready-file", help="write the bound address here once serving")
+    sp.add_argument("--index", dest="serve_index", action="store_const", const=True,
+                    default=None, help="run the search indexer in this process and answer "
+                    "searches of remote clients from it")
+    sp.add_argument("--search-dir", dest="search_dir", help="the search index directory "
+                    "(default: search/ in the data directory)")
     from .ops.cli import add_serve_flags
 
     add_serve_flags(sp)  # TLS, authentication, metrics

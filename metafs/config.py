@@ -138,6 +138,11 @@ class Settings:
     """Change records the indexer applies per transaction."""
     search_wait_timeout: float = 60.0
     """Seconds a ``--wait`` search waits for the index to reach the changelog head."""
+    serve_index: bool = False
+    """``metafs serve`` runs the search indexer in its own process (into ``search_dir``) and
+    answers Search calls from it. Without it, a namenode answers Search calls from an index
+    that a ``metafs indexer`` keeps in ``search_dir`` (same host or shared volume), when
+    there is one."""
     es_url: str = "http://127.0.0.1:9200"
     """Elasticsearch address for the elasticsearch search back end."""
     es_index: str = "metafs-files"

@@ -27,7 +27,7 @@ from ..errors import FsError
 from ..proto import metafs_pb2 as pb
 from . import changelog, schema
 from .engine import MetaEngine
-from .perms import ROOT, R, W, X, Cred, check, check_sticky, is_owner
+from .perms import ROOT, R, W, X, Cred, allowed, check, check_sticky, is_owner
 from .sql import Prepared
 
 log = logging.getLogger("metafs.namenode")
@@ -420,6 +420,25 @@ class Namespace:
             cur = row
             i += 1
         return pb.Entry(ino=cur.id, attr=to_attr(cur))
+
+    def searchable(self, cred: Cred, dirs: Iterable[str]) -> set[str]:
+        """The directory paths among ``dirs`` in which ``cred`` may look names up: search
+        permission on each of them and on every directory above (what a path walk to a
+        file inside needs). Missing or unreadable ones are left out. One read transaction."""
+        wanted = sorted(set(dirs))
+
+        def fn(conn: Connection) -> set[str]:
+            ok: set[str] = set()
+            for d in wanted:
+                try:
+                    row = self._get(conn, self._resolve(conn, cred, d, ROOT_INO, True).ino)
+                    if stat.S_ISDIR(row.mode) and allowed(cred, row.mode, row.uid, row.gid, X):
+                        ok.add(d)
+                except FsError:
+                    pass
+            return ok
+
+        return self.query(fn)
 
     def getattr(self, cred: Cred, ino: int) -> pb.Attr:
         def fn(conn: Connection) -> pb.Attr:

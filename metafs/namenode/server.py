@@ -52,14 +52,14 @@ class Namenode:
                 "reclaim", self.ns.reclaim, max(1.0, settings.session_lease / 2))
 
     def _attach_extensions(self) -> None:
-        """Attach optional parts that register themselves on the namespace."""
-        try:
-            from . import blocks  # noqa: F401  (the block layer, when present)
-        except ImportError:
-            return
-        attach = getattr(blocks, "attach", None)
-        if attach is not None:
-            self.extensions.append(attach(self))
+        """Attach optional parts that register themselves on the namespace: the block
+        layer, and the Search call (with its indexer when ``serve_index`` is set)."""
+        from . import blocks
+
+        self.extensions.append(blocks.attach(self))
+        from ..cdc.search import service
+
+        self.extensions.append(service.attach(self))
 
     def start_background(self, name: str, fn: Callable[[], Any], every: float) -> None:
         def loop() -> None:

@@ -38,6 +38,8 @@ class Handlers:
         # Authentication (metafs.namenode.auth) may replace this to bind callers to ids.
         self.cred_of: Callable[[pb.Caller, Any], Cred] = lambda c, ctx: Cred.from_pb(c)
         self._stopping = threading.Event()
+        # The search service (metafs.cdc.search.service) attaches itself here.
+        self.search: Callable[[Cred, pb.SearchRequest], pb.SearchReply] | None = None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -197,6 +199,14 @@ class Handlers:
 
     def Presign(self, req: pb.PresignRequest, ctx: Any = None) -> pb.PresignReply:
         return self.ns.blocks.presign(self.c(req, ctx), req.ino, req.handle, req.keys, req.put)
+
+
+    # -- search (metafs.cdc.search.service)
+    def Search(self, req: pb.SearchRequest, ctx: Any = None) -> pb.SearchReply:
+        cred = self.c(req, ctx)
+        if self.search is None:
+            raise FsError(errno.EOPNOTSUPP, "this namenode has no search service")
+        return self.search(cred, req)
 
 
 def internal_error(exc: BaseException, method: str) -> FsError:

@@ -733,6 +733,54 @@ class PresignReply(_message.Message):
     urls: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, urls: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class SearchRequest(_message.Message):
+    __slots__ = ("caller", "query", "limit", "offset", "sort", "count", "wait", "timeout_ms")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SORT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    caller: Caller
+    query: str
+    limit: int
+    offset: int
+    sort: str
+    count: bool
+    wait: bool
+    timeout_ms: int
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., query: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., sort: _Optional[str] = ..., count: _Optional[bool] = ..., wait: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class SearchHit(_message.Message):
+    __slots__ = ("ino", "path", "doc_json")
+    INO_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DOC_JSON_FIELD_NUMBER: _ClassVar[int]
+    ino: int
+    path: str
+    doc_json: str
+    def __init__(self, ino: _Optional[int] = ..., path: _Optional[str] = ..., doc_json: _Optional[str] = ...) -> None: ...
+
+class SearchReply(_message.Message):
+    __slots__ = ("hits", "position", "total", "took_ms", "waited_for", "hidden", "next_offset")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TOOK_MS_FIELD_NUMBER: _ClassVar[int]
+    WAITED_FOR_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
+    position: int
+    total: int
+    took_ms: float
+    waited_for: int
+    hidden: int
+    next_offset: int
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., position: _Optional[int] = ..., total: _Optional[int] = ..., took_ms: _Optional[float] = ..., waited_for: _Optional[int] = ..., hidden: _Optional[int] = ..., next_offset: _Optional[int] = ...) -> None: ...
+
 class Empty(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

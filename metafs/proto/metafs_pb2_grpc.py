@@ -199,6 +199,11 @@ class NamenodeStub:
                 request_serializer=metafs__pb2.PresignRequest.SerializeToString,
                 response_deserializer=metafs__pb2.PresignReply.FromString,
                 _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/metafs.v1.Namenode/Search',
+                request_serializer=metafs__pb2.SearchRequest.SerializeToString,
+                response_deserializer=metafs__pb2.SearchReply.FromString,
+                _registered_method=True)
 
 
 class NamenodeServicer:
@@ -402,6 +407,12 @@ class NamenodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Search(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NamenodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -569,6 +580,11 @@ def add_NamenodeServicer_to_server(servicer, server):
                     servicer.Presign,
                     request_deserializer=metafs__pb2.PresignRequest.FromString,
                     response_serializer=metafs__pb2.PresignReply.SerializeToString,
+            ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=metafs__pb2.SearchRequest.FromString,
+                    response_serializer=metafs__pb2.SearchReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1462,6 +1478,33 @@ class Namenode:
             '/metafs.v1.Namenode/Presign',
             metafs__pb2.PresignRequest.SerializeToString,
             metafs__pb2.PresignReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metafs.v1.Namenode/Search',
+            metafs__pb2.SearchRequest.SerializeToString,
+            metafs__pb2.SearchReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,6 +87,9 @@ def indexer_for_client(client: Any, *, start: bool = True) -> Indexer | None:
     nn = getattr(client, "embedded", None)
     if nn is None or not getattr(client.settings, "search_in_process", True):
         return None
+    served = getattr(getattr(nn, "handlers", None), "search", None)
+    if getattr(served, "indexer", None) is not None:
+        return served.indexer  # the namenode runs one already (serve_index)
     key = id(nn)
     with _registry_lock:
         ix = _registry.get(key)
@@ -137,6 +140,9 @@ def search(client: Any, query: str, *, limit: int = DEFAULT_LIMIT, offset: int =
     if index is None:
         if ix is not None:
             index = ix.index
+        elif getattr(client, "embedded", None) is None and not settings.search_dir:
+            return _remote_search(client, query, limit=limit, offset=offset, sort=sort,
+                                  wait=wait, count=count, timeout=timeout)
         else:
             d = Path(settings.effective_search_dir)
             if not (d / INDEX_FILE).exists() and not (d / "es-state.db").exists():
@@ -162,6 +168,38 @@ def search(client: Any, query: str, *, limit: int = DEFAULT_LIMIT, offset: int =
     finally:
         if own:
             index.close()
+
+
+def _remote_search(client: Any, query: str, *, limit: int, offset: int, sort: str | None,
+                   wait: bool, count: bool, timeout: float | None) -> SearchResult:
+    """Ask the namenode (its Search call), which answers from the index it has and leaves
+    out what this caller may not see."""
+    import errno
+    import json
+
+    from ...errors import FsError
+    from ...proto import metafs_pb2 as pb
+    from .base import check_paging
+    from .query import QueryError
+
+    check_paging(limit, offset)
+    req = pb.SearchRequest(caller=client.caller, query=query, limit=limit, offset=offset,
+                           sort=sort or "", count=count, wait=wait,
+                           timeout_ms=int((timeout or 0) * 1000))
+    try:
+        rep = client.transport.call("Search", req)
+    except FsError as err:
+        if err.errno == errno.EINVAL and err.message.startswith("bad query: "):
+            raise QueryError(err.message[len("bad query: "):]) from None
+        if err.errno == errno.ETIMEDOUT:
+            raise TimeoutError(err.message) from None
+        raise err.to_oserror() from None
+    res = SearchResult(query=query, hits=[json.loads(h.doc_json) for h in rep.hits],
+                       position=rep.position, total=None if rep.total < 0 else rep.total,
+                       limit=limit, offset=offset, took_ms=rep.took_ms,
+                       waited_for=rep.waited_for if wait else None)
+    res.extra.update(hidden=rep.hidden, next_offset=rep.next_offset)
+    return res
 
 
 def _poll_position(index: SearchBackend, target: int, timeout: float) -> bool:

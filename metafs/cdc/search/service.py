@@ -1,0 +1,123 @@
+"""The namenode's Search call: queries answered where the index is, for remote clients.
+
+A namenode answers ``Search`` from the index in its ``search_dir``: the one its own
+in-process indexer keeps (``metafs serve --index``), or one kept by a ``metafs indexer``
+on the same host or a shared volume. Hits in directories the caller may not search (no
+``x`` permission on the directory or on one above it) are left out and counted in
+``hidden``, so a shared index never shows a user names the namespace would not.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ...errors import FsError
+from ...proto import metafs_pb2 as pb
+from .api import INDEX_FILE, Indexer, open_index
+from .base import DEFAULT_LIMIT, SearchBackend
+from .query import QueryError
+
+log = logging.getLogger("metafs.search")
+
+
+class SearchService:
+    """What ``Handlers.Search`` calls. The index is opened on the first search."""
+
+    def __init__(self, namenode: Any) -> None:
+        self.namenode = namenode
+        self.settings = namenode.settings
+        self.indexer: Indexer | None = None
+        self._index: SearchBackend | None = None
+        self._lock = threading.Lock()
+
+    def start_indexer(self) -> Indexer:
+        """Run the indexer in this process, following this namenode's changelog."""
+        from ..source import source_for
+
+        with self._lock:
+            if self.indexer is None:
+                s = self.settings
+                self.indexer = Indexer(source_for(self.namenode.ns), open_index(s),
+                                       batch=s.search_batch).start()
+                log.info("search indexer running in the namenode (index in %s)",
+                         s.effective_search_dir)
+            return self.indexer
+
+    def index(self) -> SearchBackend:
+        if self.indexer is not None:
+            return self.indexer.index
+        with self._lock:
+            if self._index is None:
+                d = Path(self.settings.effective_search_dir)
+                if not (d / INDEX_FILE).exists() and not (d / "es-state.db").exists():
+                    raise FsError(errno.EOPNOTSUPP,
+                                  f"this namenode has no search index (none in {d}): start it "
+                                  "with `metafs serve --index`, or point --search-dir at the "
+                                  "index of a `metafs indexer`")
+                self._index = open_index(self.settings)
+            return self._index
+
+    def _wait(self, index: SearchBackend, head: int, timeout: float) -> None:
+        if self.indexer is not None:
+            ok = self.indexer.wait_for(head, timeout)
+        else:
+            deadline, delay = time.monotonic() + timeout, 0.005
+            while not (ok := index.committed_position() >= head):
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        if not ok:
+            raise FsError(errno.ETIMEDOUT, f"the search index did not reach changelog position "
+                          f"{head} within {timeout:g}s (is the indexer running?)")
+
+    def __call__(self, cred: Any, req: pb.SearchRequest) -> pb.SearchReply:
+        index = self.index()
+        waited = 0
+        if req.wait:
+            head = self.namenode.ns.changelog_head()
+            timeout = req.timeout_ms / 1000 if req.timeout_ms else self.settings.search_wait_timeout
+            self._wait(index, head, timeout)
+            waited = head
+        limit = req.limit or DEFAULT_LIMIT
+        try:
+            res = index.search(req.query, limit=limit, offset=req.offset,
+                               sort=req.sort or None, count=req.count)
+        except QueryError as exc:
+            raise FsError(errno.EINVAL, f"bad query: {exc}") from None
+        hits = res.hits
+        if not cred.is_root and hits:
+            dirs = {p.rsplit("/", 1)[0] or "/" for h in hits for p in h.get("paths") or ()}
+            ok = self.namenode.ns.searchable(cred, dirs)
+            hits = [h for h in hits
+                    if any((p.rsplit("/", 1)[0] or "/") in ok for p in h.get("paths") or ())]
+        return pb.SearchReply(
+            hits=[pb.SearchHit(ino=int(h["ino"]), path=h.get("path") or "",
+                               doc_json=json.dumps(h, default=str)) for h in hits],
+            position=res.position, total=-1 if res.total is None else res.total,
+            took_ms=res.took_ms, waited_for=waited, hidden=len(res.hits) - len(hits),
+            next_offset=req.offset + len(res.hits))
+
+    def close(self) -> None:
+        with self._lock:
+            if self.indexer is not None:
+                self.indexer.close()
+                self.indexer = None
+            if self._index is not None:
+                self._index.close()
+                self._index = None
+
+
+def attach(namenode: Any) -> SearchService:
+    """Give ``namenode`` its Search call (and its indexer, with ``serve_index``)."""
+    svc = SearchService(namenode)
+    namenode.handlers.search = svc
+    if namenode.settings.serve_index:
+        svc.start_indexer()
+    return svc
