@@ -3,6 +3,7 @@ signals), configuration precedence, and orphans reclaimed after a client dies.""
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import os
 import signal
@@ -247,3 +248,147 @@ def test_postgres_restart_mid_workload(settings: Settings) -> None:
         import shutil
 
         shutil.rmtree(d, ignore_errors=True)
+
+
+class _CommitDropper:
+    """A unix-socket proxy in front of PostgreSQL that, once armed, forwards the next
+    COMMIT, lets the server answer it, and then drops the client's connection without
+    passing the answer on: the transaction is committed and the client cannot know."""
+
+    _COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # the simple-protocol message psycopg sends
+
+    def __init__(self, server_url: str) -> None:
+        import socket
+        import tempfile
+        import threading
+
+        from sqlalchemy.engine import make_url
+
+        url = make_url(server_url)
+        self.upstream = os.path.join(url.query["host"], ".s.PGSQL.5432")  # type: ignore[arg-type]
+        self.dir = tempfile.mkdtemp(prefix="mfcd")
+        self.url = url.set(query={**url.query, "host": self.dir}).render_as_string(
+            hide_password=False)
+        self.armed = threading.Event()
+        self.dropped = threading.Event()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(os.path.join(self.dir, ".s.PGSQL.5432"))
+        self._sock.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.connect(self.upstream)
+            state = {"drop": False}
+            threading.Thread(target=self._c2s, args=(client, server, state), daemon=True).start()
+            threading.Thread(target=self._s2c, args=(client, server, state), daemon=True).start()
+
+    def _c2s(self, client, server, state) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while data := client.recv(65536):
+                if self.armed.is_set() and self._COMMIT in data:
+                    self.armed.clear()
+                    state["drop"] = True
+                server.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(client, server)
+
+    def _s2c(self, client, server, state) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while data := server.recv(65536):
+                if state["drop"]:
+                    if b"Z\x00\x00\x00\x05" in data:  # ReadyForQuery: the COMMIT is done
+                        self.dropped.set()
+                        break
+                    continue
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(client, server)
+
+    @staticmethod
+    def _close(*socks) -> None:  # type: ignore[no-untyped-def]
+        import socket
+
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        import shutil
+
+        self._sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def test_connection_lost_during_commit_is_eio_not_rerun(settings: Settings, pg_url: str) -> None:
+    """The connection drops after the server committed a mkdir but before the namenode
+    heard so: the operation is not run again (it would answer EEXIST, or apply an append
+    twice); the caller gets EIO saying the outcome is unknown, and the mkdir did commit."""
+    proxy = _CommitDropper(pg_url)
+    nn = Namenode(settings.with_(db_url=proxy.url), background=False)
+    try:
+        fs = Client(settings=nn.settings, transport=LocalTransport(nn), uid=0, gid=0)
+        fs.mkdir("/before")
+        proxy.armed.set()
+        with pytest.raises(OSError) as err:
+            fs.mkdir("/d")
+        assert proxy.dropped.is_set()
+        assert err.value.errno == errno.EIO, err.value
+        assert "outcome is unknown" in str(err.value)
+        assert fs.isdir("/d"), "the server committed the mkdir"
+        # the namenode goes on working on new connections
+        fs.write_bytes("/d/f", b"x")
+        assert fs.read_bytes("/d/f") == b"x"
+        fs.close()
+    finally:
+        nn.close()
+        proxy.close()
+
+
+def test_connection_lost_before_commit_is_retried(settings: Settings, pg_url: str) -> None:
+    """A connection that dies in the middle of a transaction (before COMMIT) rolled it
+    back: the engine runs it again on a new connection, and the caller sees success."""
+    import psycopg
+    from sqlalchemy import text
+
+    from metafs.namenode.engine import engine_for
+
+    eng = engine_for(pg_url, settings)
+    admin = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    calls: list[int] = []
+    try:
+        eng.engine.connect().close()
+        with eng.engine.begin() as conn:
+            conn.execute(text("CREATE TABLE t (v int)"))
+
+        def body(conn):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            conn.execute(text("INSERT INTO t VALUES (1)"))
+            if len(calls) == 1:
+                pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+                with psycopg.connect(admin, autocommit=True) as other:
+                    other.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+                conn.execute(text("SELECT 1"))  # the connection is gone
+            return "ok"
+
+        assert eng.write(body) == "ok"
+        assert len(calls) == 2
+        with eng.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 1
+    finally:
+        eng.dispose()

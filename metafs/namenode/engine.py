@@ -9,11 +9,14 @@ worth retrying, and how to allocate ids. Engines pass one conformance suite
   writers queue on the database lock instead of failing with "database is locked".
 - :class:`PostgresEngine` (psycopg 3): READ COMMITTED writes with explicit row locks taken
   in one global order, REPEATABLE READ read-only snapshots for lookups, serialization
-  failures and deadlocks retried with bounded, jittered backoff.
+  failures and deadlocks retried with bounded, jittered backoff, and so are lost
+  connections before COMMIT; a write whose connection is lost while it commits fails with
+  EIO (its outcome is unknown) instead of being run a second time.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import threading
@@ -60,8 +63,14 @@ class MetaEngine:
     def _read_tx(self) -> Iterator[Connection]:
         raise NotImplementedError
 
-    def is_retryable(self, exc: BaseException) -> bool:
+    def is_retryable(self, exc: BaseException, *, committing: bool = False) -> bool:
+        """Whether the transaction that raised ``exc`` surely rolled back and may be run
+        again. ``committing`` says the error came while the transaction committed."""
         raise NotImplementedError
+
+    def is_connection_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a lost connection (after which a COMMIT's fate is unknown)."""
+        return False
 
     def allocate_ids(self, conn: Connection, kind: str, n: int) -> list[int]:
         """Reserve ``n`` unused ids of ``kind`` ("inode" or "handle"). Must not serialize
@@ -75,25 +84,41 @@ class MetaEngine:
 
     def write(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in a write transaction, retrying it on transient conflicts."""
-        return self._retrying(self._write_tx, fn)
+        return self._retrying(self._write_tx, fn, write=True)
 
     def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in a consistent read-only snapshot."""
         return self._retrying(self._read_tx, fn)
 
-    def _retrying(self, tx: Callable[[], Any], fn: Callable[[Connection], T]) -> T:
+    def _retrying(self, tx: Callable[[], Any], fn: Callable[[Connection], T], *,
+                  write: bool = False) -> T:
         """Bounded retries with jittered exponential backoff; FsErrors are answers, not
-        conflicts, and are never retried."""
+        conflicts, and are never retried.
+
+        A failure while the transaction commits is retried only when the database
+        guarantees it rolled back (:meth:`is_retryable` with ``committing=True``). A write
+        whose connection is lost once COMMIT may have been sent has an unknown outcome:
+        running it again could apply it twice (an append written twice, a mkdir answered
+        EEXIST), so it fails with EIO saying so."""
         attempts = max(1, self.settings.db_retries)
         delay = 0.002
         for attempt in range(1, attempts + 1):
+            committing = False
             try:
                 with tx() as conn:
-                    return fn(conn)
+                    result = fn(conn)
+                    committing = True  # leaving the block sends COMMIT
+                return result
             except FsError:
                 raise
             except DBAPIError as exc:
-                if attempt < attempts and self.is_retryable(exc):
+                if committing and write and self.is_connection_error(exc):
+                    log.warning("connection to the metadata database lost while committing "
+                                "(%s): the outcome is unknown", type(exc.orig).__name__)
+                    raise FsError(errno.EIO, "connection to the metadata database was lost "
+                                  "while committing; the outcome is unknown (the operation "
+                                  "may or may not have been applied)") from exc
+                if attempt < attempts and self.is_retryable(exc, committing=committing and write):
                     log.debug("retrying transaction after %s (attempt %d)",
                               type(exc.orig).__name__, attempt)
                     time.sleep(delay * (0.5 + random.random()))
@@ -203,7 +228,8 @@ class SqliteEngine(MetaEngine):
                 pass
         super().dispose()
 
-    def is_retryable(self, exc: BaseException) -> bool:
+    def is_retryable(self, exc: BaseException, *, committing: bool = False) -> bool:
+        # SQLITE_BUSY (also on COMMIT) leaves the transaction uncommitted.
         if isinstance(exc, OperationalError):
             msg = str(exc.orig).lower()
             return "locked" in msg or "busy" in msg
@@ -257,17 +283,23 @@ class PostgresEngine(MetaEngine):
                 conn.exec_driver_sql("SET TRANSACTION READ ONLY")
                 yield conn
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        if isinstance(exc, DBAPIError):
-            if exc.connection_invalidated:
-                return True
-            state = getattr(exc.orig, "sqlstate", None)
-            if state in self._RETRY_SQLSTATES:
-                return True
-            # connection failures (server restart): class 08 and admin shutdown 57P01
-            if state and (state.startswith("08") or state in ("57P01", "57P02", "57P03")):
-                return True
-        return False
+    def is_connection_error(self, exc: BaseException) -> bool:
+        if not isinstance(exc, DBAPIError):
+            return False
+        if exc.connection_invalidated:
+            return True
+        # connection failures (server restart): class 08 and admin shutdown 57P01..03
+        state = getattr(exc.orig, "sqlstate", None) or ""
+        return state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+    def is_retryable(self, exc: BaseException, *, committing: bool = False) -> bool:
+        if not isinstance(exc, DBAPIError):
+            return False
+        # PostgreSQL rolls a transaction back on these, at COMMIT as anywhere else.
+        if getattr(exc.orig, "sqlstate", None) in self._RETRY_SQLSTATES:
+            return True
+        # A lost connection rolled the transaction back only if COMMIT was not yet sent.
+        return not committing and self.is_connection_error(exc)
 
     def allocate_ids(self, conn: Connection, kind: str, n: int) -> list[int]:
         # A sequence takes no lock that lives until commit, so concurrent creators on any
