@@ -173,6 +173,56 @@ def test_quota_files_and_bytes(settings: Settings, capsys: pytest.CaptureFixture
         fs.mkdir("/team/d")
 
 
+def test_quota_holds_under_concurrent_creates_on_postgres(settings: Settings,
+                                                          pg_url: str) -> None:
+    """Two namenodes on one PostgreSQL create files at once in sibling directories under
+    one quota'd directory. The window between the quota count and the commit is widened
+    on purpose; still the number of entries never exceeds the limit."""
+    import threading
+
+    from metafs.client.transport import LocalTransport
+
+    s = settings.with_(db_url=pg_url)
+    nns = [Namenode(s, background=False) for _ in range(2)]
+    try:
+        fss = [Client(settings=s, transport=LocalTransport(nn), uid=0, gid=0) for nn in nns]
+        fss[0].makedirs("/q/a")
+        fss[0].makedirs("/q/b")
+        # a, b and 3 more: in the second round both creates would fit on their own
+        nns[0].ns.quotas.set(fss[0].stat("/q").st_ino, max_files=5)
+        for nn in nns:  # runs after the quota check, before the commit
+            nn.ns.precommit_hooks.append(lambda tx: time.sleep(0.05))
+        barrier = threading.Barrier(2)
+        made: list[str] = []
+        refused: list[str] = []
+
+        def work(fs: Client, sub: str) -> None:
+            for i in range(6):
+                barrier.wait()
+                name = f"/q/{sub}/f{i}"
+                try:
+                    fs.write_bytes(name, b"")
+                    made.append(name)
+                except OSError as e:
+                    assert e.errno == errno.EDQUOT, e
+                    refused.append(name)
+
+        threads = [threading.Thread(target=work, args=(fs, sub))
+                   for fs, sub in zip(fss, ("a", "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        (u,) = nns[0].ns.quotas.list()
+        assert u.files <= u.max_files, f"quota of {u.max_files} holds {u.files} entries"
+        assert len(made) == 3 and len(refused) == 9, (made, refused)
+        for fs in fss:
+            fs.close()
+    finally:
+        for nn in nns:
+            nn.close()
+
+
 # ---------------------------------------------------------------------- fsck
 def _damage(nn: Namenode, fn: Callable) -> None:  # type: ignore[type-arg]
     nn.engine.write(fn)

@@ -7,7 +7,10 @@ it, or write data to files in it, every quota on that directory and its ancestor
 re-evaluated *in the same transaction*, and a limit exceeded fails the operation with
 EDQUOT and rolls it back. Because usage is counted in the transaction, quotas hold across
 any number of namenodes with no counters to drift; the cost is a subtree count per
-growing operation inside a quota'd tree (fine for trees of up to ~10^5 entries).
+growing operation inside a quota'd tree (fine for trees of up to ~10^5 entries). Where
+writers are not serialized by the database (PostgreSQL, READ COMMITTED), the check first
+locks the quota rows it evaluates (``FOR UPDATE``, ascending ino), so growing operations
+under one quota take turns between the count and the commit.
 
 Shrinking operations (unlink, rmdir, truncation) are never refused, so a tree that is
 over its quota (because the quota was lowered) can always be cleaned up.
@@ -127,7 +130,14 @@ class Quotas:
         dirs: set[int] = set()
         for d in starts:
             dirs.update(self._ancestors(conn, d))
-        for q in conn.execute(select(Q).where(Q.c.ino.in_(sorted(dirs)))).all():
+        quotas = select(Q).where(Q.c.ino.in_(sorted(dirs))).order_by(Q.c.ino)
+        if self.ns.engine.supports_for_update:
+            # Lock the quota rows (ascending ino, one global order) before counting: a
+            # concurrent grower under the same quota waits here until this transaction
+            # ends, and its count (a new statement, so a new READ COMMITTED snapshot)
+            # then sees what this one added. Without it both could count, pass and commit.
+            quotas = quotas.with_for_update()
+        for q in conn.execute(quotas).all():
             files, nbytes = usage(conn, q.ino)
             if q.max_files and files > q.max_files:
                 raise FsError(errno.EDQUOT, f"quota exceeded: directory inode {q.ino} may hold "
