@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import os
 from pathlib import Path
 
 import grpc
@@ -267,3 +268,85 @@ def test_certs_and_token_commands(tmp_path: Path) -> None:
     tok = (tmp_path / "carol.token").read_text().strip()
     assert t.by_token(tok).uid == 1002  # type: ignore[union-attr]
     assert certs.common_name((tmp_path / "pki" / "client-bob.pem").read_bytes()) == "bob"
+
+
+# ---------------------------------------------------------------------- FUSE mounts
+def _serve_process(tmp: Path, pki: dict[str, Path]):  # type: ignore[no-untyped-def]
+    """`metafs serve` with TLS and token authentication, as a process of its own."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    ready, log = tmp / "ready", tmp / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAFS_")}
+    with open(log, "wb") as out:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "metafs.cli", "serve", "--data", str(tmp / "data"),
+             "--listen", "127.0.0.1:0", "--ready-file", str(ready),
+             "--tls-cert", str(pki["server"]), "--tls-key", str(pki["server-key"]),
+             "--auth-mode", "token", "--auth-file", str(pki["auth"])],
+            stdout=out, stderr=out, env=env)
+    deadline = time.monotonic() + 60
+    while not (ready.exists() and ready.read_text()):
+        assert p.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "metafs serve did not start"
+        time.sleep(0.05)
+    return p, ready.read_text().strip()
+
+
+@pytest.fixture
+def tls_token_serve(tmp_path: Path, pki: dict[str, Path]):  # type: ignore[no-untyped-def]
+    p, address = _serve_process(tmp_path, pki)
+    try:
+        yield address
+    finally:
+        p.terminate()
+        p.wait(30)
+
+
+from fuse_fixtures import metafs_cmd, mount_factory, needs_fuse  # noqa: E402,F401
+
+
+@needs_fuse
+def test_mount_of_tls_token_namenode(tls_token_serve, pki, mount_factory,  # type: ignore[no-untyped-def]
+                                     tmp_path: Path) -> None:
+    """`metafs mount --namenode` reaches a namenode that serves TLS and requires a token:
+    what is written through the mount is read back through it and by a client."""
+    address = tls_token_serve
+    tok = tmp_path / "gateway.token"
+    tok.write_text(ROOT_TOKEN + "\n")
+    tok.chmod(0o600)
+    m = mount_factory("--namenode", address, "--tls-ca", str(pki["ca"]),
+                      "--token-file", str(tok))
+    (m / "hello.txt").write_bytes(b"over TLS, with a token")
+    assert (m / "hello.txt").read_bytes() == b"over TLS, with a token"
+    assert "hello.txt" in os.listdir(m.path)
+    from metafs.config import load
+
+    s = load(overrides={"data_dir": str(tmp_path / "client")}, environ={})
+    with Client(settings=_client_settings(s, address,
+                                          tls_ca=str(pki["ca"]), token=ROOT_TOKEN)) as fs:
+        assert fs.read_bytes("/hello.txt") == b"over TLS, with a token"
+
+
+@needs_fuse
+def test_mount_with_wrong_token_fails_clearly(tls_token_serve, pki,  # type: ignore[no-untyped-def]
+                                              tmp_path: Path) -> None:
+    import subprocess
+
+    address = tls_token_serve
+    tok = tmp_path / "wrong.token"
+    tok.write_text("guess\n")
+    mp = tmp_path / "m"
+    mp.mkdir()
+    for extra in (["--token-file", str(tok)], []):
+        res = subprocess.run(
+            metafs_cmd("mount", str(mp), "--log-file", str(tmp_path / "m.log"),
+                       "--namenode", address, "--tls-ca", str(pki["ca"]), *extra),
+            capture_output=True, text=True, timeout=120)
+        assert res.returncode != 0
+        assert not os.path.ismount(mp)
+        want = "token is not known" if extra else "requires a bearer token"
+        assert "cannot mount" in res.stderr and want in res.stderr, res.stderr
+        assert "EACCES" in res.stderr, res.stderr

@@ -43,6 +43,18 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
                     const=True, help="let other users use the mount")
     sp.add_argument("--single-threaded", dest="fuse_threads", action="store_const",
                     const=False, help="serve FUSE requests on one thread")
+    g = sp.add_argument_group("security", "for a namenode that serves TLS or requires "
+                              "authentication (the tls_* and token settings apply too)")
+    g.add_argument("--tls-ca", dest="tls_ca",
+                   help="PEM CA bundle to verify the namenode's certificate (turns on TLS)")
+    g.add_argument("--tls-client-cert", dest="tls_client_cert",
+                   help="PEM client certificate (mutual TLS; turns on TLS)")
+    g.add_argument("--tls-client-key", dest="tls_client_key", help="PEM key of --tls-client-cert")
+    g.add_argument("--tls-server-name", dest="tls_server_name",
+                   help="name to expect in the namenode's certificate")
+    g.add_argument("--token-file", dest="token_file",
+                   help="file holding the bearer token (or METAFS_TOKEN / token in the "
+                   "config file); a mount used by several users needs a trusted identity")
     sp.set_defaults(func=cmd_mount)
 
     sp = sub.add_parser("umount", help="unmount a metafs mount")
@@ -56,7 +68,8 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
 _MOUNT_FIELDS = ("fuse_attr_timeout", "fuse_entry_timeout", "fuse_negative_timeout",
                  "fuse_follow_changes", "fuse_kernel_cache", "fuse_write_buffer",
                  "fuse_readahead", "fuse_rpc_timeout", "fuse_access_events",
-                 "fuse_allow_other", "fuse_threads")
+                 "fuse_allow_other", "fuse_threads", "tls_ca", "tls_client_cert",
+                 "tls_client_key", "tls_server_name", "token_file")
 
 
 def mount_settings(args: argparse.Namespace) -> Any:
@@ -64,7 +77,10 @@ def mount_settings(args: argparse.Namespace) -> Any:
 
     extra = {k: getattr(args, k, None) for k in _MOUNT_FIELDS}
     s = settings_from(args, **extra)
-    return s.with_(data_dir=os.path.abspath(s.data_dir))
+    # relative paths mean the caller's directory (the mount process runs in /)
+    paths = {k: os.path.abspath(v) for k in ("tls_ca", "tls_client_cert", "tls_client_key",
+                                             "token_file") if (v := getattr(s, k))}
+    return s.with_(data_dir=os.path.abspath(s.data_dir), **paths)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:

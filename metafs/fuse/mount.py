@@ -26,7 +26,6 @@ from typing import Any
 import platformdirs
 
 from ..client.client import Client
-from ..client.transport import GrpcTransport
 from ..config import Settings
 
 log = logging.getLogger("metafs.fuse")
@@ -63,16 +62,37 @@ def default_log_file(mountpoint: str) -> Path:
     return d / f"mount-{_key(mountpoint)}.log"
 
 
+# short reconnect backoff: a namenode that restarts is used again within a second
+_RECONNECT_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000))
+
+
 def make_client(settings: Settings) -> Client:
-    """The mount's client: remote namenode over gRPC with the mount's (short) timeout and
-    fast reconnects, or an embedded namenode on ``settings.data_dir``."""
+    """The mount's client: remote namenode over gRPC (TLS, client certificate and bearer
+    token as configured, like any client) with the mount's (short) timeout and fast
+    reconnects, or an embedded namenode on ``settings.data_dir``.
+
+    A remote namenode that authenticates is asked who the mount is (WhoAmI), so a wrong
+    token or certificate fails here, before anything is mounted. Every FUSE request then
+    claims the ids of the process behind it: a mount used by several users needs a
+    ``trusted`` identity; an untrusted one serves its own uid only."""
     if settings.namenode:
-        transport = GrpcTransport(
-            settings.namenode, timeout=settings.fuse_rpc_timeout,
-            options=(("grpc.initial_reconnect_backoff_ms", 100),
-                     ("grpc.min_reconnect_backoff_ms", 100),
-                     ("grpc.max_reconnect_backoff_ms", 1000)))
-        return Client(settings=settings, transport=transport)
+        from ..ops.auth import identity_for_client, make_transport
+
+        transport = make_transport(settings, timeout=settings.fuse_rpc_timeout,
+                                   options=_RECONNECT_OPTIONS)
+        try:
+            bound = identity_for_client(transport)
+            if bound is not None:
+                uid, gid, groups = bound
+                return Client(settings=settings, transport=transport, uid=uid, gid=gid,
+                              groups=groups)
+            return Client(settings=settings, transport=transport)
+        except BaseException:
+            transport.close()
+            raise
     return Client(settings=settings.with_(namenode=""))
 
 
@@ -107,7 +127,16 @@ def run_mount(settings: Settings, mountpoint: str, ready_fd: int | None = None) 
     from .ops import MetafsOperations
 
     mountpoint = os.path.abspath(mountpoint)
-    client = make_client(settings)
+    try:
+        client = make_client(settings)
+    except OSError as exc:
+        # e.g. a wrong token: say so to `metafs mount` instead of "did not become ready"
+        log.error("cannot mount %s: cannot use the namenode %s: %s", mountpoint,
+                  settings.namenode or settings.data_dir, exc.strerror or exc)
+        if ready_fd is None:
+            raise
+        _report(ready_fd, f"error {exc.errno or 5} {exc.strerror or exc}")
+        return 1
     rec = getattr(client, "access_recorder", None)
     if rec is not None:
         rec.enabled = False  # the mount reports access events itself, per calling process
@@ -137,6 +166,14 @@ def run_mount(settings: Settings, mountpoint: str, ready_fd: int | None = None) 
             except OSError:
                 pass
     return 0
+
+
+def _report(ready_fd: int, line: str) -> None:
+    try:
+        os.write(ready_fd, line.replace("\n", " ").encode() + b"\n")
+        os.close(ready_fd)
+    except OSError:
+        pass
 
 
 def settings_to_env(settings: Settings) -> str:
@@ -174,8 +211,13 @@ def spawn_mount(settings: Settings, mountpoint: str, *, log_file: str | None = N
             if not chunk:
                 break
             got += chunk
-            if b"ok" in got:
+            if got.startswith(b"ok"):
                 return proc.pid
+            if got.startswith(b"error ") and got.endswith(b"\n"):
+                _, code, msg = got.decode(errors="replace").strip().split(" ", 2)
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+                raise OSError(int(code), f"cannot mount: {msg} (namenode "
+                              f"{settings.namenode or settings.data_dir})", mountpoint)
     finally:
         os.close(r)
     if proc.poll() is None:

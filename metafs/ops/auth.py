@@ -331,17 +331,20 @@ def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
                                         certificate_chain=cert)
 
 
-def make_transport(settings: Settings) -> Any:
-    """The gRPC transport a client uses: TLS and token as configured."""
+def make_transport(settings: Settings, *, timeout: float | None = None,
+                   options: tuple[tuple[str, Any], ...] = ()) -> Any:
+    """The gRPC transport a client uses: TLS and token as configured. ``timeout``
+    (default ``settings.rpc_timeout``) and extra channel ``options`` let a caller such as
+    the FUSE mount keep calls short and reconnect fast."""
     from ..client.transport import GrpcTransport
 
     creds = channel_credentials(settings)
     token = client_token(settings)
     metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) \
         if token else ()
-    options: tuple[tuple[str, Any], ...] = ()
+    options = tuple(options)
     if settings.tls_server_name and creds is not None:
-        options = (("grpc.ssl_target_name_override", settings.tls_server_name),)
+        options += (("grpc.ssl_target_name_override", settings.tls_server_name),)
 
     class AuthTransport(GrpcTransport):
         """GrpcTransport that can ask the namenode who it takes this client to be."""
@@ -358,7 +361,9 @@ def make_transport(settings: Settings) -> Any:
 
                 raise error_from_rpc(exc, "WhoAmI").to_oserror() from None
 
-    t = AuthTransport(settings.namenode, timeout=settings.rpc_timeout, credentials=creds,
+    t = AuthTransport(settings.namenode,
+                      timeout=settings.rpc_timeout if timeout is None else timeout,
+                      credentials=creds,
                       metadata=metadata, options=options)
     t.authenticated = bool(token or settings.tls_client_cert)
     return t
