@@ -306,3 +306,55 @@ def test_eacces_vs_eperm_and_linux_order(u: Users) -> None:
     # hard links to directories: EPERM, whoever asks
     eno(errno.EPERM, lambda: u.alice.link("/alice/d", "/alice/dlink"))
     eno(errno.EPERM, lambda: u.root.link("/alice/d", "/alice/dlink"))
+
+
+def test_handles_belong_to_the_session_that_opened_them(u: Users) -> None:
+    """Handle ids are small sequential numbers: another session (whatever its uid) naming
+    one gets EBADF, and the handle keeps working for its own session."""
+    from metafs.proto import metafs_pb2 as pb
+
+    u.alice.write_bytes("/alice/f", b"alice's data")
+    u.alice.chmod("/alice/f", 0o600)
+    ino = u.alice.stat("/alice/f").st_ino
+    h = u.alice._call("Open", pb.OpenRequest(caller=u.alice.caller, ino=ino,
+                                             flags=os.O_RDWR)).handle
+    assert h
+    for other in (u.bob, u.root):
+        eno(errno.EBADF, lambda: other._call("Write", pb.WriteRequest(
+            caller=other.caller, ino=ino, offset=0, data=b"EVIL", handle=h)))
+        eno(errno.EBADF, lambda: other._call("Read", pb.ReadRequest(
+            caller=other.caller, ino=ino, offset=0, size=100, handle=h)))
+        eno(errno.EBADF, lambda: other._call("SetAttr", pb.SetAttrRequest(
+            caller=other.caller, ino=ino, size=0, handle=h)))
+        eno(errno.EBADF, lambda: other._call("GetLayout", pb.LayoutRequest(
+            caller=other.caller, ino=ino, handle=h)))
+        eno(errno.EBADF, lambda: other._call("Presign", pb.PresignRequest(
+            caller=other.caller, ino=ino, handle=h, keys=[], put=False)))
+        eno(errno.EBADF, lambda: other._call("Release", pb.ReleaseRequest(
+            caller=other.caller, handle=h)))
+    # a caller claiming no session at all is another session too
+    anon = pb.Caller(uid=BOB[0], gid=BOB[1])
+    eno(errno.EBADF, lambda: u.bob._call("Write", pb.WriteRequest(
+        caller=anon, ino=ino, offset=0, data=b"EVIL", handle=h)))
+    eno(errno.EBADF, lambda: u.bob._call("Release", pb.ReleaseRequest(caller=anon, handle=h)))
+    assert u.alice.read_bytes("/alice/f") == b"alice's data"
+    # the owner's session still reads and writes through it, whatever uid a call claims
+    # (a mount serves all its callers in one session; a descriptor passes between processes)
+    r = u.alice._call("Read", pb.ReadRequest(caller=u.alice.caller, ino=ino, offset=0,
+                                             size=100, handle=h))
+    assert r.data == b"alice's data"
+    with u.alice.as_user(*BOB) as as_bob:
+        as_bob._call("Write", pb.WriteRequest(caller=as_bob.caller, ino=ino, offset=0,
+                                              data=b"ALICE", handle=h))
+    # an unlinked file stays alive until its own session releases it
+    u.alice.unlink("/alice/f")
+    eno(errno.EBADF, lambda: u.bob._call("Release", pb.ReleaseRequest(caller=u.bob.caller,
+                                                                      handle=h)))
+    r = u.alice._call("Read", pb.ReadRequest(caller=u.alice.caller, ino=ino, offset=0,
+                                             size=100, handle=h))
+    assert r.data == b"ALICE's data"
+    u.alice._call("Release", pb.ReleaseRequest(caller=u.alice.caller, handle=h))
+    eno(errno.EBADF, lambda: u.alice._call("Release", pb.ReleaseRequest(
+        caller=u.alice.caller, handle=h)))
+    eno(errno.ENOENT, lambda: u.root._call("GetAttr", pb.InodeRequest(caller=u.root.caller,
+                                                                      ino=ino)))

@@ -16,6 +16,7 @@ import os
 import stat
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
@@ -72,12 +73,16 @@ _Q_INSERT_HANDLE = Prepared(insert(H).values(id=bindparam("id"), ino=bindparam("
                                              session=bindparam("session"),
                                              flags=bindparam("flags"),
                                              opened_ns=bindparam("opened_ns")))
-_Q_HANDLE_FLAGS = Prepared(select(H.c.flags).where(H.c.id == bindparam("hid"),
-                                                   H.c.ino == bindparam("ino")))
+_Q_HANDLE = Prepared(select(H.c.flags, H.c.session).where(H.c.id == bindparam("hid"),
+                                                          H.c.ino == bindparam("ino")))
 _Q_INSERT_DATA = Prepared(insert(FD).values(ino=bindparam("ino"), data=bindparam("data")))
 _Q_INSERT_XATTR = Prepared(insert(XA).values(ino=bindparam("ino"), name=bindparam("name"),
                                              value=bindparam("value")))
 _Q_INLINE = Prepared(select(FD.c.data).where(FD.c.ino == bindparam("ino")))
+
+# The caller of the operation running in this context. Handle checks read it when their
+# caller passes no credentials (the block layer's RPCs; see Namespace.__init__).
+_CALLER: ContextVar[Cred | None] = ContextVar("metafs_caller", default=None)
 
 _ALLOWED_TYPES = {stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK}
 
@@ -161,6 +166,12 @@ class Namespace:
         from .blocks import BlockLayer  # registers its free hook; opens the store lazily
 
         self.blocks = BlockLayer(self)
+        # The block layer checks handles without handing its caller down: run its RPCs
+        # with the caller recorded, so that a handle is honoured only for its own session.
+        for name in ("get_layout", "presign", "commit"):
+            fn = getattr(self.blocks, name, None)
+            if fn is not None:
+                setattr(self.blocks, name, _with_caller(fn))
         # Checks run inside each write transaction before it commits (quotas).
         self.precommit_hooks: list[Callable[[Tx], None]] = []
         from .quota import Quotas  # registers its EDQUOT check
@@ -190,7 +201,11 @@ class Namespace:
             last = changelog.append(conn, tx.records) if tx.records else 0
             return result, last, tx.after_commit
 
-        result, last, after = self.engine.write(body)
+        token = _CALLER.set(cred)
+        try:
+            result, last, after = self.engine.write(body)
+        finally:
+            _CALLER.reset(token)
         if last:
             self.notifier.notify(last)
         for cb in after:
@@ -875,7 +890,7 @@ class Namespace:
                     raise FsError(errno.EISDIR, "cannot truncate a directory")
                 if not stat.S_ISREG(row.mode):
                     raise FsError(errno.EINVAL, "only regular files can be truncated")
-                if not self._writable_handle(tx.conn, handle, ino):
+                if not self._writable_handle(tx.conn, handle, ino, cred):
                     check(cred, row, W, "truncate this file")
                 self._truncate(tx, row, size)
                 vals["size"] = size
@@ -1036,29 +1051,42 @@ class Namespace:
 
     def release(self, cred: Cred, handle: int) -> None:
         def fn(tx: Tx) -> None:
-            ino = tx.conn.execute(select(H.c.ino).where(H.c.id == handle)).scalar()
-            if ino is None:
-                raise FsError(errno.EBADF, f"no open handle {handle}")
-            self._lock(tx.conn, ino)
-            tx.conn.execute(delete(H).where(H.c.id == handle))
-            self._free_orphans(tx, {ino})
+            row = tx.conn.execute(select(H.c.ino, H.c.session).where(H.c.id == handle)).first()
+            if row is None or row.session != (cred.client_id or ""):
+                raise FsError(errno.EBADF, f"bad file handle {handle}: not open in this session")
+            self._lock(tx.conn, row.ino)
+            n = tx.conn.execute(delete(H).where(H.c.id == handle)).rowcount
+            if not n:  # released meanwhile by another call of the session
+                raise FsError(errno.EBADF, f"bad file handle {handle}: not open in this session")
+            self._free_orphans(tx, {row.ino})
 
         self.mutate(cred, fn)
 
-    def _writable_handle(self, conn: Connection, handle: int, ino: int) -> bool:
+    def _handle_flags(self, conn: Connection, handle: int, ino: int, cred: Cred | None) -> int:
+        """The open flags of ``handle`` on ``ino``. A handle belongs to the session that
+        opened it (the session, not the uid: a mount serves all its callers in one session,
+        and a file descriptor passes between processes); any other caller gets EBADF, as
+        does one that names no caller at all."""
+        if cred is None:
+            cred = _CALLER.get()
+        row = _Q_HANDLE.first(conn, hid=handle, ino=ino)
+        if row is None or cred is None or row.session != (cred.client_id or ""):
+            raise FsError(errno.EBADF, f"bad file handle {handle}: not open on inode {ino} "
+                          "in this session")
+        return int(row.flags)
+
+    def _writable_handle(self, conn: Connection, handle: int, ino: int,
+                         cred: Cred | None = None) -> bool:
         if not handle:
             return False
-        flags = _Q_HANDLE_FLAGS.scalar(conn, hid=handle, ino=ino)
-        if flags is None:
-            raise FsError(errno.EBADF, f"handle {handle} is not open on inode {ino}")
+        flags = self._handle_flags(conn, handle, ino, cred)
         return flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
 
-    def _readable_handle(self, conn: Connection, handle: int, ino: int) -> bool:
+    def _readable_handle(self, conn: Connection, handle: int, ino: int,
+                         cred: Cred | None = None) -> bool:
         if not handle:
             return False
-        flags = _Q_HANDLE_FLAGS.scalar(conn, hid=handle, ino=ino)
-        if flags is None:
-            raise FsError(errno.EBADF, f"handle {handle} is not open on inode {ino}")
+        flags = self._handle_flags(conn, handle, ino, cred)
         return flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)
 
     # ------------------------------------------------------------------ inline data
@@ -1103,7 +1131,7 @@ class Namespace:
             row = self._get(conn, ino)
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EISDIR, "is a directory")
-            if not self._readable_handle(conn, handle, ino):
+            if not self._readable_handle(conn, handle, ino, cred):
                 if handle:
                     raise FsError(errno.EBADF, "file is not open for reading")
                 check(cred, row, R, "read this file")
@@ -1135,7 +1163,7 @@ class Namespace:
                 raise FsError(errno.EISDIR, "is a directory")
             if not stat.S_ISREG(row.mode):
                 raise FsError(errno.EINVAL, "not a regular file")
-            if not self._writable_handle(tx.conn, handle, ino):
+            if not self._writable_handle(tx.conn, handle, ino, cred):
                 if handle:
                     raise FsError(errno.EBADF, "file is not open for writing")
                 check(cred, row, W, "write this file")
@@ -1324,6 +1352,21 @@ class Namespace:
         except ValueError as exc:
             raise FsError(errno.EINVAL, f"run record is not JSON: {exc}") from None
         self.mutate(cred, lambda tx: tx.log(pb.OP_RUN, 0, run_id=run_id, extra=body))
+
+
+def _with_caller(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn(cred, ...)`` run with ``cred`` recorded as the context's caller."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(cred: Cred, *args: Any, **kw: Any) -> T:
+        token = _CALLER.set(cred)
+        try:
+            return fn(cred, *args, **kw)
+        finally:
+            _CALLER.reset(token)
+
+    return wrapper
 
 
 class _Obj:
