@@ -421,3 +421,47 @@ def test_through_mount(env: dict[str, str], tmp_path: Path) -> None:
     down = prov(env, "downstream", "/p8/data")
     assert "/p8/report.txt" in paths(down)
     assert any("report.txt" in r["cmdline"] for r in down["runs"] if not r["explicit"])
+
+
+@pytest.mark.fuse
+def test_second_reader_of_cached_file_is_recorded(tmp_path: Path) -> None:
+    """Two processes read one unchanged file, one after the other, on one mount. The
+    second read is answered from the kernel page cache (kept across opens), so no read
+    call reaches the mount; both processes still get a read event."""
+    fx = pytest.importorskip("fuse_fixtures")
+    if not fx.FUSE_AVAILABLE:
+        pytest.skip("needs /dev/fuse, root and fusermount3 (fuse3)")
+    from metafs.config import load
+    from metafs.proto import metafs_pb2 as pb
+
+    nn = fx.GrpcNamenode(load(overrides={"data_dir": str(tmp_path / "nn"),
+                                         "listen": "127.0.0.1:0"}, environ={})).start()
+    m = fx.Mount(tmp_path / "m", ["--namenode", nn.address,
+                                  "--log-file", str(tmp_path / "m.log")])
+    try:
+        with Client(nn.address) as c:
+            c.write_bytes("/data.csv", b"a,b\n1,2\n" * 100)
+        m.start()
+        for run in ("reader-1", "reader-2"):
+            subprocess.run([sys.executable, "-c", "import sys; open(sys.argv[1], 'rb').read()",
+                            str(m / "data.csv")], check=True,
+                           env={**os.environ, "METAFS_RUN_ID": run})
+        # a process that only writes, and one that truncates, are not readers
+        subprocess.run([sys.executable, "-c", "import sys; open(sys.argv[1], 'wb').write(b'x'); "
+                        "open(sys.argv[2], 'r+b').write(b'y')",
+                        str(m / "out.bin"), str(m / "data.csv")], check=True,
+                       env={**os.environ, "METAFS_RUN_ID": "writer"})
+        m.stop()  # unmounting sends what is pending
+        with Client(nn.address) as c:
+            records, _ = c.changelog(0, limit=10_000)
+            ino = c.ino("/data.csv")
+    finally:
+        m.stop()
+        nn.stop()
+    reads = {(r.run_id, r.ino): json.loads(r.extra) for r in records if r.op == pb.OP_ACCESS}
+    for run in ("reader-1", "reader-2"):
+        assert (run, ino) in reads, f"no access event of {run}: {sorted(reads)}"
+        assert reads[run, ino]["read"] and not reads[run, ino]["wrote"]
+    for key, ev in reads.items():
+        if key[0] == "writer":
+            assert ev["wrote"] and not ev["read"], (key, ev)

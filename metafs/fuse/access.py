@@ -6,11 +6,19 @@ inode and its data version, the process that opened it (pid, start time, command
 METAFS_RUN_ID from its environment), the user and the host. Events wait in memory and go
 out every ``fuse_access_interval`` seconds or when ``fuse_access_batch`` are pending; if
 the namenode is away they are kept (up to a bound) and sent when it returns.
+
+A file counts as read when read calls reached the mount, and also when it was opened for
+reading (O_RDONLY or O_RDWR) without O_TRUNC and nothing was written through it: the
+kernel keeps the page cache of an unchanged file across opens (keep_cache), so a second
+process reading it may send the mount no read call at all, and its read must not go
+unrecorded. An open for reading that reads nothing counts as a read too (the mount cannot
+tell it from a read the page cache answered).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -62,13 +70,23 @@ class AccessRecorder:
         if h.pid:
             self._openers[h.fh] = self.ops.procs.info(h.pid)
 
+    @staticmethod
+    def was_read(h: "Handle") -> bool:
+        """Whether ``h`` read its file: read calls came, or it was opened for reading of
+        the data as it was (no O_TRUNC, no writes) and the page cache may have answered."""
+        if h.did_read:
+            return True
+        readable = (h.flags & os.O_ACCMODE) in (os.O_RDONLY, os.O_RDWR)
+        return readable and not (h.flags & os.O_TRUNC) and not h.did_write
+
     def closed(self, h: "Handle") -> None:
         info = self._openers.pop(h.fh, None)
-        if not (h.did_read or h.did_write):
+        read = self.was_read(h)
+        if not (read or h.did_write):
             return
         attr = getattr(h.raw, "attr", None)
         ev = pb.AccessEvent(
-            ino=h.ino, read=h.did_read, wrote=h.did_write, pid=h.pid, host=self.host,
+            ino=h.ino, read=read, wrote=h.did_write, pid=h.pid, host=self.host,
             ts_ns=time.time_ns(), version=attr.version if attr is not None else 0,
             uid=getattr(getattr(h.raw, "_client", None), "caller", pb.Caller()).uid)
         if info is not None:
