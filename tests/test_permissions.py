@@ -358,3 +358,50 @@ def test_handles_belong_to_the_session_that_opened_them(u: Users) -> None:
         caller=u.alice.caller, handle=h)))
     eno(errno.ENOENT, lambda: u.root._call("GetAttr", pb.InodeRequest(caller=u.root.caller,
                                                                       ino=ino)))
+
+
+def test_bulk_create_needs_search_permission_on_every_directory(u: Users) -> None:
+    """BulkCreate walks its paths like a path walk: x on the base and on every directory
+    it goes through (found or made), w+x where it makes entries; a refusal makes nothing."""
+    from metafs.client import BulkFile
+    from metafs.proto import metafs_pb2 as pb
+
+    u.alice.mkdir("/alice/p", 0o700)
+    u.alice.mkdir("/alice/p/open")
+    u.alice.chmod("/alice/p/open", 0o777)
+    p_ino = u.alice.stat("/alice/p").st_ino
+    head = u.root.changelog_head()
+
+    def raw(parent: int, *entries: pb.BulkEntry, make_parents: bool = True) -> Any:
+        req = pb.BulkCreateRequest(caller=u.bob.caller, parent=parent,
+                                   make_parents=make_parents, exist_ok=True)
+        req.entries.extend(entries)
+        return u.bob._call("BulkCreate", req)
+
+    f = stat.S_IFREG | 0o644
+    # through a directory bob may not search, into one he may write
+    eno(errno.EACCES, lambda: u.bob.bulk_create("/alice", [BulkFile("p/open/evil", b"x")]))
+    eno(errno.EACCES, lambda: u.bob.bulk_create("/alice", [BulkFile("p/new/evil", b"x")]))
+    # a base directory bob may not search (named by inode, past the client's path walk)
+    eno(errno.EACCES, lambda: raw(p_ino, pb.BulkEntry(path="open/evil", mode=f)))
+    eno(errno.EACCES, lambda: raw(p_ino, pb.BulkEntry(path="evil", mode=f)))
+    eno(errno.EACCES, lambda: raw(p_ino, pb.BulkEntry(path="open", mode=stat.S_IFDIR | 0o755)))
+    # a later entry below an unsearchable directory undoes the earlier ones
+    eno(errno.EACCES, lambda: u.bob.bulk_create("/", [BulkFile("tmp/ok", b"1"),
+                                                      BulkFile("alice/p/open/evil", b"x")]))
+    # a directory made by the call itself without x for its maker
+    eno(errno.EACCES, lambda: u.bob.bulk_create("/bob", [
+        BulkFile("shut", is_dir=True, mode=0o600), BulkFile("shut/f", b"x")]))
+    assert u.root.changelog_head() == head, "a refused BulkCreate changed something"
+    # search without write is not enough to make entries
+    u.alice.chmod("/alice/p", 0o711)
+    head = u.root.changelog_head()
+    eno(errno.EACCES, lambda: u.bob.bulk_create("/alice/p", [BulkFile("evil", b"x")]))
+    assert u.root.changelog_head() == head, "a refused BulkCreate changed something"
+    assert u.root.listdir("/alice/p/open") == [] and u.root.listdir("/tmp") == []
+    assert u.root.listdir("/bob") == []
+    # with search permission the same walk works; root needs none
+    assert len(u.bob.bulk_create("/alice", [BulkFile("p/open/fine", b"x")])) == 1
+    u.alice.chmod("/alice/p", 0o700)
+    u.root.bulk_create("/alice", [BulkFile("p/open/by-root", b"r")])
+    assert sorted(u.root.listdir("/alice/p/open")) == ["by-root", "fine"]

@@ -1233,12 +1233,22 @@ class Namespace:
         inos: list[int] = []
         ids = iter(self.engine.allocate_ids(conn, "inode", self._bulk_id_budget(plan)))
         created = 0
+        searched: set[int] = set()
+
+        def search(pdir: Any) -> None:
+            # A name is looked up in (or made in) a directory only with search permission
+            # on it, as on a path walk: the base and every directory below it, found or
+            # made by this call.
+            if pdir.id not in searched:
+                check(cred, pdir, X, "search a directory on the path")
+                searched.add(pdir.id)
 
         def get_dir(key: tuple[str, ...]) -> Any:
             if key in dirs:
                 return dirs[key]
             pdir = get_dir(key[:-1])
             name = key[-1]
+            search(pdir)
             row = None if (pdir.id, name) in new_names else self._lookup(conn, pdir.id, name)
             if row is None and (pdir.id, name) not in new_names:
                 if not make_parents:
@@ -1281,6 +1291,7 @@ class Namespace:
         for parts, ftype, e in plan:
             pdir = get_dir(tuple(parts[:-1]))
             name = parts[-1]
+            search(pdir)
             if (pdir.id, name) in new_names:
                 if ftype == stat.S_IFDIR and exist_ok:
                     inos.append(dirs.get(tuple(parts), _Obj({"id": 0})).id)
