@@ -370,8 +370,12 @@ def test_openlineage(env: dict[str, str], tmp_path: Path) -> None:
         filed = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
         _validate(filed)
         assert len(filed) == len(events)
+        # both destinations given: both get every event
+        assert len(got) == len(events), "the URL was skipped when a file was given too"
+        assert [g["body"] for g in got] == filed
         metafs(env, "prov", "upstream", "/p7/model.onnx", "--openlineage-url",
                f"http://127.0.0.1:{srv.server_port}")
+        assert len(got) == 2 * len(events)
     finally:
         srv.shutdown()
     assert got and all(g["path"] == "/api/v1/lineage" for g in got)

@@ -92,7 +92,8 @@ def _dispatch(args: argparse.Namespace, fs: Any, p: Any) -> int:
     ns = _namespace(fs)
     if args.openlineage_file or args.openlineage_url:
         n = emit_openlineage(g, ns, file=args.openlineage_file, url=args.openlineage_url)
-        print(f"sent {n} OpenLineage run events", file=sys.stderr)
+        to = " and ".join(x for x in (args.openlineage_file, args.openlineage_url) if x)
+        print(f"sent {n} OpenLineage run events to {to}", file=sys.stderr)
     out.write(render_graph(g, fmt, ns) + "\n")
     return 0
 

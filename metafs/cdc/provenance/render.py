@@ -169,25 +169,33 @@ def openlineage_json(g: Graph, namespace: str) -> str:
 
 def emit_openlineage(g: Graph, namespace: str, *, file: str | None = None,
                      url: str | None = None, endpoint: str = "api/v1/lineage") -> int:
-    """Send the run events with an openlineage-python transport: appended as JSON lines
-    to ``file``, or POSTed to ``url`` (``endpoint`` path). Returns the number sent."""
+    """Send the run events with openlineage-python transports: appended as JSON lines to
+    ``file`` and/or POSTed to ``url`` (``endpoint`` path); every destination given gets
+    every event. Returns the number of events (each destination's count)."""
     from openlineage.client import OpenLineageClient
 
-    transport: Any
+    transports: list[Any] = []
     if file:
         from openlineage.client.transport.file import FileConfig, FileTransport
 
-        transport = FileTransport(FileConfig(log_file_path=file, append=True))
-    elif url:
+        transports.append(FileTransport(FileConfig(log_file_path=file, append=True)))
+    if url:
         from openlineage.client.transport.http import HttpConfig, HttpTransport
 
-        transport = HttpTransport(HttpConfig(url=url, endpoint=endpoint))
-    else:
+        transports.append(HttpTransport(HttpConfig(url=url, endpoint=endpoint)))
+    if not transports:
         raise ValueError("give a file or a url to send OpenLineage events to")
-    client = OpenLineageClient(transport=transport)
     events = openlineage_events(g, namespace)
-    for e in events:
-        client.emit(e)
+    first_error: BaseException | None = None
+    for transport in transports:  # one destination failing does not starve the others
+        client = OpenLineageClient(transport=transport)
+        try:
+            for e in events:
+                client.emit(e)
+        except Exception as exc:
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
     return len(events)
 
 
