@@ -170,6 +170,37 @@ def test_dot_names_as_new_names(fs: Client, stub: pb_grpc.NamenodeStub) -> None:
             caller=ROOT, parent=d, name="..", mode=0o755)) == errno.EEXIST
 
 
+def test_trailing_slash_names_a_directory(fs: Client, stub: pb_grpc.NamenodeStub) -> None:
+    """As POSIX: "path/" resolves only to a directory; a final symlink is followed first
+    (also by lstat), as is one whose target ends in '/'."""
+    fs.symlink("/d/sub", "/d/dirlink")
+    fs.symlink("/d/f/", "/d/slashlink")  # a target with a trailing slash, onto a file
+    fs.symlink("/d/sub/", "/d/slashdir")
+    fs.symlink("/nowhere", "/d/dangling")
+    for path in ("/d/f/", "/d/f//", "/d/l/", "/d/slashlink", "/d/slashlink/", "/d/f/."):
+        fails(fs, errno.ENOTDIR, lambda: fs.stat(path))
+        fails(fs, errno.ENOTDIR, lambda: fs.read_bytes(path))
+        if path != "/d/slashlink":  # lstat of the link itself follows nothing
+            fails(fs, errno.ENOTDIR, lambda: fs.lstat(path))
+    fails(fs, errno.ENOENT, lambda: fs.stat("/d/dangling/"))
+    fails(fs, errno.ENOENT, lambda: fs.stat("/d/missing/"))
+    with unchanged(fs):
+        sub = fs.stat("/d/sub").st_ino
+        for path in ("/d/sub/", "/d/sub//", "/d/dirlink/", "/d/slashdir", "/d/slashdir/",
+                     "/d/./sub/", "/d/sub/../sub/"):
+            assert fs.stat(path).st_ino == sub, path
+        # a trailing slash follows the final link even without following
+        assert fs.lstat("/d/dirlink/").st_ino == sub
+        assert stat.S_ISLNK(fs.lstat("/d/dirlink").st_mode)
+        assert stat.S_ISLNK(fs.lstat("/d/slashlink").st_mode)
+        assert fs.stat("/").st_ino == fs.stat("//").st_ino == 1
+        # the same through a raw Resolve
+        assert raw_errno(stub, "Resolve", pb.ResolveRequest(caller=ROOT, path="/d/f/",
+                                                            follow=False)) == errno.ENOTDIR
+        assert stub.Resolve(pb.ResolveRequest(caller=ROOT, path="/d/dirlink/", follow=False),
+                            timeout=10).ino == sub
+
+
 def test_name_too_long(fs: Client) -> None:
     long = "x" * 256
     wide = "é" * 128  # 256 bytes in UTF-8

@@ -391,10 +391,15 @@ class Namespace:
                  *, want_parent: bool = False) -> Any:
         """Walk ``path``; checks search permission on every directory crossed and follows
         symlinks (at most SYMLOOP_MAX). With ``want_parent`` returns (parent row, last name)
-        without looking the last name up."""
+        without looking the last name up.
+
+        As POSIX: a path that ends in '/' names a directory (ENOTDIR otherwise), and a
+        final symlink is then followed even without ``follow`` ("link/" is what it points
+        to); so does a symlink whose target ends in '/'."""
         links = 0
         cur = self._get(conn, ROOT_INO if path.startswith("/") else start)
         parts = [p for p in path.split("/") if p]
+        must_dir = path.endswith("/")
         if want_parent and not parts:
             raise FsError(errno.EINVAL, "the root has no parent", path)
         i = 0
@@ -418,13 +423,15 @@ class Namespace:
             row = self._lookup(conn, cur.id, name)
             if row is None:
                 raise FsError(errno.ENOENT, "no such file or directory", path)
-            if stat.S_ISLNK(row.mode) and (not last or follow):
+            if stat.S_ISLNK(row.mode) and (not last or follow or must_dir):
                 links += 1
                 if links > SYMLOOP_MAX:
                     raise FsError(errno.ELOOP, "too many levels of symbolic links", path)
                 target = row.target or ""
                 rest = parts[i + 1:]
                 tparts = [p for p in target.split("/") if p]
+                if not rest and target.endswith("/"):
+                    must_dir = True  # the target's last name is now the path's
                 if target.startswith("/"):
                     cur = self._get(conn, ROOT_INO)
                 parts = tparts + rest
@@ -434,6 +441,8 @@ class Namespace:
                 continue
             cur = row
             i += 1
+        if must_dir and not stat.S_ISDIR(cur.mode):
+            raise FsError(errno.ENOTDIR, "not a directory (the path ends in '/')", path)
         return pb.Entry(ino=cur.id, attr=to_attr(cur))
 
     def searchable(self, cred: Cred, dirs: Iterable[str]) -> set[str]:
