@@ -96,6 +96,48 @@ def test_consumer_status_and_source_reset(tmp_path: Path) -> None:
         client.close()
 
 
+def test_consumer_lag_seconds_is_commit_to_applied(tmp_path: Path) -> None:
+    """lag_seconds is the age of the oldest committed record not yet applied (0 when
+    caught up), not the time since the consumer's last batch."""
+    client = Client(data_dir=str(tmp_path / "a"))
+    idx = EmbeddedIndex(tmp_path / "idx" / "index.db")
+
+    def bracket(write):  # type: ignore[no-untyped-def]
+        before = time.time_ns()
+        write()
+        return before, time.time_ns()
+
+    def lag_within(cons: Consumer, since: tuple[int, int]) -> float:
+        t1 = time.time_ns()
+        st = cons.status()
+        t2 = time.time_ns()
+        assert (t1 - since[1]) / 1e9 <= st.lag_seconds <= (t2 - since[0]) / 1e9, (st, since)
+        return st.lag_seconds
+
+    try:
+        a = bracket(lambda: client.write_bytes("/a", b"1"))
+        head_a = client.changelog_head()
+        time.sleep(0.4)
+        b = bracket(lambda: client.write_bytes("/b", b"2"))
+        time.sleep(0.4)
+        cons = Consumer(source_for(client), idx)
+        assert lag_within(cons, a) >= 0.8  # nothing applied: as old as the first record
+        cons.catch_up(head_a)  # a batch just now; what is left was committed 0.4 s ago
+        assert cons.status().lag_records > 0
+        assert lag_within(cons, b) >= 0.4
+        cons.catch_up()
+        st = cons.status()
+        assert st.lag_records == 0 and st.lag_seconds == 0.0
+        c = bracket(lambda: client.write_bytes("/c", b"3"))  # committed, not yet read
+        time.sleep(0.3)
+        assert lag_within(cons, c) >= 0.3
+        cons.catch_up()
+        assert cons.status().lag_seconds == 0.0
+    finally:
+        idx.close()
+        client.close()
+
+
 def test_indexer_process_killed_with_sigkill_resumes(tmp_path: Path) -> None:
     data, ixdir = tmp_path / "data", tmp_path / "idx"
     client = Client(data_dir=str(data))

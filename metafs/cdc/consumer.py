@@ -98,7 +98,8 @@ class Consumer:
         self._cond = threading.Condition()
         self._position = sink.position()
         self._head = self._position
-        self._oldest_pending_ns = 0
+        # (position, ts_ns) of the oldest committed record after that position, once known
+        self._pending: tuple[int, int] | None = None
         self._applied = 0
         self._batches = 0
         self._last_error = ""
@@ -122,18 +123,23 @@ class Consumer:
                 self.sink.reset()
                 after = 0
                 recs, head = self.source.read(0, self.batch, 0)
-            recs = [r for r in recs if r.seq > after and (upto is None or r.seq <= upto)]
+            got = recs
+            recs = [r for r in got if r.seq > after and (upto is None or r.seq <= upto)]
             if recs:
                 self.sink.apply(recs, recs[-1].seq, self.on_record)
                 pos = recs[-1].seq
             else:
                 pos = after
+            left = [r for r in got if r.seq > pos]  # read, not applied (past ``upto``)
             with self._cond:
                 self._position = pos
                 self._head = max(head, pos)
                 self._applied += len(recs)
                 self._batches += 1 if recs else 0
-                self._oldest_pending_ns = 0 if pos >= head else time.time_ns()
+                if left:
+                    self._pending = (pos, left[0].ts_ns)
+                elif self._pending is not None and self._pending[0] != pos:
+                    self._pending = None
             if pos >= head:
                 hook = getattr(self.sink, "caught_up", None)
                 if hook is not None:
@@ -221,20 +227,40 @@ class Consumer:
     def position(self) -> int:
         return self._position
 
+    def _pending_since_ns(self, pos: int) -> int:
+        """The commit time (ts_ns) of the oldest committed record after ``pos``, read from
+        the source once per checkpoint position; 0 when there is none or it is unknown."""
+        cached = self._pending
+        if cached is not None and cached[0] == pos:
+            return cached[1]
+        try:
+            recs, _ = self.source.read(pos, 1, 0)
+        except Exception as exc:  # noqa: BLE001 - status must not fail
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            return 0
+        ts = int(recs[0].ts_ns) if recs else 0
+        if recs:
+            self._pending = (pos, ts)
+        return ts
+
     def status(self, *, refresh_head: bool = True) -> ConsumerStatus:
+        """Position, head and lag: ``lag_records`` committed records not yet applied, and
+        ``lag_seconds`` since the oldest of them was committed (0 when caught up)."""
         head = self._head
         if refresh_head:
             try:
                 head = max(self.source.head(), self._position)
             except Exception as exc:  # noqa: BLE001 - status must not fail
                 self._last_error = f"{type(exc).__name__}: {exc}"
+        pos = self._position
         lag_s = 0.0
-        if head > self._position:
-            since = self._oldest_pending_ns or time.time_ns()
-            lag_s = max(0.0, (time.time_ns() - since) / 1e9)
+        if head > pos:
+            since = self._pending_since_ns(pos)
+            if since:
+                lag_s = max(0.0, (time.time_ns() - since) / 1e9)
         return ConsumerStatus(
-            name=self.name, position=self._position, head=head,
-            lag_records=max(0, head - self._position), lag_seconds=lag_s,
+            name=self.name, position=pos, head=head,
+            lag_records=max(0, head - pos), lag_seconds=lag_s,
             applied=self._applied, batches=self._batches,
             running=self._thread is not None and self._thread.is_alive(),
             last_error=self._last_error)
