@@ -263,6 +263,82 @@ def test_deep_crossing_renames_two_namenodes_postgres(pg_url: str, tmp_path: Pat
                 c.close()
 
 
+@pytest.mark.postgres
+def test_rename_rechecks_the_rename_lock_after_locking(pg_url: str, settings: Settings) -> None:
+    """A rename decides from a lookup made before its locks whether it moves a directory
+    (and needs the rename lock). Here /P/A is a file at that lookup and a directory by the
+    time the row locks are held, while a crossing directory rename holds the rename lock
+    (paused before its commit, its subtree check done): moving A into B's subtree must wait
+    for it and then fail with EINVAL, never make a cycle beside it."""
+    from metafs.namenode.perms import ROOT as ROOT_CRED
+
+    nn = Namenode(settings.with_(db_url=pg_url), background=False)
+    ns = nn.ns
+    c = Client(settings=nn.settings, transport=LocalTransport(nn), uid=0, gid=0, groups=[])
+    try:
+        def mkdir(parent: int, name: str) -> int:
+            return ns.mkdir(ROOT_CRED, parent, name, 0o755).ino
+
+        p, q = mkdir(ROOT, "P"), mkdir(ROOT, "Q")
+        ns.create(ROOT_CRED, p, "A", 0o100644)  # a file, for now
+        adir = mkdir(p, "Adir")
+        a2 = mkdir(mkdir(adir, "a1"), "a2")
+        b = mkdir(q, "B")
+        b2 = mkdir(mkdir(b, "b1"), "b2")
+        dirs = {p, q, adir, a2, b, b2}
+
+        paused, resume = threading.Event(), threading.Event()
+
+        def pause_b_mover(tx: Any) -> None:
+            if threading.current_thread().name == "move-B":
+                paused.set()
+                assert resume.wait(60)
+
+        real_lock = ns._lock
+        swapped = threading.Event()
+
+        def lock_after_swap(conn: Any, *inos: int) -> None:
+            # between the first rename's lookup and its locks: the file A gives way to
+            # the directory Adir (two other transactions, committed)
+            if threading.current_thread().name == "move-A" and not swapped.is_set():
+                swapped.set()
+                ns.unlink(ROOT_CRED, p, "A")
+                ns.rename(ROOT_CRED, p, "Adir", p, "A")
+            real_lock(conn, *inos)
+
+        ns.precommit_hooks.append(pause_b_mover)
+        ns._lock = lock_after_swap  # type: ignore[method-assign]
+        results: dict[str, Any] = {}
+
+        def move(name: str, sp: int, dp: int) -> None:
+            try:
+                ns.rename(ROOT_CRED, sp, name, dp, name)
+                results[name] = True
+            except FsError as exc:
+                results[name] = exc.errno
+
+        tb = threading.Thread(target=move, args=("B", q, a2), name="move-B")
+        tb.start()
+        assert paused.wait(30), "the rename of B did not get to its commit"
+        ta = threading.Thread(target=move, args=("A", p, b2), name="move-A")
+        ta.start()
+        ta.join(2)  # it must wait for the rename lock B's rename holds
+        waited = ta.is_alive()
+        resume.set()
+        tb.join(30)
+        ta.join(30)
+        assert swapped.is_set()
+        assert results == {"B": True, "A": errno.EINVAL}, results
+        assert waited, "the rename of a directory to another parent ran beside another one"
+        ns._lock = real_lock  # type: ignore[method-assign]
+        ns.precommit_hooks.remove(pause_b_mover)
+        check_tree(c, pg_url, dirs, {})
+    finally:
+        resume.set()
+        c.close()
+        nn.close()
+
+
 def test_crossing_renames_sqlite(settings: Settings) -> None:
     nn = Namenode(settings, background=False)
     clients: list[Client] = []

@@ -47,6 +47,7 @@ ROOT_INO = schema.ROOT_INO
 NAME_MAX = 255
 PATH_MAX = 4096
 SYMLOOP_MAX = 40
+_RENAME_ATTEMPTS = 100  # restarts of one rename overtaken by changes of its names
 MAX_FILE_SIZE = (1 << 63) - 1  # sizes and offsets are signed 64-bit in every database
 LINK_MAX = 65000
 XATTR_NAME_MAX = 255
@@ -725,20 +726,51 @@ class Namespace:
         if dst_name in (".", ".."):
             raise FsError(errno.EEXIST if flags & RENAME_NOREPLACE else errno.EBUSY,
                           f"cannot rename onto {dst_name!r}", dst_name)
-        self.mutate(cred, lambda tx: self._rename(tx, src_parent, src_name, dst_parent,
-                                                  dst_name, flags))
+        rename_lock = False
+        for _ in range(_RENAME_ATTEMPTS):
+            try:
+                self.mutate(cred, lambda tx: self._rename(tx, src_parent, src_name, dst_parent,
+                                                          dst_name, flags, rename_lock))
+                return
+            except _RenameRestart as restart:
+                rename_lock = rename_lock or restart.rename_lock
+        raise FsError(errno.EAGAIN, "rename kept racing with concurrent changes of its names; "
+                      "try again", src_name)
 
-    def _rename(self, tx: Tx, sp: int, sn: str, dp: int, dn: str, flags: int) -> None:
+    @staticmethod
+    def _moves_dir(sp: int, dp: int, src: Any, dst: Any, exchange: bool) -> bool:
+        """Whether a rename gives a directory another parent (and needs the rename lock)."""
+        return sp != dp and (
+            (src is not None and stat.S_ISDIR(src.mode))
+            or (exchange and dst is not None and stat.S_ISDIR(dst.mode)))
+
+    def _rename(self, tx: Tx, sp: int, sn: str, dp: int, dn: str, flags: int,
+                rename_lock: bool = False) -> None:
         conn, cred = tx.conn, tx.cred
+        exchange = bool(flags & RENAME_EXCHANGE)
+        # Locks in the global order: the rename lock first, then inode rows by id. What to
+        # lock comes from a lookup made before any lock, which a concurrent change can
+        # overtake: the names may then denote other inodes, or a directory where there was
+        # a file. Taking the missing locks now would break the order (a rename holding the
+        # rename lock and waiting for one of our rows, while we wait for the rename lock,
+        # deadlocks), and going on without them would run the subtree check below without
+        # the rename lock, where a crossing directory rename can invalidate it and make a
+        # cycle. So when what is found under the locks is not what was locked, the
+        # transaction rolls back (releasing everything) and the rename starts over, taking
+        # the rename lock first if it found that it needs it (``rename_lock``).
+        locked_renames = rename_lock and sp != dp
+        if locked_renames:
+            self._lock_renames(conn)
         src = self._lookup(conn, sp, sn)
         dst = self._lookup(conn, dp, dn)
-        moves_dir = sp != dp and (
-            (src is not None and stat.S_ISDIR(src.mode))
-            or (flags & RENAME_EXCHANGE and dst is not None and stat.S_ISDIR(dst.mode)))
-        if moves_dir:
+        if not locked_renames and self._moves_dir(sp, dp, src, dst, exchange):
             self._lock_renames(conn)
-        self._lock(conn, sp, dp, src.id if src else 0, dst.id if dst else 0)
-        # Re-read everything under the locks.
+            locked_renames = True
+        locked = {sp, dp, src.id if src else 0, dst.id if dst else 0}
+        self._lock(conn, *locked)
+        # Re-read everything under the locks. The entries of sp and dp cannot change now
+        # (every change of a directory's entries locks its row), nor, once the rename lock
+        # is held, the parent of any directory.
         spd = self._dir(conn, sp)
         dpd = spd if dp == sp else self._dir(conn, dp)
         check(cred, spd, X, "search the source directory")
@@ -747,7 +779,10 @@ class Namespace:
         if src is None:
             raise FsError(errno.ENOENT, "no such file or directory", sn)
         dst = self._lookup(conn, dp, dn)
-        exchange = bool(flags & RENAME_EXCHANGE)
+        needs_renames = self._moves_dir(sp, dp, src, dst, exchange)
+        if (needs_renames and not locked_renames) or src.id not in locked \
+                or (dst is not None and dst.id not in locked):
+            raise _RenameRestart(needs_renames)
         if exchange and dst is None:
             raise FsError(errno.ENOENT, "RENAME_EXCHANGE target does not exist", dn)
         if dst is not None and flags & RENAME_NOREPLACE:
@@ -1372,6 +1407,15 @@ class Namespace:
         except ValueError as exc:
             raise FsError(errno.EINVAL, f"run record is not JSON: {exc}") from None
         self.mutate(cred, lambda tx: tx.log(pb.OP_RUN, 0, run_id=run_id, extra=body))
+
+
+class _RenameRestart(Exception):
+    """A rename found other entries under its locks than it locked for: its transaction
+    rolls back and it starts over (with the rename lock first when ``rename_lock``)."""
+
+    def __init__(self, rename_lock: bool) -> None:
+        super().__init__("rename restarts")
+        self.rename_lock = rename_lock
 
 
 def _with_caller(fn: Callable[..., T]) -> Callable[..., T]:
