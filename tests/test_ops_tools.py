@@ -105,6 +105,89 @@ def test_sync_then_watch(remote, tmp_path: Path) -> None:  # type: ignore[no-unt
         assert fs.read_bytes("/proj/renamed-dir/moved.txt") == b"file 4"
 
 
+class _ChangesDuringCopy:
+    """A client that, when the first copy sends its first batch (after it has listed the
+    local folder), changes the local folder: the changes a watcher must not lose."""
+
+    def __init__(self, fs: Client, change: Callable[[], None]) -> None:
+        self._fs = fs
+        self._change: Callable[[], None] | None = change
+
+    def bulk_create(self, *a, **kw):  # type: ignore[no-untyped-def]
+        if self._change is not None:
+            change, self._change = self._change, None
+            change()
+        return self._fs.bulk_create(*a, **kw)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._fs, name)
+
+
+def test_sync_watch_keeps_changes_made_during_first_copy(remote, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from metafs.ops.sync import sync_and_watch
+
+    s, _ = remote
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    for i in range(20):
+        (src / "a" / f"f{i}.txt").write_text(f"file {i}")
+    (src / "big.bin").write_bytes(os.urandom(200_000))
+
+    def change() -> None:
+        (src / "during").mkdir()
+        (src / "during" / "new.txt").write_text("made while copying")
+        (src / "a" / "f0.txt").write_text("edited while copying, longer")
+        (src / "a" / "f1.txt").unlink()
+        (src / "a" / "f2.txt").rename(src / "a" / "renamed.txt")
+        (src / "big.bin").unlink()
+
+    with Client(settings=s) as fs:
+        st, w = sync_and_watch(_ChangesDuringCopy(fs, change), src, "/proj", progress=False)
+        try:
+            assert st.files_copied >= 18
+            _until(lambda: _same(fs, "/proj", src), "changes during the copy reach metafs",
+                   limit=20)
+            assert fs.read_bytes("/proj/a/f0.txt") == b"edited while copying, longer"
+            assert not fs.exists("/proj/a/f1.txt") and not fs.exists("/proj/big.bin")
+            # and it goes on following
+            (src / "later.txt").write_text("after")
+            (src / "a" / "renamed.txt").rename(src / "during" / "moved.txt")
+            _until(lambda: _same(fs, "/proj", src), "later changes reach metafs")
+        finally:
+            w.stop()
+        assert not w.stats.errors, w.stats.errors
+
+
+def test_sync_watch_cli(remote, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`metafs sync --watch`: the first copy, then live changes, until Ctrl-C."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    s, _ = remote
+    src = tmp_path / "w"
+    src.mkdir()
+    (src / "one").write_text("1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAFS_")}
+    p = subprocess.Popen([sys.executable, "-m", "metafs.cli", "sync", "--watch", "-q",
+                          "--namenode", s.namenode, str(src), "/watched"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stderr is not None and "watching" in p.stderr.readline()
+        with Client(settings=s) as fs:
+            assert fs.read_bytes("/watched/one") == b"1"
+            (src / "two").write_text("2")
+            (src / "one").unlink()
+            _until(lambda: _same(fs, "/watched", src), "live changes reach metafs")
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    first, last = (json.loads(x) for x in out.splitlines() if x.strip())
+    assert first["files_copied"] == 1 and last["files_copied"] >= 1 and last["deleted"] == 1
+
+
 def test_cp_in_and_out_cli(remote, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     s, _ = remote
     src = tmp_path / "in"

@@ -121,21 +121,26 @@ def cmd_token(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- sync & cp
 def cmd_sync(args: argparse.Namespace) -> int:
     from ..cli import make_client
-    from .sync import Watcher, sync_tree
+    from .sync import sync_and_watch, sync_tree
 
     with make_client(args) as fs:
-        st = sync_tree(fs, args.local, args.remote, delete=args.delete,
-                       progress=_progress_default(args))
-        print(json.dumps(st.to_dict()))
         if not args.watch:
+            st = sync_tree(fs, args.local, args.remote, delete=args.delete,
+                           progress=_progress_default(args))
+            print(json.dumps(st.to_dict()))
             return 0
+        # the watcher starts before the first copy, so changes made during it are kept
+        st, w = sync_and_watch(fs, args.local, args.remote, delete=args.delete,
+                               progress=_progress_default(args))
+        print(json.dumps(st.to_dict()))
         print(f"watching {args.local} (Ctrl-C to stop)", file=sys.stderr)
-        with Watcher(fs, args.local, args.remote) as w:
-            try:
-                while True:
-                    time.sleep(1.0)
-            except KeyboardInterrupt:
-                pass
+        try:
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            w.stop()
         print(json.dumps(w.stats.to_dict()))
     return 0
 

@@ -8,6 +8,11 @@ after the metafs one.
 
 :class:`Watcher` keeps a folder in sync afterwards with watchdog: creates, edits, renames
 (done as renames in metafs, so a moved directory is one atomic rename) and deletes.
+:func:`sync_and_watch` (``metafs sync --watch``) starts the watcher *before* the first full
+copy, holding its events, and applies what was held once the copy is done: a change made
+while the copy runs is not lost. Held events are applied by state, not replayed: each path
+they name is made to match what the local folder holds now (copied, or removed when it is
+gone), which is right whether the copy saw the change or not.
 
 :func:`copy_in` / :func:`copy_out` are ``metafs cp``.
 """
@@ -272,7 +277,9 @@ class Watcher:
             return None
         return s
 
-    def start(self) -> "Watcher":
+    def start(self, *, hold: bool = False) -> "Watcher":
+        """Start watching. With ``hold``, events are only queued until :meth:`release`
+        (so a full copy can run meanwhile without losing the changes made during it)."""
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
 
@@ -287,9 +294,56 @@ class Watcher:
         self._observer = Observer()
         self._observer.schedule(Handler(), str(self.local), recursive=True)
         self._observer.start()
-        self._worker = threading.Thread(target=self._run, name="metafs-sync", daemon=True)
-        self._worker.start()
+        if not hold:
+            self._start_worker()
         return self
+
+    def _start_worker(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._run, name="metafs-sync", daemon=True)
+            self._worker.start()
+
+    def release(self) -> int:
+        """Apply the events held since :meth:`start` (``hold=True``) by state, then follow
+        live. Returns the number of paths made to match the local folder."""
+        held: list[Any] = []
+        while True:
+            try:
+                ev = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if ev is not None:
+                held.append(ev)
+        done: set[str] = set()
+        for ev in held:
+            for path in (ev.src_path, getattr(ev, "dest_path", "") or ""):
+                rel = self._rel(path) if path else None
+                if rel is None or rel in done:
+                    continue
+                if ev.event_type == "modified" and ev.is_directory and path == ev.src_path:
+                    continue  # its entries have events of their own
+                done.add(rel)
+                try:
+                    self._reconcile(rel)
+                except Exception as exc:  # keep going; report the failure
+                    log.warning("sync of %s failed: %s", rel, exc)
+                    self.stats.errors.append(f"{ev.event_type} {path}: {exc}")
+                    continue
+                if self.on_applied:
+                    self.on_applied(ev.event_type, rel)
+        self._start_worker()
+        return len(done)
+
+    def _reconcile(self, rel: str) -> None:
+        """Make ``rel`` in metafs match the local folder as it is now (idempotent)."""
+        src = self.local / rel
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            self._remove(rel)
+            return
+        if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+            self._upload(rel)
 
     def stop(self) -> None:
         if self._observer is not None:
@@ -384,6 +438,22 @@ class Watcher:
                 self._upload(rel)
         if self.on_applied:
             self.on_applied(kind, rel)
+
+
+def sync_and_watch(client: Any, local: str | os.PathLike[str], remote: str, *,
+                   delete: bool = False, progress: bool = True,
+                   on_applied: Callable[[str, str], None] | None = None
+                   ) -> tuple[SyncStats, Watcher]:
+    """``metafs sync --watch``: start watching (events held), copy the whole folder, then
+    apply the held events and go on following. Stop the returned watcher when done."""
+    w = Watcher(client, local, remote, on_applied=on_applied).start(hold=True)
+    try:
+        st = sync_tree(client, local, remote, delete=delete, progress=progress)
+        w.release()
+    except BaseException:
+        w.stop()
+        raise
+    return st, w
 
 
 # ---------------------------------------------------------------------- cp
