@@ -190,6 +190,11 @@ class Settings:
     """Bytes a sequential reader of an open file fetches ahead in one call."""
     fuse_max_write: int = 1024 * 1024
     """Largest write request the kernel sends (libfuse 3 allows up to 1 MiB)."""
+    fuse_kernel_readahead_kb: int = 4096
+    """The kernel's read-ahead window for the mount (its bdi's ``read_ahead_kb``, set by a
+    mount running as root): with the default 128 KiB a sequential reader costs one FUSE
+    call per 128 KiB; larger windows let the kernel ask for up to 1 MiB per call. 0 leaves
+    the kernel's default."""
     fuse_rpc_timeout: float = 10.0
     """Seconds a mount waits for a namenode call before the operation fails with EIO."""
     fuse_access_events: bool = True
@@ -208,11 +213,11 @@ class Settings:
     fuse_threads: bool = True
     """Serve FUSE requests on several threads."""
     fuse_lazy_read_handles: str = "auto"
-    """Open read-only files without a namenode handle (one read-only call instead of two
-    writes per open/close; the namenode still checks read permission on every read). A
-    name removed through this mount while such a file is open takes a handle first, so the
-    file keeps working; a name removed by another client would not. ``auto``: on for an
-    embedded namenode (no other clients), off for a remote one."""
+    """Open files without a namenode handle (read-only calls instead of two write
+    transactions per open/close; the namenode checks permission on every read and write).
+    A name removed, or a mode changed, through this mount while such a file is open takes a
+    handle first, so the file keeps working; a change by another client would not.
+    ``auto``: on for an embedded namenode (no other clients), off for a remote one."""
     fuse_max_threads: int = 16
     """Most threads serving FUSE requests at once (they stay alive once started)."""
 

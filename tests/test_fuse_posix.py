@@ -300,3 +300,33 @@ def test_unlinked_file_open_for_reading_keeps_working(mnt: Mount) -> None:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_descriptor_keeps_its_rights_after_chmod(shared_mnt: Mount) -> None:
+    """Opens for writing on an embedded mount take no namenode handle; a descriptor
+    must still write after its file is made read-only (and one made 0444 at creation
+    must write too, as tar and git do)."""
+    mnt = shared_mnt
+    os.chmod(mnt.path, 0o777)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    code = (
+        "import os, sys\n"
+        "d = sys.argv[1]\n"
+        "fd = os.open(d + '/w', os.O_CREAT | os.O_WRONLY, 0o644)\n"
+        "os.write(fd, b'one ')\n"
+        "os.chmod(d + '/w', 0o444)\n"
+        "os.write(fd, b'two')\n"
+        "os.close(fd)\n"
+        "fd = os.open(d + '/ro', os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o444)\n"
+        "os.write(fd, b'made read-only')\n"
+        "os.close(fd)\n"
+        "try:\n"
+        "    os.open(d + '/ro', os.O_WRONLY)\n"
+        "    print('opened')\n"
+        "except PermissionError:\n"
+        "    print('denied')\n")
+    r = run(*nobody, sys.executable, "-c", code, str(mnt.path))
+    assert r.stdout.strip() == "denied"
+    assert (mnt / "w").read_bytes() == b"one two"
+    assert (mnt / "ro").read_bytes() == b"made read-only"
+    assert os.stat(mnt / "ro").st_mode & 0o777 == 0o444

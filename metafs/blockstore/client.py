@@ -165,6 +165,23 @@ def _zero(n: int) -> bytes:
     return bytes(n)
 
 
+_ZEROS: dict[int, bytes] = {}
+
+
+def _all_zero(data: bytes | bytearray) -> bool:
+    """True for a block of zeros (a hole), answered at memcmp speed: data with a non-zero
+    first or last byte (nearly all data) costs nothing."""
+    n = len(data)
+    if not n or data[0] or data[-1]:
+        return n == 0
+    z = _ZEROS.get(n)
+    if z is None:
+        z = bytes(n)
+        if len(_ZEROS) < 8:
+            _ZEROS[n] = z
+    return data == z
+
+
 class BlockFile(RawFile):
     """A :class:`~metafs.client.file.RawFile` that also handles files in blocks."""
 
@@ -497,7 +514,7 @@ class BlockFile(RawFile):
     def _start_upload(self, idx: int) -> None:
         buf = self._dirty.pop(idx)
         self._dirty_bytes -= len(buf)
-        data = bytes(buf)
+        data = buf  # no longer written to: upload it as it is (a copy costs the GIL)
         old = self._uploads.pop(idx, None)
         if old is not None:
             old.cancel()  # superseded; if it ran, its block is an orphan for GC
@@ -524,8 +541,8 @@ class BlockFile(RawFile):
                 raise FsError(errno.EIO, f"block upload failed: {exc}") from None
         return self._ref(idx)
 
-    def _upload(self, idx: int, data: bytes) -> pb.BlockRef:
-        if data.count(0) == len(data):
+    def _upload(self, idx: int, data: bytes | bytearray) -> pb.BlockRef:
+        if _all_zero(data):
             return pb.BlockRef(index=idx)  # a hole: nothing stored
         key = new_key(self.ino, idx)
         self._store().put(key, data)

@@ -54,11 +54,51 @@ def follows_changes(settings: Settings) -> bool:
 
 
 def lazy_read_handles(settings: Settings) -> bool:
-    """Whether read-only opens skip the namenode handle (``fuse_lazy_read_handles``)."""
+    """Whether opens skip the namenode handle (``fuse_lazy_read_handles``)."""
     v = str(settings.fuse_lazy_read_handles).strip().lower()
     if v in ("auto", ""):
         return not settings.namenode
     return v in ("1", "true", "yes", "on")
+
+
+class NameTable(dict):  # type: ignore[type-arg]
+    """The mount's path -> (ino, expiry) table, with the cached names under each directory
+    indexed, so that forgetting a renamed or removed directory's subtree costs the names
+    cached under it, not a scan of every name the mount knows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kids: dict[str, set[str]] = {}
+
+    @staticmethod
+    def _parent(path: str) -> str:
+        return path.rsplit("/", 1)[0] or "/"
+
+    def __setitem__(self, path: str, value: tuple[int, float]) -> None:
+        if path not in self:
+            self._kids.setdefault(self._parent(path), set()).add(path)
+        super().__setitem__(path, value)
+
+    def pop(self, path: str, default: Any = None) -> Any:  # type: ignore[override]
+        if path in self:
+            kids = self._kids.get(self._parent(path))
+            if kids is not None:
+                kids.discard(path)
+                if not kids:
+                    del self._kids[self._parent(path)]
+        return super().pop(path, default)
+
+    def clear(self) -> None:
+        super().clear()
+        self._kids.clear()
+
+    def drop_below(self, path: str) -> None:
+        """Forget every cached name strictly under directory ``path``."""
+        stack = [path.rstrip("/") or "/"]
+        while stack:
+            for child in self._kids.pop(stack.pop(), ()):
+                super().pop(child, None)
+                stack.append(child)
 
 
 class FuseError(OSError):
@@ -132,7 +172,7 @@ class MetafsOperations:
         self.client_id = client.client_id
         self.procs = ProcCache()
         # name table and attribute cache: path -> (ino, expires), ino -> (attr, expires)
-        self._names: dict[str, tuple[int, float]] = {}
+        self._names = NameTable()  # path -> (ino, expiry)
         self._attrs: dict[int, tuple[pb.Attr, float]] = {}
         self._path_of: dict[int, str] = {ROOT_INO: "/"}
         self._nocap: dict[int, float] = {}  # inodes known to have no security.capability
@@ -243,13 +283,15 @@ class MetafsOperations:
         if hit is not None:
             self._attrs.pop(hit[0], None)
         if subtree:
-            prefix = path.rstrip("/") + "/"
-            for p in [p for p in list(self._names) if p.startswith(prefix)]:
-                self._names.pop(p, None)
+            self._names.drop_below(path)
 
-    def _forget_ino(self, ino: int) -> None:
+    def _forget_ino(self, ino: int, xattrs: bool = False) -> None:
+        """Drop the cached attributes of ``ino`` (and, with ``xattrs``, what is known of its
+        extended attributes: data writes leave those alone, so the kernel's
+        security.capability question before every write stays answered locally)."""
         self._attrs.pop(ino, None)
-        self._nocap.pop(ino, None)
+        if xattrs:
+            self._nocap.pop(ino, None)
 
     def forget_all(self) -> None:
         self._names.clear()
@@ -353,6 +395,8 @@ class MetafsOperations:
             raise FuseError(errno.EBADF)
         if ino in self._dirty:
             self._flush_ino(ino)
+        if self._lazy_reads and ("mode" in fields or "uid" in fields or "gid" in fields):
+            self._pin_handles(ino)
         req = pb.SetAttrRequest(caller=caller, ino=ino, **fields)
         try:
             attr = self.rpc("SetAttr", req)
@@ -651,7 +695,7 @@ class MetafsOperations:
         ino = self._ino_of(path, caller)
         self.rpc("SetXattr", pb.SetXattrRequest(caller=caller, ino=ino, name=name,
                                                 value=bytes(value), flags=options))
-        self._forget_ino(ino)
+        self._forget_ino(ino, xattrs=True)
         return 0
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
@@ -681,7 +725,7 @@ class MetafsOperations:
         caller = self.caller()
         ino = self._ino_of(path, caller)
         self.rpc("RemoveXattr", pb.RemoveXattrRequest(caller=caller, ino=ino, name=name))
-        self._forget_ino(ino)
+        self._forget_ino(ino, xattrs=True)
         return 0
 
     # ------------------------------------------------------------------ files
@@ -714,17 +758,8 @@ class MetafsOperations:
         ino = self._ino_of(path, caller)
         if ino in self._dirty:
             self._flush_ino(ino)
-        if self._lazy_reads and flags & os.O_ACCMODE == os.O_RDONLY \
-                and not flags & os.O_TRUNC:
-            attr = self._fresh_attr(path, ino, caller)
-            if stat_mod.S_ISLNK(attr.mode):
-                raise FuseError(errno.ELOOP)
-            from .mount import default_permissions
-
-            if not default_permissions(self.settings):
-                self.rpc("Access", pb.AccessRequest(caller=caller, ino=attr.ino, mask=os.R_OK))
-            self._new_handle(path, pb.OpenReply(attr=attr, handle=0), flags, caller, fi)
-            return 0
+        if self._lazy_reads:
+            return self._open_lazy(path, ino, flags, caller, fi)
         req = pb.OpenRequest(caller=caller, ino=ino, flags=flags & ~(os.O_CREAT | os.O_EXCL))
         try:
             reply = self.rpc("Open", req)
@@ -738,6 +773,43 @@ class MetafsOperations:
             self._bump(ino)
         self._new_handle(path, reply, flags, caller, fi)
         return 0
+
+    def _open_lazy(self, path: str, ino: int, flags: int, caller: pb.Caller, fi: Any) -> int:
+        """Open without a namenode handle (embedded namenode): the namenode checks
+        permission on every read and write instead (see ``fuse_lazy_read_handles``)."""
+        acc = flags & os.O_ACCMODE
+        mask = {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(acc, os.R_OK | os.W_OK)
+        if flags & os.O_TRUNC:
+            mask |= os.W_OK
+        attr = self._fresh_attr(path, ino, caller)
+        if stat_mod.S_ISLNK(attr.mode):
+            raise FuseError(errno.ELOOP)
+        from .mount import default_permissions
+
+        if mask & os.W_OK or not default_permissions(self.settings):
+            self.rpc("Access", pb.AccessRequest(caller=caller, ino=attr.ino, mask=mask))
+        if flags & os.O_TRUNC and attr.size:
+            attr = self._set_attr(self.rpc("SetAttr", pb.SetAttrRequest(
+                caller=caller, ino=attr.ino, size=0)))
+            self._bump(attr.ino)
+        self._new_handle(path, pb.OpenReply(attr=attr, handle=0), flags, caller, fi)
+        return 0
+
+    def _pin_handles(self, ino: int) -> None:
+        """Give this mount's handle-less write opens of ``ino`` real namenode handles
+        before its mode or owner changes: a file opened for writing stays writable
+        through its descriptor whatever its mode becomes (POSIX)."""
+        for h in list(self._open_by_ino.get(ino, ())):
+            raw = h.raw
+            if raw.handle or h.flags & os.O_ACCMODE == os.O_RDONLY:
+                continue
+            try:
+                r = self.rpc("Open", pb.OpenRequest(
+                    caller=self.own_caller(), ino=ino,
+                    flags=h.flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)))
+                raw.handle = r.handle
+            except FuseError as err:
+                log.warning("cannot pin a handle for inode %d: %s", ino, err)
 
     def _fresh_attr(self, path: str, ino: int, caller: pb.Caller) -> pb.Attr:
         """The inode's current attributes from the namenode (close-to-open)."""
@@ -765,10 +837,15 @@ class MetafsOperations:
     def create(self, path: str, mode: int, fi: Any) -> int:
         caller = self.caller()
         flags = fi.flags
+        # The creator owns the new file: without a handle, its own mode bits must let it
+        # do what it opened the file for (a file made 0444 for writing takes a handle).
+        acc = flags & os.O_ACCMODE
+        need = {os.O_RDONLY: 0o400, os.O_WRONLY: 0o200}.get(acc, 0o600)
+        handle = not (self._lazy_reads and (caller.uid == 0 or mode & need == need))
         reply = self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
             "Create", pb.CreateRequest(caller=caller, parent=p, name=n,
                                        mode=(mode & 0o7777) | stat_mod.S_IFREG, umask=0,
-                                       exclusive=bool(flags & os.O_EXCL), open=True,
+                                       exclusive=bool(flags & os.O_EXCL), open=handle,
                                        flags=flags & ~(os.O_CREAT | os.O_EXCL))))
         self._remember(path, reply.attr)
         self._new_handle(path, reply, flags, caller, fi)
@@ -1037,7 +1114,7 @@ class MetafsOperations:
                 continue
             for ino in (rec.ino, rec.target_ino, rec.parent, rec.old_parent):
                 if ino:
-                    self._forget_ino(ino)
+                    self._forget_ino(ino, xattrs=True)
                     p = self._path_of.get(ino)
                     if p is not None:
                         kernel.add(p)
