@@ -323,3 +323,46 @@ def test_two_clients_see_each_other(fs_factory) -> None:  # type: ignore[no-unty
     assert b.read_bytes("/shared") == b"from a"
     b.rename("/shared", "/moved")
     assert a.read_bytes("/moved") == b"from a"
+
+
+def test_mknod_fifo_socket_and_devices(fs_factory) -> None:  # type: ignore[no-untyped-def]
+    root = fs_factory(uid=0, gid=0, groups=[])
+    root.umask = 0o022
+    root.mkdir("/n", 0o777)
+    root.chmod("/n", 0o777)
+    root.mknod("/n/fifo")  # os.mknod's default: a FIFO, 0o600
+    st = root.stat("/n/fifo")
+    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_rdev == 0 and st.st_size == 0 and st.st_nlink == 1
+    root.mknod("/n/sock", stat.S_IFSOCK | 0o777, device=os.makedev(1, 2))
+    st = root.lstat("/n/sock")
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o755  # umask
+    assert st.st_rdev == 0  # only devices have a device number
+    root.mknod("/n/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    st = root.stat("/n/null")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 3)
+    root.mknod("/n/sda", stat.S_IFBLK | 0o660, os.makedev(8, 0))
+    st = root.stat("/n/sda")
+    assert stat.S_ISBLK(st.st_mode) and st.st_rdev == os.makedev(8, 0)
+    root.mknod("/n/plain", 0o644)  # no type bits: a regular file, as Linux
+    assert stat.S_ISREG(root.stat("/n/plain").st_mode)
+    entries = {e.name: e for e in root.scandir("/n")}
+    assert not entries["fifo"].is_file() and not entries["fifo"].is_dir()
+    with pytest.raises(FileExistsError):
+        root.mknod("/n/fifo")
+    for bad in (stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777):
+        with pytest.raises(OSError) as e:
+            root.mknod("/n/bad", bad)
+        assert err(e) == errno.EINVAL
+    # a user makes FIFOs and sockets, but devices are root's
+    user = fs_factory(uid=1000, gid=1000, groups=[])
+    user.mknod("/n/ufifo", stat.S_IFIFO | 0o640)
+    st = user.stat("/n/ufifo")
+    assert stat.S_ISFIFO(st.st_mode) and (st.st_uid, st.st_gid) == (1000, 1000)
+    user.mknod("/n/usock", stat.S_IFSOCK | 0o600)
+    for kind in (stat.S_IFCHR, stat.S_IFBLK):
+        with pytest.raises(PermissionError) as e:
+            user.mknod("/n/udev", kind | 0o600, os.makedev(1, 3))
+        assert err(e) == errno.EPERM
+    assert not root.exists("/n/udev") and not root.exists("/n/bad")

@@ -339,6 +339,20 @@ class Client:
 
     umask = 0o022
 
+    def mknod(self, path: str | os.PathLike[str], mode: int = 0o600 | stat_mod.S_IFIFO,
+              device: int = 0) -> None:
+        """Like ``os.mknod``: make a file system node of the type in ``mode``'s type bits,
+        a FIFO (``S_IFIFO``), a socket (``S_IFSOCK``), a regular file (``S_IFREG``, or no
+        type bits) or, for root only (EPERM otherwise), a character or block device
+        (``S_IFCHR``, ``S_IFBLK``) numbered ``device`` (as ``os.makedev`` makes it; it is
+        ``st_rdev``). The permission bits are masked with :attr:`umask`. EEXIST when
+        ``path`` exists; directories and symlinks have their own calls (EINVAL here)."""
+        p = self._norm(path)
+        parent, name = self._split(p)
+        self._call("Create", pb.CreateRequest(caller=self.caller, parent=parent, name=name,
+                                              mode=mode, umask=self.umask, exclusive=True,
+                                              open=False, rdev=device), p)
+
     def makedirs(self, path: str | os.PathLike[str], mode: int = 0o777,
                  exist_ok: bool = False) -> None:
         p = self._norm(path).rstrip("/") or "/"

@@ -560,6 +560,8 @@ class Namespace:
         if ftype in (stat.S_IFCHR, stat.S_IFBLK) and not cred.is_root:
             raise FsError(errno.EPERM, "only root may create device files")
         perm = stat.S_IMODE(mode) & ~umask & 0o7777
+        if ftype not in (stat.S_IFCHR, stat.S_IFBLK):
+            rdev = 0  # as mknod(2): only devices have a device number
         if do_open and ftype != stat.S_IFREG:
             raise FsError(errno.EINVAL, "only regular files can be created open")
 
