@@ -128,9 +128,13 @@ def release(namenode_or_client: Any) -> None:
 
 def search(client: Any, query: str, *, limit: int = DEFAULT_LIMIT, offset: int = 0,
            sort: str | None = None, wait: bool = False, count: bool = False,
-           timeout: float | None = None, index: SearchBackend | None = None) -> SearchResult:
+           timeout: float | None = None, index: SearchBackend | None = None,
+           local: bool = False) -> SearchResult:
     """Search the index that follows ``client``'s namenode.
 
+    An embedded client searches its namenode's index in-process. A client of a remote
+    namenode asks the namenode (its Search call, which leaves out what the caller may not
+    see), unless ``local`` is set: then it reads the index in ``search_dir`` itself.
     With ``wait``, first read the changelog head and wait until the index has applied it:
     every change committed before the call is reflected (read-your-writes).
     """
@@ -140,7 +144,7 @@ def search(client: Any, query: str, *, limit: int = DEFAULT_LIMIT, offset: int =
     if index is None:
         if ix is not None:
             index = ix.index
-        elif getattr(client, "embedded", None) is None and not settings.search_dir:
+        elif getattr(client, "embedded", None) is None and not local:
             return _remote_search(client, query, limit=limit, offset=offset, sort=sort,
                                   wait=wait, count=count, timeout=timeout)
         else:

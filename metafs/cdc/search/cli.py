@@ -35,7 +35,8 @@ def _add_conn(p: argparse.ArgumentParser) -> None:
 
 def _index_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", dest="index_dir", help="index directory (default: search/ in "
-                   "the data directory, or the search_dir setting)")
+                   "the data directory, or the search_dir setting; with --namenode, "
+                   "`search --index DIR` reads DIR itself instead of asking the namenode)")
     p.add_argument("--backend", choices=("embedded", "elasticsearch"),
                    help="search back end (default: the search_backend setting)")
     p.add_argument("--es-url", help="Elasticsearch URL (elasticsearch back end)")
@@ -100,11 +101,11 @@ def cmd_search(args: argparse.Namespace, make_client: MakeClient) -> int:
         _configure(client, args)
         try:
             res = search(client, args.query, limit=args.limit, offset=offset, sort=args.sort,
-                         wait=args.wait, count=args.count)
+                         wait=args.wait, count=args.count, local=bool(args.index_dir))
         except QueryError as exc:
             print(f"metafs search: bad query: {exc}", file=sys.stderr)
             return 2
-        except (FileNotFoundError, TimeoutError) as exc:
+        except OSError as exc:  # no index, a wait that timed out, a namenode away
             print(f"metafs search: {exc}", file=sys.stderr)
             return 1
         if args.json:

@@ -91,18 +91,44 @@ class SearchService:
                                sort=req.sort or None, count=req.count)
         except QueryError as exc:
             raise FsError(errno.EINVAL, f"bad query: {exc}") from None
-        hits = res.hits
-        if not cred.is_root and hits:
-            dirs = {p.rsplit("/", 1)[0] or "/" for h in hits for p in h.get("paths") or ()}
-            ok = self.namenode.ns.searchable(cred, dirs)
-            hits = [h for h in hits
-                    if any((p.rsplit("/", 1)[0] or "/") in ok for p in h.get("paths") or ())]
+        hits, total = res.hits, res.total
+        if not cred.is_root:
+            hits = self._visible(cred, hits)
+            if req.count:
+                total = self._count_visible(cred, index, req.query)
         return pb.SearchReply(
             hits=[pb.SearchHit(ino=int(h["ino"]), path=h.get("path") or "",
                                doc_json=json.dumps(h, default=str)) for h in hits],
-            position=res.position, total=-1 if res.total is None else res.total,
+            position=res.position, total=-1 if total is None else total,
             took_ms=res.took_ms, waited_for=waited, hidden=len(res.hits) - len(hits),
             next_offset=req.offset + len(res.hits))
+
+    def _visible(self, cred: Any, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The hits with a name in a directory ``cred`` may search."""
+        if not hits:
+            return hits
+        dirs = {_dir_of(p) for h in hits for p in h.get("paths") or ()}
+        ok = self.namenode.ns.searchable(cred, dirs)
+        return [h for h in hits if any(_dir_of(p) in ok for p in h.get("paths") or ())]
+
+    def _count_visible(self, cred: Any, index: SearchBackend, query: str) -> int:
+        """Every match ``cred`` may see (a count must not tell of hidden files either):
+        walks all matches, page by page, checking each distinct directory once."""
+        from .base import MAX_LIMIT
+
+        seen_ok: dict[str, bool] = {}
+        n = offset = 0
+        while True:
+            page = index.search(query, limit=MAX_LIMIT, offset=offset, sort="ino").hits
+            dirs = {_dir_of(p) for h in page for p in h.get("paths") or ()} - set(seen_ok)
+            if dirs:
+                ok = self.namenode.ns.searchable(cred, dirs)
+                seen_ok.update((d, d in ok) for d in dirs)
+            n += sum(1 for h in page
+                     if any(seen_ok.get(_dir_of(p)) for p in h.get("paths") or ()))
+            if len(page) < MAX_LIMIT:
+                return n
+            offset += MAX_LIMIT
 
     def close(self) -> None:
         with self._lock:
@@ -112,6 +138,10 @@ class SearchService:
             if self._index is not None:
                 self._index.close()
                 self._index = None
+
+
+def _dir_of(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
 
 
 def attach(namenode: Any) -> SearchService:
