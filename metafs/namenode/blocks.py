@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from sqlalchemy import delete, insert, literal, select, update
+from sqlalchemy import bindparam, delete, insert, literal, select, update
 from sqlalchemy.engine import Connection, Row
 
 from ..blockstore import BlockStore, open_store
@@ -33,6 +33,7 @@ from ..errors import FsError
 from ..proto import metafs_pb2 as pb
 from . import schema
 from .perms import R, W, Cred, check
+from .sql import Prepared
 
 if TYPE_CHECKING:
     from .namespace import Namespace, Tx
@@ -47,6 +48,8 @@ C = schema.counters
 
 STORAGE_INLINE, STORAGE_BLOCKS = 0, 1
 MAX_FILE_SIZE = (1 << 63) - 1
+
+_Q_BLOCK_KEYS = Prepared(select(B.c.key).where(B.c.ino == bindparam("ino")))
 
 
 def _insert_ignoring_conflict(conn: Connection, name: str, value: int) -> Any:
@@ -154,7 +157,7 @@ class BlockLayer:
     # ------------------------------------------------------------ seams of Namespace
     def _on_free(self, tx: "Tx", ino: int) -> None:
         """An inode is freed: its blocks go to the garbage list."""
-        keys = tx.conn.execute(select(B.c.key).where(B.c.ino == ino)).scalars().all()
+        keys = [r[0] for r in _Q_BLOCK_KEYS.all(tx.conn, ino=ino)]
         if keys:
             self._to_garbage(tx, keys)
             tx.conn.execute(delete(B).where(B.c.ino == ino))

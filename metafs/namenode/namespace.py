@@ -80,6 +80,38 @@ _Q_INSERT_DATA = Prepared(insert(FD).values(ino=bindparam("ino"), data=bindparam
 _Q_INSERT_XATTR = Prepared(insert(XA).values(ino=bindparam("ino"), name=bindparam("name"),
                                              value=bindparam("value")))
 _Q_INLINE = Prepared(select(FD.c.data).where(FD.c.ino == bindparam("ino")))
+_Q_SET_NLINK = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
+    nlink=bindparam("new_nlink"), ctime_ns=bindparam("now")))
+_Q_SET_CTIME = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
+    ctime_ns=bindparam("now")))
+_Q_DELETE_DATA = Prepared(delete(FD).where(FD.c.ino == bindparam("ino")))
+_Q_UPDATE_DATA = Prepared(update(FD).where(FD.c.ino == bindparam("ino")).values(
+    data=bindparam("new_data")))
+_Q_DELETE_XATTRS = Prepared(delete(XA).where(XA.c.ino == bindparam("ino")))
+_Q_DELETE_INODE = Prepared(delete(I).where(I.c.id == bindparam("ino")))
+_Q_DELETE_DENTRY = Prepared(delete(D).where(D.c.parent == bindparam("dparent"),
+                                            D.c.name == bindparam("dname")))
+_Q_MOVE_DENTRY = Prepared(update(D).where(D.c.parent == bindparam("sp"),
+                                          D.c.name == bindparam("sn")).values(
+    parent=bindparam("dp"), name=bindparam("dn")))
+_BUMP = object()  # in _update_inode's values: version = version + 1
+_Q_UPDATE_INODE: dict[tuple[str, ...], Prepared] = {}
+
+
+def _update_inode(conn: Connection, ino: int, vals: dict[str, Any]) -> None:
+    """UPDATE inodes SET ... WHERE id = ino, prepared once per set of columns (setattr and
+    write change a few of a handful of column sets)."""
+    cols = tuple(sorted(vals))
+    q = _Q_UPDATE_INODE.get(cols)
+    if q is None:
+        q = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
+            {c: (I.c.version + 1 if vals[c] is _BUMP else bindparam(f"v_{c}")) for c in cols}))
+        _Q_UPDATE_INODE[cols] = q
+    q.run(conn, ino=ino, **{f"v_{c}": v for c, v in vals.items() if v is not _BUMP})
+
+
+_Q_HANDLE_BY_ID = Prepared(select(H.c.ino, H.c.session).where(H.c.id == bindparam("hid")))
+_Q_DELETE_HANDLE = Prepared(delete(H).where(H.c.id == bindparam("hid")))
 
 # The caller of the operation running in this context. Handle checks read it when their
 # caller passes no credentials (the block layer's RPCs; see Namespace.__init__).
@@ -300,7 +332,7 @@ class Namespace:
         """One name of ``row`` is gone: lower nlink, free the inode if nothing uses it.
         Returns the links left."""
         left = 0 if stat.S_ISDIR(row.mode) else row.nlink - 1
-        tx.conn.execute(update(I).where(I.c.id == row.id).values(nlink=left, ctime_ns=tx.now))
+        _Q_SET_NLINK.run(tx.conn, ino=row.id, new_nlink=left, now=tx.now)
         if left == 0 and not self._has_handles(tx.conn, row.id):
             self._free(tx, row.id)
         return left
@@ -308,9 +340,9 @@ class Namespace:
     def _free(self, tx: Tx, ino: int) -> None:
         for hook in self.free_data_hooks:
             hook(tx, ino)
-        tx.conn.execute(delete(FD).where(FD.c.ino == ino))
-        tx.conn.execute(delete(XA).where(XA.c.ino == ino))
-        tx.conn.execute(delete(I).where(I.c.id == ino))
+        _Q_DELETE_DATA.run(tx.conn, ino=ino)
+        _Q_DELETE_XATTRS.run(tx.conn, ino=ino)
+        _Q_DELETE_INODE.run(tx.conn, ino=ino)
         tx.log(pb.OP_FREE, ino)
 
     # ------------------------------------------------------------------ sessions
@@ -675,7 +707,7 @@ class Namespace:
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EISDIR, "is a directory (use rmdir)", name)
             check_sticky(cred, pdir, row)
-            tx.conn.execute(delete(D).where(D.c.parent == parent, D.c.name == name))
+            _Q_DELETE_DENTRY.run(tx.conn, dparent=parent, dname=name)
             self._touch_dir(tx, parent)
             rec = tx.log(pb.OP_UNLINK, row.id, parent=parent, name=name)
             rec.nlink = self._drop_link(tx, row)
@@ -703,7 +735,7 @@ class Namespace:
             check_sticky(cred, pdir, row)
             if self._dir_has_entries(tx.conn, row.id):
                 raise FsError(errno.ENOTEMPTY, "directory not empty", name)
-            tx.conn.execute(delete(D).where(D.c.parent == parent, D.c.name == name))
+            _Q_DELETE_DENTRY.run(tx.conn, dparent=parent, dname=name)
             self._touch_dir(tx, parent, nlink_delta=-1)
             tx.log(pb.OP_RMDIR, row.id, parent=parent, name=name)
             self._drop_link(tx, row)
@@ -842,16 +874,15 @@ class Namespace:
                 if dp != sp:
                     self._touch_dir(tx, dp)
             for ino in (src.id, dst.id):
-                conn.execute(update(I).where(I.c.id == ino).values(ctime_ns=tx.now))
+                _Q_SET_CTIME.run(conn, ino=ino, now=tx.now)
             tx.log(pb.OP_RENAME, src.id, parent=dp, name=dn, old_parent=sp, old_name=sn,
                    target_ino=dst.id, flags=flags, attr=to_attr(self._row(conn, src.id)))
             return
 
         left = 0
         if dst is not None:
-            conn.execute(delete(D).where(D.c.parent == dp, D.c.name == dn))
-        conn.execute(update(D).where(D.c.parent == sp, D.c.name == sn)
-                     .values(parent=dp, name=dn))
+            _Q_DELETE_DENTRY.run(conn, dparent=dp, dname=dn)
+        _Q_MOVE_DENTRY.run(conn, sp=sp, sn=sn, dp=dp, dn=dn)
         if sp != dp and src_dir:
             self._touch_dir(tx, sp, nlink_delta=-1)
             self._touch_dir(tx, dp, nlink_delta=0 if dst_dir else 1)
@@ -859,7 +890,7 @@ class Namespace:
             self._touch_dir(tx, sp, nlink_delta=-1 if (dst_dir and sp == dp) else 0)
             if dp != sp:
                 self._touch_dir(tx, dp, nlink_delta=-1 if dst_dir else 0)
-        conn.execute(update(I).where(I.c.id == src.id).values(ctime_ns=tx.now))
+        _Q_SET_CTIME.run(conn, ino=src.id, now=tx.now)
         rec = tx.log(pb.OP_RENAME, src.id, parent=dp, name=dn, old_parent=sp, old_name=sn,
                      target_ino=dst.id if dst is not None else 0, flags=flags,
                      attr=to_attr(self._row(conn, src.id)))
@@ -941,11 +972,11 @@ class Namespace:
                 self._truncate(tx, row, size)
                 vals["size"] = size
                 vals["mtime_ns"] = vals.get("mtime_ns", tx.now)
-                vals["version"] = I.c.version + 1
+                vals["version"] = _BUMP
                 if not cred.is_root:
                     vals["mode"] = self._kill_priv(vals.get("mode", new_mode))
             vals["ctime_ns"] = tx.now
-            tx.conn.execute(update(I).where(I.c.id == ino).values(**vals))
+            _update_inode(tx.conn, ino, vals)
             attr = to_attr(self._row(tx.conn, ino))
             tx.log(pb.OP_WRITE if size is not None else pb.OP_SETATTR, ino, attr=attr)
             return attr
@@ -1029,7 +1060,7 @@ class Namespace:
                                 .values(value=value))
             else:
                 tx.conn.execute(insert(XA).values(ino=ino, name=name, value=value))
-            tx.conn.execute(update(I).where(I.c.id == ino).values(ctime_ns=tx.now))
+            _Q_SET_CTIME.run(tx.conn, ino=ino, now=tx.now)
             tx.log(pb.OP_SETXATTR, ino, xattr_name=name,
                    xattr_value=value if name.startswith("user.") else b"")
 
@@ -1056,7 +1087,7 @@ class Namespace:
             n = tx.conn.execute(delete(XA).where(XA.c.ino == ino, XA.c.name == name)).rowcount
             if not n:
                 raise FsError(errno.ENODATA, "no such attribute", name)
-            tx.conn.execute(update(I).where(I.c.id == ino).values(ctime_ns=tx.now))
+            _Q_SET_CTIME.run(tx.conn, ino=ino, now=tx.now)
             tx.log(pb.OP_REMOVEXATTR, ino, xattr_name=name)
 
         self.mutate(cred, fn)
@@ -1082,8 +1113,8 @@ class Namespace:
         if flags & os.O_TRUNC and stat.S_ISREG(row.mode) and row.size:
             self._truncate(tx, row, 0)
             mode = row.mode if tx.cred.is_root else self._kill_priv(row.mode)
-            tx.conn.execute(update(I).where(I.c.id == ino).values(
-                size=0, mtime_ns=tx.now, ctime_ns=tx.now, version=I.c.version + 1, mode=mode))
+            _update_inode(tx.conn, ino, dict(size=0, mtime_ns=tx.now, ctime_ns=tx.now,
+                                             version=_BUMP, mode=mode))
             row = self._row(tx.conn, ino)
             tx.log(pb.OP_WRITE, ino, attr=to_attr(row))
         handle = self._new_handle(tx, ino, flags)
@@ -1097,11 +1128,11 @@ class Namespace:
 
     def release(self, cred: Cred, handle: int) -> None:
         def fn(tx: Tx) -> None:
-            row = tx.conn.execute(select(H.c.ino, H.c.session).where(H.c.id == handle)).first()
+            row = _Q_HANDLE_BY_ID.first(tx.conn, hid=handle)
             if row is None or row.session != (cred.client_id or ""):
                 raise FsError(errno.EBADF, f"bad file handle {handle}: not open in this session")
             self._lock(tx.conn, row.ino)
-            n = tx.conn.execute(delete(H).where(H.c.id == handle)).rowcount
+            n = _Q_DELETE_HANDLE.run(tx.conn, hid=handle)
             if not n:  # released meanwhile by another call of the session
                 raise FsError(errno.EBADF, f"bad file handle {handle}: not open in this session")
             self._free_orphans(tx, {row.ino})
@@ -1143,11 +1174,11 @@ class Namespace:
     def _store_inline(self, tx: Tx, ino: int, data: bytes, had: bool) -> None:
         if had:
             if data:
-                tx.conn.execute(update(FD).where(FD.c.ino == ino).values(data=data))
+                _Q_UPDATE_DATA.run(tx.conn, ino=ino, new_data=data)
             else:
-                tx.conn.execute(delete(FD).where(FD.c.ino == ino))
+                _Q_DELETE_DATA.run(tx.conn, ino=ino)
         elif data:
-            tx.conn.execute(insert(FD).values(ino=ino, data=data))
+            _Q_INSERT_DATA.run(tx.conn, ino=ino, data=data)
 
     def _truncate(self, tx: Tx, row: Row, size: int) -> None:
         """Change the data of ``row`` to ``size`` bytes (the size column is the caller's)."""
@@ -1225,10 +1256,10 @@ class Namespace:
             new_size = max(row.size, end)
             self._store_inline(tx, ino, new, had)
             vals: dict[str, Any] = dict(size=new_size, mtime_ns=tx.now, ctime_ns=tx.now,
-                                        version=I.c.version + 1)
+                                        version=_BUMP)
             if not cred.is_root and row.mode & (stat.S_ISUID | stat.S_ISGID):
                 vals["mode"] = self._kill_priv(row.mode)
-            tx.conn.execute(update(I).where(I.c.id == ino).values(**vals))
+            _update_inode(tx.conn, ino, vals)
             attr = to_attr(self._row(tx.conn, ino))
             tx.log(pb.OP_WRITE, ino, attr=attr)
             return pb.WriteReply(attr=attr, written=len(data), offset=off)
