@@ -270,6 +270,10 @@ def _child_main(argv: list[str]) -> int:
     except OSError:
         pass
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: dump stacks to the log
+    # Block uploads and the FUSE threads share one interpreter lock: a shorter switch
+    # interval bounds how long a FUSE request waits for it behind an upload thread.
+    if settings.fuse_switch_interval_ms > 0:
+        sys.setswitchinterval(settings.fuse_switch_interval_ms / 1000)
     return run_mount(settings, mountpoint, ready_fd=fd)
 
 

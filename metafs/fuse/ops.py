@@ -41,6 +41,9 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 XATTR_SECURITY_CAPABILITY = "security.capability"
 HIDDEN_PREFIX = ".fuse_hidden"
+# How long "no security.capability" (asked by the kernel before every write) is believed:
+# changes through this mount, and other clients' changes seen in the changelog, drop it.
+NOCAP_TTL = 300.0
 LARGE_WRITE = 128 * 1024  # writes this large go to the data path unbuffered
 _FOREVER = float("inf")
 
@@ -322,12 +325,15 @@ class MetafsOperations:
         hit = self._names.get(parent) if parent != "/" else (ROOT_INO, _FOREVER)
         if hit is not None and hit[1] > time.monotonic():
             try:
-                e = self.rpc("Lookup", pb.LookupRequest(caller=caller, parent=hit[0], name=name))
+                e = self.transport.call("Lookup", pb.LookupRequest(caller=caller, parent=hit[0],
+                                                                   name=name))
                 return self._remember(path, e.attr)
-            except FuseError as err:
-                if err.errno != errno.ENOENT or parent == "/":
-                    raise
-                self._forget_path(parent)  # the parent itself may be gone: ask by path
+            except FsError as err:
+                # "no such name" in a directory that exists is the answer (the usual case
+                # before a create); only a parent that is gone calls for a walk by path
+                if err.errno != errno.ENOENT or parent == "/" or err.path == name:
+                    raise FuseError(err.errno, err.message) from None
+                self._forget_path(parent)
         e = self.rpc("Resolve", pb.ResolveRequest(caller=caller, path=path, follow=False))
         return self._remember(path, e.attr)
 
@@ -712,7 +718,7 @@ class MetafsOperations:
         except FuseError as err:
             if name == XATTR_SECURITY_CAPABILITY and err.errno in (errno.ENODATA,
                                                                    errno.EOPNOTSUPP):
-                self._nocap[ino] = time.monotonic() + self._attr_ttl
+                self._nocap[ino] = time.monotonic() + NOCAP_TTL
                 raise FuseError(errno.ENODATA) from None
             raise
 
@@ -787,7 +793,12 @@ class MetafsOperations:
         from .mount import default_permissions
 
         if mask & os.W_OK or not default_permissions(self.settings):
-            self.rpc("Access", pb.AccessRequest(caller=caller, ino=attr.ino, mask=mask))
+            # the namenode's own rule, on the attributes it just gave (no second call)
+            from ..namenode.perms import Cred, access_mask_to_want, allowed
+
+            cred = Cred(caller.uid, caller.gid, frozenset(caller.groups))
+            if not allowed(cred, attr.mode, attr.uid, attr.gid, access_mask_to_want(mask)):
+                raise FuseError(errno.EACCES)
         if flags & os.O_TRUNC and attr.size:
             attr = self._set_attr(self.rpc("SetAttr", pb.SetAttrRequest(
                 caller=caller, ino=attr.ino, size=0)))
@@ -848,6 +859,7 @@ class MetafsOperations:
                                        exclusive=bool(flags & os.O_EXCL), open=handle,
                                        flags=flags & ~(os.O_CREAT | os.O_EXCL))))
         self._remember(path, reply.attr)
+        self._nocap[reply.attr.ino] = time.monotonic() + NOCAP_TTL  # a new file has no xattrs
         self._new_handle(path, reply, flags, caller, fi)
         return 0
 
