@@ -91,6 +91,12 @@ class Settings:
     """Bytes of recently read blocks each open file keeps in memory."""
     block_readahead: int = 8
     """Blocks fetched ahead of a sequential reader."""
+    block_fsync: str = "auto"
+    """fsync each block a local-directory store writes (and its directory) before the
+    metadata may reference it. ``auto``: as durable as the metadata the block is committed
+    to: off for an embedded namenode on SQLite with synchronous NORMAL (whose commits
+    survive any process crash, as written blocks do, but not a power loss), on otherwise
+    (PostgreSQL, SQLite FULL, and clients of a remote namenode, which cannot tell)."""
     block_parallel: int = 8
     """Concurrent block uploads and downloads per client."""
     block_write_buffer: int = 64 * 1024**2
@@ -276,6 +282,15 @@ class Settings:
         if self.db_url:
             return self.db_url
         return f"sqlite:///{Path(self.data_dir) / 'meta.db'}"
+
+    @property
+    def blocks_fsync(self) -> bool:
+        """Whether a local block store fsyncs its blocks (``block_fsync``)."""
+        v = str(self.block_fsync).strip().lower()
+        if v in ("auto", ""):
+            embedded_sqlite = not self.namenode and self.effective_db_url.startswith("sqlite")
+            return not (embedded_sqlite and self.sqlite_synchronous.upper() in ("OFF", "NORMAL"))
+        return v in ("1", "true", "yes", "on")
 
     @property
     def effective_search_dir(self) -> str:

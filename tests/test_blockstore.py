@@ -353,3 +353,18 @@ def test_gc_main_cli(nn: Namenode, tmp_path: Path, capsys: pytest.CaptureFixture
     assert gc_main(["--data-dir", nn.settings.data_dir, "--grace", "0", "--json"]) == 0
     out = capsys.readouterr().out
     assert '"orphans_deleted": 1' in out and '"referenced": 1' in out
+
+
+def test_block_fsync_follows_the_metadata_durability(tmp_path: Path) -> None:
+    from metafs.blockstore import open_store
+    from metafs.config import load
+
+    s = load(overrides={"data_dir": str(tmp_path)}, environ={})
+    url = f"file://{tmp_path / 'blocks'}"
+    assert open_store(url, s).fsync is False  # embedded SQLite NORMAL: not power-loss safe
+    for durable in (s.with_(sqlite_synchronous="FULL"), s.with_(namenode="nn:7420"),
+                    s.with_(db_url="postgresql://u@h/db"), s.with_(block_fsync="on")):
+        assert open_store(url, durable).fsync is True
+    assert open_store(url, s.with_(db_url="postgresql://u@h/db", block_fsync="off")).fsync \
+        is False
+    assert open_store(url).fsync is True  # no settings: the safe default
