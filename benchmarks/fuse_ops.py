@@ -89,6 +89,7 @@ def run_suite(root: Path, files: int, big_mib: int) -> dict[str, float]:
             os.close(fd)
 
     out["write_4k"] = _timed(files, write4k)
+    _drop_caches()  # reads come from the file system, not from the page cache of the writes
 
     def read4k() -> None:
         for p in paths:

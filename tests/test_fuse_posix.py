@@ -248,8 +248,16 @@ def test_locks_fcntl_and_flock(mnt: Mount) -> None:
         assert run(sys.executable, "-c", code, "posix").stdout.strip() == "got"
 
 
-def test_other_user_denied_by_mode_bits(shared_mnt: Mount) -> None:
-    mnt = shared_mnt
+@pytest.mark.parametrize("kernel_checks", ["1", "0"])
+def test_other_user_denied_by_mode_bits(mount_factory, kernel_checks: str) -> None:
+    """With the kernel's default_permissions on, and off (then every refusal below comes
+    from the namenode, through the caller's uid, gid and groups the mount sends)."""
+    env = {**os.environ, "METAFS_FUSE_DEFAULT_PERMISSIONS": kernel_checks}
+    mnt = mount_factory("--allow-other", public=True, env=env)
+    grouped = mnt / "grouped"
+    grouped.write_text("for group 4242")
+    os.chown(grouped, 0, 4242)
+    os.chmod(grouped, 0o640)
     private = mnt / "private"
     private.write_text("secret")
     os.chmod(private, 0o600)
@@ -262,6 +270,10 @@ def test_other_user_denied_by_mode_bits(shared_mnt: Mount) -> None:
     os.chmod(mnt.path, 0o755)
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     assert run(*nobody, "cat", str(public)).stdout == "hello"
+    member = ["setpriv", "--reuid=65534", "--regid=65534", "--groups=4242"]
+    assert run(*member, "cat", str(grouped)).stdout == "for group 4242"
+    r = run(*nobody, "cat", str(grouped), check=False)
+    assert r.returncode != 0 and "Permission denied" in r.stderr
     r = run(*nobody, "cat", str(private), check=False)
     assert r.returncode != 0 and "Permission denied" in r.stderr
     r = run(*nobody, "cat", str(closed / "inner"), check=False)

@@ -187,6 +187,12 @@ class MetafsOperations:
         self._handles: dict[int, Handle] = {}
         self._open_by_ino: dict[int, set[Handle]] = {}
         self._lazy_reads = lazy_read_handles(settings)
+        from .mount import default_permissions
+
+        # Other users, and no kernel mode-bit checks: a name this mount cached for one user
+        # must not let another skip the search permission of the directories above it, so
+        # their paths are walked by the namenode (checked on every component) each time.
+        self._walk_paths = bool(settings.fuse_allow_other) and not default_permissions(settings)
         self._keepalive: dict[int, int] = {}  # ino -> namenode handle keeping it alive
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
@@ -306,9 +312,20 @@ class MetafsOperations:
         parent, name = posixpath.split(path)
         return parent or "/", name
 
+    def _walked(self, path: str, caller: pb.Caller) -> pb.Attr | None:
+        """With ``_walk_paths``, a caller other than root gets ``path`` resolved by the
+        namenode (search permission checked on each directory); else None."""
+        if not self._walk_paths or caller.uid == 0 or path == "/":
+            return None
+        e = self.rpc("Resolve", pb.ResolveRequest(caller=caller, path=path, follow=False))
+        return self._remember(path, e.attr)
+
     def _ino_of(self, path: str, caller: pb.Caller) -> int:
         if path == "/":
             return ROOT_INO
+        walked = self._walked(path, caller)
+        if walked is not None:
+            return walked.ino
         hit = self._names.get(path)
         if hit is not None and hit[1] > time.monotonic():
             return hit[0]
@@ -338,6 +355,11 @@ class MetafsOperations:
         return self._remember(path, e.attr)
 
     def _attr_of_path(self, path: str, caller: pb.Caller) -> pb.Attr:
+        walked = self._walked(path, caller)
+        if walked is not None:
+            if walked.ino in self._dirty:  # buffered writes first: the size must be theirs
+                return self._attr_of_ino(walked.ino, caller)
+            return walked
         now = time.monotonic()
         hit = self._names.get(path) if path != "/" else (ROOT_INO, _FOREVER)
         if hit is not None and hit[1] > now:
