@@ -427,6 +427,45 @@ def test_through_mount(env: dict[str, str], tmp_path: Path) -> None:
     assert any("report.txt" in r["cmdline"] for r in down["runs"] if not r["explicit"])
 
 
+IN_PROCESS_RUN = """
+import sys
+import metafs
+data, model, after = sys.argv[1], sys.argv[2], sys.argv[3]
+with metafs.run("inproc-train", params={"epochs": 1}):
+    n = sum(len(open(f"{data}/img{i:03d}.png", "rb").read()) for i in range(12))
+    open(model, "w").write(str(n))
+open(after, "w").write("written after the run ended")
+"""
+
+
+@pytest.mark.fuse
+def test_run_block_in_a_program_reading_through_the_mount(env: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    """``with metafs.run(...)`` inside a program that reads and writes plain files on a
+    mount: the mount cannot see the run id (it is set after the process started), so the
+    graph maps the process to the run it was inside, by host, pid and time."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    make_images(env, "/p9/data")
+    with client(env) as fs:
+        fs.makedirs("/p9/models", exist_ok=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    metafs(env, "mount", str(mnt))
+    try:
+        prog = tmp_path / "inproc.py"
+        prog.write_text(IN_PROCESS_RUN)
+        sh(env, sys.executable, str(prog), str(mnt / "p9/data"), str(mnt / "p9/models/m.pt"),
+           str(mnt / "p9/after.txt"))
+    finally:
+        metafs(env, "umount", str(mnt))
+    up = prov(env, "upstream", "/p9/models/m.pt")
+    assert "/p9/data" in paths(up)
+    assert "inproc-train" in run_names(up)
+    after = prov(env, "upstream", "/p9/after.txt")
+    assert "inproc-train" not in run_names(after)  # the process, after its run ended
+
+
 @pytest.mark.fuse
 def test_second_reader_of_cached_file_is_recorded(tmp_path: Path) -> None:
     """Two processes read one unchanged file, one after the other, on one mount. The

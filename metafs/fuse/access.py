@@ -87,7 +87,8 @@ class AccessRecorder:
         attr = getattr(h.raw, "attr", None)
         ev = pb.AccessEvent(
             ino=h.ino, read=read, wrote=h.did_write, pid=h.pid, host=self.host,
-            ts_ns=time.time_ns(), version=attr.version if attr is not None else 0,
+            ts_ns=getattr(h, "io_ns", 0) or time.time_ns(),
+            version=attr.version if attr is not None else 0,
             uid=getattr(getattr(h.raw, "_client", None), "caller", pb.Caller()).uid)
         if info is not None:
             ev.proc_start = info.start_ns

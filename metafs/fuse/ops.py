@@ -127,7 +127,7 @@ class Handle:
     """One FUSE open file: a namenode handle plus the mount's buffers."""
 
     __slots__ = ("fh", "ino", "path", "flags", "raw", "lock", "buf", "buf_off", "append", "rbuf",
-                 "rbuf_off", "rbuf_epoch", "did_read", "did_write", "pid", "error")
+                 "rbuf_off", "rbuf_epoch", "did_read", "did_write", "pid", "error", "io_ns")
 
     def __init__(self, fh: int, ino: int, path: str, flags: int, raw: Any, pid: int) -> None:
         self.fh = fh
@@ -146,6 +146,7 @@ class Handle:
         self.did_write = False
         self.pid = pid
         self.error: OSError | None = None
+        self.io_ns = 0  # wall time of the last read, write or flush (access events' time)
 
 
 class DirHandle:
@@ -902,6 +903,7 @@ class MetafsOperations:
         if h.ino in self._dirty:
             self._flush_ino(h.ino)
         h.did_read = True
+        h.io_ns = time.time_ns()
         epoch = self._epoch.get(h.ino, 0)
         with h.lock:
             if h.rbuf_epoch == epoch:
@@ -932,6 +934,7 @@ class MetafsOperations:
                             o.error = err
         with h.lock:
             h.did_write = True
+            h.io_ns = time.time_ns()
             if h.buf and (h.append or h.buf_off + len(h.buf) == offset) \
                     and len(h.buf) + n <= self.write_buffer:
                 h.buf += data
@@ -1042,6 +1045,8 @@ class MetafsOperations:
         h = self._handle(fi)
         with h.lock:
             self._commit(h)
+            if h.did_write or h.did_read:
+                h.io_ns = time.time_ns()  # close(2): the process is still here, in its run
         return 0
 
     def fsync(self, path: str | None, datasync: int, fi: Any) -> int:

@@ -79,6 +79,7 @@ RUNS = Table(
     Column("seq", BigInteger, nullable=False),
     Column("ts_ns", BigInteger, nullable=False),
     Column("end_seq", BigInteger),
+    Index("prov_runs_process", "pid", "host"),  # the explicit run a process is inside
 )
 VERSIONS = Table(
     "prov_versions", md,
@@ -172,6 +173,8 @@ class ProvenanceStore:
         self._lock = threading.RLock()
         self._runs: dict[str, int] = {}  # run key -> id (committed rows only)
         md.create_all(self.engine)
+        for ix in RUNS.indexes:  # stores made before an index existed get it too
+            ix.create(self.engine, checkfirst=True)
         with self.engine.begin() as c:
             if c.execute(select(META.c.value).where(META.c.key == "position")).first() is None:
                 c.execute(insert(META).values(key="position", value=0))
@@ -420,8 +423,9 @@ class ProvenanceStore:
         except ValueError:
             log.warning("access record %d: extra is not JSON", r.seq)
             return
-        if r.run_id:
-            key = f"run:{r.run_id}"
+        explicit = None if r.run_id else self._run_of_process(c, ev)
+        if r.run_id or explicit:
+            key = f"run:{r.run_id}" if r.run_id else explicit
             info = {"host": ev.get("host", ""), "cmdline": ev.get("cmdline", ""),
                     "pid": ev.get("pid"), "status": "running"}
         else:
@@ -448,6 +452,24 @@ class ProvenanceStore:
             self._edge(c, b, run, av, "w", r)
             if not is_dir and not av_row.writer.startswith("run:"):
                 c.execute(update(VERSIONS).where(VERSIONS.c.id == av).values(writer=key))
+
+    def _run_of_process(self, c: Connection, ev: dict[str, Any]) -> str | None:
+        """The explicit run (its key) a process was inside when it made an access that
+        carries no run id: ``with metafs.run(...)`` in a program reading through a mount
+        sets METAFS_RUN_ID only after the process started, so the mount cannot see it in
+        the process's environment. The run is the one started by that host and pid, in
+        that process (started after the process did), before the access and not ended
+        before it."""
+        pid, host, ts = ev.get("pid"), ev.get("host", ""), ev.get("ts_ns") or 0
+        if not pid or not ts:
+            return None
+        row = c.execute(
+            select(RUNS.c.key).where(
+                RUNS.c.explicit.is_(True), RUNS.c.host == host, RUNS.c.pid == int(pid),
+                RUNS.c.start_ns >= int(ev.get("proc_start") or 0), RUNS.c.start_ns <= ts,
+                (RUNS.c.end_ns.is_(None)) | (RUNS.c.end_ns >= ts))
+            .order_by(RUNS.c.start_ns.desc()).limit(1)).first()
+        return row[0] if row is not None else None
 
     def _run_record(self, c: Connection, r: pb.ChangeRecord) -> None:
         try:
