@@ -396,3 +396,34 @@ def test_one_batch_equals_record_by_record(tmp_path: Path) -> None:
         big.close()
     finally:
         client.close()
+
+
+@pytest.mark.slow
+def test_rename_of_a_directory_with_100000_descendants(tmp_path: Path) -> None:
+    """A directory rename changes one directory row of the index, whatever the subtree:
+    after it, every descendant is found under the new name (and none under the old), with
+    its new path, once the indexer has reached the rename's changelog position."""
+    from metafs.client import BulkFile
+
+    client = Client(data_dir=str(tmp_path))
+    try:
+        for d in range(100):  # 100 directories of 1,000 tagged files, 10 levels deep
+            deep = f"/coco/train/{d % 10}/" + "/".join(f"l{k}" for k in range(7)) + f"/d{d}"
+            client.bulk_create(deep, [BulkFile(f"f{i}.jpg", b"", xattrs={
+                "user.bicycles": str(i % 7).encode()}) for i in range(1000)])
+        assert search(client, "ext:jpg under:/coco", wait=True, count=True,
+                      limit=1).total == 100_000
+        head_before = client.changelog_head()
+        client.rename("/coco", "/coco-2017")
+        assert client.changelog_head() == head_before + 1  # one record for the whole move
+        res = search(client, "bicycles>5 under:/coco-2017/train/3", wait=True, count=True,
+                     limit=10_000, sort="name")
+        levels = "/".join(f"l{k}" for k in range(7))
+        want = {f"/coco-2017/train/3/{levels}/d{d}/f{i}.jpg"
+                for d in range(3, 100, 10) for i in range(6, 1000, 7)}  # bicycles == 6
+        assert res.total == len(want) == 1420
+        assert set(res.paths) == want
+        assert search(client, "under:/coco", wait=True, count=True).total == 0
+    finally:
+        release(client)
+        client.close()
