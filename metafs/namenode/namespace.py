@@ -1311,6 +1311,16 @@ class Namespace:
         ids = iter(self.engine.allocate_ids(conn, "inode", self._bulk_id_budget(plan)))
         created = 0
         searched: set[int] = set()
+        empty: dict[int, bool] = {}  # dir ino -> had no entries when this call locked it
+
+        def lookup(pdir: Any, name: str) -> Any:
+            # Names made by this call are in new_names; a directory that was empty when
+            # locked (or that this call made) holds no other names: no lookup per entry.
+            known = empty.get(pdir.id)
+            if known is None:
+                self._lock(conn, pdir.id)  # creators lock the parent before inserting
+                known = empty[pdir.id] = not self._dir_has_entries(conn, pdir.id)
+            return None if known else self._lookup(conn, pdir.id, name)
 
         def search(pdir: Any) -> None:
             # A name is looked up in (or made in) a directory only with search permission
@@ -1326,7 +1336,7 @@ class Namespace:
             pdir = get_dir(key[:-1])
             name = key[-1]
             search(pdir)
-            row = None if (pdir.id, name) in new_names else self._lookup(conn, pdir.id, name)
+            row = None if (pdir.id, name) in new_names else lookup(pdir, name)
             if row is None and (pdir.id, name) not in new_names:
                 if not make_parents:
                     raise FsError(errno.ENOENT, "parent directory does not exist", "/".join(key))
@@ -1355,6 +1365,7 @@ class Namespace:
                 xattr_rows.append(dict(ino=row["id"], name=k, value=v))
             if stat.S_ISDIR(mode):
                 touched[pdir.id] += 1
+                empty[row["id"]] = True
             obj = _Obj(row)
             attr = dict_attr(row)
             tx.log(pb.OP_MKDIR if stat.S_ISDIR(mode) else pb.OP_CREATE, row["id"],
@@ -1374,7 +1385,7 @@ class Namespace:
                     inos.append(dirs.get(tuple(parts), _Obj({"id": 0})).id)
                     continue
                 raise FsError(errno.EEXIST, "path appears twice in one bulk call", e.path)
-            existing = self._lookup(conn, pdir.id, name)
+            existing = lookup(pdir, name)
             if existing is not None:
                 if ftype == stat.S_IFDIR and exist_ok and stat.S_ISDIR(existing.mode):
                     dirs[tuple(parts)] = existing
