@@ -7,12 +7,15 @@ chown and utimens, and turn UTIME_NOW/UTIME_OMIT into bogus times; :class:`Metaf
 overrides those callbacks to read the low-level arguments itself. It also fills ``struct
 stat`` straight from the namenode's attributes, pins the Python thread state of libfuse's
 worker threads, and sets the connection and config options (page cache kept across writes,
-1 MiB writes, timeouts, use_ino, nullpath_ok) in init.
+1 MiB writes, timeouts, use_ino, nullpath_ok) in init. With ``fuse_global_locks`` it
+registers the lock and flock callbacks (with the kernel's lock owner, which mfusepy's
+operations-level API drops) and hands them to :class:`metafs.fuse.locks.MountLocks`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import threading
@@ -34,6 +37,8 @@ log = logging.getLogger("metafs.fuse")
 _libfuse = mfusepy._libfuse
 _libfuse.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
 _libfuse.fuse_invalidate_path.restype = ctypes.c_int
+_libfuse.fuse_interrupted.argtypes = []
+_libfuse.fuse_interrupted.restype = ctypes.c_int
 
 # fuse_common.h capability bits (libfuse 3)
 CAP_POSIX_LOCKS = 1 << 1
@@ -42,6 +47,11 @@ CAP_FLOCK_LOCKS = 1 << 10
 CAP_AUTO_INVAL_DATA = 1 << 12
 CAP_WRITEBACK_CACHE = 1 << 16
 CAP_PARALLEL_DIROPS = 1 << 18
+
+
+def fuse_interrupted() -> bool:
+    """Whether the kernel interrupted the current request (a signal to its process)."""
+    return bool(_libfuse.fuse_interrupted())
 
 
 def fuse_context() -> tuple[int, int, int]:
@@ -102,6 +112,15 @@ class MetafsFUSE(mfusepy.FUSE):
         self._mountpoint = mountpoint
         self._on_ready = on_ready
         self._fuse_ptr: int | None = None
+        self._locks: Any = None
+        if settings.fuse_global_locks:
+            from .locks import MountLocks
+
+            self._locks = MountLocks(operations, settings, interrupted=fuse_interrupted)
+            # mfusepy registers a libfuse callback only for methods the operations object
+            # has; the calls themselves come through lock()/flock() below
+            operations.lock = self._locks.lock
+            operations.flock = self._locks.flock
         super().__init__(operations, mountpoint, raw_fi=True, **options)
 
     def _d(self, path: bytes | None) -> str | None:
@@ -111,9 +130,18 @@ class MetafsFUSE(mfusepy.FUSE):
     def init_fuse_3(self, conn: Any, config: Any) -> None:
         s = self._settings
         c = conn.contents
-        want = c.want & ~(CAP_AUTO_INVAL_DATA | CAP_WRITEBACK_CACHE | CAP_POSIX_LOCKS
-                          | CAP_FLOCK_LOCKS)
-        for cap in (CAP_ATOMIC_O_TRUNC, CAP_PARALLEL_DIROPS):
+        off = CAP_AUTO_INVAL_DATA | CAP_WRITEBACK_CACHE
+        on = [CAP_ATOMIC_O_TRUNC, CAP_PARALLEL_DIROPS]
+        if self._locks is not None:  # the kernel sends fcntl and flock locks to the mount
+            on += [CAP_POSIX_LOCKS, CAP_FLOCK_LOCKS]
+            if c.capable & (CAP_POSIX_LOCKS | CAP_FLOCK_LOCKS) != (CAP_POSIX_LOCKS
+                                                                  | CAP_FLOCK_LOCKS):
+                log.warning("the kernel cannot pass locks to the mount: fcntl/flock locks "
+                            "stay local to this machine")
+        else:  # the kernel keeps locks itself (coherent within this machine only)
+            off |= CAP_POSIX_LOCKS | CAP_FLOCK_LOCKS
+        want = c.want & ~off
+        for cap in on:
             if c.capable & cap:
                 want |= cap
         c.want = want
@@ -159,11 +187,46 @@ class MetafsFUSE(mfusepy.FUSE):
     def destroy(self, private_data: Any) -> None:
         if CALL_COUNTS is not None:
             log.warning("FUSE calls: %s", sorted(CALL_COUNTS.items(), key=lambda kv: -kv[1]))
-        self.operations.stop()
+        try:
+            self.operations.stop()
+        finally:
+            if self._locks is not None:
+                self._locks.close()  # the session's locks go now, not when its lease ends
+
+    # -- locks (metafs/fuse/locks.py): the kernel's lock owner is in fuse_file_info
+    def lock(self, path: bytes | None, fip: Any, cmd: int, lock: Any) -> int:
+        return self._locks.posix(fip.contents.fh, fip.contents.lock_owner, cmd, lock.contents)
+
+    def flock(self, path: bytes | None, fip: Any, op: int) -> int:
+        return self._locks.bsd(fip.contents.fh, fip.contents.lock_owner, op)
+
+    def release(self, path: bytes | None, fip: Any) -> int:
+        fi = fip.contents
+        fh, owner, flock_release = fi.fh, fi.lock_owner, bool(fi.flock_release)
+        try:
+            return super().release(path, fip)
+        finally:
+            if self._locks is not None:
+                try:
+                    self._locks.released(fh, owner, flock_release)
+                except Exception:
+                    log.exception("dropping the locks of a released file failed")
 
     # -- the callbacks mfusepy 3.1 gets wrong on libfuse 3
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return self.operations.rename(self._d(old), self._d(new), flags)
+
+    def open(self, path: bytes, fip: Any) -> int:
+        try:
+            return super().open(path, fip)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            # The kernel sends OPEN only for a name it has cached: one that is gone means
+            # another client removed it (the kernel's dentry outlives that until the entry
+            # timeout). ESTALE makes the kernel look the name up again, so an O_CREAT open
+            # creates the file and any other open fails with ENOENT after a fresh lookup.
+            raise OSError(errno.ESTALE, "the name was removed by another client") from None
 
     @staticmethod
     def _fh(fip: Any) -> int | None:

@@ -43,6 +43,9 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
                     const=True, help="let other users use the mount")
     sp.add_argument("--single-threaded", dest="fuse_threads", action="store_const",
                     const=False, help="serve FUSE requests on one thread")
+    sp.add_argument("--local-locks", dest="fuse_global_locks", action="store_const",
+                    const=False, help="let the kernel keep fcntl/flock locks (coherent on "
+                    "this machine only) instead of the namenode")
     g = sp.add_argument_group("security", "for a namenode that serves TLS or requires "
                               "authentication (the tls_* and token settings apply too)")
     g.add_argument("--tls-ca", dest="tls_ca",
@@ -68,8 +71,8 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
 _MOUNT_FIELDS = ("fuse_attr_timeout", "fuse_entry_timeout", "fuse_negative_timeout",
                  "fuse_follow_changes", "fuse_kernel_cache", "fuse_write_buffer",
                  "fuse_readahead", "fuse_rpc_timeout", "fuse_access_events",
-                 "fuse_allow_other", "fuse_threads", "tls_ca", "tls_client_cert",
-                 "tls_client_key", "tls_server_name", "token_file")
+                 "fuse_allow_other", "fuse_threads", "fuse_global_locks", "tls_ca",
+                 "tls_client_cert", "tls_client_key", "tls_server_name", "token_file")
 
 
 def mount_settings(args: argparse.Namespace) -> Any:

@@ -210,6 +210,9 @@ class Namespace:
         from .quota import Quotas  # registers its EDQUOT check
 
         self.quotas = Quotas(self)
+        from .locks import Locks  # cluster-wide fcntl/flock locks (dropped with sessions)
+
+        self.locks = Locks(self)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -367,6 +370,7 @@ class Namespace:
             inos = tx.conn.execute(select(H.c.ino).where(H.c.session == client_id)).scalars().all()
             tx.conn.execute(delete(H).where(H.c.session == client_id))
             tx.conn.execute(delete(S).where(S.c.id == client_id))
+            self.locks.drop_session(tx, [client_id])
             self._free_orphans(tx, set(inos))
 
         self.mutate(ROOT, fn)
@@ -380,6 +384,7 @@ class Namespace:
             if dead:
                 tx.conn.execute(delete(H).where(H.c.session.in_(dead)))
                 tx.conn.execute(delete(S).where(S.c.id.in_(dead)))
+                self.locks.drop_session(tx, dead)
             orphans = tx.conn.execute(select(I.c.id).where(I.c.nlink == 0)).scalars().all()
             return self._free_orphans(tx, set(orphans))
 

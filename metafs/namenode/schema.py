@@ -184,10 +184,38 @@ def _v3(conn: Connection) -> None:
     metadata.create_all(conn, tables=[quotas])
 
 
+# -- v4: cluster-wide fcntl and flock locks (see metafs/namenode/locks.py) --
+# One row per held lock. ``session`` is the holder's client id, ``owner`` the kernel's
+# 64-bit lock owner (stored signed). ``start``..``end`` is inclusive; ``end`` = 2^63-1
+# means "to EOF". flock locks cover 0..2^63-1.
+locks = Table(
+    "locks",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("ino", BigInteger, nullable=False),
+    Column("session", String(64), nullable=False),
+    Column("owner", BigInteger, nullable=False),
+    Column("kind", String(8), nullable=False),   # 'posix' | 'flock'
+    Column("type", String(8), nullable=False),   # 'read' | 'write'
+    Column("start", BigInteger, nullable=False),
+    Column("end", BigInteger, nullable=False),
+    Column("pid", BigInteger, nullable=False, default=0),
+    Index("ix_locks_ino", "ino", "kind", "start"),
+    Index("ix_locks_session", "session"),
+)
+
+
+def _v4(conn: Connection) -> None:
+    """File locks."""
+    metadata.create_all(conn, tables=[locks])
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
+    (4, _v4),
 ]
 
 

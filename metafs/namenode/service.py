@@ -201,6 +201,10 @@ class Handlers:
         return self.ns.blocks.presign(self.c(req, ctx), req.ino, req.handle, req.keys, req.put)
 
 
+    # -- file locks (metafs.namenode.locks): never waits, EAGAIN on a conflict
+    def Lock(self, req: pb.LockRequest, ctx: Any = None) -> pb.LockReply:
+        return self.ns.locks.lock(self.c(req, ctx), req)
+
     # -- search (metafs.cdc.search.service)
     def Search(self, req: pb.SearchRequest, ctx: Any = None) -> pb.SearchReply:
         cred = self.c(req, ctx)

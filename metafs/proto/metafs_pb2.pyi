@@ -37,6 +37,18 @@ class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OP_FREE: _ClassVar[Op]
     OP_ACCESS: _ClassVar[Op]
     OP_RUN: _ClassVar[Op]
+
+class LockKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOCK_POSIX: _ClassVar[LockKind]
+    LOCK_FLOCK: _ClassVar[LockKind]
+
+class LockType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOCK_TYPE_UNSPECIFIED: _ClassVar[LockType]
+    LOCK_READ: _ClassVar[LockType]
+    LOCK_WRITE: _ClassVar[LockType]
+    LOCK_UNLOCK: _ClassVar[LockType]
 TIME_OMIT: TimeHow
 TIME_NOW: TimeHow
 TIME_SET: TimeHow
@@ -59,6 +71,12 @@ OP_REMOVEXATTR: Op
 OP_FREE: Op
 OP_ACCESS: Op
 OP_RUN: Op
+LOCK_POSIX: LockKind
+LOCK_FLOCK: LockKind
+LOCK_TYPE_UNSPECIFIED: LockType
+LOCK_READ: LockType
+LOCK_WRITE: LockType
+LOCK_UNLOCK: LockType
 
 class Caller(_message.Message):
     __slots__ = ("uid", "gid", "groups", "pid", "client_id", "run_id")
@@ -780,6 +798,52 @@ class SearchReply(_message.Message):
     hidden: int
     next_offset: int
     def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., position: _Optional[int] = ..., total: _Optional[int] = ..., took_ms: _Optional[float] = ..., waited_for: _Optional[int] = ..., hidden: _Optional[int] = ..., next_offset: _Optional[int] = ...) -> None: ...
+
+class LockRequest(_message.Message):
+    __slots__ = ("caller", "ino", "owner", "kind", "type", "start", "end", "pid", "test_only", "report_conflict", "handle")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    INO_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    TEST_ONLY_FIELD_NUMBER: _ClassVar[int]
+    REPORT_CONFLICT_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    caller: Caller
+    ino: int
+    owner: int
+    kind: LockKind
+    type: LockType
+    start: int
+    end: int
+    pid: int
+    test_only: bool
+    report_conflict: bool
+    handle: int
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., owner: _Optional[int] = ..., kind: _Optional[_Union[LockKind, str]] = ..., type: _Optional[_Union[LockType, str]] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., pid: _Optional[int] = ..., test_only: _Optional[bool] = ..., report_conflict: _Optional[bool] = ..., handle: _Optional[int] = ...) -> None: ...
+
+class LockReply(_message.Message):
+    __slots__ = ("granted", "type", "start", "end", "pid", "same_session", "attr", "head")
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    SAME_SESSION_FIELD_NUMBER: _ClassVar[int]
+    ATTR_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    granted: bool
+    type: LockType
+    start: int
+    end: int
+    pid: int
+    same_session: bool
+    attr: Attr
+    head: int
+    def __init__(self, granted: _Optional[bool] = ..., type: _Optional[_Union[LockType, str]] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., pid: _Optional[int] = ..., same_session: _Optional[bool] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., head: _Optional[int] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()

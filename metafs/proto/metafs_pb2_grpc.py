@@ -204,6 +204,11 @@ class NamenodeStub:
                 request_serializer=metafs__pb2.SearchRequest.SerializeToString,
                 response_deserializer=metafs__pb2.SearchReply.FromString,
                 _registered_method=True)
+        self.Lock = channel.unary_unary(
+                '/metafs.v1.Namenode/Lock',
+                request_serializer=metafs__pb2.LockRequest.SerializeToString,
+                response_deserializer=metafs__pb2.LockReply.FromString,
+                _registered_method=True)
 
 
 class NamenodeServicer:
@@ -413,6 +418,12 @@ class NamenodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Lock(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NamenodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -585,6 +596,11 @@ def add_NamenodeServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=metafs__pb2.SearchRequest.FromString,
                     response_serializer=metafs__pb2.SearchReply.SerializeToString,
+            ),
+            'Lock': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lock,
+                    request_deserializer=metafs__pb2.LockRequest.FromString,
+                    response_serializer=metafs__pb2.LockReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1505,6 +1521,33 @@ class Namenode:
             '/metafs.v1.Namenode/Search',
             metafs__pb2.SearchRequest.SerializeToString,
             metafs__pb2.SearchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metafs.v1.Namenode/Lock',
+            metafs__pb2.LockRequest.SerializeToString,
+            metafs__pb2.LockReply.FromString,
             options,
             channel_credentials,
             insecure,
