@@ -192,6 +192,7 @@ class Namespace:
         self.settings = settings
         self.notifier = changelog.Notifier()
         self._statfs_cache: tuple[float, pb.StatFsReply] | None = None
+        self._reclaimed_once = False  # the first reclaim round scans for every orphan
         self._statfs_lock = threading.Lock()
         # Hooks for the block layer: free an inode's data (blocks), and commit data
         # that outgrows the inline limit. The inline-only default refuses the latter.
@@ -375,20 +376,34 @@ class Namespace:
 
         self.mutate(ROOT, fn)
 
-    def reclaim(self) -> int:
+    def reclaim(self, full: bool | None = None) -> int:
         """Drop handles of sessions whose lease ran out, and free inodes with no names
-        and no handles left (after a client crash). Returns the inodes freed."""
+        and no handles left (after a client crash). Returns the inodes freed.
+
+        An inode is left with no name and no handle only when the session holding its
+        last handle dies, so a round frees the inodes of the dead sessions' handles. The
+        first round of a namenode (and ``full=True``) also scans every inode for nlink 0
+        (orphans from before it started: a database restored or repaired by hand); that
+        is a full table scan, so it does not run every round."""
+        if full is None:
+            full = not self._reclaimed_once
 
         def fn(tx: Tx) -> int:
             dead = tx.conn.execute(select(S.c.id).where(S.c.expires_ns < tx.now)).scalars().all()
+            candidates: set[int] = set()
             if dead:
+                candidates.update(tx.conn.execute(
+                    select(H.c.ino).where(H.c.session.in_(dead))).scalars().all())
                 tx.conn.execute(delete(H).where(H.c.session.in_(dead)))
                 tx.conn.execute(delete(S).where(S.c.id.in_(dead)))
                 self.locks.drop_session(tx, dead)
-            orphans = tx.conn.execute(select(I.c.id).where(I.c.nlink == 0)).scalars().all()
-            return self._free_orphans(tx, set(orphans))
+            if full:
+                candidates.update(
+                    tx.conn.execute(select(I.c.id).where(I.c.nlink == 0)).scalars().all())
+            return self._free_orphans(tx, candidates)
 
         n = self.mutate(ROOT, fn)
+        self._reclaimed_once = True
         if n:
             log.info("reclaimed %d orphaned inodes", n)
         return n

@@ -82,6 +82,9 @@ class Namenode:
                 close()
         for t in self._threads:
             t.join(timeout=5)
+        from ..ops.metrics import forget
+
+        forget(self.ns)
         self.engine.dispose()
 
 

@@ -159,6 +159,11 @@ def instrument(handlers: Any) -> Any:
     return Instrumented(handlers)
 
 
+def forget(ns: Any) -> None:
+    """A namespace whose namenode closed no longer reports the changelog head."""
+    STATE.namespaces.discard(ns)
+
+
 def serve_metrics(port: int, addr: str = "127.0.0.1") -> Any:
     """Expose the metrics over HTTP (``/metrics``); returns the server (``shutdown()``)."""
     server, _thread = start_http_server(port, addr=addr, registry=REGISTRY)

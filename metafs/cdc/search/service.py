@@ -30,7 +30,9 @@ class SearchService:
     """What ``Handlers.Search`` calls. The index is opened on the first search."""
 
     def __init__(self, namenode: Any) -> None:
-        self.namenode = namenode
+        # the namespace, not the namenode: the namenode's handlers hold this service, and
+        # a reference back would keep every closed namenode alive until a GC pass
+        self.ns = namenode.ns
         self.settings = namenode.settings
         self.indexer: Indexer | None = None
         self._index: SearchBackend | None = None
@@ -43,7 +45,7 @@ class SearchService:
         with self._lock:
             if self.indexer is None:
                 s = self.settings
-                self.indexer = Indexer(source_for(self.namenode.ns), open_index(s),
+                self.indexer = Indexer(source_for(self.ns), open_index(s),
                                        batch=s.search_batch).start()
                 log.info("search indexer running in the namenode (index in %s)",
                          s.effective_search_dir)
@@ -81,7 +83,7 @@ class SearchService:
         index = self.index()
         waited = 0
         if req.wait:
-            head = self.namenode.ns.changelog_head()
+            head = self.ns.changelog_head()
             timeout = req.timeout_ms / 1000 if req.timeout_ms else self.settings.search_wait_timeout
             self._wait(index, head, timeout)
             waited = head
@@ -108,7 +110,7 @@ class SearchService:
         if not hits:
             return hits
         dirs = {_dir_of(p) for h in hits for p in h.get("paths") or ()}
-        ok = self.namenode.ns.searchable(cred, dirs)
+        ok = self.ns.searchable(cred, dirs)
         return [h for h in hits if any(_dir_of(p) in ok for p in h.get("paths") or ())]
 
     def _count_visible(self, cred: Any, index: SearchBackend, query: str) -> int:
@@ -122,7 +124,7 @@ class SearchService:
             page = index.search(query, limit=MAX_LIMIT, offset=offset, sort="ino").hits
             dirs = {_dir_of(p) for h in page for p in h.get("paths") or ()} - set(seen_ok)
             if dirs:
-                ok = self.namenode.ns.searchable(cred, dirs)
+                ok = self.ns.searchable(cred, dirs)
                 seen_ok.update((d, d in ok) for d in dirs)
             n += sum(1 for h in page
                      if any(seen_ok.get(_dir_of(p)) for p in h.get("paths") or ()))
