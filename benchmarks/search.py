@@ -19,7 +19,6 @@ import argparse
 import json
 import queue
 import random
-import statistics
 import sys
 import tempfile
 import threading

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -17,8 +16,9 @@ import pytest
 
 from metafs.cdc.search.query import QueryError
 from metafs.client import Client
-from metafs.config import Settings, load
+from metafs.config import Settings
 from metafs.namenode.server import Namenode, serve_grpc
+from test_server import start_serve
 
 REPO = Path(__file__).resolve().parents[1]
 ALICE, BOB = (1000, 1000), (1001, 1001)
@@ -31,18 +31,9 @@ def _env() -> dict[str, str]:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[str]:
     """`metafs serve --index` in its own process; yields its address."""
-    ready, log = tmp_path / "ready", tmp_path / "serve.log"
-    p = subprocess.Popen(
-        [sys.executable, "-m", "metafs.cli", "serve", "--data", str(tmp_path / "data"),
-         "--listen", "127.0.0.1:0", "--ready-file", str(ready), "--index"],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
-    deadline = time.monotonic() + 60
-    while not (ready.exists() and ready.read_text()):
-        assert p.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "metafs serve did not start"
-        time.sleep(0.05)
+    p, address, log = start_serve(tmp_path, "--index")
     try:
-        yield ready.read_text()
+        yield address
     finally:
         p.terminate()
         assert p.wait(30) == 0, log.read_text()

@@ -44,11 +44,13 @@ def test_proto_regenerates_identically(tmp_path: Path) -> None:
             f"{name} differs from proto/metafs.proto: run python -m metafs.proto.generate"
 
 
-def start_serve(tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+def start_serve(tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`metafs serve --data TMP/data` (plus ``extra`` flags) in its own process, once it
+    serves: (process, address, log file)."""
     ready, log = tmp / "ready", tmp / "serve.log"
     p = subprocess.Popen(
         [sys.executable, "-m", "metafs.cli", "serve", "--data", str(tmp / "data"),
-         "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
+         "--listen", "127.0.0.1:0", "--ready-file", str(ready), *extra],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=clean_env(), cwd=REPO)
     deadline = time.monotonic() + 60
     while not (ready.exists() and ready.read_text()):
