@@ -198,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
                         **posix_ops(str(local), args.n)})
         if not args.no_juicefs:
             try:
-                from _peers import JuiceFS  # type: ignore[import-not-found]
+                from _peers import juicefs_mount  # type: ignore[import-not-found]
 
-                with JuiceFS(work / "juicefs") as jfs:
+                with juicefs_mount(work) as jmnt:
                     print("juicefs ...", file=sys.stderr, flush=True)
                     results.append({"system": "juicefs (mount)", "engine": "sqlite3",
                                     "mode": "fuse", "clients": 1,
-                                    **posix_ops(str(jfs.mountpoint), args.n)})
+                                    **posix_ops(str(jmnt), args.n)})
             except Exception as exc:
                 print(f"juicefs skipped: {exc}", file=sys.stderr)
     finally:

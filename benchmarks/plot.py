@@ -108,6 +108,14 @@ def plot_file(path: Path, out_dir: Path) -> list[Path]:
     if isinstance(data, dict) and isinstance(data.get("results"), list) and data["results"]:
         made.append(plot_rows(data["results"], f"{kind or path.stem}: operations per second",
                               out_dir / f"{kind or path.stem}.png"))
+    ratios = data.get("ratios") if isinstance(data, dict) else None
+    if isinstance(ratios, dict) and all(isinstance(v, dict) and "vs_juicefs" in v
+                                        for v in ratios.values()):
+        # fuse_ops: metafs / JuiceFS per operation, each against its own target
+        by_peer = {"FUSE mount": {op: v["vs_juicefs"] for op, v in ratios.items()
+                                  if v.get("vs_juicefs")}}
+        made.append(plot_ratios(by_peer, "FUSE mount: metafs / JuiceFS (same run)",
+                                out_dir / "fuse_ops_ratios.png", floor=1.0))
     if isinstance(data, dict) and isinstance(data.get("metafs_over_juicefs"), dict):
         made.append(plot_ratios(data["metafs_over_juicefs"], "blocks: metafs / JuiceFS",
                                 out_dir / "blocks_ratios.png"))
