@@ -1,4 +1,5 @@
-"""``metafs://`` passes fsspec's own abstract test suite (copy, get, put), over gRPC to a
+"""``metafs://`` passes fsspec's own abstract test suite (copy, get, put, open, pipe), over
+gRPC to a
 real namenode, and pandas/pyarrow read parquet files through it."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import pytest
 from fsspec.tests.abstract import AbstractFixtures
 from fsspec.tests.abstract.copy import AbstractCopyTests
 from fsspec.tests.abstract.get import AbstractGetTests
+from fsspec.tests.abstract.open import AbstractOpenTests
+from fsspec.tests.abstract.pipe import AbstractPipeTests
 from fsspec.tests.abstract.put import AbstractPutTests
 
 from metafs.client import Client
@@ -67,6 +70,14 @@ class TestMetafsGet(AbstractGetTests, MetafsFixtures):
 
 
 class TestMetafsPut(AbstractPutTests, MetafsFixtures):
+    pass
+
+
+class TestMetafsOpen(AbstractOpenTests, MetafsFixtures):
+    pass
+
+
+class TestMetafsPipe(AbstractPipeTests, MetafsFixtures):
     pass
 
 
