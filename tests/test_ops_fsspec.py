@@ -1,6 +1,5 @@
-"""``metafs://`` passes fsspec's own abstract test suite (copy, get, put, open, pipe), over
-gRPC to a
-real namenode, and pandas/pyarrow read parquet files through it."""
+"""``metafs://`` passes fsspec's own abstract test suite (copy, get, put, open, pipe),
+over gRPC to a real namenode, and pandas/pyarrow read parquet files through it."""
 
 from __future__ import annotations
 
