@@ -175,9 +175,21 @@ class ProvenanceStore:
         md.create_all(self.engine)
         for ix in RUNS.indexes:  # stores made before an index existed get it too
             ix.create(self.engine, checkfirst=True)
+        if url.startswith("sqlite"):
+            self._drop_edge_statistics()
         with self.engine.begin() as c:
             if c.execute(select(META.c.value).where(META.c.key == "position")).first() is None:
                 c.execute(insert(META).values(key="position", value=0))
+
+    def _drop_edge_statistics(self) -> None:
+        """SQLite with ANALYZE statistics on the edges table plans its recursive walks
+        with Bloom filters, each built by scanning every edge: 72 ms instead of 0.9 ms per
+        upstream query at 265,000 edges (measured). The walks are index lookups by
+        design; without statistics the planner follows the indexes."""
+        with self.engine.begin() as c:
+            if c.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'"
+                                 ).first() is not None:
+                c.exec_driver_sql("DELETE FROM sqlite_stat1 WHERE tbl = 'prov_edges'")
 
     @classmethod
     def for_settings(cls, settings: Any) -> "ProvenanceStore":
