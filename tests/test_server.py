@@ -396,3 +396,38 @@ def test_connection_lost_before_commit_is_retried(settings: Settings, pg_url: st
             assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 1
     finally:
         eng.dispose()
+
+
+@pytest.mark.postgres
+def test_namenodes_starting_together_on_an_empty_database(settings: Settings,
+                                                          pg_url: str) -> None:
+    """Several namenodes set up one fresh PostgreSQL database at once: migrations run one
+    at a time and exactly one of them makes the root; every one starts."""
+    import threading
+
+    s = settings.with_(db_url=pg_url)
+    errors: list[BaseException] = []
+    started: list[Namenode] = []
+    go = threading.Barrier(4)
+
+    def start() -> None:
+        try:
+            go.wait()
+            started.append(Namenode(s, background=False))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert not errors, errors
+        assert len(started) == 4
+        with Client(settings=s, transport=LocalTransport(started[0])) as c:
+            c.mkdir("/made-after")
+            assert c.listdir("/") == ["made-after"]
+    finally:
+        for nn in started:
+            nn.close()

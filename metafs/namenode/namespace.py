@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
 
 from ..config import Settings
 from ..errors import FsError
@@ -218,7 +219,12 @@ class Namespace:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         self.engine.setup()
-        self.engine.write(self._ensure_root)
+        try:
+            self.engine.write(self._ensure_root)
+        except IntegrityError:
+            # another namenode starting on the same empty database made the root first
+            if self.engine.read(lambda c: self._row(c, ROOT_INO)) is None:
+                raise
 
     def _ensure_root(self, conn: Connection) -> None:
         if conn.execute(select(I.c.id).where(I.c.id == ROOT_INO)).first() is None:
