@@ -92,6 +92,10 @@ class FakeES:
         if len(parts) == 1:
             if method == "HEAD":
                 return (200 if idx in self.indices else 404), None
+            if method == "DELETE":
+                if self.indices.pop(idx, None) is None:
+                    return 404, {"error": {"type": "index_not_found_exception"}, "status": 404}
+                return 200, {"acknowledged": True}
             if method == "PUT":
                 if idx in self.indices:
                     return 400, {"error": {"type": "resource_already_exists_exception"},

@@ -71,7 +71,8 @@ def test_exact_requests(setup: tuple[FakeES, Client, ElasticIndex]) -> None:
     assert "refresh=wait_for" in [p for m, p, b in fake.requests if "_bulk" in p][0]
 
 
-def test_replay_gets_409_and_is_harmless(setup: tuple[FakeES, Client, ElasticIndex]) -> None:
+def test_replay_gets_409_and_is_harmless(setup: tuple[FakeES, Client, ElasticIndex],
+                                         tmp_path: Path) -> None:
     fake, client, ix = setup
     client.write_bytes("/a.jpg", b"1")
     client.remove("/a.jpg")
@@ -79,15 +80,37 @@ def test_replay_gets_409_and_is_harmless(setup: tuple[FakeES, Client, ElasticInd
     ino_docs = fake.indices["files"]
     (ver, doc), = ino_docs.values()
     assert doc["deleted"] is True  # a tombstone at the removal's position
-    ix.reset()  # rebuild: every version is sent again and refused with 409
-    Consumer(source_for(client), ix).catch_up()
+    # An indexer that lost its local state replays everything into the same index: every
+    # version is sent again and refused with 409, and nothing changes.
+    again = ElasticIndex(tmp_path / "lost-state.db", client=ix.es, index="files",
+                         backoff=0.01)
+    Consumer(source_for(client), again).catch_up()
     assert list(fake.indices["files"].values()) == [(ver, doc)]
-    assert ix.search("").hits == []
+    assert again.search("").hits == []
+    again.close()
     # A late update with an older version cannot undo the delete.
     status, resp = fake.bulk(json.dumps({"index": {"_index": "files", "_id": next(iter(
         ino_docs)), "version": ver - 1, "version_type": "external"}}) + "\n" +
         json.dumps({"name": "a.jpg", "deleted": False}) + "\n")
     assert resp["items"][0]["index"]["status"] == 409
+
+
+def test_rebuild_starts_the_index_over(setup: tuple[FakeES, Client, ElasticIndex]) -> None:
+    """A rebuild (reset, then replay) drops the Elasticsearch index first: a document of an
+    old history with a version the new changelog has not reached yet (a namespace restored
+    from a backup) must not refuse the new history's updates."""
+    fake, client, ix = setup
+    client.write_bytes("/a.jpg", b"1")
+    Consumer(source_for(client), ix).catch_up()
+    ino = str(client.stat("/a.jpg").st_ino)
+    # a leftover of another history: same id, a far higher version, another name
+    fake.indices["files"][ino] = (10**9, {"name": "stale.jpg", "deleted": False})
+    ix.reset()
+    assert "files" not in fake.indices
+    Consumer(source_for(client), ix).catch_up()
+    ver, doc = fake.indices["files"][ino]
+    assert doc["name"] == "a.jpg" and ver <= client.changelog_head()
+    assert ix.search("name:a.jpg").paths == ["/a.jpg"]
 
 
 def test_partial_bulk_failure_is_retried(setup: tuple[FakeES, Client, ElasticIndex]) -> None:

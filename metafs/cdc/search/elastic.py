@@ -103,6 +103,19 @@ class ElasticIndex(SearchBackend):
                     raise
         self._ready = True
 
+    def _reset_extra(self, c: sqlite3.Connection) -> None:
+        """A rebuild starts the Elasticsearch index over too: documents of the old history
+        carry versions (changelog positions) the new one may never reach again (a namespace
+        restored from a backup starts its changelog lower), and would refuse its updates
+        as conflicts. Runs inside the state's reset transaction: if the delete fails, the
+        reset rolls back."""
+        try:
+            self.es.indices.delete(index=self.index)
+        except Exception as exc:
+            if "index_not_found" not in str(exc) and "404" not in str(exc):
+                raise
+        self._ready = False
+
     # ------------------------------------------------------------------ projection
     def _es_doc(self, c: sqlite3.Connection, ino: int) -> dict[str, Any] | None:
         d = self.doc_rows(c, [ino]).get(ino)
