@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 from ..client.client import Client
 from ..config import Settings
 from ..errors import FsError
+from ..namenode.perms import Cred, access_mask_to_want, allowed
 from ..proto import metafs_pb2 as pb
 from .access import AccessRecorder
 from .procinfo import ProcCache
@@ -190,10 +191,11 @@ class MetafsOperations:
         self._lazy_reads = lazy_read_handles(settings)
         from .mount import default_permissions
 
+        self._kernel_checks = default_permissions(settings)  # the kernel checks mode bits too
         # Other users, and no kernel mode-bit checks: a name this mount cached for one user
         # must not let another skip the search permission of the directories above it, so
         # their paths are walked by the namenode (checked on every component) each time.
-        self._walk_paths = bool(settings.fuse_allow_other) and not default_permissions(settings)
+        self._walk_paths = bool(settings.fuse_allow_other) and not self._kernel_checks
         self._keepalive: dict[int, int] = {}  # ino -> namenode handle keeping it alive
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
@@ -813,12 +815,8 @@ class MetafsOperations:
         attr = self._fresh_attr(path, ino, caller)
         if stat_mod.S_ISLNK(attr.mode):
             raise FuseError(errno.ELOOP)
-        from .mount import default_permissions
-
-        if mask & os.W_OK or not default_permissions(self.settings):
+        if mask & os.W_OK or not self._kernel_checks:
             # the namenode's own rule, on the attributes it just gave (no second call)
-            from ..namenode.perms import Cred, access_mask_to_want, allowed
-
             cred = Cred(caller.uid, caller.gid, frozenset(caller.groups))
             if not allowed(cred, attr.mode, attr.uid, attr.gid, access_mask_to_want(mask)):
                 raise FuseError(errno.EACCES)

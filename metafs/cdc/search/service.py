@@ -13,13 +13,12 @@ import errno
 import json
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from ...errors import FsError
 from ...proto import metafs_pb2 as pb
-from .api import INDEX_FILE, Indexer, open_index
+from .api import INDEX_FILE, Indexer, _poll_position, open_index
 from .base import DEFAULT_LIMIT, SearchBackend
 from .query import QueryError
 
@@ -66,15 +65,8 @@ class SearchService:
             return self._index
 
     def _wait(self, index: SearchBackend, head: int, timeout: float) -> None:
-        if self.indexer is not None:
-            ok = self.indexer.wait_for(head, timeout)
-        else:
-            deadline, delay = time.monotonic() + timeout, 0.005
-            while not (ok := index.committed_position() >= head):
-                if time.monotonic() >= deadline:
-                    break
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
+        ok = (self.indexer.wait_for(head, timeout) if self.indexer is not None
+              else _poll_position(index, head, timeout))
         if not ok:
             raise FsError(errno.ETIMEDOUT, f"the search index did not reach changelog position "
                           f"{head} within {timeout:g}s (is the indexer running?)")
