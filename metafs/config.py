@@ -49,6 +49,13 @@ class Settings:
     """Threads serving ordinary calls."""
     max_subscribers: int = 16
     """Changelog streams served at once; each gets a thread of its own beyond grpc_workers."""
+    max_call_streams: int = 64
+    """Call streams (many ordinary calls over one stream, see docs/design.md) a namenode
+    serves at once, each with a thread of its own beyond grpc_workers; clients past the
+    limit make one unary call per operation instead."""
+    call_streams: int = 4
+    """Call streams a client keeps open to each namenode (one per call in flight; calls
+    beyond them go as unary calls). 0: unary calls only."""
     rpc_timeout: float = 30.0
     """Seconds a client waits for a namenode call before failing with EIO."""
 

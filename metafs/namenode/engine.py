@@ -260,15 +260,16 @@ class PostgresEngine(MetaEngine):
     def setup(self) -> list[int]:
         def migrate(conn: Connection) -> list[int]:
             # namenodes starting together on an empty database migrate one at a time
+            # (and create the sequences under the same lock: two CREATE SEQUENCE IF NOT
+            # EXISTS at once can both pass the check, and one fails on pg_class)
             conn.execute(text("SELECT pg_advisory_xact_lock(74201)"))
-            return schema.migrate(conn, time.time_ns())
-
-        applied = self.write(migrate)
-        with self.engine.begin() as conn:
+            applied = schema.migrate(conn, time.time_ns())
             for kind in ("inode", "handle"):
                 conn.execute(text(
                     f"CREATE SEQUENCE IF NOT EXISTS metafs_{kind}_seq START WITH 2 CACHE 1"))
-        return applied
+            return applied
+
+        return self.write(migrate)
 
     @contextmanager
     def _write_tx(self) -> Iterator[Connection]:

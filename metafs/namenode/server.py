@@ -134,15 +134,69 @@ def _streaming(handlers: Handlers, name: str, gate: threading.BoundedSemaphore,
     return call
 
 
-def make_servicer(handlers: Handlers, max_subscribers: int) -> pb_grpc.NamenodeServicer:
-    """A servicer whose every RPC calls the handler of the same name."""
+# The unary methods a call stream may carry, with their request classes.
+UNARY_REQUESTS: dict[str, Any] = {
+    m.name: getattr(pb, m.input_type.name)
+    for m in pb.DESCRIPTOR.services_by_name["Namenode"].methods
+    if not m.server_streaming and not m.client_streaming}
+
+
+def _frame_error(err: FsError) -> pb.ReplyFrame:
+    return pb.ReplyFrame(error=pb.ErrorDetail(errno=err.errno, message=err.message,
+                                              path=err.path))
+
+
+def answer_frame(handlers: Any, frame: pb.CallFrame, ctx: Any) -> pb.ReplyFrame:
+    """Run one call of a call stream: the same handler, checks and errors as the unary
+    call of that name."""
+    cls = UNARY_REQUESTS.get(frame.method)
+    if cls is None:
+        return _frame_error(FsError(errno.ENOSYS, f"{frame.method!r} is not a unary call of "
+                                    "this namenode"))
+    try:
+        request = cls.FromString(frame.request)
+    except Exception:
+        return _frame_error(FsError(errno.EINVAL, f"malformed {frame.method} request"))
+    try:
+        fn = getattr(handlers, frame.method, None)
+        if fn is None:
+            raise FsError(errno.ENOSYS, f"this namenode does not implement {frame.method}")
+        return pb.ReplyFrame(reply=fn(request, ctx).SerializeToString())
+    except FsError as err:
+        return _frame_error(err)
+    except Exception as exc:
+        return _frame_error(internal_error(exc, frame.method))
+
+
+def _call_stream(handlers: Handlers, gate: threading.BoundedSemaphore,
+                 limit: int) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def Calls(frames: Any, ctx: grpc.ServicerContext) -> Any:
+        if limit <= 0 or not gate.acquire(blocking=False):
+            ctx.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"this namenode serves at most {limit} call streams; make unary calls")
+        try:
+            for frame in frames:
+                yield answer_frame(handlers, frame, ctx)
+        finally:
+            gate.release()
+
+    return Calls
+
+
+def make_servicer(handlers: Handlers, max_subscribers: int,
+                  max_call_streams: int = 64) -> pb_grpc.NamenodeServicer:
+    """A servicer whose every RPC calls the handler of the same name, and whose Calls
+    stream carries any of the unary ones."""
     gate = threading.BoundedSemaphore(max_subscribers)
     from ..ops.metrics import instrument  # Prometheus: ops by type and errno, latency
 
     handlers = instrument(handlers)
     methods: dict[str, Any] = {}
     for m in pb.DESCRIPTOR.services_by_name["Namenode"].methods:
-        if m.server_streaming:
+        if m.client_streaming:
+            methods[m.name] = _call_stream(handlers, threading.BoundedSemaphore(
+                max(max_call_streams, 1)), max_call_streams)
+        elif m.server_streaming:
             methods[m.name] = _streaming(handlers, m.name, gate, max_subscribers)
         else:
             methods[m.name] = _unary(handlers, m.name)
@@ -155,18 +209,20 @@ class GrpcServer:
     def __init__(self, namenode: Namenode, listen: str) -> None:
         s = namenode.settings
         self.namenode = namenode
-        # Ordinary calls get grpc_workers threads; each changelog stream may hold one more
-        # thread, and at most max_subscribers streams run at once, so streams can never
-        # take the threads ordinary calls need.
+        # Ordinary calls get grpc_workers threads; each changelog stream and each call
+        # stream may hold one more thread, and at most max_subscribers and max_call_streams
+        # of them run at once, so streams can never take the threads ordinary calls need.
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=s.grpc_workers + s.max_subscribers,
-                                       thread_name_prefix="metafs-grpc"),
+            futures.ThreadPoolExecutor(
+                max_workers=s.grpc_workers + s.max_subscribers + max(s.max_call_streams, 0),
+                thread_name_prefix="metafs-grpc"),
             options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
                      ("grpc.max_send_message_length", 256 * 1024 * 1024),
                      ("grpc.so_reuseport", 0)],
         )
         pb_grpc.add_NamenodeServicer_to_server(
-            make_servicer(namenode.handlers, s.max_subscribers), self.server)
+            make_servicer(namenode.handlers, s.max_subscribers, s.max_call_streams),
+            self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -364,7 +364,7 @@ def make_transport(settings: Settings, *, timeout: float | None = None,
     t = AuthTransport(settings.namenode,
                       timeout=settings.rpc_timeout if timeout is None else timeout,
                       credentials=creds,
-                      metadata=metadata, options=options)
+                      metadata=metadata, options=options, streams=settings.call_streams)
     t.authenticated = bool(token or settings.tls_client_cert)
     return t
 

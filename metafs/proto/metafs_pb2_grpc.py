@@ -209,6 +209,11 @@ class NamenodeStub:
                 request_serializer=metafs__pb2.LockRequest.SerializeToString,
                 response_deserializer=metafs__pb2.LockReply.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/metafs.v1.Namenode/Calls',
+                request_serializer=metafs__pb2.CallFrame.SerializeToString,
+                response_deserializer=metafs__pb2.ReplyFrame.FromString,
+                _registered_method=True)
 
 
 class NamenodeServicer:
@@ -424,6 +429,12 @@ class NamenodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NamenodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -601,6 +612,11 @@ def add_NamenodeServicer_to_server(servicer, server):
                     servicer.Lock,
                     request_deserializer=metafs__pb2.LockRequest.FromString,
                     response_serializer=metafs__pb2.LockReply.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=metafs__pb2.CallFrame.FromString,
+                    response_serializer=metafs__pb2.ReplyFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1548,6 +1564,33 @@ class Namenode:
             '/metafs.v1.Namenode/Lock',
             metafs__pb2.LockRequest.SerializeToString,
             metafs__pb2.LockReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/metafs.v1.Namenode/Calls',
+            metafs__pb2.CallFrame.SerializeToString,
+            metafs__pb2.ReplyFrame.FromString,
             options,
             channel_credentials,
             insecure,
