@@ -100,12 +100,31 @@ def test_held_back_bytes_are_visible_to_the_same_handle(fs: Client) -> None:
     assert fs.read_bytes("/rw") == data + b"tail"
 
 
-def test_readall_is_one_call(fs: Client) -> None:
+def test_small_files_are_read_and_written_in_few_calls(fs: Client) -> None:
     small = os.urandom(LIMIT - 10)
-    fs.write_bytes("/s", small)
     calls = _count(fs)
+    fs.write_bytes("/s", small)       # Create by path; the data rides on the Release
+    assert dict(calls) == {"Create": 1, "Release": 1}
+    calls.clear()
     assert fs.read_bytes("/s") == small
-    assert calls["Read"] == 1
+    assert dict(calls) == {"Open": 1}  # the data rides on the Open; no handle to release
+    calls.clear()
+    with fs.open("/s", "rb") as f:     # reads past what the open brought ask again
+        assert f.read(100) == small[:100]
+        assert f.read() == small[100:]
+        with fs.open("/s", "ab") as g:
+            g.write(b"more")
+        assert f.read() == b"more"
+    assert calls["Read"] >= 1
+    assert fs.read_bytes("/s") == small + b"more"
+
+
+def test_a_reader_keeps_what_its_open_brought_when_the_name_goes(fs: Client) -> None:
+    fs.write_bytes("/gone", b"still here")
+    with fs.open("/gone", "rb") as f:
+        fs.remove("/gone")
+        assert f.read() == b"still here"
+    assert not fs.exists("/gone")
 
 
 # ---------------------------------------------------------------- layouts per version
@@ -347,3 +366,80 @@ def test_held_back_bytes_survive_a_move_to_blocks_by_another_writer(fs: Client) 
         f.write(held)                          # held back: the file is still empty
         fs.write_bytes("/m", other)            # another writer puts it in blocks
     assert fs.read_bytes("/m") == held + other[LIMIT:]
+
+
+# ---------------------------------------------------------------- whole-chunk write buffers
+def _stored_lengths(fs: Client, path: str) -> dict[int, int]:
+    """Chunk index -> length of its stored block (holes absent)."""
+    from metafs.proto import metafs_pb2 as pb
+
+    reply = fs._call("GetLayout", pb.LayoutRequest(  # type: ignore[attr-defined]
+        caller=fs.caller, ino=fs.stat(path).st_ino, first_index=0, count=1024), path)
+    return {b.index: b.length for b in reply.blocks if b.key}
+
+
+def test_whole_chunk_write_buffer_reads_zeros_and_stores_only_the_file(fs: Client) -> None:
+    """A new chunk's write buffer spans the whole chunk from its first write: bytes past the
+    end of the file read as zeros when the file grows over them, and a block never stores
+    more than the file holds."""
+    bs = 256 * 1024
+    with fs.open("/z", "w+b", buffering=0) as f:
+        f.write(b"a" * 100_000)             # a new chunk, partly written
+        f.seek(200_000)
+        f.write(b"b" * 10)                  # a gap inside the same chunk
+        f.seek(0)
+        assert f.read() == b"a" * 100_000 + bytes(100_000) + b"b" * 10
+        f.seek(2 * bs + 5)
+        f.write(b"c" * 7)                   # chunk 0's tail and chunk 1 become holes
+    want = b"a" * 100_000 + bytes(100_000) + b"b" * 10 + bytes(2 * bs + 5 - 200_010) + b"c" * 7
+    assert fs.read_bytes("/z") == want
+    assert _stored_lengths(fs, "/z") == {0: bs, 2: 12}
+    data = os.urandom(100_000)
+    with fs.open("/short", "wb", buffering=0) as f:
+        f.write(data)
+    assert fs.read_bytes("/short") == data
+    assert _stored_lengths(fs, "/short") == {0: 100_000}
+    # a chunk filled in pieces goes to the store as soon as it is full
+    data = os.urandom(3 * bs + 1000)
+    with fs.open("/pieces", "wb", buffering=0) as f:
+        for i in range(0, len(data), 64 * 1024):
+            f.write(data[i:i + 64 * 1024])
+    assert fs.read_bytes("/pieces") == data
+    assert _stored_lengths(fs, "/pieces") == {0: bs, 1: bs, 2: bs, 3: 1000}
+
+
+def test_parallel_reads_of_one_handle(fs: Client) -> None:
+    """Reads of one open file from several threads at once (the kernel's read-ahead sends
+    them so) each get their own bytes, sequential and random."""
+    import random
+
+    bs = 256 * 1024
+    data = os.urandom(9 * bs + 4321)
+    fs.write_bytes("/par", data)
+    errors: list[object] = []
+    with fs.open("/par", "rb", buffering=0) as f:
+        raw: Any = f
+
+        def worker(seed: int) -> None:
+            rnd = random.Random(seed)
+            try:
+                for i in range(30):
+                    if seed % 2:   # sequential pieces, as read-ahead asks for them
+                        off = (i * 64 * 1024 + seed * bs) % len(data)
+                        n = 64 * 1024
+                    else:
+                        off = rnd.randrange(0, len(data))
+                        n = rnd.choice([1, 4096, 100_000, bs, 2 * bs + 7])
+                    got = raw.read_view(off, n)
+                    if bytes(got) != data[off:off + n]:
+                        errors.append((seed, off, n))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert f.read() == data
+    assert not errors

@@ -154,6 +154,51 @@ def test_sparse_files(mnt: Mount) -> None:
     assert big.read_bytes() == b"start\0"
 
 
+def test_parallel_reads_of_one_descriptor(mnt: Mount) -> None:
+    """Reads of one open file from several threads at once reach the mount together (it
+    serves them in parallel) and each gets its own bytes; then one sequential read of the
+    whole file, which the kernel's read-ahead splits into parallel requests."""
+    import random
+    import threading
+
+    data = os.urandom(5 * 4 * 1024 * 1024 + 12345)  # five chunks and a bit
+    f = mnt / "par"
+    f.write_bytes(data)
+    errors: list[object] = []
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        def worker(seed: int) -> None:
+            rnd = random.Random(seed)
+            try:
+                for _ in range(12):
+                    off = rnd.randrange(0, len(data))
+                    n = rnd.choice([4096, 131072, 1 << 20, (3 << 20) + 77])
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # ask the mount
+                    got = os.pread(fd, n, off)
+                    if got != data[off:off + n]:
+                        errors.append((seed, off, n))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        pieces, pos = [], 0
+        while True:
+            piece = os.pread(fd, 1 << 20, pos)
+            if not piece:
+                break
+            pieces.append(piece)
+            pos += len(piece)
+        assert b"".join(pieces) == data
+    finally:
+        os.close(fd)
+    assert not errors
+
+
 def test_fallocate(mnt: Mount) -> None:
     f = mnt / "fa"
     f.write_bytes(b"abc")

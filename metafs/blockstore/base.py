@@ -114,7 +114,8 @@ def verify(key: str, data: bytes | bytearray | memoryview, first_piece: int, val
             raise ChecksumError(key, f"piece {idx} differs")
 
 
-def read_verified(store: "BlockStore", key: str, value: str, start: int, end: int) -> bytes:
+def read_verified(store: "BlockStore", key: str, value: str, start: int,
+                  end: int) -> bytes | bytearray:
     """Bytes ``[start, end)`` of block ``key``, fetched with one ranged GET widened to whole
     checksum pieces and verified. Past the block's end there is nothing (a short result)."""
     piece, crcs = parse_checksum(value)
@@ -124,7 +125,10 @@ def read_verified(store: "BlockStore", key: str, value: str, start: int, end: in
         return b""
     data = store.get(key, p0 * piece, p1 * piece)
     verify(key, data, p0, value, p1 - p0)
-    return data[start - p0 * piece:end - p0 * piece]
+    lo, hi = start - p0 * piece, end - p0 * piece
+    if lo == 0 and hi >= len(data):
+        return data  # the whole span asked for (e.g. a whole block): no copy
+    return bytes(memoryview(data)[lo:hi])
 
 
 # ---------------------------------------------------------------- the contract

@@ -12,6 +12,8 @@ import uuid
 from collections import OrderedDict
 from pathlib import Path
 
+from .local import write_all
+
 log = logging.getLogger("metafs.blockstore.cache")
 
 
@@ -140,8 +142,11 @@ class DiskCache:
         try:
             p.parent.mkdir(exist_ok=True)
             tmp = p.parent / f".{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                write_all(fd, data)
+            finally:
+                os.close(fd)
             os.replace(tmp, p)
         except OSError as exc:  # a full or broken cache disk only costs speed
             log.warning("block cache write of %s failed: %s", key, exc)

@@ -373,10 +373,23 @@ class BlockFile(RawFile):
         return a.size
 
     def _read_at(self, offset: int, size: int) -> bytes:
+        data = self.read_view(offset, size)
+        return data if type(data) is bytes else bytes(data)
+
+    def read_view(self, offset: int, size: int) -> bytes | bytearray | memoryview:
+        """Bytes ``[offset, offset + size)`` (fewer at the end of the file) as a buffer,
+        which may be a view of a cached block: callers must not change it.
+
+        Reads of one handle run in parallel: the handle's lock covers only the planning
+        (layout, read-ahead, this handle's own buffers); waiting for blocks, verifying
+        and slicing them do not take it (blocks are immutable)."""
         with self._lock:
             if self._pend is not None:
                 self._flush_pend()
             if self._inline:
+                got = self._read_opened(offset, size)
+                if got is not None:
+                    return got
                 reply = self._c._call("Read", pb.ReadRequest(
                     caller=self._c.caller, ino=self.ino, offset=offset, size=size,
                     handle=self.handle), self.name)
@@ -387,11 +400,20 @@ class BlockFile(RawFile):
             elif self._bs == 0:
                 self._load_window(0)
             try:
-                return self._read_blocks(offset, size)
+                plan = self._plan_read(offset, size)
             except FsError as err:
                 raise self._oserror(err) from None
+        try:
+            parts = [p if type(p) is not tuple else self._read_planned(*p) for p in plan]
+        except FsError as err:
+            raise self._oserror(err) from None
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)  # several chunks: one copy
 
-    def _write_at(self, offset: int, data: bytes, append: bool) -> int:
+    def _write_at(self, offset: int, data: bytes | bytearray | memoryview,
+                  append: bool) -> int:
+        """``data`` may be any buffer: it is copied, never kept."""
         with self._lock:
             if self._inline:
                 if append:
@@ -399,12 +421,11 @@ class BlockFile(RawFile):
                 end = offset + len(data)
                 limit = self._c.inline_limit
                 if end <= limit:
-                    if self._pend is not None or (self._fresh and offset == 0
-                                                  and 2 * end >= limit):
-                        # A new file filled to near the inline limit in one write is most
-                        # likely the buffered writer's first flush of a larger file: hold
-                        # it back, so that the file goes straight to blocks if it grows
-                        # (else it is written inline once, at flush or close).
+                    if self._pend is not None or (self._fresh and offset == 0):
+                        # A new file's first bytes are held back: if it grows past the
+                        # inline limit (a buffered writer's first flush of a larger file)
+                        # it goes straight to blocks; else they are written inline once,
+                        # at flush or by the Release call at close.
                         pend = self._pend if self._pend is not None else bytearray()
                         if len(pend) < offset:
                             pend.extend(bytes(offset - len(pend)))
@@ -413,7 +434,7 @@ class BlockFile(RawFile):
                         return end
                     try:
                         self._fresh = False
-                        return super()._write_at(offset, data, False)
+                        return super()._write_at(offset, bytes(data), False)
                     except OSError as exc:
                         if exc.errno != errno.EFBIG:
                             raise
@@ -450,6 +471,19 @@ class BlockFile(RawFile):
         self._did_read = True
         return data
 
+    def _last_write(self) -> tuple[int, bytes] | None:
+        with self._lock:
+            if self._pend is None or not self._inline or self._dirty or self._uploads:
+                return None
+            pend, self._pend = self._pend, None
+            self._fresh = False
+            return 0, bytes(pend)
+
+    def _write_after_close(self, offset: int, data: bytes) -> None:
+        with self._lock:
+            self._pend = bytearray(data)  # (offset is 0: held-back bytes start the file)
+            self._commit()               # in blocks, if the file went there meanwhile
+
     def _flush_data(self) -> None:
         with self._lock:
             self._commit()
@@ -464,7 +498,7 @@ class BlockFile(RawFile):
         try:
             super().close()
         finally:
-            for f in self._prefetch.values():
+            for f in list(self._prefetch.values()):
                 f.cancel()
             self._prefetch.clear()
             self._mem.clear()
@@ -480,15 +514,19 @@ class BlockFile(RawFile):
         start = idx * bs
         valid = max(0, min(bs, self._bsize - start))  # bytes of the chunk inside the file
         if lo == 0 and hi >= valid:
-            cur = b""
+            # Nothing of the chunk's current bytes is kept: a buffer of the whole chunk at
+            # once (zeros past the end of the file, cut off at upload), so a sequential
+            # writer's pieces are copied into place instead of regrowing (and recopying)
+            # the buffer at every write.
+            buf = bytearray(bs) if hi < bs else bytearray()
         else:
-            cur = self._chunk_bytes(idx, 0, valid)
-        buf = bytearray(cur)
+            buf = bytearray(self._chunk_bytes(idx, 0, valid))
         self._dirty[idx] = buf
         self._dirty_bytes += len(buf)
         return buf
 
-    def _write_blocks(self, offset: int, data: bytes) -> None:
+    def _write_blocks(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` (any buffer; not kept after the call) into the chunk buffers."""
         bs = self._bs
         mv = memoryview(data)
         pos = offset
@@ -505,15 +543,20 @@ class BlockFile(RawFile):
             self._dirty_bytes += len(buf) - before
             pos += hi - lo
             if hi == bs and len(buf) == bs:
-                self._start_upload(idx)  # a finished chunk goes now (sequential writers)
+                # a finished chunk goes now (sequential writers)
+                self._start_upload(idx, max(self._bsize, end))
         self._bsize = max(self._bsize, end)
         if self._dirty_bytes > self._s.block_write_buffer:
             for idx in list(self._dirty):
                 self._start_upload(idx)
 
-    def _start_upload(self, idx: int) -> None:
+    def _start_upload(self, idx: int, size: int | None = None) -> None:
+        """Upload chunk ``idx`` of a file of ``size`` bytes (default: the current size)."""
         buf = self._dirty.pop(idx)
         self._dirty_bytes -= len(buf)
+        keep = max(0, (self._bsize if size is None else size) - idx * self._bs)
+        if len(buf) > keep:
+            del buf[keep:]  # the zeros of a whole-chunk buffer past the end of the file
         data = buf  # no longer written to: upload it as it is (a copy costs the GIL)
         old = self._uploads.pop(idx, None)
         if old is not None:
@@ -614,14 +657,21 @@ class BlockFile(RawFile):
             self._ctx.forget_layout(self.ino)
 
     # ------------------------------------------------------------ reading
-    def _read_blocks(self, offset: int, size: int) -> bytes:
+    def _plan_read(self, offset: int, size: int) -> list[Any]:
+        """What a read of ``[offset, offset + size)`` is made of, decided under the
+        handle's lock: per chunk either its bytes (this handle's unsent or uncommitted
+        writes, holes) or ``(idx, ref, lo, hi, whole)``, a span of an immutable block that
+        :meth:`_read_planned` reads without the lock."""
         end = min(offset + size, self._bsize)
         if offset >= end:
-            return b""
+            return [b""]
         bs = self._bs
-        sequential = offset == self._last_end
+        # Sequential within a chunk's slack: the kernel's read-ahead sends several requests
+        # at once, and they reach this point in any order.
+        last_end = self._last_end
+        sequential = last_end >= 0 and last_end - bs <= offset <= last_end + bs
         self._streak = self._streak + 1 if sequential else 0
-        self._last_end = end
+        self._last_end = max(last_end, end) if sequential else end
         whole = self._streak >= 2 or end - offset >= bs // 2
         first, last = offset // bs, (end - 1) // bs
         if whole and self._streak >= 2:
@@ -630,12 +680,33 @@ class BlockFile(RawFile):
             # several chunks at once: fetch them in parallel
             for idx in range(first, last + 1):
                 self._prefetch_chunk(idx)
-        out = []
+        plan: list[Any] = []
         for idx in range(first, last + 1):
             lo = max(offset, idx * bs) - idx * bs
             hi = min(end, (idx + 1) * bs) - idx * bs
-            out.append(self._chunk_bytes(idx, lo, hi, whole=whole))
-        return b"".join(out)
+            if idx in self._dirty or idx in self._uploads:
+                plan.append(self._chunk_bytes(idx, lo, hi, whole=whole))
+                continue
+            ref = self._ref(idx)
+            if ref is None or not ref.key:
+                plan.append(_zero(hi - lo))
+            else:
+                plan.append((idx, ref, lo, hi, whole))
+        return plan
+
+    def _read_planned(self, idx: int, ref: pb.BlockRef, lo: int, hi: int,
+                      whole: bool) -> bytes | bytearray | memoryview:
+        """Bytes ``[lo, hi)`` of chunk ``idx``, stored in block ``ref`` (no lock held)."""
+        top = min(hi, ref.length)
+        try:
+            part = self._from_block(ref, lo, top, whole) if lo < top else b""
+        except (BlockNotFound, ChecksumError):
+            # the layout may be older than a rewrite: the locked path reports and retries
+            with self._lock:
+                return self._chunk_bytes(idx, lo, hi, whole=whole)
+        if len(part) < hi - lo:
+            return bytes(part) + _zero(hi - lo - len(part))
+        return part
 
     def _readahead(self, idx: int) -> None:
         n = self._s.block_readahead
@@ -650,8 +721,9 @@ class BlockFile(RawFile):
         if ref is None or ref.key in self._prefetch or self._mem.get(ref.key) is not None:
             return
         if len(self._prefetch) > 4 * max(1, self._s.block_readahead):
-            for k in [k for k, f in self._prefetch.items() if f.done()]:
-                self._prefetch.pop(k, None)
+            for k, f in list(self._prefetch.items()):  # (readers pop entries meanwhile)
+                if f.done():
+                    self._prefetch.pop(k, None)
         self._prefetch[ref.key] = self._ctx.pool.submit(self._fetch_whole, ref)
 
     def _fetch_whole(self, ref: pb.BlockRef) -> bytes:
@@ -672,7 +744,8 @@ class BlockFile(RawFile):
             dc.put(ref.key, data)
         return data
 
-    def _chunk_bytes(self, idx: int, lo: int, hi: int, whole: bool = False) -> bytes:
+    def _chunk_bytes(self, idx: int, lo: int, hi: int,
+                     whole: bool = False) -> bytes | bytearray | memoryview:
         """Bytes ``[lo, hi)`` of chunk ``idx`` as this handle sees it."""
         if hi <= lo:
             return b""
@@ -701,21 +774,36 @@ class BlockFile(RawFile):
                     continue
                 raise FsError(errno.EIO, f"block {ref.key} of chunk {idx} is unreadable: "
                               f"{err.message}", self.name) from None
-            return part + _zero(hi - lo - len(part))
+            if len(part) < hi - lo:
+                return bytes(part) + _zero(hi - lo - len(part))
+            return part
         raise AssertionError("unreachable")
 
-    def _from_block(self, ref: pb.BlockRef, lo: int, hi: int, whole: bool) -> bytes:
-        data = self._mem.get(ref.key)
+    def _from_block(self, ref: pb.BlockRef, lo: int, hi: int,
+                    whole: bool) -> bytes | bytearray | memoryview:
+        """Bytes ``[lo, hi)`` of a block, a view of the whole block when it is in memory
+        (or fetched whole). Safe without the handle's lock: concurrent readers of one
+        block share its prefetch and its copy in memory."""
+        key = ref.key
+        data = self._mem.get(key)
         if data is None:
-            fut = self._prefetch.pop(ref.key, None)
+            fut = self._prefetch.get(key)
             if fut is not None:
-                data = fut.result()
+                try:
+                    data = fut.result()
+                except BaseException:
+                    self._prefetch.pop(key, None)
+                    raise
+                self._mem.put(key, data)
+                self._prefetch.pop(key, None)
             elif whole:
                 data = self._fetch_whole(ref)
+                self._mem.put(key, data)
             else:
                 return self._read_range(ref, lo, hi)
-            self._mem.put(ref.key, data)
-        return data[lo:hi]
+        if lo == 0 and hi >= len(data):
+            return data
+        return memoryview(data)[lo:hi]
 
     def _read_range(self, ref: pb.BlockRef, lo: int, hi: int) -> bytes:
         """Bytes ``[lo, hi)`` of a block: the checksum pieces around them from the local

@@ -21,6 +21,17 @@ from ..errors import FsError
 from .base import BlockInfo, BlockNotFound, BlockStore, check_key
 
 TMP = ".tmp"
+WRITE_PIECE = 1 << 20  # bytes per write(2) of a block
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data`` to ``fd`` in pieces of ``WRITE_PIECE`` bytes: one write(2) of
+    a whole 4 MiB block into the page cache was measured ten times slower than four of
+    1 MiB (Linux 6.18, ext4: the kernel's copy into the page cache)."""
+    mv = memoryview(data).cast("B")
+    while mv:
+        n = os.write(fd, mv[:WRITE_PIECE])
+        mv = mv[n:]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -66,10 +77,7 @@ class LocalStore(BlockStore):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                mv = memoryview(data)
-                while mv:
-                    n = os.write(fd, mv)
-                    mv = mv[n:]
+                write_all(fd, data)
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -95,32 +103,38 @@ class LocalStore(BlockStore):
                 pass
             raise FsError(errno.EIO, f"cannot store block {key}: {exc}", key) from None
 
-    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes | bytearray:
+        """The bytes are read straight into the buffer returned (a ``bytearray``, no further
+        copy); callers treat it as immutable, like ``bytes``."""
         if start < 0 or (end is not None and end < start):
             raise FsError(errno.EINVAL, f"bad range [{start}, {end}) for block {key}")
         try:
-            with open(self._path(key), "rb", buffering=0) as fh:
-                if start:
-                    fh.seek(start)
-                if end is None:
-                    return fh.read()
-                want = end - start
-                buf = bytearray(want)
-                mv = memoryview(buf)
-                got = 0
-                while got < want:
-                    n = fh.readinto(mv[got:])
-                    if not n:
-                        break
-                    got += n
-                del mv
-                if got < want:
-                    del buf[got:]
-                return bytes(buf)
+            fd = os.open(self._path(key), os.O_RDONLY)
         except FileNotFoundError:
             raise BlockNotFound(key) from None
         except OSError as exc:
             raise FsError(errno.EIO, f"cannot read block {key}: {exc}", key) from None
+        try:
+            if end is None:
+                end = max(start, os.fstat(fd).st_size)
+            want = end - start
+            buf = bytearray(want)
+            got = 0
+            if want:
+                mv = memoryview(buf)
+                while got < want:
+                    n = os.preadv(fd, [mv[got:]], start + got)
+                    if not n:
+                        break
+                    got += n
+                del mv
+            if got < want:
+                del buf[got:]
+            return buf
+        except OSError as exc:
+            raise FsError(errno.EIO, f"cannot read block {key}: {exc}", key) from None
+        finally:
+            os.close(fd)
 
     def head(self, key: str) -> BlockInfo | None:
         try:

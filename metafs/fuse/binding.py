@@ -49,6 +49,43 @@ CAP_WRITEBACK_CACHE = 1 << 16
 CAP_PARALLEL_DIROPS = 1 << 18
 
 
+class _PyBuffer(ctypes.Structure):
+    """CPython's ``Py_buffer`` (the buffer protocol's view of an object's memory)."""
+
+    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p),
+                ("len", ctypes.c_ssize_t), ("itemsize", ctypes.c_ssize_t),
+                ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+                ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p),
+                ("strides", ctypes.c_void_p), ("suboffsets", ctypes.c_void_p),
+                ("internal", ctypes.c_void_p)]
+
+
+_PyObject_GetBuffer = ctypes.pythonapi.PyObject_GetBuffer
+_PyObject_GetBuffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_PyObject_GetBuffer.restype = ctypes.c_int
+_PyBuffer_Release = ctypes.pythonapi.PyBuffer_Release
+_PyBuffer_Release.argtypes = [ctypes.POINTER(_PyBuffer)]
+_PyBuffer_Release.restype = None
+_PyBUF_C_CONTIGUOUS = 0x0020 | 0x0008  # PyBUF_C_CONTIGUOUS (includes PyBUF_STRIDES)
+
+
+def copy_out(dest: int, data: Any, n: int) -> None:
+    """Copy the first ``n`` bytes of ``data`` (bytes, bytearray or a contiguous
+    memoryview) to address ``dest`` with one memmove, made without the interpreter lock."""
+    if type(data) is bytes:
+        ctypes.memmove(dest, data, n)
+        return
+    view = _PyBuffer()
+    if _PyObject_GetBuffer(data, ctypes.byref(view), _PyBUF_C_CONTIGUOUS) != 0:
+        raise BufferError("not a contiguous buffer")  # (the call has set the exception)
+    try:
+        if view.len < n:
+            raise ValueError(f"buffer of {view.len} bytes where {n} were to be copied")
+        ctypes.memmove(dest, view.buf, n)
+    finally:
+        _PyBuffer_Release(ctypes.byref(view))
+
+
 def fuse_interrupted() -> bool:
     """Whether the kernel interrupted the current request (a signal to its process)."""
     return bool(_libfuse.fuse_interrupted())
@@ -211,6 +248,31 @@ class MetafsFUSE(mfusepy.FUSE):
                     self._locks.released(fh, owner, flock_release)
                 except Exception:
                     log.exception("dropping the locks of a released file failed")
+
+    # -- the data path without Python copies: mfusepy copies every write into a new bytes
+    # object (ctypes.string_at, holding the interpreter lock) and needs bytes back from
+    # read; here a write hands the operations a view of libfuse's buffer (valid for the
+    # call only: the data path copies what it keeps) and a read's result, which may be a
+    # view of a block in memory, is copied into libfuse's buffer once.
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        ret = self.operations.read(self._d(path), size, offset, fip.contents)
+        if not ret:
+            return 0
+        n = len(ret)
+        if n > size:
+            raise ValueError(f"read returned {n} bytes where {size} were asked for")
+        copy_out(ctypes.cast(buf, ctypes.c_void_p).value, ret, n)
+        return n
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        if not size:
+            return self.operations.write(self._d(path), b"", offset, fip.contents)
+        addr = ctypes.cast(buf, ctypes.c_void_p).value
+        view = memoryview((ctypes.c_ubyte * size).from_address(addr)).cast("B")
+        try:
+            return self.operations.write(self._d(path), view, offset, fip.contents)
+        finally:
+            view.release()
 
     # -- the callbacks mfusepy 3.1 gets wrong on libfuse 3
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:

@@ -896,7 +896,8 @@ class MetafsOperations:
             raise err
         return h
 
-    def read(self, path: str | None, size: int, offset: int, fi: Any) -> bytes:
+    def read(self, path: str | None, size: int, offset: int,
+             fi: Any) -> bytes | bytearray | memoryview:
         h = self._handle(fi)
         if h.ino in self._dirty:
             self._flush_ino(h.ino)
@@ -904,19 +905,26 @@ class MetafsOperations:
         h.io_ns = time.time_ns()
         epoch = self._epoch.get(h.ino, 0)
         with h.lock:
-            if h.rbuf_epoch == epoch:
-                start = offset - h.rbuf_off
-                if 0 <= start and offset + size <= h.rbuf_off + len(h.rbuf):
-                    return h.rbuf[start:start + size]
-            want = max(size, self.readahead)
-            data = h.raw._read_at(offset, want)
-            if len(data) > size:
+            rbuf, rbuf_off, rbuf_epoch = h.rbuf, h.rbuf_off, h.rbuf_epoch
+        if rbuf_epoch == epoch:
+            start = offset - rbuf_off
+            if 0 <= start and offset + size <= rbuf_off + len(rbuf):
+                return memoryview(rbuf)[start:start + size]
+        # No lock around the read: the kernel's read-ahead sends several reads of one
+        # file at once, and the data path serves them in parallel. The result may be a
+        # view of an immutable block buffer; the binding copies it into the reply.
+        want = max(size, self.readahead)
+        read_view = getattr(h.raw, "read_view", None)
+        data = read_view(offset, want) if read_view is not None \
+            else h.raw._read_at(offset, want)
+        if len(data) > size:
+            with h.lock:
                 h.rbuf, h.rbuf_off, h.rbuf_epoch = data, offset, epoch
-                return data[:size]
-            h.rbuf, h.rbuf_epoch = b"", -1
-            return data
+            return memoryview(data)[:size]
+        return data
 
-    def write(self, path: str | None, data: bytes, offset: int, fi: Any) -> int:
+    def write(self, path: str | None, data: bytes | memoryview, offset: int, fi: Any) -> int:
+        """``data`` may be a view of libfuse's request buffer: it is copied, never kept."""
         h = self._handle(fi)
         n = len(data)
         others = self._dirty.get(h.ino)
@@ -947,7 +955,9 @@ class MetafsOperations:
         self._bump(h.ino)
         return n
 
-    def _write_raw(self, h: Handle, offset: int, data: bytes) -> None:
+    def _write_raw(self, h: Handle, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if type(data) is not bytes and not hasattr(h.raw, "_write_blocks"):
+            data = bytes(data)  # (the block data path takes any buffer)
         try:
             h.raw._write_at(offset, data, h.append)
         except OSError as err:
@@ -1007,8 +1017,8 @@ class MetafsOperations:
         """Send the handle's buffered writes to its file (caller holds ``h.lock``)."""
         if not h.buf:
             return
-        data, off = bytes(h.buf), h.buf_off
-        h.buf = bytearray()
+        data, off = h.buf, h.buf_off
+        h.buf = bytearray()  # (the old buffer is handed over, not copied)
         self._write_raw(h, off, data)
 
     def _commit(self, h: Handle) -> None:
