@@ -518,11 +518,12 @@ class Client:
         return f
 
     def _open(self, p: str, flags: int, perm: int) -> pb.OpenReply:
+        """Open (or create) ``p``: one call, the namenode resolving the path. A read-only
+        open of an inline file brings its data along and holds no handle."""
         if flags & os.O_CREAT and p.rstrip("/"):
-            parent, name = self._split(p)
             try:
                 return self._call("Create", pb.CreateRequest(
-                    caller=self.caller, parent=parent, name=name, mode=stat_mod.S_IFREG | perm,
+                    caller=self.caller, path=p, mode=stat_mod.S_IFREG | perm,
                     umask=self.umask, exclusive=bool(flags & os.O_EXCL), open=True,
                     flags=flags & ~(os.O_CREAT | os.O_EXCL)), p)
             except OSError as exc:
@@ -538,8 +539,9 @@ class Client:
                     return self._open(dest, flags, perm)
                 return self._call("Open", pb.OpenRequest(
                     caller=self.caller, ino=target.ino, flags=flags & ~os.O_CREAT), p)
-        e = self._resolve(p, follow=True)
-        return self._call("Open", pb.OpenRequest(caller=self.caller, ino=e.ino, flags=flags), p)
+        return self._call("Open", pb.OpenRequest(
+            caller=self.caller, path=p, flags=flags,
+            read_inline=flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY), p)
 
     def read_bytes(self, path: str | os.PathLike[str]) -> bytes:
         with self.open(path, "rb") as f:

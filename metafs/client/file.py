@@ -58,6 +58,9 @@ class RawFile(io.RawIOBase):
         self._writable = acc in (os.O_WRONLY, os.O_RDWR)
         self._append = bool(flags & os.O_APPEND)
         self._did_read = self._did_write = False  # reported as an access event at close
+        # A read-only open of an inline file came with the whole file (and no handle):
+        # reads are served from it; reads past its end ask the namenode again.
+        self._opened_data: bytes | None = reply.data if reply.has_data else None
 
     # -- io.RawIOBase
     def readable(self) -> bool:
@@ -124,16 +127,48 @@ class RawFile(io.RawIOBase):
     def close(self) -> None:
         if self.closed:
             return
+        last, flushed = None, False
         try:
-            self._flush_data()
-            access.note_file_closed(self)  # provenance: this process read/wrote the file
+            last = self._last_write()
+            if last is None:
+                self._flush_data()
+            flushed = True
         finally:
             super().close()
-            try:
-                self._client._call("Release", pb.ReleaseRequest(
-                    caller=self._client.caller, handle=self.handle), self.name)
-            except OSError:
-                pass  # the session's lease reclaims the handle
+            if self.handle:
+                self._release(last)
+        if flushed:  # provenance: this process read/wrote the file (at its new version)
+            access.note_file_closed(self)
+
+    def _release(self, last: tuple[int, bytes] | None) -> None:
+        """Release the handle; with ``last``, write those bytes first, in the same call."""
+        c = self._client
+        req = pb.ReleaseRequest(caller=c.caller, handle=self.handle)
+        if last is not None:
+            req.write.CopyFrom(pb.WriteRequest(caller=c.caller, ino=self.ino, offset=last[0],
+                                               data=last[1], handle=self.handle))
+        try:
+            reply = c._call("Release", req, self.name)
+            if last is not None:
+                self.attr = reply.attr
+            return
+        except OSError as exc:
+            if last is None:
+                return  # the session's lease reclaims the handle
+            if exc.errno != errno.EFBIG:
+                c._call("Release", pb.ReleaseRequest(caller=c.caller, handle=self.handle))
+                raise
+        # the file went to blocks meanwhile (another writer): write the ordinary way
+        self._write_after_close(*last)
+        c._call("Release", pb.ReleaseRequest(caller=c.caller, handle=self.handle), self.name)
+
+    def _last_write(self) -> tuple[int, bytes] | None:
+        """Bytes still held back at close that the Release call can carry (offset, data);
+        none for plain inline files (written at once)."""
+        return None
+
+    def _write_after_close(self, offset: int, data: bytes) -> None:
+        self._write_at(offset, data, False)
 
     def fileno(self) -> int:
         raise io.UnsupportedOperation("metafs files have no OS file descriptor")
@@ -147,7 +182,17 @@ class RawFile(io.RawIOBase):
         return self._client._call("GetAttr", pb.InodeRequest(
             caller=self._client.caller, ino=self.ino), self.name).size
 
+    def _read_opened(self, offset: int, size: int) -> bytes | None:
+        """Bytes from the data the open brought, or None to ask the namenode."""
+        data = self._opened_data
+        if data is None or offset >= len(data):
+            return None
+        return data[offset:offset + size]
+
     def _read_at(self, offset: int, size: int) -> bytes:
+        got = self._read_opened(offset, size)
+        if got is not None:
+            return got
         reply = self._client._call("Read", pb.ReadRequest(
             caller=self._client.caller, ino=self.ino, offset=offset, size=size,
             handle=self.handle), self.name)

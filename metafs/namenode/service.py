@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 from ..config import Settings
 from ..errors import FsError
 from ..proto import metafs_pb2 as pb
-from .namespace import Namespace
+from .namespace import ROOT_INO, Namespace
 from .perms import Cred
 
 log = logging.getLogger("metafs.namenode")
@@ -78,7 +78,13 @@ class Handlers:
 
     # -- namespace changes
     def Create(self, req: pb.CreateRequest, ctx: Any = None) -> pb.OpenReply:
-        return self.ns.create(self.c(req, ctx), req.parent, req.name, req.mode, req.umask,
+        cred = self.c(req, ctx)
+        parent, name = req.parent, req.name
+        if req.path:
+            if parent or name:
+                raise FsError(errno.EINVAL, "give either a path or a parent and a name")
+            parent, name = self.ns.resolve_parent(cred, req.path)
+        return self.ns.create(cred, parent, name, req.mode, req.umask,
                               req.exclusive, req.open, req.flags, req.rdev)
 
     def Mkdir(self, req: pb.MkdirRequest, ctx: Any = None) -> pb.Entry:
@@ -133,11 +139,24 @@ class Handlers:
 
     # -- handles and data
     def Open(self, req: pb.OpenRequest, ctx: Any = None) -> pb.OpenReply:
-        return self.ns.open(self.c(req, ctx), req.ino, req.flags)
+        cred = self.c(req, ctx)
+        ino = req.ino
+        if req.path:
+            if ino:
+                raise FsError(errno.EINVAL, "give either a path or an inode number")
+            ino = self.ns.resolve(cred, req.path, ROOT_INO, True).ino
+        return self.ns.open(cred, ino, req.flags, read_inline=req.read_inline)
 
-    def Release(self, req: pb.ReleaseRequest, ctx: Any = None) -> pb.Empty:
-        self.ns.release(self.c(req, ctx), req.handle)
-        return EMPTY
+    def Release(self, req: pb.ReleaseRequest, ctx: Any = None) -> pb.WriteReply:
+        cred = self.c(req, ctx)
+        reply = pb.WriteReply()
+        if req.HasField("write"):
+            w = req.write
+            if w.handle != req.handle:
+                raise FsError(errno.EINVAL, "the last write must be on the handle released")
+            reply = self.ns.write(cred, w.ino, w.offset, w.data, w.handle, w.append)
+        self.ns.release(cred, req.handle)
+        return reply
 
     def Read(self, req: pb.ReadRequest, ctx: Any = None) -> pb.ReadReply:
         return self.ns.read(self.c(req, ctx), req.ino, req.offset, req.size, req.handle)

@@ -201,7 +201,7 @@ class SetAttrRequest(_message.Message):
     def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., size: _Optional[int] = ..., atime_how: _Optional[_Union[TimeHow, str]] = ..., atime_ns: _Optional[int] = ..., mtime_how: _Optional[_Union[TimeHow, str]] = ..., mtime_ns: _Optional[int] = ..., handle: _Optional[int] = ...) -> None: ...
 
 class CreateRequest(_message.Message):
-    __slots__ = ("caller", "parent", "name", "mode", "umask", "exclusive", "open", "flags", "rdev")
+    __slots__ = ("caller", "parent", "name", "mode", "umask", "exclusive", "open", "flags", "rdev", "path")
     CALLER_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +211,7 @@ class CreateRequest(_message.Message):
     OPEN_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     RDEV_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
     caller: Caller
     parent: int
     name: str
@@ -220,15 +221,20 @@ class CreateRequest(_message.Message):
     open: bool
     flags: int
     rdev: int
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., parent: _Optional[int] = ..., name: _Optional[str] = ..., mode: _Optional[int] = ..., umask: _Optional[int] = ..., exclusive: _Optional[bool] = ..., open: _Optional[bool] = ..., flags: _Optional[int] = ..., rdev: _Optional[int] = ...) -> None: ...
+    path: str
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., parent: _Optional[int] = ..., name: _Optional[str] = ..., mode: _Optional[int] = ..., umask: _Optional[int] = ..., exclusive: _Optional[bool] = ..., open: _Optional[bool] = ..., flags: _Optional[int] = ..., rdev: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class OpenReply(_message.Message):
-    __slots__ = ("attr", "handle")
+    __slots__ = ("attr", "handle", "data", "has_data")
     ATTR_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    HAS_DATA_FIELD_NUMBER: _ClassVar[int]
     attr: Attr
     handle: int
-    def __init__(self, attr: _Optional[_Union[Attr, _Mapping]] = ..., handle: _Optional[int] = ...) -> None: ...
+    data: bytes
+    has_data: bool
+    def __init__(self, attr: _Optional[_Union[Attr, _Mapping]] = ..., handle: _Optional[int] = ..., data: _Optional[bytes] = ..., has_data: _Optional[bool] = ...) -> None: ...
 
 class MkdirRequest(_message.Message):
     __slots__ = ("caller", "parent", "name", "mode", "umask")
@@ -425,22 +431,28 @@ class AccessRequest(_message.Message):
     def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., mask: _Optional[int] = ...) -> None: ...
 
 class OpenRequest(_message.Message):
-    __slots__ = ("caller", "ino", "flags")
+    __slots__ = ("caller", "ino", "flags", "path", "read_inline")
     CALLER_FIELD_NUMBER: _ClassVar[int]
     INO_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    READ_INLINE_FIELD_NUMBER: _ClassVar[int]
     caller: Caller
     ino: int
     flags: int
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., flags: _Optional[int] = ...) -> None: ...
+    path: str
+    read_inline: bool
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., flags: _Optional[int] = ..., path: _Optional[str] = ..., read_inline: _Optional[bool] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("caller", "handle")
+    __slots__ = ("caller", "handle", "write")
     CALLER_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
+    WRITE_FIELD_NUMBER: _ClassVar[int]
     caller: Caller
     handle: int
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., handle: _Optional[int] = ...) -> None: ...
+    write: WriteRequest
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., handle: _Optional[int] = ..., write: _Optional[_Union[WriteRequest, _Mapping]] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
     __slots__ = ("caller", "ino", "offset", "size", "handle")

@@ -142,7 +142,7 @@ class NamenodeStub:
         self.Release = channel.unary_unary(
                 '/metafs.v1.Namenode/Release',
                 request_serializer=metafs__pb2.ReleaseRequest.SerializeToString,
-                response_deserializer=metafs__pb2.Empty.FromString,
+                response_deserializer=metafs__pb2.WriteReply.FromString,
                 _registered_method=True)
         self.Read = channel.unary_unary(
                 '/metafs.v1.Namenode/Read',
@@ -346,7 +346,8 @@ class NamenodeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Release(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """the last write's reply, if any
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -546,7 +547,7 @@ def add_NamenodeServicer_to_server(servicer, server):
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
                     request_deserializer=metafs__pb2.ReleaseRequest.FromString,
-                    response_serializer=metafs__pb2.Empty.SerializeToString,
+                    response_serializer=metafs__pb2.WriteReply.SerializeToString,
             ),
             'Read': grpc.unary_unary_rpc_method_handler(
                     servicer.Read,
@@ -1212,7 +1213,7 @@ class Namenode:
             target,
             '/metafs.v1.Namenode/Release',
             metafs__pb2.ReleaseRequest.SerializeToString,
-            metafs__pb2.Empty.FromString,
+            metafs__pb2.WriteReply.FromString,
             options,
             channel_credentials,
             insecure,
