@@ -98,6 +98,10 @@ class Settings:
     """Bytes of recently read blocks each open file keeps in memory."""
     block_readahead: int = 8
     """Blocks fetched ahead of a sequential reader."""
+    block_direct_writes: bool = True
+    """A local-directory store writes blocks of 256 KiB and more with O_DIRECT, from a
+    page-aligned copy, past the page cache (where the file system has no O_DIRECT, through
+    the page cache as before). Reads still go through the page cache."""
     block_fsync: str = "auto"
     """fsync each block a local-directory store writes (and its directory) before the
     metadata may reference it. ``auto``: as durable as the metadata the block is committed

@@ -28,7 +28,8 @@ def open_store(url: str, settings: "Settings | None" = None) -> BlockStore:
     """The block store named by ``url`` (``file:///path`` or ``s3://bucket/prefix``)."""
     scheme = urlparse(url).scheme
     if scheme == "file":
-        return LocalStore.from_url(url, fsync=settings.blocks_fsync if settings else True)
+        return LocalStore.from_url(url, fsync=settings.blocks_fsync if settings else True,
+                                   direct=bool(settings.block_direct_writes) if settings else False)
     if scheme == "s3":
         from .s3 import S3Store
 

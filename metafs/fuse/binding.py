@@ -26,6 +26,7 @@ os.environ.pop("FUSE_LIBRARY_PATH", None)
 
 import mfusepy  # noqa: E402
 
+from ..buffers import memmove  # noqa: E402
 from ..config import Settings  # noqa: E402
 
 if mfusepy.fuse_version_major != 3:  # pragma: no cover - depends on the machine
@@ -47,43 +48,6 @@ CAP_FLOCK_LOCKS = 1 << 10
 CAP_AUTO_INVAL_DATA = 1 << 12
 CAP_WRITEBACK_CACHE = 1 << 16
 CAP_PARALLEL_DIROPS = 1 << 18
-
-
-class _PyBuffer(ctypes.Structure):
-    """CPython's ``Py_buffer`` (the buffer protocol's view of an object's memory)."""
-
-    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p),
-                ("len", ctypes.c_ssize_t), ("itemsize", ctypes.c_ssize_t),
-                ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
-                ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p),
-                ("strides", ctypes.c_void_p), ("suboffsets", ctypes.c_void_p),
-                ("internal", ctypes.c_void_p)]
-
-
-_PyObject_GetBuffer = ctypes.pythonapi.PyObject_GetBuffer
-_PyObject_GetBuffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
-_PyObject_GetBuffer.restype = ctypes.c_int
-_PyBuffer_Release = ctypes.pythonapi.PyBuffer_Release
-_PyBuffer_Release.argtypes = [ctypes.POINTER(_PyBuffer)]
-_PyBuffer_Release.restype = None
-_PyBUF_C_CONTIGUOUS = 0x0020 | 0x0008  # PyBUF_C_CONTIGUOUS (includes PyBUF_STRIDES)
-
-
-def copy_out(dest: int, data: Any, n: int) -> None:
-    """Copy the first ``n`` bytes of ``data`` (bytes, bytearray or a contiguous
-    memoryview) to address ``dest`` with one memmove, made without the interpreter lock."""
-    if type(data) is bytes:
-        ctypes.memmove(dest, data, n)
-        return
-    view = _PyBuffer()
-    if _PyObject_GetBuffer(data, ctypes.byref(view), _PyBUF_C_CONTIGUOUS) != 0:
-        raise BufferError("not a contiguous buffer")  # (the call has set the exception)
-    try:
-        if view.len < n:
-            raise ValueError(f"buffer of {view.len} bytes where {n} were to be copied")
-        ctypes.memmove(dest, view.buf, n)
-    finally:
-        _PyBuffer_Release(ctypes.byref(view))
 
 
 def fuse_interrupted() -> bool:
@@ -261,7 +225,7 @@ class MetafsFUSE(mfusepy.FUSE):
         n = len(ret)
         if n > size:
             raise ValueError(f"read returned {n} bytes where {size} were asked for")
-        copy_out(ctypes.cast(buf, ctypes.c_void_p).value, ret, n)
+        memmove(ctypes.cast(buf, ctypes.c_void_p).value, ret, n)
         return n
 
     def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
