@@ -156,7 +156,10 @@ class RawFile(io.RawIOBase):
             if last is None:
                 return  # the session's lease reclaims the handle
             if exc.errno != errno.EFBIG:
-                c._call("Release", pb.ReleaseRequest(caller=c.caller, handle=self.handle))
+                try:  # nothing was written (one transaction): free the handle, report
+                    c._call("Release", pb.ReleaseRequest(caller=c.caller, handle=self.handle))
+                except OSError:
+                    pass
                 raise
         # the file went to blocks meanwhile (another writer): write the ordinary way
         self._write_after_close(*last)

@@ -1187,17 +1187,17 @@ class Namespace:
         return hid
 
     def release(self, cred: Cred, handle: int) -> None:
-        def fn(tx: Tx) -> None:
-            row = _Q_HANDLE_BY_ID.first(tx.conn, hid=handle)
-            if row is None or row.session != (cred.client_id or ""):
-                raise FsError(errno.EBADF, f"bad file handle {handle}: not open in this session")
-            self._lock(tx.conn, row.ino)
-            n = _Q_DELETE_HANDLE.run(tx.conn, hid=handle)
-            if not n:  # released meanwhile by another call of the session
-                raise FsError(errno.EBADF, f"bad file handle {handle}: not open in this session")
-            self._free_orphans(tx, {row.ino})
+        self.mutate(cred, lambda tx: self._release(tx, handle))
 
-        self.mutate(cred, fn)
+    def _release(self, tx: Tx, handle: int) -> None:
+        row = _Q_HANDLE_BY_ID.first(tx.conn, hid=handle)
+        if row is None or row.session != (tx.cred.client_id or ""):
+            raise FsError(errno.EBADF, f"bad file handle {handle}: not open in this session")
+        self._lock(tx.conn, row.ino)
+        n = _Q_DELETE_HANDLE.run(tx.conn, hid=handle)
+        if not n:  # released meanwhile by another call of the session
+            raise FsError(errno.EBADF, f"bad file handle {handle}: not open in this session")
+        self._free_orphans(tx, {row.ino})
 
     def _handle_flags(self, conn: Connection, handle: int, ino: int, cred: Cred | None) -> int:
         """The open flags of ``handle`` on ``ino``. A handle belongs to the session that
@@ -1287,7 +1287,9 @@ class Namespace:
         return self.query(fn)
 
     def write(self, cred: Cred, ino: int, offset: int, data: bytes, handle: int = 0,
-              append: bool = False) -> pb.WriteReply:
+              append: bool = False, *, release: bool = False) -> pb.WriteReply:
+        """Write inline data; with ``release``, release ``handle`` in the same transaction
+        (a file's last write at close)."""
         if offset < 0:
             raise FsError(errno.EINVAL, "negative offset")
         if offset + len(data) > MAX_FILE_SIZE:
@@ -1322,6 +1324,8 @@ class Namespace:
             _update_inode(tx.conn, ino, vals)
             attr = to_attr(self._row(tx.conn, ino))
             tx.log(pb.OP_WRITE, ino, attr=attr)
+            if release:
+                self._release(tx, handle)
             return pb.WriteReply(attr=attr, written=len(data), offset=off)
 
         return self.mutate(cred, fn)

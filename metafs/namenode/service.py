@@ -154,7 +154,8 @@ class Handlers:
             w = req.write
             if w.handle != req.handle:
                 raise FsError(errno.EINVAL, "the last write must be on the handle released")
-            reply = self.ns.write(cred, w.ino, w.offset, w.data, w.handle, w.append)
+            return self.ns.write(cred, w.ino, w.offset, w.data, w.handle, w.append,
+                                 release=True)
         self.ns.release(cred, req.handle)
         return reply
 
