@@ -8,7 +8,9 @@ Workloads: sequential write and read of one large file (1 GiB; 128 MiB with --qu
 random 4 KiB reads in it, and many 1 MiB files (write, then read); and small files that stay
 inline in the namenode (10,000 of 4 KiB and of 60 KiB; 1,000 with --quick), written and read
 one open/write/close at a time (as through JuiceFS's mount) and, for metafs, also written
-with bulk_create in batches of 1,000. Prints a table and JSON with metafs/JuiceFS ratios,
+with bulk_create in batches of 1,000; the small files are also run through a client with
+its namenode in-process ("metafs-embedded": SQLite in the client's process, as JuiceFS
+keeps its SQLite metadata in its mount's process). Prints a table and JSON with metafs/JuiceFS ratios,
 and the namenode process's CPU seconds per GiB moved (it should not grow with the bytes: the
 namenode is not in the data path).
 
@@ -186,6 +188,21 @@ def metafs_run(work: Path, blocks_url: str, endpoint: str, big: int, nrand: int,
         proc.wait()
 
 
+def metafs_embedded_small(work: Path, ntiny: int) -> dict[str, float]:
+    """Small files through a client with its namenode in-process (SQLite file, local
+    blocks): the set-up that matches JuiceFS's here (its metadata engine, SQLite, runs
+    inside its mount process)."""
+    from metafs.client import Client
+    from metafs.client.client import BulkFile
+    from metafs.config import load
+
+    s = load(overrides={"data_dir": str(work / "metafs-embedded")}, environ={})
+    with Client(settings=s) as c:
+        t = Target(lambda p, m: c.open(p, m), lambda p: c.mkdir(p))
+        return run_small(t, ntiny, lambda d, fs: c.bulk_create(
+            d, [BulkFile(path=p, data=b) for p, b in fs]))
+
+
 # ---------------------------------------------------------------- JuiceFS
 def juicefs_run(work: Path, storage: str, bucket: str, big: int, nrand: int, nsmall: int,
                 env: dict[str, str], ntiny: int = 0) -> dict[str, float] | None:
@@ -243,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                 w.mkdir()
                 results.setdefault("metafs", {})["local"] = metafs_run(
                     w, (w / "blocks").as_uri(), "", big, nrand, nsmall, ntiny)
+                if ntiny:
+                    results["metafs-embedded"] = {"local": metafs_embedded_small(w, ntiny)}
                 if not a.no_juicefs:
                     w = base / "j-local"
                     w.mkdir()
@@ -278,10 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(base, ignore_errors=True)
 
     ratios: dict[str, dict[str, float]] = {}
-    for store, m in results.get("metafs", {}).items():
-        j = results.get("juicefs", {}).get(store)
-        if j:
-            ratios[store] = {k: round(m[k] / j[k], 2) for k in j if j[k]}
+    for sysname, tag in (("metafs", ""), ("metafs-embedded", "embedded-")):
+        for store, m in results.get(sysname, {}).items():
+            j = results.get("juicefs", {}).get(store)
+            if j:
+                ratios[tag + store] = {k: round(m[k] / j[k], 2) for k in j if j[k] and k in m}
     out = {"sizes": {"big_MiB": big // MiB, "random_reads": nrand, "1MiB_files": nsmall,
                      "inline_files_per_size": ntiny},
            "caching": "JuiceFS: its default local cache; metafs: block_cache_dir=auto "
@@ -292,9 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'system/store':<16}" + "".join(f"{k:>20}" for k in keys))
     for sysname, per in results.items():
         for store, r in per.items():
-            print(f"{sysname + '/' + store:<16}" + "".join(f"{r[k]:>20.1f}" for k in keys))
+            if keys[0] in r:
+                print(f"{sysname + '/' + store:<16}" + "".join(f"{r[k]:>20.1f}" for k in keys))
     for store, r in ratios.items():
-        print(f"{'ratio/' + store:<16}" + "".join(f"{r.get(k, 0):>20.2f}" for k in keys))
+        if keys[0] in r:
+            print(f"{'ratio/' + store:<16}" + "".join(f"{r.get(k, 0):>20.2f}" for k in keys))
     skeys = [f"{sz // 1024}KiB_{op}_files_s" for sz in SMALL_SIZES for op in ("write", "read")]
     if ntiny:
         print(f"\nsmall (inline) files, {ntiny} per size, files/s")
@@ -310,15 +332,18 @@ def main(argv: list[str] | None = None) -> int:
         for store, r in ratios.items():
             if skeys[0] in r:
                 print(f"{'ratio/' + store:<16}" + "".join(f"{r.get(k, 0):>20.2f}" for k in skeys))
-        for store, m in results.get("metafs", {}).items():
-            j = results.get("juicefs", {}).get(store, {})
-            for sz in SMALL_SIZES:
-                k = f"{sz // 1024}KiB_bulk_write_files_s"
-                jw = j.get(f"{sz // 1024}KiB_write_files_s")
-                if k in m and jw:
-                    ratios[store][f"{sz // 1024}KiB_bulk_write_vs_juicefs_write"] = \
-                        round(m[k] / jw, 2)
+        for sysname, tag in (("metafs", ""), ("metafs-embedded", "embedded-")):
+            for store, m in results.get(sysname, {}).items():
+                j = results.get("juicefs", {}).get(store, {})
+                for sz in SMALL_SIZES:
+                    k = f"{sz // 1024}KiB_bulk_write_files_s"
+                    jw = j.get(f"{sz // 1024}KiB_write_files_s")
+                    if k in m and jw:
+                        ratios[tag + store][f"{sz // 1024}KiB_bulk_write_vs_juicefs_write"] = \
+                            round(m[k] / jw, 2)
     for store, r in results.get("metafs", {}).items():
+        if "namenode_cpu_s_big" not in r:
+            continue
         print(f"namenode CPU ({store}): {r['namenode_cpu_s_big']:.2f}s for "
               f"{2 * big // MiB} MiB in one file ({r['namenode_cpu_s_per_GiB_big']:.3f} s/GiB); "
               f"{r['namenode_cpu_s_small']:.2f}s for {2 * nsmall} MiB in 1 MiB files")
