@@ -356,6 +356,41 @@ def test_unknown_inodes_and_handles(fs: Client, stub: pb_grpc.NamenodeStub) -> N
                                                         handle=987654)) == errno.EBADF
 
 
+def test_paths_in_open_create_and_release(fs: Client, stub: pb_grpc.NamenodeStub) -> None:
+    """Open and Create by path, and a Release carrying a last write: bad combinations and
+    bad paths get clear errors and change nothing."""
+    f = fs.stat("/d/f").st_ino
+    with unchanged(fs):
+        assert raw_errno(stub, "Create", pb.CreateRequest(
+            caller=ROOT, path="/d/new", parent=1, name="new", mode=0o100644)) == errno.EINVAL
+        assert raw_errno(stub, "Open", pb.OpenRequest(caller=ROOT, path="/d/f", ino=f)
+                         ) == errno.EINVAL
+        assert raw_errno(stub, "Create", pb.CreateRequest(
+            caller=ROOT, path="/d/f/x", mode=0o100644)) == errno.ENOTDIR
+        assert raw_errno(stub, "Create", pb.CreateRequest(
+            caller=ROOT, path="/nowhere/x", mode=0o100644)) == errno.ENOENT
+        assert raw_errno(stub, "Create", pb.CreateRequest(
+            caller=ROOT, path="/", mode=0o100644)) == errno.EEXIST
+        assert raw_errno(stub, "Open", pb.OpenRequest(caller=ROOT, path="/d/missing",
+                                                      read_inline=True)) == errno.ENOENT
+        assert raw_errno(stub, "Open", pb.OpenRequest(caller=ROOT, path="/d/l\0",
+                                                      read_inline=True)) == errno.EINVAL
+    # a last write on another handle than the one released: refused, the handle stays
+    h = stub.Open(pb.OpenRequest(caller=ROOT, path="/d/f", flags=os.O_WRONLY), timeout=10)
+    with unchanged(fs):
+        assert raw_errno(stub, "Release", pb.ReleaseRequest(
+            caller=ROOT, handle=h.handle, write=pb.WriteRequest(
+                ino=f, data=b"zz", handle=h.handle + 1))) == errno.EINVAL
+    stub.Release(pb.ReleaseRequest(caller=ROOT, handle=h.handle), timeout=10)
+    # a read-only open of an inline file gives its data and no handle; a write open does not
+    r = stub.Open(pb.OpenRequest(caller=ROOT, path="/d/l", read_inline=True), timeout=10)
+    assert (r.has_data, r.data, r.handle) == (True, b"data", 0)
+    w = stub.Open(pb.OpenRequest(caller=ROOT, path="/d/f", flags=os.O_RDWR, read_inline=True),
+                  timeout=10)
+    assert not w.has_data and w.handle
+    stub.Release(pb.ReleaseRequest(caller=ROOT, handle=w.handle), timeout=10)
+
+
 def test_bulk_create_is_all_or_nothing(fs: Client) -> None:
     from metafs.client import BulkFile
 
