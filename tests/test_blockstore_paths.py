@@ -443,3 +443,26 @@ def test_parallel_reads_of_one_handle(fs: Client) -> None:
             t.join()
         assert f.read() == data
     assert not errors
+
+
+def test_reused_chunk_buffers_hold_no_old_bytes(fs: Client) -> None:
+    """Whole-chunk write buffers are reused once their block is stored: a reused one reads
+    as zeros wherever the new file was not written."""
+    bs = 256 * 1024
+    old = os.urandom(4 * bs)
+    with fs.open("/old", "wb", buffering=0) as f:
+        for i in range(0, len(old), 64 * 1024):   # pieces: whole-chunk buffers, stored
+            f.write(old[i:i + 64 * 1024])
+    ctx = fs._blocks  # type: ignore[attr-defined]
+    assert ctx._chunk_bufs                          # kept for the next writer
+    with fs.open("/new", "w+b", buffering=0) as f:
+        f.write(b"x" * 100_000)
+        f.seek(200_000)
+        f.write(b"y")
+        f.seek(bs + 10)
+        f.write(b"z")
+        f.seek(0)
+        want = b"x" * 100_000 + bytes(100_000) + b"y" + bytes(bs + 10 - 200_001) + b"z"
+        assert f.read() == want
+    assert fs.read_bytes("/new") == want
+    assert fs.read_bytes("/old") == old

@@ -19,6 +19,7 @@ cache and, when ``block_cache_dir`` is set, in a size-bounded local cache direct
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import io
 import logging
@@ -29,6 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from ..buffers import address, memmove
 from ..errors import FsError
 from ..proto import metafs_pb2 as pb
 from ..client.file import RawFile
@@ -47,6 +49,8 @@ WINDOW = 1024  # chunks per GetLayout call
 
 
 LAYOUTS = 4096  # complete layouts a client remembers (see BlockContext.layouts)
+CHUNK_BUFFERS = 8  # zeroed chunk buffers a client keeps for reuse by writers
+COPY_UNLOCKED = 64 * 1024  # writes this large are copied without the interpreter lock
 
 
 class Layout:
@@ -87,6 +91,7 @@ class BlockContext:
         self.block_size: int | None = None     # the file system's chunk size, once seen
         self.store_url: str | None = None      # the file system's store, once seen
         self._layouts: OrderedDict[int, Layout] = OrderedDict()
+        self._chunk_bufs: list[bytearray] = []  # zeroed whole-chunk write buffers, for reuse
 
     def learn(self, block_size: int, store_url: str) -> None:
         """Remember the file system's chunk size and store (from a layout reply)."""
@@ -135,6 +140,29 @@ class BlockContext:
             self._layouts.move_to_end(ino)
             while len(self._layouts) > LAYOUTS:
                 self._layouts.popitem(last=False)
+
+    def chunk_buffer(self, size: int) -> bytearray:
+        """A zeroed buffer of ``size`` bytes for a chunk being written: a recycled one when
+        there is one (no allocation, no page faults, no memset under the interpreter
+        lock), else a new one."""
+        with self._lock:
+            bufs = self._chunk_bufs
+            for i in range(len(bufs) - 1, -1, -1):
+                if len(bufs[i]) == size:
+                    return bufs.pop(i)
+        return bytearray(size)
+
+    def recycle_chunk_buffer(self, buf: bytearray) -> None:
+        """Take back a chunk buffer nothing refers to any more (its upload is done):
+        zeroed here (on the upload's thread, without the interpreter lock) and kept for
+        the next chunk, up to ``CHUNK_BUFFERS``."""
+        with self._lock:
+            if len(self._chunk_bufs) >= CHUNK_BUFFERS:
+                return
+        ctypes.memset(address(buf), 0, len(buf))
+        with self._lock:
+            if len(self._chunk_bufs) < CHUNK_BUFFERS:
+                self._chunk_bufs.append(buf)
 
     def forget_layout(self, ino: int) -> None:
         with self._lock:
@@ -518,7 +546,7 @@ class BlockFile(RawFile):
             # once (zeros past the end of the file, cut off at upload), so a sequential
             # writer's pieces are copied into place instead of regrowing (and recopying)
             # the buffer at every write.
-            buf = bytearray(bs) if hi < bs else bytearray()
+            buf = self._ctx.chunk_buffer(bs) if hi < bs else bytearray()
         else:
             buf = bytearray(self._chunk_bytes(idx, 0, valid))
         self._dirty[idx] = buf
@@ -539,7 +567,12 @@ class BlockFile(RawFile):
             before = len(buf)
             if len(buf) < lo:
                 buf.extend(bytes(lo - len(buf)))
-            buf[lo:hi] = mv[pos - offset:pos - offset + (hi - lo)]
+            src = mv[pos - offset:pos - offset + (hi - lo)]
+            if hi - lo >= COPY_UNLOCKED and len(buf) >= hi:
+                memmove(address(buf) + lo, src, hi - lo)  # (other threads run meanwhile)
+            else:
+                buf[lo:hi] = src
+            del src
             self._dirty_bytes += len(buf) - before
             pos += hi - lo
             if hi == bs and len(buf) == bs:
@@ -584,17 +617,23 @@ class BlockFile(RawFile):
                 raise FsError(errno.EIO, f"block upload failed: {exc}") from None
         return self._ref(idx)
 
-    def _upload(self, idx: int, data: bytes | bytearray) -> pb.BlockRef:
+    def _upload(self, idx: int, data: bytearray) -> pb.BlockRef:
+        """Store chunk buffer ``data`` (popped from ``_dirty``: nothing else refers to it)
+        as a new block; a whole chunk's buffer is reused by later writes once stored."""
         if _all_zero(data):
-            return pb.BlockRef(index=idx)  # a hole: nothing stored
-        key = new_key(self.ino, idx)
-        self._store().put(key, data)
-        if self._s.block_cache_writes:
-            dc = self._dc()
-            if dc is not None:
-                dc.put(key, data)  # readers on this machine need not fetch it again
-        return pb.BlockRef(index=idx, key=key, length=len(data),
-                           checksum=checksum(data, self._s.block_checksum_piece))
+            ref = pb.BlockRef(index=idx)  # a hole: nothing stored
+        else:
+            key = new_key(self.ino, idx)
+            self._store().put(key, data)
+            if self._s.block_cache_writes:
+                dc = self._dc()
+                if dc is not None:
+                    dc.put(key, data)  # readers on this machine need not fetch it again
+            ref = pb.BlockRef(index=idx, key=key, length=len(data),
+                              checksum=checksum(data, self._s.block_checksum_piece))
+        if type(data) is bytearray and len(data) == self._bs:
+            self._ctx.recycle_chunk_buffer(data)
+        return ref
 
     def _commit(self) -> None:
         if self._pend is not None:
