@@ -61,9 +61,38 @@ def test_new_file_goes_straight_to_blocks(fs: Client) -> None:
     calls = _count(fs)
     data = os.urandom(700_000)
     fs.write_bytes("/big", data)
-    assert calls["GetLayout"] == 0 and calls["Write"] == 0 and calls["CommitBlocks"] == 1
+    # the commit at close also releases the handle: two calls for the whole file
+    assert dict(calls) == {"Create": 1, "CommitBlocks": 1}
     assert not fs.stat("/big").st_size != len(data)
     assert fs.read_bytes("/big") == data
+
+
+def _open_handles(fs: Client) -> int:
+    from sqlalchemy import func, select
+
+    from metafs.namenode import schema
+
+    ns = fs.embedded.ns if fs.embedded is not None else None
+    assert ns is not None, "this check needs the in-process namenode"
+    return ns.engine.read(lambda c: c.execute(
+        select(func.count()).select_from(schema.handles)).scalar_one())
+
+
+def test_a_failed_commit_at_close_still_releases_the_handle(tmp_path: Path) -> None:
+    from metafs.cli import main
+
+    s = _settings(tmp_path)
+    with Client(settings=s) as fs:
+        fs.makedirs("/q")
+        fs.write_bytes("/q/small", b"x" * 1000)
+    assert main(["quota", "set", "/q", "--bytes", "200K", "--data", s.data_dir]) == 0
+    with Client(settings=s) as fs:
+        before = _open_handles(fs)
+        with pytest.raises(OSError) as ei:
+            fs.write_bytes("/q/big", os.urandom(700_000))
+        assert ei.value.errno == errno.EDQUOT
+        assert fs.stat("/q/big").st_size == 0        # nothing committed
+        assert _open_handles(fs) == before           # and the handle is gone
 
 
 @pytest.mark.parametrize("piece", [1000, 1024])
@@ -141,10 +170,12 @@ def test_layout_cached_per_version_and_refreshed_when_changed(tmp_path: Path) ->
         assert a.read_bytes("/f") == v1
         assert calls["GetLayout"] == 0          # the writer knows the new version's layout
         v2 = os.urandom(500_000)
+        calls.clear()
         b.write_bytes("/f", v2)                 # another client: a new version
         assert a.read_bytes("/f") == v2
-        assert calls["GetLayout"] == 1
-        assert a.read_bytes("/f") == v2 and calls["GetLayout"] == 1  # cached again
+        # the new layout came with the open: one call to open, one to close
+        assert dict(calls) == {"Open": 1, "Release": 1}
+        assert a.read_bytes("/f") == v2 and calls["GetLayout"] == 0
         with b.open("/f", "r+b") as f:          # a partial overwrite by the other client
             f.seek(100_000)
             f.write(b"x" * 300_000)

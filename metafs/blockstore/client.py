@@ -187,6 +187,8 @@ def attach(client: "Client") -> None:
     """Give ``client`` the block data path (called by ``Client.__init__``)."""
     client._blocks = BlockContext(client)  # type: ignore[attr-defined]
     client.raw_file_class = BlockFile
+    if not client.settings.block_presign:  # (presigned reads need URLs: GetLayout asks)
+        client.open_layout_blocks = WINDOW  # a reader's first layout comes with its open
 
 
 def _zero(n: int) -> bytes:
@@ -244,6 +246,8 @@ class BlockFile(RawFile):
             lay = self._ctx.cached_layout(self.ino, reply.attr.version)
             if lay is not None and lay.size == reply.attr.size:
                 self._adopt(lay)
+            elif reply.HasField("layout"):  # the open brought the first window
+                self._apply_layout(reply.layout, 0)
 
     # ------------------------------------------------------------ helpers
     @property
@@ -635,11 +639,17 @@ class BlockFile(RawFile):
             self._ctx.recycle_chunk_buffer(data)
         return ref
 
-    def _commit(self) -> None:
+    def _flush_final(self) -> bool:
+        with self._lock:
+            return self._commit(release=True)
+
+    def _commit(self, release: bool = False) -> bool:
+        """Upload what is written and commit it; with ``release`` (at close) the commit
+        also releases the handle. True when it did."""
         if self._pend is not None:
             self._flush_pend()
         if self._inline or (not self._dirty and not self._uploads):
-            return
+            return False
         for idx in list(self._dirty):
             self._start_upload(idx)
         refs: list[pb.BlockRef] = []
@@ -671,7 +681,8 @@ class BlockFile(RawFile):
         try:
             attr = self._c._call("CommitBlocks", pb.CommitBlocksRequest(
                 caller=self._c.caller, ino=self.ino, handle=self.handle, size=self._bsize,
-                blocks=refs, base_version=base, to_blocks=self._to_blocks), self.name)
+                blocks=refs, base_version=base, to_blocks=self._to_blocks,
+                release=release), self.name)
         except OSError:
             self._ctx.forget_layout(self.ino)
             raise
@@ -694,6 +705,7 @@ class BlockFile(RawFile):
         else:
             self._complete = False
             self._ctx.forget_layout(self.ino)
+        return release
 
     # ------------------------------------------------------------ reading
     def _plan_read(self, offset: int, size: int) -> list[Any]:

@@ -169,6 +169,7 @@ class Client:
         self._renewer = threading.Thread(target=self._renew, name="metafs-session", daemon=True)
         self._renewer.start()
         self.raw_file_class: type[file_mod.RawFile] = file_mod.RawFile
+        self.open_layout_blocks = 0  # chunks of layout a read-only open asks for (blocks)
         self.access_recorder = AccessRecorder(self)  # provenance: what it reads and writes
         self._attach_block_layer()
 
@@ -541,7 +542,8 @@ class Client:
                     caller=self.caller, ino=target.ino, flags=flags & ~os.O_CREAT), p)
         return self._call("Open", pb.OpenRequest(
             caller=self.caller, path=p, flags=flags,
-            read_inline=flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY), p)
+            read_inline=flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY,
+            layout_blocks=self.open_layout_blocks), p)
 
     def read_bytes(self, path: str | os.PathLike[str]) -> bytes:
         with self.open(path, "rb") as f:

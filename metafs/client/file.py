@@ -127,15 +127,15 @@ class RawFile(io.RawIOBase):
     def close(self) -> None:
         if self.closed:
             return
-        last, flushed = None, False
+        last, flushed, released = None, False, False
         try:
             last = self._last_write()
             if last is None:
-                self._flush_data()
+                released = self._flush_final()
             flushed = True
         finally:
             super().close()
-            if self.handle:
+            if self.handle and not released:
                 self._release(last)
         if flushed:  # provenance: this process read/wrote the file (at its new version)
             access.note_file_closed(self)
@@ -164,6 +164,11 @@ class RawFile(io.RawIOBase):
         # the file went to blocks meanwhile (another writer): write the ordinary way
         self._write_after_close(*last)
         c._call("Release", pb.ReleaseRequest(caller=c.caller, handle=self.handle), self.name)
+
+    def _flush_final(self) -> bool:
+        """Push buffered data at close; True when that also released the handle."""
+        self._flush_data()
+        return False
 
     def _last_write(self) -> tuple[int, bytes] | None:
         """Bytes still held back at close that the Release call can carry (offset, data);

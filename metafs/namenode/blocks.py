@@ -413,6 +413,8 @@ class BlockLayer:
             conn.execute(update(I).where(I.c.id == ino).values(**vals))
             attr = to_attr(self.ns._row(conn, ino))
             tx.log(pb.OP_WRITE, ino, attr=attr)
+            if req.release:
+                self.ns._release(tx, req.handle)
             return attr
 
         return self.ns.mutate(cred, fn)

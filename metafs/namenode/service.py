@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import stat
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -145,7 +147,14 @@ class Handlers:
             if ino:
                 raise FsError(errno.EINVAL, "give either a path or an inode number")
             ino = self.ns.resolve(cred, req.path, ROOT_INO, True).ino
-        return self.ns.open(cred, ino, req.flags, read_inline=req.read_inline)
+        reply = self.ns.open(cred, ino, req.flags, read_inline=req.read_inline)
+        if (req.layout_blocks and not reply.has_data and not reply.attr.inline
+                and req.flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY
+                and stat.S_ISREG(reply.attr.mode)):
+            # what the reader's first GetLayout would ask for, without the call
+            reply.layout.CopyFrom(self.ns.blocks.get_layout(
+                cred, ino, reply.handle, 0, req.layout_blocks))
+        return reply
 
     def Release(self, req: pb.ReleaseRequest, ctx: Any = None) -> pb.WriteReply:
         cred = self.c(req, ctx)

@@ -225,16 +225,18 @@ class CreateRequest(_message.Message):
     def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., parent: _Optional[int] = ..., name: _Optional[str] = ..., mode: _Optional[int] = ..., umask: _Optional[int] = ..., exclusive: _Optional[bool] = ..., open: _Optional[bool] = ..., flags: _Optional[int] = ..., rdev: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class OpenReply(_message.Message):
-    __slots__ = ("attr", "handle", "data", "has_data")
+    __slots__ = ("attr", "handle", "data", "has_data", "layout")
     ATTR_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     HAS_DATA_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     attr: Attr
     handle: int
     data: bytes
     has_data: bool
-    def __init__(self, attr: _Optional[_Union[Attr, _Mapping]] = ..., handle: _Optional[int] = ..., data: _Optional[bytes] = ..., has_data: _Optional[bool] = ...) -> None: ...
+    layout: LayoutReply
+    def __init__(self, attr: _Optional[_Union[Attr, _Mapping]] = ..., handle: _Optional[int] = ..., data: _Optional[bytes] = ..., has_data: _Optional[bool] = ..., layout: _Optional[_Union[LayoutReply, _Mapping]] = ...) -> None: ...
 
 class MkdirRequest(_message.Message):
     __slots__ = ("caller", "parent", "name", "mode", "umask")
@@ -431,18 +433,20 @@ class AccessRequest(_message.Message):
     def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., mask: _Optional[int] = ...) -> None: ...
 
 class OpenRequest(_message.Message):
-    __slots__ = ("caller", "ino", "flags", "path", "read_inline")
+    __slots__ = ("caller", "ino", "flags", "path", "read_inline", "layout_blocks")
     CALLER_FIELD_NUMBER: _ClassVar[int]
     INO_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     READ_INLINE_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     caller: Caller
     ino: int
     flags: int
     path: str
     read_inline: bool
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., flags: _Optional[int] = ..., path: _Optional[str] = ..., read_inline: _Optional[bool] = ...) -> None: ...
+    layout_blocks: int
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., flags: _Optional[int] = ..., path: _Optional[str] = ..., read_inline: _Optional[bool] = ..., layout_blocks: _Optional[int] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("caller", "handle", "write")
@@ -726,7 +730,7 @@ class LayoutReply(_message.Message):
     def __init__(self, attr: _Optional[_Union[Attr, _Mapping]] = ..., block_size: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., inline_data: _Optional[bytes] = ..., urls: _Optional[_Iterable[str]] = ..., store_url: _Optional[str] = ...) -> None: ...
 
 class CommitBlocksRequest(_message.Message):
-    __slots__ = ("caller", "ino", "handle", "size", "blocks", "base_version", "to_blocks")
+    __slots__ = ("caller", "ino", "handle", "size", "blocks", "base_version", "to_blocks", "release")
     CALLER_FIELD_NUMBER: _ClassVar[int]
     INO_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
@@ -734,6 +738,7 @@ class CommitBlocksRequest(_message.Message):
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     TO_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     caller: Caller
     ino: int
     handle: int
@@ -741,7 +746,8 @@ class CommitBlocksRequest(_message.Message):
     blocks: _containers.RepeatedCompositeFieldContainer[BlockRef]
     base_version: int
     to_blocks: bool
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., handle: _Optional[int] = ..., size: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., base_version: _Optional[int] = ..., to_blocks: _Optional[bool] = ...) -> None: ...
+    release: bool
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., handle: _Optional[int] = ..., size: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., base_version: _Optional[int] = ..., to_blocks: _Optional[bool] = ..., release: _Optional[bool] = ...) -> None: ...
 
 class PresignRequest(_message.Message):
     __slots__ = ("caller", "ino", "handle", "keys", "put")
