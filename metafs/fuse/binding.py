@@ -238,6 +238,19 @@ class MetafsFUSE(mfusepy.FUSE):
         finally:
             view.release()
 
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int,
+                       fip: Any, flags: int) -> int:
+        """Directory entries into libfuse's buffer: only the mode and inode number reach
+        the kernel, so one ``struct stat`` is reused and no dict is built per entry."""
+        st = mfusepy.c_stat()
+        enc, errs = self.encoding, self.errors
+        for name, mode, ino, off in self.operations.readdir_entries(fip.contents.fh, offset):
+            st.st_mode = mode
+            st.st_ino = ino
+            if filler(buf, name.encode(enc, errs), st, off, 0) != 0:
+                break
+        return 0
+
     # -- the callbacks mfusepy 3.1 gets wrong on libfuse 3
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return self.operations.rename(self._d(old), self._d(new), flags)

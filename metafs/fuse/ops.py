@@ -696,24 +696,33 @@ class MetafsOperations:
 
     def readdir_with_offset(self, path: str | None, offset: int, fh: int
                             ) -> Iterator[tuple[str, dict[str, int], int]]:
+        for name, mode, ino, off in self.readdir_entries(fh, offset):
+            yield name, {"st_mode": mode, "st_ino": ino}, off
+
+    def readdir_entries(self, fh: int, offset: int) -> Iterator[tuple[str, int, int, int]]:
+        """``(name, mode, ino, next offset)`` of the entries from ``offset`` on (the binding
+        fills libfuse's buffer from these without a dict per entry)."""
         d = self._dirs.get(fh)
         if d is None:
             raise FuseError(errno.EBADF)
         caller = self.caller()
         if offset == 0:
-            yield ".", {"st_mode": stat_mod.S_IFDIR, "st_ino": d.ino}, 1
+            yield ".", stat_mod.S_IFDIR, d.ino, 1
         if offset <= 1:
-            yield "..", {"st_mode": stat_mod.S_IFDIR}, 2
+            yield "..", stat_mod.S_IFDIR, d.ino, 2  # (as before)
         i = max(0, offset - 2)
+        entries = d.entries
         while True:
             with d.lock:
-                if i >= len(d.entries) and not d.eof:
+                if i >= len(entries) and not d.eof:
                     self._fetch_page(d, caller)
-                if i >= len(d.entries):
+                n = len(entries)
+                if i >= n:
                     return
-                name, mode, ino = d.entries[i]
-            i += 1
-            yield name, {"st_mode": mode, "st_ino": ino}, i + 2
+                batch = entries[i:n]  # (pages only grow: no lock needed to read them)
+            for name, mode, ino in batch:
+                i += 1
+                yield name, mode, ino, i + 2
 
     def releasedir(self, path: str | None, fh: int) -> int:
         self._dirs.pop(fh, None)
