@@ -33,6 +33,7 @@ from ..errors import FsError
 from ..proto import metafs_pb2 as pb
 from . import schema
 from .perms import R, W, Cred, check
+from .namespace import _BUMP, _update_inode
 from .sql import Prepared
 
 if TYPE_CHECKING:
@@ -50,6 +51,17 @@ STORAGE_INLINE, STORAGE_BLOCKS = 0, 1
 MAX_FILE_SIZE = (1 << 63) - 1
 
 _Q_BLOCK_KEYS = Prepared(select(B.c.key).where(B.c.ino == bindparam("ino")))
+# A commit of a few blocks (most files: one) runs these per block, prepared, instead of
+# building IN-list statements each time.
+_FEW = 8
+_Q_BLOCK_BY_KEY = Prepared(select(B.c.key, B.c.ino, B.c.idx).where(B.c.key == bindparam("key")))
+_Q_FREED_KEY = Prepared(select(G.c.key).where(G.c.key == bindparam("key")))
+_Q_BLOCK_AT = Prepared(select(B.c.idx, B.c.key).where(B.c.ino == bindparam("ino"),
+                                                        B.c.idx == bindparam("idx")))
+_Q_INSERT_BLOCK = Prepared(insert(B).values(
+    ino=bindparam("ino"), idx=bindparam("idx"), key=bindparam("key"),
+    length=bindparam("length"), checksum=bindparam("checksum")))
+_Q_DELETE_DATA = Prepared(delete(FD).where(FD.c.ino == bindparam("ino")))
 
 
 def _insert_ignoring_conflict(conn: Connection, name: str, value: int) -> Any:
@@ -195,8 +207,8 @@ class BlockLayer:
                 tx.conn.execute(insert(B).values(
                     ino=ino, idx=idx, key=key, length=len(chunk),
                     checksum=checksum(chunk, self.settings.block_checksum_piece)))
-        tx.conn.execute(delete(FD).where(FD.c.ino == ino))
-        tx.conn.execute(update(I).where(I.c.id == ino).values(storage=STORAGE_BLOCKS))
+        _Q_DELETE_DATA.run(tx.conn, ino=ino)
+        _update_inode(tx.conn, ino, {"storage": STORAGE_BLOCKS})
 
     def truncate(self, tx: "Tx", row: Row, size: int) -> None:
         """Truncate a file in blocks to ``size`` bytes (the caller sets the size column). At
@@ -369,23 +381,36 @@ class BlockLayer:
                 if req.handle:
                     raise FsError(errno.EBADF, "file is not open for writing")
                 check(tx.cred, row, W, "write this file")
+            few = len(new) <= _FEW and len(seen) <= _FEW
             if new:
-                current = {r.key: r for r in conn.execute(
-                    select(B.c.key, B.c.ino, B.c.idx).where(B.c.key.in_(list(new))))}
+                if few:
+                    current = {k: r for k in new
+                               if (r := _Q_BLOCK_BY_KEY.first(conn, key=k)) is not None}
+                else:
+                    current = {r.key: r for r in conn.execute(
+                        select(B.c.key, B.c.ino, B.c.idx).where(B.c.key.in_(list(new))))}
                 for key, ref in new.items():
                     cur = current.get(key)
                     if cur is not None and (cur.ino != ino or cur.idx != ref.index):
                         raise FsError(errno.EINVAL, f"block {key} is already referenced")
-                freed = set(conn.execute(select(G.c.key).where(G.c.key.in_(list(new))))
-                            .scalars())
+                if few:
+                    freed = {k for k in new if _Q_FREED_KEY.first(conn, key=k) is not None}
+                else:
+                    freed = set(conn.execute(select(G.c.key).where(G.c.key.in_(list(new))))
+                                .scalars())
                 if freed:
                     raise FsError(errno.EINVAL, f"block {sorted(freed)[0]} was freed and "
                                   "cannot be referenced again")
             if row.storage == STORAGE_INLINE:
                 self._inline_to_blocks(tx, ino, provided=seen)
-            old = {r.idx: r for r in conn.execute(
-                select(B.c.idx, B.c.key).where(B.c.ino == ino, B.c.idx.in_(list(seen))))} \
-                if seen else {}
+            if not seen or row.storage == STORAGE_INLINE:
+                old = {}  # (an inline file's new blocks are all in this commit)
+            elif few:
+                old = {i: r for i in seen
+                       if (r := _Q_BLOCK_AT.first(conn, ino=ino, idx=i)) is not None}
+            else:
+                old = {r.idx: r for r in conn.execute(
+                    select(B.c.idx, B.c.key).where(B.c.ino == ino, B.c.idx.in_(list(seen))))}
             garbage = []
             for ref in refs:
                 o = old.get(ref.index)
@@ -397,8 +422,8 @@ class BlockLayer:
                     garbage.append(o.key)
                     conn.execute(delete(B).where(B.c.ino == ino, B.c.idx == ref.index))
                 if ref.key:
-                    conn.execute(insert(B).values(ino=ino, idx=ref.index, key=ref.key,
-                                                  length=ref.length, checksum=ref.checksum))
+                    _Q_INSERT_BLOCK.run(conn, ino=ino, idx=ref.index, key=ref.key,
+                                        length=ref.length, checksum=ref.checksum)
             self._to_garbage(tx, garbage)
             size = req.size
             if size < row.size and req.base_version and req.base_version != row.version:
@@ -407,10 +432,10 @@ class BlockLayer:
             if size < row.size:
                 self._drop_beyond(tx, ino, size)
             vals: dict[str, Any] = dict(size=size, mtime_ns=tx.now, ctime_ns=tx.now,
-                                        version=I.c.version + 1, storage=STORAGE_BLOCKS)
+                                        version=_BUMP, storage=STORAGE_BLOCKS)
             if not tx.cred.is_root and row.mode & (stat.S_ISUID | stat.S_ISGID):
                 vals["mode"] = self.ns._kill_priv(row.mode)
-            conn.execute(update(I).where(I.c.id == ino).values(**vals))
+            _update_inode(conn, ino, vals)
             attr = to_attr(self.ns._row(conn, ino))
             tx.log(pb.OP_WRITE, ino, attr=attr)
             if req.release:
