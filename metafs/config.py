@@ -99,7 +99,7 @@ class Settings:
     block_readahead: int = 8
     """Blocks fetched ahead of a sequential reader."""
     block_direct_writes: bool = True
-    """A local-directory store writes blocks of 256 KiB and more with O_DIRECT, from a
+    """A local-directory store writes blocks of 2 MiB and more with O_DIRECT, from a
     page-aligned copy, past the page cache (where the file system has no O_DIRECT, through
     the page cache as before). Reads still go through the page cache."""
     block_fsync: str = "auto"

@@ -30,7 +30,8 @@ from .base import BlockInfo, BlockNotFound, BlockStore, check_key
 
 TMP = ".tmp"
 WRITE_PIECE = 1 << 20  # bytes per write(2) of a block
-DIRECT_MIN = 256 * 1024  # blocks at least this large are written with O_DIRECT (direct)
+DIRECT_MIN = 2 * 1024 * 1024  # blocks at least this large are written with O_DIRECT (direct):
+# chunks of large files; small files' blocks stay in the page cache for their readers
 DIRECT_ALIGN = 4096      # O_DIRECT: offsets, lengths and memory aligned to this
 BOUNCE_BUFFERS = 4       # page-aligned buffers kept for O_DIRECT writes, per store
 
