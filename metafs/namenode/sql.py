@@ -10,6 +10,7 @@ connection's DBAPI cursor. Rows come back as named tuples.
 from __future__ import annotations
 
 from collections import namedtuple
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -91,8 +92,11 @@ class Prepared:
         cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             if pos is not None:
-                cur.executemany(sql, [tuple({**fixed, **r}[k] for k in pos) if fixed else
-                                      tuple(r[k] for k in pos) for r in rows])
+                if fixed:
+                    rows = [{**fixed, **r} for r in rows]
+                get = itemgetter(*pos)
+                cur.executemany(sql, [get(r) for r in rows] if len(pos) > 1
+                                else [(get(r),) for r in rows])
             else:
                 cur.executemany(sql, [{**fixed, **r} for r in rows] if fixed else rows)
         finally:
