@@ -153,7 +153,15 @@ def test_a_reader_keeps_what_its_open_brought_when_the_name_goes(fs: Client) -> 
     with fs.open("/gone", "rb") as f:
         fs.remove("/gone")
         assert f.read() == b"still here"
-    assert not fs.exists("/gone")
+    with fs.open("/gone2", "wb") as f:
+        f.write(b"x" * 100)
+    with fs.open("/gone2", "rb", buffering=0) as f:   # read(n) to the end: an EOF probe
+        fs.remove("/gone2")
+        got = b""
+        while chunk := f.read(30):
+            got += chunk
+        assert got == b"x" * 100
+    assert not fs.exists("/gone") and not fs.exists("/gone2")
 
 
 # ---------------------------------------------------------------- layouts per version

@@ -422,9 +422,9 @@ class BlockFile(RawFile):
                 got = self._read_opened(offset, size)
                 if got is not None:
                     return got
-                reply = self._c._call("Read", pb.ReadRequest(
-                    caller=self._c.caller, ino=self.ino, offset=offset, size=size,
-                    handle=self.handle), self.name)
+                reply = self._read_call(offset, size)
+                if reply is None:
+                    return b""
                 if reply.inline:
                     self.attr = reply.attr
                     return reply.data

@@ -197,13 +197,25 @@ class RawFile(io.RawIOBase):
             return None
         return data[offset:offset + size]
 
+    def _read_call(self, offset: int, size: int) -> pb.ReadReply | None:
+        """Read from the namenode; None (end of file) when this reader holds no handle,
+        read everything its open brought, and the file is gone meanwhile."""
+        try:
+            return self._client._call("Read", pb.ReadRequest(
+                caller=self._client.caller, ino=self.ino, offset=offset, size=size,
+                handle=self.handle), self.name)
+        except FileNotFoundError:
+            if self.handle or self._opened_data is None:
+                raise
+            return None
+
     def _read_at(self, offset: int, size: int) -> bytes:
         got = self._read_opened(offset, size)
         if got is not None:
             return got
-        reply = self._client._call("Read", pb.ReadRequest(
-            caller=self._client.caller, ino=self.ino, offset=offset, size=size,
-            handle=self.handle), self.name)
+        reply = self._read_call(offset, size)
+        if reply is None:
+            return b""
         if not reply.inline:
             raise OSError(errno.EIO, "file data is in blocks and no block store is configured",
                           self.name)
