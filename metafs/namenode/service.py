@@ -151,9 +151,13 @@ class Handlers:
         if (req.layout_blocks and not reply.has_data and not reply.attr.inline
                 and req.flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY
                 and stat.S_ISREG(reply.attr.mode)):
-            # what the reader's first GetLayout would ask for, without the call
-            reply.layout.CopyFrom(self.ns.blocks.get_layout(
-                cred, ino, reply.handle, 0, req.layout_blocks))
+            # what the reader's first GetLayout would ask for, without the call (if it
+            # cannot be had, the open still stands: the reader asks with GetLayout)
+            try:
+                reply.layout.CopyFrom(self.ns.blocks.get_layout(
+                    cred, ino, reply.handle, 0, req.layout_blocks))
+            except Exception as exc:  # noqa: BLE001 - the handle must reach its owner
+                log.info("open of inode %d: no layout with it (%s)", ino, exc)
         return reply
 
     def Release(self, req: pb.ReleaseRequest, ctx: Any = None) -> pb.WriteReply:
