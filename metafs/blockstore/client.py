@@ -419,15 +419,9 @@ class BlockFile(RawFile):
             if self._pend is not None:
                 self._flush_pend()
             if self._inline:
-                got = self._read_opened(offset, size)
+                got = self._read_inline(offset, size)
                 if got is not None:
                     return got
-                reply = self._read_call(offset, size)
-                if reply is None:
-                    return b""
-                if reply.inline:
-                    self.attr = reply.attr
-                    return reply.data
                 self._enter_blocks()
             elif self._bs == 0:
                 self._load_window(0)

@@ -209,7 +209,9 @@ class RawFile(io.RawIOBase):
                 raise
             return None
 
-    def _read_at(self, offset: int, size: int) -> bytes:
+    def _read_inline(self, offset: int, size: int) -> bytes | None:
+        """Bytes of an inline file: from what the open brought, else from the namenode;
+        None when the file's data is in blocks."""
         got = self._read_opened(offset, size)
         if got is not None:
             return got
@@ -217,10 +219,16 @@ class RawFile(io.RawIOBase):
         if reply is None:
             return b""
         if not reply.inline:
-            raise OSError(errno.EIO, "file data is in blocks and no block store is configured",
-                          self.name)
+            return None
         self.attr = reply.attr
         return reply.data
+
+    def _read_at(self, offset: int, size: int) -> bytes:
+        got = self._read_inline(offset, size)
+        if got is None:
+            raise OSError(errno.EIO, "file data is in blocks and no block store is configured",
+                          self.name)
+        return got
 
     def _write_at(self, offset: int, data: bytes, append: bool) -> int:
         reply = self._client._call("Write", pb.WriteRequest(
