@@ -5,8 +5,12 @@ in that database, large files as blocks in S3 or a local directory, and every co
 change on a changelog that feeds search and provenance.
 """
 
-from .client import BulkFile, Client
-from .cdc.provenance.runs import run  # provenance: with metafs.run("train", params=...):
+from .config import tune_grpc
+
+tune_grpc()  # before anything imports grpc
+
+from .client import BulkFile, Client  # noqa: E402
+from .cdc.provenance.runs import run  # noqa: E402 - provenance: with metafs.run("train", params=...):
 
 __all__ = ["BulkFile", "Client", "run"]
 __version__ = "0.1.0"

@@ -24,6 +24,23 @@ import platformdirs
 
 DEFAULT_PORT = 7420
 
+# gRPC core's EventEngine I/O threads cost a Python client and server about a third of their
+# call rate on small machines: every message crosses one of its threads in each process
+# (measured here, docs/design.md "Calls over streams"). metafs runs gRPC on its polling I/O
+# instead, unless GRPC_EXPERIMENTS is set by the user. It must be decided before grpc is
+# first imported, so it is an environment variable, not a setting.
+GRPC_EXPERIMENTS = "-event_engine_client,-event_engine_listener,-event_engine_for_all_other_endpoints"
+
+
+def tune_grpc(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> bool:
+    """Choose gRPC core's polling I/O before grpc loads (a no-op when ``GRPC_EXPERIMENTS``
+    is already set, or set to empty to keep gRPC's own default). Returns whether the choice
+    applies to this process (False once grpc is imported: it reads the variable then)."""
+    import sys
+
+    environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
+    return "grpc" not in sys.modules
+
 
 def default_data_dir() -> str:
     return str(Path(platformdirs.user_data_dir("metafs", appauthor=False)))

@@ -90,6 +90,15 @@ class MetaEngine:
         """Run ``fn`` in a consistent read-only snapshot."""
         return self._retrying(self._read_tx, fn)
 
+    def read_statement(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn``, which reads with one statement, outside an explicit transaction
+        where the database allows it: one statement sees one consistent snapshot on its
+        own, so the BEGIN and COMMIT (and PostgreSQL's isolation settings) are saved."""
+        return self._retrying(self._statement_conn, fn)
+
+    def _statement_conn(self) -> Any:
+        return self._read_tx()
+
     def _retrying(self, tx: Callable[[], Any], fn: Callable[[Connection], T], *,
                   write: bool = False) -> T:
         """Bounded retries with jittered exponential backoff; FsErrors are answers, not
@@ -186,12 +195,17 @@ class SqliteEngine(MetaEngine):
         return conn, False
 
     @contextmanager
-    def _tx(self, begin_sql: str) -> Iterator[Connection]:
+    def _tx(self, begin_sql: str | None) -> Iterator[Connection]:
+        """A transaction begun with ``begin_sql`` on this thread's connection; with None,
+        the connection in autocommit (each statement its own transaction)."""
         conn, private = self._thread_conn()
         if not private:
             self._local.busy = True
         raw = conn.connection.dbapi_connection
         try:
+            if begin_sql is None:
+                yield conn
+                return
             raw.execute(begin_sql)  # type: ignore[union-attr]
             try:
                 yield conn
@@ -217,6 +231,9 @@ class SqliteEngine(MetaEngine):
     def _read_tx(self) -> Iterator[Connection]:
         with self._tx("BEGIN") as conn:
             yield conn
+
+    def _statement_conn(self) -> Any:
+        return self._tx(None)
 
     def dispose(self) -> None:
         with self._all_lock:
@@ -283,6 +300,11 @@ class PostgresEngine(MetaEngine):
             with conn.begin():
                 conn.exec_driver_sql("SET TRANSACTION READ ONLY")
                 yield conn
+
+    @contextmanager
+    def _statement_conn(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
     def is_connection_error(self, exc: BaseException) -> bool:
         if not isinstance(exc, DBAPIError):

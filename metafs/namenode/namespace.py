@@ -16,6 +16,7 @@ import os
 import stat
 import threading
 import time
+from collections import namedtuple
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence, TypeVar
@@ -63,6 +64,32 @@ ATTR_COLS = (I.c.id, I.c.mode, I.c.nlink, I.c.uid, I.c.gid, I.c.rdev, I.c.size,
 _Q_INODE = Prepared(select(*ATTR_COLS).where(I.c.id == bindparam("ino")))
 _Q_LOOKUP = Prepared(select(*ATTR_COLS).select_from(D.join(I, I.c.id == D.c.ino))
                      .where(D.c.parent == bindparam("parent"), D.c.name == bindparam("name")))
+_AttrRow = namedtuple("_AttrRow", [c.key for c in ATTR_COLS])  # type: ignore[misc]
+_N_ATTR = len(ATTR_COLS)
+WALK_MAX = 16  # path components resolved by one statement; deeper paths walk name by name
+_Q_WALK: dict[int, Prepared] = {}
+
+
+def _walk_query(depth: int) -> Prepared:
+    """One statement that follows ``depth`` names from inode :start: the inode rows of
+    every level side by side, NULL from the first name that is missing (a chain of outer
+    joins of entries and inodes; each step is a primary-key lookup)."""
+    q = _Q_WALK.get(depth)
+    if q is None:
+        levels = [I.alias(f"i{k}") for k in range(depth + 1)]
+        joined: Any = levels[0]
+        for k in range(1, depth + 1):
+            d = D.alias(f"d{k}")
+            joined = joined.outerjoin(d, (d.c.parent == levels[k - 1].c.id)
+                                      & (d.c.name == bindparam(f"n{k}")))
+            joined = joined.outerjoin(levels[k], levels[k].c.id == d.c.ino)
+        cols = [lv.c[c.key].label(f"{c.key}_{k}") for k, lv in enumerate(levels)
+                for c in ATTR_COLS]
+        q = _Q_WALK[depth] = Prepared(
+            select(*cols).select_from(joined).where(levels[0].c.id == bindparam("start")))
+    return q
+
+
 _Q_HAS_HANDLES = Prepared(select(H.c.id).where(H.c.ino == bindparam("ino")).limit(1))
 _Q_DIR_PARENT = Prepared(select(D.c.parent).where(D.c.ino == bindparam("ino")).limit(1))
 _Q_DIR_NONEMPTY = Prepared(select(D.c.name).where(D.c.parent == bindparam("ino")).limit(1))
@@ -444,7 +471,41 @@ class Namespace:
 
     def resolve(self, cred: Cred, path: str, start: int = 0, follow: bool = True) -> pb.Entry:
         check_path(path)
-        return self.query(lambda conn: self._resolve(conn, cred, path, start or ROOT_INO, follow))
+        start = ROOT_INO if path.startswith("/") else (start or ROOT_INO)
+        parts = [p for p in path.split("/") if p]
+        if 0 < len(parts) <= WALK_MAX and "." not in parts and ".." not in parts:
+            found = self.engine.read_statement(
+                lambda conn: self._walk(conn, cred, start, parts, follow, path.endswith("/")))
+            if found is not None:
+                return found
+        return self.query(lambda conn: self._resolve(conn, cred, path, start, follow))
+
+    def _walk(self, conn: Connection, cred: Cred, start: int, parts: list[str], follow: bool,
+              must_dir: bool) -> pb.Entry | None:
+        """Resolve a plain path (no '.', '..') in one statement, as HopsFS resolves a path
+        in one round trip. Returns None whenever the general walk must decide: a symlink
+        to follow, a missing name, a denied search, a name too long, anything unusual; it
+        then runs in a transaction of its own and gives the exact answer or error."""
+        row = _walk_query(len(parts)).first(
+            conn, start=start, **{f"n{k}": n for k, n in enumerate(parts, 1)})
+        if row is None or row[0] is None:
+            return None
+        cur = _AttrRow(*row[:_N_ATTR])
+        if cur.nlink == 0:
+            return None
+        last = len(parts)
+        for k in range(1, last + 1):
+            if not stat.S_ISDIR(cur.mode) or not allowed(cred, cur.mode, cur.uid, cur.gid, X):
+                return None
+            nxt = row[k * _N_ATTR:(k + 1) * _N_ATTR]
+            if nxt[0] is None or len(parts[k - 1].encode("utf-8", "surrogatepass")) > NAME_MAX:
+                return None
+            cur = _AttrRow(*nxt)
+            if stat.S_ISLNK(cur.mode) and (k < last or follow):  # "link/" ends below
+                return None
+        if must_dir and not stat.S_ISDIR(cur.mode):
+            return None
+        return pb.Entry(ino=cur.id, attr=to_attr(cur))
 
     def _resolve(self, conn: Connection, cred: Cred, path: str, start: int, follow: bool,
                  *, want_parent: bool = False) -> Any:

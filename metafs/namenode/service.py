@@ -27,6 +27,18 @@ _ID_FIELDS = ("ino", "parent", "src_parent", "dst_parent", "new_parent", "start"
 _ID_MAX = (1 << 63) - 1
 
 
+_ID_FIELDS_OF: dict[type, tuple[str, ...]] = {}
+
+
+def _id_fields(cls: type) -> tuple[str, ...]:
+    """The id fields a request class has (looked up once per class, not per call)."""
+    got = _ID_FIELDS_OF.get(cls)
+    if got is None:
+        names = cls.DESCRIPTOR.fields_by_name  # type: ignore[attr-defined]
+        got = _ID_FIELDS_OF[cls] = tuple(f for f in _ID_FIELDS if f in names)
+    return got
+
+
 def _time(how: int, ns: int) -> tuple[int, int]:
     return how, ns
 
@@ -47,8 +59,8 @@ class Handlers:
         self._stopping.set()
 
     def c(self, req: Any, ctx: Any = None) -> Cred:
-        for f in _ID_FIELDS:  # uint64 ids past what any database holds name nothing
-            v = getattr(req, f, 0)
+        for f in _id_fields(type(req)):  # uint64 ids past what any database holds name nothing
+            v = getattr(req, f)
             if v > _ID_MAX:
                 raise FsError(errno.EBADF if f == "handle" else errno.ENOENT,
                               f"no {'handle' if f == 'handle' else 'inode'} {v}")
