@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import json
 import logging
 import os
@@ -73,6 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     nn = Namenode(s)
     server = serve_grpc(nn, s.listen)
     start_serve_extras(nn, s)  # Prometheus metrics endpoint, when configured
+    # Everything loaded so far lives as long as the process: keep it out of the cyclic
+    # collector's full scans, which otherwise revisit it on every request-heavy minute.
+    gc.freeze()
     db = s.effective_db_url
     shown_db = db.split("@")[-1] if "@" in db else db
     log.info("metafs namenode started on %s (db %s, blocks %s, pid %d)", server.address,

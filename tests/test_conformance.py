@@ -276,6 +276,44 @@ def test_bulk_create_all_or_nothing(fs: Client) -> None:
     assert fs.changelog_head() == head
 
 
+def test_bulk_create_restores_the_garbage_collector(fs: Client) -> None:
+    """A bulk call pauses Python's cyclic collector while it runs (in the namenode's
+    process) and leaves it as it found it, after a success, a failure, or overlapping
+    calls from several threads; a collector the program turned off stays off."""
+    import gc
+    import threading
+
+    fs.mkdir("/gc")
+    assert gc.isenabled()
+    fs.bulk_create("/gc", [BulkFile(f"a/{i}", b"x") for i in range(50)])
+    assert gc.isenabled()
+    with pytest.raises(FileExistsError):
+        fs.bulk_create("/gc", [BulkFile("a/0", b"dup")])
+    assert gc.isenabled()
+    errors: list[BaseException] = []
+
+    def many(k: int) -> None:
+        try:
+            for j in range(5):
+                fs.bulk_create("/gc", [BulkFile(f"t{k}/{j}/{i}", b"y") for i in range(200)])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=many, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and gc.isenabled()
+    assert len(fs.listdir("/gc/t3/4")) == 200
+    gc.disable()
+    try:
+        fs.bulk_create("/gc", [BulkFile("off/1", b"z")])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_unlinked_open_file_keeps_data(fs: Client) -> None:
     fs.write_bytes("/f", b"precious")
     f = fs.open("/f", "r+b")

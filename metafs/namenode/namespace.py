@@ -10,6 +10,7 @@ the changelog as its last statement.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
 import os
@@ -201,12 +202,15 @@ class Tx:
     now: int
     records: list[pb.ChangeRecord] = field(default_factory=list)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    _who: dict[str, Any] | None = None  # the fields every record of this transaction has
 
     def log(self, op: int, ino: int, **kw: Any) -> pb.ChangeRecord:
-        fields: dict[str, Any] = dict(uid=self.cred.uid, client_id=self.cred.client_id,
-                                      run_id=self.cred.run_id, ts_ns=self.now)
-        fields.update(kw)  # a record may name another run (RecordAccess events do)
-        rec = pb.ChangeRecord(op=op, ino=ino, **fields)
+        who = self._who
+        if who is None:
+            who = self._who = dict(uid=self.cred.uid, client_id=self.cred.client_id,
+                                   run_id=self.cred.run_id, ts_ns=self.now)
+        # a record may name another run (RecordAccess events do): kw wins
+        rec = pb.ChangeRecord(op=op, ino=ino, **(who | kw))
         self.records.append(rec)
         return rec
 
@@ -1394,17 +1398,24 @@ class Namespace:
     # ------------------------------------------------------------------ bulk
     def bulk_create(self, cred: Cred, parent: int, entries: Sequence[pb.BulkEntry],
                     make_parents: bool = False, exist_ok: bool = False) -> pb.BulkCreateReply:
+        with collector_paused:
+            return self._bulk_create(cred, parent, entries, make_parents, exist_ok)
+
+    def _bulk_create(self, cred: Cred, parent: int, entries: Sequence[pb.BulkEntry],
+                     make_parents: bool, exist_ok: bool) -> pb.BulkCreateReply:
         if len(entries) > self.settings.bulk_max_entries:
             raise FsError(errno.E2BIG, f"{len(entries)} entries in one bulk call; the limit is "
                           f"{self.settings.bulk_max_entries}")
         plan = []
         for e in entries:
-            check_path(e.path)
-            parts = [p for p in e.path.split("/") if p]
+            path = e.path
+            check_path(path)
+            parts = [p for p in path.split("/") if p]
             if not parts:
-                raise FsError(errno.EINVAL, "bulk entry with an empty path", e.path)
-            for p in parts:
-                check_name(p)
+                raise FsError(errno.EINVAL, "bulk entry with an empty path", path)
+            if len(path) > NAME_MAX // 4 or "." in parts or ".." in parts:
+                for p in parts:  # no name of a shorter path can be over NAME_MAX bytes
+                    check_name(p)
             ftype = stat.S_IFMT(e.mode) or stat.S_IFREG
             if ftype not in (stat.S_IFREG, stat.S_IFDIR):
                 raise FsError(errno.EINVAL, "bulk entries are files or directories", e.path)
@@ -1615,3 +1626,35 @@ class _Obj:
             return self._d[k]
         except KeyError:
             raise AttributeError(k) from None
+
+
+class _CollectorPause:
+    """Pauses Python's cyclic garbage collector while any bulk call runs.
+
+    A bulk call makes several container objects per entry (rows, records, attributes) that
+    all live until it ends: every collection it triggers (one per 700 allocations, a full
+    one every 70,000) scans them and frees nothing. Measured here, that was a fifth of
+    the time of a 10,000-file call. Reference counting still frees everything else; the
+    collector resumes (if it was on) when the last bulk call ends, and then finds any
+    cycles made meanwhile."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._resume = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                self._resume = gc.isenabled()
+                gc.disable()
+            self._depth += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._resume:
+                gc.enable()
+
+
+collector_paused = _CollectorPause()
