@@ -167,3 +167,32 @@ def test_a_restarted_namenode_is_reached_again_through_new_streams(tmp_path: Pat
         c.close()
         srv.stop(0)
         nn.close()
+
+
+def test_bulk_calls_go_unary_and_others_over_streams(settings: Settings) -> None:
+    """A bulk request of megabytes is not framed into a stream (it would be serialized and
+    parsed twice); the small calls around it still use the streams."""
+    from metafs.client import BulkFile
+
+    nn = Namenode(settings)
+    srv = serve_grpc(nn, "127.0.0.1:0")
+    try:
+        with Client(settings=settings.with_(namenode=srv.address)) as c:
+            unary: list[str] = []
+            plain = c.transport._unary
+
+            def counted(method: str, request: object) -> object:
+                unary.append(method)
+                return plain(method, request)
+
+            c.transport._unary = counted  # type: ignore[method-assign]
+            c.mkdir("/ds")
+            inos = c.bulk_create("/ds", [BulkFile(f"{i}.bin", bytes([i]) * 4096)
+                                         for i in range(256)])
+            assert len(set(inos)) == 256
+            assert c.read_bytes("/ds/7.bin") == bytes([7]) * 4096
+            assert unary == ["BulkCreate"]
+            assert _streams_in_use(c.transport) >= 1
+    finally:
+        srv.stop(0)
+        nn.close()

@@ -1486,31 +1486,31 @@ class Namespace:
 
         def add(pdir: Any, name: str, mode: int, data: bytes, xa: Any) -> Any:
             nonlocal created
-            if pdir.id not in touched:
-                self._lock(conn, pdir.id)
+            pid = pdir.id
+            if pid not in touched:
+                self._lock(conn, pid)
                 check(cred, pdir, W | X, "create entries in this directory")
-                touched[pdir.id] = 0
+                touched[pid] = 0
             row = self._new_inode(tx, pdir, mode, size=len(data), ino=next(ids))
+            ino = row["id"]
+            is_dir = stat.S_ISDIR(mode)
             inode_rows.append(row)
-            dentry_rows.append(dict(parent=pdir.id, name=name, ino=row["id"],
-                                    mode=stat.S_IFMT(mode)))
-            new_names.add((pdir.id, name))
+            dentry_rows.append({"parent": pid, "name": name, "ino": ino,
+                                "mode": stat.S_IFMT(mode)})
+            new_names.add((pid, name))
             if data:
-                data_rows.append(dict(ino=row["id"], data=data))
+                data_rows.append({"ino": ino, "data": data})
+            if is_dir:
+                touched[pid] += 1
+                empty[ino] = True
+            tx.log(pb.OP_MKDIR if is_dir else pb.OP_CREATE, ino,
+                   parent=pid, name=name, attr=dict_attr(row))
             for k, v in xa.items():
-                xattr_rows.append(dict(ino=row["id"], name=k, value=v))
-            if stat.S_ISDIR(mode):
-                touched[pdir.id] += 1
-                empty[row["id"]] = True
-            obj = _Obj(row)
-            attr = dict_attr(row)
-            tx.log(pb.OP_MKDIR if stat.S_ISDIR(mode) else pb.OP_CREATE, row["id"],
-                   parent=pdir.id, name=name, attr=attr)
-            for k, v in xa.items():
-                tx.log(pb.OP_SETXATTR, row["id"], xattr_name=k,
+                xattr_rows.append({"ino": ino, "name": k, "value": v})
+                tx.log(pb.OP_SETXATTR, ino, xattr_name=k,
                        xattr_value=v if k.startswith("user.") else b"")
             created += 1
-            return obj
+            return _Obj(row) if is_dir else row
 
         for parts, ftype, e in plan:
             pdir = get_dir(tuple(parts[:-1]))
@@ -1528,16 +1528,20 @@ class Namespace:
                     inos.append(existing.id)
                     continue
                 raise FsError(errno.EEXIST, "file exists", e.path)
+            xa: Any = {}
             if e.xattrs:
-                for k in e.xattrs:
+                xa = dict(e.xattrs)
+                for k in xa:
                     if k.startswith("trusted.") or k.startswith("security."):
                         if not cred.is_root:
                             raise FsError(errno.EPERM, "only root may set this attribute", e.path)
             perm = stat.S_IMODE(e.mode) or (0o755 if ftype == stat.S_IFDIR else 0o644)
-            obj = add(pdir, name, ftype | perm, bytes(e.data), dict(e.xattrs))
+            made = add(pdir, name, ftype | perm, e.data, xa)
             if ftype == stat.S_IFDIR:
-                dirs[tuple(parts)] = obj
-            inos.append(obj.id)
+                dirs[tuple(parts)] = made
+                inos.append(made.id)
+            else:
+                inos.append(made["id"])
 
         _Q_INSERT_INODE.many(conn, inode_rows)
         _Q_INSERT_DENTRY.many(conn, dentry_rows)
