@@ -228,18 +228,34 @@ def test_postgres_restart_mid_workload(settings: Settings) -> None:
                     failed.append(name)  # may or may not have committed
                 i += 1
 
-        t = threading.Thread(target=work)
-        t.start()
-        while len(done) < 20:
+        stats: list[bool] = []
+
+        def read() -> None:
+            # path walks of one statement run on their own pool of autocommit connections
+            while not stop.is_set():
+                try:
+                    fs.stat("/w")
+                    stats.append(True)
+                except OSError:
+                    stats.append(False)
+
+        threads = [threading.Thread(target=work), threading.Thread(target=read)]
+        for t in threads:
+            t.start()
+        while len(done) < 20 or len(stats) < 20:
             time.sleep(0.01)
         pg_ctl(["-w", "restart", "-m", "fast"], pgdata=srv.pgdata, user=srv.system_user)
-        n = len(done)
+        n, m = len(done), len(stats)
         deadline = time.monotonic() + 60
-        while len(done) < n + 20 and time.monotonic() < deadline:
+        while (len(done) < n + 20 or stats[m:].count(True) < 20) \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
         stop.set()
-        t.join()
+        for t in threads:
+            t.join()
         assert len(done) >= n + 20, "the namenode did not recover after the restart"
+        assert stats[m:].count(True) >= 20, "stats did not recover after the restart"
+        assert stats[-1], "the last stat failed: the read pool kept a dead connection"
         have = set(fs.listdir("/w"))
         for name in done:
             assert name.rsplit("/", 1)[1] in have, f"{name} was committed and is lost"

@@ -266,6 +266,9 @@ class PostgresEngine(MetaEngine):
     def _create_engine(self, url: str) -> Engine:
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        self._statements: Engine | None = None
+        self._driver_url = url
+        self._statements_lock = threading.Lock()
         return create_engine(
             url,
             pool_size=self.settings.db_pool_size,
@@ -273,6 +276,31 @@ class PostgresEngine(MetaEngine):
             pool_pre_ping=True,
             isolation_level="READ COMMITTED",
         )
+
+    def _statement_engine(self) -> Engine:
+        """A second, smaller pool whose connections stay in autocommit, for reads of one
+        statement: no isolation level to set and reset on every checkout, and no liveness
+        ping (a statement on a dead connection fails before it did anything, SQLAlchemy
+        then drops every older connection of the pool, and the read is retried)."""
+        eng = self._statements
+        if eng is None:
+            with self._statements_lock:
+                eng = self._statements
+                if eng is None:
+                    eng = self._statements = create_engine(
+                        self._driver_url, pool_size=self.settings.db_pool_size,
+                        max_overflow=64, isolation_level="AUTOCOMMIT")
+        return eng
+
+    @contextmanager
+    def _statement_conn(self) -> Iterator[Connection]:
+        with self._statement_engine().connect() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        if self._statements is not None:
+            self._statements.dispose()
+        super().dispose()
 
     def setup(self) -> list[int]:
         def migrate(conn: Connection) -> list[int]:
@@ -300,11 +328,6 @@ class PostgresEngine(MetaEngine):
             with conn.begin():
                 conn.exec_driver_sql("SET TRANSACTION READ ONLY")
                 yield conn
-
-    @contextmanager
-    def _statement_conn(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
     def is_connection_error(self, exc: BaseException) -> bool:
         if not isinstance(exc, DBAPIError):
