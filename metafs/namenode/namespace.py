@@ -577,14 +577,10 @@ class Namespace:
         if not p:
             raise FsError(errno.EEXIST, "the root exists", path)
         head, name = p.rsplit("/", 1) if "/" in p else ("", p)
-
-        def fn(conn: Connection) -> tuple[int, str]:
-            e = self._resolve(conn, cred, head or "/", ROOT_INO, True)
-            if not stat.S_ISDIR(e.attr.mode):
-                raise FsError(errno.ENOTDIR, "not a directory", path)
-            return e.ino, name
-
-        return self.query(fn)
+        e = self.resolve(cred, head or "/", ROOT_INO, True)
+        if not stat.S_ISDIR(e.attr.mode):
+            raise FsError(errno.ENOTDIR, "not a directory", path)
+        return e.ino, name
 
     def searchable(self, cred: Cred, dirs: Iterable[str]) -> set[str]:
         """The directory paths among ``dirs`` in which ``cred`` may look names up: search
