@@ -457,21 +457,26 @@ class Namespace:
     # ------------------------------------------------------------------ lookups
     def lookup(self, cred: Cred, parent: int, name: str) -> pb.Entry:
         check_name(name, new=False)
+        if name != "." and name != "..":
+            found = self.engine.read_statement(
+                lambda conn: self._walk(conn, cred, parent, [name], False, False))
+            if found is not None:
+                return found
+        return self.query(lambda conn: self._lookup_entry(conn, cred, parent, name))
 
-        def fn(conn: Connection) -> pb.Entry:
-            d = self._dir(conn, parent)
-            check(cred, d, X, "search this directory")
-            if name == ".":
-                row = d
-            elif name == "..":
-                row = self._get(conn, self._parent_of_dir(conn, parent))
-            else:
-                row = self._lookup(conn, parent, name)
-                if row is None:
-                    raise FsError(errno.ENOENT, "no such file or directory", name)
-            return pb.Entry(ino=row.id, attr=to_attr(row))
-
-        return self.query(fn)
+    def _lookup_entry(self, conn: Connection, cred: Cred, parent: int, name: str) -> pb.Entry:
+        """Lookup by the general rules (the answer, or the exact error, of any case)."""
+        d = self._dir(conn, parent)
+        check(cred, d, X, "search this directory")
+        if name == ".":
+            row = d
+        elif name == "..":
+            row = self._get(conn, self._parent_of_dir(conn, parent))
+        else:
+            row = self._lookup(conn, parent, name)
+            if row is None:
+                raise FsError(errno.ENOENT, "no such file or directory", name)
+        return pb.Entry(ino=row.id, attr=to_attr(row))
 
     def resolve(self, cred: Cred, path: str, start: int = 0, follow: bool = True) -> pb.Entry:
         check_path(path)
