@@ -83,6 +83,15 @@ ENGINES = ["sqlite", "postgres"]
 TRANSPORTS = ["local", "grpc"]
 
 
+@pytest.fixture(params=ENGINES)
+def engine_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """Settings for a fresh namenode on each engine: a SQLite file, or a PostgreSQL
+    database of its own."""
+    if request.param == "postgres":
+        return settings.with_(db_url=request.getfixturevalue("pg_url"))
+    return settings
+
+
 @pytest.fixture(params=[(e, t) for e in ENGINES for t in TRANSPORTS],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def fs_factory(request: pytest.FixtureRequest, settings: Settings):  # type: ignore[no-untyped-def]

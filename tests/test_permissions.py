@@ -43,11 +43,9 @@ class Users:
             c.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def u(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Users]:
-    s = settings
-    if request.param == "postgres":
-        s = s.with_(db_url=request.getfixturevalue("pg_url"))
+@pytest.fixture
+def u(engine_settings: Settings) -> Iterator[Users]:
+    s = engine_settings
     nn = Namenode(s, background=False)
     srv = serve_grpc(nn, "127.0.0.1:0")
     users = Users(srv.address, s)

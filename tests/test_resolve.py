@@ -25,12 +25,9 @@ BOB = Cred(uid=2000, gid=2000, groups=frozenset({1000}))
 CALLERS = {"root": ROOT, "alice": ALICE, "bob": BOB}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def nn(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Namenode]:
-    s = settings
-    if request.param == "postgres":
-        s = s.with_(db_url=request.getfixturevalue("pg_url"))
-    node = Namenode(s, background=False)
+@pytest.fixture
+def nn(engine_settings: Settings) -> Iterator[Namenode]:
+    node = Namenode(engine_settings, background=False)
     try:
         yield node
     finally:
