@@ -8,6 +8,7 @@ same entry or the same errno for every path and caller, on SQLite and PostgreSQL
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 from typing import Any, Iterator
 
@@ -214,3 +215,19 @@ def test_a_rename_between_walks_is_seen(nn: Namenode) -> None:
         ns.resolve(ROOT, "/a/b/f")
     assert e.value.errno == errno.ENOENT
     assert ns.resolve(ROOT, "/a/c/f").ino == f
+
+
+def test_getattr_of_linked_removed_and_open_unlinked_inodes(nn: Namenode) -> None:
+    ns = nn.ns
+    _tree(ns)
+    f = ns.resolve(ROOT, "/a/b/f")
+    assert ns.getattr(ROOT, f.ino) == f.attr
+    b = ns.resolve(ROOT, "/a/b").ino
+    opened = ns.create(ROOT, b, "open", stat_reg(0o644), 0, True, True, os.O_RDWR, 0)
+    ns.unlink(ROOT, b, "open")
+    ns.unlink(ROOT, b, "f")
+    assert ns.getattr(ROOT, opened.attr.ino).nlink == 0  # still open: still there
+    for ino in (f.ino, 1 << 40):
+        with pytest.raises(FsError) as e:
+            ns.getattr(ROOT, ino)
+        assert e.value.errno == errno.ENOENT

@@ -607,10 +607,11 @@ class Namespace:
         return self.query(fn)
 
     def getattr(self, cred: Cred, ino: int) -> pb.Attr:
-        def fn(conn: Connection) -> pb.Attr:
-            return to_attr(self._get(conn, ino))
-
-        return self.query(fn)
+        row = self.engine.read_statement(lambda conn: self._row(conn, ino))
+        if row is not None and row.nlink > 0:  # one statement for a linked inode
+            return to_attr(row)
+        # removed, or unlinked but still open: the handles decide, in one snapshot
+        return self.query(lambda conn: to_attr(self._get(conn, ino)))
 
     def readlink(self, cred: Cred, ino: int) -> str:
         def fn(conn: Connection) -> str:
