@@ -197,6 +197,13 @@ def test_a_plain_path_is_one_statement_on_sqlite(settings: Settings) -> None:
         assert traced(lambda: ns.lookup(ROOT, a, "b")).ino == ns.resolve(ROOT, "/a/b").ino
         assert len(statements) == 1, statements
 
+        for missing in (lambda: ns.lookup(ROOT, a, "nope"),  # before every create
+                        lambda: ns.resolve(ROOT, "/a/b/nope")):
+            statements.clear()
+            with pytest.raises(FsError) as e:
+                traced(missing)
+            assert e.value.errno == errno.ENOENT and len(statements) == 1, statements
+
         statements.clear()  # a symlink on the way: the general walk, in a transaction
         traced(lambda: ns.resolve(ROOT, "/a/to_b/f"))
         assert statements[1] == "BEGIN" and statements[-1] == "COMMIT"

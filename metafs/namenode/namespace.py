@@ -459,7 +459,7 @@ class Namespace:
         check_name(name, new=False)
         if name != "." and name != "..":
             found = self.engine.read_statement(
-                lambda conn: self._walk(conn, cred, parent, [name], False, False))
+                lambda conn: self._walk(conn, cred, parent, [name], False, False, name))
             if found is not None:
                 return found
         return self.query(lambda conn: self._lookup_entry(conn, cred, parent, name))
@@ -484,17 +484,19 @@ class Namespace:
         parts = [p for p in path.split("/") if p]
         if 0 < len(parts) <= WALK_MAX and "." not in parts and ".." not in parts:
             found = self.engine.read_statement(
-                lambda conn: self._walk(conn, cred, start, parts, follow, path.endswith("/")))
+                lambda conn: self._walk(conn, cred, start, parts, follow, path.endswith("/"),
+                                        path))
             if found is not None:
                 return found
         return self.query(lambda conn: self._resolve(conn, cred, path, start, follow))
 
     def _walk(self, conn: Connection, cred: Cred, start: int, parts: list[str], follow: bool,
-              must_dir: bool) -> pb.Entry | None:
+              must_dir: bool, missing: str) -> pb.Entry | None:
         """Resolve a plain path (no '.', '..') in one statement, as HopsFS resolves a path
-        in one round trip. Returns None whenever the general walk must decide: a symlink
-        to follow, a missing name, a denied search, a name too long, anything unusual; it
-        then runs in a transaction of its own and gives the exact answer or error."""
+        in one round trip. A name missing from a directory it may search is ENOENT (with
+        ``missing`` as the path of the error). Returns None whenever the general walk must
+        decide: a symlink to follow, a denied search, a name too long, anything unusual;
+        it then runs in a transaction of its own and gives the exact answer or error."""
         row = _walk_query(len(parts)).first(
             conn, start=start, **{f"n{k}": n for k, n in enumerate(parts, 1)})
         if row is None or row[0] is None:
@@ -506,9 +508,11 @@ class Namespace:
         for k in range(1, last + 1):
             if not stat.S_ISDIR(cur.mode) or not allowed(cred, cur.mode, cur.uid, cur.gid, X):
                 return None
-            nxt = row[k * _N_ATTR:(k + 1) * _N_ATTR]
-            if nxt[0] is None or len(parts[k - 1].encode("utf-8", "surrogatepass")) > NAME_MAX:
+            if len(parts[k - 1].encode("utf-8", "surrogatepass")) > NAME_MAX:
                 return None
+            nxt = row[k * _N_ATTR:(k + 1) * _N_ATTR]
+            if nxt[0] is None:  # searched for and not there: the answer, as on the long way
+                raise FsError(errno.ENOENT, "no such file or directory", missing)
             cur = _AttrRow(*nxt)
             if stat.S_ISLNK(cur.mode) and (k < last or follow):  # "link/" ends below
                 return None
