@@ -196,3 +196,26 @@ def test_bulk_calls_go_unary_and_others_over_streams(settings: Settings) -> None
     finally:
         srv.stop(0)
         nn.close()
+
+
+def test_importing_metafs_chooses_grpc_polling_io_unless_the_user_did() -> None:
+    """gRPC reads GRPC_EXPERIMENTS when it is first imported: `import metafs` sets it
+    before that (docs/design.md), and leaves a value the user set, even an empty one."""
+    import os
+    import subprocess
+    import sys
+
+    from metafs.config import GRPC_EXPERIMENTS
+
+    probe = ("import os, sys, metafs, metafs.config as c; "
+             "print(os.environ.get('GRPC_EXPERIMENTS')); print(c.tune_grpc())")
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    assert out[0] == GRPC_EXPERIMENTS
+    assert out[1] == "False"  # grpc is loaded now: too late to choose again
+    for mine in ("", "-event_engine_client"):
+        out = subprocess.run([sys.executable, "-c", probe],
+                             env={**env, "GRPC_EXPERIMENTS": mine}, capture_output=True,
+                             text=True, check=True).stdout.split("\n")
+        assert out[0] == mine
