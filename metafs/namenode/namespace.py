@@ -91,6 +91,17 @@ def _walk_query(depth: int) -> Prepared:
     return q
 
 
+def _readdir_query(attrs: bool, after: bool) -> Prepared:
+    """A page of a directory in name order: (name, *ATTR_COLS) or (name, ino, type)."""
+    q = (select(D.c.name, *ATTR_COLS).select_from(D.join(I, I.c.id == D.c.ino)) if attrs
+         else select(D.c.name, D.c.ino, D.c.mode))
+    q = q.where(D.c.parent == bindparam("ino"))
+    if after:
+        q = q.where(D.c.name > bindparam("cursor"))
+    return Prepared(q.order_by(D.c.name).limit(bindparam("lim")))
+
+
+_Q_READDIR = {(a, c): _readdir_query(a, c) for a in (False, True) for c in (False, True)}
 _Q_HAS_HANDLES = Prepared(select(H.c.id).where(H.c.ino == bindparam("ino")).limit(1))
 _Q_DIR_PARENT = Prepared(select(D.c.parent).where(D.c.ino == bindparam("ino")).limit(1))
 _Q_DIR_NONEMPTY = Prepared(select(D.c.name).where(D.c.parent == bindparam("ino")).limit(1))
@@ -647,20 +658,25 @@ class Namespace:
         def fn(conn: Connection) -> pb.ReadDirReply:
             d = self._dir(conn, ino)
             check(cred, d, R, "list this directory")
-            cond = [D.c.parent == ino]
+            params = {"ino": ino, "lim": limit + 1}
             if cursor:
-                cond.append(D.c.name > cursor)
-            if attrs:
-                q = select(D.c.name, *ATTR_COLS).select_from(D.join(I, I.c.id == D.c.ino))
-            else:
-                q = select(D.c.name, D.c.ino, D.c.mode)
-            rows = conn.execute(q.where(*cond).order_by(D.c.name).limit(limit + 1)).all()
+                params["cursor"] = cursor
+            cur = _Q_READDIR[bool(attrs), bool(cursor)].execute(conn, params)
+            try:
+                rows = cur.fetchall()
+            finally:
+                cur.close()
             reply = pb.ReadDirReply()
+            add = reply.entries.add
             for r in rows[:limit]:
-                if attrs:
-                    reply.entries.add(name=r.name, ino=r.id, mode=r.mode, attr=to_attr(r))
+                if attrs:  # (name, *ATTR_COLS); the attributes built in place
+                    add(name=r[0], ino=r[1], mode=r[2], attr={
+                        "ino": r[1], "mode": r[2], "nlink": r[3], "uid": r[4], "gid": r[5],
+                        "rdev": r[6], "size": r[7], "atime_ns": r[8], "mtime_ns": r[9],
+                        "ctime_ns": r[10], "btime_ns": r[11], "version": r[12],
+                        "generation": r[13], "inline": r[14] == STORAGE_INLINE})
                 else:
-                    reply.entries.add(name=r.name, ino=r.ino, mode=r.mode)
+                    add(name=r[0], ino=r[1], mode=r[2])
             reply.eof = len(rows) <= limit
             if reply.entries:
                 reply.next_cursor = reply.entries[-1].name
