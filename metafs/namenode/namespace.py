@@ -119,6 +119,15 @@ _Q_HANDLE = Prepared(select(H.c.flags, H.c.session).where(H.c.id == bindparam("h
 _Q_INSERT_DATA = Prepared(insert(FD).values(ino=bindparam("ino"), data=bindparam("data")))
 _Q_INSERT_XATTR = Prepared(insert(XA).values(ino=bindparam("ino"), name=bindparam("name"),
                                              value=bindparam("value")))
+_Q_XATTR = Prepared(select(XA.c.value).where(XA.c.ino == bindparam("ino"),
+                                             XA.c.name == bindparam("name")))
+_Q_XATTR_NAMES = Prepared(select(XA.c.name).where(XA.c.ino == bindparam("ino"))
+                          .order_by(XA.c.name))
+_Q_UPDATE_XATTR = Prepared(update(XA).where(XA.c.ino == bindparam("ino"),
+                                            XA.c.name == bindparam("name"))
+                           .values(value=bindparam("value")))
+_Q_DELETE_XATTR = Prepared(delete(XA).where(XA.c.ino == bindparam("ino"),
+                                            XA.c.name == bindparam("name")))
 _Q_INLINE = Prepared(select(FD.c.data).where(FD.c.ino == bindparam("ino")))
 _Q_SET_NLINK = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
     nlink=bindparam("new_nlink"), ctime_ns=bindparam("now")))
@@ -1157,7 +1166,7 @@ class Namespace:
         def fn(conn: Connection) -> pb.XattrReply:
             row = self._get(conn, ino)
             self._xattr_perm(cred, row, name, write=False)
-            v = conn.execute(select(XA.c.value).where(XA.c.ino == ino, XA.c.name == name)).scalar()
+            v = _Q_XATTR.scalar(conn, ino=ino, name=name)
             if v is None:
                 raise FsError(errno.ENODATA, "no such attribute", name)
             v = bytes(v)
@@ -1179,17 +1188,13 @@ class Namespace:
             self._lock(tx.conn, ino)
             row = self._get(tx.conn, ino)
             self._xattr_perm(cred, row, name, write=True)
-            have = tx.conn.execute(select(XA.c.name).where(XA.c.ino == ino, XA.c.name == name)
-                                   ).first() is not None
+            have = _Q_XATTR.first(tx.conn, ino=ino, name=name) is not None
             if have and flags & XATTR_CREATE:
                 raise FsError(errno.EEXIST, "attribute exists (XATTR_CREATE)", name)
             if not have and flags & XATTR_REPLACE:
                 raise FsError(errno.ENODATA, "no such attribute (XATTR_REPLACE)", name)
-            if have:
-                tx.conn.execute(update(XA).where(XA.c.ino == ino, XA.c.name == name)
-                                .values(value=value))
-            else:
-                tx.conn.execute(insert(XA).values(ino=ino, name=name, value=value))
+            (_Q_UPDATE_XATTR if have else _Q_INSERT_XATTR).run(
+                tx.conn, ino=ino, name=name, value=value)
             _Q_SET_CTIME.run(tx.conn, ino=ino, now=tx.now)
             tx.log(pb.OP_SETXATTR, ino, xattr_name=name,
                    xattr_value=value if name.startswith("user.") else b"")
@@ -1199,8 +1204,7 @@ class Namespace:
     def listxattr(self, cred: Cred, ino: int) -> list[str]:
         def fn(conn: Connection) -> list[str]:
             self._get(conn, ino)
-            names = conn.execute(select(XA.c.name).where(XA.c.ino == ino).order_by(XA.c.name)
-                                 ).scalars().all()
+            names = [r[0] for r in _Q_XATTR_NAMES.all(conn, ino=ino)]
             if not cred.is_root:
                 names = [n for n in names if not n.startswith("trusted.")]
             return list(names)
@@ -1214,7 +1218,7 @@ class Namespace:
             self._lock(tx.conn, ino)
             row = self._get(tx.conn, ino)
             self._xattr_perm(cred, row, name, write=True)
-            n = tx.conn.execute(delete(XA).where(XA.c.ino == ino, XA.c.name == name)).rowcount
+            n = _Q_DELETE_XATTR.run(tx.conn, ino=ino, name=name)
             if not n:
                 raise FsError(errno.ENODATA, "no such attribute", name)
             _Q_SET_CTIME.run(tx.conn, ino=ino, now=tx.now)
