@@ -92,6 +92,16 @@ def engine_settings(request: pytest.FixtureRequest, settings: Settings) -> Setti
     return settings
 
 
+@pytest.fixture
+def engine_namenode(engine_settings: Settings) -> Iterator[Namenode]:
+    """A namenode (no gRPC server, no background work) on each engine."""
+    node = Namenode(engine_settings, background=False)
+    try:
+        yield node
+    finally:
+        node.close()
+
+
 @pytest.fixture(params=[(e, t) for e in ENGINES for t in TRANSPORTS],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def fs_factory(request: pytest.FixtureRequest, settings: Settings):  # type: ignore[no-untyped-def]

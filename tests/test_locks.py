@@ -25,20 +25,9 @@ P, F = pb.LOCK_POSIX, pb.LOCK_FLOCK
 RD, WR, UN = pb.LOCK_READ, pb.LOCK_WRITE, pb.LOCK_UNLOCK
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def settings_for(request: pytest.FixtureRequest, settings: Settings) -> Settings:
-    if request.param == "postgres":
-        return settings.with_(db_url=request.getfixturevalue("pg_url"))
-    return settings
-
-
 @pytest.fixture
-def nn(settings_for: Settings) -> Iterator[Namenode]:
-    n = Namenode(settings_for, background=False)
-    try:
-        yield n
-    finally:
-        n.close()
+def nn(engine_namenode: Namenode) -> Namenode:
+    return engine_namenode
 
 
 @pytest.fixture
@@ -254,11 +243,11 @@ def test_locks_die_with_their_session_and_inode(clients, nn: Namenode) -> None:
     assert nn.ns.locks.list() == []
 
 
-def test_two_namenodes_never_grant_conflicting_locks(settings_for: Settings) -> None:
+def test_two_namenodes_never_grant_conflicting_locks(engine_settings: Settings) -> None:
     """Writers on two namenodes of one database race for one byte range: at no time do
     two of them hold it (a holder checks it is alone before it unlocks)."""
-    nns = [Namenode(settings_for, background=False) for _ in range(2)]
-    cs = [Client(settings=settings_for, transport=LocalTransport(nns[i % 2]))
+    nns = [Namenode(engine_settings, background=False) for _ in range(2)]
+    cs = [Client(settings=engine_settings, transport=LocalTransport(nns[i % 2]))
           for i in range(6)]
     try:
         ino = new_file(cs[0])

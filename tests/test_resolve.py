@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -27,12 +27,8 @@ CALLERS = {"root": ROOT, "alice": ALICE, "bob": BOB}
 
 
 @pytest.fixture
-def nn(engine_settings: Settings) -> Iterator[Namenode]:
-    node = Namenode(engine_settings, background=False)
-    try:
-        yield node
-    finally:
-        node.close()
+def nn(engine_namenode: Namenode) -> Namenode:
+    return engine_namenode
 
 
 def _mkdir(ns: Namespace, cred: Cred, path: str, mode: int = 0o755) -> int:
