@@ -169,11 +169,18 @@ _CALLER: ContextVar[Cred | None] = ContextVar("metafs_caller", default=None)
 _ALLOWED_TYPES = {stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK}
 
 
+def attr_fields(row: Any) -> dict[str, Any]:
+    """The fields of a ``pb.Attr`` of an inode row (a dict, which protobuf builds a nested
+    message from in place)."""
+    return {"ino": row.id, "mode": row.mode, "nlink": row.nlink, "uid": row.uid,
+            "gid": row.gid, "rdev": row.rdev, "size": row.size, "atime_ns": row.atime_ns,
+            "mtime_ns": row.mtime_ns, "ctime_ns": row.ctime_ns, "btime_ns": row.btime_ns,
+            "version": row.version, "generation": row.generation,
+            "inline": row.storage == STORAGE_INLINE}
+
+
 def to_attr(row: Any) -> pb.Attr:
-    return pb.Attr(ino=row.id, mode=row.mode, nlink=row.nlink, uid=row.uid, gid=row.gid,
-                   rdev=row.rdev, size=row.size, atime_ns=row.atime_ns, mtime_ns=row.mtime_ns,
-                   ctime_ns=row.ctime_ns, btime_ns=row.btime_ns, version=row.version,
-                   generation=row.generation, inline=row.storage == STORAGE_INLINE)
+    return pb.Attr(**attr_fields(row))
 
 
 def dict_attr(row: dict) -> pb.Attr:
@@ -679,11 +686,8 @@ class Namespace:
             add = reply.entries.add
             for r in rows[:limit]:
                 if attrs:  # (name, *ATTR_COLS); the attributes built in place
-                    add(name=r[0], ino=r[1], mode=r[2], attr={
-                        "ino": r[1], "mode": r[2], "nlink": r[3], "uid": r[4], "gid": r[5],
-                        "rdev": r[6], "size": r[7], "atime_ns": r[8], "mtime_ns": r[9],
-                        "ctime_ns": r[10], "btime_ns": r[11], "version": r[12],
-                        "generation": r[13], "inline": r[14] == STORAGE_INLINE})
+                    add(name=r[0], ino=r[1], mode=r[2],
+                        attr=attr_fields(_AttrRow._make(r[1:])))
                 else:
                     add(name=r[0], ino=r[1], mode=r[2])
             reply.eof = len(rows) <= limit
