@@ -34,7 +34,7 @@ from metafs.cdc.source import NamespaceSource  # noqa: E402
 from metafs.config import load  # noqa: E402
 from metafs.namenode.engine import engine_for  # noqa: E402
 from metafs.namenode.namespace import Namespace  # noqa: E402
-from metafs.namenode.perms import ROOT  # noqa: E402
+from metafs.posix import ROOT  # noqa: E402
 from metafs.proto import metafs_pb2 as pb  # noqa: E402
 
 LABELS = ["cat", "dog", "person", "car", "bicycle", "tree", "boat", "bird"]

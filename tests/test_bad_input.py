@@ -240,7 +240,7 @@ def test_surrogate_names(fs: Client) -> None:
 def test_surrogate_names_in_process(server: Any) -> None:
     """Straight to the namespace (no protobuf encoding on the way): still a clean error."""
     nn, _ = server
-    from metafs.namenode.perms import ROOT as R
+    from metafs.posix import ROOT as R
 
     bad = "\udce9x"
     for call in (lambda: nn.ns.mkdir(R, 1, bad, 0o755), lambda: nn.ns.lookup(R, 1, bad),

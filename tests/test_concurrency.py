@@ -270,7 +270,7 @@ def test_rename_rechecks_the_rename_lock_after_locking(pg_url: str, settings: Se
     time the row locks are held, while a crossing directory rename holds the rename lock
     (paused before its commit, its subtree check done): moving A into B's subtree must wait
     for it and then fail with EINVAL, never make a cycle beside it."""
-    from metafs.namenode.perms import ROOT as ROOT_CRED
+    from metafs.posix import ROOT as ROOT_CRED
 
     nn = Namenode(settings.with_(db_url=pg_url), background=False)
     ns = nn.ns

@@ -16,9 +16,9 @@ import pytest
 
 from metafs.config import Settings
 from metafs.errors import FsError
-from metafs.namenode.namespace import ROOT_INO, WALK_MAX, Namespace
-from metafs.namenode.perms import Cred
+from metafs.namenode.namespace import WALK_MAX, Namespace
 from metafs.namenode.server import Namenode
+from metafs.posix import ROOT_INO, Cred
 
 ROOT = Cred()
 ALICE = Cred(uid=1000, gid=1000)

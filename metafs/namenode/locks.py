@@ -49,9 +49,9 @@ from sqlalchemy import bindparam, delete, insert, or_, select
 from sqlalchemy.engine import Connection
 
 from ..errors import FsError
+from ..posix import R, W, Cred, allowed
 from ..proto import metafs_pb2 as pb
 from . import schema
-from .perms import R, W, Cred, allowed
 from .sql import Prepared
 
 if TYPE_CHECKING:

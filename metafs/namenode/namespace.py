@@ -28,10 +28,11 @@ from sqlalchemy.exc import IntegrityError
 
 from ..config import Settings
 from ..errors import FsError
+from ..posix import (NAME_MAX, PATH_MAX, ROOT, ROOT_INO, R, W, X, Cred, access_mask_to_want,
+                     allowed, check, check_name, check_path, check_sticky, is_owner)
 from ..proto import metafs_pb2 as pb
 from . import changelog, schema
 from .engine import MetaEngine
-from .perms import ROOT, R, W, X, Cred, allowed, check, check_sticky, is_owner
 from .sql import Prepared
 
 log = logging.getLogger("metafs.namenode")
@@ -46,9 +47,6 @@ H = schema.handles
 S = schema.sessions
 C = schema.counters
 
-ROOT_INO = schema.ROOT_INO
-NAME_MAX = 255
-PATH_MAX = 4096
 SYMLOOP_MAX = 40
 _RENAME_ATTEMPTS = 100  # restarts of one rename overtaken by changes of its names
 MAX_FILE_SIZE = (1 << 63) - 1  # sizes and offsets are signed 64-bit in every database
@@ -190,33 +188,6 @@ def dict_attr(row: dict) -> pb.Attr:
                    mtime_ns=row["mtime_ns"], ctime_ns=row["ctime_ns"], btime_ns=row["btime_ns"],
                    version=row["version"], generation=row["generation"],
                    inline=row["storage"] == STORAGE_INLINE)
-
-
-def check_name(name: str, *, new: bool = True) -> None:
-    """Validate one path component; ``new`` when it names an entry to be made."""
-    if not name:
-        raise FsError(errno.ENOENT, "empty file name")
-    if "/" in name or "\0" in name:
-        raise FsError(errno.EINVAL, "a file name may not contain '/' or NUL", name)
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise FsError(errno.EILSEQ, "file names must be valid UTF-8", name) from None
-    if size > NAME_MAX:
-        raise FsError(errno.ENAMETOOLONG, f"file name is {size} bytes; the limit is {NAME_MAX}")
-    if new and name in (".", ".."):
-        raise FsError(errno.EEXIST, f"{name!r} always exists", name)  # as Linux
-
-
-def check_path(path: str) -> None:
-    if "\0" in path:
-        raise FsError(errno.EINVAL, "a path may not contain NUL")
-    try:
-        size = len(path.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise FsError(errno.EILSEQ, "paths must be valid UTF-8") from None
-    if size >= PATH_MAX:
-        raise FsError(errno.ENAMETOOLONG, f"path is longer than {PATH_MAX - 1} bytes")
 
 
 @dataclass
@@ -659,8 +630,6 @@ class Namespace:
 
         def fn(conn: Connection) -> None:
             row = self._get(conn, ino)
-            from .perms import access_mask_to_want
-
             want = access_mask_to_want(mask)
             if want:
                 check(cred, row, want, "access this file")
@@ -836,7 +805,7 @@ class Namespace:
     def unlink(self, cred: Cred, parent: int, name: str) -> None:
         check_name(name, new=False)
         if name in (".", ".."):
-            raise FsError(errno.EISDIR if name == "." else errno.EISDIR, "is a directory", name)
+            raise FsError(errno.EISDIR, "is a directory", name)
 
         def fn(tx: Tx) -> None:
             target = self._lookup(tx.conn, parent, name)

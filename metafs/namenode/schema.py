@@ -25,12 +25,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from ..posix import ROOT_INO
+
 metadata = MetaData()
 
 # Names compare byte-wise everywhere so that keyset paging of directories is stable.
 NameText = Text().with_variant(String(collation="C"), "postgresql")
-
-ROOT_INO = 1
 
 inodes = Table(
     "inodes",

@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterator
 
 from ..config import Settings
 from ..errors import FsError
+from ..posix import ROOT_INO, Cred
 from ..proto import metafs_pb2 as pb
-from .namespace import ROOT_INO, Namespace
-from .perms import Cred
+from .namespace import Namespace
 
 log = logging.getLogger("metafs.namenode")
 

@@ -49,7 +49,7 @@ import grpc
 from ..config import Settings
 from ..errors import FsError
 from ..proto import metafs_pb2 as pb
-from ..namenode.perms import Cred
+from ..posix import Cred
 
 log = logging.getLogger("metafs.auth")
 

@@ -1,4 +1,4 @@
-"""``metafs fsck``: check the invariants of ARCHITECTURE.md on a live metadata database,
+"""``metafs fsck``: check the metadata invariants (docs/design.md) on a live metadata database,
 report what is wrong, and with ``repair`` fix what can be fixed.
 
 Checks (each finding has a ``kind``):

@@ -17,10 +17,10 @@ from sqlalchemy import and_, literal, select, true, union
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
+from ...posix import ROOT_INO
 from .classify import classify
 from .store import EDGES, FILES, RUNS, VERSIONS, ProvenanceStore
 
-ROOT_INO = 1
 _CHUNK = 5000
 
 

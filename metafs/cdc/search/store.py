@@ -30,11 +30,11 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ...posix import ROOT_INO
 from ...proto import metafs_pb2 as pb
 from .query import ext_of, type_of_mode
 from .tags import NUM, STR, TEXT, collect, flatten_key, tag_key
 
-ROOT_INO = 1
 RENAME_EXCHANGE = 2
 
 SCHEMA_VERSION = 2
