@@ -234,7 +234,7 @@ def _extension_registrars() -> list[Registrar]:
     for modname, fn in (("metafs.fuse.cli", "add_commands"),
                         ("metafs.cdc.search.cli", "add_search_commands"),
                         ("metafs.cdc.provenance.cli", "add_commands"),
-                        ("metafs.blockstore.cli", "add_commands"),
+                        ("metafs.namenode.cli", "add_commands"),
                         ("metafs.ops.cli", "add_commands")):
         try:
             mod = __import__(modname, fromlist=[fn])

@@ -13,7 +13,7 @@ import pytest
 
 from metafs.blockstore import BlockNotFound, BlockStore, LocalStore, open_store
 from metafs.blockstore.base import (ChecksumError, checksum, new_key, read_verified, verify)
-from metafs.blockstore.gc import gc, gc_main
+from metafs.namenode.gc import gc, gc_main
 from metafs.config import load
 from metafs.errors import FsError
 from metafs.namenode.server import Namenode

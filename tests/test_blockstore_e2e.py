@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from metafs.blockstore.gc import gc
+from metafs.namenode.gc import gc
 from metafs.client import Client
 from metafs.config import load
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from metafs.blockstore import open_store
-from metafs.blockstore.gc import gc
+from metafs.namenode.gc import gc
 from metafs.client import Client
 from metafs.config import load
 from metafs.errors import FsError

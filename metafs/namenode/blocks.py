@@ -6,7 +6,7 @@ upload new blocks straight to the store and then call CommitBlocks, which, in on
 transaction, checks that every new block is stored, swaps the chunk mappings, sets the size,
 bumps the data version and appends an OP_WRITE record. Replaced blocks go to the
 ``block_garbage`` list and stay in the store for the grace period, so a reader that holds
-an older layout is never torn; garbage collection (:mod:`metafs.blockstore.gc`) removes
+an older layout is never torn; garbage collection (:mod:`metafs.namenode.gc`) removes
 them afterwards.
 
 The namenode moves block bytes only when a file crosses the inline limit by truncation
@@ -30,9 +30,9 @@ from ..blockstore import BlockStore, open_store
 from ..blockstore.base import (BlockInfo, check_key, checksum, key_belongs_to, new_key,
                                parse_checksum, pieces_for, read_verified)
 from ..errors import FsError
+from ..posix import R, W, Cred, check
 from ..proto import metafs_pb2 as pb
 from . import schema
-from .perms import R, W, Cred, check
 from .namespace import _BUMP, _update_inode
 from .sql import Prepared
 
@@ -512,7 +512,7 @@ class BlockLayer:
         interval = self.settings.gc_interval if interval is None else interval
         if interval <= 0 or self._gc_thread is not None:
             return
-        from ..blockstore.gc import gc
+        from .gc import gc
 
         def loop() -> None:
             while not self._gc_stop.wait(interval):

@@ -1,4 +1,5 @@
-"""``metafs gc``: garbage collection of the block store, as a subcommand of ``metafs``."""
+"""``metafs gc``: the namenode's garbage collection of the block store, as a subcommand of
+``metafs`` (it runs on the metadata database directly, without a namenode process)."""
 
 from __future__ import annotations
 

@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from ..namenode.blocks import BlockLayer
-    from ..namenode.namespace import Namespace
+    from .blocks import BlockLayer
+    from .namespace import Namespace
 
-log = logging.getLogger("metafs.blockstore.gc")
+log = logging.getLogger("metafs.namenode.gc")
 
 
 @dataclass
@@ -108,8 +108,8 @@ def gc(target: "BlockLayer | Namespace", *, grace: float | None = None,
 def gc_main(args: Sequence[str] | None = None) -> int:
     """``metafs gc``: collect garbage in the block store of a metafs file system."""
     from .. import config
-    from ..namenode.engine import engine_for
-    from ..namenode.namespace import Namespace
+    from .engine import engine_for
+    from .namespace import Namespace
 
     p = argparse.ArgumentParser(prog="metafs gc", description=(
         "Remove blocks no file references (overwritten, deleted, or uploaded by a client "
