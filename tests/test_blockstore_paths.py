@@ -356,16 +356,20 @@ def test_presigned_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_block_size_recorded_by_two_namenodes_at_once(pg_url: str) -> None:
     """Two transactions insert the chunk size at the same moment: the second waits for the
     first and then reads its value instead of failing on the unique key."""
-    from sqlalchemy import create_engine, select
+    from sqlalchemy import select
 
     from metafs.namenode import schema
-    from metafs.namenode.blocks import _insert_ignoring_conflict
+    from metafs.namenode.engine import PostgresEngine
 
-    url = "postgresql+psycopg://" + pg_url.split("://", 1)[1]
     s = load(overrides={"db_url": pg_url, "data_dir": "/nonexistent"}, environ={})
     Namenode(s, background=False).close()       # creates the schema
-    eng = create_engine(url, isolation_level="READ COMMITTED")
+    pg = PostgresEngine(pg_url, s)
+    eng = pg.engine                              # READ COMMITTED, as the namenode writes
     C = schema.counters
+
+    def insert_block_size(value: int):  # type: ignore[no-untyped-def]
+        return pg.insert_if_absent(C, {"name": "block_size", "value": value}, [C.c.name])
+
     first_inserted = threading.Event()
     errors: list[BaseException] = []
     seen: list[int] = []
@@ -374,7 +378,7 @@ def test_block_size_recorded_by_two_namenodes_at_once(pg_url: str) -> None:
         try:
             first_inserted.wait()
             with eng.begin() as conn:
-                conn.execute(_insert_ignoring_conflict(conn, "block_size", 999))
+                conn.execute(insert_block_size(999))
                 seen.append(conn.execute(select(C.c.value).where(
                     C.c.name == "block_size")).scalar_one())
         except BaseException as exc:  # noqa: BLE001
@@ -383,11 +387,11 @@ def test_block_size_recorded_by_two_namenodes_at_once(pg_url: str) -> None:
     t = threading.Thread(target=second)
     t.start()
     with eng.begin() as conn:
-        conn.execute(_insert_ignoring_conflict(conn, "block_size", 4 * MiB))
+        conn.execute(insert_block_size(4 * MiB))
         first_inserted.set()
         t.join(0.5)                              # the second one waits on our row
     t.join()
-    eng.dispose()
+    pg.dispose()
     assert not errors and seen == [4 * MiB]
     # and the namenodes agree on it
     a, b = Namenode(s, background=False), Namenode(s, background=False)

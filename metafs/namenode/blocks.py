@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from sqlalchemy import bindparam, delete, insert, literal, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from ..blockstore import BlockStore, open_store
@@ -62,26 +62,6 @@ _Q_INSERT_BLOCK = Prepared(insert(B).values(
     ino=bindparam("ino"), idx=bindparam("idx"), key=bindparam("key"),
     length=bindparam("length"), checksum=bindparam("checksum")))
 _Q_DELETE_DATA = Prepared(delete(FD).where(FD.c.ino == bindparam("ino")))
-
-
-def _insert_ignoring_conflict(conn: Connection, name: str, value: int) -> Any:
-    """``INSERT`` of a counter row that does nothing when the row exists (PostgreSQL and
-    SQLite: ON CONFLICT DO NOTHING; others: insert only when absent)."""
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(C).values(name=name, value=value).on_conflict_do_nothing(
-            index_elements=[C.c.name])
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(C).values(name=name, value=value).on_conflict_do_nothing(
-            index_elements=[C.c.name])
-    return insert(C).from_select(
-        ["name", "value"],
-        select(literal(name), literal(value)).where(
-            ~select(C.c.name).where(C.c.name == name).exists()))
 
 
 def attach(namenode: Any) -> "BlockLayer":
@@ -138,7 +118,8 @@ class BlockLayer:
                 return self.settings.block_size  # nothing is stored in blocks yet
             # Several namenodes may record it at the same moment: the first one wins and
             # the others read what it recorded (no unique-key error).
-            conn.execute(_insert_ignoring_conflict(conn, "block_size", self.settings.block_size))
+            conn.execute(self.ns.engine.insert_if_absent(
+                C, {"name": "block_size", "value": self.settings.block_size}, [C.c.name]))
             val = conn.execute(select(C.c.value).where(C.c.name == "block_size")).scalar()
             if val is None:  # pragma: no cover - a conflicting row must be visible now
                 raise FsError(errno.EAGAIN, "the block size is being recorded; try again")

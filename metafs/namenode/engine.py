@@ -2,8 +2,9 @@
 
 The namespace logic (namespace.py) is written once against :class:`MetaEngine`. An engine
 says how to open connections, how to start a read or a write transaction, which errors are
-worth retrying, and how to allocate ids. Engines pass one conformance suite
-(tests/test_conformance.py).
+worth retrying, and how to allocate ids; and it owns the few statements whose SQL differs
+between databases (row locks, insert-if-absent), so the namespace has no engine branches.
+Engines pass one conformance suite (tests/test_conformance.py).
 
 - :class:`SqliteEngine`: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for every write so
   writers queue on the database lock instead of failing with "database is locked".
@@ -23,11 +24,16 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-from sqlalchemy import bindparam, create_engine, event, text, update
+from sqlalchemy import Column, Select, Table, bindparam, create_engine, event, literal, select
+from sqlalchemy import insert as sa_insert
+from sqlalchemy import text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.sql.expression import Executable
 
 from ..config import Settings
 from ..errors import FsError
@@ -38,12 +44,14 @@ log = logging.getLogger("metafs.namenode.engine")
 
 T = TypeVar("T")
 
+_I = schema.inodes
+_C = schema.counters
+
 
 class MetaEngine:
     """The contract every metadata engine implements."""
 
     name = "abstract"
-    supports_for_update = True
 
     def __init__(self, url: str, settings: Settings) -> None:
         self.url = url
@@ -76,6 +84,32 @@ class MetaEngine:
         """Reserve ``n`` unused ids of ``kind`` ("inode" or "handle"). Must not serialize
         writers for longer than the statement."""
         raise NotImplementedError
+
+    # -- the dialect surface; the defaults are for databases with row locks --
+    def lock_inodes(self, conn: Connection, *inos: int) -> None:
+        """Lock inode rows (ids of 0 are ignored) in ascending id order, the global lock
+        order of every write transaction, until the transaction ends."""
+        ids = sorted({i for i in inos if i})
+        if ids:
+            conn.execute(select(_I.c.id).where(_I.c.id.in_(ids)).order_by(_I.c.id)
+                         .with_for_update()).all()
+
+    def lock_renames(self, conn: Connection) -> None:
+        """Take the one rename lock (a counter row) until the transaction ends."""
+        conn.execute(select(_C.c.value).where(_C.c.name == "rename_lock")
+                     .with_for_update()).all()
+
+    def for_update(self, query: Select) -> Select:
+        """``query`` made to lock the rows it reads until the transaction ends."""
+        return query.with_for_update()
+
+    def insert_if_absent(self, table: Table, values: dict[str, Any],
+                         key: Sequence[Column]) -> Executable:
+        """An INSERT of one row that does nothing when a row with the same ``key`` exists
+        (waiting for a concurrent insert of that key to commit or roll back first)."""
+        return sa_insert(table).from_select(
+            list(values), select(*(literal(v) for v in values.values())).where(
+                ~select(*key).where(*(c == values[c.key] for c in key)).exists()))
 
     # -- shared --
     def setup(self) -> list[int]:
@@ -142,7 +176,6 @@ class MetaEngine:
 
 class SqliteEngine(MetaEngine):
     name = "sqlite"
-    supports_for_update = False
 
     def __init__(self, url: str, settings: Settings) -> None:
         self._all: list[Connection] = []
@@ -252,6 +285,21 @@ class SqliteEngine(MetaEngine):
             return "locked" in msg or "busy" in msg
         return False
 
+    # Writers are serialized by BEGIN IMMEDIATE: a write transaction holds the database
+    # lock from its start, so there are no row locks to take.
+    def lock_inodes(self, conn: Connection, *inos: int) -> None:
+        pass
+
+    def lock_renames(self, conn: Connection) -> None:
+        pass
+
+    def for_update(self, query: Select) -> Select:
+        return query
+
+    def insert_if_absent(self, table: Table, values: dict[str, Any],
+                         key: Sequence[Column]) -> Executable:
+        return sqlite_insert(table).values(values).on_conflict_do_nothing(index_elements=key)
+
     def allocate_ids(self, conn: Connection, kind: str, n: int) -> list[int]:
         # Writers are serialized by BEGIN IMMEDIATE, so a counter row costs nothing extra.
         last = _Q_ALLOCATE.scalar(conn, kind=kind, n=n)
@@ -346,6 +394,10 @@ class PostgresEngine(MetaEngine):
             return True
         # A lost connection rolled the transaction back only if COMMIT was not yet sent.
         return not committing and self.is_connection_error(exc)
+
+    def insert_if_absent(self, table: Table, values: dict[str, Any],
+                         key: Sequence[Column]) -> Executable:
+        return pg_insert(table).values(values).on_conflict_do_nothing(index_elements=key)
 
     def allocate_ids(self, conn: Connection, kind: str, n: int) -> list[int]:
         # A sequence takes no lock that lives until commit, so concurrent creators on any

@@ -297,18 +297,14 @@ class Namespace:
         return row
 
     def _lock(self, conn: Connection, *inos: int) -> None:
-        """Lock inode rows in ascending id order (a no-op where writers are serialized)."""
-        if self.engine.supports_for_update:
-            ids = sorted({i for i in inos if i})
-            if ids:
-                conn.execute(select(I.c.id).where(I.c.id.in_(ids)).order_by(I.c.id)
-                             .with_for_update()).all()
+        """Lock inode rows in ascending id order (the engine's; a no-op where writers are
+        serialized)."""
+        self.engine.lock_inodes(conn, *inos)
 
     def _lock_renames(self, conn: Connection) -> None:
         """Serialize renames that move a directory to another parent (as Linux does with
         its per-filesystem rename mutex): the subtree check is then exact."""
-        if self.engine.supports_for_update:
-            conn.execute(select(C.c.value).where(C.c.name == "rename_lock").with_for_update()).all()
+        self.engine.lock_renames(conn)
 
     def _lookup(self, conn: Connection, parent: int, name: str) -> Any:
         return _Q_LOOKUP.first(conn, parent=parent, name=name)

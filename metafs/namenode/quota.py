@@ -130,13 +130,12 @@ class Quotas:
         dirs: set[int] = set()
         for d in starts:
             dirs.update(self._ancestors(conn, d))
-        quotas = select(Q).where(Q.c.ino.in_(sorted(dirs))).order_by(Q.c.ino)
-        if self.ns.engine.supports_for_update:
-            # Lock the quota rows (ascending ino, one global order) before counting: a
-            # concurrent grower under the same quota waits here until this transaction
-            # ends, and its count (a new statement, so a new READ COMMITTED snapshot)
-            # then sees what this one added. Without it both could count, pass and commit.
-            quotas = quotas.with_for_update()
+        # Lock the quota rows (ascending ino, one global order) before counting: a
+        # concurrent grower under the same quota waits here until this transaction ends,
+        # and its count (a new statement, so a new READ COMMITTED snapshot) then sees what
+        # this one added. Without it both could count, pass and commit.
+        quotas = self.ns.engine.for_update(
+            select(Q).where(Q.c.ino.in_(sorted(dirs))).order_by(Q.c.ino))
         for q in conn.execute(quotas).all():
             files, nbytes = usage(conn, q.ino)
             if q.max_files and files > q.max_files:
