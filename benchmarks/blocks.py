@@ -136,11 +136,11 @@ def dir_target(root: Path) -> Target:
 # ---------------------------------------------------------------- metafs
 NAMENODE = """
 import sys, time
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.config import load
-from metafs.namenode.server import Namenode, serve_grpc
 s = load(overrides={"data_dir": sys.argv[1], "blocks_url": sys.argv[2] or None,
                     "s3_endpoint": sys.argv[3] or None, "gc_interval": 0})
-nn = Namenode(s)
+nn = build_namenode(s)
 srv = serve_grpc(nn, "127.0.0.1:0")
 print(srv.address, flush=True)
 while True:

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
 
-    from metafs.namenode.server import Namenode, serve_grpc
+    from metafs.assembly import build_namenode, serve_grpc
     from metafs.config import load
 
     results: list[dict[str, Any]] = []
@@ -175,11 +175,11 @@ def main(argv: list[str] | None = None) -> int:
                     address = ""
                     nn = server = None
                     if mode == "grpc":
-                        nn = Namenode(load(overrides=kw, environ={}))
+                        nn = build_namenode(load(overrides=kw, environ={}))
                         server = serve_grpc(nn, "127.0.0.1:0")
                         address = server.address
                     else:
-                        Namenode(load(overrides=kw, environ={}), background=False).close()
+                        build_namenode(load(overrides=kw, environ={}), background=False).close()
                     print(f"metafs {engine} {mode} x{c} ...", file=sys.stderr, flush=True)
                     rates = _run_metafs(kw, address, c, args.n)
                     row = {"system": "metafs", "engine": engine, "mode": mode,

@@ -65,13 +65,12 @@ def _setup_logging(level: str) -> None:
 
 # ---------------------------------------------------------------------- serve
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .namenode.server import Namenode, serve_grpc
-
+    from .assembly import build_namenode, serve_grpc
     from .ops.cli import serve_overrides, start_serve_extras
 
     s = settings_from(args, **serve_overrides(args))
     _setup_logging(s.log_level)
-    nn = Namenode(s)
+    nn = build_namenode(s)
     server = serve_grpc(nn, s.listen)
     start_serve_extras(nn, s)  # Prometheus metrics endpoint, when configured
     # Everything loaded so far lives as long as the process: keep it out of the cyclic

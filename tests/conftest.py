@@ -16,9 +16,10 @@ from typing import Iterator
 
 import pytest
 
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.client import Client
 from metafs.config import Settings, load
-from metafs.namenode.server import GrpcServer, Namenode, serve_grpc
+from metafs.namenode.server import GrpcServer, Namenode
 
 _db_counter = itertools.count()
 
@@ -75,7 +76,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def start_namenode(settings: Settings) -> tuple[Namenode, GrpcServer]:
-    nn = Namenode(settings)
+    nn = build_namenode(settings)
     return nn, serve_grpc(nn, "127.0.0.1:0")
 
 
@@ -95,7 +96,7 @@ def engine_settings(request: pytest.FixtureRequest, settings: Settings) -> Setti
 @pytest.fixture
 def engine_namenode(engine_settings: Settings) -> Iterator[Namenode]:
     """A namenode (no gRPC server, no background work) on each engine."""
-    node = Namenode(engine_settings, background=False)
+    node = build_namenode(engine_settings, background=False)
     try:
         yield node
     finally:

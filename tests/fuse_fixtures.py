@@ -16,8 +16,9 @@ from typing import Iterator
 
 import pytest
 
-from metafs.namenode.server import GrpcServer, Namenode, serve_grpc
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.config import Settings, load
+from metafs.namenode.server import GrpcServer, Namenode
 
 FUSE_AVAILABLE = (os.path.exists("/dev/fuse") and os.geteuid() == 0
                   and shutil.which("fusermount3") is not None)
@@ -131,7 +132,7 @@ class GrpcNamenode:
         self.address = ""
 
     def start(self, port: int = 0) -> "GrpcNamenode":
-        self.nn = Namenode(self.settings)
+        self.nn = build_namenode(self.settings)
         self.server = serve_grpc(self.nn, f"127.0.0.1:{port}")
         self.address = self.server.address
         return self

@@ -21,11 +21,11 @@ import grpc
 import pytest
 from grpc_status import rpc_status
 
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.client import Client
 from metafs.client.transport import LocalTransport
 from metafs.config import Settings
 from metafs.errors import FsError
-from metafs.namenode.server import Namenode, serve_grpc
 from metafs.proto import metafs_pb2 as pb
 from metafs.proto import metafs_pb2_grpc as pb_grpc
 
@@ -34,7 +34,7 @@ ROOT = pb.Caller(uid=0, gid=0, client_id="bad-input-test")
 
 @pytest.fixture
 def server(settings: Settings) -> Iterator[Any]:
-    nn = Namenode(settings, background=False)
+    nn = build_namenode(settings, background=False)
     srv = serve_grpc(nn, "127.0.0.1:0")
     try:
         yield nn, srv
@@ -443,7 +443,7 @@ def test_malformed_grpc_requests(server: Any, fs: Client) -> None:
 def test_unexpected_error_is_eio_and_logged(settings: Settings, caplog: Any) -> None:
     """A real unexpected failure (a table gone from under the namenode): EIO for the caller,
     the traceback in the namenode's log only."""
-    nn = Namenode(settings, background=False)
+    nn = build_namenode(settings, background=False)
     srv = serve_grpc(nn, "127.0.0.1:0")
     try:
         for c in (Client(settings=settings, transport=LocalTransport(nn), uid=0, gid=0),

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from metafs.assembly import build_namenode
 from metafs.blockstore import BlockNotFound, BlockStore, LocalStore, open_store
 from metafs.blockstore.base import (ChecksumError, checksum, new_key, read_verified, verify)
-from metafs.namenode.gc import gc, gc_main
 from metafs.config import load
 from metafs.errors import FsError
+from metafs.namenode.gc import gc, gc_main
 from metafs.namenode.server import Namenode
 from metafs.proto import metafs_pb2 as pb
 
@@ -179,7 +180,7 @@ def nn(tmp_path: Path):  # type: ignore[no-untyped-def]
     s = load(overrides={"data_dir": str(tmp_path / "d"), "block_size": BS,
                         "inline_limit": 4096, "block_checksum_piece": PIECE,
                         "gc_interval": 0}, environ={})
-    n = Namenode(s, background=False)
+    n = build_namenode(s, background=False)
     yield n
     n.close()
 

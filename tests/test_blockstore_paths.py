@@ -14,12 +14,13 @@ from typing import Any, Iterator
 
 import pytest
 
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.blockstore import client as block_client
 from metafs.blockstore.client import cache_dir_for
 from metafs.blockstore.presigned import PresignedStore
 from metafs.client import Client
 from metafs.config import Settings, load
-from metafs.namenode.server import Namenode, serve_grpc
+from metafs.namenode.server import Namenode
 
 from blockstore_fixtures import FaultProxy, fault_proxy, make_bucket, moto_url  # noqa: F401
 
@@ -167,7 +168,7 @@ def test_a_reader_keeps_what_its_open_brought_when_the_name_goes(fs: Client) -> 
 # ---------------------------------------------------------------- layouts per version
 def test_layout_cached_per_version_and_refreshed_when_changed(tmp_path: Path) -> None:
     s = _settings(tmp_path)
-    nn = Namenode(s)
+    nn = build_namenode(s)
     srv = serve_grpc(nn, "127.0.0.1:0")
     a = Client(settings=s.with_(namenode=srv.address))
     b = Client(settings=s.with_(namenode=srv.address))
@@ -262,7 +263,7 @@ def presigned(tmp_path: Path, moto_url: str,  # noqa: F811
     bucket = make_bucket(moto_url)
     s = _settings(tmp_path, blocks_url=f"s3://{bucket}/fs", s3_endpoint=moto_url,
                   block_cache_dir="off")
-    nn = Namenode(s)
+    nn = build_namenode(s)
     srv = serve_grpc(nn, "127.0.0.1:0")
 
     def no_credentials(*a: object, **k: object) -> None:
@@ -311,7 +312,7 @@ def test_presigned_url_refreshed_when_refused(tmp_path: Path, moto_url: str,  # 
     bucket = make_bucket(moto_url)
     s = _settings(tmp_path, blocks_url=f"s3://{bucket}/fs", s3_endpoint=fault_proxy.url,
                   block_cache_dir="off", s3_retries=2)
-    nn = Namenode(s)
+    nn = build_namenode(s)
     srv = serve_grpc(nn, "127.0.0.1:0")
     c = Client(settings=s.with_(namenode=srv.address, block_presign=True, s3_endpoint=""))
     try:
@@ -339,7 +340,7 @@ def test_presigned_url_refreshed_when_refused(tmp_path: Path, moto_url: str,  # 
 
 def test_presigned_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     s = _settings(tmp_path)
-    nn = Namenode(s)
+    nn = build_namenode(s)
     srv = serve_grpc(nn, "127.0.0.1:0")
     c = Client(settings=s.with_(namenode=srv.address, block_presign=True))
     try:
@@ -362,7 +363,7 @@ def test_block_size_recorded_by_two_namenodes_at_once(pg_url: str) -> None:
     from metafs.namenode.engine import PostgresEngine
 
     s = load(overrides={"db_url": pg_url, "data_dir": "/nonexistent"}, environ={})
-    Namenode(s, background=False).close()       # creates the schema
+    build_namenode(s, background=False).close()       # creates the schema
     pg = PostgresEngine(pg_url, s)
     eng = pg.engine                              # READ COMMITTED, as the namenode writes
     C = schema.counters
@@ -394,7 +395,7 @@ def test_block_size_recorded_by_two_namenodes_at_once(pg_url: str) -> None:
     pg.dispose()
     assert not errors and seen == [4 * MiB]
     # and the namenodes agree on it
-    a, b = Namenode(s, background=False), Namenode(s, background=False)
+    a, b = build_namenode(s, background=False), build_namenode(s, background=False)
     try:
         assert a.ns.blocks.block_size == b.ns.blocks.block_size == 4 * MiB
     finally:

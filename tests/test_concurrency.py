@@ -21,12 +21,12 @@ from typing import Any, Callable, Iterator
 import pytest
 from sqlalchemy import create_engine, func, select
 
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.client import Client
 from metafs.client.transport import LocalTransport
 from metafs.config import Settings
 from metafs.errors import FsError
 from metafs.namenode import schema
-from metafs.namenode.server import Namenode, serve_grpc
 from metafs.proto import metafs_pb2 as pb
 
 ROOT = 1
@@ -272,7 +272,7 @@ def test_rename_rechecks_the_rename_lock_after_locking(pg_url: str, settings: Se
     for it and then fail with EINVAL, never make a cycle beside it."""
     from metafs.posix import ROOT as ROOT_CRED
 
-    nn = Namenode(settings.with_(db_url=pg_url), background=False)
+    nn = build_namenode(settings.with_(db_url=pg_url), background=False)
     ns = nn.ns
     c = Client(settings=nn.settings, transport=LocalTransport(nn), uid=0, gid=0, groups=[])
     try:
@@ -340,7 +340,7 @@ def test_rename_rechecks_the_rename_lock_after_locking(pg_url: str, settings: Se
 
 
 def test_crossing_renames_sqlite(settings: Settings) -> None:
-    nn = Namenode(settings, background=False)
+    nn = build_namenode(settings, background=False)
     clients: list[Client] = []
 
     def make(t: int) -> Client:
@@ -449,7 +449,7 @@ def test_changelog_order_two_namenodes(pg_url: str, tmp_path: Path) -> None:
 def test_sqlite_many_clients_never_locked(settings: Settings) -> None:
     """Several namenodes (separate connection pools, as separate processes would have) on
     one SQLite file and many client threads: no call fails with "database is locked"."""
-    nns = [Namenode(settings, background=False) for _ in range(3)]
+    nns = [build_namenode(settings, background=False) for _ in range(3)]
     failures: list[str] = []
     try:
         boot = Client(settings=settings, transport=LocalTransport(nns[0]), uid=0, gid=0)
@@ -486,7 +486,7 @@ def test_sqlite_many_clients_never_locked(settings: Settings) -> None:
 # ---------------------------------------------------------------------- (d) subscriptions
 def test_subscribers_do_not_starve_calls(settings: Settings) -> None:
     s = settings.with_(max_subscribers=3, grpc_workers=2)
-    nn = Namenode(s, background=False)
+    nn = build_namenode(s, background=False)
     srv = serve_grpc(nn, "127.0.0.1:0")
     cs = s.with_(namenode=srv.address)
     clients = [Client(settings=cs, uid=0, gid=0) for _ in range(5)]

@@ -12,12 +12,13 @@ from typing import Any, Iterator
 
 import pytest
 
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.client import Client
 from metafs.client.transport import LocalTransport
 from metafs.config import Settings
 from metafs.errors import FsError
 from metafs.namenode.locks import OFFSET_MAX, Range, set_posix
-from metafs.namenode.server import Namenode, serve_grpc
+from metafs.namenode.server import Namenode
 from metafs.proto import metafs_pb2 as pb
 
 MAX = OFFSET_MAX
@@ -246,7 +247,7 @@ def test_locks_die_with_their_session_and_inode(clients, nn: Namenode) -> None:
 def test_two_namenodes_never_grant_conflicting_locks(engine_settings: Settings) -> None:
     """Writers on two namenodes of one database race for one byte range: at no time do
     two of them hold it (a holder checks it is alone before it unlocks)."""
-    nns = [Namenode(engine_settings, background=False) for _ in range(2)]
+    nns = [build_namenode(engine_settings, background=False) for _ in range(2)]
     cs = [Client(settings=engine_settings, transport=LocalTransport(nns[i % 2]))
           for i in range(6)]
     try:
@@ -292,7 +293,7 @@ def test_two_namenodes_never_grant_conflicting_locks(engine_settings: Settings) 
 
 
 def test_lock_over_grpc(settings: Settings) -> None:
-    nn = Namenode(settings, background=False)
+    nn = build_namenode(settings, background=False)
     server = serve_grpc(nn, "127.0.0.1:0")
     a = Client(settings=settings.with_(namenode=server.address))
     b = Client(settings=settings.with_(namenode=server.address))

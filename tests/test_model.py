@@ -23,6 +23,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from metafs.assembly import build_namenode
 from metafs.client import Client
 from metafs.client.transport import LocalTransport
 from metafs.namenode.server import Namenode
@@ -493,7 +494,7 @@ def _root_client(nn: Namenode) -> Client:
 
 
 def test_model_sqlite(settings) -> None:  # type: ignore[no-untyped-def]
-    nn = Namenode(settings, background=False)
+    nn = build_namenode(settings, background=False)
     fs = _root_client(nn)
     try:
         _run(NamespaceMachine, fs, examples=100, steps=30)
@@ -504,7 +505,7 @@ def test_model_sqlite(settings) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.postgres
 def test_model_postgres(settings, pg_url: str) -> None:  # type: ignore[no-untyped-def]
-    nn = Namenode(settings.with_(db_url=pg_url), background=False)
+    nn = build_namenode(settings.with_(db_url=pg_url), background=False)
     fs = _root_client(nn)
     try:
         _run(NamespaceMachine, fs, examples=15, steps=30)

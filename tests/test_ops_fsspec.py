@@ -17,17 +17,17 @@ from fsspec.tests.abstract.open import AbstractOpenTests
 from fsspec.tests.abstract.pipe import AbstractPipeTests
 from fsspec.tests.abstract.put import AbstractPutTests
 
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.client import Client
 from metafs.client.fsspec_fs import MetaFileSystem
 from metafs.config import load
-from metafs.namenode.server import Namenode, serve_grpc
 
 
 @pytest.fixture(scope="module")
 def namenode_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     d = tmp_path_factory.mktemp("fsspec")
     s = load(overrides={"data_dir": str(d / "data")}, environ={})
-    nn = Namenode(s)
+    nn = build_namenode(s)
     srv = serve_grpc(nn, "127.0.0.1:0")
     try:
         yield srv.address

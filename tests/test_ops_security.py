@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.client import Client
 from metafs.config import Settings
-from metafs.namenode.server import Namenode, serve_grpc
 from metafs.ops import certs
 from metafs.ops.auth import add_cert_identity, add_token
 from metafs.proto import metafs_pb2 as pb
@@ -48,7 +48,7 @@ def _serve(settings: Settings, pki: dict[str, Path], **kw: object):  # type: ign
     s = settings.with_(tls_cert=str(pki["server"]), tls_key=str(pki["server-key"]),
                        tls_ca=str(pki["ca"]), auth_file=str(pki["auth"]), rpc_timeout=10.0,
                        **kw)
-    nn = Namenode(s)
+    nn = build_namenode(s)
     return nn, serve_grpc(nn, "127.0.0.1:0"), s
 
 
@@ -158,7 +158,7 @@ def test_plaintext_client_refused_by_tls_namenode(token_cluster) -> None:  # typ
 def test_client_rejects_server_of_another_ca(settings, pki) -> None:  # type: ignore[no-untyped-def]
     s = settings.with_(tls_cert=str(pki["foreign-server"]),
                        tls_key=str(pki["foreign-server-key"]))
-    nn = Namenode(s)
+    nn = build_namenode(s)
     srv = serve_grpc(nn, "127.0.0.1:0")
     try:
         with pytest.raises(OSError) as ei:
@@ -237,7 +237,7 @@ def test_mtls_without_certificate_refused(mtls_cluster, pki) -> None:  # type: i
 
 def test_namenode_refuses_expired_server_certificate(settings, pki) -> None:  # type: ignore[no-untyped-def]
     s = settings.with_(tls_cert=str(pki["expired"]), tls_key=str(pki["expired-key"]))
-    nn = Namenode(s)
+    nn = build_namenode(s)
     try:
         with pytest.raises(PermissionError, match="expired on"):
             serve_grpc(nn, "127.0.0.1:0")
@@ -246,7 +246,7 @@ def test_namenode_refuses_expired_server_certificate(settings, pki) -> None:  # 
 
 
 def test_auth_without_identity_table_is_a_config_error(settings) -> None:  # type: ignore[no-untyped-def]
-    nn = Namenode(settings.with_(auth_mode="token"))
+    nn = build_namenode(settings.with_(auth_mode="token"))
     try:
         with pytest.raises(ValueError, match="needs an auth_file"):
             serve_grpc(nn, "127.0.0.1:0")

@@ -14,11 +14,12 @@ from typing import Callable
 import pytest
 from sqlalchemy import delete, insert, update
 
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.cli import main
 from metafs.client import Client
 from metafs.config import Settings
 from metafs.namenode import schema
-from metafs.namenode.server import Namenode, serve_grpc
+from metafs.namenode.server import Namenode
 from metafs.ops.fsck import fsck
 from metafs.ops.sync import Watcher, sync_tree
 
@@ -61,7 +62,7 @@ def _same(fs: Client, top: str, local: Path) -> bool:
 
 @pytest.fixture
 def remote(settings: Settings):  # type: ignore[no-untyped-def]
-    nn = Namenode(settings)
+    nn = build_namenode(settings)
     srv = serve_grpc(nn, "127.0.0.1:0")
     try:
         yield settings.with_(namenode=srv.address), nn
@@ -266,7 +267,7 @@ def test_quota_holds_under_concurrent_creates_on_postgres(settings: Settings,
     from metafs.client.transport import LocalTransport
 
     s = settings.with_(db_url=pg_url)
-    nns = [Namenode(s, background=False) for _ in range(2)]
+    nns = [build_namenode(s, background=False) for _ in range(2)]
     try:
         fss = [Client(settings=s, transport=LocalTransport(nn), uid=0, gid=0) for nn in nns]
         fss[0].makedirs("/q/a")
@@ -325,7 +326,7 @@ def test_fsck_finds_and_repairs_damage(engine: str, settings: Settings,
         fs.write_bytes("/x/y/lost", b"l")
         ino = {p: fs.stat(p).st_ino for p in ("/a", "/a/b", "/a/b/c", "/x", "/x/y",
                                               "/a/file", "/a/b/hard", "/x/y/lost")}
-    nn = Namenode(s, background=False)
+    nn = build_namenode(s, background=False)
     try:
         clean = fsck(nn.engine)
         assert clean.findings == [], clean.findings
@@ -384,7 +385,7 @@ def test_fsck_finds_and_repairs_damage(engine: str, settings: Settings,
 def test_metrics_endpoint(settings: Settings) -> None:
     from metafs.ops.metrics import serve_metrics
 
-    nn = Namenode(settings)
+    nn = build_namenode(settings)
     srv = serve_grpc(nn, "127.0.0.1:0")
     http = serve_metrics(0)
     try:
@@ -430,7 +431,7 @@ def test_backup_and_restore(engine: str, settings: Settings, tmp_path: Path,
         assert fs.read_bytes("/keep/me/f") == b"v1"
         assert not fs.exists("/later")
         fs.write_bytes("/works", b"after restore")
-    nn = Namenode(s, background=False)
+    nn = build_namenode(s, background=False)
     try:
         assert fsck(nn.engine).findings == []
     finally:

@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.client import Client
 from metafs.config import Settings
-from metafs.namenode.server import Namenode, serve_grpc
 
 ALICE, BOB, CAROL = (1000, 1000, []), (1001, 1001, [2000]), (1002, 1002, [1000])
 
@@ -46,7 +46,7 @@ class Users:
 @pytest.fixture
 def u(engine_settings: Settings) -> Iterator[Users]:
     s = engine_settings
-    nn = Namenode(s, background=False)
+    nn = build_namenode(s, background=False)
     srv = serve_grpc(nn, "127.0.0.1:0")
     users = Users(srv.address, s)
     # a home for each user, and a shared /tmp

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from metafs.assembly import build_namenode
 from metafs.config import Settings
 from metafs.errors import FsError
 from metafs.namenode.namespace import WALK_MAX, Namespace
@@ -166,7 +167,7 @@ def test_expected_answers_of_the_walk(nn: Namenode) -> None:
 
 
 def test_a_plain_path_is_one_statement_on_sqlite(settings: Settings) -> None:
-    node = Namenode(settings, background=False)
+    node = build_namenode(settings, background=False)
     try:
         ns = node.ns
         _tree(ns)

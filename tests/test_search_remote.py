@@ -14,10 +14,10 @@ from typing import Iterator
 
 import pytest
 
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.cdc.search.query import QueryError
 from metafs.client import Client
 from metafs.config import Settings
-from metafs.namenode.server import Namenode, serve_grpc
 from test_server import start_serve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_remote_clients_search_through_the_namenode(served: str, tmp_path: Path)
 
 
 def test_namenode_without_index_says_how_to_get_one(settings: Settings) -> None:
-    nn = Namenode(settings)
+    nn = build_namenode(settings)
     srv = serve_grpc(nn, "127.0.0.1:0")
     try:
         with Client(srv.address) as c:
@@ -105,7 +105,7 @@ def test_namenode_without_index_says_how_to_get_one(settings: Settings) -> None:
 
 
 def _search_served_by(settings: Settings, tmp_path: Path, uid: int) -> list[str]:
-    nn = Namenode(settings.with_(search_dir=str(tmp_path / "index")))
+    nn = build_namenode(settings.with_(search_dir=str(tmp_path / "index")))
     srv = serve_grpc(nn, "127.0.0.1:0")
     try:
         with Client(srv.address, uid=uid, gid=uid) as c:
@@ -123,7 +123,7 @@ def test_namenode_answers_from_a_separate_indexer(engine: str, settings: Setting
     s = settings
     if engine == "postgres":
         s = s.with_(db_url=request.getfixturevalue("pg_url"))
-    nn = Namenode(s)
+    nn = build_namenode(s)
     srv = serve_grpc(nn, "127.0.0.1:0")
     try:
         with Client(srv.address) as root:

@@ -18,10 +18,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.client import Client
 from metafs.client.transport import LocalTransport
 from metafs.config import DEFAULT_PORT, Settings, load
-from metafs.namenode.server import Namenode, serve_grpc
+from metafs.namenode.server import Namenode
 from metafs.proto import metafs_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +151,7 @@ CHILD = textwrap.dedent("""
 
 def test_orphans_reclaimed_after_client_crash(settings: Settings, tmp_path: Path) -> None:
     s = settings.with_(session_lease=1.0)
-    nn = Namenode(s, background=False)  # reclaim is called by hand below
+    nn = build_namenode(s, background=False)  # reclaim is called by hand below
     srv = serve_grpc(nn, "127.0.0.1:0")
     live = Client(settings=s, transport=LocalTransport(nn), uid=0, gid=0)
     try:
@@ -210,7 +211,7 @@ def test_postgres_restart_mid_workload(settings: Settings) -> None:
     srv = pgserver.get_server(d, cleanup_mode="stop")
     nn = None
     try:
-        nn = Namenode(settings.with_(db_url=srv.get_uri()), background=False)
+        nn = build_namenode(settings.with_(db_url=srv.get_uri()), background=False)
         fs = Client(settings=nn.settings, transport=LocalTransport(nn), uid=0, gid=0)
         fs.mkdir("/w")
         done: list[str] = []
@@ -360,7 +361,7 @@ def test_connection_lost_during_commit_is_eio_not_rerun(settings: Settings, pg_u
     heard so: the operation is not run again (it would answer EEXIST, or apply an append
     twice); the caller gets EIO saying the outcome is unknown, and the mkdir did commit."""
     proxy = _CommitDropper(pg_url)
-    nn = Namenode(settings.with_(db_url=proxy.url), background=False)
+    nn = build_namenode(settings.with_(db_url=proxy.url), background=False)
     try:
         fs = Client(settings=nn.settings, transport=LocalTransport(nn), uid=0, gid=0)
         fs.mkdir("/before")
@@ -429,7 +430,7 @@ def test_namenodes_starting_together_on_an_empty_database(settings: Settings,
     def start() -> None:
         try:
             go.wait()
-            started.append(Namenode(s, background=False))
+            started.append(build_namenode(s, background=False))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

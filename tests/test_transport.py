@@ -11,10 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.client import Client
 from metafs.client.transport import GrpcTransport
 from metafs.config import Settings
-from metafs.namenode.server import Namenode, serve_grpc
 from metafs.proto import metafs_pb2 as pb
 from metafs.proto import metafs_pb2_grpc as pb_grpc
 
@@ -43,7 +43,7 @@ def _streams_in_use(t: GrpcTransport) -> int:
 
 
 def test_streams_and_unary_calls_give_the_same_results(settings: Settings) -> None:
-    nn = Namenode(settings)
+    nn = build_namenode(settings)
     srv = serve_grpc(nn, "127.0.0.1:0")
     try:
         with Client(settings=settings.with_(namenode=srv.address)) as streamed, \
@@ -63,7 +63,7 @@ def test_streams_and_unary_calls_give_the_same_results(settings: Settings) -> No
 
 def test_clients_beyond_the_stream_limit_make_unary_calls(settings: Settings) -> None:
     s = settings.with_(max_call_streams=1)
-    nn = Namenode(s)
+    nn = build_namenode(s)
     srv = serve_grpc(nn, "127.0.0.1:0")
     clients = [Client(settings=s.with_(namenode=srv.address)) for _ in range(3)]
     errors: list[BaseException] = []
@@ -95,7 +95,7 @@ def test_clients_beyond_the_stream_limit_make_unary_calls(settings: Settings) ->
 
 def test_a_call_past_its_deadline_on_a_stream_is_eio_and_the_next_call_works(
         settings: Settings) -> None:
-    nn = Namenode(settings)
+    nn = build_namenode(settings)
     srv = serve_grpc(nn, "127.0.0.1:0")
     t = GrpcTransport(srv.address, timeout=0.5)
     try:
@@ -114,7 +114,7 @@ def test_a_call_past_its_deadline_on_a_stream_is_eio_and_the_next_call_works(
 
 
 def test_bad_frames_get_clear_errors_and_the_stream_goes_on(settings: Settings) -> None:
-    nn = Namenode(settings)
+    nn = build_namenode(settings)
     srv = serve_grpc(nn, "127.0.0.1:0")
     ch = grpc.insecure_channel(srv.address)
     try:
@@ -140,7 +140,7 @@ def test_bad_frames_get_clear_errors_and_the_stream_goes_on(settings: Settings) 
 
 def test_a_restarted_namenode_is_reached_again_through_new_streams(tmp_path: Path,
                                                                    settings: Settings) -> None:
-    nn = Namenode(settings)
+    nn = build_namenode(settings)
     srv = serve_grpc(nn, "127.0.0.1:0")
     port = srv.port
     c = Client(settings=settings.with_(namenode=srv.address, rpc_timeout=5))
@@ -151,7 +151,7 @@ def test_a_restarted_namenode_is_reached_again_through_new_streams(tmp_path: Pat
         with pytest.raises(OSError) as ei:
             c.stat("/before")
         assert ei.value.errno == errno.EIO
-        nn = Namenode(settings)
+        nn = build_namenode(settings)
         srv = serve_grpc(nn, f"127.0.0.1:{port}")
         deadline = time.monotonic() + 20
         while True:
@@ -174,7 +174,7 @@ def test_bulk_calls_go_unary_and_others_over_streams(settings: Settings) -> None
     parsed twice); the small calls around it still use the streams."""
     from metafs.client import BulkFile
 
-    nn = Namenode(settings)
+    nn = build_namenode(settings)
     srv = serve_grpc(nn, "127.0.0.1:0")
     try:
         with Client(settings=settings.with_(namenode=srv.address)) as c:

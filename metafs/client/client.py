@@ -117,6 +117,13 @@ class DirEntry:
         return f"<metafs.DirEntry {self.name!r}>"
 
 
+def start_embedded_namenode(settings: Settings) -> Any:
+    """Start the in-process namenode of ``Client(data_dir=...)``. The package entry
+    (``metafs/__init__``) replaces this with the factory of a namenode with its parts;
+    the client does not import the namenode itself."""
+    raise RuntimeError("no embedded namenode factory is installed")
+
+
 class Client:
     """A connection to a metafs namenode (remote over gRPC, or embedded in-process)."""
 
@@ -146,9 +153,7 @@ class Client:
                 if bound is not None and uid is None and gid is None and groups is None:
                     uid, gid, groups = bound
             else:
-                from ..namenode.server import Namenode
-
-                self._embedded = Namenode(settings)
+                self._embedded = start_embedded_namenode(settings)
                 transport = LocalTransport(self._embedded, owns=True)
         self.transport = transport
         self.client_id = uuid.uuid4().hex

@@ -3,6 +3,10 @@
 ``Namenode(settings)`` is what both an embedded client and ``metafs serve`` run; the gRPC
 server in :func:`serve_grpc` wraps its handlers so that every failure reaches the client as
 a status carrying an ``ErrorDetail`` (errno, message, path), never a traceback.
+
+The namenode imports no part above it: the code that starts it hands in its extensions
+(the Search call, metrics, authentication; see :mod:`metafs.assembly`), as ``extensions``
+of :class:`Namenode` and the ``wrap_handlers``/``install``/``bind`` of :class:`GrpcServer`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import errno
 import logging
 import threading
 from concurrent import futures
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import grpc
 from google.protobuf import any_pb2
@@ -32,12 +36,23 @@ log = logging.getLogger("metafs.namenode")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Namenode"].full_name
 
+# A part attached to a namenode when it starts: called with the namenode, returns the part
+# (kept in ``Namenode.extensions``; its ``close()``, if any, runs when the namenode closes).
+Extension = Callable[["Namenode"], Any]
+# Put in front of the handlers a gRPC server calls (metrics, for instance).
+HandlerWrapper = Callable[[Any], Any]
+# Called with the namenode and its gRPC server before it starts (more services, auth).
+ServerInstaller = Callable[["Namenode", grpc.Server], Any]
+# Makes the server listen on an address (TLS or not); returns the bound port (0: failed).
+Binder = Callable[[grpc.Server, str, Settings], int]
+
 
 class Namenode:
     """A namenode on one metadata database: what `metafs serve` runs, and what an embedded
     client runs in-process."""
 
-    def __init__(self, settings: Settings, *, background: bool = True) -> None:
+    def __init__(self, settings: Settings, *, background: bool = True,
+                 extensions: Sequence[Extension] = ()) -> None:
         self.settings = settings
         self.engine = engine_for(settings.effective_db_url, settings)
         self.ns = Namespace(self.engine, settings)
@@ -46,20 +61,19 @@ class Namenode:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.extensions: list[Any] = []  # attached parts (block layer, indexers, ...)
-        self._attach_extensions()
+        self._attach_extensions(extensions)
         if background:
             self.start_background(
                 "reclaim", self.ns.reclaim, max(1.0, settings.session_lease / 2))
 
-    def _attach_extensions(self) -> None:
-        """Attach optional parts that register themselves on the namespace: the block
-        layer, and the Search call (with its indexer when ``serve_index`` is set)."""
+    def _attach_extensions(self, extensions: Sequence[Extension]) -> None:
+        """Attach the block layer, then the parts the caller hands in (which register
+        themselves on the namespace or the handlers)."""
         from . import blocks
 
         self.extensions.append(blocks.attach(self))
-        from ..cdc.search import service
-
-        self.extensions.append(service.attach(self))
+        for attach in extensions:
+            self.extensions.append(attach(self))
 
     def start_background(self, name: str, fn: Callable[[], Any], every: float) -> None:
         def loop() -> None:
@@ -82,9 +96,6 @@ class Namenode:
                 close()
         for t in self._threads:
             t.join(timeout=5)
-        from ..ops.metrics import forget
-
-        forget(self.ns)
         self.engine.dispose()
 
 
@@ -183,14 +194,11 @@ def _call_stream(handlers: Handlers, gate: threading.BoundedSemaphore,
     return Calls
 
 
-def make_servicer(handlers: Handlers, max_subscribers: int,
+def make_servicer(handlers: Any, max_subscribers: int,
                   max_call_streams: int = 64) -> pb_grpc.NamenodeServicer:
     """A servicer whose every RPC calls the handler of the same name, and whose Calls
     stream carries any of the unary ones."""
     gate = threading.BoundedSemaphore(max_subscribers)
-    from ..ops.metrics import instrument  # Prometheus: ops by type and errno, latency
-
-    handlers = instrument(handlers)
     methods: dict[str, Any] = {}
     for m in pb.DESCRIPTOR.services_by_name["Namenode"].methods:
         if m.client_streaming:
@@ -205,8 +213,19 @@ def make_servicer(handlers: Handlers, max_subscribers: int,
     return cls()
 
 
+def _bind_insecure(server: grpc.Server, listen: str, _settings: Settings) -> int:
+    return server.add_insecure_port(listen)
+
+
 class GrpcServer:
-    def __init__(self, namenode: Namenode, listen: str) -> None:
+    """A namenode's gRPC server: the Namenode service (its handlers behind
+    ``wrap_handlers``), health and reflection, whatever ``install`` adds, listening as
+    ``bind`` says (plain TCP by default)."""
+
+    def __init__(self, namenode: Namenode, listen: str, *,
+                 wrap_handlers: HandlerWrapper | None = None,
+                 install: Sequence[ServerInstaller] = (),
+                 bind: Binder = _bind_insecure) -> None:
         s = namenode.settings
         self.namenode = namenode
         # Ordinary calls get grpc_workers threads; each changelog stream and each call
@@ -220,17 +239,18 @@ class GrpcServer:
                      ("grpc.max_send_message_length", 256 * 1024 * 1024),
                      ("grpc.so_reuseport", 0)],
         )
+        handlers: Any = namenode.handlers
+        if wrap_handlers is not None:
+            handlers = wrap_handlers(handlers)
         pb_grpc.add_NamenodeServicer_to_server(
-            make_servicer(namenode.handlers, s.max_subscribers, s.max_call_streams),
-            self.server)
+            make_servicer(handlers, s.max_subscribers, s.max_call_streams), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        from ..ops import auth  # TLS, mutual TLS and caller authentication
-
-        auth.install(namenode, self.server)
-        self.port = auth.bind(self.server, listen, s)
+        for add in install:
+            add(namenode, self.server)
+        self.port = bind(self.server, listen, s)
         if self.port == 0:
             raise OSError(errno.EADDRINUSE, f"cannot listen on {listen}")
         host = listen.rsplit(":", 1)[0]
@@ -251,5 +271,10 @@ class GrpcServer:
         self.server.wait_for_termination()
 
 
-def serve_grpc(namenode: Namenode, listen: str | None = None) -> GrpcServer:
-    return GrpcServer(namenode, listen or namenode.settings.listen).start()
+def serve_grpc(namenode: Namenode, listen: str | None = None, *,
+               wrap_handlers: HandlerWrapper | None = None,
+               install: Sequence[ServerInstaller] = (),
+               bind: Binder = _bind_insecure) -> GrpcServer:
+    """Start serving ``namenode`` over gRPC on ``listen`` (default: its ``listen``)."""
+    return GrpcServer(namenode, listen or namenode.settings.listen,
+                      wrap_handlers=wrap_handlers, install=install, bind=bind).start()

@@ -1,0 +1,51 @@
+"""A namenode with the parts metafs runs it with: what ``metafs serve`` and an embedded
+client (``Client(data_dir=...)``) start.
+
+The namenode package imports nothing above it; this module, which sits above the
+namenode, the changelog consumers and the operations tools, hands it its extensions:
+
+- the Search call (with its indexer when ``serve_index`` is set), from :mod:`metafs.cdc`;
+- Prometheus metrics of every RPC, and the changelog head while the namenode is open;
+- TLS, mutual TLS and caller authentication on its gRPC server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import Settings
+from .namenode.server import GrpcServer, Namenode
+from .namenode.server import serve_grpc as _serve_grpc
+
+
+class _MetricsRegistration:
+    """Keeps a namenode's changelog head in the metrics until it closes."""
+
+    def __init__(self, namenode: Namenode) -> None:
+        self.ns = namenode.ns
+
+    def close(self) -> None:
+        from .ops.metrics import forget
+
+        forget(self.ns)
+
+
+def _attach_search(namenode: Namenode) -> Any:
+    from .cdc.search import service
+
+    return service.attach(namenode)
+
+
+def build_namenode(settings: Settings, *, background: bool = True) -> Namenode:
+    """A namenode on ``settings``' database with the Search call and metrics attached."""
+    return Namenode(settings, background=background,
+                    extensions=(_attach_search, _MetricsRegistration))
+
+
+def serve_grpc(namenode: Namenode, listen: str | None = None) -> GrpcServer:
+    """Serve ``namenode`` over gRPC with metrics and authentication (TLS as configured)."""
+    from .ops import auth
+    from .ops.metrics import instrument
+
+    return _serve_grpc(namenode, listen, wrap_handlers=instrument, install=(auth.install,),
+                       bind=auth.bind)
