@@ -17,7 +17,8 @@ import pytest
 from metafs.assembly import build_namenode
 from metafs.config import Settings
 from metafs.errors import FsError
-from metafs.namenode.namespace import WALK_MAX, Namespace
+from metafs.namenode.lookups import WALK_MAX
+from metafs.namenode.namespace import Namespace
 from metafs.namenode.server import Namenode
 from metafs.posix import ROOT_INO, Cred
 

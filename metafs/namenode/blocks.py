@@ -33,11 +33,11 @@ from ..errors import FsError
 from ..posix import R, W, Cred, check
 from ..proto import metafs_pb2 as pb
 from . import schema
-from .namespace import _BUMP, _update_inode
+from .rows import BUMP, Tx, to_attr, update_inode
 from .sql import Prepared
 
 if TYPE_CHECKING:
-    from .namespace import Namespace, Tx
+    from .namespace import Namespace
 
 log = logging.getLogger("metafs.namenode.blocks")
 
@@ -189,7 +189,7 @@ class BlockLayer:
                     ino=ino, idx=idx, key=key, length=len(chunk),
                     checksum=checksum(chunk, self.settings.block_checksum_piece)))
         _Q_DELETE_DATA.run(tx.conn, ino=ino)
-        _update_inode(tx.conn, ino, {"storage": STORAGE_BLOCKS})
+        update_inode(tx.conn, ino, {"storage": STORAGE_BLOCKS})
 
     def truncate(self, tx: "Tx", row: Row, size: int) -> None:
         """Truncate a file in blocks to ``size`` bytes (the caller sets the size column). At
@@ -234,8 +234,6 @@ class BlockLayer:
     # ------------------------------------------------------------ RPCs
     def get_layout(self, cred: Cred, ino: int, handle: int = 0, first: int = 0,
                    count: int = 0, presign: bool = False) -> pb.LayoutReply:
-        from .namespace import to_attr
-
         def fn(conn: Connection) -> pb.LayoutReply:
             bs = self._bs(conn)
             row = self.ns._get(conn, ino)
@@ -318,8 +316,6 @@ class BlockLayer:
 
     def commit(self, cred: Cred, req: pb.CommitBlocksRequest) -> pb.Attr:
         """Point chunks of ``req.ino`` at newly stored blocks and set its size, atomically."""
-        from .namespace import to_attr
-
         bs = self.block_size
         ino = req.ino
         if req.size > MAX_FILE_SIZE:
@@ -413,10 +409,10 @@ class BlockLayer:
             if size < row.size:
                 self._drop_beyond(tx, ino, size)
             vals: dict[str, Any] = dict(size=size, mtime_ns=tx.now, ctime_ns=tx.now,
-                                        version=_BUMP, storage=STORAGE_BLOCKS)
+                                        version=BUMP, storage=STORAGE_BLOCKS)
             if not tx.cred.is_root and row.mode & (stat.S_ISUID | stat.S_ISGID):
                 vals["mode"] = self.ns._kill_priv(row.mode)
-            _update_inode(conn, ino, vals)
+            update_inode(conn, ino, vals)
             attr = to_attr(self.ns._row(conn, ino))
             tx.log(pb.OP_WRITE, ino, attr=attr)
             if req.release:

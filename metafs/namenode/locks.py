@@ -52,10 +52,11 @@ from ..errors import FsError
 from ..posix import R, W, Cred, allowed
 from ..proto import metafs_pb2 as pb
 from . import schema
+from .rows import Tx, to_attr
 from .sql import Prepared
 
 if TYPE_CHECKING:
-    from .namespace import Namespace, Tx
+    from .namespace import Namespace
 
 OFFSET_MAX = (1 << 63) - 1
 POSIX, FLOCK = "posix", "flock"
@@ -267,7 +268,7 @@ class Locks:
     def _granted(conn: Connection, row: Any) -> pb.LockReply:
         # a holder that sees everything up to ``head`` sees every change made before it
         # got the lock, in particular everything its predecessor did while holding it
-        return pb.LockReply(granted=True, type=pb.LOCK_UNLOCK, attr=_attr(row),
+        return pb.LockReply(granted=True, type=pb.LOCK_UNLOCK, attr=to_attr(row),
                             head=int(_Q_HEAD.scalar(conn) or 0))
 
     @staticmethod
@@ -308,12 +309,6 @@ class Locks:
             return [dict(r._mapping) for r in conn.execute(q)]
 
         return self.ns.query(fn)
-
-
-def _attr(row: Any) -> pb.Attr:
-    from .namespace import to_attr
-
-    return to_attr(row)
 
 
 def describe(kind: str, reply: pb.LockReply) -> str:

@@ -29,10 +29,11 @@ from sqlalchemy.engine import Connection
 from ..errors import FsError
 from ..proto import metafs_pb2 as pb
 from . import schema
+from .rows import Tx
 from .sql import Prepared
 
 if TYPE_CHECKING:
-    from .namespace import Namespace, Tx
+    from .namespace import Namespace
 
 Q = schema.quotas
 D = schema.dentries

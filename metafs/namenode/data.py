@@ -1,0 +1,233 @@
+"""Open handles and the data of inline files: open, release, read, write, truncate.
+
+Part of :class:`~metafs.namenode.namespace.Namespace` (a mixin: its methods use the
+namespace's row helpers and transactions)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Any
+
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.engine import Connection, Row
+
+from ..errors import FsError
+from ..posix import R, W, Cred, check
+from ..proto import metafs_pb2 as pb
+from .rows import (BUMP, CALLER, FD, H, MAX_FILE_SIZE, Q_DELETE_DATA, Q_INSERT_DATA, STORAGE_INLINE,
+                   Tx, to_attr, update_inode)
+from .sql import Prepared
+
+
+_Q_INSERT_HANDLE = Prepared(insert(H).values(id=bindparam("id"), ino=bindparam("ino"),
+                                             session=bindparam("session"),
+                                             flags=bindparam("flags"),
+                                             opened_ns=bindparam("opened_ns")))
+_Q_HANDLE = Prepared(select(H.c.flags, H.c.session).where(H.c.id == bindparam("hid"),
+                                                          H.c.ino == bindparam("ino")))
+_Q_INLINE = Prepared(select(FD.c.data).where(FD.c.ino == bindparam("ino")))
+_Q_UPDATE_DATA = Prepared(update(FD).where(FD.c.ino == bindparam("ino")).values(
+    data=bindparam("new_data")))
+_Q_HANDLE_BY_ID = Prepared(select(H.c.ino, H.c.session).where(H.c.id == bindparam("hid")))
+_Q_DELETE_HANDLE = Prepared(delete(H).where(H.c.id == bindparam("hid")))
+
+
+class FileData:
+    """Open handles and the data of inline files: open, release, read, write, truncate."""
+
+    # ------------------------------------------------------------------ handles
+    def open(self, cred: Cred, ino: int, flags: int, *, read_inline: bool = False
+             ) -> pb.OpenReply:
+        if read_inline and flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY:
+            # A reader of an inline file gets all of it now: no handle, and so no write
+            # transaction (the handle would only keep data alive that it already has).
+            reply = self.query(lambda conn: self._open_inline(conn, cred, ino))
+            if reply is not None:
+                return reply
+        return self.mutate(cred, lambda tx: self._open(tx, ino, flags))
+
+    def _open_inline(self, conn: Connection, cred: Cred, ino: int) -> pb.OpenReply | None:
+        row = self._get(conn, ino)
+        if not stat.S_ISREG(row.mode) or row.storage != STORAGE_INLINE:
+            return None  # the ordinary open decides (and gives the errors)
+        check(cred, row, R, "open this file")
+        data = self._inline(conn, ino)
+        if len(data) < row.size:  # implied zeros past the stored bytes
+            data += b"\0" * (row.size - len(data))
+        return pb.OpenReply(attr=to_attr(row), data=data, has_data=True)
+
+    def _open(self, tx: Tx, ino: int, flags: int) -> pb.OpenReply:
+        self._lock(tx.conn, ino)
+        row = self._get(tx.conn, ino)
+        acc = flags & os.O_ACCMODE
+        if acc not in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR):
+            raise FsError(errno.EINVAL, f"bad open flags {flags:#o}")
+        want = {os.O_RDONLY: R, os.O_WRONLY: W, os.O_RDWR: R | W}[acc]
+        if flags & os.O_TRUNC:
+            want |= W
+        if stat.S_ISDIR(row.mode) and want & W:
+            raise FsError(errno.EISDIR, "is a directory")
+        if stat.S_ISLNK(row.mode):
+            raise FsError(errno.ELOOP, "cannot open a symbolic link")
+        check(tx.cred, row, want, "open this file")
+        if flags & os.O_TRUNC and stat.S_ISREG(row.mode) and row.size:
+            self._truncate(tx, row, 0)
+            mode = row.mode if tx.cred.is_root else self._kill_priv(row.mode)
+            update_inode(tx.conn, ino, dict(size=0, mtime_ns=tx.now, ctime_ns=tx.now,
+                                             version=BUMP, mode=mode))
+            row = self._row(tx.conn, ino)
+            tx.log(pb.OP_WRITE, ino, attr=to_attr(row))
+        handle = self._new_handle(tx, ino, flags)
+        return pb.OpenReply(attr=to_attr(row), handle=handle)
+
+    def _new_handle(self, tx: Tx, ino: int, flags: int) -> int:
+        hid = self.engine.allocate_ids(tx.conn, "handle", 1)[0]
+        _Q_INSERT_HANDLE.run(tx.conn, id=hid, ino=ino, session=tx.cred.client_id or "",
+                             flags=flags, opened_ns=tx.now)
+        return hid
+
+    def release(self, cred: Cred, handle: int) -> None:
+        self.mutate(cred, lambda tx: self._release(tx, handle))
+
+    def _release(self, tx: Tx, handle: int) -> None:
+        row = _Q_HANDLE_BY_ID.first(tx.conn, hid=handle)
+        if row is None or row.session != (tx.cred.client_id or ""):
+            raise FsError(errno.EBADF, f"bad file handle {handle}: not open in this session")
+        self._lock(tx.conn, row.ino)
+        n = _Q_DELETE_HANDLE.run(tx.conn, hid=handle)
+        if not n:  # released meanwhile by another call of the session
+            raise FsError(errno.EBADF, f"bad file handle {handle}: not open in this session")
+        self._free_orphans(tx, {row.ino})
+
+    def _handle_flags(self, conn: Connection, handle: int, ino: int, cred: Cred | None) -> int:
+        """The open flags of ``handle`` on ``ino``. A handle belongs to the session that
+        opened it (the session, not the uid: a mount serves all its callers in one session,
+        and a file descriptor passes between processes); any other caller gets EBADF, as
+        does one that names no caller at all."""
+        if cred is None:
+            cred = CALLER.get()
+        row = _Q_HANDLE.first(conn, hid=handle, ino=ino)
+        if row is None or cred is None or row.session != (cred.client_id or ""):
+            raise FsError(errno.EBADF, f"bad file handle {handle}: not open on inode {ino} "
+                          "in this session")
+        return int(row.flags)
+
+    def _writable_handle(self, conn: Connection, handle: int, ino: int,
+                         cred: Cred | None = None) -> bool:
+        if not handle:
+            return False
+        flags = self._handle_flags(conn, handle, ino, cred)
+        return flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+
+    def _readable_handle(self, conn: Connection, handle: int, ino: int,
+                         cred: Cred | None = None) -> bool:
+        if not handle:
+            return False
+        flags = self._handle_flags(conn, handle, ino, cred)
+        return flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)
+
+    # ------------------------------------------------------------------ inline data
+    def _inline(self, conn: Connection, ino: int) -> bytes:
+        v = _Q_INLINE.scalar(conn, ino=ino)
+        return bytes(v) if v is not None else b""
+
+    def _store_inline(self, tx: Tx, ino: int, data: bytes, had: bool) -> None:
+        if had:
+            if data:
+                _Q_UPDATE_DATA.run(tx.conn, ino=ino, new_data=data)
+            else:
+                Q_DELETE_DATA.run(tx.conn, ino=ino)
+        elif data:
+            Q_INSERT_DATA.run(tx.conn, ino=ino, data=data)
+
+    def _truncate(self, tx: Tx, row: Row, size: int) -> None:
+        """Change the data of ``row`` to ``size`` bytes (the size column is the caller's)."""
+        if row.storage != STORAGE_INLINE:
+            self._truncate_blocks(tx, row, size)
+            return
+        if size > self.settings.inline_limit:
+            self._grow_past_inline(tx, row, size)
+            return
+        data = self._inline(tx.conn, row.id)
+        had = bool(data)
+        data = data[:size]
+        # Trailing zeros past the stored bytes are implied by the size.
+        self._store_inline(tx, row.id, data.rstrip(b"\0") if size > len(data) else data, had)
+
+    def _truncate_blocks(self, tx: Tx, row: Row, size: int) -> None:
+        self.blocks.truncate(tx, row, size)
+
+    def _grow_past_inline(self, tx: Tx, row: Row, size: int) -> None:
+        self.blocks.grow_past_inline(tx, row, size)
+
+    def read(self, cred: Cred, ino: int, offset: int, size: int, handle: int = 0) -> pb.ReadReply:
+        if offset < 0 or size < 0:
+            raise FsError(errno.EINVAL, "negative offset or size")
+
+        def fn(conn: Connection) -> pb.ReadReply:
+            row = self._get(conn, ino)
+            if stat.S_ISDIR(row.mode):
+                raise FsError(errno.EISDIR, "is a directory")
+            if not self._readable_handle(conn, handle, ino, cred):
+                if handle:
+                    raise FsError(errno.EBADF, "file is not open for reading")
+                check(cred, row, R, "read this file")
+            attr = to_attr(row)
+            if row.storage != STORAGE_INLINE:
+                return pb.ReadReply(inline=False, attr=attr)
+            end = min(row.size, offset + size)
+            if offset >= end:
+                return pb.ReadReply(inline=True, attr=attr)
+            data = self._inline(conn, ino)
+            chunk = data[offset:end]
+            if len(chunk) < end - offset:  # implied zeros past the stored bytes
+                chunk = chunk + b"\0" * (end - offset - len(chunk))
+            return pb.ReadReply(data=chunk, inline=True, attr=attr)
+
+        return self.query(fn)
+
+    def write(self, cred: Cred, ino: int, offset: int, data: bytes, handle: int = 0,
+              append: bool = False, *, release: bool = False) -> pb.WriteReply:
+        """Write inline data; with ``release``, release ``handle`` in the same transaction
+        (a file's last write at close)."""
+        if offset < 0:
+            raise FsError(errno.EINVAL, "negative offset")
+        if offset + len(data) > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG, "write past the largest file")
+
+        def fn(tx: Tx) -> pb.WriteReply:
+            self._lock(tx.conn, ino)
+            row = self._get(tx.conn, ino)
+            if stat.S_ISDIR(row.mode):
+                raise FsError(errno.EISDIR, "is a directory")
+            if not stat.S_ISREG(row.mode):
+                raise FsError(errno.EINVAL, "not a regular file")
+            if not self._writable_handle(tx.conn, handle, ino, cred):
+                if handle:
+                    raise FsError(errno.EBADF, "file is not open for writing")
+                check(cred, row, W, "write this file")
+            off = row.size if append else offset
+            end = off + len(data)
+            if row.storage != STORAGE_INLINE or end > self.settings.inline_limit:
+                self.blocks.refuse_inline_write(row, end)
+            cur = self._inline(tx.conn, ino)
+            had = bool(cur)
+            if len(cur) < off:
+                cur = cur + b"\0" * (off - len(cur))
+            new = cur[:off] + data + cur[end:]
+            new_size = max(row.size, end)
+            self._store_inline(tx, ino, new, had)
+            vals: dict[str, Any] = dict(size=new_size, mtime_ns=tx.now, ctime_ns=tx.now,
+                                        version=BUMP)
+            if not cred.is_root and row.mode & (stat.S_ISUID | stat.S_ISGID):
+                vals["mode"] = self._kill_priv(row.mode)
+            update_inode(tx.conn, ino, vals)
+            attr = to_attr(self._row(tx.conn, ino))
+            tx.log(pb.OP_WRITE, ino, attr=attr)
+            if release:
+                self._release(tx, handle)
+            return pb.WriteReply(attr=attr, written=len(data), offset=off)
+
+        return self.mutate(cred, fn)

@@ -1,0 +1,195 @@
+"""Making and removing names: create, mkdir, symlink, link, unlink, rmdir.
+
+Part of :class:`~metafs.namenode.namespace.Namespace` (a mixin: its methods use the
+namespace's row helpers and transactions)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import stat
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.engine import Connection
+
+from ..errors import FsError
+from ..posix import PATH_MAX, W, X, Cred, allowed, check, check_name, check_sticky
+from ..proto import metafs_pb2 as pb
+from .rows import D, I, Q_DELETE_DENTRY, Q_INSERT_INODE, Tx, dict_attr, to_attr
+from .sql import Prepared
+
+
+LINK_MAX = 65000
+_Q_DIR_NONEMPTY = Prepared(select(D.c.name).where(D.c.parent == bindparam("ino")).limit(1))
+_ALLOWED_TYPES = {stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK}
+
+
+class Entries:
+    """Making and removing names: create, mkdir, symlink, link, unlink, rmdir."""
+
+    # ------------------------------------------------------------------ creation
+    def create(self, cred: Cred, parent: int, name: str, mode: int, umask: int = 0,
+               exclusive: bool = False, do_open: bool = False, flags: int = 0,
+               rdev: int = 0) -> pb.OpenReply:
+        if name in (".", ".."):  # as Linux: open(O_CREAT) of a directory
+            raise FsError(errno.EISDIR if do_open and not exclusive else errno.EEXIST,
+                          "is a directory" if do_open and not exclusive else "file exists", name)
+        check_name(name)
+        ftype = stat.S_IFMT(mode) or stat.S_IFREG
+        if ftype not in _ALLOWED_TYPES:
+            raise FsError(errno.EINVAL, f"cannot create a file of type {ftype:#o} this way")
+        if ftype in (stat.S_IFCHR, stat.S_IFBLK) and not cred.is_root:
+            raise FsError(errno.EPERM, "only root may create device files")
+        perm = stat.S_IMODE(mode) & ~umask & 0o7777
+        if ftype not in (stat.S_IFCHR, stat.S_IFBLK):
+            rdev = 0  # as mknod(2): only devices have a device number
+        if do_open and ftype != stat.S_IFREG:
+            raise FsError(errno.EINVAL, "only regular files can be created open")
+
+        def fn(tx: Tx) -> pb.OpenReply:
+            self._lock(tx.conn, parent)
+            pdir = self._dir(tx.conn, parent)
+            existing = self._lookup(tx.conn, parent, name)
+            if existing is not None:
+                check(cred, pdir, X, "search this directory")
+                if exclusive:
+                    raise FsError(errno.EEXIST, "file exists", name)
+                if stat.S_ISDIR(existing.mode):
+                    raise FsError(errno.EISDIR, "is a directory", name)
+                if not do_open:
+                    raise FsError(errno.EEXIST, "file exists", name)
+                return self._open(tx, existing.id, flags)
+            check(cred, pdir, W | X, "create entries in this directory")
+            row = self._new_inode(tx, pdir, ftype | perm, rdev=rdev)
+            Q_INSERT_INODE.run(tx.conn, **row)
+            self._link_entry(tx, parent, name, row["id"], row["mode"])
+            self._touch_dir(tx, parent)
+            attr = dict_attr(row)
+            tx.log(pb.OP_CREATE if ftype == stat.S_IFREG else pb.OP_MKNOD, row["id"],
+                   parent=parent, name=name, attr=attr)
+            handle = self._new_handle(tx, row["id"], flags) if do_open else 0
+            return pb.OpenReply(attr=attr, handle=handle)
+
+        return self.mutate(cred, fn)
+
+    def mkdir(self, cred: Cred, parent: int, name: str, mode: int, umask: int = 0) -> pb.Entry:
+        check_name(name)
+        perm = stat.S_IMODE(mode) & ~umask & 0o7777
+
+        def fn(tx: Tx) -> pb.Entry:
+            pdir = self._check_dir_for_entry(tx, parent, name)
+            row = self._new_inode(tx, pdir, stat.S_IFDIR | perm)
+            Q_INSERT_INODE.run(tx.conn, **row)
+            self._link_entry(tx, parent, name, row["id"], row["mode"])
+            self._touch_dir(tx, parent, nlink_delta=1)
+            attr = dict_attr(row)
+            tx.log(pb.OP_MKDIR, row["id"], parent=parent, name=name, attr=attr)
+            return pb.Entry(ino=row["id"], attr=attr)
+
+        return self.mutate(cred, fn)
+
+    def symlink(self, cred: Cred, parent: int, name: str, target: str) -> pb.Entry:
+        check_name(name)
+        if not target:
+            raise FsError(errno.ENOENT, "a symbolic link needs a target")
+        if "\0" in target:
+            raise FsError(errno.EINVAL, "a symlink target may not contain NUL")
+        try:
+            tsize = len(target.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise FsError(errno.EILSEQ, "a symlink target must be valid UTF-8") from None
+        if tsize >= PATH_MAX:
+            raise FsError(errno.ENAMETOOLONG, f"symlink target longer than {PATH_MAX - 1} bytes")
+
+        def fn(tx: Tx) -> pb.Entry:
+            pdir = self._check_dir_for_entry(tx, parent, name)
+            row = self._new_inode(tx, pdir, stat.S_IFLNK | 0o777, target=target, size=tsize)
+            Q_INSERT_INODE.run(tx.conn, **row)
+            self._link_entry(tx, parent, name, row["id"], row["mode"])
+            self._touch_dir(tx, parent)
+            attr = dict_attr(row)
+            tx.log(pb.OP_SYMLINK, row["id"], parent=parent, name=name, attr=attr,
+                   extra=json.dumps({"target": target}))
+            return pb.Entry(ino=row["id"], attr=attr)
+
+        return self.mutate(cred, fn)
+
+    def link(self, cred: Cred, ino: int, new_parent: int, new_name: str) -> pb.Entry:
+        check_name(new_name)
+
+        def fn(tx: Tx) -> pb.Entry:
+            self._lock(tx.conn, ino, new_parent)
+            row = self._get(tx.conn, ino)
+            # Linux's order: the new name (EEXIST), write access, then the source.
+            self._check_dir_for_entry(tx, new_parent, new_name)
+            if stat.S_ISDIR(row.mode):
+                raise FsError(errno.EPERM, "hard links to directories are not allowed")
+            if row.nlink == 0:
+                raise FsError(errno.ENOENT, "cannot link a file that has been removed")
+            if row.nlink >= LINK_MAX:
+                raise FsError(errno.EMLINK, "too many links")
+            self._link_entry(tx, new_parent, new_name, ino, row.mode)
+            tx.conn.execute(update(I).where(I.c.id == ino).values(nlink=I.c.nlink + 1,
+                                                                   ctime_ns=tx.now))
+            self._touch_dir(tx, new_parent)
+            attr = to_attr(self._row(tx.conn, ino))
+            tx.log(pb.OP_LINK, ino, parent=new_parent, name=new_name, attr=attr)
+            return pb.Entry(ino=ino, attr=attr)
+
+        return self.mutate(cred, fn)
+
+    # ------------------------------------------------------------------ removal
+    def unlink(self, cred: Cred, parent: int, name: str) -> None:
+        check_name(name, new=False)
+        if name in (".", ".."):
+            raise FsError(errno.EISDIR, "is a directory", name)
+
+        def fn(tx: Tx) -> None:
+            target = self._lookup(tx.conn, parent, name)
+            self._lock(tx.conn, parent, target.id if target else 0)
+            pdir = self._dir(tx.conn, parent)
+            check(cred, pdir, X, "search this directory")
+            row = self._lookup(tx.conn, parent, name)
+            if row is None:  # as Linux: ENOENT before EACCES
+                raise FsError(errno.ENOENT, "no such file or directory", name)
+            check(cred, pdir, W | X, "remove entries from this directory")
+            if stat.S_ISDIR(row.mode):
+                raise FsError(errno.EISDIR, "is a directory (use rmdir)", name)
+            check_sticky(cred, pdir, row)
+            Q_DELETE_DENTRY.run(tx.conn, dparent=parent, dname=name)
+            self._touch_dir(tx, parent)
+            rec = tx.log(pb.OP_UNLINK, row.id, parent=parent, name=name)
+            rec.nlink = self._drop_link(tx, row)
+
+        self.mutate(cred, fn)
+
+    def rmdir(self, cred: Cred, parent: int, name: str) -> None:
+        check_name(name, new=False)
+        if name == ".":
+            raise FsError(errno.EINVAL, "cannot remove '.'", name)
+        if name == "..":
+            raise FsError(errno.ENOTEMPTY, "cannot remove '..'", name)
+
+        def fn(tx: Tx) -> None:
+            target = self._lookup(tx.conn, parent, name)
+            self._lock(tx.conn, parent, target.id if target else 0)
+            pdir = self._dir(tx.conn, parent)
+            check(cred, pdir, X, "search this directory")
+            row = self._lookup(tx.conn, parent, name)
+            if row is None:  # as Linux: ENOENT before EACCES
+                raise FsError(errno.ENOENT, "no such file or directory", name)
+            check(cred, pdir, W | X, "remove entries from this directory")
+            if not stat.S_ISDIR(row.mode):
+                raise FsError(errno.ENOTDIR, "not a directory", name)
+            check_sticky(cred, pdir, row)
+            if self._dir_has_entries(tx.conn, row.id):
+                raise FsError(errno.ENOTEMPTY, "directory not empty", name)
+            Q_DELETE_DENTRY.run(tx.conn, dparent=parent, dname=name)
+            self._touch_dir(tx, parent, nlink_delta=-1)
+            tx.log(pb.OP_RMDIR, row.id, parent=parent, name=name)
+            self._drop_link(tx, row)
+
+        self.mutate(cred, fn)
+
+    def _dir_has_entries(self, conn: Connection, ino: int) -> bool:
+        return _Q_DIR_NONEMPTY.first(conn, ino=ino) is not None

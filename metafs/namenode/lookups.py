@@ -1,0 +1,281 @@
+"""Reads of the tree: lookup, path resolution (one statement for a plain path), getattr,
+readlink, access and readdir.
+
+Part of :class:`~metafs.namenode.namespace.Namespace` (a mixin: its methods use the
+namespace's row helpers and transactions)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import namedtuple
+from typing import Any, Iterable
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Connection
+
+from ..errors import FsError
+from ..posix import (NAME_MAX, ROOT_INO, R, X, Cred, access_mask_to_want, allowed, check,
+                     check_name, check_path)
+from ..proto import metafs_pb2 as pb
+from .rows import ATTR_COLS, D, I, attr_fields, to_attr
+from .sql import Prepared
+
+
+SYMLOOP_MAX = 40
+_AttrRow = namedtuple("_AttrRow", [c.key for c in ATTR_COLS])  # type: ignore[misc]
+_N_ATTR = len(ATTR_COLS)
+WALK_MAX = 16  # path components resolved by one statement; deeper paths walk name by name
+_Q_WALK: dict[int, Prepared] = {}
+
+
+def _walk_query(depth: int) -> Prepared:
+    """One statement that follows ``depth`` names from inode :start: the inode rows of
+    every level side by side, NULL from the first name that is missing (a chain of outer
+    joins of entries and inodes; each step is a primary-key lookup)."""
+    q = _Q_WALK.get(depth)
+    if q is None:
+        levels = [I.alias(f"i{k}") for k in range(depth + 1)]
+        joined: Any = levels[0]
+        for k in range(1, depth + 1):
+            d = D.alias(f"d{k}")
+            joined = joined.outerjoin(d, (d.c.parent == levels[k - 1].c.id)
+                                      & (d.c.name == bindparam(f"n{k}")))
+            joined = joined.outerjoin(levels[k], levels[k].c.id == d.c.ino)
+        cols = [lv.c[c.key].label(f"{c.key}_{k}") for k, lv in enumerate(levels)
+                for c in ATTR_COLS]
+        q = _Q_WALK[depth] = Prepared(
+            select(*cols).select_from(joined).where(levels[0].c.id == bindparam("start")))
+    return q
+
+
+def _readdir_query(attrs: bool, after: bool) -> Prepared:
+    """A page of a directory in name order: (name, *ATTR_COLS) or (name, ino, type)."""
+    q = (select(D.c.name, *ATTR_COLS).select_from(D.join(I, I.c.id == D.c.ino)) if attrs
+         else select(D.c.name, D.c.ino, D.c.mode))
+    q = q.where(D.c.parent == bindparam("ino"))
+    if after:
+        q = q.where(D.c.name > bindparam("cursor"))
+    return Prepared(q.order_by(D.c.name).limit(bindparam("lim")))
+
+
+_Q_READDIR = {(a, c): _readdir_query(a, c) for a in (False, True) for c in (False, True)}
+
+
+class Lookups:
+    """Reads of the tree: lookup, path resolution (one statement for a plain path), getattr,"""
+
+    # ------------------------------------------------------------------ lookups
+    def lookup(self, cred: Cred, parent: int, name: str) -> pb.Entry:
+        check_name(name, new=False)
+        if name != "." and name != "..":
+            found = self.engine.read_statement(
+                lambda conn: self._walk(conn, cred, parent, [name], False, False, name))
+            if found is not None:
+                return found
+        return self.query(lambda conn: self._lookup_entry(conn, cred, parent, name))
+
+    def _lookup_entry(self, conn: Connection, cred: Cred, parent: int, name: str) -> pb.Entry:
+        """Lookup by the general rules (the answer, or the exact error, of any case)."""
+        d = self._dir(conn, parent)
+        check(cred, d, X, "search this directory")
+        if name == ".":
+            row = d
+        elif name == "..":
+            row = self._get(conn, self._parent_of_dir(conn, parent))
+        else:
+            row = self._lookup(conn, parent, name)
+            if row is None:
+                raise FsError(errno.ENOENT, "no such file or directory", name)
+        return pb.Entry(ino=row.id, attr=to_attr(row))
+
+    def resolve(self, cred: Cred, path: str, start: int = 0, follow: bool = True) -> pb.Entry:
+        check_path(path)
+        start = ROOT_INO if path.startswith("/") else (start or ROOT_INO)
+        parts = [p for p in path.split("/") if p]
+        if 0 < len(parts) <= WALK_MAX and "." not in parts and ".." not in parts:
+            found = self.engine.read_statement(
+                lambda conn: self._walk(conn, cred, start, parts, follow, path.endswith("/"),
+                                        path))
+            if found is not None:
+                return found
+        return self.query(lambda conn: self._resolve(conn, cred, path, start, follow))
+
+    def _walk(self, conn: Connection, cred: Cred, start: int, parts: list[str], follow: bool,
+              must_dir: bool, missing: str) -> pb.Entry | None:
+        """Resolve a plain path (no '.', '..') in one statement, as HopsFS resolves a path
+        in one round trip. A name missing from a directory it may search is ENOENT (with
+        ``missing`` as the path of the error). Returns None whenever the general walk must
+        decide: a symlink to follow, a denied search, a name too long, anything unusual;
+        it then runs in a transaction of its own and gives the exact answer or error."""
+        row = _walk_query(len(parts)).first(
+            conn, start=start, **{f"n{k}": n for k, n in enumerate(parts, 1)})
+        if row is None or row[0] is None:
+            return None
+        cur = _AttrRow(*row[:_N_ATTR])
+        if cur.nlink == 0:
+            return None
+        last = len(parts)
+        for k in range(1, last + 1):
+            if not stat.S_ISDIR(cur.mode) or not allowed(cred, cur.mode, cur.uid, cur.gid, X):
+                return None
+            if len(parts[k - 1].encode("utf-8", "surrogatepass")) > NAME_MAX:
+                return None
+            nxt = row[k * _N_ATTR:(k + 1) * _N_ATTR]
+            if nxt[0] is None:  # searched for and not there: the answer, as on the long way
+                raise FsError(errno.ENOENT, "no such file or directory", missing)
+            cur = _AttrRow(*nxt)
+            if stat.S_ISLNK(cur.mode) and (k < last or follow):  # "link/" ends below
+                return None
+        if must_dir and not stat.S_ISDIR(cur.mode):
+            return None
+        return pb.Entry(ino=cur.id, attr=to_attr(cur))
+
+    def _resolve(self, conn: Connection, cred: Cred, path: str, start: int, follow: bool,
+                 *, want_parent: bool = False) -> Any:
+        """Walk ``path``; checks search permission on every directory crossed and follows
+        symlinks (at most SYMLOOP_MAX). With ``want_parent`` returns (parent row, last name)
+        without looking the last name up.
+
+        As POSIX: a path that ends in '/' names a directory (ENOTDIR otherwise), and a
+        final symlink is then followed even without ``follow`` ("link/" is what it points
+        to); so does a symlink whose target ends in '/'."""
+        links = 0
+        cur = self._get(conn, ROOT_INO if path.startswith("/") else start)
+        parts = [p for p in path.split("/") if p]
+        must_dir = path.endswith("/")
+        if want_parent and not parts:
+            raise FsError(errno.EINVAL, "the root has no parent", path)
+        i = 0
+        while i < len(parts):
+            name = parts[i]
+            last = i == len(parts) - 1
+            if not stat.S_ISDIR(cur.mode):
+                raise FsError(errno.ENOTDIR, "not a directory", path)
+            check(cred, cur, X, "search a directory on the path")
+            if len(name.encode("utf-8", "surrogatepass")) > NAME_MAX:
+                raise FsError(errno.ENAMETOOLONG, "file name too long", path)
+            if want_parent and last:
+                return cur, name
+            if name == ".":
+                i += 1
+                continue
+            if name == "..":
+                cur = self._get(conn, self._parent_of_dir(conn, cur.id))
+                i += 1
+                continue
+            row = self._lookup(conn, cur.id, name)
+            if row is None:
+                raise FsError(errno.ENOENT, "no such file or directory", path)
+            if stat.S_ISLNK(row.mode) and (not last or follow or must_dir):
+                links += 1
+                if links > SYMLOOP_MAX:
+                    raise FsError(errno.ELOOP, "too many levels of symbolic links", path)
+                target = row.target or ""
+                rest = parts[i + 1:]
+                tparts = [p for p in target.split("/") if p]
+                if not rest and target.endswith("/"):
+                    must_dir = True  # the target's last name is now the path's
+                if target.startswith("/"):
+                    cur = self._get(conn, ROOT_INO)
+                parts = tparts + rest
+                i = 0
+                if want_parent and not parts:
+                    raise FsError(errno.EINVAL, "path resolves to the root", path)
+                continue
+            cur = row
+            i += 1
+        if must_dir and not stat.S_ISDIR(cur.mode):
+            raise FsError(errno.ENOTDIR, "not a directory (the path ends in '/')", path)
+        return pb.Entry(ino=cur.id, attr=to_attr(cur))
+
+    def resolve_parent(self, cred: Cred, path: str) -> tuple[int, str]:
+        """(parent directory inode, last name) of a path for an entry to be made in it: the
+        parent is resolved following links and must be a directory."""
+        check_path(path)
+        p = path.rstrip("/")
+        if not p:
+            raise FsError(errno.EEXIST, "the root exists", path)
+        head, name = p.rsplit("/", 1) if "/" in p else ("", p)
+        e = self.resolve(cred, head or "/", ROOT_INO, True)
+        if not stat.S_ISDIR(e.attr.mode):
+            raise FsError(errno.ENOTDIR, "not a directory", path)
+        return e.ino, name
+
+    def searchable(self, cred: Cred, dirs: Iterable[str]) -> set[str]:
+        """The directory paths among ``dirs`` in which ``cred`` may look names up: search
+        permission on each of them and on every directory above (what a path walk to a
+        file inside needs). Missing or unreadable ones are left out. One read transaction."""
+        wanted = sorted(set(dirs))
+
+        def fn(conn: Connection) -> set[str]:
+            ok: set[str] = set()
+            for d in wanted:
+                try:
+                    row = self._get(conn, self._resolve(conn, cred, d, ROOT_INO, True).ino)
+                    if stat.S_ISDIR(row.mode) and allowed(cred, row.mode, row.uid, row.gid, X):
+                        ok.add(d)
+                except FsError:
+                    pass
+            return ok
+
+        return self.query(fn)
+
+    def getattr(self, cred: Cred, ino: int) -> pb.Attr:
+        row = self.engine.read_statement(lambda conn: self._row(conn, ino))
+        if row is not None and row.nlink > 0:  # one statement for a linked inode
+            return to_attr(row)
+        # removed, or unlinked but still open: the handles decide, in one snapshot
+        return self.query(lambda conn: to_attr(self._get(conn, ino)))
+
+    def readlink(self, cred: Cred, ino: int) -> str:
+        def fn(conn: Connection) -> str:
+            row = self._get(conn, ino)
+            if not stat.S_ISLNK(row.mode):
+                raise FsError(errno.EINVAL, "not a symbolic link")
+            return row.target or ""
+
+        return self.query(fn)
+
+    def access(self, cred: Cred, ino: int, mask: int) -> None:
+        if mask & ~(os.R_OK | os.W_OK | os.X_OK):
+            raise FsError(errno.EINVAL, f"bad access mask {mask:#o}")
+
+        def fn(conn: Connection) -> None:
+            row = self._get(conn, ino)
+            want = access_mask_to_want(mask)
+            if want:
+                check(cred, row, want, "access this file")
+
+        self.query(fn)
+
+    def readdir(self, cred: Cred, ino: int, cursor: str, limit: int,
+                attrs: bool) -> pb.ReadDirReply:
+        limit = min(limit or self.settings.readdir_page, 10 * self.settings.readdir_page)
+
+        def fn(conn: Connection) -> pb.ReadDirReply:
+            d = self._dir(conn, ino)
+            check(cred, d, R, "list this directory")
+            params = {"ino": ino, "lim": limit + 1}
+            if cursor:
+                params["cursor"] = cursor
+            cur = _Q_READDIR[bool(attrs), bool(cursor)].execute(conn, params)
+            try:
+                rows = cur.fetchall()
+            finally:
+                cur.close()
+            reply = pb.ReadDirReply()
+            add = reply.entries.add
+            for r in rows[:limit]:
+                if attrs:  # (name, *ATTR_COLS); the attributes built in place
+                    add(name=r[0], ino=r[1], mode=r[2],
+                        attr=attr_fields(_AttrRow._make(r[1:])))
+                else:
+                    add(name=r[0], ino=r[1], mode=r[2])
+            reply.eof = len(rows) <= limit
+            if reply.entries:
+                reply.next_cursor = reply.entries[-1].name
+            return reply
+
+        return self.query(fn)

@@ -1,0 +1,207 @@
+"""rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE, in the global lock order.
+
+Part of :class:`~metafs.namenode.namespace.Namespace` (a mixin: its methods use the
+namespace's row helpers and transactions)."""
+
+from __future__ import annotations
+
+import errno
+import stat
+from typing import Any
+
+from sqlalchemy import bindparam, update
+from sqlalchemy.engine import Connection
+
+from ..errors import FsError
+from ..posix import ROOT_INO, W, X, Cred, check, check_name, check_sticky
+from ..proto import metafs_pb2 as pb
+from .rows import D, Q_DELETE_DENTRY, Q_SET_CTIME, Tx, to_attr
+from .sql import Prepared
+
+
+_RENAME_ATTEMPTS = 100  # restarts of one rename overtaken by changes of its names
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+_Q_MOVE_DENTRY = Prepared(update(D).where(D.c.parent == bindparam("sp"),
+                                          D.c.name == bindparam("sn")).values(
+    parent=bindparam("dp"), name=bindparam("dn")))
+
+
+class _RenameRestart(Exception):
+    """A rename found other entries under its locks than it locked for: its transaction
+    rolls back and it starts over (with the rename lock first when ``rename_lock``)."""
+
+    def __init__(self, rename_lock: bool) -> None:
+        super().__init__("rename restarts")
+        self.rename_lock = rename_lock
+
+
+class Renames:
+    """rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE, in the global lock order."""
+
+    # ------------------------------------------------------------------ rename
+    def rename(self, cred: Cred, src_parent: int, src_name: str, dst_parent: int,
+               dst_name: str, flags: int = 0) -> None:
+        check_name(src_name, new=False)
+        check_name(dst_name, new=False)
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise FsError(errno.EINVAL, f"unknown rename flags {flags:#x}")
+        if flags & RENAME_NOREPLACE and flags & RENAME_EXCHANGE:
+            raise FsError(errno.EINVAL, "RENAME_NOREPLACE and RENAME_EXCHANGE exclude each other")
+        # As Linux: '.' or '..' on either side is EBUSY (EEXIST for a NOREPLACE target).
+        if src_name in (".", ".."):
+            raise FsError(errno.EBUSY, f"cannot rename {src_name!r}", src_name)
+        if dst_name in (".", ".."):
+            raise FsError(errno.EEXIST if flags & RENAME_NOREPLACE else errno.EBUSY,
+                          f"cannot rename onto {dst_name!r}", dst_name)
+        rename_lock = False
+        for _ in range(_RENAME_ATTEMPTS):
+            try:
+                self.mutate(cred, lambda tx: self._rename(tx, src_parent, src_name, dst_parent,
+                                                          dst_name, flags, rename_lock))
+                return
+            except _RenameRestart as restart:
+                rename_lock = rename_lock or restart.rename_lock
+        raise FsError(errno.EAGAIN, "rename kept racing with concurrent changes of its names; "
+                      "try again", src_name)
+
+    @staticmethod
+    def _moves_dir(sp: int, dp: int, src: Any, dst: Any, exchange: bool) -> bool:
+        """Whether a rename gives a directory another parent (and needs the rename lock)."""
+        return sp != dp and (
+            (src is not None and stat.S_ISDIR(src.mode))
+            or (exchange and dst is not None and stat.S_ISDIR(dst.mode)))
+
+    def _rename(self, tx: Tx, sp: int, sn: str, dp: int, dn: str, flags: int,
+                rename_lock: bool = False) -> None:
+        conn, cred = tx.conn, tx.cred
+        exchange = bool(flags & RENAME_EXCHANGE)
+        # Locks in the global order: the rename lock first, then inode rows by id. What to
+        # lock comes from a lookup made before any lock, which a concurrent change can
+        # overtake: the names may then denote other inodes, or a directory where there was
+        # a file. Taking the missing locks now would break the order (a rename holding the
+        # rename lock and waiting for one of our rows, while we wait for the rename lock,
+        # deadlocks), and going on without them would run the subtree check below without
+        # the rename lock, where a crossing directory rename can invalidate it and make a
+        # cycle. So when what is found under the locks is not what was locked, the
+        # transaction rolls back (releasing everything) and the rename starts over, taking
+        # the rename lock first if it found that it needs it (``rename_lock``).
+        locked_renames = rename_lock and sp != dp
+        if locked_renames:
+            self._lock_renames(conn)
+        src = self._lookup(conn, sp, sn)
+        dst = self._lookup(conn, dp, dn)
+        if not locked_renames and self._moves_dir(sp, dp, src, dst, exchange):
+            self._lock_renames(conn)
+            locked_renames = True
+        locked = {sp, dp, src.id if src else 0, dst.id if dst else 0}
+        self._lock(conn, *locked)
+        # Re-read everything under the locks. The entries of sp and dp cannot change now
+        # (every change of a directory's entries locks its row), nor, once the rename lock
+        # is held, the parent of any directory.
+        spd = self._dir(conn, sp)
+        dpd = spd if dp == sp else self._dir(conn, dp)
+        check(cred, spd, X, "search the source directory")
+        check(cred, dpd, X, "search the target directory")
+        src = self._lookup(conn, sp, sn)
+        if src is None:
+            raise FsError(errno.ENOENT, "no such file or directory", sn)
+        dst = self._lookup(conn, dp, dn)
+        needs_renames = self._moves_dir(sp, dp, src, dst, exchange)
+        if (needs_renames and not locked_renames) or src.id not in locked \
+                or (dst is not None and dst.id not in locked):
+            raise _RenameRestart(needs_renames)
+        if exchange and dst is None:
+            raise FsError(errno.ENOENT, "RENAME_EXCHANGE target does not exist", dn)
+        if dst is not None and flags & RENAME_NOREPLACE:
+            raise FsError(errno.EEXIST, "target exists (RENAME_NOREPLACE)", dn)
+        src_dir = stat.S_ISDIR(src.mode)
+        dst_dir = dst is not None and stat.S_ISDIR(dst.mode)
+        if sp != dp:
+            # Linux's order: the subtree checks come before the checks on types. A source
+            # directory may not go into its own subtree; a target directory that holds the
+            # source is not empty (or, exchanged, would go into its own subtree).
+            if src_dir:
+                self._check_not_ancestor(conn, src.id, dp, sn)
+            if dst_dir:
+                try:
+                    self._check_not_ancestor(conn, dst.id, sp, dn)
+                except FsError as exc:
+                    if exc.errno == errno.EINVAL and not exchange:
+                        raise FsError(errno.ENOTEMPTY, "target directory is not empty",
+                                      dn) from None
+                    raise
+        if dst is not None and dst.id == src.id:
+            return  # two names of one inode: POSIX says do nothing
+        # As Linux: missing names, subtree checks, then write access to the directories.
+        check(cred, spd, W | X, "rename entries in the source directory")
+        if dpd is not spd:
+            check(cred, dpd, W | X, "create entries in the target directory")
+        check_sticky(cred, spd, src)
+        if dst is not None:
+            check_sticky(cred, dpd, dst)
+        if not exchange and dst is not None:
+            if src_dir and not dst_dir:
+                raise FsError(errno.ENOTDIR, "cannot replace a non-directory with a directory", dn)
+            if dst_dir and not src_dir:
+                raise FsError(errno.EISDIR, "cannot replace a directory with a non-directory", dn)
+            if dst_dir and self._dir_has_entries(conn, dst.id):
+                raise FsError(errno.ENOTEMPTY, "target directory is not empty", dn)
+        if sp != dp:
+            # A directory that changes parent has its '..' rewritten: it needs write access.
+            if src_dir:
+                check(cred, src, W, "move this directory")
+            if exchange and dst_dir:
+                check(cred, dst, W, "move the exchanged directory")
+
+        if exchange:
+            conn.execute(update(D).where(D.c.parent == sp, D.c.name == sn)
+                         .values(ino=dst.id, mode=stat.S_IFMT(dst.mode)))
+            conn.execute(update(D).where(D.c.parent == dp, D.c.name == dn)
+                         .values(ino=src.id, mode=stat.S_IFMT(src.mode)))
+            if sp != dp and src_dir != dst_dir:
+                delta = 1 if src_dir else -1
+                self._touch_dir(tx, dp, nlink_delta=delta)
+                self._touch_dir(tx, sp, nlink_delta=-delta)
+            else:
+                self._touch_dir(tx, sp)
+                if dp != sp:
+                    self._touch_dir(tx, dp)
+            for ino in (src.id, dst.id):
+                Q_SET_CTIME.run(conn, ino=ino, now=tx.now)
+            tx.log(pb.OP_RENAME, src.id, parent=dp, name=dn, old_parent=sp, old_name=sn,
+                   target_ino=dst.id, flags=flags, attr=to_attr(self._row(conn, src.id)))
+            return
+
+        left = 0
+        if dst is not None:
+            Q_DELETE_DENTRY.run(conn, dparent=dp, dname=dn)
+        _Q_MOVE_DENTRY.run(conn, sp=sp, sn=sn, dp=dp, dn=dn)
+        if sp != dp and src_dir:
+            self._touch_dir(tx, sp, nlink_delta=-1)
+            self._touch_dir(tx, dp, nlink_delta=0 if dst_dir else 1)
+        else:
+            self._touch_dir(tx, sp, nlink_delta=-1 if (dst_dir and sp == dp) else 0)
+            if dp != sp:
+                self._touch_dir(tx, dp, nlink_delta=-1 if dst_dir else 0)
+        Q_SET_CTIME.run(conn, ino=src.id, now=tx.now)
+        rec = tx.log(pb.OP_RENAME, src.id, parent=dp, name=dn, old_parent=sp, old_name=sn,
+                     target_ino=dst.id if dst is not None else 0, flags=flags,
+                     attr=to_attr(self._row(conn, src.id)))
+        if dst is not None:
+            left = self._drop_link(tx, dst)
+            rec.nlink = left
+
+    def _check_not_ancestor(self, conn: Connection, moving: int, new_parent: int,
+                            name: str) -> None:
+        """EINVAL when ``new_parent`` is ``moving`` or lies inside its subtree."""
+        cur = new_parent
+        seen = 0
+        while True:
+            if cur == moving:
+                raise FsError(errno.EINVAL, "cannot move a directory into its own subtree", name)
+            if cur == ROOT_INO:
+                return
+            cur = self._parent_of_dir(conn, cur)
+            seen += 1
+            if seen > 100_000:
+                raise FsError(errno.EIO, "directory tree is corrupt (cycle)")

@@ -1,0 +1,108 @@
+"""What the namespace modules share: the tables, the statements several of them run, the
+limits, the transaction object (:class:`Tx`) and the mapping of inode rows to ``pb.Attr``."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from sqlalchemy import bindparam, delete, insert, update
+from sqlalchemy.engine import Connection
+
+from ..posix import Cred
+from ..proto import metafs_pb2 as pb
+from . import schema
+from .sql import Prepared
+
+if TYPE_CHECKING:
+    from .namespace import Namespace
+
+
+I = schema.inodes
+D = schema.dentries
+FD = schema.file_data
+XA = schema.xattrs
+H = schema.handles
+C = schema.counters
+MAX_FILE_SIZE = (1 << 63) - 1  # sizes and offsets are signed 64-bit in every database
+STORAGE_INLINE, STORAGE_BLOCKS = 0, 1
+ATTR_COLS = (I.c.id, I.c.mode, I.c.nlink, I.c.uid, I.c.gid, I.c.rdev, I.c.size,
+             I.c.atime_ns, I.c.mtime_ns, I.c.ctime_ns, I.c.btime_ns, I.c.version,
+             I.c.generation, I.c.storage, I.c.target)
+Q_INSERT_INODE = Prepared(insert(I))
+Q_INSERT_DENTRY = Prepared(insert(D).values(parent=bindparam("parent"), name=bindparam("name"),
+                                            ino=bindparam("ino"), mode=bindparam("mode")))
+Q_INSERT_DATA = Prepared(insert(FD).values(ino=bindparam("ino"), data=bindparam("data")))
+Q_INSERT_XATTR = Prepared(insert(XA).values(ino=bindparam("ino"), name=bindparam("name"),
+                                            value=bindparam("value")))
+Q_SET_CTIME = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
+   ctime_ns=bindparam("now")))
+Q_DELETE_DATA = Prepared(delete(FD).where(FD.c.ino == bindparam("ino")))
+Q_DELETE_DENTRY = Prepared(delete(D).where(D.c.parent == bindparam("dparent"),
+                                           D.c.name == bindparam("dname")))
+BUMP = object()  # in update_inode's values: version = version + 1
+_Q_UPDATE_INODE: dict[tuple[str, ...], Prepared] = {}
+
+
+def update_inode(conn: Connection, ino: int, vals: dict[str, Any]) -> None:
+    """UPDATE inodes SET ... WHERE id = ino, prepared once per set of columns (setattr and
+    write change a few of a handful of column sets)."""
+    cols = tuple(sorted(vals))
+    q = _Q_UPDATE_INODE.get(cols)
+    if q is None:
+        q = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
+            {c: (I.c.version + 1 if vals[c] is BUMP else bindparam(f"v_{c}")) for c in cols}))
+        _Q_UPDATE_INODE[cols] = q
+    q.run(conn, ino=ino, **{f"v_{c}": v for c, v in vals.items() if v is not BUMP})
+
+
+# The caller of the operation running in this context. Handle checks read it when their
+# caller passes no credentials (the block layer's RPCs; see Namespace.__init__).
+CALLER: ContextVar[Cred | None] = ContextVar("metafs_caller", default=None)
+
+
+def attr_fields(row: Any) -> dict[str, Any]:
+    """The fields of a ``pb.Attr`` of an inode row (a dict, which protobuf builds a nested
+    message from in place)."""
+    return {"ino": row.id, "mode": row.mode, "nlink": row.nlink, "uid": row.uid,
+            "gid": row.gid, "rdev": row.rdev, "size": row.size, "atime_ns": row.atime_ns,
+            "mtime_ns": row.mtime_ns, "ctime_ns": row.ctime_ns, "btime_ns": row.btime_ns,
+            "version": row.version, "generation": row.generation,
+            "inline": row.storage == STORAGE_INLINE}
+
+
+def to_attr(row: Any) -> pb.Attr:
+    return pb.Attr(**attr_fields(row))
+
+
+def dict_attr(row: dict) -> pb.Attr:
+    """to_attr for the column dict of an inode this transaction is creating."""
+    return pb.Attr(ino=row["id"], mode=row["mode"], nlink=row["nlink"], uid=row["uid"],
+                   gid=row["gid"], rdev=row["rdev"], size=row["size"], atime_ns=row["atime_ns"],
+                   mtime_ns=row["mtime_ns"], ctime_ns=row["ctime_ns"], btime_ns=row["btime_ns"],
+                   version=row["version"], generation=row["generation"],
+                   inline=row["storage"] == STORAGE_INLINE)
+
+
+@dataclass
+class Tx:
+    """One write transaction: its connection, caller, clock and pending change records."""
+
+    ns: "Namespace"
+    conn: Connection
+    cred: Cred
+    now: int
+    records: list[pb.ChangeRecord] = field(default_factory=list)
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+    _who: dict[str, Any] | None = None  # the fields every record of this transaction has
+
+    def log(self, op: int, ino: int, **kw: Any) -> pb.ChangeRecord:
+        who = self._who
+        if who is None:
+            who = self._who = dict(uid=self.cred.uid, client_id=self.cred.client_id,
+                                   run_id=self.cred.run_id, ts_ns=self.now)
+        # a record may name another run (RecordAccess events do): kw wins
+        rec = pb.ChangeRecord(op=op, ino=ino, **(who | kw))
+        self.records.append(rec)
+        return rec
