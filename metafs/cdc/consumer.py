@@ -59,6 +59,21 @@ class Sink(Protocol):
     # the search index building its query indexes, does it there).
 
 
+def apply_checkpointed(records: Sequence[pb.ChangeRecord], position: int, upto: int,
+                       apply_one: RecordHook, on_record: RecordHook | None = None) -> int:
+    """The body of a :meth:`Sink.apply` step, run by the sink inside its transaction:
+    apply the records past the checkpoint ``position`` in order (those at or below it
+    are already applied), calling ``on_record`` after each. Returns the checkpoint the
+    step leaves, which the sink stores in the same transaction."""
+    for r in records:
+        if r.seq <= position:
+            continue
+        apply_one(r)
+        if on_record is not None:
+            on_record(r)
+    return max(upto, position)
+
+
 @dataclass
 class ConsumerStatus:
     """Where a consumer is, for ``metafs indexer --status`` and monitoring."""

@@ -1,6 +1,6 @@
 """Metadata engines: the SQL differences between databases, behind one contract.
 
-The namespace logic (namespace.py) is written once against :class:`MetaEngine`. An engine
+The namespace logic (namespace.py and its mixins) is written once against :class:`MetaEngine`. An engine
 says how to open connections, how to start a read or a write transaction, which errors are
 worth retrying, and how to allocate ids; and it owns the few statements whose SQL differs
 between databases (row locks, insert-if-absent), so the namespace has no engine branches.

@@ -49,10 +49,11 @@ class Handlers:
     def __init__(self, ns: Namespace, settings: Settings) -> None:
         self.ns = ns
         self.settings = settings
-        # Authentication (metafs.namenode.auth) may replace this to bind callers to ids.
+        # Authentication (metafs.ops.auth, installed by the caller) may replace this to bind callers to ids.
         self.cred_of: Callable[[pb.Caller, Any], Cred] = lambda c, ctx: Cred.from_pb(c)
         self._stopping = threading.Event()
-        # The search service (metafs.cdc.search.service) attaches itself here.
+        # The search service (metafs.cdc.search.service) attaches itself here when the
+        # caller starts the namenode with it (metafs.assembly).
         self.search: Callable[[Cred, pb.SearchRequest], pb.SearchReply] | None = None
 
     def stop(self) -> None:

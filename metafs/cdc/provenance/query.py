@@ -109,10 +109,10 @@ class ProvenanceQuery:
 
     def artifact_of(self, ino: int) -> int:
         """The artifact a path's inode is recorded as (its data-set directory, if any)."""
-        from .store import _Batch
+        from .store import Batch
 
         with self.conn() as c:
-            target, _ = self.store.target_of(c, _Batch(), ino)
+            target, _ = self.store.target_of(c, Batch(), ino)
         return target
 
     # ------------------------------------------------------------------ walks

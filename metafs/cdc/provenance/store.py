@@ -38,6 +38,7 @@ from sqlalchemy import (BigInteger, Boolean, Column, Index, Integer, MetaData, S
 from sqlalchemy.engine import Connection, Engine
 
 from ...proto import metafs_pb2 as pb
+from ..consumer import apply_checkpointed
 from .classify import DATASET, KIND_XATTR, MODEL, is_data_file, normalize_kind
 
 log = logging.getLogger("metafs.cdc.provenance")
@@ -154,7 +155,7 @@ class _FileRow:
     data_children: int
 
 
-class _Batch:
+class Batch:
     """Per-batch caches (dropped when the batch's transaction ends)."""
 
     def __init__(self) -> None:
@@ -224,22 +225,18 @@ class ProvenanceStore:
                     if c.dialect.name == "postgresql":
                         q = q.with_for_update()
                     pos = int(c.execute(q).scalar_one())
-                    b = _Batch()
-                    for r in records:
-                        if r.seq <= pos:
-                            continue
-                        self._apply_one(c, r, b)
-                        if on_record is not None:
-                            on_record(r)
-                    if upto > pos:
+                    b = Batch()
+                    new = apply_checkpointed(records, pos, upto,
+                                             lambda r: self._apply_one(c, r, b), on_record)
+                    if new > pos:
                         c.execute(update(META).where(META.c.key == "position")
-                                  .values(value=upto))
+                                  .values(value=new))
             except BaseException:
                 self._runs = saved
                 raise
 
     # ------------------------------------------------------------------ records
-    def _apply_one(self, c: Connection, r: pb.ChangeRecord, b: _Batch) -> None:
+    def _apply_one(self, c: Connection, r: pb.ChangeRecord, b: Batch) -> None:
         op = r.op
         if op in _CREATE_OPS:
             is_dir = op == pb.OP_MKDIR
@@ -275,7 +272,7 @@ class ProvenanceStore:
             self._run_record(c, r)
 
     # -- files
-    def _file(self, c: Connection, b: _Batch, ino: int) -> _FileRow | None:
+    def _file(self, c: Connection, b: Batch, ino: int) -> _FileRow | None:
         if ino in b.files:
             return b.files[ino]
         row = c.execute(select(FILES.c.ino, FILES.c.parent, FILES.c.name, FILES.c.is_dir,
@@ -285,16 +282,16 @@ class ProvenanceStore:
         b.files[ino] = f
         return f
 
-    def _set_file(self, c: Connection, b: _Batch, ino: int, **vals: Any) -> None:
+    def _set_file(self, c: Connection, b: Batch, ino: int, **vals: Any) -> None:
         c.execute(update(FILES).where(FILES.c.ino == ino).values(**vals))
         b.files.pop(ino, None)
 
-    def _count_child(self, c: Connection, b: _Batch, parent: int, delta: int) -> None:
+    def _count_child(self, c: Connection, b: Batch, parent: int, delta: int) -> None:
         c.execute(update(FILES).where(FILES.c.ino == parent)
                   .values(data_children=FILES.c.data_children + delta))
         b.files.pop(parent, None)
 
-    def _rename(self, c: Connection, b: _Batch, r: pb.ChangeRecord) -> None:
+    def _rename(self, c: Connection, b: Batch, r: pb.ChangeRecord) -> None:
         src = self._file(c, b, r.ino)
         moved = src is not None and not src.is_dir and is_data_file(src.name)
         if r.target_ino and r.flags & RENAME_EXCHANGE:
@@ -315,7 +312,7 @@ class ProvenanceStore:
         if src is not None and not src.is_dir and is_data_file(r.name):
             self._count_child(c, b, r.parent, +1)
 
-    def target_of(self, c: Connection, b: _Batch, ino: int) -> tuple[int, bool]:
+    def target_of(self, c: Connection, b: Batch, ino: int) -> tuple[int, bool]:
         """The artifact a read or write of ``ino`` counts against: the inode itself, or
         the data-set (or model) directory it lies in. Returns (ino, is_directory)."""
         f = self._file(c, b, ino)
@@ -353,7 +350,7 @@ class ProvenanceStore:
                                                 ts_ns=r.ts_ns))
         return int(res.inserted_primary_key[0])
 
-    def _data_changed(self, c: Connection, b: _Batch, r: pb.ChangeRecord) -> None:
+    def _data_changed(self, c: Connection, b: Batch, r: pb.ChangeRecord) -> None:
         """An OP_WRITE (or a create with data): extend the open version or start one."""
         ino, v, size = r.ino, int(r.attr.version), int(r.attr.size)
         target, is_dir = self.target_of(c, b, ino)
@@ -419,7 +416,7 @@ class ProvenanceStore:
         self._runs[key] = rid
         return rid
 
-    def _edge(self, c: Connection, b: _Batch, run: int, av: int, d: str,
+    def _edge(self, c: Connection, b: Batch, run: int, av: int, d: str,
               r: pb.ChangeRecord) -> None:
         k = (av, d, run)
         if k in b.edges:
@@ -429,7 +426,7 @@ class ProvenanceStore:
                                                     EDGES.c.run == run))).first() is None:
             c.execute(insert(EDGES).values(av=av, dir=d, run=run, seq=r.seq, ts_ns=r.ts_ns))
 
-    def _access(self, c: Connection, b: _Batch, r: pb.ChangeRecord) -> None:
+    def _access(self, c: Connection, b: Batch, r: pb.ChangeRecord) -> None:
         try:
             ev = json.loads(r.extra or "{}")
         except ValueError:

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from . import query as q
 from .base import SearchBackend
-from .store import DOC_COLS, StateStore, _Batch
+from .store import DOC_COLS, Batch, StateStore
 
 RETRYABLE = {429, 500, 502, 503, 504}
 
@@ -140,14 +140,14 @@ class ElasticIndex(SearchBackend):
                  names=[n for _, n in links], deleted=False)
         return d
 
-    def _actions(self, c: sqlite3.Connection, b: _Batch) -> Iterator[dict[str, Any]]:
+    def _actions(self, c: sqlite3.Connection, b: Batch) -> Iterator[dict[str, Any]]:
         for ino in sorted(b.changed):
             doc = self._es_doc(c, ino)
             yield {"_op_type": "index", "_index": self.index, "_id": str(ino),
                    "version": b.changed[ino], "version_type": "external",
                    "_source": doc if doc is not None else {"ino": ino, "deleted": True}}
 
-    def _project(self, c: sqlite3.Connection, b: _Batch) -> None:
+    def _project(self, c: sqlite3.Connection, b: Batch) -> None:
         if not b.changed:
             return
         from elasticsearch import helpers

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ...posix import ROOT_INO
 from ...proto import metafs_pb2 as pb
+from ..consumer import apply_checkpointed
 from .query import ext_of, type_of_mode
 from .tags import NUM, STR, TEXT, collect, flatten_key, tag_key
 
@@ -89,7 +90,7 @@ DOC_COLS = ("ino", "parent", "name", "ext", "type", "size", "uid", "gid", "mode"
 _CREATE_OPS = (pb.OP_CREATE, pb.OP_MKDIR, pb.OP_MKNOD, pb.OP_SYMLINK)
 
 
-class _Batch:
+class Batch:
     """What one batch touched: ino -> the last seq that changed its document, and the inos
     whose full-text row needs rewriting."""
 
@@ -241,31 +242,26 @@ class StateStore:
             c = self._w
             c.execute("BEGIN IMMEDIATE")
             try:
-                b = _Batch()
-                pos = self._pos
+                b = Batch()
                 self._maybe_start_bulk(c, len(records))
-                for r in records:
-                    if r.seq <= pos:
-                        continue
-                    self._apply_one(c, r, b)
-                    if on_record is not None:
-                        on_record(r)
+                pos = apply_checkpointed(records, self._pos, upto,
+                                         lambda r: self._apply_one(c, r, b), on_record)
                 self._write_new(c, b)
                 self._flush_fts(c, b)
                 self._project(c, b)
-                c.execute("UPDATE meta SET value=? WHERE key='position'", (max(upto, pos),))
+                c.execute("UPDATE meta SET value=? WHERE key='position'", (pos,))
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
-            self._pos = max(upto, pos)
+            self._pos = pos
 
-    def _project(self, c: sqlite3.Connection, b: _Batch) -> None:
+    def _project(self, c: sqlite3.Connection, b: Batch) -> None:
         """Hook: send the documents this batch changed elsewhere, before the commit."""
 
     # ------------------------------------------------------------------ records
     @staticmethod
-    def _write_new(c: sqlite3.Connection, b: _Batch) -> None:
+    def _write_new(c: sqlite3.Connection, b: Batch) -> None:
         """Write the batch's pending document and tag rows."""
         if b.new_docs:
             c.executemany("INSERT OR REPLACE INTO docs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -275,7 +271,7 @@ class StateStore:
             c.executemany("INSERT INTO tags VALUES (?,?,?,?,?,?,?)", b.new_tags)
             b.new_tags = []
 
-    def _apply_one(self, c: sqlite3.Connection, r: pb.ChangeRecord, b: _Batch) -> None:
+    def _apply_one(self, c: sqlite3.Connection, r: pb.ChangeRecord, b: Batch) -> None:
         op = r.op
         ino = r.ino
         if op in _CREATE_OPS:
@@ -360,7 +356,7 @@ class StateStore:
         return c.execute("SELECT 1 FROM docs WHERE ino=?", (ino,)).fetchone() is not None
 
     @staticmethod
-    def _set_attr(c: sqlite3.Connection, ino: int, a: pb.Attr, seq: int, b: _Batch) -> None:
+    def _set_attr(c: sqlite3.Connection, ino: int, a: pb.Attr, seq: int, b: Batch) -> None:
         n = c.execute("UPDATE docs SET size=?, uid=?, gid=?, mode=?, nlink=?, atime=?, mtime=?, "
                       "ctime=?, btime=? WHERE ino=?",
                       (a.size, a.uid, a.gid, a.mode, a.nlink, a.atime_ns, a.mtime_ns,
@@ -368,7 +364,7 @@ class StateStore:
         if n:
             b.changed[ino] = seq
 
-    def _drop(self, c: sqlite3.Connection, ino: int, seq: int, b: _Batch) -> None:
+    def _drop(self, c: sqlite3.Connection, ino: int, seq: int, b: Batch) -> None:
         existed = c.execute("DELETE FROM docs WHERE ino=?", (ino,)).rowcount
         c.execute("DELETE FROM dirs WHERE ino=?", (ino,))
         c.execute("DELETE FROM tags WHERE ino=?", (ino,))
@@ -384,7 +380,7 @@ class StateStore:
             b.changed[ino] = seq
 
     def _remove_name(self, c: sqlite3.Connection, ino: int, parent: int, name: str,
-                     seq: int, b: _Batch) -> bool:
+                     seq: int, b: Batch) -> bool:
         """One name of ``ino`` is gone; True if the document remains (other names)."""
         row = c.execute("SELECT parent, name FROM docs WHERE ino=?", (ino,)).fetchone()
         if row is None:
@@ -404,7 +400,7 @@ class StateStore:
         return True
 
     def _move_name(self, c: sqlite3.Connection, ino: int, old: tuple[int, str],
-                   new: tuple[int, str], seq: int, b: _Batch) -> None:
+                   new: tuple[int, str], seq: int, b: Batch) -> None:
         row = c.execute("SELECT parent, name FROM docs WHERE ino=?", (ino,)).fetchone()
         if row is None:
             return
@@ -422,7 +418,7 @@ class StateStore:
                   (parent, name, ext_of(name), ino))
         c.execute("UPDATE dirs SET parent=?, name=? WHERE ino=?", (parent, name, ino))
 
-    def _flush_fts(self, c: sqlite3.Connection, b: _Batch) -> None:
+    def _flush_fts(self, c: sqlite3.Connection, b: Batch) -> None:
         """Rewrite the full-text rows of the documents this batch touched: the names of
         every link, and the string and text tag values in tag order."""
         if not b.fts:
