@@ -15,8 +15,8 @@ from typing import Any, Iterator
 import pytest
 
 from metafs.assembly import build_namenode, serve_grpc
-from metafs.blockstore import client as block_client
-from metafs.blockstore.client import cache_dir_for
+from metafs.client import blocks as client_blocks
+from metafs.client.blocks import cache_dir_for
 from metafs.blockstore.presigned import PresignedStore
 from metafs.client import Client
 from metafs.config import Settings, load
@@ -269,7 +269,7 @@ def presigned(tmp_path: Path, moto_url: str,  # noqa: F811
     def no_credentials(*a: object, **k: object) -> None:
         raise AssertionError("a presigning client must not open the store itself")
 
-    monkeypatch.setattr(block_client, "open_store", no_credentials)
+    monkeypatch.setattr(client_blocks, "open_store", no_credentials)
     c = Client(settings=s.with_(namenode=srv.address, block_presign=True, s3_endpoint=""))
     try:
         yield c, nn
@@ -301,7 +301,7 @@ def test_presigned_write_and_read(presigned: tuple[Client, Namenode]) -> None:
         assert c2.read_bytes("/p") == want
     finally:
         c2.close()
-    assert all(isinstance(st, PresignedStore) for st in c._blocks._stores.values())  # type: ignore[attr-defined]
+    assert all(isinstance(st, PresignedStore) for st in c.blocks._stores.values())
     keys = {b.key for b in nn.ns.blocks.store.list()}
     assert keys and all(k.startswith(f"{c.stat('/p').st_ino}/") for k in keys)
 
@@ -497,7 +497,7 @@ def test_reused_chunk_buffers_hold_no_old_bytes(fs: Client) -> None:
     with fs.open("/old", "wb", buffering=0) as f:
         for i in range(0, len(old), 64 * 1024):   # pieces: whole-chunk buffers, stored
             f.write(old[i:i + 64 * 1024])
-    ctx = fs._blocks  # type: ignore[attr-defined]
+    ctx = fs.blocks
     assert ctx._chunk_bufs                          # kept for the next writer
     with fs.open("/new", "w+b", buffering=0) as f:
         f.write(b"x" * 100_000)

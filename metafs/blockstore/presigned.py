@@ -29,7 +29,7 @@ from ..errors import FsError
 from .base import BlockInfo, BlockNotFound, BlockStore
 
 if TYPE_CHECKING:
-    from .client import BlockContext
+    from ..config import Settings
 
 log = logging.getLogger("metafs.blockstore.presigned")
 
@@ -51,11 +51,10 @@ class PresignedStore:
 
     url: str
 
-    def __init__(self, url: str, ctx: "BlockContext") -> None:
+    def __init__(self, url: str, s: "Settings") -> None:
         import urllib3
 
         self.url = url
-        s = ctx.settings
         self.retries = max(1, s.s3_retries)
         self._timeout = urllib3.Timeout(connect=s.s3_connect_timeout, read=s.s3_read_timeout)
         self._http = urllib3.PoolManager(maxsize=max(4, s.s3_max_connections), retries=False)

@@ -34,6 +34,8 @@ from ..errors import FsError
 from ..proto import metafs_pb2 as pb
 from . import file as file_mod
 from .access import AccessRecorder
+from .blockfile import BlockFile
+from .blocks import WINDOW, BlockContext
 from .transport import GrpcTransport, LocalTransport, Transport
 
 ROOT_INO = 1
@@ -173,19 +175,12 @@ class Client:
         self._lease = reply.lease_seconds
         self._renewer = threading.Thread(target=self._renew, name="metafs-session", daemon=True)
         self._renewer.start()
-        self.raw_file_class: type[file_mod.RawFile] = file_mod.RawFile
-        self.open_layout_blocks = 0  # chunks of layout a read-only open asks for (blocks)
+        # the block data path: stores, block cache, layouts shared by the files it opens
+        self.blocks = BlockContext(settings)
+        # chunks of layout a read-only open asks for (presigned reads need URLs: GetLayout
+        # asks for them)
+        self.open_layout_blocks = 0 if settings.block_presign else WINDOW
         self.access_recorder = AccessRecorder(self)  # provenance: what it reads and writes
-        self._attach_block_layer()
-
-    def _attach_block_layer(self) -> None:
-        try:
-            from ..blockstore import client as block_client  # type: ignore[attr-defined]
-        except ImportError:
-            return
-        attach = getattr(block_client, "attach", None)
-        if attach is not None:
-            attach(self)
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -518,7 +513,7 @@ class Client:
         reply = self._open(p, flags, perm)
         f = file_mod.make_file(self, p, reply, flags, binary=binary, buffering=buffering,
                                encoding=encoding, errors=errors, newline=newline,
-                               raw_class=self.raw_file_class)
+                               raw_class=BlockFile)
         if not binary:
             f.mode = mode
         return f

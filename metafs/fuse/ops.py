@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+from ..client.blockfile import BlockFile
 from ..client.client import Client
 from ..config import Settings
 from ..errors import FsError
@@ -772,8 +773,8 @@ class MetafsOperations:
     def _new_handle(self, path: str, reply: pb.OpenReply, flags: int, caller: pb.Caller,
                     fi: Any) -> None:
         attr = reply.attr
-        raw = self.client.raw_file_class(_ClientView(self.client, caller), path, reply,
-                                         flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
+        raw = BlockFile(_ClientView(self.client, caller), path, reply,
+                        flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
         with self._fh_lock:
             fh = self._next_fh
             self._next_fh += 1

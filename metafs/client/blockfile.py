@@ -1,8 +1,7 @@
-"""The client's block data path: files above the inline limit, read and written straight
-from and to the block store.
+"""Files in blocks: :class:`BlockFile`, the raw file a :class:`~metafs.client.Client`
+opens, read and written straight from and to the block store above the inline limit.
 
-``attach(client)`` (called by :class:`metafs.client.Client`) makes every file the client
-opens a :class:`BlockFile`: inline files keep using the namenode's Read/Write calls; a file
+Inline files keep using the namenode's Read/Write calls (:class:`~.file.RawFile`); a file
 in blocks, or one that grows past the inline limit, is cut into ``block_size`` chunks.
 
 Writing: changed chunks are buffered (a random write reads the chunk it changes first:
@@ -19,176 +18,29 @@ cache and, when ``block_cache_dir`` is set, in a size-bounded local cache direct
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import io
 import logging
-import os
 import threading
-from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
+from ..blockstore.base import (BlockNotFound, BlockStore, ChecksumError, checksum, new_key,
+                               parse_checksum, pieces_for, read_verified, verify)
+from ..blockstore.cache import DiskCache, MemoryCache
+from ..blockstore.presigned import PresignedView
 from ..buffers import address, memmove
 from ..errors import FsError
 from ..proto import metafs_pb2 as pb
-from ..client.file import RawFile
-from . import open_store
-from .base import (BlockNotFound, BlockStore, ChecksumError, checksum, new_key, parse_checksum,
-                   pieces_for, read_verified, verify)
-from .cache import DiskCache, MemoryCache
-from .presigned import PresignedStore, PresignedView
+from .blocks import WINDOW, BlockContext, Layout
+from .file import RawFile
 
 if TYPE_CHECKING:
-    from ..client.client import Client
+    from .client import Client
 
-log = logging.getLogger("metafs.blockstore.client")
+log = logging.getLogger("metafs.client.blockfile")
 
-WINDOW = 1024  # chunks per GetLayout call
-
-
-LAYOUTS = 4096  # complete layouts a client remembers (see BlockContext.layouts)
-CHUNK_BUFFERS = 8  # zeroed chunk buffers a client keeps for reuse by writers
 COPY_UNLOCKED = 64 * 1024  # writes this large are copied without the interpreter lock
-
-
-class Layout:
-    """Everything a reader needs of one version of a file in blocks, complete."""
-
-    __slots__ = ("version", "size", "block_size", "store_url", "refs")
-
-    def __init__(self, version: int, size: int, block_size: int, store_url: str,
-                 refs: dict[int, pb.BlockRef]) -> None:
-        self.version = version
-        self.size = size
-        self.block_size = block_size
-        self.store_url = store_url
-        self.refs = refs
-
-
-class BlockContext:
-    """Per-client shared parts: the stores, the thread pool, the disk cache, what the client
-    learned of the file system (chunk size, store URL) and complete layouts of recently
-    seen file versions.
-
-    A layout is cached by inode and data version: every change of a file's data or size
-    bumps its version and inode numbers are never reused, so a cached layout of the version
-    an Open reports is exactly what GetLayout would return (blocks are immutable, and blocks
-    of a version that is still current are never collected). A handle that finds its
-    version here skips the GetLayout round trip; a handle that wrote the whole layout of a
-    new version (a new file, or one nobody else committed to in between) puts it here."""
-
-    def __init__(self, client: "Client") -> None:
-        self.client = client
-        self.settings = client.settings
-        self._stores: dict[str, BlockStore] = {}
-        self._lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(max(4, self.settings.block_parallel * 2),
-                                       thread_name_prefix="metafs-blockio")
-        self._disk_cache: DiskCache | None = None
-        self._disk_cache_for: str | None = None
-        self.block_size: int | None = None     # the file system's chunk size, once seen
-        self.store_url: str | None = None      # the file system's store, once seen
-        self._layouts: OrderedDict[int, Layout] = OrderedDict()
-        self._chunk_bufs: list[bytearray] = []  # zeroed whole-chunk write buffers, for reuse
-
-    def learn(self, block_size: int, store_url: str) -> None:
-        """Remember the file system's chunk size and store (from a layout reply)."""
-        self.block_size = block_size
-        self.store_url = store_url
-
-    def store(self, url: str) -> BlockStore:
-        with self._lock:
-            st = self._stores.get(url)
-            if st is None:
-                if self.settings.block_presign:
-                    st = PresignedStore(url, self)
-                else:
-                    st = open_store(url, self.settings)
-                self._stores[url] = st
-            return st
-
-    def disk_cache(self, store_url: str) -> DiskCache | None:
-        """The local block cache for blocks of ``store_url`` (None: no cache). With
-        ``block_cache_dir = "auto"`` (the default) blocks of a remote store (S3) are cached
-        under the user's cache directory and a local store is not cached."""
-        with self._lock:
-            if self._disk_cache_for is None:
-                self._disk_cache_for = store_url
-                root = cache_dir_for(self.settings, store_url)
-                if root:
-                    try:
-                        self._disk_cache = DiskCache(root, self.settings.block_cache_size,
-                                                     self.settings.block_cache_free_ratio,
-                                                     namespace=store_url)
-                    except OSError as exc:
-                        log.warning("no local block cache: cannot use %s: %s", root, exc)
-            return self._disk_cache
-
-    def cached_layout(self, ino: int, version: int) -> Layout | None:
-        with self._lock:
-            lay = self._layouts.get(ino)
-            if lay is None or lay.version != version:
-                return None
-            self._layouts.move_to_end(ino)
-            return lay
-
-    def remember_layout(self, ino: int, layout: Layout) -> None:
-        with self._lock:
-            self._layouts[ino] = layout
-            self._layouts.move_to_end(ino)
-            while len(self._layouts) > LAYOUTS:
-                self._layouts.popitem(last=False)
-
-    def chunk_buffer(self, size: int) -> bytearray:
-        """A zeroed buffer of ``size`` bytes for a chunk being written: a recycled one when
-        there is one (no allocation, no page faults, no memset under the interpreter
-        lock), else a new one."""
-        with self._lock:
-            bufs = self._chunk_bufs
-            for i in range(len(bufs) - 1, -1, -1):
-                if len(bufs[i]) == size:
-                    return bufs.pop(i)
-        return bytearray(size)
-
-    def recycle_chunk_buffer(self, buf: bytearray) -> None:
-        """Take back a chunk buffer nothing refers to any more (its upload is done):
-        zeroed here (on the upload's thread, without the interpreter lock) and kept for
-        the next chunk, up to ``CHUNK_BUFFERS``."""
-        with self._lock:
-            if len(self._chunk_bufs) >= CHUNK_BUFFERS:
-                return
-        ctypes.memset(address(buf), 0, len(buf))
-        with self._lock:
-            if len(self._chunk_bufs) < CHUNK_BUFFERS:
-                self._chunk_bufs.append(buf)
-
-    def forget_layout(self, ino: int) -> None:
-        with self._lock:
-            self._layouts.pop(ino, None)
-
-
-def cache_dir_for(settings: Any, store_url: str) -> str:
-    """The block cache directory to use for ``store_url`` ("" for none)."""
-    d = settings.block_cache_dir.strip()
-    if d.lower() in ("", "off", "none"):
-        return ""
-    if d.lower() == "auto":
-        if urlparse(store_url).scheme == "file":
-            return ""  # a local directory needs no second copy on the same disk
-        import platformdirs
-
-        d = os.path.join(platformdirs.user_cache_dir("metafs", appauthor=False), "blocks")
-    return d
-
-
-def attach(client: "Client") -> None:
-    """Give ``client`` the block data path (called by ``Client.__init__``)."""
-    client._blocks = BlockContext(client)  # type: ignore[attr-defined]
-    client.raw_file_class = BlockFile
-    if not client.settings.block_presign:  # (presigned reads need URLs: GetLayout asks)
-        client.open_layout_blocks = WINDOW  # a reader's first layout comes with its open
 
 
 def _zero(n: int) -> bytes:
@@ -217,7 +69,7 @@ class BlockFile(RawFile):
 
     def __init__(self, client: "Client", path: str, reply: pb.OpenReply, flags: int) -> None:
         super().__init__(client, path, reply, flags)
-        self._ctx: BlockContext = client._blocks  # type: ignore[attr-defined]
+        self._ctx: BlockContext = client.blocks
         self._s = client.settings
         self._inline = reply.attr.inline
         self._bs = 0                            # chunk size, from the first layout
@@ -870,4 +722,4 @@ class BlockFile(RawFile):
         return read_verified(self._store(), ref.key, ref.checksum, lo, hi)
 
 
-__all__ = ["BlockFile", "attach"]
+__all__ = ["BlockFile"]
