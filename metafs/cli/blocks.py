@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from typing import Any
+
+from .common import Common
 
 
-def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(sub: Any, common: Common) -> None:
     sp = sub.add_parser("gc", help="remove blocks no file references (after a grace period)",
                         description="Remove blocks no file references (overwritten, deleted, "
                         "or uploaded by a client that died before committing) once they are "
@@ -30,7 +32,7 @@ def _add_common_without_namenode(sp: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .gc import gc_main
+    from ..blockstore.gc import gc_main
 
     argv: list[str] = []
     for flag, key in (("--config", "config"), ("--data-dir", "data_dir"), ("--db", "db_url"),
