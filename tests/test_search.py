@@ -143,7 +143,7 @@ def test_indexer_process_killed_with_sigkill_resumes(tmp_path: Path) -> None:
     client = Client(data_dir=str(data))
     rnd = random.Random(11)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    cmd = [sys.executable, "-m", "metafs.cdc.search.cli", "indexer", "--data", str(data),
+    cmd = [sys.executable, "-m", "metafs.cli", "indexer", "--data", str(data),
            "--index", str(ixdir), "--report", "0"]
     try:
         client.makedirs("/t")
@@ -176,7 +176,7 @@ def test_indexer_process_killed_with_sigkill_resumes(tmp_path: Path) -> None:
 
 
 def test_cli_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from metafs.cdc.search.cli import main
+    from metafs.cli import main
 
     client = Client(data_dir=str(tmp_path))
     client.write_bytes("/a.jpg", b"12")

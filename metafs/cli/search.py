@@ -14,23 +14,9 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
-from .query import QueryError
-
-MakeClient = Callable[[argparse.Namespace], Any]
-
-
-def _default_make_client(args: argparse.Namespace) -> Any:
-    from ...cli import make_client
-
-    return make_client(args)
-
-
-def _add_conn(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("namenode")
-    g.add_argument("--namenode", help="HOST:PORT of a namenode")
-    g.add_argument("--data", dest="data_dir", help="data directory of an embedded namenode")
+from .common import Common, make_client
 
 
 def _index_args(p: argparse.ArgumentParser) -> None:
@@ -54,15 +40,12 @@ def _configure(client: Any, args: argparse.Namespace) -> None:
         client.settings = client.settings.with_(**changes)
 
 
-def add_search_commands(subparsers: Any, common: Callable[[argparse.ArgumentParser], None]
-                        | None = None, make_client: MakeClient | None = None) -> None:
+def add_commands(subparsers: Any, common: Common) -> None:
     """Add ``search`` and ``indexer`` to a ``metafs`` argument parser."""
-    mk = make_client or _default_make_client
-
     sp = subparsers.add_parser("search", help="find files by name, attributes and tags",
                                description="Search files and their JSON tags, e.g. "
                                "'bicycles>3 ext:jpg under:/datasets/coco \"red car\"'.")
-    (common or _add_conn)(sp)
+    common(sp)
     sp.add_argument("query", help="the query (see docs/search.md)")
     sp.add_argument("--json", action="store_true", help="print the full result as JSON")
     sp.add_argument("--limit", type=int, default=100, help="results per page (default 100)")
@@ -73,10 +56,10 @@ def add_search_commands(subparsers: Any, common: Callable[[argparse.ArgumentPars
     sp.add_argument("--wait", action="store_true",
                     help="first wait until the index reflects every change made so far")
     _index_args(sp)
-    sp.set_defaults(func=lambda a: cmd_search(a, mk))
+    sp.set_defaults(func=cmd_search)
 
     sp = subparsers.add_parser("indexer", help="keep the search index following a namenode")
-    (common or _add_conn)(sp)
+    common(sp)
     _index_args(sp)
     sp.add_argument("--once", action="store_true", help="catch up with the changelog and exit")
     sp.add_argument("--rebuild", action="store_true",
@@ -84,11 +67,12 @@ def add_search_commands(subparsers: Any, common: Callable[[argparse.ArgumentPars
     sp.add_argument("--status", action="store_true", help="print position and lag, and exit")
     sp.add_argument("--report", type=float, default=30.0,
                     help="seconds between progress lines (0: none)")
-    sp.set_defaults(func=lambda a: cmd_indexer(a, mk))
+    sp.set_defaults(func=cmd_indexer)
 
 
-def cmd_search(args: argparse.Namespace, make_client: MakeClient) -> int:
-    from .api import search
+def cmd_search(args: argparse.Namespace) -> int:
+    from ..cdc.search.api import search
+    from ..cdc.search.query import QueryError
 
     offset = args.offset
     if args.page is not None:
@@ -121,9 +105,9 @@ def cmd_search(args: argparse.Namespace, make_client: MakeClient) -> int:
         client.close()
 
 
-def cmd_indexer(args: argparse.Namespace, make_client: MakeClient) -> int:
-    from ..source import source_for
-    from .api import Indexer, open_index
+def cmd_indexer(args: argparse.Namespace) -> int:
+    from ..cdc.search.api import Indexer, open_index
+    from ..cdc.source import source_for
 
     client = make_client(args)
     _configure(client, args)
@@ -155,15 +139,3 @@ def cmd_indexer(args: argparse.Namespace, make_client: MakeClient) -> int:
         ix.close()
         client.close()
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m metafs.cdc.search.cli indexer --data DIR``)."""
-    p = argparse.ArgumentParser(prog="metafs")
-    sub = p.add_subparsers(dest="command", required=True)
-    add_search_commands(sub)
-    args = p.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

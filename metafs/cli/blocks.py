@@ -1,13 +1,15 @@
-"""``metafs gc``: the namenode's garbage collection of the block store, as a subcommand of
-``metafs`` (it runs on the metadata database directly, without a namenode process)."""
+"""``metafs gc``: the namenode's garbage collection of the block store (on the metadata
+database directly, without a namenode process)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from typing import Any
+
+from .common import Common
 
 
-def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(sub: Any, common: Common) -> None:
     sp = sub.add_parser("gc", help="remove blocks no file references (after a grace period)",
                         description="Remove blocks no file references (overwritten, deleted, "
                         "or uploaded by a client that died before committing) once they are "
@@ -31,7 +33,7 @@ def _add_common_without_namenode(sp: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .gc import gc_main
+    from ..namenode.gc import gc_main
 
     argv: list[str] = []
     for flag, key in (("--config", "config"), ("--data-dir", "data_dir"), ("--db", "db_url"),

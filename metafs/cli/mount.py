@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from typing import Any, Callable
+from typing import Any
+
+from .common import Common, settings_from
 
 
-def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(sub: Any, common: Common) -> None:
     sp = sub.add_parser("mount", help="mount metafs with FUSE (returns once it is ready)",
                         description="Mount metafs on MOUNTPOINT. Without --namenode an "
                         "embedded namenode runs in the mount process on --data DIR.")
@@ -76,8 +77,6 @@ _MOUNT_FIELDS = ("fuse_attr_timeout", "fuse_entry_timeout", "fuse_negative_timeo
 
 
 def mount_settings(args: argparse.Namespace) -> Any:
-    from ..cli import settings_from
-
     extra = {k: getattr(args, k, None) for k in _MOUNT_FIELDS}
     s = settings_from(args, **extra)
     # relative paths mean the caller's directory (the mount process runs in /)
@@ -87,7 +86,7 @@ def mount_settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from .mount import run_mount, spawn_mount
+    from ..fuse.mount import run_mount, spawn_mount
 
     settings = mount_settings(args)
     if args.foreground:
@@ -97,13 +96,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from .mount import unmount
+    from ..fuse.mount import unmount
 
     unmount(args.mountpoint, lazy=args.lazy)
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from ..cli import main
-
-    sys.exit(main(["mount", *sys.argv[1:]]))

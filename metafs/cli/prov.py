@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from typing import Any
 
-from .render import (FORMATS, emit_openlineage, render_graph, runs_table, show_table)
+from ..cdc.provenance.render import (FORMATS, emit_openlineage, render_graph, runs_table,
+                                     show_table)
+from .common import Common
 
 
 def _params(items: list[str]) -> dict[str, Any]:
@@ -24,8 +26,8 @@ def _params(items: list[str]) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ...cli import make_client
-    from .runs import run_command
+    from ..cdc.provenance.runs import run_command
+    from .common import make_client
 
     argv = list(args.cmd)
     if argv and argv[0] == "--":
@@ -42,8 +44,8 @@ def _namespace(fs: Any) -> str:
 
 
 def cmd_prov(args: argparse.Namespace) -> int:
-    from ...cli import make_client, settings_from
-    from . import Provenance, ProvenanceStore
+    from ..cdc.provenance import Provenance, ProvenanceStore
+    from .common import make_client, settings_from
 
     settings = settings_from(args)
     with make_client(args) as fs:
@@ -98,7 +100,7 @@ def _dispatch(args: argparse.Namespace, fs: Any, p: Any) -> int:
     return 0
 
 
-def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(sub: Any, common: Common) -> None:
     """Register ``run`` and ``prov`` with the ``metafs`` command."""
     sp = sub.add_parser("run", help="run a command as a provenance run",
                         description="Start a run, run COMMAND with METAFS_RUN_ID set, end "

@@ -1,0 +1,97 @@
+"""``metafs serve``: run a namenode, with its TLS, authentication and metrics flags."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import signal
+import threading
+from typing import Any
+
+from ..config import Settings
+from .common import Common, add_common, log, settings_from, setup_logging
+
+
+def add_commands(sub: Any, common: Common) -> None:
+    sp = sub.add_parser("serve", help="run a namenode")
+    add_common(sp)
+    sp.add_argument("--data", dest="data_dir", help="data directory: SQLite file and "
+                    "local block directory inside it (the embedded default)")
+    sp.add_argument("--db", dest="db_url", help="sqlite:///PATH or postgresql://USER@HOST/DB")
+    sp.add_argument("--blocks", dest="blocks_url", help="file:///PATH or s3://BUCKET/PREFIX")
+    sp.add_argument("--listen", help="HOST:PORT to serve gRPC on")
+    sp.add_argument("--ready-file", help="write the bound address here once serving")
+    sp.add_argument("--index", dest="serve_index", action="store_const", const=True,
+                    default=None, help="run the search indexer in this process and answer "
+                    "searches of remote clients from it")
+    sp.add_argument("--search-dir", dest="search_dir", help="the search index directory "
+                    "(default: search/ in the data directory)")
+    add_serve_flags(sp)
+    sp.set_defaults(func=cmd_serve)
+
+
+def add_serve_flags(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("security")
+    g.add_argument("--tls-cert", help="PEM certificate to serve TLS with")
+    g.add_argument("--tls-key", help="PEM key of --tls-cert")
+    g.add_argument("--tls-ca", help="PEM CA that signs client certificates (mutual TLS)")
+    g.add_argument("--tls-client-auth", action="store_const", const=True, default=None,
+                   help="require client certificates signed by --tls-ca (mutual TLS)")
+    g.add_argument("--auth-mode", choices=("none", "token", "cert", "any"),
+                   help="how callers prove who they are (default none: claims are trusted)")
+    g.add_argument("--auth-file", help="TOML identity table: tokens and certificate names "
+                   "mapped to uid, gid and groups")
+    g = sp.add_argument_group("operations")
+    g.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    g.add_argument("--metrics-listen", help="address for the metrics endpoint")
+
+
+def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("tls_cert", "tls_key", "tls_ca", "tls_client_auth", "auth_mode", "auth_file",
+            "metrics_port", "metrics_listen")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def start_serve_extras(nn: Any, s: Settings) -> Any:
+    """Start the metrics endpoint of `metafs serve` when ``metrics_port`` is set."""
+    if not s.metrics_port:
+        return None
+    from ..ops.metrics import serve_metrics
+
+    srv = serve_metrics(s.metrics_port, s.metrics_listen)
+    log.info("metrics on http://%s:%d/metrics", s.metrics_listen, srv.server_port)
+    return srv
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..assembly import build_namenode, serve_grpc
+
+    s = settings_from(args, **serve_overrides(args))
+    setup_logging(s.log_level)
+    nn = build_namenode(s)
+    server = serve_grpc(nn, s.listen)
+    start_serve_extras(nn, s)  # Prometheus metrics endpoint, when configured
+    # Everything loaded so far lives as long as the process: keep it out of the cyclic
+    # collector's full scans, which otherwise revisit it on every request-heavy minute.
+    gc.freeze()
+    db = s.effective_db_url
+    shown_db = db.split("@")[-1] if "@" in db else db
+    log.info("metafs namenode started on %s (db %s, blocks %s, pid %d)", server.address,
+             shown_db, s.effective_blocks_url, os.getpid())
+    if args.ready_file:
+        with open(args.ready_file, "w") as fh:
+            fh.write(server.address)
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not done.wait(1.0):
+        pass
+    server.stop(grace=5.0)
+    nn.close()
+    log.info("metafs namenode on %s stopped", server.address)
+    return 0
