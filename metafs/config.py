@@ -30,15 +30,37 @@ DEFAULT_PORT = 7420
 # instead, unless GRPC_EXPERIMENTS is set by the user. It must be decided before grpc is
 # first imported, so it is an environment variable, not a setting.
 GRPC_EXPERIMENTS = "-event_engine_client,-event_engine_listener,-event_engine_for_all_other_endpoints"
+GRPC_EXPERIMENTS_RELEASES = ((1, 74), (1, 85))
+"""The grpcio releases (first and last minor version) that know every experiment named above.
+gRPC core logs an error for an experiment name it does not know (experiments are removed once
+they become the only behaviour), so other releases keep gRPC's own default."""
+
+
+def _grpc_release() -> tuple[int, int] | None:
+    """The installed grpcio's (major, minor), read from its metadata without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = version("grpcio").split(".")[:2]
+        return int(major), int(minor)
+    except (PackageNotFoundError, ValueError):
+        return None
 
 
 def tune_grpc(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> bool:
     """Choose gRPC core's polling I/O before grpc loads (a no-op when ``GRPC_EXPERIMENTS``
-    is already set, or set to empty to keep gRPC's own default). Returns whether the choice
-    applies to this process (False once grpc is imported: it reads the variable then)."""
+    is already set, or set to empty to keep gRPC's own default, or when the installed grpcio
+    is outside :data:`GRPC_EXPERIMENTS_RELEASES`). Returns whether the choice applies to this
+    process (False once grpc is imported: it reads the variable then)."""
     import sys
 
-    environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
+    if "GRPC_EXPERIMENTS" in environ:
+        return "grpc" not in sys.modules
+    release = _grpc_release()
+    first, last = GRPC_EXPERIMENTS_RELEASES
+    if release is None or not first <= release <= last:
+        return False
+    environ["GRPC_EXPERIMENTS"] = GRPC_EXPERIMENTS
     return "grpc" not in sys.modules
 
 

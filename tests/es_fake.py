@@ -4,7 +4,10 @@ It implements what the metafs Elasticsearch back end uses: the product check, in
 templates, index creation, ``_bulk`` with external versioning (409 on a version that is not
 higher), ``_search`` over the query DSL subset the back end emits (bool, term, terms,
 range, prefix, wildcard, nested, multi_match phrase/phrase_prefix, match_all/none),
-sorting and paging. Faults can be injected: ``down`` (every request gets a 503 with no
+sorting and paging. Like a real server of its ``version``, it refuses (400
+``media_type_header_exception``) a request whose ``Accept`` or ``Content-Type`` asks for a
+``compatible-with`` major version it does not serve (its own and the one before), or whose
+two headers disagree, and names its version and product in its answers. Faults can be injected: ``down`` (every request gets a 503 with no
 product header), and ``fail_items`` (a number of bulk items answered 429, once each).
 """
 
@@ -18,14 +21,53 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+_COMPATIBLE = re.compile(r"application/vnd\.elasticsearch\+[\w-]+\s*;.*?compatible-with\s*=\s*(\d+)")
+
+SERVER_VERSION = "8.19.24"
+"""The server docker-compose.yml runs."""
+
+
+def media_type_error(major: int, accept: str, content_type: str,
+                     has_body: bool) -> str | None:
+    """Why a server of ``major`` refuses these headers (None: it accepts them), following
+    Elasticsearch's REST API compatibility rules: a requested ``compatible-with`` version
+    must be the server's major or the one before, and with a body, Content-Type and Accept
+    must both ask for the same version or neither."""
+    served = (major, major - 1)
+    m_acc, m_ct = _COMPATIBLE.search(accept or ""), _COMPATIBLE.search(content_type or "")
+    acc = int(m_acc.group(1)) if m_acc else None
+    ct = int(m_ct.group(1)) if m_ct and has_body else None
+    if acc is not None and acc not in served:
+        return (f"Accept version must be either version {major} or {major - 1}, but found "
+                f"{acc}. Accept={accept}")
+    if ct is not None and ct not in served:
+        return (f"Content-Type version must be either version {major} or {major - 1}, but "
+                f"found {ct}. Content-Type={content_type}")
+    if has_body and (acc is None) != (ct is None):
+        return ("A compatible version is required on both Content-Type and Accept headers if "
+                "either one has requested a compatible version. "
+                f"Accept={accept}, Content-Type={content_type}")
+    if has_body and acc != ct:
+        return ("Content-Type and Accept headers have to be the same version. "
+                f"Accept={accept}, Content-Type={content_type}")
+    return None
 
 
 def _words(s: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(s)]
 
 
+def _media_type_exception(reason: str) -> dict[str, Any]:
+    cause = {"type": "media_type_header_exception",
+             "reason": "Invalid media-type value on headers [Accept, Content-Type]"}
+    return {"error": {"root_cause": [cause], **cause,
+                      "caused_by": {"type": "status_exception", "reason": reason}},
+            "status": 400}
+
+
 class FakeES:
-    def __init__(self) -> None:
+    def __init__(self, version: str = SERVER_VERSION) -> None:
+        self.version = version
         self.requests: list[tuple[str, str, str]] = []
         self.templates: dict[str, Any] = {}
         self.indices: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}
@@ -63,6 +105,12 @@ class FakeES:
                     if fake.down:
                         self._send(503, {"error": "unavailable"}, product=False)
                         return
+                    refused = media_type_error(int(fake.version.split(".")[0]),
+                                               self.headers.get("Accept", ""),
+                                               self.headers.get("Content-Type", ""), bool(body))
+                    if refused is not None:
+                        self._send(400, _media_type_exception(refused))
+                        return
                     status, obj = fake.route(self.command, path, self.path, body)
                 self._send(status, obj)
 
@@ -82,7 +130,8 @@ class FakeES:
         parts = [p for p in path.split("/") if p]
         if not parts:
             return 200, {"name": "fake", "cluster_name": "fake", "version": {
-                "number": "9.0.0", "build_flavor": "default"}, "tagline": "You Know, for Search"}
+                "number": self.version, "build_flavor": "default"},
+                "tagline": "You Know, for Search"}
         if parts[0] == "_index_template" and method == "PUT":
             self.templates[parts[1]] = json.loads(body)
             return 200, {"acknowledged": True}

@@ -135,3 +135,61 @@ def test_server_down_keeps_the_checkpoint(setup: tuple[FakeES, Client, ElasticIn
     fake.down = False
     cons.catch_up()
     assert ix.search("ext:jpg").paths == ["/x.jpg"]
+
+
+def _raw(fake: FakeES, method: str, path: str, headers: dict[str, str],
+         body: bytes = b"") -> tuple[int, dict]:
+    import http.client
+
+    conn = http.client.HTTPConnection(fake.url.removeprefix("http://"), timeout=10)
+    try:
+        conn.request(method, path, body=body or None, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
+
+
+def test_server_refuses_compatibility_versions_it_does_not_serve() -> None:
+    """What an 8.x server answers a 9.x client (compatible-with=9), as Elasticsearch does."""
+    fake = FakeES()
+    v = "application/vnd.elasticsearch+json; compatible-with={}".format
+    query = b'{"query": {"match_all": {}}}'
+    try:
+        status, err = _raw(fake, "GET", "/", {"Accept": v(9)})
+        assert status == 400 and err["error"]["type"] == "media_type_header_exception"
+        assert "must be either version 8 or 7, but found 9" in \
+            err["error"]["caused_by"]["reason"]
+        for headers, problem in (({"Accept": v(9), "Content-Type": v(9)}, "but found 9"),
+                                 ({"Accept": v(8), "Content-Type": "application/json"},
+                                  "required on both"),
+                                 ({"Accept": v(8), "Content-Type": v(7)}, "the same version")):
+            status, err = _raw(fake, "POST", "/files/_search", headers, query)
+            assert status == 400 and problem in err["error"]["caused_by"]["reason"], err
+        for headers in ({"Accept": v(8), "Content-Type": v(8)},
+                        {"Accept": v(7), "Content-Type": v(7)},
+                        {"Accept": "application/json", "Content-Type": "application/json"}):
+            status, reply = _raw(fake, "POST", "/files/_search", headers, query)
+            assert status == 200 and reply["hits"]["hits"] == [], reply
+    finally:
+        fake.close()
+
+
+def test_client_speaks_the_major_version_of_the_compose_server() -> None:
+    """The installed client, the server docker-compose.yml runs and the fake agree on the
+    major version, and the client's requests pass the fake's checks."""
+    import elasticsearch
+    import yaml
+
+    from es_fake import SERVER_VERSION
+
+    compose = yaml.safe_load((Path(__file__).parents[1] / "docker-compose.yml").read_text())
+    image_version = compose["services"]["elasticsearch"]["image"].rpartition(":")[2]
+    assert image_version == SERVER_VERSION
+    assert elasticsearch.__versionstr__.split(".")[0] == SERVER_VERSION.split(".")[0]
+    fake = FakeES()
+    try:
+        assert Elasticsearch(fake.url, max_retries=0).info()["version"]["number"] == \
+            SERVER_VERSION
+    finally:
+        fake.close()

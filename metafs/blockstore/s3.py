@@ -47,7 +47,7 @@ class S3Store(BlockStore):
                 from botocore.config import Config
             except ImportError:  # pragma: no cover - depends on the install
                 raise FsError(errno.EOPNOTSUPP,
-                              "the S3 block store needs boto3: pip install 'metafs[s3]'") from None
+                              "the S3 block store needs boto3: pip install 'metafs-ml[s3]'") from None
             cfg = Config(
                 retries={"max_attempts": self.retries, "mode": "standard"},
                 connect_timeout=connect_timeout,

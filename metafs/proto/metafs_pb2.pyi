@@ -134,7 +134,7 @@ class Attr(_message.Message):
     version: int
     inline: bool
     generation: int
-    def __init__(self, ino: _Optional[int] = ..., mode: _Optional[int] = ..., nlink: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., rdev: _Optional[int] = ..., size: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., btime_ns: _Optional[int] = ..., version: _Optional[int] = ..., inline: _Optional[bool] = ..., generation: _Optional[int] = ...) -> None: ...
+    def __init__(self, ino: _Optional[int] = ..., mode: _Optional[int] = ..., nlink: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., rdev: _Optional[int] = ..., size: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., btime_ns: _Optional[int] = ..., version: _Optional[int] = ..., inline: bool = ..., generation: _Optional[int] = ...) -> None: ...
 
 class Entry(_message.Message):
     __slots__ = ("ino", "attr")
@@ -164,7 +164,7 @@ class ResolveRequest(_message.Message):
     path: str
     start: int
     follow: bool
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., path: _Optional[str] = ..., start: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., path: _Optional[str] = ..., start: _Optional[int] = ..., follow: bool = ...) -> None: ...
 
 class InodeRequest(_message.Message):
     __slots__ = ("caller", "ino")
@@ -222,7 +222,7 @@ class CreateRequest(_message.Message):
     flags: int
     rdev: int
     path: str
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., parent: _Optional[int] = ..., name: _Optional[str] = ..., mode: _Optional[int] = ..., umask: _Optional[int] = ..., exclusive: _Optional[bool] = ..., open: _Optional[bool] = ..., flags: _Optional[int] = ..., rdev: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., parent: _Optional[int] = ..., name: _Optional[str] = ..., mode: _Optional[int] = ..., umask: _Optional[int] = ..., exclusive: bool = ..., open: bool = ..., flags: _Optional[int] = ..., rdev: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class OpenReply(_message.Message):
     __slots__ = ("attr", "handle", "data", "has_data", "layout")
@@ -236,7 +236,7 @@ class OpenReply(_message.Message):
     data: bytes
     has_data: bool
     layout: LayoutReply
-    def __init__(self, attr: _Optional[_Union[Attr, _Mapping]] = ..., handle: _Optional[int] = ..., data: _Optional[bytes] = ..., has_data: _Optional[bool] = ..., layout: _Optional[_Union[LayoutReply, _Mapping]] = ...) -> None: ...
+    def __init__(self, attr: _Optional[_Union[Attr, _Mapping]] = ..., handle: _Optional[int] = ..., data: _Optional[bytes] = ..., has_data: bool = ..., layout: _Optional[_Union[LayoutReply, _Mapping]] = ...) -> None: ...
 
 class MkdirRequest(_message.Message):
     __slots__ = ("caller", "parent", "name", "mode", "umask")
@@ -320,7 +320,7 @@ class ReadDirRequest(_message.Message):
     cursor: str
     limit: int
     attrs: bool
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., cursor: _Optional[str] = ..., limit: _Optional[int] = ..., attrs: _Optional[bool] = ...) -> None: ...
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., cursor: _Optional[str] = ..., limit: _Optional[int] = ..., attrs: bool = ...) -> None: ...
 
 class DirEntry(_message.Message):
     __slots__ = ("name", "ino", "mode", "attr")
@@ -342,7 +342,7 @@ class ReadDirReply(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[DirEntry]
     next_cursor: str
     eof: bool
-    def __init__(self, entries: _Optional[_Iterable[_Union[DirEntry, _Mapping]]] = ..., next_cursor: _Optional[str] = ..., eof: _Optional[bool] = ...) -> None: ...
+    def __init__(self, entries: _Optional[_Iterable[_Union[DirEntry, _Mapping]]] = ..., next_cursor: _Optional[str] = ..., eof: bool = ...) -> None: ...
 
 class StatFsRequest(_message.Message):
     __slots__ = ("caller",)
@@ -446,7 +446,7 @@ class OpenRequest(_message.Message):
     path: str
     read_inline: bool
     layout_blocks: int
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., flags: _Optional[int] = ..., path: _Optional[str] = ..., read_inline: _Optional[bool] = ..., layout_blocks: _Optional[int] = ...) -> None: ...
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., flags: _Optional[int] = ..., path: _Optional[str] = ..., read_inline: bool = ..., layout_blocks: _Optional[int] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("caller", "handle", "write")
@@ -480,7 +480,7 @@ class ReadReply(_message.Message):
     data: bytes
     inline: bool
     attr: Attr
-    def __init__(self, data: _Optional[bytes] = ..., inline: _Optional[bool] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ...) -> None: ...
+    def __init__(self, data: _Optional[bytes] = ..., inline: bool = ..., attr: _Optional[_Union[Attr, _Mapping]] = ...) -> None: ...
 
 class WriteRequest(_message.Message):
     __slots__ = ("caller", "ino", "offset", "data", "handle", "append")
@@ -496,7 +496,7 @@ class WriteRequest(_message.Message):
     data: bytes
     handle: int
     append: bool
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., handle: _Optional[int] = ..., append: _Optional[bool] = ...) -> None: ...
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., handle: _Optional[int] = ..., append: bool = ...) -> None: ...
 
 class WriteReply(_message.Message):
     __slots__ = ("attr", "written", "offset")
@@ -539,7 +539,7 @@ class BulkCreateRequest(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[BulkEntry]
     make_parents: bool
     exist_ok: bool
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., parent: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[BulkEntry, _Mapping]]] = ..., make_parents: _Optional[bool] = ..., exist_ok: _Optional[bool] = ...) -> None: ...
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., parent: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[BulkEntry, _Mapping]]] = ..., make_parents: bool = ..., exist_ok: bool = ...) -> None: ...
 
 class BulkCreateReply(_message.Message):
     __slots__ = ("created", "inos")
@@ -665,7 +665,7 @@ class AccessEvent(_message.Message):
     ts_ns: int
     version: int
     uid: int
-    def __init__(self, ino: _Optional[int] = ..., wrote: _Optional[bool] = ..., read: _Optional[bool] = ..., pid: _Optional[int] = ..., proc_start: _Optional[int] = ..., cmdline: _Optional[str] = ..., run_id: _Optional[str] = ..., host: _Optional[str] = ..., ts_ns: _Optional[int] = ..., version: _Optional[int] = ..., uid: _Optional[int] = ...) -> None: ...
+    def __init__(self, ino: _Optional[int] = ..., wrote: bool = ..., read: bool = ..., pid: _Optional[int] = ..., proc_start: _Optional[int] = ..., cmdline: _Optional[str] = ..., run_id: _Optional[str] = ..., host: _Optional[str] = ..., ts_ns: _Optional[int] = ..., version: _Optional[int] = ..., uid: _Optional[int] = ...) -> None: ...
 
 class RecordAccessRequest(_message.Message):
     __slots__ = ("caller", "events")
@@ -711,7 +711,7 @@ class LayoutRequest(_message.Message):
     first_index: int
     count: int
     presign: bool
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., handle: _Optional[int] = ..., first_index: _Optional[int] = ..., count: _Optional[int] = ..., presign: _Optional[bool] = ...) -> None: ...
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., handle: _Optional[int] = ..., first_index: _Optional[int] = ..., count: _Optional[int] = ..., presign: bool = ...) -> None: ...
 
 class LayoutReply(_message.Message):
     __slots__ = ("attr", "block_size", "blocks", "inline_data", "urls", "store_url")
@@ -747,7 +747,7 @@ class CommitBlocksRequest(_message.Message):
     base_version: int
     to_blocks: bool
     release: bool
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., handle: _Optional[int] = ..., size: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., base_version: _Optional[int] = ..., to_blocks: _Optional[bool] = ..., release: _Optional[bool] = ...) -> None: ...
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., handle: _Optional[int] = ..., size: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., base_version: _Optional[int] = ..., to_blocks: bool = ..., release: bool = ...) -> None: ...
 
 class PresignRequest(_message.Message):
     __slots__ = ("caller", "ino", "handle", "keys", "put")
@@ -761,7 +761,7 @@ class PresignRequest(_message.Message):
     handle: int
     keys: _containers.RepeatedScalarFieldContainer[str]
     put: bool
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., handle: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., put: _Optional[bool] = ...) -> None: ...
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., handle: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., put: bool = ...) -> None: ...
 
 class PresignReply(_message.Message):
     __slots__ = ("urls",)
@@ -787,7 +787,7 @@ class SearchRequest(_message.Message):
     count: bool
     wait: bool
     timeout_ms: int
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., query: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., sort: _Optional[str] = ..., count: _Optional[bool] = ..., wait: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., query: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., sort: _Optional[str] = ..., count: bool = ..., wait: bool = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("ino", "path", "doc_json")
@@ -841,7 +841,7 @@ class LockRequest(_message.Message):
     test_only: bool
     report_conflict: bool
     handle: int
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., owner: _Optional[int] = ..., kind: _Optional[_Union[LockKind, str]] = ..., type: _Optional[_Union[LockType, str]] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., pid: _Optional[int] = ..., test_only: _Optional[bool] = ..., report_conflict: _Optional[bool] = ..., handle: _Optional[int] = ...) -> None: ...
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., owner: _Optional[int] = ..., kind: _Optional[_Union[LockKind, str]] = ..., type: _Optional[_Union[LockType, str]] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., pid: _Optional[int] = ..., test_only: bool = ..., report_conflict: bool = ..., handle: _Optional[int] = ...) -> None: ...
 
 class LockReply(_message.Message):
     __slots__ = ("granted", "type", "start", "end", "pid", "same_session", "attr", "head")
@@ -861,7 +861,7 @@ class LockReply(_message.Message):
     same_session: bool
     attr: Attr
     head: int
-    def __init__(self, granted: _Optional[bool] = ..., type: _Optional[_Union[LockType, str]] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., pid: _Optional[int] = ..., same_session: _Optional[bool] = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., head: _Optional[int] = ...) -> None: ...
+    def __init__(self, granted: bool = ..., type: _Optional[_Union[LockType, str]] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., pid: _Optional[int] = ..., same_session: bool = ..., attr: _Optional[_Union[Attr, _Mapping]] = ..., head: _Optional[int] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()

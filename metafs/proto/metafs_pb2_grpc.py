@@ -5,7 +5,7 @@ import warnings
 
 from . import metafs_pb2 as metafs__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.74.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in metafs_pb2_grpc.py depends on'
+        + f' but the generated code in metafs_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class NamenodeStub:
+class NamenodeStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -216,7 +216,7 @@ class NamenodeStub:
                 _registered_method=True)
 
 
-class NamenodeServicer:
+class NamenodeServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def OpenSession(self, request, context):
@@ -627,7 +627,7 @@ def add_NamenodeServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Namenode:
+class Namenode(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
