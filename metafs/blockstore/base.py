@@ -20,7 +20,7 @@ import uuid
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..errors import FsError
 
@@ -136,6 +136,12 @@ class BlockStore(ABC):
     """Immutable objects under string keys. Implementations must be thread-safe."""
 
     url: str
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        from ..ops.metrics import instrument_store  # calls, results, latency and bytes
+
+        instrument_store(cls)
 
     @abstractmethod
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:

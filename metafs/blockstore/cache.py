@@ -12,9 +12,12 @@ import uuid
 from collections import OrderedDict
 from pathlib import Path
 
+from ..ops.metrics import CacheMetrics
 from .local import write_all
 
 log = logging.getLogger("metafs.blockstore.cache")
+_MEM = CacheMetrics("memory")
+_DISK = CacheMetrics("disk")
 
 
 class MemoryCache:
@@ -31,12 +34,14 @@ class MemoryCache:
             v = self._d.get(key)
             if v is not None:
                 self._d.move_to_end(key)
-            return v
+        _MEM.lookup(v is not None)
+        return v
 
     def put(self, key: str, data: bytes) -> None:
         if len(data) > self.max_bytes:
             return
         with self._lock:
+            before = self._used
             old = self._d.pop(key, None)
             if old is not None:
                 self._used -= len(old)
@@ -45,10 +50,13 @@ class MemoryCache:
             while self._used > self.max_bytes and self._d:
                 _, v = self._d.popitem(last=False)
                 self._used -= len(v)
+                _MEM.evictions.inc()
+            _MEM.bytes.inc(self._used - before)
 
     def clear(self) -> None:
         with self._lock:
             self._d.clear()
+            _MEM.bytes.dec(self._used)
             self._used = 0
 
 
@@ -67,6 +75,7 @@ class DiskCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._used = sum(p.stat().st_size for p in self.root.glob("*/*") if p.is_file())
+        _DISK.bytes.inc(self._used)
 
     def _path(self, key: str) -> Path:
         name = f"{self.namespace}\0{key}" if self.namespace else key
@@ -83,8 +92,10 @@ class DiskCache:
             with open(p, "rb") as fh:
                 data = fh.read()
             os.utime(p)  # recency for eviction
+            _DISK.lookup(True)
             return data
         except FileNotFoundError:
+            _DISK.lookup(False)
             return None
         except OSError as exc:
             log.warning("block cache read of %s failed: %s", key, exc)
@@ -96,6 +107,7 @@ class DiskCache:
         try:
             fd = os.open(self._path(key), os.O_RDONLY)
         except FileNotFoundError:
+            _DISK.lookup(False)
             return None
         except OSError as exc:
             log.warning("block cache read of %s failed: %s", key, exc)
@@ -107,6 +119,7 @@ class DiskCache:
             return None
         finally:
             os.close(fd)
+        _DISK.lookup(len(data) == end - start)
         return data if len(data) == end - start else None
 
     def _disk_full(self, incoming: int) -> bool:
@@ -126,6 +139,7 @@ class DiskCache:
             p.unlink()
             with self._lock:
                 self._used -= size
+            _DISK.bytes.dec(size)
         except OSError:
             pass
 
@@ -154,6 +168,7 @@ class DiskCache:
         with self._lock:
             self._used += len(data)
             over = self._used > self.max_bytes
+        _DISK.bytes.inc(len(data))
         if over:
             self._evict()
 
@@ -177,6 +192,8 @@ class DiskCache:
                 try:
                     p.unlink()
                     used -= size
+                    _DISK.evictions.inc()
                 except OSError:
                     pass
+            _DISK.bytes.inc(used - self._used)
             self._used = used

@@ -47,6 +47,10 @@ def add_commands(sub: Any, common: Common) -> None:
     sp.add_argument("--local-locks", dest="fuse_global_locks", action="store_const",
                     const=False, help="let the kernel keep fcntl/flock locks (coherent on "
                     "this machine only) instead of the namenode")
+    sp.add_argument("--metrics-port", type=int, dest="metrics_port",
+                    help="serve Prometheus metrics of the mount on this port")
+    sp.add_argument("--metrics-listen", dest="metrics_listen",
+                    help="address for the metrics endpoint (default 127.0.0.1)")
     g = sp.add_argument_group("security", "for a namenode that serves TLS or requires "
                               "authentication (the tls_* and token settings apply too)")
     g.add_argument("--tls-ca", dest="tls_ca",
@@ -73,7 +77,8 @@ _MOUNT_FIELDS = ("fuse_attr_timeout", "fuse_entry_timeout", "fuse_negative_timeo
                  "fuse_follow_changes", "fuse_kernel_cache", "fuse_write_buffer",
                  "fuse_readahead", "fuse_rpc_timeout", "fuse_access_events",
                  "fuse_allow_other", "fuse_threads", "fuse_global_locks", "tls_ca",
-                 "tls_client_cert", "tls_client_key", "tls_server_name", "token_file")
+                 "tls_client_cert", "tls_client_key", "tls_server_name", "token_file",
+                 "metrics_port", "metrics_listen")
 
 
 def mount_settings(args: argparse.Namespace) -> Any:

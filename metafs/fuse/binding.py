@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable
 
 os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
@@ -28,6 +29,7 @@ import mfusepy  # noqa: E402
 
 from ..buffers import memmove  # noqa: E402
 from ..config import Settings  # noqa: E402
+from ..ops.metrics import FuseCallMetrics  # noqa: E402
 
 if mfusepy.fuse_version_major != 3:  # pragma: no cover - depends on the machine
     raise ImportError(f"metafs needs libfuse 3 (found {mfusepy.fuse_version_major}."
@@ -62,6 +64,7 @@ def fuse_context() -> tuple[int, int, int]:
 
 
 _tls = threading.local()
+_CALLS = FuseCallMetrics()
 # METAFS_FUSE_COUNT_CALLS=1: count the kernel's calls by operation (logged at unmount)
 CALL_COUNTS: dict[str, int] | None = {} if os.environ.get("METAFS_FUSE_COUNT_CALLS") else None
 _PyGILState_Ensure = ctypes.pythonapi.PyGILState_Ensure
@@ -102,10 +105,13 @@ class MetafsFUSE(mfusepy.FUSE):
 
     def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         _pin_thread_state()
+        name = getattr(func, "__name__", "?")
         if CALL_COUNTS is not None:
-            name = getattr(func, "__name__", "?")
             CALL_COUNTS[name] = CALL_COUNTS.get(name, 0) + 1
-        return super()._wrapper(func, *args, **kwargs)
+        t0 = time.perf_counter()
+        result = super()._wrapper(func, *args, **kwargs)
+        _CALLS.observe(name, time.perf_counter() - t0, result)  # Prometheus (ops/metrics)
+        return result
 
     def __init__(self, operations: Any, mountpoint: str, settings: Settings,
                  on_ready: Callable[[], None] | None = None, **options: Any) -> None:

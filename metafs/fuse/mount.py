@@ -142,6 +142,15 @@ def run_mount(settings: Settings, mountpoint: str, ready_fd: int | None = None) 
         rec.enabled = False  # the mount reports access events itself, per calling process
     ops = MetafsOperations(client, settings)
     pf = pid_file(mountpoint)
+    metrics = None
+    if settings.metrics_port:  # Prometheus: per-operation counts and latencies, caches
+        from ..ops.metrics import serve_metrics
+
+        try:
+            metrics = serve_metrics(settings.metrics_port, settings.metrics_listen)
+        except OSError as exc:  # the mount is still useful without its metrics
+            log.warning("no metrics endpoint on %s:%d: %s", settings.metrics_listen,
+                        settings.metrics_port, exc.strerror or exc)
 
     def ready() -> None:
         pf.write_text(f"{os.getpid()}\n")
@@ -158,6 +167,8 @@ def run_mount(settings: Settings, mountpoint: str, ready_fd: int | None = None) 
     finally:
         try:
             ops.stop()
+            if metrics is not None:
+                metrics.shutdown()
         finally:
             client.close()
             try:
