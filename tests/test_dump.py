@@ -184,8 +184,7 @@ def test_dump_and_load_commands(volume, tmp_path: Path) -> None:  # type: ignore
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     target = tmp_path / "t"
-    p = subprocess.run(run + ["load", "--data", str(target), "--blocks",
-                              s.effective_blocks_url, str(out)], env=env,
+    p = subprocess.run(run + ["load", "--data", str(target), str(out)], env=env,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     p = subprocess.run(run + ["load", "--data", str(target), str(out)], env=env,

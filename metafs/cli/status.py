@@ -1,4 +1,4 @@
-"""``metafs status`` and ``metafs changelog``: the volume as a whole."""
+"""``metafs changelog``: change records as JSON lines (``metafs status`` is in volume.py)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,6 @@ def add_commands(sub: Any, common: Common) -> None:
     sp.add_argument("-f", "--follow", action="store_true")
     sp.set_defaults(func=cmd_changelog)
 
-    sp = sub.add_parser("status", help="namenode status")
-    common(sp)
-    sp.add_argument("--json", action="store_true")
-    sp.set_defaults(func=cmd_status)
-
 
 def cmd_changelog(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
@@ -35,15 +30,3 @@ def cmd_changelog(args: argparse.Namespace) -> int:
                 after = r.seq
             if not args.follow and (not recs or after >= head):
                 return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    with make_client(args) as fs:
-        st = fs.statvfs()
-        info = {"namenode": fs.settings.namenode or f"embedded:{fs.settings.data_dir}",
-                "changelog_head": fs.changelog_head(), "inodes": st.used_inodes,
-                "bytes": st.used_bytes, "inline_limit": fs.inline_limit,
-                "block_size": fs.block_size}
-        print(json.dumps(info, indent=2) if args.json else
-              "\n".join(f"{k:>15}: {v}" for k, v in info.items()))
-    return 0

@@ -252,6 +252,11 @@ class Handlers:
         return self.ns.locks.lock(self.c(req, ctx), req)
 
     # -- search (metafs.cdc.search.service)
+    def Status(self, req: pb.StatusRequest, ctx: Any = None) -> pb.StatusReply:
+        from ..ops.status import namenode_status  # version, sessions, lag, health
+
+        return namenode_status(self.ns, self.settings, root=self.c(req, ctx).uid == 0)
+
     def Search(self, req: pb.SearchRequest, ctx: Any = None) -> pb.SearchReply:
         cred = self.c(req, ctx)
         if self.search is None:

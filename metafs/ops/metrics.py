@@ -118,6 +118,14 @@ class _Collector:
 REGISTRY.register(_Collector())
 
 
+def consumers() -> list[tuple[str, int, float]]:
+    """The changelog readers seen lately: (name, position, seconds since last seen)."""
+    now = time.monotonic()
+    with STATE.lock:
+        return sorted((name, p, now - seen) for name, (p, seen) in STATE.consumers.items()
+                      if now - seen <= CONSUMER_TTL)
+
+
 def _errno_name(n: int) -> str:
     return errno_mod.errorcode.get(n, str(n))
 

@@ -867,6 +867,80 @@ class Empty(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class StatusRequest(_message.Message):
+    __slots__ = ("caller",)
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    caller: Caller
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ...) -> None: ...
+
+class SessionStatus(_message.Message):
+    __slots__ = ("id", "host", "uid", "pid", "started_ns", "expires_ns")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_NS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_NS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    host: str
+    uid: int
+    pid: int
+    started_ns: int
+    expires_ns: int
+    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., uid: _Optional[int] = ..., pid: _Optional[int] = ..., started_ns: _Optional[int] = ..., expires_ns: _Optional[int] = ...) -> None: ...
+
+class ConsumerStatus(_message.Message):
+    __slots__ = ("name", "position", "lag", "idle_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    IDLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    position: int
+    lag: int
+    idle_seconds: float
+    def __init__(self, name: _Optional[str] = ..., position: _Optional[int] = ..., lag: _Optional[int] = ..., idle_seconds: _Optional[float] = ...) -> None: ...
+
+class HealthCheck(_message.Message):
+    __slots__ = ("name", "ok", "detail", "seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ok: bool
+    detail: str
+    seconds: float
+    def __init__(self, name: _Optional[str] = ..., ok: bool = ..., detail: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("version", "host", "pid", "started_ns", "engine", "database", "blocks", "changelog_head", "live_sessions", "sessions", "consumers", "checks")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_NS_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    DATABASE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    CHANGELOG_HEAD_FIELD_NUMBER: _ClassVar[int]
+    LIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CONSUMERS_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    host: str
+    pid: int
+    started_ns: int
+    engine: str
+    database: str
+    blocks: str
+    changelog_head: int
+    live_sessions: int
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionStatus]
+    consumers: _containers.RepeatedCompositeFieldContainer[ConsumerStatus]
+    checks: _containers.RepeatedCompositeFieldContainer[HealthCheck]
+    def __init__(self, version: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., started_ns: _Optional[int] = ..., engine: _Optional[str] = ..., database: _Optional[str] = ..., blocks: _Optional[str] = ..., changelog_head: _Optional[int] = ..., live_sessions: _Optional[int] = ..., sessions: _Optional[_Iterable[_Union[SessionStatus, _Mapping]]] = ..., consumers: _Optional[_Iterable[_Union[ConsumerStatus, _Mapping]]] = ..., checks: _Optional[_Iterable[_Union[HealthCheck, _Mapping]]] = ...) -> None: ...
+
 class CallFrame(_message.Message):
     __slots__ = ("method", "request")
     METHOD_FIELD_NUMBER: _ClassVar[int]

@@ -214,6 +214,11 @@ class NamenodeStub(object):
                 request_serializer=metafs__pb2.CallFrame.SerializeToString,
                 response_deserializer=metafs__pb2.ReplyFrame.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/metafs.v1.Namenode/Status',
+                request_serializer=metafs__pb2.StatusRequest.SerializeToString,
+                response_deserializer=metafs__pb2.StatusReply.FromString,
+                _registered_method=True)
 
 
 class NamenodeServicer(object):
@@ -436,6 +441,12 @@ class NamenodeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NamenodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -618,6 +629,11 @@ def add_NamenodeServicer_to_server(servicer, server):
                     servicer.Calls,
                     request_deserializer=metafs__pb2.CallFrame.FromString,
                     response_serializer=metafs__pb2.ReplyFrame.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=metafs__pb2.StatusRequest.FromString,
+                    response_serializer=metafs__pb2.StatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1592,6 +1608,33 @@ class Namenode(object):
             '/metafs.v1.Namenode/Calls',
             metafs__pb2.CallFrame.SerializeToString,
             metafs__pb2.ReplyFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metafs.v1.Namenode/Status',
+            metafs__pb2.StatusRequest.SerializeToString,
+            metafs__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,
