@@ -46,7 +46,7 @@ def _metafs_commands(cmd: Any) -> list[list[str]]:
 def test_compose_file_is_real() -> None:
     doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = doc["services"]
-    for needed in ("postgres", "minio", "elasticsearch", "namenode1", "namenode2",
+    for needed in ("postgres", "s3", "elasticsearch", "namenode1", "namenode2",
                    "namenode", "indexer"):
         assert needed in services, needed
     parser = build_parser()
@@ -65,7 +65,7 @@ def test_compose_file_is_real() -> None:
     assert seen["namenode1"] == ["serve", "status"] and seen["namenode2"] == ["serve", "status"]
     assert seen["indexer"] == ["indexer"]
     assert seen["certs"] == ["certs", "token"]
-    for name in ("postgres", "minio", "elasticsearch", "namenode1", "namenode2"):
+    for name in ("postgres", "s3", "elasticsearch", "namenode1", "namenode2"):
         assert "healthcheck" in services[name], name
     assert set(doc["volumes"]) >= {"pgdata", "blocks", "esdata", "certs"}
     # the one shared config file is valid, and every metafs container mounts it
@@ -73,7 +73,7 @@ def test_compose_file_is_real() -> None:
     s = config_mod.load(str(cfg), environ={})
     assert s.auth_mode == "token" and s.db_url.startswith("postgresql")
     for name, svc in services.items():
-        if svc.get("image") == "metafs:latest":
+        if str(svc.get("image", "")).startswith("metafs:"):
             assert any("metafs.toml:/etc/metafs/config.toml" in v for v in svc["volumes"]), name
     nginx = (ROOT / "deploy" / "nginx.conf").read_text()
     assert "namenode1:7420" in nginx and "namenode2:7420" in nginx
