@@ -430,7 +430,8 @@ class EmbeddedIndex(SearchBackend):
 
     def tag_keys(self, c: sqlite3.Connection) -> list[str]:
         """Every distinct tag key in the index, sorted. Read by seeking the ``tags_str``
-        index from one key to the next (one step per distinct key, not per tag), and
+        index from one key to the next (one step per distinct key, not per tag; one scan
+        during a bulk replay, which runs without that index), and
         kept until the index changes (SQLite's ``data_version`` of this connection moves
         when another connection commits)."""
         version = c.execute("PRAGMA data_version").fetchone()[0]
@@ -438,10 +439,14 @@ class EmbeddedIndex(SearchBackend):
         if cached is not None and cached[0] is c and cached[1] == version:
             return cached[2]
         keys: list[str] = []
-        row = c.execute("SELECT min(key) FROM tags").fetchone()
-        while row[0] is not None:
-            keys.append(row[0])
-            row = c.execute("SELECT min(key) FROM tags WHERE key > ?", (row[0],)).fetchone()
+        if self._bulk_flag(c):  # a replay runs without the index: one scan instead
+            keys = [r[0] for r in c.execute("SELECT DISTINCT key FROM tags ORDER BY key")]
+        else:
+            row = c.execute("SELECT min(key) FROM tags").fetchone()
+            while row[0] is not None:
+                keys.append(row[0])
+                row = c.execute("SELECT min(key) FROM tags WHERE key > ?",
+                                (row[0],)).fetchone()
         self._local.tag_keys = (c, version, keys)
         return keys
 
