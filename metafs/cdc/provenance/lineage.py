@@ -23,13 +23,12 @@ fails the run or the consumer.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
-
-import attr
 
 from .query import NOW, ProvenanceQuery
 
@@ -87,7 +86,11 @@ def env_fields(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: environ[k] for k in _ENV_FIELDS if environ.get(k)}
 
 
+@functools.cache
 def _facet_classes() -> tuple[Any, Any]:
+    """metafs's own run and job facets (made on first use: openlineage-python and its
+    attrs are the ``provenance`` extra)."""
+    import attr
     from openlineage.client.generated.base import JobFacet, RunFacet
 
     @attr.define
