@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _namespace(fs: Any) -> str:
-    from .lineage import namespace_for
+    from ..cdc.provenance.lineage import namespace_for
 
     return namespace_for(fs.settings, fs.host)
 
@@ -63,7 +63,7 @@ def _dispatch(args: argparse.Namespace, fs: Any, p: Any) -> int:
     fmt = getattr(args, "format", "table")
     out = sys.stdout
     if act == "sync":
-        from .lineage import LiveLineage
+        from ..cdc.provenance.lineage import LiveLineage
 
         # the consumer sends what it learns to OpenLineage, where that is configured
         p.store.lineage = LiveLineage.from_environment(_namespace(fs))
