@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from test_provenance import _validate, env, make_images, metafs, prov, script, sh  # noqa: F401
+from test_provenance import _validate, env, make_images, prov, script, sh  # noqa: F401
 
 PARENT_RUN = str(uuid.uuid4())
 
@@ -180,8 +180,9 @@ def test_nothing_is_sent_when_nothing_is_configured(env: dict[str, str],
 
 
 # ---------------------------------------------------------------------- MLflow
-def test_mlflow_run_linked_both_ways(env: dict[str, str], tmp_path: Path) -> None:
-    mlflow = pytest.importorskip("mlflow")
+def test_mlflow_run_linked_both_ways(env: dict[str, str], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
     uri = (tmp_path / "mlruns").as_uri()
@@ -197,17 +198,8 @@ def test_mlflow_run_linked_both_ways(env: dict[str, str], tmp_path: Path) -> Non
     runs = [r for r in prov(env, "runs") if r["name"] == "ml-train"]
     assert len(runs) == 1 and runs[0]["mlflow_run_id"] == ml_run
     # MLflow -> metafs: the data set read is an input of the MLflow run, with its version
-    import os
-
-    old = os.environ.get("MLFLOW_ALLOW_FILE_STORE")
-    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-    try:
-        got = MlflowClient(tracking_uri=uri).get_run(ml_run)
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
-        else:
-            os.environ["MLFLOW_ALLOW_FILE_STORE"] = old
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store in a temp dir
+    got = MlflowClient(tracking_uri=uri).get_run(ml_run)
     assert got.data.tags["metafs.run_id"] == runs[0]["run_id"]
     inputs = got.inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == ["/l6/data"]
@@ -216,4 +208,3 @@ def test_mlflow_run_linked_both_ways(env: dict[str, str], tmp_path: Path) -> Non
     src = json.loads(ds.source)
     assert src["uri"] == f"metafs://{env['METAFS_NAMENODE']}/l6/data"
     assert ds.digest == f"{src['ino']}.{src['version']}" and src["version"] == 1
-    assert mlflow.__version__
