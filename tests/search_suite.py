@@ -93,12 +93,13 @@ def matches(n: q.Node, d: dict[str, Any]) -> bool:
         return fnmatch.fnmatchcase(d["name"], n.pattern)
     if isinstance(n, q.Field):
         return _cmp(d[n.name], n.op, n.value)
-    if isinstance(n, q.Exists):
-        return any(k == n.key or k.startswith(n.key + ".") for k in d["tags"])
+    if isinstance(n, q.Exists):  # the key's dotted parts appear whole in a tag key
+        return any(f".{n.key}." in f".{k}." for k in d["tags"])
     if isinstance(n, q.Under):
         return d["path"].startswith(n.path.rstrip("/") + "/")
-    if isinstance(n, q.Tag):
-        for v in d["tags"].get(n.key, []):
+    if isinstance(n, q.Tag):  # the key, in any attribute: the tag key or its last parts
+        named = [k for k in d["tags"] if k == n.key or k.endswith("." + n.key)]
+        for v in (v for k in named for v in d["tags"][k]):
             if isinstance(n.value, bool):
                 if isinstance(v, bool) and v == n.value:
                     return True
@@ -142,6 +143,18 @@ QUERIES = [
     "under:/datasets -under:/datasets/coco",
     "reviewed=false",
     "street",
+    # a bare key matches that key in any attribute; naming the attribute narrows it
+    "tags.bicycles>3",
+    "coco.bicycles>=2 ext:jpg",
+    "labels.coco.bicycles<3",
+    "tags.label=cat",
+    "bicycles=0 OR bicycles=6",
+    "bicycles!=2",
+    "exists:bbox",
+    "exists:coco",
+    "exists:tags.bicycles",
+    "bbox.w>10",
+    "w>10",
 ]
 
 
@@ -167,6 +180,7 @@ class SearchSuite:
     @staticmethod
     def populate(client: Client, seed: int = 1, n: int = 60) -> None:
         rnd = random.Random(seed)
+        more = random.Random(seed + 1000)  # leaves rnd's draws as they were
         client.makedirs("/datasets/coco/train", exist_ok=True)
         client.makedirs("/datasets/voc", exist_ok=True)
         client.makedirs("/models", exist_ok=True)
@@ -190,6 +204,13 @@ class SearchSuite:
             if rnd.random() < 0.3:
                 tags["caption"] = rnd.choice(["a red car on a street", "red bicycle",
                                               "car, red", "blue car"])
+            # A labelling tool's attribute, and one nested deeper (on files without a
+            # caption: the free-text index joins a file's values, so "car, red" + "car"
+            # would hold the phrase "red car" for it but not for the reference).
+            if "caption" not in tags and more.random() < 0.6:
+                tags["tags"] = {"bicycles": more.randrange(0, 7), "label": more.choice(labels)}
+            if "caption" not in tags and more.random() < 0.4:
+                tags["labels"] = {"coco": {"bicycles": more.randrange(0, 7)}}
             for k, v in tags.items():
                 client.setxattr(p, f"user.{k}", json.dumps(v).encode())
             if rnd.random() < 0.2:
@@ -276,7 +297,8 @@ class SearchSuite:
         _, backend, _ = env
         for bad, where in [("bicycles>", 9), ("(a OR b", 0), ("a OR", 4), ("size>1Q", 5),
                            ("type:banana", 5), ('"open', 0), ("AND a", 0), ("a )", 2),
-                           ("x>true", 2)]:
+                           ("x>true", 2), ("bicycles>>", 9), ("label==cat", 6),
+                           ("size>=>3", 6)]:
             with pytest.raises(q.QueryError) as ei:
                 backend.search(bad)
             assert ei.value.pos == where, (bad, ei.value)
@@ -285,6 +307,33 @@ class SearchSuite:
             backend.search("a", sort="color")
         with pytest.raises(q.QueryError):
             backend.search("a", limit=-1)
+
+    def test_a_bare_key_finds_it_in_any_attribute(self, env: Any) -> None:
+        """The README's search: a labelling tool wrote ``user.tags``, a person searches
+        ``bicycles>3`` without knowing which attribute holds it."""
+        client, backend, cons = env
+        client.makedirs("/img")
+        for name, attr, value in (("a.jpg", "user.tags", {"bicycles": 4}),
+                                  ("b.jpg", "user.bicycles", 5),
+                                  ("c.jpg", "user.det", {"coco": {"bicycles": 9}}),
+                                  ("d.png", "user.tags", {"bicycles": 7}),
+                                  ("e.jpg", "user.tags", {"bicycles": 1, "unicycles": 8}),
+                                  ("f.jpg", "user.tags", {"bicycles_old": 6})):
+            client.write_bytes(f"/img/{name}", b"x")
+            client.setxattr(f"/img/{name}", attr, json.dumps(value).encode())
+        cons.catch_up()
+
+        def find(query: str) -> list[str]:
+            return sorted(p.rsplit("/", 1)[1] for p in backend.search(query).paths)
+
+        assert find("bicycles>3 ext:jpg") == ["a.jpg", "b.jpg", "c.jpg"]
+        assert find("bicycles>3") == ["a.jpg", "b.jpg", "c.jpg", "d.png"]
+        assert find("tags.bicycles>3") == ["a.jpg", "d.png"]  # the attribute narrows it
+        assert find("coco.bicycles>3") == ["c.jpg"]
+        assert find("exists:coco") == ["c.jpg"]
+        assert find("exists:bicycles") == ["a.jpg", "b.jpg", "c.jpg", "d.png", "e.jpg"]
+        assert find("bicycles<3") == ["e.jpg"]
+        assert find("cycles>0") == []  # whole dotted parts only
 
     def test_crash_at_random_points_equals_rebuild(self, env: Any, tmp_path: Path) -> None:
         client, backend, cons = env

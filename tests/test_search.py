@@ -4,6 +4,7 @@ the parts around it: tag typing, the query parser, the consumer framework, the
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -53,6 +54,50 @@ def test_parser_shapes() -> None:
     assert q.parse("tag.size>2") == q.Tag("size", ">", 2.0)
     assert q.parse("mtime>2024-01-01") == q.Field("mtime", ">", 1704067200 * 10**9)
     assert q.parse("") == q.All()
+
+
+def test_a_malformed_comparison_points_at_its_column() -> None:
+    with pytest.raises(q.QueryError) as ei:
+        q.parse("bicycles>>")
+    assert ei.value.errno == errno.EINVAL and ei.value.pos == 9
+    assert str(ei.value).startswith("expected a value after '>'")
+    assert "(at column 10)" in str(ei.value)
+    with pytest.raises(q.QueryError, match="after '='"):
+        q.parse("ext:jpg label==cat")
+    # a value that starts with an operator character is still a value when quoted
+    assert q.parse('label=">=cat"') == q.Tag("label", "=", ">=cat")
+    assert q.parse("url:http://a:8") == q.Tag("url", "=", "http://a:8")
+
+
+def test_key_matching() -> None:
+    assert q.key_matches("bicycles", "bicycles")
+    assert q.key_matches("bicycles", "tags.bicycles")
+    assert q.key_matches("tags.bicycles", "a.tags.bicycles")
+    assert not q.key_matches("tags.bicycles", "bicycles")
+    assert not q.key_matches("cycles", "tags.bicycles")
+    assert q.key_scopes("bbox", "det.bbox.w") == {"det.bbox"}
+    assert q.key_scopes("a", "a.b.a") == {"a", "a.b.a"}
+    assert q.key_scopes("x", "det.bbox.w") == set()
+
+
+def test_new_tag_keys_are_seen_by_the_next_search(tmp_path: Path) -> None:
+    """The list of indexed keys a bare key is matched against follows the index."""
+    client = Client(data_dir=str(tmp_path / "data"))
+    idx = EmbeddedIndex(tmp_path / "idx" / "index.db")
+    try:
+        cons = Consumer(source_for(client), idx)
+        client.write_bytes("/a", b"")
+        client.setxattr("/a", "user.bicycles", b"4")
+        cons.catch_up()
+        assert idx.search("bicycles>3").paths == ["/a"]
+        client.write_bytes("/b", b"")
+        client.setxattr("/b", "user.tags", b'{"bicycles": 5}')
+        cons.catch_up()
+        assert sorted(idx.search("bicycles>3").paths) == ["/a", "/b"]
+        assert idx.tag_keys(idx.reader()) == ["bicycles", "tags.bicycles"]
+    finally:
+        idx.close()
+        client.close()
 
 
 def test_search_entry_point_waits_for_the_head(tmp_path: Path) -> None:

@@ -71,6 +71,25 @@ def test_exact_requests(setup: tuple[FakeES, Client, ElasticIndex]) -> None:
     assert "refresh=wait_for" in [p for m, p, b in fake.requests if "_bulk" in p][0]
 
 
+def test_a_bare_key_is_a_query_over_every_tag_key(setup: tuple[FakeES, Client, ElasticIndex]
+                                                  ) -> None:
+    fake, client, ix = setup
+    client.write_bytes("/a.jpg", b"1")
+    client.setxattr("/a.jpg", "user.tags", b'{"bicycles": 4}')
+    Consumer(source_for(client), ix).catch_up()
+    assert ix.search("bicycles>3").paths == ["/a.jpg"]
+    body = json.loads([b for m, p, b in fake.requests if "_search" in p][-1])
+    nested = body["query"]["bool"]["filter"][0]["nested"]
+    assert nested["path"] == "tags"
+    key, value = nested["query"]["bool"]["filter"]
+    assert key == {"bool": {"should": [{"term": {"tags.k": "bicycles"}},
+                                       {"wildcard": {"tags.k": {"value": "*.bicycles"}}}],
+                            "minimum_should_match": 1}}
+    assert value == {"range": {"tags.n": {"gt": 3.0}}}
+    assert ix.search("tags.bicycles>3").paths == ["/a.jpg"]
+    assert ix.search("labels.bicycles>3").paths == []
+
+
 def test_replay_gets_409_and_is_harmless(setup: tuple[FakeES, Client, ElasticIndex],
                                          tmp_path: Path) -> None:
     fake, client, ix = setup

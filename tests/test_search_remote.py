@@ -90,6 +90,32 @@ def test_remote_clients_search_through_the_namenode(served: str, tmp_path: Path)
     assert bad.returncode == 2 and "bad query" in bad.stderr
 
 
+def test_plain_serve_indexes_its_local_data(tmp_path: Path) -> None:
+    """`metafs serve --data DIR` answers remote searches with no flag; --no-index does not."""
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "off").mkdir()
+    p, address, log = start_serve(tmp_path / "plain")
+    try:
+        with Client(address) as root:
+            _populate(root)
+            got = root.search("bicycles>3 ext:jpg", wait=True, sort="name")
+            assert got.paths == ["/pub/img4.jpg", "/alice/img5.jpg"]
+    finally:
+        p.terminate()
+        assert p.wait(30) == 0, log.read_text()
+    assert "search indexer running in the namenode" in log.read_text()
+    p, address, log = start_serve(tmp_path / "off", "--no-index")
+    try:
+        with Client(address) as root:
+            with pytest.raises(OSError) as ei:
+                root.search("bicycles>3")
+            assert ei.value.errno == errno.EOPNOTSUPP
+    finally:
+        p.terminate()
+        assert p.wait(30) == 0, log.read_text()
+    assert "search indexer running" not in log.read_text()
+
+
 def test_namenode_without_index_says_how_to_get_one(settings: Settings) -> None:
     nn = build_namenode(settings)
     srv = serve_grpc(nn, "127.0.0.1:0")

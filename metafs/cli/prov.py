@@ -39,8 +39,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _namespace(fs: Any) -> str:
-    where = fs.settings.namenode.split(",")[0] if fs.settings.namenode else fs.host
-    return f"metafs://{where}"
+    from ..cdc.provenance.lineage import namespace_for
+
+    return namespace_for(fs.settings, fs.host)
 
 
 def cmd_prov(args: argparse.Namespace) -> int:
@@ -62,6 +63,10 @@ def _dispatch(args: argparse.Namespace, fs: Any, p: Any) -> int:
     fmt = getattr(args, "format", "table")
     out = sys.stdout
     if act == "sync":
+        from ..cdc.provenance.lineage import LiveLineage
+
+        # the consumer sends what it learns to OpenLineage, where that is configured
+        p.store.lineage = LiveLineage.from_environment(_namespace(fs))
         if args.rebuild:
             n = p.consumer.rebuild()
         else:

@@ -22,9 +22,10 @@ def add_commands(sub: Any, common: Common) -> None:
     sp.add_argument("--blocks", dest="blocks_url", help="file:///PATH or s3://BUCKET/PREFIX")
     sp.add_argument("--listen", help="HOST:PORT to serve gRPC on")
     sp.add_argument("--ready-file", help="write the bound address here once serving")
-    sp.add_argument("--index", dest="serve_index", action="store_const", const=True,
+    sp.add_argument("--index", dest="serve_index", action=argparse.BooleanOptionalAction,
                     default=None, help="run the search indexer in this process and answer "
-                    "searches of remote clients from it")
+                    "searches of remote clients from it (default: on for a SQLite database "
+                    "with the embedded index)")
     sp.add_argument("--search-dir", dest="search_dir", help="the search index directory "
                     "(default: search/ in the data directory)")
     add_serve_flags(sp)
@@ -68,6 +69,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..assembly import build_namenode, serve_grpc
 
     s = settings_from(args, **serve_overrides(args))
+    if args.serve_index is None:
+        from ..cdc.search.service import serve_index_default
+
+        s = s.with_(serve_index=serve_index_default(s))
     setup_logging(s.log_level)
     nn = build_namenode(s)
     server = serve_grpc(nn, s.listen)

@@ -207,6 +207,26 @@ class ProvenanceQuery:
                "deleted": bool(info and info["deleted"]), "versions": versions}
         return out
 
+    def edges_of(self, c: Connection, runs: Iterable[int]) -> list[tuple[int, str, int]]:
+        """Every (run, 'r'|'w', artifact version) edge of these runs."""
+        ids = list(set(runs))
+        out: list[tuple[int, str, int]] = []
+        for i in range(0, len(ids), _CHUNK):
+            out += [(int(r), str(d), int(v)) for r, d, v in c.execute(
+                select(EDGES.c.run, EDGES.c.dir, EDGES.c.av)
+                .where(EDGES.c.run.in_(ids[i:i + _CHUNK])))]
+        return out
+
+    def reads_of(self, run_id: str) -> list[dict[str, Any]]:
+        """The artifact versions an explicit run read (its metafs run id)."""
+        with self.conn() as c:
+            row = c.execute(select(RUNS.c.id).where(RUNS.c.key == f"run:{run_id}")).first()
+            if row is None:
+                return []
+            avs = {av for _, d, av in self.edges_of(c, [int(row[0])]) if d == "r"}
+            arts = self._artifacts(c, avs, NOW)
+        return [arts[a] for a in sorted(arts)]
+
     # ------------------------------------------------------------------ details
     def _version_dict(self, r: Any, ordinal: int) -> dict[str, Any]:
         return {"id": int(r.id), "ino": int(r.ino), "version": ordinal,
@@ -302,6 +322,10 @@ def run_dict(r: Any, asof: AsOf = NOW) -> dict[str, Any]:
         params = json.loads(r.params or "{}")
     except ValueError:
         params = {}
+    try:
+        context = json.loads(r.context or "{}")
+    except ValueError:
+        context = {}
     return {"id": int(r.id), "run_id": key.split(":", 1)[1] if key.startswith("run:") else key,
             "explicit": bool(r.explicit), "name": r.name or "", "params": params,
             "host": r.host or "", "user": r.user_name or "", "uid": r.uid, "pid": r.pid,
@@ -309,4 +333,5 @@ def run_dict(r: Any, asof: AsOf = NOW) -> dict[str, Any]:
             "status": (r.status or "") if ended or not r.explicit else "running",
             "exit_code": r.exit_code if ended else None,
             "start_ns": r.start_ns, "end_ns": r.end_ns if ended else None,
-            "seq": int(r.seq)}
+            "seq": int(r.seq), "mlflow_run_id": context.get("mlflow_run_id"),
+            "parent": context.get("parent"), "environment": context.get("environment", {})}

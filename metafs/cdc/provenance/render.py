@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from .lineage import build_event, parse_parent, state_of
 from .query import Graph
 
 FORMATS = ("table", "json", "dot", "mermaid", "openlineage")
-PRODUCER = "https://github.com/metafs/metafs/tree/main/metafs/cdc/provenance"
-_NS_UUID = uuid.UUID("3f0b6c3e-7a43-4f4e-9a53-6d6574616673")
 
 
 def _ts(ns: int | None) -> str:
@@ -115,48 +113,21 @@ def graph_mermaid(g: Graph) -> str:
 
 
 # ---------------------------------------------------------------------- OpenLineage
-def _run_uuid(run: dict[str, Any]) -> str:
-    rid = run["run_id"]
-    try:
-        return str(uuid.UUID(hex=rid))
-    except ValueError:
-        return str(uuid.uuid5(_NS_UUID, rid))
-
-
 def openlineage_events(g: Graph, namespace: str) -> list[Any]:
-    """OpenLineage RunEvents for each run in the answer: START, then COMPLETE, FAIL or
-    ABORT once it has ended, with the artifact versions it read as inputs and wrote as outputs
-    (data set namespace ``namespace``, name = path, version facet = artifact version)."""
-    from openlineage.client.event_v2 import (InputDataset, Job, OutputDataset, Run,
-                                             RunEvent, RunState)
-    from openlineage.client.generated import dataset_version_dataset, job_type_job
-
-    def ds(cls: Any, a: dict[str, Any]) -> Any:
-        return cls(namespace=namespace, name=a["path"], facets={
-            "version": dataset_version_dataset.DatasetVersionDatasetFacet(
-                datasetVersion=f"{a['ino']}.{a['version']}")})
-
+    """OpenLineage RunEvents for each run in the answer: START, then COMPLETE or FAIL once
+    it has ended, with the artifact versions it read as inputs and wrote as outputs (the
+    same events :mod:`.lineage` sends live)."""
     events = []
     for rid, run in sorted(g.runs.items()):
-        ins = [ds(InputDataset, g.artifacts[a]) for r, d, a in g.edges if r == rid and d == "r"]
-        outs = [ds(OutputDataset, g.artifacts[a]) for r, d, a in g.edges
-                if r == rid and d == "w"]
-        st = run["status"]
-        states = [(RunState.START, run["start_ns"] or time.time_ns())]
+        ins = [g.artifacts[a] for r, d, a in g.edges if r == rid and d == "r"]
+        outs = [g.artifacts[a] for r, d, a in g.edges if r == rid and d == "w"]
+        parent = parse_parent(run.get("parent"))
+        states = [("START", run["start_ns"] or time.time_ns())]
         if run["end_ns"]:
-            states.append((RunState.COMPLETE if st == "completed" else
-                           RunState.ABORT if st.startswith("killed") else RunState.FAIL,
-                           run["end_ns"]))
+            states.append((state_of(run["status"], True), run["end_ns"]))
         for state, when in states:
-            events.append(RunEvent(
-                eventType=state,
-                eventTime=datetime.fromtimestamp(when / 1e9, tz=timezone.utc).isoformat(),
-                run=Run(runId=_run_uuid(run)),
-                job=Job(namespace=namespace, name=run_label(run), facets={
-                    "jobType": job_type_job.JobTypeJobFacet(
-                        processingType="BATCH", integration="METAFS",
-                        jobType="RUN" if run["explicit"] else "PROCESS")}),
-                inputs=ins, outputs=outs, producer=PRODUCER))
+            events.append(build_event(namespace, run, state, inputs=ins, outputs=outs,
+                                      parent=parent, when_ns=when))
     return events
 
 

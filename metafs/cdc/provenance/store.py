@@ -30,16 +30,19 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sqlalchemy import (BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table,
-                        Text, and_, create_engine, delete, event, func, insert, select,
-                        update)
+                        Text, and_, create_engine, delete, event, func, insert, inspect,
+                        select, update)
 from sqlalchemy.engine import Connection, Engine
 
 from ...proto import metafs_pb2 as pb
 from ..consumer import apply_checkpointed
 from .classify import DATASET, KIND_XATTR, MODEL, is_data_file, normalize_kind
+
+if TYPE_CHECKING:
+    from .lineage import LiveLineage
 
 log = logging.getLogger("metafs.cdc.provenance")
 
@@ -80,6 +83,7 @@ RUNS = Table(
     Column("seq", BigInteger, nullable=False),
     Column("ts_ns", BigInteger, nullable=False),
     Column("end_seq", BigInteger),
+    Column("context", Text),  # JSON: MLflow run id, OpenLineage parent, environment
     Index("prov_runs_process", "pid", "host"),  # the explicit run a process is inside
 )
 VERSIONS = Table(
@@ -161,6 +165,9 @@ class Batch:
     def __init__(self) -> None:
         self.files: dict[int, _FileRow | None] = {}
         self.edges: set[tuple[int, str, int]] = set()
+        self.new_edges: list[tuple[int, str, int]] = []  # (run, 'r'|'w', version) added
+        self.new_runs: list[int] = []
+        self.ended_runs: list[int] = []
 
 
 class ProvenanceStore:
@@ -168,12 +175,16 @@ class ProvenanceStore:
 
     def __init__(self, url: str, *, dataset_dir_min: int = 2) -> None:
         self.url = url
+        self.lineage: LiveLineage | None = None
+        """When set, each committed batch's new runs and edges are sent as OpenLineage
+        events (:meth:`LiveLineage.after_batch`)."""
         self.dataset_dir_min = dataset_dir_min
         self.engine = make_engine(url, immediate=True)
         self.reader = make_engine(url) if url.startswith("sqlite") else self.engine
         self._lock = threading.RLock()
         self._runs: dict[str, int] = {}  # run key -> id (committed rows only)
         md.create_all(self.engine)
+        self._add_missing_columns()
         for ix in RUNS.indexes:  # stores made before an index existed get it too
             ix.create(self.engine, checkfirst=True)
         if url.startswith("sqlite"):
@@ -181,6 +192,15 @@ class ProvenanceStore:
         with self.engine.begin() as c:
             if c.execute(select(META.c.value).where(META.c.key == "position")).first() is None:
                 c.execute(insert(META).values(key="position", value=0))
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a store was made (create_all leaves existing tables)."""
+        have = {col["name"] for col in inspect(self.engine).get_columns(RUNS.name)}
+        for col in RUNS.columns:
+            if col.name not in have:
+                with self.engine.begin() as c:
+                    c.exec_driver_sql(f"ALTER TABLE {RUNS.name} ADD COLUMN {col.name} "
+                                      f"{col.type.compile(self.engine.dialect)}")
 
     def _drop_edge_statistics(self) -> None:
         """SQLite with ANALYZE statistics on the edges table plans its recursive walks
@@ -234,6 +254,8 @@ class ProvenanceStore:
             except BaseException:
                 self._runs = saved
                 raise
+        if self.lineage is not None:
+            self.lineage.after_batch(self, b.new_runs, b.new_edges, b.ended_runs)
 
     # ------------------------------------------------------------------ records
     def _apply_one(self, c: Connection, r: pb.ChangeRecord, b: Batch) -> None:
@@ -269,7 +291,7 @@ class ProvenanceStore:
         elif op == pb.OP_ACCESS:
             self._access(c, b, r)
         elif op == pb.OP_RUN:
-            self._run_record(c, r)
+            self._run_record(c, b, r)
 
     # -- files
     def _file(self, c: Connection, b: Batch, ino: int) -> _FileRow | None:
@@ -358,7 +380,7 @@ class ProvenanceStore:
         if is_dir:
             av = self._dir_version(c, r, target)
             if r.run_id:
-                self._edge(c, b, self._run_id(c, r, writer), av, "w", r)
+                self._edge(c, b, self._run_id(c, b, r, writer), av, "w", r)
             return
         cur = self._latest(c, ino)
         if size == 0:  # emptied (an O_TRUNC open, a truncate): the next write is new data
@@ -375,7 +397,7 @@ class ProvenanceStore:
                 c.execute(update(VERSIONS).where(VERSIONS.c.id == cur.id).values(open=False))
             av = self._new_version(c, r, ino, v, writer, True, size)
         if r.run_id:
-            self._edge(c, b, self._run_id(c, r, writer), av, "w", r)
+            self._edge(c, b, self._run_id(c, b, r, writer), av, "w", r)
 
     def _dir_version(self, c: Connection, r: pb.ChangeRecord, ino: int) -> int:
         cur = self._latest(c, ino)
@@ -399,7 +421,7 @@ class ProvenanceStore:
         return c.execute(select(VERSIONS).where(VERSIONS.c.id == new)).first()
 
     # -- runs and edges
-    def _run_id(self, c: Connection, r: pb.ChangeRecord, key: str,
+    def _run_id(self, c: Connection, b: _Batch, r: pb.ChangeRecord, key: str,
                 info: dict[str, Any] | None = None) -> int:
         rid = self._runs.get(key)
         if rid is not None:
@@ -413,6 +435,7 @@ class ProvenanceStore:
             if info:
                 vals.update(info)
             rid = int(c.execute(insert(RUNS).values(**vals)).inserted_primary_key[0])
+            b.new_runs.append(rid)
         self._runs[key] = rid
         return rid
 
@@ -425,6 +448,7 @@ class ProvenanceStore:
         if c.execute(select(EDGES.c.seq).where(and_(EDGES.c.av == av, EDGES.c.dir == d,
                                                     EDGES.c.run == run))).first() is None:
             c.execute(insert(EDGES).values(av=av, dir=d, run=run, seq=r.seq, ts_ns=r.ts_ns))
+            b.new_edges.append(k[::-1])
 
     def _access(self, c: Connection, b: Batch, r: pb.ChangeRecord) -> None:
         try:
@@ -442,7 +466,7 @@ class ProvenanceStore:
             info = {"host": ev.get("host", ""), "cmdline": ev.get("cmdline", ""),
                     "pid": ev.get("pid"), "start_ns": ev.get("proc_start") or None,
                     "status": "process", "name": _proc_name(ev.get("cmdline", ""))}
-        run = self._run_id(c, r, key, info)
+        run = self._run_id(c, b, r, key, info)
         target, is_dir = self.target_of(c, b, r.ino)
         v = int(ev.get("version") or 0)
         if is_dir:
@@ -480,7 +504,7 @@ class ProvenanceStore:
             .order_by(RUNS.c.start_ns.desc()).limit(1)).first()
         return row[0] if row is not None else None
 
-    def _run_record(self, c: Connection, r: pb.ChangeRecord) -> None:
+    def _run_record(self, c: Connection, b: _Batch, r: pb.ChangeRecord) -> None:
         try:
             body = json.loads(r.extra or "{}")
         except ValueError:
@@ -488,7 +512,7 @@ class ProvenanceStore:
         if not isinstance(body, dict):
             body = {}
         key = f"run:{r.run_id}"
-        rid = self._run_id(c, r, key)
+        rid = self._run_id(c, b, r, key)
         vals: dict[str, Any] = {"explicit": True}
         for src, dst in (("name", "name"), ("host", "host"), ("user", "user_name"),
                          ("cmdline", "cmdline"), ("status", "status"), ("pid", "pid"),
@@ -501,8 +525,13 @@ class ProvenanceStore:
                 vals[dst] = val
         if "params" in body:
             vals["params"] = json.dumps(body["params"], sort_keys=True, default=str)
+        context = {k: body[k] for k in ("mlflow_run_id", "parent", "environment")
+                   if body.get(k)}
+        if context:
+            vals["context"] = json.dumps(context, sort_keys=True)
         if body.get("event") == "end" or body.get("end_ns"):
             vals["end_seq"] = r.seq
+            b.ended_runs.append(rid)
         if body.get("event") == "start":
             vals["seq"] = r.seq
             vals["ts_ns"] = r.ts_ns

@@ -212,9 +212,7 @@ class ElasticIndex(SearchBackend):
         if isinstance(n, q.Field):
             return _cmp(n.name, n.op, n.value)
         if isinstance(n, q.Exists):
-            return {"nested": {"path": "tags", "query": {"bool": {"should": [
-                {"term": {"tags.k": n.key}}, {"prefix": {"tags.k": n.key + "."}}],
-                "minimum_should_match": 1}}}}
+            return {"nested": {"path": "tags", "query": _exists_key(n.key)}}
         if isinstance(n, q.Tag):
             v = n.value
             if isinstance(v, bool):
@@ -226,7 +224,7 @@ class ElasticIndex(SearchBackend):
             else:
                 inner = _cmp("tags.s", n.op, v)
             return {"nested": {"path": "tags", "query": {"bool": {"filter": [
-                {"term": {"tags.k": n.key}}, inner]}}}}
+                _named_key(n.key), inner]}}}}
         if isinstance(n, q.Under):
             dirs = self.under_dirs(c, n.path)
             if dirs is None:
@@ -235,6 +233,31 @@ class ElasticIndex(SearchBackend):
                 return {"match_none": {}}
             return {"terms": {"parents": dirs}}
         raise q.QueryError(f"cannot compile {type(n).__name__}")
+
+
+def _wildcard_literal(text: str) -> str:
+    """``text`` with Elasticsearch's wildcard characters escaped."""
+    return "".join("\\" + ch if ch in "\\*?" else ch for ch in text)
+
+
+def _any_of(*clauses: dict[str, Any]) -> dict[str, Any]:
+    return {"bool": {"should": list(clauses), "minimum_should_match": 1}}
+
+
+def _named_key(key: str) -> dict[str, Any]:
+    """The tag keys ``key`` names (:func:`~metafs.cdc.search.query.key_matches`): itself,
+    or any key ending in ``.key`` (``bicycles`` names ``tags.bicycles``)."""
+    return _any_of({"term": {"tags.k": key}},
+                   {"wildcard": {"tags.k": {"value": "*." + _wildcard_literal(key)}}})
+
+
+def _exists_key(key: str) -> dict[str, Any]:
+    """The tag keys ``exists:key`` finds (:func:`~metafs.cdc.search.query.key_scopes`):
+    the ones ``key`` names, and the ones nested under those."""
+    lit = _wildcard_literal(key)
+    return _any_of({"term": {"tags.k": key}}, {"prefix": {"tags.k": key + "."}},
+                   {"wildcard": {"tags.k": {"value": "*." + lit}}},
+                   {"wildcard": {"tags.k": {"value": "*." + lit + ".*"}}})
 
 
 def _cmp(field: str, op: str, v: Any) -> dict[str, Any]:

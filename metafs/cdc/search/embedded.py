@@ -360,6 +360,35 @@ class Compiler:
                 f"({k} = ? AND {p}kind = ? AND {p}str {op} ?))", [n.key, STR, v, n.key, TEXT, v])
 
 
+def resolve_keys(n: q.Node, keys: list[str]) -> q.Node:
+    """``n`` with each tag key replaced by the indexed keys it names
+    (:func:`~metafs.cdc.search.query.key_matches`): ``bicycles>3`` over an index holding
+    ``bicycles`` and ``tags.bicycles`` becomes ``bicycles>3 OR tags.bicycles>3``, so every
+    term stays an exact-key lookup on the tag indexes. A key naming nothing but itself is
+    left as it is."""
+    if isinstance(n, q.And):
+        return q.And(tuple(resolve_keys(x, keys) for x in n.items))
+    if isinstance(n, q.Or):
+        return q.Or(tuple(resolve_keys(x, keys) for x in n.items))
+    if isinstance(n, q.Not):
+        return q.Not(resolve_keys(n.item, keys))
+    if isinstance(n, q.Tag):
+        named = [k for k in keys if q.key_matches(n.key, k)]
+        if not named or named == [n.key]:
+            return n
+        return q.Or(tuple(q.Tag(k, n.op, n.value, n.glob) for k in named))
+    if isinstance(n, q.Exists):
+        scopes = sorted({s for k in keys for s in q.key_scopes(n.key, k)})
+        if not scopes or scopes == [n.key]:
+            return n
+        # a scope inside another one adds nothing (exists:a covers a.b)
+        outer = [s for s in scopes if not any(s.startswith(o + ".") for o in scopes)]
+        if len(outer) == 1:
+            return q.Exists(outer[0])
+        return q.Or(tuple(q.Exists(s) for s in outer))
+    return n
+
+
 class EmbeddedIndex(SearchBackend):
     """The default back end: everything in one SQLite file next to the namenode's data."""
 
@@ -367,6 +396,7 @@ class EmbeddedIndex(SearchBackend):
 
     def _find(self, c: sqlite3.Connection, node: q.Node, order: list[tuple[str, bool]],
               limit: int, offset: int, count: bool) -> tuple[list[int], int | None]:
+        node = resolve_keys(node, self.tag_keys(c))
         comp = Compiler(self, c)
         try:
             where = comp.compile_top(node, sorted_=bool(order))
@@ -397,6 +427,28 @@ class EmbeddedIndex(SearchBackend):
                 raise q.QueryError(f"cannot search for that text: {exc}") from None
             raise
         return [r[0] for r in rows], total
+
+    def tag_keys(self, c: sqlite3.Connection) -> list[str]:
+        """Every distinct tag key in the index, sorted. Read by seeking the ``tags_str``
+        index from one key to the next (one step per distinct key, not per tag; one scan
+        during a bulk replay, which runs without that index), and
+        kept until the index changes (SQLite's ``data_version`` of this connection moves
+        when another connection commits)."""
+        version = c.execute("PRAGMA data_version").fetchone()[0]
+        cached = getattr(self._local, "tag_keys", None)
+        if cached is not None and cached[0] is c and cached[1] == version:
+            return cached[2]
+        keys: list[str] = []
+        if self._bulk_flag(c):  # a replay runs without the index: one scan instead
+            keys = [r[0] for r in c.execute("SELECT DISTINCT key FROM tags ORDER BY key")]
+        else:
+            row = c.execute("SELECT min(key) FROM tags").fetchone()
+            while row[0] is not None:
+                keys.append(row[0])
+                row = c.execute("SELECT min(key) FROM tags WHERE key > ?",
+                                (row[0],)).fetchone()
+        self._local.tag_keys = (c, version, keys)
+        return keys
 
     def analyze(self) -> None:
         """Refresh the query planner's statistics (after a large ingest)."""

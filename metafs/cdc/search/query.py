@@ -10,11 +10,15 @@ Terms are joined by AND unless ``OR`` is written; ``NOT`` (or a leading ``-``) n
 parentheses group. A term is one of:
 
 - ``KEY OP VALUE`` with OP one of ``= != < <= > >=`` (``:`` means ``=``): a comparison on a
-  tag (any ``user.*`` attribute key, dotted for nested JSON), or on a built-in field when
-  KEY is one of :data:`FIELDS`. Force a tag whose key is also a built-in field with
-  ``tag.KEY`` (so ``user.tags = {"bicycles": 4}`` is ``tags.bicycles>3``, while
-  ``tag.size>3`` is the tag ``size``). ``KEY:LOW..HIGH`` is an inclusive range.
-- ``exists:KEY`` (or ``has:KEY``): the tag is present.
+  tag, or on a built-in field when KEY is one of :data:`FIELDS`. A tag key names a value
+  in any ``user.*`` attribute: ``bicycles>3`` finds ``user.bicycles = 4``, ``user.tags =
+  {"bicycles": 4}`` and ``user.labels = {"coco": {"bicycles": 4}}`` alike (the key matches
+  the whole tag key or its last dotted parts, see :func:`key_matches`); naming more of the
+  path narrows it: ``tags.bicycles>3`` only finds the second. Force a tag whose key is
+  also a built-in field with ``tag.KEY`` (``tag.size>3`` is the tag ``size``).
+  ``KEY:LOW..HIGH`` is an inclusive range.
+- ``exists:KEY`` (or ``has:KEY``): the tag is present, or something nested under it
+  (``exists:bbox`` finds ``user.det = {"bbox": {"w": 3}}``; see :func:`key_scopes`).
 - ``under:DIR``: anywhere below the directory DIR.
 - a word or a ``"quoted phrase"``: free text over names and textual tag values;
   ``name:WORD`` searches names only, ``name:*.jpg`` matches a glob on the name.
@@ -24,7 +28,8 @@ booleans, anything else (bare or ``"quoted"``) as a string; a quoted number is a
 ``size`` takes units (``10K``, ``1.5MiB``, ``2GB``); times (``mtime ctime atime btime``)
 take ISO dates (``2024-05-01``, ``2024-05-01T12:00:00Z``), epoch seconds, or an age
 (``7d``, ``12h``, ``30m``: that long ago). ``KEY!=V`` means the tag exists and no value
-equals V. A malformed query raises :class:`QueryError`, which points at the problem.
+equals V. A malformed query raises :class:`QueryError` (errno EINVAL), which points at the
+column of the problem.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from errno import EINVAL
 from typing import Any, Union
 
 OPS = ("=", "!=", "<", "<=", ">", ">=")
@@ -56,6 +62,8 @@ SORT_FIELDS = ("name", "ext", "type", "size", "uid", "gid", "ino", "nlink") + TI
 
 class QueryError(ValueError):
     """A malformed query; ``pos`` is the character offset of the problem."""
+
+    errno: int = EINVAL
 
     def __init__(self, message: str, query: str = "", pos: int = 0) -> None:
         self.message = message
@@ -158,6 +166,8 @@ class _Tok:
 _KEY_RE = re.compile(r"[A-Za-z0-9_.\-@$#/+*?\[\]]+")
 _OP_RE = re.compile(r"!=|<=|>=|=|<|>|:")
 _SPECIAL = set('()"')
+_OP_CHARS = set("<>=!:")
+"""A bare value cannot start with these (``bicycles>>3``, ``label==cat`` are typos)."""
 
 
 def _read_quoted(q: str, i: int) -> tuple[str, int]:
@@ -219,7 +229,12 @@ def _lex(q: str) -> list[_Tok]:
                     k2 += 1
                 value, quoted = q[k:k2], False
                 if not value:
-                    raise QueryError(f"{key}{op} needs a value", q, k)
+                    raise QueryError(f"expected a value after {op!r}: {key}{op} needs a "
+                                     "value", q, k)
+                if value[0] in _OP_CHARS:
+                    raise QueryError(f"expected a value after {op!r}, not {value[0]!r} (quote "
+                                     f"a value that starts with it: {key}{op}\"{value}\")",
+                                     q, k)
             toks.append(_Tok("TERM", start, key=key, op=op, value=value, quoted=quoted,
                              end=k2))
             i = k2
@@ -471,6 +486,24 @@ def _size(raw: str, bad: Any) -> int:
         raise bad(f"cannot read {raw!r} as a size: use a number with an optional unit "
                   "(K, M, G, T; KB for 1000; KiB for 1024)")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def key_matches(key: str, tag_key: str) -> bool:
+    """Whether the query key ``key`` names the indexed tag key ``tag_key``: the same key,
+    or its last dotted parts (``bicycles`` names ``tags.bicycles``; ``tags.bicycles``
+    names ``labels.tags.bicycles`` but not ``bicycles``; ``cycles`` names nothing of
+    ``tags.bicycles``)."""
+    return tag_key == key or tag_key.endswith("." + key)
+
+
+def key_scopes(key: str, tag_key: str) -> set[str]:
+    """The keys an ``exists:key`` term finds ``tag_key`` under: each prefix of
+    ``tag_key`` (whole dotted parts) that ``key`` names by :func:`key_matches`
+    (``exists:bbox`` finds ``det.bbox.w`` under ``det.bbox``)."""
+    parts, want = tag_key.split("."), key.split(".")
+    n = len(want)
+    return {".".join(parts[:i + n]) for i in range(len(parts) - n + 1)
+            if parts[i:i + n] == want}
 
 
 def parse(query: str, *, now_ns: int | None = None) -> Node:

@@ -1,8 +1,9 @@
 """The namenode's Search call: queries answered where the index is, for remote clients.
 
 A namenode answers ``Search`` from the index in its ``search_dir``: the one its own
-in-process indexer keeps (``metafs serve --index``), or one kept by a ``metafs indexer``
-on the same host or a shared volume. Hits in directories the caller may not search (no
+in-process indexer keeps (``metafs serve`` runs one by default over a local SQLite
+database, see :func:`serve_index_default`; ``--index`` asks for it elsewhere), or one kept
+by a ``metafs indexer`` on the same host or a shared volume. Hits in directories the caller may not search (no
 ``x`` permission on the directory or on one above it) are left out and counted in
 ``hidden``, so a shared index never shows a user names the namespace would not.
 """
@@ -136,6 +137,18 @@ class SearchService:
 
 def _dir_of(path: str) -> str:
     return path.rsplit("/", 1)[0] or "/"
+
+
+def serve_index_default(settings: Any) -> bool:
+    """Whether ``metafs serve`` runs the search indexer when neither ``--index`` nor
+    ``--no-index`` is given: when ``serve_index`` is configured, or when the namenode keeps
+    its metadata in a SQLite file (a single namenode with a local data directory, so no
+    other process would index it) and the index is the embedded one (Elasticsearch, a
+    server of its own, is opted into with ``--index``)."""
+    if settings.serve_index:
+        return True
+    return (settings.effective_db_url.startswith("sqlite:")
+            and settings.search_backend == "embedded")
 
 
 def attach(namenode: Any) -> SearchService:
