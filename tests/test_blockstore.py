@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from metafs.assembly import build_namenode
-from metafs.blockstore import BlockNotFound, BlockStore, LocalStore, open_store
+from metafs.blockstore import BlockStore, LocalStore, open_store
 from metafs.blockstore.base import (ChecksumError, checksum, new_key, read_verified, verify)
 from metafs.blockstore.presigned import PresignedStore, PresignedView
 from metafs.config import load
