@@ -16,10 +16,10 @@ from typing import Iterator
 
 import pytest
 
-from metafs.assembly import build_namenode
+from metafs.assembly import build_namenode, serve_grpc
 from metafs.client import Client
 from metafs.config import Settings, load
-from metafs.namenode.server import Namenode
+from metafs.namenode.server import GrpcServer, Namenode
 from metafs.testing.engine import TRANSPORTS, ClientFactory
 
 _db_counter = itertools.count()
@@ -74,6 +74,11 @@ def settings(tmp_path: Path) -> Settings:
     """Settings for an embedded namenode in a fresh data directory (SQLite)."""
     return load(overrides={"data_dir": str(tmp_path / "data"), "listen": "127.0.0.1:0"},
                 environ={})
+
+
+def start_namenode(settings: Settings) -> tuple[Namenode, GrpcServer]:
+    nn = build_namenode(settings)
+    return nn, serve_grpc(nn, "127.0.0.1:0")
 
 
 ENGINES = ["sqlite", "postgres"]
