@@ -20,6 +20,7 @@ from metafs.assembly import build_namenode, serve_grpc
 from metafs.client import Client
 from metafs.config import Settings, load
 from metafs.namenode.server import GrpcServer, Namenode
+from metafs.testing.engine import TRANSPORTS, ClientFactory
 
 _db_counter = itertools.count()
 
@@ -81,7 +82,6 @@ def start_namenode(settings: Settings) -> tuple[Namenode, GrpcServer]:
 
 
 ENGINES = ["sqlite", "postgres"]
-TRANSPORTS = ["local", "grpc"]
 
 
 @pytest.fixture(params=ENGINES)
@@ -105,37 +105,16 @@ def engine_namenode(engine_settings: Settings) -> Iterator[Namenode]:
 
 @pytest.fixture(params=[(e, t) for e in ENGINES for t in TRANSPORTS],
                 ids=lambda p: f"{p[0]}-{p[1]}")
-def fs_factory(request: pytest.FixtureRequest, settings: Settings):  # type: ignore[no-untyped-def]
+def fs_factory(request: pytest.FixtureRequest, settings: Settings) -> Iterator[ClientFactory]:
     """Make clients (several may share one namenode) on every engine and transport."""
     engine, transport = request.param
     s = settings
     if engine == "postgres":
         s = s.with_(db_url=request.getfixturevalue("pg_url"))
-    nn, server = start_namenode(s)
-    clients: list[Client] = []
-
-    def make(**kw: object) -> Client:
-        if transport == "local":
-            from metafs.client.transport import LocalTransport
-
-            c = Client(settings=s, transport=LocalTransport(nn), **kw)  # type: ignore[arg-type]
-        else:
-            c = Client(settings=s.with_(namenode=server.address), **kw)  # type: ignore[arg-type]
-        clients.append(c)
-        return c
-
-    make.namenode = nn  # type: ignore[attr-defined]
-    make.engine = engine  # type: ignore[attr-defined]
-    make.transport = transport  # type: ignore[attr-defined]
-    try:
+    with ClientFactory(s, transport) as make:
         yield make
-    finally:
-        for c in clients:
-            c.close()
-        server.stop(0)
-        nn.close()
 
 
 @pytest.fixture
-def fs(fs_factory) -> Client:  # type: ignore[no-untyped-def]
+def fs(fs_factory: ClientFactory) -> Client:
     return fs_factory()

@@ -1,5 +1,6 @@
-"""The block store contract on the local store and on S3 (a real moto server), checksums,
-and the namenode's block layer (commit, layout, truncate, free, garbage collection)."""
+"""The block store contract (:class:`metafs.testing.BlockStoreTests`) on the local store and
+on S3 (a real moto server), the presigned-URL view, checksums, and the namenode's block
+layer (commit, layout, truncate, free, garbage collection)."""
 
 from __future__ import annotations
 
@@ -8,100 +9,26 @@ import os
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from metafs.assembly import build_namenode
-from metafs.blockstore import BlockNotFound, BlockStore, LocalStore, open_store
+from metafs.blockstore import BlockStore, LocalStore, open_store
 from metafs.blockstore.base import (ChecksumError, checksum, new_key, read_verified, verify)
+from metafs.blockstore.presigned import PresignedStore, PresignedView
 from metafs.config import load
 from metafs.errors import FsError
 from metafs.namenode.gc import gc, gc_main
 from metafs.namenode.server import Namenode
 from metafs.proto import metafs_pb2 as pb
+from metafs.testing import BlockIOTests, BlockStoreTests
+from metafs.testing.blockstore import PIECE
 
-from blockstore_fixtures import make_bucket, moto_url  # noqa: F401
-
-PIECE = 4096
-
-
-class StoreContract:
-    """Every block store passes these. Subclasses provide the ``store`` fixture."""
-
-    def test_put_get_roundtrip(self, store: BlockStore) -> None:
-        data = os.urandom(100_000)
-        store.put("7/0-a", data)
-        assert store.get("7/0-a") == data
-        assert store.exists("7/0-a")
-        info = store.head("7/0-a")
-        assert info is not None and info.size == len(data) and info.key == "7/0-a"
-        assert abs(info.mtime - time.time()) < 3600
-
-    def test_ranged_get(self, store: BlockStore) -> None:
-        data = bytes(range(256)) * 40
-        store.put("7/1-b", data)
-        assert store.get("7/1-b", 10, 20) == data[10:20]
-        assert store.get("7/1-b", 5000) == data[5000:]
-        assert store.get("7/1-b", 10000, 20000) == data[10000:]   # past the end: short
-        assert store.get("7/1-b", len(data), len(data) + 5) == b""
-        assert store.get("7/1-b", 20000, 20010) == b""
-        assert store.get("7/1-b", 3, 3) == b""
-
-    def test_empty_block(self, store: BlockStore) -> None:
-        store.put("7/2-e", b"")
-        assert store.get("7/2-e") == b""
-        assert store.head("7/2-e").size == 0  # type: ignore[union-attr]
-
-    def test_missing_block(self, store: BlockStore) -> None:
-        with pytest.raises(BlockNotFound) as ei:
-            store.get("7/404-x")
-        assert ei.value.errno == errno.ENOENT
-        assert store.head("7/404-x") is None
-        assert not store.exists("7/404-x")
-
-    def test_delete_is_idempotent(self, store: BlockStore) -> None:
-        store.put("8/0-d", b"x")
-        store.delete("8/0-d")
-        store.delete("8/0-d")
-        assert not store.exists("8/0-d")
-
-    def test_list_and_delete_many(self, store: BlockStore) -> None:
-        keys = [f"9/{i}-k" for i in range(25)] + ["10/0-z"]
-        for k in keys:
-            store.put(k, k.encode())
-        listed = {b.key: b.size for b in store.list("9/")}
-        assert listed == {k: len(k) for k in keys[:-1]}
-        assert "10/0-z" in {b.key for b in store.list()}
-        assert store.delete_many(keys[:20]) == 20
-        assert {b.key for b in store.list("9/")} == set(keys[20:25])
-
-    @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "a/", "sp ace", "x" * 600,
-                                     "../up", "bad\0nul"])
-    def test_malformed_keys(self, store: BlockStore, key: str) -> None:
-        with pytest.raises(FsError) as ei:
-            store.put(key, b"x")
-        assert ei.value.errno == errno.EINVAL
-
-    def test_large_block(self, store: BlockStore) -> None:
-        data = os.urandom(4 << 20)
-        store.put("11/0-big", data)
-        assert store.get("11/0-big") == data
-        assert store.get("11/0-big", (4 << 20) - 7) == data[-7:]
-
-    def test_checksum_verified_ranged_reads(self, store: BlockStore) -> None:
-        data = os.urandom(5 * PIECE + 123)
-        cs = checksum(data, PIECE)
-        store.put("12/0-c", data)
-        for lo, hi in [(0, 1), (PIECE - 1, PIECE + 1), (3 * PIECE + 5, len(data)),
-                       (0, len(data)), (len(data) - 1, len(data) + 100)]:
-            assert read_verified(store, "12/0-c", cs, lo, hi) == data[lo:hi]
-        # a block stored short (lost its tail) fails its checksum
-        store.put("12/1-short", data[: 3 * PIECE])
-        with pytest.raises(ChecksumError):
-            read_verified(store, "12/1-short", cs, 0, len(data))
+from blockstore_fixtures import FaultProxy, fault_proxy, make_bucket, moto_url  # noqa: F401
 
 
-class TestLocalStore(StoreContract):
+class TestLocalStore(BlockStoreTests):
     @pytest.fixture
     def store(self, tmp_path: Path) -> BlockStore:
         return open_store((tmp_path / "blocks").as_uri())
@@ -125,7 +52,7 @@ class TestLocalStore(StoreContract):
         assert ei.value.errno == errno.EIO and "1/0-c" in str(ei.value)
 
 
-class TestS3Store(StoreContract):
+class TestS3Store(BlockStoreTests):
     @pytest.fixture
     def store(self, moto_url: str) -> BlockStore:  # noqa: F811
         bucket = make_bucket(moto_url)
@@ -147,6 +74,76 @@ class TestS3Store(StoreContract):
     def test_prefix_isolation(self, store: BlockStore, moto_url: str) -> None:  # noqa: F811
         store.put("4/0-a", b"a")
         assert [b.key for b in store.list()] == ["4/0-a"]
+
+
+# ---------------------------------------------------------------- the presigned-URL view
+class Signer:
+    """Signs URLs with the store's own credentials, as the namenode does for a client
+    without any, and remembers what it was asked for."""
+
+    def __init__(self, store: BlockStore) -> None:
+        self.store = store
+        self.asked: list[tuple[str, bool, bool]] = []
+
+    def presigned_url(self, key: str, put: bool, refresh: bool = False) -> str:
+        self.asked.append((key, put, refresh))
+        return self.store.presign(key, put)
+
+
+def presigned_view(backing: BlockStore) -> tuple[PresignedView, Signer]:
+    signer = Signer(backing)
+    return PresignedView(PresignedStore(backing.url, load(environ={})), signer), signer
+
+
+class TestPresignedViewLocal(BlockIOTests):
+    """The view over a local directory store: ``file://`` URLs."""
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[PresignedView]:
+        view, _ = presigned_view(LocalStore(tmp_path / "blocks"))
+        yield view
+        view.http.close()
+
+
+class TestPresignedViewS3(BlockIOTests):
+    """The view over S3: presigned HTTP URLs, GET with a Range header and PUT."""
+
+    @pytest.fixture
+    def store(self, moto_url: str) -> Iterator[PresignedView]:  # noqa: F811
+        s = load(overrides={"s3_endpoint": moto_url}, environ={})
+        view, _ = presigned_view(open_store(f"s3://{make_bucket(moto_url)}/p", s))
+        yield view
+        view.http.close()
+
+
+def test_presigned_view_is_not_a_store(tmp_path: Path) -> None:
+    """It reads and writes blocks and nothing else: no listing, heads or deletes."""
+    view, _ = presigned_view(LocalStore(tmp_path / "blocks"))
+    assert not isinstance(view, BlockStore)
+    assert not any(hasattr(view, op) for op in ("head", "delete", "list", "exists"))
+
+
+def test_presigned_view_asks_once_more_for_a_refused_url(
+        moto_url: str, fault_proxy: FaultProxy) -> None:  # noqa: F811
+    s = load(overrides={"s3_endpoint": fault_proxy.url, "s3_retries": 2}, environ={})
+    backing = open_store(f"s3://{make_bucket(moto_url)}/p", s)
+    view, signer = presigned_view(backing)
+    fault_proxy.fail(1, 403)                     # an expired PUT URL: signed again
+    view.put("1/0-a", b"data")
+    assert signer.asked == [("1/0-a", True, False)] * 2
+    assert backing.get("1/0-a") == b"data"
+    signer.asked.clear()
+    fault_proxy.fail(1, 403)                     # an expired GET URL: signed afresh
+    assert view.get("1/0-a", 1, 3) == b"at"
+    assert signer.asked == [("1/0-a", False, False), ("1/0-a", False, True)]
+    fault_proxy.fail_always(403)                 # refused even when fresh: EACCES
+    for op in (lambda: view.get("1/0-a"), lambda: view.put("1/1-b", b"x")):
+        with pytest.raises(FsError) as ei:
+            op()
+        assert ei.value.errno == errno.EACCES
+    fault_proxy.heal()
+    assert not backing.exists("1/1-b")
+    view.http.close()
 
 
 def test_checksum_format_and_verify() -> None:

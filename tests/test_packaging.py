@@ -26,7 +26,7 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 PROTO_OUT = ("metafs_pb2.py", "metafs_pb2.pyi", "metafs_pb2_grpc.py")
-RUNTIME_EXTRAS_SKIPPED = ("all", "test", "bench")
+RUNTIME_EXTRAS_SKIPPED = ("all", "test", "testing", "bench")
 
 
 def floors_from_pyproject() -> dict[str, str]:

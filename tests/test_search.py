@@ -23,11 +23,10 @@ from metafs.cdc.search.embedded import EmbeddedIndex
 from metafs.cdc.search.tags import flatten
 from metafs.cdc.source import source_for
 from metafs.client import BulkFile, Client
+from metafs.testing.search import SearchBackendTests, dump, expected
 
-from search_suite import SearchSuite, dump, expected
 
-
-class TestEmbedded(SearchSuite):
+class TestEmbedded(SearchBackendTests):
     def make_backend(self, path: Path) -> EmbeddedIndex:
         return EmbeddedIndex(path / "index.db")
 
@@ -276,7 +275,7 @@ def test_planner_paths_match_namespace(tmp_path: Path, monkeypatch: pytest.Monke
     client = Client(data_dir=str(tmp_path / "data"))
     idx = EmbeddedIndex(tmp_path / "idx" / "index.db")
     try:
-        SearchSuite.populate(client, seed=21, n=120)
+        SearchBackendTests.populate(client, seed=21, n=120)
         rnd = random.Random(5)
         for i, (top, _, files) in enumerate(client.walk("/")):
             for f in files:
@@ -337,7 +336,7 @@ def test_bulk_replay_builds_indexes_at_the_head(tmp_path: Path,
 
     client = Client(data_dir=str(tmp_path / "data"))
     try:
-        SearchSuite.populate(client, seed=8, n=80)
+        SearchBackendTests.populate(client, seed=8, n=80)
         client.rename("/datasets/coco", "/coco")
         head = client.changelog_head()
         normal = EmbeddedIndex(tmp_path / "normal" / "index.db")

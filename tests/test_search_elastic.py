@@ -17,12 +17,12 @@ from metafs.cdc.consumer import Consumer  # noqa: E402
 from metafs.cdc.search.elastic import ElasticIndex  # noqa: E402
 from metafs.cdc.source import source_for  # noqa: E402
 from metafs.client import Client  # noqa: E402
+from metafs.testing import SearchBackendTests  # noqa: E402
 
 from es_fake import FakeES  # noqa: E402
-from search_suite import SearchSuite  # noqa: E402
 
 
-class TestElastic(SearchSuite):
+class TestElastic(SearchBackendTests):
     @pytest.fixture(autouse=True)
     def _server(self) -> Iterator[None]:
         self.fake = FakeES()

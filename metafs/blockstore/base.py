@@ -20,7 +20,7 @@ import uuid
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Protocol
 
 from ..errors import FsError
 
@@ -114,7 +114,7 @@ def verify(key: str, data: bytes | bytearray | memoryview, first_piece: int, val
             raise ChecksumError(key, f"piece {idx} differs")
 
 
-def read_verified(store: "BlockStore", key: str, value: str, start: int,
+def read_verified(store: "BlockIO", key: str, value: str, start: int,
                   end: int) -> bytes | bytearray:
     """Bytes ``[start, end)`` of block ``key``, fetched with one ranged GET widened to whole
     checksum pieces and verified. Past the block's end there is nothing (a short result)."""
@@ -131,7 +131,23 @@ def read_verified(store: "BlockStore", key: str, value: str, start: int,
     return bytes(memoryview(data)[lo:hi])
 
 
-# ---------------------------------------------------------------- the contract
+# ---------------------------------------------------------------- the contracts
+class BlockIO(Protocol):
+    """What a reader or writer of one file needs from wherever its blocks live: a ranged
+    read and a whole-block write. Every :class:`BlockStore` offers it; so does a view of
+    the store through presigned URLs, which can do nothing else."""
+
+    url: str
+
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes | bytearray:
+        """As :meth:`BlockStore.get`."""
+        ...
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        """As :meth:`BlockStore.put`."""
+        ...
+
+
 class BlockStore(ABC):
     """Immutable objects under string keys. Implementations must be thread-safe."""
 

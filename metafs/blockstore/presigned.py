@@ -7,10 +7,11 @@ when one has expired) and moves the bytes with plain HTTP requests. The namenode
 the caller's right to read or write the file before it signs anything.
 
 :class:`PresignedStore` is the HTTP side (one connection pool per store);
-:class:`PresignedView` is one open file's view of it, a :class:`~.base.BlockStore` whose
-keys are turned into URLs through that file (so ranged reads and checksums work as with
-any store). A local directory store "presigns" to ``file://`` URLs, read and written
-directly.
+:class:`PresignedView` is one open file's view of it: its keys are turned into URLs
+through that file. It is not a :class:`~.base.BlockStore` (listing, heads and deletes are
+the namenode's business and no URL allows them) but a :class:`~.base.BlockIO`, the ranged
+read and whole-block write a file needs, so checksummed reads work as with any store. A
+local directory store "presigns" to ``file://`` URLs, read and written directly.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import random
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from ..errors import FsError
-from .base import BlockInfo, BlockNotFound, BlockStore
+from .base import BlockNotFound
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -124,9 +125,10 @@ class PresignedStore:
         self._http.clear()
 
 
-class PresignedView(BlockStore):
-    """The block store as one open file sees it through presigned URLs: get and put only
-    (listing, heads and deletes are the namenode's business)."""
+class PresignedView:
+    """The block store as one open file sees it through presigned URLs: a
+    :class:`~.base.BlockIO` (ranged get, whole-block put), a URL asked for again once when
+    the store refuses one as expired."""
 
     def __init__(self, http: PresignedStore, source: UrlSource) -> None:
         self.http = http
@@ -153,15 +155,6 @@ class PresignedView(BlockStore):
                 if attempt:
                     raise FsError(errno.EACCES, "the block store refused a fresh presigned "
                                   "URL", key) from None
-
-    def head(self, key: str) -> BlockInfo | None:
-        raise FsError(errno.EOPNOTSUPP, "a presigned view cannot look blocks up", key)
-
-    def delete(self, key: str) -> None:
-        raise FsError(errno.EOPNOTSUPP, "a presigned view cannot delete blocks", key)
-
-    def list(self, prefix: str = "") -> Iterator[BlockInfo]:
-        raise FsError(errno.EOPNOTSUPP, "a presigned view cannot list blocks")
 
 
 # ---------------------------------------------------------------- file:// URLs

@@ -25,7 +25,7 @@ import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from ..blockstore.base import (BlockNotFound, BlockStore, ChecksumError, checksum, new_key,
+from ..blockstore.base import (BlockIO, BlockNotFound, ChecksumError, checksum, new_key,
                                parse_checksum, pieces_for, read_verified, verify)
 from ..blockstore.cache import DiskCache, MemoryCache
 from ..blockstore.presigned import PresignedView
@@ -109,7 +109,7 @@ class BlockFile(RawFile):
     def _oserror(self, err: FsError) -> OSError:
         return err.to_oserror(self.name)
 
-    def _store(self) -> BlockStore:
+    def _store(self) -> BlockIO:
         if self._s.block_presign:
             return PresignedView(self._ctx.store(self._store_url), self)  # type: ignore[arg-type]
         return self._ctx.store(self._store_url)

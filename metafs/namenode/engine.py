@@ -4,7 +4,7 @@ The namespace logic (namespace.py and its mixins) is written once against :class
 says how to open connections, how to start a read or a write transaction, which errors are
 worth retrying, and how to allocate ids; and it owns the few statements whose SQL differs
 between databases (row locks, insert-if-absent), so the namespace has no engine branches.
-Engines pass one conformance suite (tests/test_conformance.py).
+Engines pass one conformance suite (:class:`metafs.testing.EngineTests`).
 
 - :class:`SqliteEngine`: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for every write so
   writers queue on the database lock instead of failing with "database is locked".

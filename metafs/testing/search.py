@@ -1,4 +1,12 @@
-"""The search back-end contract: every back end's test module subclasses SearchSuite.
+"""The search back-end contract as a test class (see :mod:`metafs.cdc.search.base`).
+
+Subclass :class:`SearchBackendTests` and implement ``make_backend(path)``: a fresh back end
+keeping its state under the directory ``path`` (and, when reopening an existing state is
+more than calling it again on ``path.parent``, ``reopen(path)``)::
+
+    class TestMyBackend(SearchBackendTests):
+        def make_backend(self, path):
+            return MyIndex(path / "state.db")
 
 Each test drives a real embedded Client (a real namenode on a real SQLite file), follows
 its changelog into the back end under test, and compares search results with an answer
@@ -10,7 +18,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import random
 import re
 from pathlib import Path
@@ -18,13 +25,13 @@ from typing import Any, Iterator
 
 import pytest
 
-from metafs.cdc.consumer import Consumer
-from metafs.cdc.search import query as q
-from metafs.cdc.search.base import SearchBackend
-from metafs.cdc.search.query import ext_of, type_of_mode
-from metafs.cdc.search.tags import flatten
-from metafs.cdc.source import source_for
-from metafs.client import Client
+from ..cdc.consumer import Consumer
+from ..cdc.search import query as q
+from ..cdc.search.base import SearchBackend
+from ..cdc.search.query import ext_of, type_of_mode
+from ..cdc.search.tags import flatten
+from ..cdc.source import source_for
+from ..client import Client
 
 
 # ---------------------------------------------------------------------- reference model
@@ -37,16 +44,15 @@ def reference_docs(client: Client) -> dict[str, dict[str, Any]]:
             st = client.lstat(p)
             tags: dict[str, list[Any]] = {}
             texts: list[str] = []
-            if not os.path.islink(p) and (name in dirs or True):
-                try:
-                    names = client.listxattr(p, follow_symlinks=False)
-                except OSError:
-                    names = []
-                for xn in names:
-                    for t in flatten(xn, client.getxattr(p, xn, follow_symlinks=False)):
-                        tags.setdefault(t.key, []).append(t.value())
-                        if t.kind in ("s", "t"):
-                            texts.append(str(t.str))
+            try:
+                names = client.listxattr(p, follow_symlinks=False)
+            except OSError:
+                names = []
+            for xn in names:
+                for t in flatten(xn, client.getxattr(p, xn, follow_symlinks=False)):
+                    tags.setdefault(t.key, []).append(t.value())
+                    if t.kind in ("s", "t"):
+                        texts.append(str(t.str))
             out[p] = {"path": p, "name": name, "ext": ext_of(name),
                       "type": type_of_mode(st.st_mode), "size": st.st_size, "uid": st.st_uid,
                       "gid": st.st_gid, "ino": st.st_ino, "nlink": st.st_nlink,
@@ -159,11 +165,11 @@ QUERIES = [
 
 
 # ---------------------------------------------------------------------- the suite
-class SearchSuite:
+class SearchBackendTests:
     """Subclasses provide ``make_backend(path) -> SearchBackend``."""
 
     def make_backend(self, path: Path) -> SearchBackend:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement make_backend")
 
     @pytest.fixture
     def env(self, tmp_path: Path) -> Iterator[tuple[Client, SearchBackend, Consumer]]:
