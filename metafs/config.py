@@ -165,10 +165,36 @@ class Settings:
     """Attempts for a transaction that hits a serialization failure or deadlock."""
     db_pool_size: int = 8
 
-    # -- limits --
+    # -- limits (docs/security.md "Limits"): no one client can starve the rest --
     max_xattr_size: int = 64 * 1024
     readdir_page: int = 1000
     bulk_max_entries: int = 100_000
+    bulk_chunk_entries: int = 2000
+    """A bulk create commits in transactions of at most this many entries, so other writers
+    wait for one chunk, not the whole call (a bulk create is atomic per chunk)."""
+    grpc_max_receive_bytes: int = 64 * 1024**2
+    """Largest gRPC message a namenode accepts and a client accepts (RESOURCE_EXHAUSTED,
+    EMSGSIZE for the caller, past it)."""
+    grpc_max_send_bytes: int = 64 * 1024**2
+    """Largest gRPC message a namenode or a client sends."""
+    max_record_bytes: int = 256 * 1024
+    """Largest run record (RecordRun's JSON) or access event a remote caller may add to
+    the changelog (E2BIG past it)."""
+    changelog_reply_bytes: int = 4 * 1024**2
+    """A ReadChangelog reply holds records up to about this many bytes (fewer records than
+    asked for rather than a reply too large to send; always at least one)."""
+    max_long_polls: int = 32
+    """ReadChangelog calls waiting for new records (wait_ms) at once, in total; each holds
+    a thread of its own beyond grpc_workers."""
+    max_long_polls_per_identity: int = 4
+    """Waiting ReadChangelog calls of one identity (EAGAIN past it)."""
+    max_subscribers_per_identity: int = 4
+    """SubscribeChangelog streams of one identity (EAGAIN past it)."""
+    max_calls_per_identity: int = 24
+    """Calls one identity has in progress at once (ordinary calls and open call streams;
+    EAGAIN past it). Keep it below grpc_workers, so others always find a thread."""
+    max_handles_per_session: int = 4096
+    """Open handles one client session may hold (EMFILE past it)."""
     capacity_bytes: int = 1 << 50
     """Size reported by statfs (metadata capacity is not the limit; the store is)."""
     capacity_inodes: int = 1 << 40
@@ -304,13 +330,17 @@ class Settings:
     """PEM private key of tls_client_cert."""
     tls_server_name: str = ""
     """Host name the client expects in the namenode's certificate. Empty: the address's."""
+    insecure: bool = False
+    """Run without authentication on a non-loopback address (`metafs serve --insecure`):
+    every caller's claimed uid is believed. Without it such a namenode refuses to start.
+    On a client: allow a bearer token to cross plaintext to a non-loopback address."""
     auth_mode: str = "none"
     """``none``: callers' claimed ids are trusted; ``token``: a bearer token is required;
     ``cert``: a client certificate is required; ``any``: either (token first)."""
     auth_file: str = ""
     """TOML identity table: [tokens.NAME] and [certs.COMMON_NAME] entries with uid, gid,
-    groups (and ``token`` for tokens; ``root_may_act_as`` to let a uid-0 service act for
-    others)."""
+    groups (and ``token`` or ``token_sha256`` for tokens; ``trusted = true`` for a
+    service that acts for other users, such as a FUSE mount with allow_other)."""
     token: str = ""
     """Bearer token this client sends. Empty: none (or $METAFS_TOKEN_FILE's content)."""
     token_file: str = ""

@@ -338,6 +338,7 @@ def test_mount_with_wrong_token_fails_clearly(tls_token_serve, pki,  # type: ign
     address = tls_token_serve
     tok = tmp_path / "wrong.token"
     tok.write_text("guess\n")
+    tok.chmod(0o600)
     mp = tmp_path / "m"
     mp.mkdir()
     for extra in (["--token-file", str(tok)], []):

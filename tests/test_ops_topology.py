@@ -132,6 +132,7 @@ def test_topology_runs_from_processes(tmp_path: Path, pg_url: str, s3_endpoint: 
     add_token(auth, "service", 0, 0, [], "svc-token", trusted=True)
     add_token(auth, "alice", 1000, 1000, [1000], "alice-token")
     (pki / "service.token").write_text("svc-token\n")
+    (pki / "service.token").chmod(0o600)
     metrics = [_free_port(), _free_port()]
     cfg = tmp_path / "metafs.toml"
     cfg.write_text("\n".join([

@@ -87,6 +87,9 @@ def error_from_rpc(exc: grpc.RpcError, method: str) -> FsError:
         return FsError(errno.EACCES, f"not authenticated: {exc.details()}")
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return FsError(errno.EACCES, str(exc.details()))
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # gRPC's own message size limits
+        return FsError(errno.EMSGSIZE, f"{method}: {exc.details()} (the limits are the "
+                       "settings grpc_max_receive_bytes and grpc_max_send_bytes)")
     details = exc.details() if hasattr(exc, "details") else str(exc)
     return FsError(errno.EIO, f"{method} failed: {code}: {details}")
 
@@ -165,12 +168,13 @@ class GrpcTransport:
     def __init__(self, address: str, *, timeout: float = 30.0,
                  credentials: grpc.ChannelCredentials | None = None,
                  metadata: tuple[tuple[str, str], ...] = (),
-                 options: tuple[tuple[str, Any], ...] = (), streams: int = 4) -> None:
+                 options: tuple[tuple[str, Any], ...] = (), streams: int = 4,
+                 max_receive: int = 64 * 1024**2, max_send: int = 64 * 1024**2) -> None:
         addrs = [a.strip() for a in address.split(",") if a.strip()]
         if not addrs:
             raise ValueError("no namenode address given")
-        opts = [("grpc.max_receive_message_length", 256 * 1024 * 1024),
-                ("grpc.max_send_message_length", 256 * 1024 * 1024),
+        opts = [("grpc.max_receive_message_length", max_receive),
+                ("grpc.max_send_message_length", max_send),
                 ("grpc.enable_retries", 1), *options]
         self.timeout = timeout
         self.metadata = metadata or None
@@ -277,15 +281,26 @@ class GrpcTransport:
 
     def _unary(self, method: str, request: Any) -> Any:
         tries = len(self._stubs)
-        for i in range(tries):
+        i = 0
+        deadline = time.monotonic() + self.timeout
+        pause = 0.005
+        while True:
             try:
                 return getattr(self._stub(), method)(request, timeout=self.timeout,
                                                      metadata=self.metadata)
             except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and i + 1 < tries:
+                i += 1
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and i < tries:
                     continue
-                raise error_from_rpc(exc, method) from None
-        raise AssertionError("unreachable")
+                err = error_from_rpc(exc, method)
+                if (exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                        and err.errno == errno.EAGAIN and time.monotonic() + pause < deadline):
+                    # over this caller's share of the namenode (calls per identity): it
+                    # ran nothing; wait for one of the caller's own calls to end
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.2)
+                    continue
+                raise err from None
 
     def stream(self, method: str, request: Any) -> Iterator[Any]:
         it = getattr(self._stub(), method)(request, metadata=self.metadata)

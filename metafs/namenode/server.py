@@ -29,6 +29,7 @@ from ..errors import FsError
 from ..proto import metafs_pb2 as pb
 from ..proto import metafs_pb2_grpc as pb_grpc
 from .engine import engine_for
+from .limits import Limits, is_long_poll
 from .namespace import Namespace
 from .service import Handlers, internal_error
 
@@ -58,6 +59,9 @@ class Namenode:
         self.ns = Namespace(self.engine, settings)
         self.ns.setup()
         self.handlers = Handlers(self.ns, settings)
+        # Names the authenticated caller of a gRPC call for limits per identity (set by
+        # authentication; None: not authenticated, the connection is the caller).
+        self.identity_key: Callable[[Any], str | None] = lambda ctx: None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.extensions: list[Any] = []  # attached parts (block layer, indexers, ...)
@@ -108,13 +112,18 @@ def _abort(ctx: grpc.ServicerContext, err: FsError) -> None:
     ctx.abort_with_status(rpc_status.to_status(status))
 
 
-def _unary(handlers: Handlers, name: str) -> Callable[[Any, grpc.ServicerContext], Any]:
+def _unary(handlers: Handlers, name: str,
+           limits: Limits) -> Callable[[Any, grpc.ServicerContext], Any]:
     def call(request: Any, ctx: grpc.ServicerContext) -> Any:
         try:
             fn = getattr(handlers, name, None)
             if fn is None:
                 raise FsError(errno.ENOSYS, f"this namenode does not implement {name}")
-            return fn(request, ctx)
+            limits.check_request(name, request)
+            # a long-poll waits on a thread of its own share, never on an ordinary one
+            shares = limits.long_polls if is_long_poll(name, request) else limits.calls
+            with shares.held(limits.key(ctx)):
+                return fn(request, ctx)
         except FsError as err:
             _abort(ctx, err)
         except Exception as exc:
@@ -124,14 +133,16 @@ def _unary(handlers: Handlers, name: str) -> Callable[[Any, grpc.ServicerContext
     return call
 
 
-def _streaming(handlers: Handlers, name: str, gate: threading.BoundedSemaphore,
-               limit: int) -> Callable[[Any, grpc.ServicerContext], Any]:
+def _streaming(handlers: Handlers, name: str,
+               limits: Limits) -> Callable[[Any, grpc.ServicerContext], Any]:
     fn = getattr(handlers, name)
 
     def call(request: Any, ctx: grpc.ServicerContext) -> Any:
-        if not gate.acquire(blocking=False):
-            _abort(ctx, FsError(errno.EAGAIN, f"too many changelog subscribers (limit {limit}); "
-                                "poll with ReadChangelog and wait_ms instead"))
+        key = limits.key(ctx)
+        try:
+            limits.subscribers.take(key)
+        except FsError as err:
+            _abort(ctx, err)
         try:
             yield from fn(request, ctx)
         except FsError as err:
@@ -139,7 +150,7 @@ def _streaming(handlers: Handlers, name: str, gate: threading.BoundedSemaphore,
         except Exception as exc:
             _abort(ctx, internal_error(exc, name))
         finally:
-            gate.release()
+            limits.subscribers.give(key)
 
     call.__name__ = name
     return call
@@ -157,7 +168,8 @@ def _frame_error(err: FsError) -> pb.ReplyFrame:
                                               path=err.path))
 
 
-def answer_frame(handlers: Any, frame: pb.CallFrame, ctx: Any) -> pb.ReplyFrame:
+def answer_frame(handlers: Any, frame: pb.CallFrame, ctx: Any,
+                 limits: Limits | None = None) -> pb.ReplyFrame:
     """Run one call of a call stream: the same handler, checks and errors as the unary
     call of that name."""
     cls = UNARY_REQUESTS.get(frame.method)
@@ -172,6 +184,8 @@ def answer_frame(handlers: Any, frame: pb.CallFrame, ctx: Any) -> pb.ReplyFrame:
         fn = getattr(handlers, frame.method, None)
         if fn is None:
             raise FsError(errno.ENOSYS, f"this namenode does not implement {frame.method}")
+        if limits is not None:
+            limits.check_request(frame.method, request)
         return pb.ReplyFrame(reply=fn(request, ctx).SerializeToString())
     except FsError as err:
         return _frame_error(err)
@@ -179,35 +193,41 @@ def answer_frame(handlers: Any, frame: pb.CallFrame, ctx: Any) -> pb.ReplyFrame:
         return _frame_error(internal_error(exc, frame.method))
 
 
-def _call_stream(handlers: Handlers, gate: threading.BoundedSemaphore,
-                 limit: int) -> Callable[[Any, grpc.ServicerContext], Any]:
+def _call_stream(handlers: Handlers, gate: threading.BoundedSemaphore, limit: int,
+                 limits: Limits) -> Callable[[Any, grpc.ServicerContext], Any]:
     def Calls(frames: Any, ctx: grpc.ServicerContext) -> Any:
         if limit <= 0 or not gate.acquire(blocking=False):
             ctx.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                       f"this namenode serves at most {limit} call streams; make unary calls")
+        key = limits.key(ctx)
+        try:
+            limits.calls.take(key)  # an open stream is a call in progress of its caller
+        except FsError as err:
+            gate.release()
+            ctx.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, err.message)
         try:
             for frame in frames:
-                yield answer_frame(handlers, frame, ctx)
+                yield answer_frame(handlers, frame, ctx, limits)
         finally:
+            limits.calls.give(key)
             gate.release()
 
     return Calls
 
 
-def make_servicer(handlers: Any, max_subscribers: int,
+def make_servicer(handlers: Any, limits: Limits,
                   max_call_streams: int = 64) -> pb_grpc.NamenodeServicer:
-    """A servicer whose every RPC calls the handler of the same name, and whose Calls
-    stream carries any of the unary ones."""
-    gate = threading.BoundedSemaphore(max_subscribers)
+    """A servicer whose every RPC calls the handler of the same name (within the caller's
+    shares, see :mod:`.limits`), and whose Calls stream carries any of the unary ones."""
     methods: dict[str, Any] = {}
     for m in pb.DESCRIPTOR.services_by_name["Namenode"].methods:
         if m.client_streaming:
             methods[m.name] = _call_stream(handlers, threading.BoundedSemaphore(
-                max(max_call_streams, 1)), max_call_streams)
+                max(max_call_streams, 1)), max_call_streams, limits)
         elif m.server_streaming:
-            methods[m.name] = _streaming(handlers, m.name, gate, max_subscribers)
+            methods[m.name] = _streaming(handlers, m.name, limits)
         else:
-            methods[m.name] = _unary(handlers, m.name)
+            methods[m.name] = _unary(handlers, m.name, limits)
     cls = type("NamenodeServicer", (pb_grpc.NamenodeServicer,),
                {k: staticmethod(v) for k, v in methods.items()})
     return cls()
@@ -228,22 +248,26 @@ class GrpcServer:
                  bind: Binder = _bind_insecure) -> None:
         s = namenode.settings
         self.namenode = namenode
-        # Ordinary calls get grpc_workers threads; each changelog stream and each call
-        # stream may hold one more thread, and at most max_subscribers and max_call_streams
-        # of them run at once, so streams can never take the threads ordinary calls need.
+        # Ordinary calls get grpc_workers threads; each changelog stream, changelog
+        # long-poll and call stream may hold one more thread, and at most max_subscribers,
+        # max_long_polls and max_call_streams of them run at once, so they can never take
+        # the threads ordinary calls need (and no identity may hold more than its share
+        # of ordinary calls: metafs.namenode.limits).
         self.server = grpc.server(
             futures.ThreadPoolExecutor(
-                max_workers=s.grpc_workers + s.max_subscribers + max(s.max_call_streams, 0),
+                max_workers=s.grpc_workers + s.max_subscribers + max(s.max_long_polls, 0)
+                + max(s.max_call_streams, 0),
                 thread_name_prefix="metafs-grpc"),
-            options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
-                     ("grpc.max_send_message_length", 256 * 1024 * 1024),
+            options=[("grpc.max_receive_message_length", s.grpc_max_receive_bytes),
+                     ("grpc.max_send_message_length", s.grpc_max_send_bytes),
                      ("grpc.so_reuseport", 0)],
         )
         handlers: Any = namenode.handlers
         if wrap_handlers is not None:
             handlers = wrap_handlers(handlers)
+        self.limits = Limits(s, lambda ctx: namenode.identity_key(ctx))
         pb_grpc.add_NamenodeServicer_to_server(
-            make_servicer(handlers, s.max_subscribers, s.max_call_streams), self.server)
+            make_servicer(handlers, self.limits, s.max_call_streams), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -36,9 +36,11 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import hashlib
-import hmac
 import json
+import ipaddress
 import logging
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,10 +101,10 @@ class IdentityTable:
     @classmethod
     def load(cls, path: str | Path) -> "IdentityTable":
         p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"auth_file {p} does not exist") from None
+        if not p.exists():
+            raise ValueError(f"auth_file {p} does not exist")
+        check_secret_file(p, "identity table (auth_file)")
+        data = tomllib.loads(p.read_text())
         t = cls()
         for name, e in (data.get("tokens") or {}).items():
             digest = e.get("token_sha256") or (token_digest(e["token"]) if "token" in e
@@ -124,33 +126,64 @@ class IdentityTable:
                         bool(e.get("trusted", False)))
 
     def by_token(self, token: str) -> Identity | None:
-        digest = token_digest(token)
-        for known, ident in self.by_digest.items():
-            if hmac.compare_digest(known, digest):
-                return ident
-        return None
+        # A dictionary lookup by the digest: its timing can only tell an attacker about
+        # digests of tokens it already sent, not about the tokens the table holds.
+        return self.by_digest.get(token_digest(token))
+
+
+def write_secret(path: str | Path, data: bytes | str, *, append: bool = False) -> None:
+    """Write a secret (key, token, identity table) readable by its owner only: the file is
+    created with mode 600 (never briefly readable by others), and an existing one is set
+    to 600."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data.encode() if isinstance(data, str) else data)
+    finally:
+        os.close(fd)
+
+
+def check_secret_file(path: str | Path, what: str) -> None:
+    """Refuse a secret file that every user of the machine can read (as ssh refuses such a
+    private key); warn about one its group can read."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, f"{what} not found", str(path)) from None
+    if mode & 0o004:
+        raise PermissionError(errno.EACCES, f"{what} {path} is readable by every user "
+                              f"(mode {stat.S_IMODE(mode):03o}); run: chmod 600 {path}")
+    if mode & 0o040:
+        log.warning("%s %s is readable by its group (mode %03o)", what, path,
+                    stat.S_IMODE(mode))
+
+
+def _has_identity(p: Path, section: str, name: str) -> bool:
+    existing = tomllib.loads(p.read_text()) if p.exists() else {}
+    return name in (existing.get(section) or {})
 
 
 def add_token(path: str | Path, name: str, uid: int, gid: int, groups: list[int],
               token: str, trusted: bool = False) -> None:
     """Append a token identity (stored as its SHA-256 digest) to an identity table file."""
     p = Path(path)
-    existing = tomllib.loads(p.read_text()) if p.exists() else {}
-    if name in (existing.get("tokens") or {}):
+    if _has_identity(p, "tokens", name):
         raise ValueError(f"{p} already has a token named {name!r}")
-    with open(p, "a") as fh:
-        fh.write(f'\n[tokens."{name}"]\ntoken_sha256 = "{token_digest(token)}"\n'
-                 f"uid = {uid}\ngid = {gid}\ngroups = {json.dumps(groups)}\n"
-                 + ("trusted = true\n" if trusted else ""))
-    p.chmod(0o600)
+    write_secret(p, f'\n[tokens.{json.dumps(name)}]\ntoken_sha256 = "{token_digest(token)}"\n'
+                    f"uid = {uid}\ngid = {gid}\ngroups = {json.dumps(groups)}\n"
+                    + ("trusted = true\n" if trusted else ""), append=True)
 
 
 def add_cert_identity(path: str | Path, common_name: str, uid: int, gid: int,
                       groups: list[int], trusted: bool = False) -> None:
+    """Map a client certificate's common name to ids in an identity table file."""
     p = Path(path)
-    with open(p, "a") as fh:
-        fh.write(f'\n[certs."{common_name}"]\nuid = {uid}\ngid = {gid}\n'
-                 f"groups = {json.dumps(groups)}\n" + ("trusted = true\n" if trusted else ""))
+    if _has_identity(p, "certs", common_name):
+        raise ValueError(f"{p} already maps a certificate named {common_name!r}")
+    write_secret(p, f'\n[certs.{json.dumps(common_name)}]\nuid = {uid}\ngid = {gid}\n'
+                    f"groups = {json.dumps(groups)}\n" + ("trusted = true\n" if trusted else ""),
+                 append=True)
 
 
 # ---------------------------------------------------------------------- server side
@@ -200,6 +233,16 @@ class Authenticator:
                 return ident
         return None
 
+    def limit_key(self, ctx: Any) -> str | None:
+        """The name limits per identity count a call under (None: not authenticated)."""
+        if self.mode == "none":
+            return None
+        try:
+            ident = self.identify(ctx)
+        except AuthError:
+            return None
+        return f"{ident.kind}:{ident.name}" if ident is not None else None
+
     def require(self, ctx: Any) -> Identity:
         ident = self.identify(ctx)
         if ident is None:
@@ -242,6 +285,7 @@ def install(namenode: Any, server: grpc.Server) -> Authenticator:
     auth = Authenticator(namenode.settings)
     namenode.handlers.cred_of = auth.cred_of
     namenode.authenticator = auth
+    namenode.identity_key = auth.limit_key  # what limits per identity count by
 
     def whoami(_req: bytes, ctx: grpc.ServicerContext) -> dict[str, Any]:
         try:
@@ -270,6 +314,40 @@ def _check_validity(pem: bytes, what: str, path: str) -> None:
                               f"{start:%Y-%m-%d %H:%M} UTC")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a literal address or ``localhost``) names this machine only.
+    Other names are not resolved: what they resolve to is not the caller's to trust."""
+    host = host.strip("[]")
+    if host.lower() in ("localhost", "localhost.localdomain") or host.startswith("unix:"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_of(address: str) -> str:
+    if address.startswith("unix:"):
+        return address
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    return host.split("//", 1)[-1]  # dns:///host:port, ipv4:host:port
+
+
+def check_listen(listen: str, settings: Settings) -> None:
+    """Refuse to serve without authentication beyond loopback, unless ``insecure`` says
+    that every claim is to be believed (then warn that it is)."""
+    if settings.auth_mode.lower() not in ("none", "") or is_loopback(_host_of(listen)):
+        return
+    if not settings.insecure:
+        raise ValueError(
+            f"refusing to listen on {listen} without authentication: anyone who can reach "
+            "it could act as any user. Set up identities with `metafs auth init` and serve "
+            "with --auth-mode token (or cert), listen on 127.0.0.1, or pass --insecure to "
+            "trust every caller's claimed uid")
+    log.warning("INSECURE: serving %s without authentication; every caller's claimed uid "
+                "and groups are trusted (--insecure)", listen)
+
+
 def _read(path: str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -287,6 +365,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         raise ValueError("tls_cert is set but tls_key is not")
     cert = _read(settings.tls_cert, "TLS certificate")
     _check_validity(cert, "the namenode's TLS certificate", settings.tls_cert)
+    check_secret_file(settings.tls_key, "TLS key")
     key = _read(settings.tls_key, "TLS key")
     ca = _read(settings.tls_ca, "TLS CA") if settings.tls_ca else None
     if settings.tls_client_auth and ca is None:
@@ -297,6 +376,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 def bind(server: grpc.Server, listen: str, settings: Settings) -> int:
     """Listen on ``listen`` with TLS when configured; the bound port."""
+    check_listen(listen, settings)
     creds = server_credentials(settings)
     if creds is None:
         if settings.auth_mode not in ("none", "") and not settings.tls_cert:
@@ -310,6 +390,7 @@ def client_token(settings: Settings) -> str:
     if settings.token:
         return settings.token.strip()
     if settings.token_file:
+        check_secret_file(settings.token_file, "token file")
         return _read(settings.token_file, "token file").decode().strip()
     return ""
 
@@ -326,6 +407,7 @@ def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
         _check_validity(cert, "client certificate", settings.tls_client_cert)
         if not settings.tls_client_key:
             raise ValueError("tls_client_cert is set but tls_client_key is not")
+        check_secret_file(settings.tls_client_key, "client key")
         key = _read(settings.tls_client_key, "client key")
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                         certificate_chain=cert)
@@ -340,6 +422,14 @@ def make_transport(settings: Settings, *, timeout: float | None = None,
 
     creds = channel_credentials(settings)
     token = client_token(settings)
+    if token and creds is None and not settings.insecure:
+        exposed = [a for a in settings.namenode.split(",")
+                   if a.strip() and not is_loopback(_host_of(a.strip()))]
+        if exposed:
+            raise PermissionError(
+                errno.EPERM, f"refusing to send a bearer token in clear text to {exposed[0]}: "
+                "set tls_ca (--tls-ca, METAFS_TLS_CA) to the cluster's CA certificate so the "
+                "connection uses TLS")
     metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) \
         if token else ()
     options = tuple(options)
@@ -364,7 +454,9 @@ def make_transport(settings: Settings, *, timeout: float | None = None,
     t = AuthTransport(settings.namenode,
                       timeout=settings.rpc_timeout if timeout is None else timeout,
                       credentials=creds,
-                      metadata=metadata, options=options, streams=settings.call_streams)
+                      metadata=metadata, options=options, streams=settings.call_streams,
+                      max_receive=settings.grpc_max_receive_bytes,
+                      max_send=settings.grpc_max_send_bytes)
     t.authenticated = bool(token or settings.tls_client_cert)
     return t
 
