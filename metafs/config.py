@@ -385,6 +385,11 @@ class Settings:
 
 _FIELDS = {f.name: f for f in fields(Settings)}
 
+# Files a config file may name relative to its own directory (so that a directory written
+# by `metafs auth init` works wherever it is copied).
+_RELATIVE_FILES = frozenset({"tls_cert", "tls_key", "tls_ca", "tls_client_cert",
+                             "tls_client_key", "auth_file", "token_file"})
+
 
 def _coerce(name: str, value: Any) -> Any:
     f = _FIELDS[name]
@@ -429,6 +434,8 @@ def load(
             if key not in _FIELDS:
                 raise ValueError(f"{path}: unknown setting {key!r}")
             values[key] = _coerce(key, value)
+            if key in _RELATIVE_FILES and values[key] and not os.path.isabs(values[key]):
+                values[key] = str(path.resolve().parent / values[key])
     env = os.environ if environ is None else environ
     for name in _FIELDS:
         var = "METAFS_" + name.upper()

@@ -1,9 +1,9 @@
-"""``metafs certs`` and ``metafs token``: certificates and bearer tokens for a cluster."""
+"""``metafs auth init``: a team's CA, namenode certificate and identities in one step;
+``metafs certs`` and ``metafs token``: single certificates and bearer tokens to add later."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 from typing import Any
 
@@ -15,6 +15,31 @@ def _ids(text: str) -> list[int]:
 
 
 def add_commands(sub: Any, common: Common) -> None:
+    sp = sub.add_parser("auth", help="set up a cluster's TLS and identities")
+    asub = sp.add_subparsers(dest="auth_command", required=True, metavar="ACTION")
+    ip = asub.add_parser(
+        "init", help="make a CA, the namenode's certificate and settings, and one "
+        "credential per identity (admin, users, services) in DIR",
+        description="Writes DIR/server.toml (serve with: metafs serve --config "
+        "DIR/server.toml ...) and DIR/identities/NAME/ for each identity (copy it to "
+        "~/.config/metafs/ on that identity's machines). Run again to add identities.")
+    ip.add_argument("dir", help="output directory (an existing CA there is reused)")
+    ip.add_argument("--server-name", action="append", required=True,
+                    help="host name or IP clients reach the namenode by (repeat; the first "
+                    "goes into the identities' settings)")
+    ip.add_argument("--user", action="append", default=[], metavar="NAME:UID[:GID[:GROUPS]]",
+                    help="a user identity, e.g. alice:1000:1000:1000,100 (repeat)")
+    ip.add_argument("--admin", default="admin", help="name of the admin identity (uid 0, "
+                    "not allowed to act as other users); empty: none (default: admin)")
+    ip.add_argument("--service", action="append", default=[], metavar="NAME",
+                    help="a trusted service identity that may act for any user: a FUSE mount "
+                    "with --allow-other, the search indexer (repeat)")
+    ip.add_argument("--credentials", choices=("token", "cert"), default="token",
+                    help="bearer tokens over TLS, or client certificates (mutual TLS)")
+    ip.add_argument("--port", type=int, default=7420, help="the namenode's port")
+    ip.add_argument("--days", type=int, default=825, help="validity of the certificates")
+    ip.set_defaults(func=cmd_auth_init)
+
     sp = sub.add_parser("certs", help="make a CA, a namenode certificate and client "
                         "certificates for a test cluster")
     sp.add_argument("dir", help="output directory (an existing ca.pem there is reused)")
@@ -41,6 +66,25 @@ def add_commands(sub: Any, common: Common) -> None:
     sp.set_defaults(func=cmd_token)
 
 
+def cmd_auth_init(args: argparse.Namespace) -> int:
+    from ..ops.team import Member, init_team, parse_user
+
+    from pathlib import Path
+
+    # the admin is made by the first run; later runs add users and services
+    fresh_admin = args.admin and not (Path(args.dir) / "identities" / args.admin).exists()
+    members = [Member(args.admin, 0, 0)] if fresh_admin else []
+    members += [parse_user(u) for u in args.user]
+    members += [Member(name, 0, 0, trusted=True) for name in args.service]
+    written = init_team(args.dir, args.server_name, members, credentials=args.credentials,
+                        port=args.port, days=args.days)
+    for what, path in written.items():
+        print(f"{what:>24}: {path}")
+    print(f"\nserve:   metafs serve --config {args.dir}/server.toml --db ... --blocks ...\n"
+          f"clients: copy {args.dir}/identities/NAME/ to ~/.config/metafs/ on NAME's machines")
+    return 0
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from ..ops import certs
 
@@ -60,15 +104,13 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from ..ops.auth import add_token
+    from ..ops.auth import add_token, write_secret
 
     token = args.token or secrets.token_urlsafe(32)
     add_token(args.auth_file, args.name, args.uid, args.gid if args.gid is not None else args.uid,
               args.groups or [], token, trusted=args.trusted)
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(token + "\n")
-        os.chmod(args.out, 0o600)
+        write_secret(args.out, token + "\n")
         print(f"token for {args.name} written to {args.out}")
     else:
         print(token)

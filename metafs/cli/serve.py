@@ -43,6 +43,9 @@ def add_serve_flags(sp: argparse.ArgumentParser) -> None:
                    help="how callers prove who they are (default none: claims are trusted)")
     g.add_argument("--auth-file", help="TOML identity table: tokens and certificate names "
                    "mapped to uid, gid and groups")
+    g.add_argument("--insecure", action="store_const", const=True, default=None,
+                   help="serve beyond loopback without authentication: every caller's "
+                   "claimed uid is trusted (without it such a namenode refuses to start)")
     g = sp.add_argument_group("operations")
     g.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     g.add_argument("--metrics-listen", help="address for the metrics endpoint")
@@ -50,7 +53,7 @@ def add_serve_flags(sp: argparse.ArgumentParser) -> None:
 
 def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("tls_cert", "tls_key", "tls_ca", "tls_client_auth", "auth_mode", "auth_file",
-            "metrics_port", "metrics_listen")
+            "insecure", "metrics_port", "metrics_listen")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -67,6 +70,7 @@ def start_serve_extras(nn: Any, s: Settings) -> Any:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..assembly import build_namenode, serve_grpc
+    from ..ops.auth import check_listen
 
     s = settings_from(args, **serve_overrides(args))
     if args.serve_index is None:
@@ -74,6 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         s = s.with_(serve_index=serve_index_default(s))
     setup_logging(s.log_level)
+    check_listen(s.listen, s)  # before anything starts: beyond loopback, auth or --insecure
     nn = build_namenode(s)
     server = serve_grpc(nn, s.listen)
     start_serve_extras(nn, s)  # Prometheus metrics endpoint, when configured

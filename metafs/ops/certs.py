@@ -28,10 +28,10 @@ class Issued:
     key_pem: bytes
 
     def write(self, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> None:
+        from .auth import write_secret
+
         Path(cert_path).write_bytes(self.cert_pem)
-        kp = Path(key_path)
-        kp.write_bytes(self.key_pem)
-        os.chmod(kp, 0o600)
+        write_secret(key_path, self.key_pem)  # created 600, never briefly readable
 
 
 def _now() -> dt.datetime:
@@ -120,20 +120,25 @@ def common_name(cert_pem: bytes) -> str:
     return str(attrs[0].value) if attrs else ""
 
 
+def ca_in(d: Path, written: dict[str, str], name: str = "metafs CA") -> Issued:
+    """The CA kept in directory ``d`` (``ca.pem``, ``ca-key.pem``), made there if absent."""
+    d.mkdir(parents=True, exist_ok=True)
+    if (d / "ca.pem").exists() and (d / "ca-key.pem").exists():
+        return load(d / "ca.pem", d / "ca-key.pem")
+    ca = make_ca(name)
+    ca.write(d / "ca.pem", d / "ca-key.pem")
+    written["ca"] = str(d / "ca.pem")
+    return ca
+
+
 def init_cluster(out_dir: str | os.PathLike[str], hosts: Sequence[str] = (),
                  clients: Sequence[str] = (), days: int = 825) -> dict[str, str]:
     """Make ``ca.pem``, ``ca-key.pem``, ``server.pem``/``server-key.pem`` and one
     ``client-NAME.pem``/``client-NAME-key.pem`` per client in ``out_dir``. An existing CA
     there is reused, so running it again adds certificates to the same cluster."""
     d = Path(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
-    if (d / "ca.pem").exists() and (d / "ca-key.pem").exists():
-        ca = load(d / "ca.pem", d / "ca-key.pem")
-    else:
-        ca = make_ca()
-        ca.write(d / "ca.pem", d / "ca-key.pem")
-        written["ca"] = str(d / "ca.pem")
+    ca = ca_in(d, written)
     srv = issue(ca, (list(hosts) or ["localhost"])[0], server=True,
                 hosts=list(hosts) or ["localhost", "127.0.0.1", "::1"], days=days)
     srv.write(d / "server.pem", d / "server-key.pem")
