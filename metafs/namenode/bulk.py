@@ -1,4 +1,11 @@
-"""Bulk create: many files and directories (with data and attributes) in one transaction.
+"""Bulk create: many files and directories (with data and attributes) in one call.
+
+The call commits in transactions of at most ``bulk_chunk_entries`` entries, in order, so
+other writers wait for one chunk, never for the whole call: a bulk create is atomic per
+chunk. Everything that can be checked without the database (names, sizes, attributes, a
+path given twice, a file on another entry's path) is checked before the first chunk; an
+error met in a later chunk (a name that exists, a permission, a quota) leaves the earlier
+chunks created, and its message says how many entries were.
 
 Part of :class:`~metafs.namenode.namespace.Namespace` (a mixin: its methods use the
 namespace's row helpers and transactions)."""
@@ -101,7 +108,41 @@ class BulkCreate:
                 if len(v) > self.settings.max_xattr_size:
                     raise FsError(errno.E2BIG, "attribute value too large", e.path)
             plan.append((parts, ftype, e))
-        return self.mutate(cred, lambda tx: self._bulk(tx, parent, plan, make_parents, exist_ok))
+        self._check_plan(plan, exist_ok)
+        size = max(1, self.settings.bulk_chunk_entries)
+        reply = pb.BulkCreateReply()
+        for start in range(0, len(plan), size):
+            chunk = plan[start:start + size]
+            try:
+                part = self.mutate(cred, lambda tx: self._bulk(tx, parent, chunk, make_parents,
+                                                               exist_ok))
+            except FsError as err:
+                if start:
+                    err.message += (f" (the first {start} entries of this bulk call were "
+                                    f"committed: it is atomic per chunk of {size} entries, "
+                                    "setting bulk_chunk_entries)")
+                raise
+            reply.created += part.created
+            reply.inos.extend(part.inos)
+        return reply
+
+    @staticmethod
+    def _check_plan(plan: list, exist_ok: bool) -> None:
+        """The conflicts within one call that a single transaction would have found, found
+        before any chunk commits."""
+        seen: dict[tuple[str, ...], int] = {}  # path -> file type
+        parents: set[tuple[str, ...]] = set()  # paths of earlier entries' directories
+        for parts, ftype, e in plan:
+            key = tuple(parts)
+            for i in range(1, len(key)):
+                if seen.get(key[:i]) == stat.S_IFREG:
+                    raise FsError(errno.EEXIST, "a file and a directory share a path", e.path)
+                parents.add(key[:i])
+            if key in seen or key in parents:
+                if not (ftype == stat.S_IFDIR and exist_ok and
+                        seen.get(key, stat.S_IFDIR) == stat.S_IFDIR):
+                    raise FsError(errno.EEXIST, "path appears twice in one bulk call", e.path)
+            seen[key] = ftype
 
     def _bulk(self, tx: Tx, parent: int, plan: list, make_parents: bool,
               exist_ok: bool) -> pb.BulkCreateReply:

@@ -67,15 +67,28 @@ def head(conn: Connection) -> int:
     return int(conn.execute(select(_ct.c.value).where(_ct.c.name == "changelog")).scalar_one())
 
 
-def read(conn: Connection, after: int, limit: int) -> list[pb.ChangeRecord]:
+def read(conn: Connection, after: int, limit: int,
+         max_bytes: int = 0) -> list[pb.ChangeRecord]:
+    """Up to ``limit`` records after position ``after``, in order. With ``max_bytes``,
+    the records stop before the one that would take their encoded size past it (but the
+    first is always returned): a reader asking for many large records gets fewer of them,
+    never a reply too large to send."""
+    # streamed (a server-side cursor on PostgreSQL): rows past the cap are never fetched
     rows = conn.execute(
-        select(_cl.c.seq, _cl.c.body).where(_cl.c.seq > after).order_by(_cl.c.seq).limit(limit)
-    ).all()
+        select(_cl.c.seq, _cl.c.body).where(_cl.c.seq > after).order_by(_cl.c.seq)
+        .limit(limit).execution_options(stream_results=True, max_row_buffer=256))
     out = []
-    for seq, body in rows:
-        rec = pb.ChangeRecord.FromString(bytes(body))
-        rec.seq = seq
-        out.append(rec)
+    size = 0
+    try:
+        for seq, body in rows:
+            size += len(body) + 16  # the record's framing and its seq field
+            if max_bytes and out and size > max_bytes:
+                break
+            rec = pb.ChangeRecord.FromString(bytes(body))
+            rec.seq = seq
+            out.append(rec)
+    finally:
+        rows.close()
     return out
 
 

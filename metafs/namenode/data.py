@@ -32,6 +32,9 @@ _Q_UPDATE_DATA = Prepared(update(FD).where(FD.c.ino == bindparam("ino")).values(
     data=bindparam("new_data")))
 _Q_HANDLE_BY_ID = Prepared(select(H.c.ino, H.c.session).where(H.c.id == bindparam("hid")))
 _Q_DELETE_HANDLE = Prepared(delete(H).where(H.c.id == bindparam("hid")))
+# a row here means the session already holds ``skip + 1`` handles (an index range scan, no count)
+_Q_NTH_HANDLE = Prepared(select(H.c.id).where(H.c.session == bindparam("session"))
+                         .limit(1).offset(bindparam("skip")))
 
 
 class FileData:
@@ -83,6 +86,11 @@ class FileData:
         return pb.OpenReply(attr=to_attr(row), handle=handle)
 
     def _new_handle(self, tx: Tx, ino: int, flags: int) -> int:
+        cap = self.settings.max_handles_per_session
+        if cap > 0 and _Q_NTH_HANDLE.first(tx.conn, session=tx.cred.client_id or "",
+                                                  skip=cap - 1):
+            raise FsError(errno.EMFILE, f"this session holds {cap} open handles, the limit "
+                          "(setting max_handles_per_session); close some first")
         hid = self.engine.allocate_ids(tx.conn, "handle", 1)[0]
         _Q_INSERT_HANDLE.run(tx.conn, id=hid, ino=ino, session=tx.cred.client_id or "",
                              flags=flags, opened_ns=tx.now)

@@ -17,6 +17,7 @@ Engines pass one conformance suite (:class:`metafs.testing.EngineTests`).
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import random
@@ -174,12 +175,38 @@ class MetaEngine:
         self.engine.dispose()
 
 
+class FifoLock:
+    """A lock handed to its waiters in the order they asked for it (no barging)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held = False
+        self._waiters: collections.deque[threading.Event] = collections.deque()
+
+    def acquire(self) -> None:
+        with self._lock:
+            if not self._held:
+                self._held = True
+                return
+            turn = threading.Event()
+            self._waiters.append(turn)
+        turn.wait()  # set by release(): the lock is now this thread's
+
+    def release(self) -> None:
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().set()
+            else:
+                self._held = False
+
+
 class SqliteEngine(MetaEngine):
     name = "sqlite"
 
     def __init__(self, url: str, settings: Settings) -> None:
         self._all: list[Connection] = []
         self._all_lock = threading.Lock()
+        self._turns = FifoLock()
         super().__init__(url, settings)
 
     def _create_engine(self, url: str) -> Engine:
@@ -257,8 +284,18 @@ class SqliteEngine(MetaEngine):
 
     @contextmanager
     def _write_tx(self) -> Iterator[Connection]:
-        with self._tx("BEGIN IMMEDIATE") as conn:
-            yield conn
+        # Writers of this process take turns first come, first served: SQLite's own busy
+        # handler polls with sleeps of up to 100 ms, so a writer that commits and begins
+        # again at once (a bulk create's next chunk) would otherwise keep the others out.
+        nested = getattr(self._local, "busy", False)
+        if not nested:
+            self._turns.acquire()
+        try:
+            with self._tx("BEGIN IMMEDIATE") as conn:
+                yield conn
+        finally:
+            if not nested:
+                self._turns.release()
 
     @contextmanager
     def _read_tx(self) -> Iterator[Connection]:

@@ -263,7 +263,8 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
     def changelog_read(self, after: int, limit: int) -> tuple[list[pb.ChangeRecord], int]:
         def fn(conn: Connection) -> tuple[list[pb.ChangeRecord], int]:
             h = changelog.head(conn)
-            return changelog.read(conn, after, min(limit or 1000, 10_000)), h
+            return changelog.read(conn, after, min(limit or 1000, 10_000),
+                                  self.settings.changelog_reply_bytes), h
 
         return self.query(fn)
 
