@@ -556,8 +556,10 @@ class Client:
     # ------------------------------------------------------------------ bulk
     def bulk_create(self, parent: str | os.PathLike[str], entries: Iterable[BulkFile | tuple],
                     *, make_parents: bool = True, exist_ok: bool = True) -> list[int]:
-        """Create many files (with their small contents and xattrs) in one call and one
-        transaction: all of them or, on any error, none. Returns their inode numbers."""
+        """Create many files (with their small contents and xattrs) in one call, committed
+        in transactions of ``bulk_chunk_entries`` entries: an error found before the
+        first (a bad name, a path given twice) creates none; one met in a later chunk
+        leaves the earlier chunks created. Returns their inode numbers."""
         p = self._norm(parent)
         try:
             base = self._resolve(p).ino
