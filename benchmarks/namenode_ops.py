@@ -7,6 +7,10 @@ In the same run it measures the same operations on the local disk and, when
 metadata, so the table can show ratios that survive a noisy shared machine.
 
     python benchmarks/namenode_ops.py [--n 2000] [--clients 1,8] [--no-postgres] [--json out.json]
+
+``--auth`` instead measures the per-call cost of authentication in one run: the same
+operations against one gRPC namenode (SQLite) each way: plaintext, TLS without
+authentication, TLS with a bearer token, and mutual TLS with a client certificate.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def _metafs_worker(args: tuple[dict, str, int, int, Any, Any]) -> dict[str, floa
         fn()
         out[name] = time.perf_counter() - t
 
-    if address:
+    if address and not s.tls_ca:  # the gRPC ceiling, on a plaintext namenode
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -134,6 +138,59 @@ def posix_ops(root: str, n: int) -> dict[str, float]:
     return rates
 
 
+# ---------------------------------------------------------------------- authentication
+AUTH_WAYS = ("plaintext", "tls", "tls+token", "mtls")
+
+
+def auth_overhead(work: Path, n: int, rounds: int = 3) -> list[dict[str, Any]]:
+    """ops/s of each way of AUTH_WAYS, best of ``rounds`` interleaved rounds (so drift of
+    a shared machine hits every way alike), with the cost of each against TLS alone."""
+    from metafs.assembly import build_namenode, serve_grpc
+    from metafs.config import load
+    from metafs.ops import certs
+    from metafs.ops.auth import add_cert_identity, add_token, write_secret
+
+    pki = work / "pki"
+    certs.init_cluster(pki, hosts=["localhost", "127.0.0.1"], clients=["bench"])
+    table = pki / "auth.toml"
+    add_token(table, "bench", 0, 0, [], "bench-token")
+    add_cert_identity(table, "bench", 0, 0, [])
+    write_secret(pki / "token", "bench-token\n")
+    tls = {"tls_cert": str(pki / "server.pem"), "tls_key": str(pki / "server-key.pem"),
+           "tls_ca": str(pki / "ca.pem")}
+    server_kw = {"plaintext": {}, "tls": tls,
+                 "tls+token": {**tls, "auth_mode": "token", "auth_file": str(table)},
+                 "mtls": {**tls, "auth_mode": "cert", "auth_file": str(table),
+                          "tls_client_auth": True}}
+    client_kw = {"plaintext": {}, "tls": {"tls_ca": tls["tls_ca"]},
+                 "tls+token": {"tls_ca": tls["tls_ca"], "token_file": str(pki / "token")},
+                 "mtls": {"tls_ca": tls["tls_ca"],
+                          "tls_client_cert": str(pki / "client-bench.pem"),
+                          "tls_client_key": str(pki / "client-bench-key.pem")}}
+    best: dict[str, dict[str, float]] = {w: {} for w in AUTH_WAYS}
+    for r in range(rounds):
+        for way in AUTH_WAYS:
+            kw = {"data_dir": str(work / f"auth-{way}-{r}")}
+            nn = build_namenode(load(overrides={**kw, **server_kw[way]}, environ={}))
+            server = serve_grpc(nn, "127.0.0.1:0")
+            print(f"auth {way} round {r + 1} ...", file=sys.stderr, flush=True)
+            try:
+                rates = _run_metafs({**kw, **client_kw[way]}, server.address, 1, n)
+            finally:
+                server.stop(0)
+                nn.close()
+            for op, v in rates.items():
+                best[way][op] = max(best[way].get(op, 0.0), v)
+    rows = []
+    for way in AUTH_WAYS:
+        row: dict[str, Any] = {"system": "metafs", "engine": "sqlite", "mode": f"grpc {way}",
+                               "clients": 1, **best[way]}
+        for op in ("create", "stat", "rename"):
+            row[f"{op} cost vs tls %"] = round(100 * (best["tls"][op] / best[way][op] - 1), 1)
+        rows.append(row)
+    return rows
+
+
 # ---------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -143,7 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-postgres", action="store_true")
     ap.add_argument("--no-juicefs", action="store_true")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--auth", action="store_true", help="only the cost of authentication "
+                    "(plaintext, TLS, TLS + token, mutual TLS), best of 3 rounds")
     args = ap.parse_args(argv)
+    if args.auth:
+        work = Path(tempfile.mkdtemp(prefix="mfs-bench-"))
+        try:
+            rows = auth_overhead(work, args.n)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps(rows, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return 0
     clients = [int(c) for c in args.clients.split(",")]
 
     from metafs.assembly import build_namenode, serve_grpc

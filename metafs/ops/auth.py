@@ -187,6 +187,8 @@ def add_cert_identity(path: str | Path, common_name: str, uid: int, gid: int,
 
 
 # ---------------------------------------------------------------------- server side
+_UNKNOWN = object()
+
 class Authenticator:
     """Binds each remote call to an identity and checks the ids it claims."""
 
@@ -205,9 +207,21 @@ class Authenticator:
             raise ValueError("auth_mode cert needs tls_client_auth = true (mutual TLS)")
 
     def identify(self, ctx: Any) -> Identity | None:
-        """The identity a call proves, or None (AuthError when it proves a wrong one)."""
+        """The identity a call proves, or None (AuthError when it proves a wrong one).
+        Found once per call (or call stream: its frames share the context)."""
         if ctx is None:
             return None
+        known = getattr(ctx, "_metafs_identity", _UNKNOWN)
+        if known is not _UNKNOWN:
+            return known
+        ident = self._identify(ctx)
+        try:
+            ctx._metafs_identity = ident
+        except AttributeError:  # a context that takes no attributes: found each time
+            pass
+        return ident
+
+    def _identify(self, ctx: Any) -> Identity | None:
         if self.mode in ("token", "any"):
             token = None
             for k, v in ctx.invocation_metadata() or ():
