@@ -1,40 +1,91 @@
-"""The changelog: every committed change, in one total order equal to commit order.
+"""The changelog: every committed change, in one total order consistent with commit order.
 
-Each mutating transaction appends its records as its very last statement:
+Consumers see records at dense positions ``seq`` = 1, 2, 3, ... and follow the tail with
+``seq > checkpoint ORDER BY seq``. Every engine guarantees:
 
-    UPDATE counters SET value = value + n WHERE name = 'changelog' RETURNING value
+- **nothing uncommitted is visible**: a record gets its position only once its transaction
+  has committed (or, on SQLite, in the transaction itself, under MVCC);
+- **no gap a reader could skip**: positions are handed out densely and become visible as a
+  prefix: a reader that sees position k sees every position below k;
+- **nothing twice**: a record is moved or written once, in one transaction;
+- **commit order**: if a transaction wrote a row another transaction had written (or read
+  what the other committed), the other's records come first. A transaction's records are
+  contiguous (a rename of a big tree is one record).
 
-and inserts its records with the n positions just below the returned value. The UPDATE
-takes the counter row's lock, which is held until the transaction commits or rolls back.
-So positions are handed out one transaction at a time, in the order the transactions
-commit: a transaction can only take position k+1 after the holder of k has committed
-(releasing the lock) or rolled back (releasing the lock *and* undoing its increment, so
-k is handed out again). Hence:
+Two ways to get there, chosen by the engine (:mod:`metafs.namenode.engine`):
 
-- no gap: every position up to the counter's committed value belongs to a committed row;
-- no reordering: if a reader's snapshot holds the row at k, it holds every row below k;
-- no uncommitted record is ever visible (plain MVCC).
+:class:`DirectLog` (SQLite, one writer at a time). The transaction's last statement bumps
+the ``changelog`` counter and inserts its records at the positions below the new value.
+The counter row is held until commit, so positions are handed out in commit order; a
+rollback undoes the increment. With one writer at a time that costs nothing.
 
-A reader therefore follows the tail with ``seq > checkpoint ORDER BY seq`` and can never
-skip a record, on SQLite (one writer at a time anyway) and on PostgreSQL with any number of
-namenodes. The price is that the final moments of each writing transaction (the append and
-the commit) are serialized; every other part of the transaction runs concurrently. This is
-the "single sequencer" design; a PgQ-style snapshot tick would avoid that wait at the cost of
-records becoming visible only at the next tick.
+:class:`StampedLog` (PostgreSQL, any number of namenodes). Holding one row lock through
+every commit would serialize all commits of the cluster, so positions are stamped *after*
+commit instead:
+
+1. *Append*: a transaction's last statement inserts its records into
+   ``changelog_pending`` under one ticket ``ord = nextval('metafs_changelog_ord')`` (one
+   per transaction; ``idx`` orders its records). A sequence takes no lock that lives until
+   commit, so appends never wait for each other. Rolled-back records vanish with their
+   transaction.
+2. *Stamp*: an assigner thread in each namenode runs rounds. A round holds a cluster-wide
+   advisory lock (one round at a time in the cluster), and in one statement moves every
+   pending row its snapshot sees (i.e. of committed transactions) into ``changelog``,
+   numbered after the head counter in ``(ord, idx)`` order, and advances the counter.
+   A local commit wakes the local assigner at once; rounds run back to back under load,
+   each taking everything committed meanwhile, so the number of rounds (not commits) is
+   what the lock serializes. An idle assigner still polls, so records committed by a
+   namenode that died before stamping are stamped by another one.
+3. *Read*: readers read ``changelog`` exactly as before.
+
+Why this is correct. *No gap, nothing uncommitted, nothing twice*: only committed rows are
+visible to a round; a round deletes what it moves in the same transaction; rounds are
+serialized by the lock and each commits atomically, so stamped positions become visible
+as whole, dense prefixes. *Order*: take T1 whose effect T2 depends on (T2 wrote a row T1
+wrote, which in PostgreSQL means T2 waited for T1's commit, or T2 read what T1
+committed). Then T1 committed before T2 did anything with it, and the append is T2's last
+statement, so (a) ``ord(T1) < ord(T2)``, and (b) any round whose snapshot sees T2
+committed also sees T1 committed (T1 was visible before T2 could proceed). So T1 is
+stamped in an earlier round than T2, or in the same one, and there the ``(ord, idx)``
+order puts it first. Independent concurrent transactions may be stamped in an order other
+than the exact instant of their commits, which no reader can observe: the stamped order is
+a serialization order of the transactions, as the single counter's was.
+
+Why not PgQ's rule alone. PgQ hands a consumer the events between two snapshots whose xid
+is below the later snapshot's xmin; ordering those by transaction id is not commit order:
+a transaction that took its id early (its first write) may write a row after a later-id
+transaction wrote and committed it. Stamping after commit needs no xmin at all: a
+long-running transaction delays only its own records, never anyone else's, and the lag of
+a record is one round after its commit (:meth:`StampedLog.stats` reports it, measured on
+the database clock from append to stamp).
+
+Read-your-writes: a read through a namenode first waits (bounded) until every commit made
+through that namenode before the read has been stamped (:meth:`StampedLog.settle`), so a
+client that writes and then reads the changelog through the same namenode sees its
+records, as it did when positions were handed out in the transaction.
+
+``metafs_changelog_ord`` must not cache values per session (CACHE 1): with a cache,
+tickets would not follow the order in which transactions take them.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from ..proto import metafs_pb2 as pb
 from . import schema
 from .sql import Prepared
+
+if TYPE_CHECKING:
+    from .engine import MetaEngine
+
+log = logging.getLogger("metafs.namenode.changelog")
 
 _ct = schema.counters
 _cl = schema.changelog
@@ -119,3 +170,206 @@ class Notifier:
                     return False
                 self._cond.wait(left)
             return True
+
+
+class DirectLog:
+    """Positions handed out inside the writing transaction (engines with one writer)."""
+
+    def __init__(self) -> None:
+        self.notifier = Notifier()
+
+    def append(self, conn: Connection, records: Sequence[pb.ChangeRecord]) -> int:
+        """Append ``records`` as the transaction's last statement; returns a token for
+        :meth:`committed` (here: the last position)."""
+        return append(conn, records)
+
+    def committed(self, token: int) -> None:
+        """The transaction that appended (``token``) has committed."""
+        self.notifier.notify(token)
+
+    def settle(self, timeout: float = 0) -> bool:
+        return True
+
+    def flush(self) -> int:
+        return 0
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
+
+# The cluster-wide lock a stamping round holds (pg_advisory_xact_lock key).
+STAMP_LOCK = 74202
+
+_NOW_NS = "(extract(epoch FROM clock_timestamp()) * 1000000000)::bigint"
+
+# One ticket per transaction; the records are unnested from arrays in the same statement.
+_SQL_APPEND = text(f"""
+INSERT INTO changelog_pending (ord, idx, op, ino, ts_ns, body, added_ns)
+SELECT o.ord, t.idx - 1, t.op, t.ino, t.ts_ns, t.body, {_NOW_NS}
+FROM (SELECT nextval('metafs_changelog_ord') AS ord) AS o,
+     unnest(CAST(:ops AS smallint[]), CAST(:inos AS bigint[]), CAST(:ts AS bigint[]),
+            CAST(:bodies AS bytea[])) WITH ORDINALITY AS t(op, ino, ts_ns, body, idx)
+""")
+
+# A round: every pending row this snapshot sees, numbered after the head in ticket order.
+# Returns the rows moved, the head after the round, and the oldest and median lag (ns).
+_SQL_STAMP = text(f"""
+WITH moved AS (
+    DELETE FROM changelog_pending
+    RETURNING ord, idx, op, ino, ts_ns, body, added_ns
+), n AS (
+    SELECT count(*) AS n FROM moved
+), bump AS (
+    UPDATE counters SET value = value + (SELECT n FROM n)
+    WHERE name = 'changelog' AND (SELECT n FROM n) > 0
+    RETURNING value
+), stamped AS (
+    INSERT INTO changelog (seq, op, ino, ts_ns, body)
+    SELECT (SELECT value FROM bump) - (SELECT n FROM n)
+           + row_number() OVER (ORDER BY ord, idx), op, ino, ts_ns, body
+    FROM moved
+)
+SELECT (SELECT n FROM n) AS n,
+       COALESCE((SELECT value FROM bump),
+                (SELECT value FROM counters WHERE name = 'changelog')) AS head,
+       {_NOW_NS} - (SELECT min(added_ns) FROM moved) AS lag_max,
+       {_NOW_NS} - (SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY added_ns)
+                    FROM moved) AS lag_p50
+""")
+
+
+def stamp(conn: Connection) -> tuple[int, int, int, int]:
+    """One stamping round in the transaction of ``conn`` (READ COMMITTED): waits for the
+    cluster-wide stamp lock, then stamps what is committed. Returns (records stamped,
+    head, oldest lag ns, median lag ns)."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": STAMP_LOCK})
+    row = conn.execute(_SQL_STAMP).one()
+    return int(row.n), int(row.head), int(row.lag_max or 0), int(row.lag_p50 or 0)
+
+
+class StampedLog:
+    """Records appended under a ticket and stamped with positions after commit by an
+    assigner thread (PostgreSQL); see the module docstring."""
+
+    def __init__(self, engine: "MetaEngine", *, idle_poll: float = 0.5) -> None:
+        self.engine = engine
+        self.notifier = Notifier()
+        self.idle_poll = idle_poll
+        self._cond = threading.Condition()
+        self._committed = 0  # commits with records made through this process
+        self._stamped = 0    # every one of the first _stamped commits is stamped
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._stats = {"rounds": 0, "stamped": 0, "lag_max_s": 0.0, "lag_p50_s": 0.0,
+                       "round_s": 0.0}
+
+    def append(self, conn: Connection, records: Sequence[pb.ChangeRecord]) -> int:
+        """Append ``records`` as the transaction's last statement (one round trip)."""
+        conn.execute(_SQL_APPEND, {
+            "ops": [int(r.op) for r in records], "inos": [int(r.ino) for r in records],
+            "ts": [int(r.ts_ns) for r in records],
+            "bodies": [r.SerializeToString() for r in records]})
+        return 1
+
+    def committed(self, token: int) -> None:
+        with self._cond:
+            self._committed += 1
+            self._cond.notify_all()
+        self.start()
+
+    def settle(self, timeout: float = 5.0) -> bool:
+        """Wait until every commit made through this process so far is stamped, or
+        ``timeout``; True if it is."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._committed
+            if self._stamped >= target:
+                return True
+        self.start()
+        with self._cond:
+            while self._stamped < target:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def flush(self) -> int:
+        """Run one round now (in this thread); returns the head."""
+        with self._cond:
+            target = self._committed
+        n, head, lag_max, lag_p50 = self.engine.write(stamp)
+        self._done(target, n, head, lag_max, lag_p50, 0.0)
+        return head
+
+    def start(self) -> None:
+        """Start the assigner thread (idempotent)."""
+        if self._thread is not None or self._closed:
+            return
+        with self._cond:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="metafs-changelog",
+                                                daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        """Stop the assigner after a last round, so this process's commits are stamped."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=10)
+            try:
+                self.flush()
+            except Exception as exc:  # the database is gone: another namenode stamps
+                log.warning("changelog: last stamping round failed: %s", exc)
+
+    def stats(self) -> dict[str, float]:
+        """Rounds and records stamped so far, and the last round's lag (seconds from the
+        append, on the database clock, to the stamp) and duration."""
+        with self._cond:
+            return dict(self._stats)
+
+    def _done(self, target: int, n: int, head: int, lag_max: int, lag_p50: int,
+              took: float) -> None:
+        with self._cond:
+            self._stamped = max(self._stamped, target)
+            self._stats["rounds"] += 1
+            if n:
+                self._stats["stamped"] += n
+                self._stats["lag_max_s"] = lag_max / 1e9
+                self._stats["lag_p50_s"] = lag_p50 / 1e9
+                self._stats["round_s"] = took
+            self._cond.notify_all()
+        if head:
+            self.notifier.notify(head)
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            with self._cond:
+                if self._stamped >= self._committed and not self._closed:
+                    self._cond.wait(self.idle_poll)
+                if self._closed:
+                    return
+                target = self._committed
+            t0 = time.monotonic()
+            try:
+                n, head, lag_max, lag_p50 = self.engine.write(stamp)
+            except Exception as exc:  # keep stamping once the database is back
+                log.warning("changelog: stamping round failed (%s); retrying", exc)
+                with self._cond:
+                    self._cond.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            self._done(target, n, head, lag_max, lag_p50, time.monotonic() - t0)

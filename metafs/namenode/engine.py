@@ -38,7 +38,7 @@ from sqlalchemy.sql.expression import Executable
 
 from ..config import Settings
 from ..errors import FsError
-from . import schema
+from . import changelog, schema
 from .sql import Prepared
 
 log = logging.getLogger("metafs.namenode.engine")
@@ -59,6 +59,11 @@ class MetaEngine:
         self.settings = settings
         self.engine: Engine = self._create_engine(url)
         self._local = threading.local()
+        self.changelog = self._changelog()
+
+    def _changelog(self) -> "changelog.DirectLog | changelog.StampedLog":
+        """How this engine numbers changelog records (see changelog.py)."""
+        return changelog.DirectLog()
 
     # -- to implement --
     def _create_engine(self, url: str) -> Engine:
@@ -172,6 +177,7 @@ class MetaEngine:
         raise AssertionError("unreachable")
 
     def dispose(self) -> None:
+        self.changelog.close()  # stamps this process's last commits first
         self.engine.dispose()
 
 
@@ -382,6 +388,11 @@ class PostgresEngine(MetaEngine):
         with self._statement_engine().connect() as conn:
             yield conn
 
+    def _changelog(self) -> "changelog.DirectLog | changelog.StampedLog":
+        # One counter row locked through every commit would serialize the cluster's
+        # commits: positions are stamped after commit instead.
+        return changelog.StampedLog(self)
+
     def dispose(self) -> None:
         if self._statements is not None:
             self._statements.dispose()
@@ -397,9 +408,13 @@ class PostgresEngine(MetaEngine):
             for kind in ("inode", "handle"):
                 conn.execute(text(
                     f"CREATE SEQUENCE IF NOT EXISTS metafs_{kind}_seq START WITH 2 CACHE 1"))
+            # changelog tickets: CACHE 1, so they follow the order they are taken in
+            conn.execute(text("CREATE SEQUENCE IF NOT EXISTS metafs_changelog_ord CACHE 1"))
             return applied
 
-        return self.write(migrate)
+        applied = self.write(migrate)
+        self.changelog.start()  # also stamps what namenodes that stopped left pending
+        return applied
 
     @contextmanager
     def _write_tx(self) -> Iterator[Connection]:

@@ -74,7 +74,7 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
     def __init__(self, engine: MetaEngine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
-        self.notifier = changelog.Notifier()
+        self.notifier = engine.changelog.notifier
         self._statfs_cache: tuple[float, pb.StatFsReply] | None = None
         self._reclaimed_once = False  # the first reclaim round scans for every orphan
         self._statfs_lock = threading.Lock()
@@ -124,7 +124,7 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
             result = fn(tx)
             for hook in self.precommit_hooks:
                 hook(tx)
-            last = changelog.append(conn, tx.records) if tx.records else 0
+            last = self.engine.changelog.append(conn, tx.records) if tx.records else 0
             return result, last, tx.after_commit
 
         token = CALLER.set(cred)
@@ -133,7 +133,7 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         finally:
             CALLER.reset(token)
         if last:
-            self.notifier.notify(last)
+            self.engine.changelog.committed(last)
         for cb in after:
             cb()
         return result
@@ -261,6 +261,8 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
 
     # ------------------------------------------------------------------ changelog
     def changelog_read(self, after: int, limit: int) -> tuple[list[pb.ChangeRecord], int]:
+        self.engine.changelog.settle()  # this namenode's commits so far have positions
+
         def fn(conn: Connection) -> tuple[list[pb.ChangeRecord], int]:
             h = changelog.head(conn)
             return changelog.read(conn, after, min(limit or 1000, 10_000),
@@ -269,6 +271,7 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         return self.query(fn)
 
     def changelog_head(self) -> int:
+        self.engine.changelog.settle()
         return self.query(changelog.head)
 
     def record_access(self, cred: Cred, events: Iterable[pb.AccessEvent]) -> None:

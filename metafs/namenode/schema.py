@@ -101,7 +101,7 @@ handles = Table(
     Index("ix_handles_session", "session"),
 )
 
-# Change records, one total order by seq equal to commit order (see changelog.py).
+# Change records, one total order by seq consistent with commit order (see changelog.py).
 changelog = Table(
     "changelog",
     metadata,
@@ -112,7 +112,7 @@ changelog = Table(
     Column("body", LargeBinary, nullable=False),  # serialized ChangeRecord (without seq)
 )
 
-# Small named counters: the changelog head (whose row lock orders commits), id allocation
+# Small named counters: the changelog head (the last position handed out), id allocation
 # on engines without sequences, and the lock serializing cross-directory directory renames.
 counters = Table(
     "counters",
@@ -211,11 +211,34 @@ def _v4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[locks])
 
 
+# -- v5: records awaiting their changelog position (see changelog.py, StampedLog) --
+# A writing transaction appends its records here under one ticket ``ord`` (``idx`` orders
+# them); after commit a stamping round moves them into ``changelog`` in (ord, idx) order.
+# Engines that number records inside the transaction (SQLite) leave it empty.
+changelog_pending = Table(
+    "changelog_pending",
+    metadata,
+    Column("ord", BigInteger, primary_key=True, autoincrement=False),
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column("op", SmallInteger, nullable=False),
+    Column("ino", BigInteger, nullable=False),
+    Column("ts_ns", BigInteger, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("added_ns", BigInteger, nullable=False),  # database clock at the append
+)
+
+
+def _v5(conn: Connection) -> None:
+    """Changelog records awaiting their position."""
+    metadata.create_all(conn, tables=[changelog_pending])
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
     (4, _v4),
+    (5, _v5),
 ]
 
 

@@ -52,7 +52,8 @@ BATCH = 1000
 # Every table of the schema is either dumped or named here as the state of running clients.
 DUMPED_TABLES = ("inodes", "dentries", "file_data", "xattrs", "blocks", "quotas", "changelog",
                  "counters", "block_garbage", "schema_version")
-RUNTIME_TABLES = ("sessions", "handles", "locks")
+RUNTIME_TABLES = ("sessions", "handles", "locks",
+                  "changelog_pending")  # stamped into the changelog before a dump
 ID_COUNTERS = ("inode", "handle")
 
 _INODE_COLUMNS = [c.name for c in schema.inodes.columns]
@@ -201,6 +202,7 @@ def dump(engine: MetaEngine, out: str | os.PathLike[str], *,
     """Write the dump of ``engine``'s volume to the file ``out`` ("-": standard output);
     returns the number of records of each kind. A file is written under a temporary name
     and renamed when complete, and is never overwritten."""
+    engine.changelog.flush()  # committed records awaiting a position get one
     if str(out) == "-":
         import sys
 
