@@ -59,9 +59,9 @@ long-running transaction delays only its own records, never anyone else's, and t
 a record is one round after its commit (:meth:`StampedLog.stats` reports it, measured on
 the database clock from append to stamp).
 
-Read-your-writes: a read through a namenode first waits (bounded) until every commit made
-through that namenode before the read has been stamped (:meth:`StampedLog.settle`), so a
-client that writes and then reads the changelog through the same namenode sees its
+Read-your-writes: a read first waits (bounded) for a round that starts after the read
+began whenever records await a position (:meth:`StampedLog.settle`), so a client that
+writes through any namenode and then reads the changelog through any other sees its
 records, as it did when positions were handed out in the transaction.
 
 ``metafs_changelog_ord`` must not cache values per session (CACHE 1): with a cache,
@@ -217,6 +217,8 @@ FROM (SELECT nextval('metafs_changelog_ord') AS ord) AS o,
             CAST(:bodies AS bytea[])) WITH ORDINALITY AS t(op, ino, ts_ns, body, idx)
 """)
 
+_SQL_ANY_PENDING = text("SELECT EXISTS (SELECT 1 FROM changelog_pending)")
+
 # A round: every pending row this snapshot sees, numbered after the head in ticket order.
 # Returns the rows moved, the head after the round, and the oldest and median lag (ns).
 _SQL_STAMP = text(f"""
@@ -262,8 +264,10 @@ class StampedLog:
         self.notifier = Notifier()
         self.idle_poll = idle_poll
         self._cond = threading.Condition()
-        self._committed = 0  # commits with records made through this process
-        self._stamped = 0    # every one of the first _stamped commits is stamped
+        # Requests for a round (a local commit, a reader settling) are counted; a round
+        # that starts once ``_requested`` is n serves the first n requests.
+        self._requested = 0
+        self._stamped = 0
         self._closed = False
         self._thread: threading.Thread | None = None
         self._stats = {"rounds": 0, "stamped": 0, "lag_max_s": 0.0, "lag_p50_s": 0.0,
@@ -279,20 +283,25 @@ class StampedLog:
 
     def committed(self, token: int) -> None:
         with self._cond:
-            self._committed += 1
+            self._requested += 1
             self._cond.notify_all()
         self.start()
 
     def settle(self, timeout: float = 5.0) -> bool:
-        """Wait until every commit made through this process so far is stamped, or
-        ``timeout``; True if it is."""
+        """Wait (up to ``timeout``) until every record committed before this call, through
+        any namenode, has its position; True if so. Cheap when nothing awaits one."""
+        with self._cond:
+            mine = self._stamped < self._requested
+        if not mine and not self.engine.read_statement(
+                lambda conn: conn.execute(_SQL_ANY_PENDING).scalar()):
+            return True
         deadline = time.monotonic() + timeout
         with self._cond:
-            target = self._committed
-            if self._stamped >= target:
-                return True
+            self._requested += 1  # a round that starts after this point
+            target = self._requested
         self.start()
         with self._cond:
+            self._cond.notify_all()
             while self._stamped < target:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closed:
@@ -303,7 +312,7 @@ class StampedLog:
     def flush(self) -> int:
         """Run one round now (in this thread); returns the head."""
         with self._cond:
-            target = self._committed
+            target = self._requested
         n, head, lag_max, lag_p50 = self.engine.write(stamp)
         self._done(target, n, head, lag_max, lag_p50, 0.0)
         return head
@@ -357,11 +366,11 @@ class StampedLog:
         backoff = 0.05
         while True:
             with self._cond:
-                if self._stamped >= self._committed and not self._closed:
+                if self._stamped >= self._requested and not self._closed:
                     self._cond.wait(self.idle_poll)
                 if self._closed:
                     return
-                target = self._committed
+                target = self._requested
             t0 = time.monotonic()
             try:
                 n, head, lag_max, lag_p50 = self.engine.write(stamp)
