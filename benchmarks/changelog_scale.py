@@ -1,0 +1,217 @@
+"""Write scaling and changelog lag on PostgreSQL: namenode processes on one database.
+
+For each configuration (namenodes x client processes) it starts ``metafs serve`` processes
+on a fresh PostgreSQL database, has every client create N empty files over gRPC (clients
+spread round-robin over the namenodes), and meanwhile follows the changelog through one
+namenode. It reports the aggregate creates/s and the changelog lag: for each create, the
+time from the call's reply (the commit) to the moment the follower read its record (p50,
+p99, max; a record read before the reply counts as 0).
+
+``--baseline TREE`` runs the same configurations with the namenodes of another checkout
+(e.g. the main branch) in the same run, so the two can be compared on a noisy machine.
+
+    python benchmarks/changelog_scale.py [--n 500] [--configs 1x1,1x8,2x8] [--baseline /path/to/tree]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parents[1]
+
+
+def _creator(args: tuple[str, int, int, Any]) -> dict[str, float]:
+    """Create ``n`` files in a directory of its own; returns name -> reply time."""
+    address, wid, n, bar = args
+    from metafs.client import Client
+    from metafs.config import load
+    from metafs.proto import metafs_pb2 as pb
+
+    fs = Client(settings=load(overrides={"namenode": address,
+                                         "data_dir": tempfile.mkdtemp()}, environ={}))
+    fs.mkdir(f"/w{wid}")
+    dino = fs.ino(f"/w{wid}")
+    call, caller = fs.transport.call, fs.caller
+    done: dict[str, float] = {}
+    bar.wait()
+    for i in range(n):
+        name = f"w{wid}-{i}"
+        call("Create", pb.CreateRequest(caller=caller, parent=dino, name=name, mode=0o100644))
+        done[name] = time.time()
+    fs.close()
+    return done
+
+
+class _Follower(threading.Thread):
+    """Follows the changelog through one namenode; notes when each create is read."""
+
+    def __init__(self, address: str, expect: int) -> None:
+        super().__init__(daemon=True)
+        from metafs.client import Client
+        from metafs.config import load
+
+        self.fs = Client(settings=load(overrides={"namenode": address,
+                                                  "data_dir": tempfile.mkdtemp()}, environ={}))
+        self.expect = expect
+        self.seen: dict[str, float] = {}
+        self.after = self.fs.changelog_head()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from metafs.proto import metafs_pb2 as pb
+
+        while len(self.seen) < self.expect and not self.stop.is_set():
+            recs, _ = self.fs.changelog(after=self.after, limit=1000, wait_ms=200)
+            now = time.time()
+            for r in recs:
+                assert r.seq == self.after + 1, f"gap or reorder: {self.after} then {r.seq}"
+                self.after = r.seq
+                if r.op == pb.OP_CREATE:
+                    self.seen[r.name] = now
+
+
+def _serve(tree: Path, url: str, work: Path, k: int) -> tuple[subprocess.Popen, str]:
+    env = {key: v for key, v in os.environ.items() if not key.startswith("METAFS_")}
+    env.update(PYTHONPATH=str(tree), METAFS_DATA_DIR=str(work / f"nn{k}"))
+    ready = work / f"ready-{k}"
+    log = open(work / f"nn{k}.log", "ab")
+    p = subprocess.Popen([sys.executable, "-m", "metafs.cli", "serve", "--db", url,
+                          "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
+                         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tree))
+    deadline = time.monotonic() + 60
+    while not (ready.exists() and ready.read_text()):
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError((work / f"nn{k}.log").read_text()[-2000:])
+        time.sleep(0.05)
+    return p, ready.read_text()
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def run_config(tree: Path, url: str, namenodes: int, clients: int, n: int) -> dict[str, Any]:
+    _reset_pg(url)
+    work = Path(tempfile.mkdtemp(prefix="mfs-clscale-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        addrs = []
+        for k in range(namenodes):
+            p, a = _serve(tree, url, work, k)
+            procs.append(p)
+            addrs.append(a)
+        follower = _Follower(addrs[-1], clients * n)
+        follower.start()
+        ctx = mp.get_context("spawn")
+        with ctx.Manager() as mgr:
+            bar = mgr.Barrier(clients + 1)
+            with ctx.Pool(clients) as pool:
+                res = pool.map_async(_creator, [(addrs[w % namenodes], w, n, bar)
+                                                for w in range(clients)])
+                bar.wait()
+                t0 = time.time()
+                done = res.get()
+        elapsed = max(max(d.values()) for d in done) - t0
+        follower.join(60)
+        follower.stop.set()
+        lags = []
+        for d in done:
+            for name, t in d.items():
+                if name in follower.seen:
+                    lags.append(max(0.0, follower.seen[name] - t))
+        follower.fs.close()
+        return {"namenodes": namenodes, "clients": clients,
+                "creates_per_s": clients * n / elapsed, "records_read": len(follower.seen),
+                "missing": clients * n - len(follower.seen),
+                "lag_p50_ms": _pct(lags, 0.50) * 1000, "lag_p99_ms": _pct(lags, 0.99) * 1000,
+                "lag_max_ms": max(lags, default=float("nan")) * 1000}
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _reset_pg(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with eng.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    eng.dispose()
+
+
+def _pg(work: Path, url: str | None) -> Iterator[str]:
+    if url:
+        yield url
+        return
+    import pgserver
+
+    srv = pgserver.get_server(str(work / "pg"), cleanup_mode="stop")
+    try:
+        yield srv.get_uri()
+    finally:
+        srv.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=500, help="creates per client")
+    ap.add_argument("--configs", default="1x1,1x8,2x8",
+                    help="comma-separated NAMENODESxCLIENTS")
+    ap.add_argument("--baseline", help="another checkout whose namenodes to measure too")
+    ap.add_argument("--pg-url", default=os.environ.get("METAFS_TEST_PG_URL"),
+                    help="PostgreSQL database to use (its public schema is dropped!); "
+                         "default: a throwaway server started with pgserver")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
+    trees = [("this", HERE)] + ([("baseline", Path(args.baseline).resolve())]
+                                if args.baseline else [])
+    results = []
+    work = Path(tempfile.mkdtemp(prefix="mfs-clscale-pg-"))
+    try:
+        for url in _pg(work, args.pg_url):
+            for label, tree in trees:
+                for nns, clients in configs:
+                    print(f"{label}: {nns} namenode(s) x {clients} client(s) ...",
+                          file=sys.stderr, flush=True)
+                    results.append({"tree": label, **run_config(tree, url, nns, clients,
+                                                                 args.n)})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{'tree':<9}{'nn':>3}{'clients':>8}{'creates/s':>11}{'lag p50 ms':>12}"
+          f"{'lag p99 ms':>12}{'max ms':>9}{'missing':>8}")
+    for r in results:
+        print(f"{r['tree']:<9}{r['namenodes']:>3}{r['clients']:>8}{r['creates_per_s']:>11,.0f}"
+              f"{r['lag_p50_ms']:>12.1f}{r['lag_p99_ms']:>12.1f}{r['lag_max_ms']:>9.1f}"
+              f"{r['missing']:>8}")
+    payload = {"benchmark": "changelog_scale", "n": args.n, "results": results}
+    if args.json:
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
