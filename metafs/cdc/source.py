@@ -2,7 +2,9 @@
 
 A consumer only needs :class:`ChangelogSource`: ``read(after, limit, wait_ms)`` returns the
 records with ``seq > after`` (at most ``limit``, waiting up to ``wait_ms`` for the first
-one) and the changelog head as of the read. Two adapters are provided: one over an
+one) and the changelog head as of the read. Positions are dense and become visible as a
+prefix (metafs/namenode/changelog.py), so a consumer that checkpoints the last position it
+handled and resumes after it never skips or repeats a record. Two adapters are provided: one over an
 in-process :class:`~metafs.namenode.namespace.Namespace` (the embedded default, where the
 indexer runs in the namenode's process) and one over a client transport (a remote
 namenode, through the ``ReadChangelog`` RPC).
@@ -47,8 +49,9 @@ class NamespaceSource:
             left = deadline - time.monotonic()
             if left <= 0:
                 return recs, head
-            # The notifier wakes us for commits made in this process; polling covers
-            # commits made by other namenodes on the same database.
+            # The notifier wakes us when this process gives records their positions (at
+            # commit on SQLite, in a stamping round on PostgreSQL); polling covers
+            # positions given by other namenodes on the same database.
             self.ns.notifier.wait(after, min(self.poll, left))
             recs, head = self.ns.changelog_read(after, limit)
             if recs:
