@@ -73,7 +73,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.engine import Connection
