@@ -396,7 +396,7 @@ def _hostile_request(draw: st.DrawFn, known: list[int], sessions: list[str]) -> 
             req.caller.CopyFrom(pb.Caller(uid=BOB[0], gid=BOB[1], groups=[BOB[1]],
                                           client_id=draw(st.sampled_from(sessions))))
             continue
-        if f.label == FD.LABEL_REPEATED or f.type == FD.TYPE_MESSAGE or not draw(st.booleans()):
+        if f.is_repeated or f.type == FD.TYPE_MESSAGE or not draw(st.booleans()):
             continue
         if f.type in _INT_RANGES:
             lo, hi = _INT_RANGES[f.type]
