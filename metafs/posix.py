@@ -31,6 +31,12 @@ class Cred:
     pid: int = 0
     client_id: str = ""
     run_id: str = ""
+    # Who authenticated the call (metafs.ops.auth), never taken from the request: the name
+    # of its identity ("" when the namenode authenticates no one, or in-process), and
+    # whether that identity is a trusted service or gateway (every caller is, where no one
+    # authenticates: every claim is then believed anyway).
+    identity: str = ""
+    trusted: bool = True
 
     @property
     def is_root(self) -> bool:

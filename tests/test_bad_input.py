@@ -64,7 +64,10 @@ def fs(request: pytest.FixtureRequest, server: Any) -> Iterator[Client]:
 def stub(server: Any) -> Iterator[pb_grpc.NamenodeStub]:
     _, srv = server
     with grpc.insecure_channel(srv.address) as ch:
-        yield pb_grpc.NamenodeStub(ch)
+        stub = pb_grpc.NamenodeStub(ch)
+        # handles live in a session: the raw caller opens its own, as a client does
+        stub.OpenSession(pb.SessionRequest(caller=ROOT, client_id=ROOT.client_id), timeout=10)
+        yield stub
 
 
 def snapshot(fs: Client) -> tuple[int, list[Any]]:

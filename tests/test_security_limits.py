@@ -272,11 +272,12 @@ def test_long_polls_of_one_identity_do_not_starve_another(token_server, team: Pa
     nn, address, s = token_server
     ch = grpc.insecure_channel(address)
     stub = pb_grpc.NamenodeStub(ch)
-    alice, bob = _meta(team, "alice"), _meta(team, "bob")
-    head = stub.ChangelogHead(pb.HeadRequest(caller=_caller(1000)), metadata=alice).head
+    # the changelog is read by service identities (a plain user's read is refused)
+    alice, bob = _meta(team, "gateway"), _meta(team, "bob")
+    head = stub.ChangelogHead(pb.HeadRequest(caller=_caller(0)), metadata=alice).head
     polls = [stub.ReadChangelog.future(pb.ReadChangelogRequest(
-        caller=_caller(1000), after=head, wait_ms=20_000), metadata=alice) for _ in range(40)]
-    # past alice's share the long-polls are refused at once, not queued: 38 of them end
+        caller=_caller(0), after=head, wait_ms=20_000), metadata=alice) for _ in range(40)]
+    # past the service's share the long-polls are refused at once, not queued: 38 of them end
     # while the 2 admitted keep waiting for a record
     done: list[Any] = []
     while len(done) < 38:
@@ -301,15 +302,16 @@ def test_subscribers_per_identity(token_server, team: Path) -> None:
     _nn, address, _s = token_server
     ch = grpc.insecure_channel(address)
     stub = pb_grpc.NamenodeStub(ch)
-    alice = _meta(team, "alice")
+    alice, svc = _meta(team, "alice"), _meta(team, "gateway")
     stub.RecordRun(pb.RunRecordRequest(caller=_caller(1000), run_id="r", json="{}"),
                    metadata=alice)  # a record for each subscription to deliver
-    subs = [stub.SubscribeChangelog(pb.ReadChangelogRequest(caller=_caller(1000)),
-                                    metadata=alice) for _ in range(2)]
+    # subscribers are service identities (a plain user's subscription is refused)
+    subs = [stub.SubscribeChangelog(pb.ReadChangelogRequest(caller=_caller(0)),
+                                    metadata=svc) for _ in range(2)]
     for sub in subs:  # the subscriptions are open
         next(sub)
-    third = stub.SubscribeChangelog(pb.ReadChangelogRequest(caller=_caller(1000)),
-                                    metadata=alice)
+    third = stub.SubscribeChangelog(pb.ReadChangelogRequest(caller=_caller(0)),
+                                    metadata=svc)
     with pytest.raises(grpc.RpcError) as ei:
         next(third)
     d = _detail(ei.value)

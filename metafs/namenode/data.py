@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
 from typing import Any
 
@@ -16,21 +17,35 @@ from sqlalchemy.engine import Connection, Row
 from ..errors import FsError
 from ..posix import R, W, Cred, check
 from ..proto import metafs_pb2 as pb
+from . import schema
 from .rows import (BUMP, CALLER, FD, H, MAX_FILE_SIZE, Q_DELETE_DATA, Q_INSERT_DATA, STORAGE_INLINE,
                    Tx, to_attr, update_inode)
 from .sql import Prepared
 
+S = schema.sessions
 
 _Q_INSERT_HANDLE = Prepared(insert(H).values(id=bindparam("id"), ino=bindparam("ino"),
                                              session=bindparam("session"),
                                              flags=bindparam("flags"),
                                              opened_ns=bindparam("opened_ns")))
-_Q_HANDLE = Prepared(select(H.c.flags, H.c.session).where(H.c.id == bindparam("hid"),
-                                                          H.c.ino == bindparam("ino")))
+# a handle with the identity that owns its session (a handle outlives no session)
+_Q_HANDLE = Prepared(select(H.c.flags, H.c.session, S.c.owner)
+                     .select_from(H.join(S, S.c.id == H.c.session))
+                     .where(H.c.id == bindparam("hid"), H.c.ino == bindparam("ino")))
 _Q_INLINE = Prepared(select(FD.c.data).where(FD.c.ino == bindparam("ino")))
 _Q_UPDATE_DATA = Prepared(update(FD).where(FD.c.ino == bindparam("ino")).values(
     data=bindparam("new_data")))
-_Q_HANDLE_BY_ID = Prepared(select(H.c.ino, H.c.session).where(H.c.id == bindparam("hid")))
+_Q_HANDLE_BY_ID = Prepared(select(H.c.ino, H.c.session, S.c.owner)
+                           .select_from(H.join(S, S.c.id == H.c.session))
+                           .where(H.c.id == bindparam("hid")))
+_HANDLE_MAX = (1 << 63) - 1
+
+
+def _owns(row: Row | None, cred: Cred | None) -> bool:
+    """True when ``row`` (a handle with its session's owner) is ``cred``'s: named by the
+    caller's session, and that session opened by the caller's identity."""
+    return (row is not None and cred is not None and row.session == (cred.client_id or "")
+            and row.owner == cred.identity)
 _Q_DELETE_HANDLE = Prepared(delete(H).where(H.c.id == bindparam("hid")))
 # a row here means the session already holds ``skip + 1`` handles (an index range scan, no count)
 _Q_NTH_HANDLE = Prepared(select(H.c.id).where(H.c.session == bindparam("session"))
@@ -86,13 +101,16 @@ class FileData:
         return pb.OpenReply(attr=to_attr(row), handle=handle)
 
     def _new_handle(self, tx: Tx, ino: int, flags: int) -> int:
+        """A handle of the caller's live session. Its number is random (63 bits): a handle
+        is not found by counting, and is honoured only for its own session anyway."""
+        self.check_session(tx.conn, tx.cred, tx.now, "opening a file")
         cap = self.settings.max_handles_per_session
-        if cap > 0 and _Q_NTH_HANDLE.first(tx.conn, session=tx.cred.client_id or "",
+        if cap > 0 and _Q_NTH_HANDLE.first(tx.conn, session=tx.cred.client_id,
                                                   skip=cap - 1):
             raise FsError(errno.EMFILE, f"this session holds {cap} open handles, the limit "
                           "(setting max_handles_per_session); close some first")
-        hid = self.engine.allocate_ids(tx.conn, "handle", 1)[0]
-        _Q_INSERT_HANDLE.run(tx.conn, id=hid, ino=ino, session=tx.cred.client_id or "",
+        hid = secrets.randbelow(_HANDLE_MAX) + 1
+        _Q_INSERT_HANDLE.run(tx.conn, id=hid, ino=ino, session=tx.cred.client_id,
                              flags=flags, opened_ns=tx.now)
         return hid
 
@@ -101,7 +119,7 @@ class FileData:
 
     def _release(self, tx: Tx, handle: int) -> None:
         row = _Q_HANDLE_BY_ID.first(tx.conn, hid=handle)
-        if row is None or row.session != (tx.cred.client_id or ""):
+        if not _owns(row, tx.cred):
             raise FsError(errno.EBADF, f"bad file handle {handle}: not open in this session")
         self._lock(tx.conn, row.ino)
         n = _Q_DELETE_HANDLE.run(tx.conn, hid=handle)
@@ -112,12 +130,12 @@ class FileData:
     def _handle_flags(self, conn: Connection, handle: int, ino: int, cred: Cred | None) -> int:
         """The open flags of ``handle`` on ``ino``. A handle belongs to the session that
         opened it (the session, not the uid: a mount serves all its callers in one session,
-        and a file descriptor passes between processes); any other caller gets EBADF, as
-        does one that names no caller at all."""
+        and a file descriptor passes between processes), and the session to the identity
+        that opened it; any other caller gets EBADF, as does one that names no caller."""
         if cred is None:
             cred = CALLER.get()
         row = _Q_HANDLE.first(conn, hid=handle, ino=ino)
-        if row is None or cred is None or row.session != (cred.client_id or ""):
+        if not _owns(row, cred):
             raise FsError(errno.EBADF, f"bad file handle {handle}: not open on inode {ino} "
                           "in this session")
         return int(row.flags)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import errno
 import json
 import stat
+from typing import Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from ..errors import FsError
-from ..posix import PATH_MAX, W, X, Cred, allowed, check, check_name, check_sticky
+from ..posix import PATH_MAX, R, W, X, Cred, allowed, check, check_name, check_sticky
 from ..proto import metafs_pb2 as pb
 from .rows import D, I, Q_DELETE_DENTRY, Q_INSERT_INODE, Tx, dict_attr, to_attr
 from .sql import Prepared
@@ -22,6 +23,24 @@ from .sql import Prepared
 LINK_MAX = 65000
 _Q_DIR_NONEMPTY = Prepared(select(D.c.name).where(D.c.parent == bindparam("ino")).limit(1))
 _ALLOWED_TYPES = {stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK}
+
+
+def check_hardlink_source(cred: Cred, row: Any) -> None:
+    """Linux's ``protected_hardlinks`` (fs/namei.c, may_linkat): only the owner (or root)
+    links any file; anyone else only a regular file without set-user-id, without
+    set-group-id with group execute, that the caller may both read and write. Otherwise a
+    user could pin another user's file with a name of their own (its owner could then no
+    longer delete it) or keep an old set-id program alive. EPERM, as Linux."""
+    if cred.is_root or cred.uid == row.uid:
+        return
+    mode = row.mode
+    safe = (stat.S_ISREG(mode) and not mode & stat.S_ISUID
+            and mode & (stat.S_ISGID | stat.S_IXGRP) != (stat.S_ISGID | stat.S_IXGRP)
+            and allowed(cred, mode, row.uid, row.gid, R | W))
+    if not safe:
+        raise FsError(errno.EPERM, "operation not permitted: a hard link to a file of "
+                      "another owner needs a regular, non-set-id file the caller may read "
+                      "and write")
 
 
 class Entries:
@@ -122,6 +141,7 @@ class Entries:
             row = self._get(tx.conn, ino)
             # Linux's order: the new name (EEXIST), write access, then the source.
             self._check_dir_for_entry(tx, new_parent, new_name)
+            check_hardlink_source(tx.cred, row)
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EPERM, "hard links to directories are not allowed")
             if row.nlink == 0:

@@ -96,6 +96,7 @@ _Q_INSERT = Prepared(insert(L).values(
     kind=bindparam("kind"), type=bindparam("type"), start=bindparam("start"),
     end=bindparam("end"), pid=bindparam("pid")))
 _Q_SESSION = Prepared(select(S.c.expires_ns).where(S.c.id == bindparam("id")))
+_Q_OWNER = Prepared(select(S.c.owner).where(S.c.id == bindparam("id")))
 _Q_HEAD = Prepared(select(C.c.value).where(C.c.name == "changelog"))
 
 
@@ -149,11 +150,21 @@ class Locks:
         ns.free_data_hooks.append(self._freed)
 
     # ------------------------------------------------------------------ the call
+    @staticmethod
+    def _check_owner(conn: Connection, cred: Cred, session: str) -> None:
+        owner = _Q_OWNER.scalar(conn, id=session)
+        if owner is not None and owner != cred.identity:
+            raise FsError(errno.EPERM, f"session {session!r} belongs to another identity: "
+                          "locks are set and released only in the caller's own sessions")
+
     def lock(self, cred: Cred, req: pb.LockRequest) -> pb.LockReply:
         session = cred.client_id or ""
         if not session:
             raise FsError(errno.EINVAL, "a lock belongs to a session: the caller names no "
                           "client id")
+        # a lock owner lives inside its session, and the session is its identity's: no one
+        # sets, tests or drops locks in another identity's session
+        self.ns.query(lambda conn: self._check_owner(conn, cred, session))
         if req.type == pb.LOCK_UNLOCK and not req.ino:
             if req.test_only:
                 raise FsError(errno.EINVAL, "nothing to test without an inode")

@@ -12,15 +12,18 @@ import stat
 from collections import namedtuple
 from typing import Any, Iterable
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, literal, select
 from sqlalchemy.engine import Connection
 
 from ..errors import FsError
 from ..posix import (NAME_MAX, ROOT_INO, R, X, Cred, access_mask_to_want, allowed, check,
                      check_name, check_path)
 from ..proto import metafs_pb2 as pb
-from .rows import ATTR_COLS, D, I, attr_fields, to_attr
+from . import schema
+from .rows import ATTR_COLS, D, H, I, attr_fields, to_attr
 from .sql import Prepared
+
+S = schema.sessions
 
 
 SYMLOOP_MAX = 40
@@ -61,6 +64,44 @@ def _readdir_query(attrs: bool, after: bool) -> Prepared:
 
 
 _Q_READDIR = {(a, c): _readdir_query(a, c) for a in (False, True) for c in (False, True)}
+DEPTH_MAX = 2048  # directories above an inode the ancestry query follows (PATH_MAX / 2)
+
+
+def _ancestry_query() -> Prepared:
+    """Every directory on every path from the root to inode :ino, in one statement: rows
+    (branch, dir, mode, uid, gid), where ``branch`` is the directory holding one name of
+    the inode (a file with several hard links has several branches; a directory one).
+    A recursive walk up the entries, each step an index lookup by inode."""
+    d0, d1 = D.alias("a0"), D.alias("a1")
+    up = select(d0.c.parent.label("branch"), d0.c.parent.label("dir"),
+                literal(1).label("depth")).where(d0.c.ino == bindparam("ino")) \
+        .cte("up", recursive=True)
+    up = up.union_all(
+        select(up.c.branch, d1.c.parent, up.c.depth + 1)
+        .select_from(up.join(d1, d1.c.ino == up.c.dir))
+        .where(up.c.dir != ROOT_INO, up.c.depth < DEPTH_MAX))
+    return Prepared(select(up.c.branch, up.c.dir, I.c.mode, I.c.uid, I.c.gid)
+                    .select_from(up.join(I, I.c.id == up.c.dir)))
+
+
+_Q_ANCESTRY = _ancestry_query()
+_Q_EXISTS = Prepared(select(I.c.id).where(I.c.id == bindparam("ino")))
+_Q_HELD = Prepared(select(H.c.id).select_from(H.join(S, S.c.id == H.c.session))
+                   .where(H.c.ino == bindparam("ino"), H.c.session == bindparam("sid"),
+                          S.c.owner == bindparam("owner")).limit(1))
+
+
+def path_allows(cred: Cred, rows: Iterable[Any]) -> bool:
+    """Whether one of the paths in ``rows`` (of the ancestry query) reaches the root with
+    search permission for ``cred`` on every directory."""
+    ok: dict[int, bool] = {}
+    rooted: set[int] = set()
+    for r in rows:
+        good = stat.S_ISDIR(r.mode) and allowed(cred, r.mode, r.uid, r.gid, X)
+        ok[r.branch] = ok.get(r.branch, True) and good
+        if r.dir == ROOT_INO:
+            rooted.add(r.branch)
+    return any(v and b in rooted for b, v in ok.items())
 
 
 class Lookups:
@@ -202,6 +243,33 @@ class Lookups:
         if not stat.S_ISDIR(e.attr.mode):
             raise FsError(errno.ENOTDIR, "not a directory", path)
         return e.ino, name
+
+    def check_reachable(self, cred: Cred, ino: int) -> None:
+        """Refuse (EACCES) a call by inode number that the path to the inode would refuse:
+        some path from the root to it must let ``cred`` search every directory on it, or
+        the caller's session must hold the inode open (a file stays usable through its
+        open handle after its directory is closed up, or after its last name is gone).
+        An inode that does not exist passes: the call itself answers ENOENT.
+
+        Nothing is cached: each call reads the ancestry in one statement, so a chmod on
+        any namenode takes effect at once."""
+        if ino == ROOT_INO or cred.is_root:
+            return
+        if path_allows(cred, self.engine.read_statement(
+                lambda conn: _Q_ANCESTRY.all(conn, ino=ino))):
+            return
+
+        def fn(conn: Connection) -> bool:
+            if _Q_EXISTS.first(conn, ino=ino) is None:
+                return True
+            if path_allows(cred, _Q_ANCESTRY.all(conn, ino=ino)):
+                return True  # a directory was opened up meanwhile
+            return bool(cred.client_id) and _Q_HELD.first(
+                conn, ino=ino, sid=cred.client_id, owner=cred.identity) is not None
+
+        if not self.query(fn):
+            raise FsError(errno.EACCES, f"permission denied: inode {ino} is not reachable by "
+                          "a path whose directories the caller may search")
 
     def searchable(self, cred: Cred, dirs: Iterable[str]) -> set[str]:
         """The directory paths among ``dirs`` in which ``cred`` may look names up: search

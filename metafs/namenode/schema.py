@@ -21,7 +21,9 @@ from sqlalchemy import (
     Table,
     Text,
     insert,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection
 
@@ -87,6 +89,9 @@ sessions = Table(
     Column("pid", BigInteger, nullable=False, default=0),
     Column("started_ns", BigInteger, nullable=False),
     Column("expires_ns", BigInteger, nullable=False),
+    # v5: the authenticated identity that opened the session ("" where no one is
+    # authenticated); only that identity may name the session, its handles and its locks
+    Column("owner", Text, nullable=False, default=""),
 )
 
 handles = Table(
@@ -233,12 +238,21 @@ def _v5(conn: Connection) -> None:
     metadata.create_all(conn, tables=[changelog_pending])
 
 
+def _v6(conn: Connection) -> None:
+    """Sessions belong to the identity that opened them. (A database made at this version
+    already has the column: v1 creates the table as it is defined now.) Sessions open at
+    the upgrade get the owner "" and stay usable only by unauthenticated callers."""
+    if "owner" not in {c["name"] for c in inspect(conn).get_columns("sessions")}:
+        conn.execute(text("ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
     (4, _v4),
     (5, _v5),
+    (6, _v6),
 ]
 
 

@@ -39,6 +39,11 @@ def _id_fields(cls: type) -> tuple[str, ...]:
     return got
 
 
+def _inode_fields(cls: type) -> tuple[str, ...]:
+    """The inode-number fields of a request class (its id fields but the handle)."""
+    return tuple(f for f in _id_fields(cls) if f != "handle")
+
+
 def _time(how: int, ns: int) -> tuple[int, int]:
     return how, ns
 
@@ -65,7 +70,27 @@ class Handlers:
             if v > _ID_MAX:
                 raise FsError(errno.EBADF if f == "handle" else errno.ENOENT,
                               f"no {'handle' if f == 'handle' else 'inode'} {v}")
-        return self.cred_of(req.caller, ctx)
+        cred = self.cred_of(req.caller, ctx)
+        if not cred.trusted and not cred.is_root:
+            # An authenticated, untrusted caller names inodes only as a path would reach
+            # them. (A trusted gateway, such as a mount, walks the path itself: the kernel
+            # looks each name up, and every Lookup checks the directory it searches.)
+            for f in _inode_fields(type(req)):
+                v = getattr(req, f)
+                if v:
+                    self.ns.check_reachable(cred, v)
+        return cred
+
+    def service_cred(self, req: Any, ctx: Any, what: str) -> Cred:
+        """The caller of a call that reads the whole namespace's changes: only a trusted
+        (service) identity, or any caller where no one is authenticated."""
+        cred = self.c(req, ctx)
+        if not cred.trusted:
+            raise FsError(errno.EACCES, f"{what} needs a service identity (one marked "
+                          "trusted in the namenode's auth_file): the changelog names files "
+                          "in every directory, and identity "
+                          f"{cred.identity!r} is not trusted")
+        return cred
 
     # -- sessions
     def OpenSession(self, req: pb.SessionRequest, ctx: Any = None) -> pb.SessionReply:
@@ -199,7 +224,7 @@ class Handlers:
     # -- changelog
     def ReadChangelog(self, req: pb.ReadChangelogRequest,
                       ctx: Any = None) -> pb.ReadChangelogReply:
-        self.c(req, ctx)
+        self.service_cred(req, ctx, "reading the changelog")
         recs, head = self.ns.changelog_read(req.after, req.limit)
         if not recs and req.wait_ms:
             deadline = time.monotonic() + min(req.wait_ms, 60_000) / 1000
@@ -212,7 +237,7 @@ class Handlers:
     def SubscribeChangelog(self, req: pb.ReadChangelogRequest,
                            ctx: Any = None) -> Iterator[pb.ChangeRecord]:
         """Stream every record after ``req.after``, then follow the tail until cancelled."""
-        self.c(req, ctx)
+        self.service_cred(req, ctx, "subscribing to the changelog")
         after = req.after
         batch = min(req.limit or 1000, 10_000)
         while not self._stopping.is_set() and (ctx is None or ctx.is_active()):

@@ -8,19 +8,41 @@ from __future__ import annotations
 import errno
 import logging
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.engine import Connection
 
 from ..errors import FsError
 from ..posix import ROOT, Cred
 from ..proto import metafs_pb2 as pb
 from . import schema
 from .rows import H, I, Tx
+from .sql import Prepared
 
 
 log = logging.getLogger("metafs.namenode")
 
 
 S = schema.sessions
+_Q_SESSION = Prepared(select(S.c.owner, S.c.expires_ns).where(S.c.id == bindparam("sid")))
+
+
+def session_error(sid: str, owner: str | None, expires_ns: int, cred: Cred, now: int,
+                  what: str) -> FsError | None:
+    """Why ``cred`` may not use session ``sid`` (whose row has ``owner`` and
+    ``expires_ns``; ``owner`` None when there is no such session), or None when it may.
+
+    A session belongs to the identity that opened it: another identity naming it, even a
+    trusted gateway (which acts for its users only within its own sessions), is refused."""
+    if not sid:
+        return FsError(errno.EACCES, f"{what} needs a session: the caller names no client id "
+                       "(open one with OpenSession)")
+    if owner is None or expires_ns < now:
+        return FsError(errno.EACCES, f"{what} needs a live session: session {sid!r} is not "
+                       "open (never opened, closed, or its lease ran out; open it again)")
+    if owner != cred.identity:
+        return FsError(errno.EPERM, f"session {sid!r} belongs to another identity: {what} is "
+                       "allowed only in the caller's own sessions")
+    return None
 
 
 class Sessions:
@@ -34,14 +56,29 @@ class Sessions:
 
         def fn(tx: Tx) -> None:
             exp = tx.now + int(lease * 1e9)
-            n = tx.conn.execute(update(S).where(S.c.id == client_id).values(expires_ns=exp)).rowcount
-            if not n:
-                tx.conn.execute(insert(S).values(id=client_id, host=host, uid=cred.uid,
-                                                 pid=cred.pid, started_ns=tx.now, expires_ns=exp))
+            n = tx.conn.execute(update(S).where(S.c.id == client_id,
+                                                S.c.owner == cred.identity)
+                                .values(expires_ns=exp)).rowcount
+            if n:
+                return
+            if _Q_SESSION.first(tx.conn, sid=client_id) is not None:
+                raise FsError(errno.EPERM, f"session {client_id!r} belongs to another "
+                              "identity: a client renews only its own sessions")
+            tx.conn.execute(insert(S).values(id=client_id, host=host, uid=cred.uid,
+                                             pid=cred.pid, started_ns=tx.now, expires_ns=exp,
+                                             owner=cred.identity))
 
         self.mutate(cred, fn)
         return pb.SessionReply(lease_seconds=lease, inline_limit=self.settings.inline_limit,
                                block_size=self.settings.block_size)
+
+    def check_session(self, conn: Connection, cred: Cred, now: int, what: str) -> None:
+        """Refuse (EACCES, EPERM) unless ``cred`` names a live session of its own."""
+        row = _Q_SESSION.first(conn, sid=cred.client_id) if cred.client_id else None
+        err = session_error(cred.client_id, None if row is None else row.owner,
+                            0 if row is None else row.expires_ns, cred, now, what)
+        if err is not None:
+            raise err
 
     def close_session(self, client_id: str) -> None:
         def fn(tx: Tx) -> None:

@@ -81,6 +81,11 @@ class Identity:
     groups: frozenset[int] = field(default_factory=frozenset)
     trusted: bool = False
 
+    @property
+    def principal(self) -> str:
+        """The name sessions, handles and locks are bound to ("token:alice")."""
+        return f"{self.kind}:{self.name}"
+
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "uid": self.uid, "gid": self.gid,
                 "groups": sorted(self.groups), "trusted": self.trusted}
@@ -271,8 +276,9 @@ class Authenticator:
         if ctx is None or self.mode == "none":
             return claimed  # in-process caller, or a namenode that trusts its network
         ident = self.require(ctx)
-        if ident.trusted:
-            return claimed
+        if ident.trusted:  # a gateway acts for its users, within its own sessions
+            return Cred(claimed.uid, claimed.gid, claimed.groups, claimed.pid,
+                        claimed.client_id, claimed.run_id, ident.principal, True)
         allowed_groups = ident.groups | {ident.gid}
         if claimed.uid != ident.uid:
             raise FsError(errno.EACCES, f"caller claims uid {claimed.uid} but its {ident.kind} "
@@ -285,7 +291,8 @@ class Authenticator:
         if extra:
             raise FsError(errno.EACCES, f"caller claims groups {sorted(extra)} that its "
                           f"{ident.kind} {ident.name!r} is not in")
-        return claimed
+        return Cred(claimed.uid, claimed.gid, claimed.groups, claimed.pid, claimed.client_id,
+                    claimed.run_id, ident.principal, False)
 
     def whoami(self, ctx: Any) -> dict[str, Any]:
         if self.mode == "none":

@@ -3,9 +3,11 @@
 A namenode answers ``Search`` from the index in its ``search_dir``: the one its own
 in-process indexer keeps (``metafs serve`` runs one by default over a local SQLite
 database, see :func:`serve_index_default`; ``--index`` asks for it elsewhere), or one kept
-by a ``metafs indexer`` on the same host or a shared volume. Hits in directories the caller may not search (no
-``x`` permission on the directory or on one above it) are left out and counted in
-``hidden``, so a shared index never shows a user names the namespace would not.
+by a ``metafs indexer`` on the same host or a shared volume. Hits in directories the caller
+may not search (no ``x`` permission on the directory or on one above it) are left out
+before anything is counted: a caller other than root pages and counts only what it may see
+(``hidden`` stays 0), so a shared index never shows a user names, or numbers of names, the
+namespace would not.
 """
 
 from __future__ import annotations
@@ -82,29 +84,61 @@ class SearchService:
             waited = head
         limit = req.limit or DEFAULT_LIMIT
         try:
-            res = index.search(req.query, limit=limit, offset=req.offset,
-                               sort=req.sort or None, count=req.count)
+            if cred.is_root:
+                res = index.search(req.query, limit=limit, offset=req.offset,
+                                   sort=req.sort or None, count=req.count)
+                hits, total, position, took = res.hits, res.total, res.position, res.took_ms
+                next_offset = req.offset + len(hits)
+            else:
+                hits, position, took = self._visible_page(cred, index, req, limit)
+                next_offset = req.offset + len(hits)
+                total = self._count_visible(cred, index, req.query) if req.count else None
         except QueryError as exc:
             raise FsError(errno.EINVAL, f"bad query: {exc}") from None
-        hits, total = res.hits, res.total
-        if not cred.is_root:
-            hits = self._visible(cred, hits)
-            if req.count:
-                total = self._count_visible(cred, index, req.query)
         return pb.SearchReply(
             hits=[pb.SearchHit(ino=int(h["ino"]), path=h.get("path") or "",
                                doc_json=json.dumps(h, default=str)) for h in hits],
-            position=res.position, total=-1 if total is None else total,
-            took_ms=res.took_ms, waited_for=waited, hidden=len(res.hits) - len(hits),
-            next_offset=req.offset + len(res.hits))
+            position=position, total=-1 if total is None else total,
+            took_ms=took, waited_for=waited, hidden=0, next_offset=next_offset)
+
+    def _visible_page(self, cred: Any, index: SearchBackend, req: pb.SearchRequest,
+                      limit: int) -> tuple[list[dict[str, Any]], int, float]:
+        """One page of the hits ``cred`` may see, with offsets counted in visible hits:
+        the page's length, its next offset and the count tell nothing of hidden files.
+        Walks the index's matches from the start (the cost grows with the offset)."""
+        from .base import MAX_LIMIT
+
+        step = min(max(limit + req.offset, DEFAULT_LIMIT), MAX_LIMIT)
+        skip, off, took, position = req.offset, 0, 0.0, None
+        out: list[dict[str, Any]] = []
+        while len(out) < limit:
+            res = index.search(req.query, limit=step, offset=off, sort=req.sort or None)
+            took += res.took_ms
+            position = res.position if position is None else position
+            seen = self._visible(cred, res.hits)
+            drop = min(skip, len(seen))
+            skip -= drop
+            out.extend(seen[drop:])
+            if len(res.hits) < step:
+                break
+            off += step
+        return out[:limit], position or 0, took
 
     def _visible(self, cred: Any, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The hits with a name in a directory ``cred`` may search."""
+        """The hits with a name in a directory ``cred`` may search, each with only the
+        names it may see (a file's other hard links may sit in hidden directories)."""
         if not hits:
             return hits
         dirs = {_dir_of(p) for h in hits for p in h.get("paths") or ()}
         ok = self.ns.searchable(cred, dirs)
-        return [h for h in hits if any(_dir_of(p) in ok for p in h.get("paths") or ())]
+        out = []
+        for h in hits:
+            paths = [p for p in h.get("paths") or () if _dir_of(p) in ok]
+            if paths:
+                if h.get("path") not in paths:
+                    h = {**h, "path": paths[0]}
+                out.append({**h, "paths": paths})
+        return out
 
     def _count_visible(self, cred: Any, index: SearchBackend, query: str) -> int:
         """Every match ``cred`` may see (a count must not tell of hidden files either):
