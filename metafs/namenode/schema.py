@@ -211,11 +211,41 @@ def _v4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[locks])
 
 
+# -- v6: the volume's identity, and which identity each provenance run belongs to --
+# ``volume`` holds one row per named property; "uuid" names this file system (clients and
+# the provenance store key what they keep per file system by it). ``runs`` binds a run id
+# to the uid that first named it (see metafs/namenode/runs.py).
+volume = Table(
+    "volume",
+    metadata,
+    Column("key", String(32), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("uid", BigInteger, nullable=False),
+    Column("started_ns", BigInteger, nullable=False),
+)
+
+
+def _v6(conn: Connection) -> None:
+    """The volume uuid and run owners."""
+    import uuid
+
+    metadata.create_all(conn, tables=[volume, runs])
+    if conn.execute(select(volume.c.value).where(volume.c.key == "uuid")).first() is None:
+        conn.execute(insert(volume).values(key="uuid", value=str(uuid.uuid4())))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
     (4, _v4),
+    (6, _v6),
 ]
 
 
