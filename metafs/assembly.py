@@ -5,6 +5,7 @@ The namenode package imports nothing above it; this module, which sits above the
 namenode, the changelog consumers and the operations tools, hands it its extensions:
 
 - the Search call (with its indexer when ``serve_index`` is set), from :mod:`metafs.cdc`;
+- the Provenance call, with the lineage graph of this file system that it keeps;
 - Prometheus metrics of every RPC, and the changelog head while the namenode is open;
 - TLS, mutual TLS and caller authentication on its gRPC server.
 """
@@ -36,10 +37,17 @@ def _attach_search(namenode: Namenode) -> Any:
     return service.attach(namenode)
 
 
+def _attach_provenance(namenode: Namenode) -> Any:
+    from .cdc.provenance import service
+
+    return service.attach(namenode)
+
+
 def build_namenode(settings: Settings, *, background: bool = True) -> Namenode:
-    """A namenode on ``settings``' database with the Search call and metrics attached."""
+    """A namenode on ``settings``' database with the Search and Provenance calls and
+    metrics attached."""
     return Namenode(settings, background=background,
-                    extensions=(_attach_search, _MetricsRegistration))
+                    extensions=(_attach_search, _attach_provenance, _MetricsRegistration))
 
 
 def serve_grpc(namenode: Namenode, listen: str | None = None) -> GrpcServer:

@@ -1,5 +1,5 @@
 """Lineage where people look at it: OpenLineage events sent live (by runs as they start
-and end, and by the provenance consumer as it follows the changelog) to a real HTTP
+and end, and by the namenode's provenance consumer as it follows the changelog) to a real HTTP
 endpoint configured the standard way (OPENLINEAGE_URL), as Marquez would receive them;
 and MLflow runs linked both ways with the metafs runs started under them."""
 
@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from test_provenance import _validate, env, make_images, prov, script, sh  # noqa: F401
+from test_provenance import _validate, make_images, namenode_env, prov, script, sh
 
 PARENT_RUN = str(uuid.uuid4())
 
@@ -65,11 +65,28 @@ class Collector:
         return [e for e in self.events if e["job"]["name"] == job]
 
 
-@pytest.fixture
-def collector() -> Iterator[Collector]:
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[Collector]:
     c = Collector()
     yield c
     c.close()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, endpoint: Collector
+        ) -> Iterator[dict[str, str]]:
+    """A namenode that sends the lineage it builds to the endpoint (configured the
+    standard way, in its environment)."""
+    with namenode_env(tmp_path_factory.mktemp("lineage"), OPENLINEAGE_URL=endpoint.url) as e:
+        yield e
+
+
+@pytest.fixture
+def collector(endpoint: Collector) -> Collector:
+    """The endpoint, with what earlier tests sent forgotten."""
+    endpoint.events.clear()
+    endpoint.paths.clear()
+    return endpoint
 
 
 def ol_env(env: dict[str, str], col: Collector, **extra: str) -> dict[str, str]:

@@ -1,9 +1,10 @@
 """Provenance end to end: real programs in subprocesses write and read through the client
 against a real namenode (gRPC), and the ``metafs prov`` command answers from the graph the
-changelog consumer builds."""
+namenode builds from its changelog."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -48,11 +49,10 @@ with metafs.Client() as fs:
 """
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real namenode on a loopback port, and the environment programs use to reach it
-    (the provenance database goes to the client's own data directory)."""
-    root = tmp_path_factory.mktemp("prov")
+@contextlib.contextmanager
+def namenode_env(root: Path, **namenode_env: str) -> Iterator[dict[str, str]]:
+    """A real namenode on a loopback port (``namenode_env`` added to its environment), and
+    the environment programs use to reach it."""
     ready = root / "ready"
     log = open(root / "namenode.log", "wb")
     base = {k: v for k, v in os.environ.items() if not k.startswith("METAFS_")}
@@ -60,7 +60,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     (root / "none.toml").write_text("")
     proc = subprocess.Popen([sys.executable, "-m", "metafs.cli", "serve", "--data",
                              str(root / "nn"), "--listen", "127.0.0.1:0", "--ready-file",
-                             str(ready)], env=base, stdout=log, stderr=log)
+                             str(ready)], env=dict(base, **namenode_env), stdout=log,
+                            stderr=log)
     for _ in range(600):
         if ready.exists() and ready.read_text():
             break
@@ -73,10 +74,19 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     e = dict(base, METAFS_NAMENODE=ready.read_text().strip(),
              METAFS_DATA_DIR=str(root / "client"), SCRIPTS=str(root / "scripts"),
              ROOT=str(root))
-    yield e
-    proc.terminate()
-    proc.wait(30)
-    log.close()
+    try:
+        yield e
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A namenode (it keeps the provenance graph; clients keep none) and its environment."""
+    with namenode_env(tmp_path_factory.mktemp("prov")) as e:
+        yield e
 
 
 def client(env: dict[str, str]) -> Client:
@@ -277,7 +287,7 @@ def test_run_failure_and_python_api(env: dict[str, str]) -> None:
             assert runs["crash"]["status"] == "failed"
             # replaying the changelog from scratch gives the same graph
             before = p.upstream("/p5/m.safetensors").to_dict()
-            p.consumer.rebuild()
+            p.sync(rebuild=True)
             assert p.upstream("/p5/m.safetensors").to_dict()["edges"] == before["edges"]
 
 

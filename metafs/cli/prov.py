@@ -1,10 +1,14 @@
-"""``metafs run -- CMD`` and ``metafs prov show|upstream|downstream|runs|sync|status``."""
+"""``metafs run -- CMD`` and ``metafs prov show|upstream|downstream|runs|sync|status``.
+
+The answers come from the namenode (``--namenode``, or the embedded volume of ``--data``),
+which keeps the lineage of its file system and shows each caller what it may see."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from ..cdc.provenance.render import (FORMATS, emit_openlineage, render_graph, runs_table,
@@ -45,17 +49,12 @@ def _namespace(fs: Any) -> str:
 
 
 def cmd_prov(args: argparse.Namespace) -> int:
-    from ..cdc.provenance import Provenance, ProvenanceStore
-    from .common import make_client, settings_from
+    from ..cdc.provenance import Provenance
+    from .common import make_client
 
-    settings = settings_from(args)
     with make_client(args) as fs:
-        store = ProvenanceStore.for_settings(settings)
-        with Provenance(fs, store, sync=not args.no_sync) as p:
-            try:
-                return _dispatch(args, fs, p)
-            finally:
-                store.close()
+        with Provenance(fs, sync=not getattr(args, "no_sync", False)) as p:
+            return _dispatch(args, fs, p)
 
 
 def _dispatch(args: argparse.Namespace, fs: Any, p: Any) -> int:
@@ -63,23 +62,14 @@ def _dispatch(args: argparse.Namespace, fs: Any, p: Any) -> int:
     fmt = getattr(args, "format", "table")
     out = sys.stdout
     if act == "sync":
-        from ..cdc.provenance.lineage import LiveLineage
-
-        # the consumer sends what it learns to OpenLineage, where that is configured
-        p.store.lineage = LiveLineage.from_environment(_namespace(fs))
-        if args.rebuild:
-            n = p.consumer.rebuild()
-        else:
-            n = p.sync()
-        if args.follow:
-            p.consumer.run()  # until interrupted
-        print(json.dumps({"applied": n, "position": p.store.position()}))
+        n = p.sync(rebuild=args.rebuild)
+        while args.follow:  # until interrupted: the namenode applies what is new
+            time.sleep(args.interval)
+            n += p.sync()
+        print(json.dumps({"applied": n, "position": p.status()["position"]}))
         return 0
     if act == "status":
-        head = fs.changelog_head()
-        pos = p.store.position()
-        print(json.dumps({"position": pos, "head": head, "lag": max(0, head - pos),
-                          "db": p.store.url, **p.store.counts()}, indent=2))
+        print(json.dumps(p.status(), indent=2))
         return 0
     if act == "show":
         info = p.show(args.path, as_of=args.as_of)
@@ -131,7 +121,8 @@ def add_commands(sub: Any, common: Common) -> None:
                        help="changelog position (digits) or time (ISO-8601, UTC default)")
         p.add_argument("--format", choices=FORMATS, default="table")
         p.add_argument("--no-sync", action="store_true",
-                       help="answer from the graph as it is, without reading the changelog")
+                       help="answer from the graph as it is, without first applying the "
+                       "changelog")
         p.set_defaults(func=cmd_prov)
         return p
 
@@ -148,7 +139,10 @@ def add_commands(sub: Any, common: Common) -> None:
         p.add_argument("--openlineage-url", help="also POST OpenLineage run events here")
     p = q("runs", "runs, or the runs that read or wrote PATH", "optional")
     p.add_argument("--limit", type=int, default=1000)
-    p = q("sync", "bring the provenance graph up to date with the changelog", "none")
-    p.add_argument("--follow", action="store_true", help="keep following")
-    p.add_argument("--rebuild", action="store_true", help="drop the graph and replay")
+    p = q("sync", "have the namenode bring its provenance graph up to the changelog head",
+          "none")
+    p.add_argument("--follow", action="store_true", help="keep asking, every --interval")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between asks")
+    p.add_argument("--rebuild", action="store_true",
+                   help="drop the graph and replay the changelog (root only)")
     q("status", "graph position, lag and size", "none")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import stat
 import threading
 import time
@@ -25,7 +24,7 @@ from ..config import Settings
 from ..errors import FsError
 from ..posix import NAME_MAX, ROOT_INO, W, X, Cred, check
 from ..proto import metafs_pb2 as pb
-from . import changelog
+from . import changelog, runs
 from .attrs import Attributes
 from .bulk import BulkCreate
 from .data import FileData
@@ -275,25 +274,7 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         return self.query(changelog.head)
 
     def record_access(self, cred: Cred, events: Iterable[pb.AccessEvent]) -> None:
-        evs = list(events)
-        if not evs:
-            return
-
-        def fn(tx: Tx) -> None:
-            for ev in evs:
-                tx.log(pb.OP_ACCESS, ev.ino, extra=json.dumps({
-                    "read": ev.read, "wrote": ev.wrote, "pid": ev.pid,
-                    "proc_start": ev.proc_start, "cmdline": ev.cmdline, "host": ev.host,
-                    "ts_ns": ev.ts_ns, "version": ev.version, "uid": ev.uid or cred.uid,
-                }), run_id=ev.run_id or cred.run_id)
-
-        self.mutate(cred, fn)
+        runs.record_access(self, cred, events)
 
     def record_run(self, cred: Cred, run_id: str, body: str) -> None:
-        if not run_id:
-            raise FsError(errno.EINVAL, "a run needs an id")
-        try:
-            json.loads(body or "{}")
-        except ValueError as exc:
-            raise FsError(errno.EINVAL, f"run record is not JSON: {exc}") from None
-        self.mutate(cred, lambda tx: tx.log(pb.OP_RUN, 0, run_id=run_id, extra=body))
+        runs.record_run(self, cred, run_id, body)

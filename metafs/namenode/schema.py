@@ -246,6 +246,35 @@ def _v6(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''"))
 
 
+# -- v7: the volume's identity, and which identity each provenance run belongs to --
+# ``volume`` holds one row per named property; "uuid" names this file system (clients and
+# the provenance store key what they keep per file system by it). ``runs`` binds a run id
+# to the uid that first named it (see metafs/namenode/runs.py).
+volume = Table(
+    "volume",
+    metadata,
+    Column("key", String(32), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("uid", BigInteger, nullable=False),
+    Column("started_ns", BigInteger, nullable=False),
+)
+
+
+def _v7(conn: Connection) -> None:
+    """The volume uuid and run owners."""
+    import uuid
+
+    metadata.create_all(conn, tables=[volume, runs])
+    if conn.execute(select(volume.c.value).where(volume.c.key == "uuid")).first() is None:
+        conn.execute(insert(volume).values(key="uuid", value=str(uuid.uuid4())))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -253,6 +282,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (4, _v4),
     (5, _v5),
     (6, _v6),
+    (7, _v7),
 ]
 
 

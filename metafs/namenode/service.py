@@ -60,6 +60,8 @@ class Handlers:
         # The search service (metafs.cdc.search.service) attaches itself here when the
         # caller starts the namenode with it (metafs.assembly).
         self.search: Callable[[Cred, pb.SearchRequest], pb.SearchReply] | None = None
+        # Likewise the provenance service (metafs.cdc.provenance.service).
+        self.provenance: Callable[[Cred, pb.ProvenanceRequest], pb.ProvenanceReply] | None = None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -252,6 +254,8 @@ class Handlers:
         self.c(req, ctx)
         return pb.HeadReply(head=self.ns.changelog_head())
 
+    # -- provenance records: bound to the caller's uid, its runs and what it may access
+    # (metafs.namenode.runs)
     def RecordAccess(self, req: pb.RecordAccessRequest, ctx: Any = None) -> pb.Empty:
         self.ns.record_access(self.c(req, ctx), req.events)
         return EMPTY
@@ -259,6 +263,13 @@ class Handlers:
     def RecordRun(self, req: pb.RunRecordRequest, ctx: Any = None) -> pb.Empty:
         self.ns.record_run(self.c(req, ctx), req.run_id, req.json)
         return EMPTY
+
+    def Provenance(self, req: pb.ProvenanceRequest, ctx: Any = None) -> pb.ProvenanceReply:
+        """Lineage questions (metafs.cdc.provenance.service), filtered for the caller."""
+        cred = self.c(req, ctx)
+        if self.provenance is None:
+            raise FsError(errno.EOPNOTSUPP, "this namenode has no provenance service")
+        return self.provenance(cred, req)
 
     # -- block data (large files): metafs.namenode.blocks
     def GetLayout(self, req: pb.LayoutRequest, ctx: Any = None) -> pb.LayoutReply:

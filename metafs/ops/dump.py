@@ -54,6 +54,8 @@ DUMPED_TABLES = ("inodes", "dentries", "file_data", "xattrs", "blocks", "quotas"
                  "counters", "block_garbage", "schema_version")
 RUNTIME_TABLES = ("sessions", "handles", "locks",
                   "changelog_pending")  # stamped into the changelog before a dump
+# A loaded dump is a file system of its own: a new volume uuid, and run ids bound afresh.
+PER_DATABASE_TABLES = ("volume", "runs")
 ID_COUNTERS = ("inode", "handle")
 
 _INODE_COLUMNS = [c.name for c in schema.inodes.columns]

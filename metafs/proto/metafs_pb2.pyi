@@ -817,6 +817,40 @@ class SearchReply(_message.Message):
     next_offset: int
     def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., position: _Optional[int] = ..., total: _Optional[int] = ..., took_ms: _Optional[float] = ..., waited_for: _Optional[int] = ..., hidden: _Optional[int] = ..., next_offset: _Optional[int] = ...) -> None: ...
 
+class ProvenanceRequest(_message.Message):
+    __slots__ = ("caller", "action", "path", "depth", "as_of", "version", "all_versions", "limit", "no_sync", "rebuild", "run_id")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    NO_SYNC_FIELD_NUMBER: _ClassVar[int]
+    REBUILD_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    caller: Caller
+    action: str
+    path: str
+    depth: int
+    as_of: str
+    version: int
+    all_versions: bool
+    limit: int
+    no_sync: bool
+    rebuild: bool
+    run_id: str
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., action: _Optional[str] = ..., path: _Optional[str] = ..., depth: _Optional[int] = ..., as_of: _Optional[str] = ..., version: _Optional[int] = ..., all_versions: bool = ..., limit: _Optional[int] = ..., no_sync: bool = ..., rebuild: bool = ..., run_id: _Optional[str] = ...) -> None: ...
+
+class ProvenanceReply(_message.Message):
+    __slots__ = ("json", "position")
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    position: int
+    def __init__(self, json: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
 class LockRequest(_message.Message):
     __slots__ = ("caller", "ino", "owner", "kind", "type", "start", "end", "pid", "test_only", "report_conflict", "handle")
     CALLER_FIELD_NUMBER: _ClassVar[int]

@@ -219,6 +219,11 @@ class NamenodeStub(object):
                 request_serializer=metafs__pb2.StatusRequest.SerializeToString,
                 response_deserializer=metafs__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Provenance = channel.unary_unary(
+                '/metafs.v1.Namenode/Provenance',
+                request_serializer=metafs__pb2.ProvenanceRequest.SerializeToString,
+                response_deserializer=metafs__pb2.ProvenanceReply.FromString,
+                _registered_method=True)
 
 
 class NamenodeServicer(object):
@@ -447,6 +452,12 @@ class NamenodeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Provenance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NamenodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -634,6 +645,11 @@ def add_NamenodeServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=metafs__pb2.StatusRequest.FromString,
                     response_serializer=metafs__pb2.StatusReply.SerializeToString,
+            ),
+            'Provenance': grpc.unary_unary_rpc_method_handler(
+                    servicer.Provenance,
+                    request_deserializer=metafs__pb2.ProvenanceRequest.FromString,
+                    response_serializer=metafs__pb2.ProvenanceReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1635,6 +1651,33 @@ class Namenode(object):
             '/metafs.v1.Namenode/Status',
             metafs__pb2.StatusRequest.SerializeToString,
             metafs__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Provenance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metafs.v1.Namenode/Provenance',
+            metafs__pb2.ProvenanceRequest.SerializeToString,
+            metafs__pb2.ProvenanceReply.FromString,
             options,
             channel_credentials,
             insecure,

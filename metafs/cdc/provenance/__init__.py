@@ -5,18 +5,21 @@
 - Implicit inference: :class:`ProvenanceStore` is a changelog consumer sink that turns
   access events and create/write/rename/unlink records into a graph of runs and artifact
   versions (inode + version, never a path).
-- Questions: :class:`Provenance` (from a :class:`~metafs.client.Client`) catches the graph
-  up with the changelog and answers ``show``/``upstream``/``downstream``/``runs``, as of now
-  or as of a changelog position or a time.
+- The graph is the file system's: the namenode keeps it (:mod:`.service`) and answers
+  questions about it with what the caller may see (:mod:`.visible`).
+- Questions: :class:`Provenance` (from a :class:`~metafs.client.Client`) asks the namenode
+  ``show``/``upstream``/``downstream``/``runs``, as of now or as of a changelog position or
+  a time.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 from typing import Any
 
-from ..consumer import Consumer
+from ...proto import metafs_pb2 as pb
 from .classify import DATASET, KIND_XATTR, MODEL, OTHER, classify
 from .query import NOW, AsOf, Graph, ProvenanceQuery
 from .runs import RUN_ENV, Run, record_run, run, run_command
@@ -52,21 +55,17 @@ def parse_as_of(value: Any) -> AsOf:
 
 
 class Provenance:
-    """Provenance questions through a client. The graph is brought up to date with the
-    changelog (its own checkpoint) before each answer, unless ``sync=False``."""
+    """Provenance questions through a client, answered by the namenode (the ``Provenance``
+    call) from the lineage graph it keeps of its file system, with only what the caller
+    may see. The graph is brought up to date with the changelog before each answer,
+    unless ``sync=False``."""
 
-    def __init__(self, client: Any, store: ProvenanceStore | None = None, *,
-                 sync: bool = True) -> None:
+    def __init__(self, client: Any, *, sync: bool = True) -> None:
         self.client = client
-        self.store = store or ProvenanceStore.for_settings(client.settings)
-        self._owns_store = store is None
-        self.consumer = Consumer(client, self.store, name="provenance")
-        self.query = ProvenanceQuery(self.store)
         self.auto_sync = sync
 
     def close(self) -> None:
-        if self._owns_store:
-            self.store.close()
+        """Nothing to release (kept so ``with Provenance(fs) as p:`` reads naturally)."""
 
     def __enter__(self) -> "Provenance":
         return self
@@ -74,64 +73,58 @@ class Provenance:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def sync(self) -> int:
-        """Apply the changelog up to its current head (flushing this client's own access
-        events first). Returns the number of records applied."""
+    def _ask(self, action: str, path: str | None = None, **fields: Any) -> Any:
+        if action not in ("sync", "status"):
+            self.client.access_recorder.flush()  # this client's own events count too
+        req = pb.ProvenanceRequest(caller=self.client.caller, action=action,
+                                   path=path or "", no_sync=not self.auto_sync,
+                                   **{k: v for k, v in fields.items() if v is not None})
+        return json.loads(self.client._call("Provenance", req, path).json)
+
+    def sync(self, rebuild: bool = False) -> int:
+        """Have the namenode apply its changelog up to the head (this client's pending
+        access events first); ``rebuild`` replays it from the start (root only).
+        Returns the number of records applied."""
         self.client.access_recorder.flush()
-        return self.consumer.catch_up()
+        return int(self._ask("sync", rebuild=rebuild)["applied"])
 
-    def _maybe_sync(self) -> None:
-        if self.auto_sync:
-            self.sync()
-
-    def artifact(self, path: str) -> int:
-        """The inode the graph records ``path`` under: its data-set directory when it lies
-        in one, else its own. Falls back to names the graph has seen (deleted files)."""
-        try:
-            ino = int(self.client.ino(path))
-        except FileNotFoundError:
-            found = self.query.ino_for_path(path)
-            if found is None:
-                raise
-            ino = found
-        return self.query.artifact_of(ino)
-
-    def _starts(self, path: str, version: int | None, asof: AsOf, latest: bool) -> list[int]:
-        vers = self.query.versions(self.artifact(path), asof)
-        if not vers:
-            return []
-        if version is not None:
-            pick = [v for v in vers if v["version"] == version]
-            if not pick:
-                raise ValueError(f"{path} has no version {version} (it has {len(vers)})")
-            return [pick[0]["id"]]
-        return [vers[-1]["id"]] if latest else [v["id"] for v in vers]
+    def status(self) -> dict[str, Any]:
+        """The graph's position, the changelog head and the lag (and sizes, for root)."""
+        return dict(self._ask("status"))
 
     def show(self, path: str, as_of: Any = None) -> dict[str, Any]:
-        self._maybe_sync()
-        return self.query.show(self.artifact(path), parse_as_of(as_of))
+        return dict(self._ask("show", path, as_of=_as_of(as_of)))
 
     def upstream(self, path: str, depth: int | None = None, as_of: Any = None,
                  version: int | None = None, all_versions: bool = False) -> Graph:
         """What went into ``path`` (its latest version unless ``version``/``all_versions``)."""
-        self._maybe_sync()
-        asof = parse_as_of(as_of)
-        return self.query.upstream(self._starts(path, version, asof, not all_versions),
-                                   depth, asof)
+        return Graph.from_dict(self._ask("upstream", path, depth=depth, as_of=_as_of(as_of),
+                                         version=version, all_versions=all_versions))
 
     def downstream(self, path: str, depth: int | None = None, as_of: Any = None,
-                   version: int | None = None, all_versions: bool = True) -> Graph:
+                   version: int | None = None) -> Graph:
         """What ``path`` fed (all its versions unless ``version`` is given)."""
-        self._maybe_sync()
-        asof = parse_as_of(as_of)
-        return self.query.downstream(self._starts(path, version, asof, not all_versions),
-                                     depth, asof)
+        return Graph.from_dict(self._ask("downstream", path, depth=depth,
+                                         as_of=_as_of(as_of), version=version))
 
     def runs(self, path: str | None = None, as_of: Any = None, limit: int = 1000
              ) -> list[dict[str, Any]]:
-        self._maybe_sync()
-        asof = parse_as_of(as_of)
-        return self.query.runs(self.artifact(path) if path else None, asof, limit)
+        return list(self._ask("runs", path, as_of=_as_of(as_of), limit=limit))
+
+    def reads_of(self, run_id: str) -> list[dict[str, Any]]:
+        """The artifact versions the caller's explicit run ``run_id`` read."""
+        return list(self._ask("reads", run_id=run_id))
+
+
+def _as_of(value: Any) -> str | None:
+    """An ``as_of`` for the wire (the namenode parses it as :func:`parse_as_of` does)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, AsOf):
+        return str(value.seq) if value.seq is not None else str(value.ts_ns / 1e9)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value).strip()
 
 
 def upstream(client: Any, path: str, **kw: Any) -> Graph:

@@ -33,8 +33,7 @@ def log_run_inputs(client: Any, run_id: str, mlflow_run_id: str, namespace: str)
 
     try:
         with Provenance(client) as prov:
-            prov.sync()
-            reads = prov.query.reads_of(run_id)
+            reads = prov.reads_of(run_id)
         inputs = [DatasetInput(
             dataset=Dataset(name=a["path"], digest=f"{a['ino']}.{a['version']}",
                             source_type=SOURCE_TYPE,

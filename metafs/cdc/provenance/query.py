@@ -70,6 +70,15 @@ class Graph:
                 "edges": [{"run": r, "type": "read" if d == "r" else "wrote", "artifact": a}
                           for r, d, a in sorted(self.edges)]}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Graph":
+        """The graph :meth:`to_dict` described (as the Provenance call sends it)."""
+        return cls(direction=d["direction"], roots=[int(a) for a in d["roots"]],
+                   runs={int(r["id"]): r for r in d["runs"]},
+                   artifacts={int(a["id"]): a for a in d["artifacts"]},
+                   edges=[(int(e["run"]), "r" if e["type"] == "read" else "w",
+                           int(e["artifact"])) for e in d["edges"]])
+
     def datasets(self) -> list[dict[str, Any]]:
         return [a for a in self.artifacts.values() if a["kind"] == "dataset"]
 

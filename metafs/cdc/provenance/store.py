@@ -1,7 +1,7 @@
 """The provenance graph's own database, built only from the changelog.
 
-Tables (SQLAlchemy Core; a SQLite file under the data directory by default, or
-PostgreSQL):
+Kept by the namenode (:mod:`.service`), once per file system. Tables (SQLAlchemy Core; a
+SQLite file per volume under the namenode's data directory by default, or PostgreSQL):
 
 - ``files``: every inode the changelog named: parent, name, directory or not, the
   explicit ``user.metafs.kind`` and how many data files a directory directly holds. Used
@@ -111,11 +111,15 @@ EDGES = Table(
 ALL_TABLES = (EDGES, VERSIONS, RUNS, FILES)
 
 
-def default_url(settings: Any) -> str:
-    """The provenance database URL for these settings."""
+def default_url(settings: Any, volume: str) -> str:
+    """The provenance database URL of file system ``volume`` (its uuid): ``prov_db_url``
+    when set, else a SQLite file named by the uuid under the namenode's data directory,
+    so a data directory reused for another file system never mixes the two graphs."""
     if getattr(settings, "prov_db_url", ""):
         return str(settings.prov_db_url)
-    return f"sqlite:///{Path(settings.data_dir) / 'provenance.db'}"
+    if not volume or not all(ch.isalnum() or ch == "-" for ch in volume):
+        raise ValueError(f"not a volume uuid: {volume!r}")
+    return f"sqlite:///{Path(settings.data_dir) / 'provenance' / (volume + '.db')}"
 
 
 def make_engine(url: str, *, immediate: bool = False, **kw: Any) -> Engine:
@@ -213,8 +217,9 @@ class ProvenanceStore:
                 c.exec_driver_sql("DELETE FROM sqlite_stat1 WHERE tbl = 'prov_edges'")
 
     @classmethod
-    def for_settings(cls, settings: Any) -> "ProvenanceStore":
-        return cls(default_url(settings),
+    def for_settings(cls, settings: Any, volume: str) -> "ProvenanceStore":
+        """The store of file system ``volume`` (see :func:`default_url`)."""
+        return cls(default_url(settings, volume),
                    dataset_dir_min=getattr(settings, "prov_dataset_dir_min", 2))
 
     # ------------------------------------------------------------------ Sink
@@ -376,10 +381,11 @@ class ProvenanceStore:
         """An OP_WRITE (or a create with data): extend the open version or start one."""
         ino, v, size = r.ino, int(r.attr.version), int(r.attr.size)
         target, is_dir = self.target_of(c, b, ino)
-        writer = f"run:{r.run_id}" if r.run_id else f"client:{r.client_id}"
+        run_id = self._own_run(c, r)
+        writer = f"run:{run_id}" if run_id else f"client:{r.client_id}"
         if is_dir:
             av = self._dir_version(c, r, target)
-            if r.run_id:
+            if run_id:
                 self._edge(c, b, self._run_id(c, b, r, writer), av, "w", r)
             return
         cur = self._latest(c, ino)
@@ -396,8 +402,17 @@ class ProvenanceStore:
             if cur is not None and cur.open:
                 c.execute(update(VERSIONS).where(VERSIONS.c.id == cur.id).values(open=False))
             av = self._new_version(c, r, ino, v, writer, True, size)
-        if r.run_id:
+        if run_id:
             self._edge(c, b, self._run_id(c, b, r, writer), av, "w", r)
+
+    def _own_run(self, c: Connection, r: pb.ChangeRecord) -> str:
+        """The run id a change record names, when the run is its writer's: a change may
+        carry any run id its caller claims, and a run of another uid is not its run (the
+        namenode binds each run id to one uid; access and run records are checked there)."""
+        if not r.run_id:
+            return ""
+        row = c.execute(select(RUNS.c.uid).where(RUNS.c.key == f"run:{r.run_id}")).first()
+        return r.run_id if row is None or row[0] is None or int(row[0]) == r.uid else ""
 
     def _dir_version(self, c: Connection, r: pb.ChangeRecord, ino: int) -> int:
         cur = self._latest(c, ino)
@@ -456,7 +471,7 @@ class ProvenanceStore:
         except ValueError:
             log.warning("access record %d: extra is not JSON", r.seq)
             return
-        explicit = None if r.run_id else self._run_of_process(c, ev)
+        explicit = None if r.run_id else self._run_of_process(c, ev, r.uid)
         if r.run_id or explicit:
             key = f"run:{r.run_id}" if r.run_id else explicit
             info = {"host": ev.get("host", ""), "cmdline": ev.get("cmdline", ""),
@@ -486,7 +501,7 @@ class ProvenanceStore:
             if not is_dir and not av_row.writer.startswith("run:"):
                 c.execute(update(VERSIONS).where(VERSIONS.c.id == av).values(writer=key))
 
-    def _run_of_process(self, c: Connection, ev: dict[str, Any]) -> str | None:
+    def _run_of_process(self, c: Connection, ev: dict[str, Any], r_uid: int) -> str | None:
         """The explicit run (its key) a process was inside when it made an access that
         carries no run id: ``with metafs.run(...)`` in a program reading through a mount
         sets METAFS_RUN_ID only after the process started, so the mount cannot see it in
@@ -499,6 +514,7 @@ class ProvenanceStore:
         row = c.execute(
             select(RUNS.c.key).where(
                 RUNS.c.explicit.is_(True), RUNS.c.host == host, RUNS.c.pid == int(pid),
+                RUNS.c.uid == int(ev.get("uid") or r_uid),  # only a run of the same user
                 RUNS.c.start_ns >= int(ev.get("proc_start") or 0), RUNS.c.start_ns <= ts,
                 (RUNS.c.end_ns.is_(None)) | (RUNS.c.end_ns >= ts))
             .order_by(RUNS.c.start_ns.desc()).limit(1)).first()
@@ -517,7 +533,7 @@ class ProvenanceStore:
         for src, dst in (("name", "name"), ("host", "host"), ("user", "user_name"),
                          ("cmdline", "cmdline"), ("status", "status"), ("pid", "pid"),
                          ("start_ns", "start_ns"), ("end_ns", "end_ns"),
-                         ("exit_code", "exit_code"), ("uid", "uid")):
+                         ("exit_code", "exit_code")):  # the uid is the record's
             if src in body and body[src] is not None:
                 val = body[src]
                 if dst == "cmdline" and isinstance(val, list):
