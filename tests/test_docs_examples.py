@@ -15,17 +15,18 @@ how it is checked, further words are options:
     Every command line that runs ``metafs`` is parsed by the real argument parser
     (:func:`metafs.cli.build_parser`), so an unknown command or flag fails; the block is
     checked by ``bash -n``; then it runs as one script (``bash -euo pipefail``) in a fresh
-    working directory, HOME as above, with ``metafs`` on PATH. Blocks that mount need
+    working directory, HOME as above, with ``metafs`` and ``python`` on PATH, the
+    reader's files (:data:`USER_FILES`) and volume (:data:`VOLUME`) in place. Blocks that mount need
     FUSE (root and /dev/fuse) and are skipped without it; whatever they leave mounted is
     unmounted afterwards.
 ``bash parse-only`` / ``sh parse-only``
     Parsed and syntax-checked as above but not run: the commands need several machines
-    (a team's namenodes, Docker Compose) or are alternatives to one another. The prose
-    around such a block says so.
+    (a team's namenodes, Docker Compose, a metrics endpoint), stay in the foreground, or
+    are alternatives to one another.
 ``console``
     A terminal transcript: each ``$ `` line is parsed as above and run in one shell; the
     lines after it are its expected output (stdout and stderr), where ``...`` stands for
-    any text.
+    any text. Same environment as shell blocks.
 ``toml``
     Loaded as a config file through :func:`metafs.config.load` (which refuses unknown
     settings).
@@ -45,7 +46,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -68,6 +69,21 @@ OPTIONS = {"bash": {"parse-only"}, "sh": {"parse-only"}, "toml": {"auth_file"}}
 SUBSTITUTIONS = {
     "/mnt/metafs": "{tmp}/mnt/metafs",
 }
+
+#: what a reader has before following the examples: files in HOME and in the working
+#: directory that the examples copy, sync or run
+USER_FILES = {
+    "home": {"datasets/coco/000001.jpg": b"\xff\xd8\xff\xe0" + bytes(4000)},
+    "work": {"images/cat.jpg": b"\xff\xd8\xff\xe0" + bytes(3000),
+             "images/dog.jpg": b"\xff\xd8\xff\xe0" + bytes(5000),
+             "run42/model.pt": bytes(100_000),
+             "train.py": b"import sys\nprint('training on', *sys.argv[1:])\n"},
+}
+
+#: the reader's volume (the embedded default data directory in HOME), made before each
+#: shell and console block runs: a file system the commands can act on
+VOLUME = {"/datasets/coco/000001.jpg": USER_FILES["home"]["datasets/coco/000001.jpg"],
+          "/models/resnet.pt": bytes(200_000)}
 
 BLOCK_TIMEOUT = 180  # seconds for one block
 
@@ -120,10 +136,15 @@ def sandbox(tmp_path: Path) -> dict:
     home, work, bindir = tmp_path / "home", tmp_path / "work", tmp_path / "bin"
     for d in (home, work, bindir):
         d.mkdir()
-    # the installed command, as a user has it, running this tree's code and interpreter
-    shim = bindir / "metafs"
-    shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m metafs.cli \"$@\"\n")
-    shim.chmod(0o755)
+    for where, files in USER_FILES.items():
+        for name, data in files.items():
+            (tmp_path / where / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / where / name).write_bytes(data)
+    # the installed command and python, as a user has them, running this tree's code
+    python = shlex.quote(sys.executable)
+    for name, cmd in (("metafs", f"{python} -m metafs.cli"), ("python", python)):
+        (bindir / name).write_text(f"#!/bin/sh\nexec {cmd} \"$@\"\n")
+        (bindir / name).chmod(0o755)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("METAFS_", "XDG_", "PYTEST_"))}
     env.update(HOME=str(home), PATH=f"{bindir}:{env.get('PATH', '/usr/bin:/bin')}",
@@ -131,14 +152,37 @@ def sandbox(tmp_path: Path) -> dict:
     return {"tmp": tmp_path, "home": home, "work": work, "env": env}
 
 
-def _run(block: Block, argv: list[str], sandbox: dict, **kw) -> subprocess.CompletedProcess:
+def make_volume(sandbox: dict) -> None:
+    """Make the reader's volume (:data:`VOLUME`) in the sandbox's default data directory."""
+    from metafs import Client
+
+    with Client(data_dir=str(sandbox["home"] / ".local/share/metafs")) as fs:
+        for path, data in VOLUME.items():
+            fs.makedirs(os.path.dirname(path), exist_ok=True)
+            with fs.open(path, "wb") as f:
+                f.write(data)
+
+
+def _run(block: Block, argv: list[str], sandbox: dict) -> tuple[int, str]:
+    """Run in the sandbox, in a process group of its own: what a block leaves running in
+    the background (``cmd &``) is stopped when it ends. Output goes to a file, so that a
+    background command holding it open does not keep the block running."""
+    log = sandbox["tmp"] / "output.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, cwd=sandbox["work"], env=sandbox["env"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        return subprocess.run(argv, cwd=sandbox["work"], env=sandbox["env"], text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=BLOCK_TIMEOUT, **kw)
-    except subprocess.TimeoutExpired as exc:
-        _fail(block, f"did not finish in {BLOCK_TIMEOUT} s", str(exc.stdout or ""))
-        raise
+        proc.wait(timeout=BLOCK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _fail(block, f"did not finish in {BLOCK_TIMEOUT} s", log.read_text())
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    return proc.returncode, log.read_text()
 
 
 def _unmount_under(root: Path) -> None:
@@ -237,9 +281,9 @@ def test_python_block(block: Block, sandbox: dict) -> None:
     else:
         (sandbox["work"] / "example.py").write_text(block.text)
         argv = [sys.executable, "example.py"]
-    res = _run(block, argv, sandbox)
-    if res.returncode != 0:
-        _fail(block, f"failed (exit {res.returncode})", res.stdout)
+    code, out = _run(block, argv, sandbox)
+    if code != 0:
+        _fail(block, f"failed (exit {code})", out)
 
 
 @pytest.mark.parametrize("block", _of("bash", "sh"))
@@ -254,14 +298,15 @@ def test_shell_block(block: Block, sandbox: dict) -> None:
     mounts = any(argv[:1] == ["mount"] for c in commands for argv in metafs_invocations(c))
     if mounts and not FUSE_AVAILABLE:
         pytest.skip("mounts: needs /dev/fuse, root and fusermount3")
+    make_volume(sandbox)
     script = sandbox["tmp"] / "block.sh"
     script.write_text(_substitute(block.text, sandbox["tmp"]))
     try:
-        res = _run(block, ["bash", "-euo", "pipefail", str(script)], sandbox)
+        code, out = _run(block, ["bash", "-euo", "pipefail", str(script)], sandbox)
     finally:
         _unmount_under(sandbox["tmp"])
-    if res.returncode != 0:
-        _fail(block, f"failed (exit {res.returncode})", res.stdout)
+    if code != 0:
+        _fail(block, f"failed (exit {code})", out)
 
 
 def _transcript(text: str) -> list[tuple[str, list[str]]]:
@@ -288,11 +333,11 @@ def test_console_block(block: Block, sandbox: dict) -> None:
     steps = _transcript(block.text)
     assert steps, f"{block.where}: console block without a '$ ' command"
     check_cli(block, [cmd for cmd, _ in steps])
+    make_volume(sandbox)
     for cmd, expected in steps:
-        res = _run(block, ["bash", "-c", cmd], sandbox)
-        if not _matches(expected, res.stdout):
-            _fail(block, f"printed something else for {cmd!r} (exit {res.returncode})",
-                  res.stdout)
+        code, out = _run(block, ["bash", "-c", cmd], sandbox)
+        if not _matches(expected, out):
+            _fail(block, f"printed something else for {cmd!r} (exit {code})", out)
 
 
 @pytest.mark.parametrize("block", _of("toml"))
