@@ -68,6 +68,7 @@ OPTIONS = {"bash": {"parse-only"}, "sh": {"parse-only"}, "toml": {"auth_file"}}
 #: directory (``{tmp}``) so that a run touches nothing outside it
 SUBSTITUTIONS = {
     "/mnt/metafs": "{tmp}/mnt/metafs",
+    "/etc/metafs": "{tmp}/etc/metafs",
 }
 
 #: what a reader has before following the examples: files in HOME and in the working
@@ -344,6 +345,7 @@ def test_console_block(block: Block, sandbox: dict) -> None:
 def test_toml_block(block: Block, tmp_path: Path) -> None:
     path = tmp_path / "example.toml"
     path.write_text(block.text)
+    path.chmod(0o600)  # as `metafs token` and `metafs auth init` write an identity table
     try:
         if "auth_file" in block.options:
             from metafs.ops.auth import IdentityTable
