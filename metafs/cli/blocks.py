@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import Common
+from .common import Common, add_common
 
 
 def add_commands(sub: Any, common: Common) -> None:
@@ -27,8 +27,7 @@ def add_commands(sub: Any, common: Common) -> None:
 
 
 def _add_common_without_namenode(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--config", help="TOML config file")
-    sp.add_argument("--log-level", dest="log_level")
+    add_common(sp)
     sp.add_argument("--data", dest="data_dir", help="data directory of an embedded file system")
 
 

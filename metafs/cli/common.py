@@ -8,8 +8,10 @@ CLI.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 from typing import Any, Callable
 
 from .. import config as config_mod
@@ -22,11 +24,23 @@ log = logging.getLogger("metafs")
 Common = Callable[[argparse.ArgumentParser], None]
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+
+
+def add_logging(p: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``--log-format``."""
+    p.add_argument("--log-level", dest="log_level", type=str.upper, choices=LOG_LEVELS,
+                   metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    p.add_argument("--log-format", dest="log_format", choices=LOG_FORMATS, default="text",
+                   help="text (default) or json: one JSON object per line")
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
-    """``--config`` and ``--log-level``: every command has them."""
+    """``--config``, ``--log-level`` and ``--log-format``: every command has them."""
     p.add_argument("--config", help="TOML config file (default: $METAFS_CONFIG or "
                    "the user config dir's metafs/config.toml)")
-    p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ERROR")
+    add_logging(p)
 
 
 def add_conn(p: argparse.ArgumentParser) -> None:
@@ -64,9 +78,29 @@ def make_client(args: argparse.Namespace) -> Any:
     return Client(settings=settings_from(args))
 
 
-def setup_logging(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO-8601), level, logger, message, and the
+    exception when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        t = time.gmtime(record.created)
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname, "logger": record.name,
+            "message": record.getMessage(), "pid": record.process,
+            "thread": record.threadName}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Log to stderr at ``level``, as text lines or (``fmt="json"``) JSON lines."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        handlers=[handler], force=True)
 
 
 def progress_default(args: argparse.Namespace) -> bool:
