@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -169,3 +170,43 @@ def test_warmup_fills_the_block_cache_a_later_reader_uses(vol: Volume, tree: dic
     # no cache configured (a local store is not cached by default): said, not pretended
     p = vol.run("warmup", "/ds")
     assert "keeps no block cache" in p.stderr and p.stdout == ""
+
+
+@pytest.mark.parametrize("argv", [["fsck", "--json"], ["gc", "--json", "--grace", "0"],
+                                  ["indexer", "--rebuild", "--once"], ["summary", "/", "--json"],
+                                  ["warmup", "/", "--json"], ["backup", "{tmp}/backup.db"]])
+def test_long_commands_draw_progress_on_a_terminal_and_keep_stdout_clean(
+        tmp_path: Path, argv: list[str]) -> None:
+    data = tmp_path / "data"
+    with Client(data_dir=str(data)) as fs:
+        fs.write_bytes("/big", os.urandom(5 * MIB))
+        fs.write_bytes("/small", b"s")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    cmd = [*METAFS, *argv, "--data", str(data)]
+    e = env(TERM="xterm", COLUMNS="100", METAFS_BLOCK_CACHE_DIR=str(tmp_path / "cache"))
+    # stderr a pipe and no --progress: nothing drawn
+    quiet = subprocess.run(cmd, capture_output=True, env=e, timeout=120)
+    assert quiet.returncode == 0, quiet.stderr
+    assert b"\x1b" not in quiet.stderr and b"0:00:" not in quiet.stderr
+    (tmp_path / "backup.db").unlink(missing_ok=True)
+    # stderr a terminal: the display is drawn there, and stdout holds only the result
+    leader, follower = pty.openpty()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=follower, env=e)
+    os.close(follower)
+    out = p.stdout.read()  # type: ignore[union-attr]
+    assert p.wait(120) == 0
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 1 << 16)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    assert argv[0].encode() in drawn and b"0:00:" in drawn  # the name, the time spent
+    assert out == quiet.stdout or argv[0] in ("gc", "backup")  # (timings, file names)
+    if "--json" in argv or argv[0] == "indexer":
+        json.loads(out)
+    assert b"\x1b" not in out

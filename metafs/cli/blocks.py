@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import Common, add_common
+from .common import Bar, Common, add_common, add_progress, want_progress
 
 
 def add_commands(sub: Any, common: Common) -> None:
@@ -23,6 +23,7 @@ def add_commands(sub: Any, common: Common) -> None:
     sp.add_argument("--no-scan", action="store_true",
                     help="only the garbage list; do not list the store for orphans")
     sp.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_progress(sp)
     sp.set_defaults(func=_run)
 
 
@@ -42,4 +43,5 @@ def _run(args: argparse.Namespace) -> int:
             argv += [flag, str(value)]
     argv += [f for f, on in (("--dry-run", args.dry_run), ("--no-scan", args.no_scan),
                              ("--json", args.json)) if on]
-    return gc_main(argv)
+    with Bar("gc", want_progress(args), counts=False):
+        return gc_main(argv)

@@ -106,3 +106,52 @@ def setup_logging(level: str, fmt: str = "text") -> None:
 def progress_default(args: argparse.Namespace) -> bool:
     """Show progress bars: on a terminal, unless ``--quiet``."""
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def add_progress(p: argparse.ArgumentParser) -> None:
+    """``-q/--quiet`` and ``--progress`` of a command that may work for a while."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    g.add_argument("--progress", action="store_true", help="show progress on stderr even "
+                   "when it is not a terminal (default: only on a terminal)")
+
+
+def want_progress(args: argparse.Namespace) -> bool:
+    """Progress on stderr: asked for, or stderr is a terminal and not ``--quiet``."""
+    return bool(getattr(args, "progress", False)) or progress_default(args)
+
+
+class Bar:
+    """A rich progress display on stderr (nothing when ``enabled`` is false), fed by the
+    ``progress(done, total)`` callbacks of library functions; with ``counts=False`` a
+    spinner and the time spent, for work that reports no progress of its own."""
+
+    def __init__(self, what: str, enabled: bool, unit: str = "", counts: bool = True
+                 ) -> None:
+        self.what, self.enabled, self.unit, self.counts = what, enabled, unit, counts
+        self._p: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> "Bar":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress,
+                                       SpinnerColumn, TextColumn, TimeElapsedColumn)
+
+            columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
+            if self.counts:
+                columns += [BarColumn(), MofNCompleteColumn(), TextColumn(self.unit)]
+            # (what the command prints goes to stdout as it is, never into the display)
+            self._p = Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True),
+                               transient=True, redirect_stdout=False, redirect_stderr=False)
+            self._p.start()
+            self._task = self._p.add_task(self.what, total=None)
+        return self
+
+    def update(self, done: int, total: int | None = None) -> None:
+        if self._p is not None:
+            self._p.update(self._task, completed=done, total=total)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._p is not None:
+            self._p.stop()

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, Iterator
 
-from .common import Common, make_client, progress_default
+from .common import Bar, Common, add_progress, make_client, want_progress
 
 
 def add_commands(sub: Any, common: Common) -> None:
@@ -27,9 +27,7 @@ def add_commands(sub: Any, common: Common) -> None:
     sp.add_argument("-d", "--depth", type=int, default=1,
                     help="list directories this many levels down (0: only the total)")
     sp.add_argument("--json", action="store_true")
-    sp.add_argument("-q", "--quiet", action="store_true", help="no progress")
-    sp.add_argument("--progress", action="store_true", help="progress even when stderr is "
-                    "not a terminal")
+    add_progress(sp)
     sp.set_defaults(func=cmd_summary)
 
     sp = sub.add_parser("warmup", help="fetch the blocks of files (directories: everything "
@@ -37,9 +35,7 @@ def add_commands(sub: Any, common: Common) -> None:
     common(sp)
     sp.add_argument("paths", nargs="+", metavar="PATH")
     sp.add_argument("--json", action="store_true")
-    sp.add_argument("-q", "--quiet", action="store_true", help="no progress")
-    sp.add_argument("--progress", action="store_true", help="progress even when stderr is "
-                    "not a terminal")
+    add_progress(sp)
     sp.set_defaults(func=cmd_warmup)
 
 
@@ -74,14 +70,10 @@ def _info_lines(got: dict[str, Any]) -> Iterator[str]:
                 yield f"  {what.replace('_', ' '):>10}: {runs}"
 
 
-def _progress(args: argparse.Namespace) -> bool:
-    return not args.quiet and (args.progress or progress_default(args))
-
-
 def cmd_summary(args: argparse.Namespace) -> int:
     from ..ops.inspect import summary
 
-    with make_client(args) as fs, Bar("summary", _progress(args), unit="entries") as bar:
+    with make_client(args) as fs, Bar("summary", want_progress(args), unit="entries") as bar:
         res = summary(fs, args.path, depth=args.depth, progress=bar.update)
     if args.json:
         print(json.dumps(res.to_dict()))
@@ -95,7 +87,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_warmup(args: argparse.Namespace) -> int:
     from ..ops.inspect import warmup
 
-    with make_client(args) as fs, Bar("warmup", _progress(args), unit="bytes") as bar:
+    with make_client(args) as fs, Bar("warmup", want_progress(args), unit="bytes") as bar:
         st = warmup(fs, args.paths, progress=bar.update)
     if args.json:
         print(json.dumps(st.to_dict()))
@@ -106,35 +98,3 @@ def cmd_warmup(args: argparse.Namespace) -> int:
         print(f"{st.files} file(s) ({st.inline_files} inline), {st.cached}/{st.blocks} "
               f"block(s) in the cache {st.cache_dir or '-'}")
     return 0 if st.cached == st.blocks or not st.cache_dir else 1
-
-
-class Bar:
-    """A rich progress display on stderr (nothing when ``enabled`` is false), fed by the
-    ``progress(done, total)`` callbacks of library functions."""
-
-    def __init__(self, what: str, enabled: bool, unit: str = "") -> None:
-        self.what, self.enabled, self.unit = what, enabled, unit
-        self._p: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> "Bar":
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
-
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(),
-                               MofNCompleteColumn(), TextColumn(self.unit),
-                               TimeElapsedColumn(), console=Console(stderr=True),
-                               transient=True)
-            self._p.start()
-            self._task = self._p.add_task(self.what, total=None)
-        return self
-
-    def update(self, done: int, total: int | None = None) -> None:
-        if self._p is not None:
-            self._p.update(self._task, completed=done, total=total)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._p is not None:
-            self._p.stop()
