@@ -70,7 +70,7 @@ def start_serve_extras(nn: Any, s: Settings) -> Any:
     return srv
 
 
-def _bind_error(listen: str) -> OSError | None:
+def _bind_error(listen: str, what: str = "cannot listen") -> OSError | None:
     """Why ``listen`` cannot be bound (address in use, not available, not allowed), found
     by binding it with a plain socket; None when it can."""
     host, _, port = listen.rpartition(":")
@@ -84,9 +84,9 @@ def _bind_error(listen: str) -> OSError | None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(infos[0][4])
     except OSError as exc:
-        return OSError(exc.errno, f"cannot listen: {exc.strerror}", listen)
+        return OSError(exc.errno, f"{what}: {exc.strerror}", listen)
     except IndexError:
-        return OSError(errno.EADDRNOTAVAIL, "cannot listen: no such address", listen)
+        return OSError(errno.EADDRNOTAVAIL, f"{what}: no such address", listen)
     return None
 
 
@@ -101,8 +101,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         s = s.with_(serve_index=serve_index_default(s))
     setup_logging(s.log_level, args.log_format)
     check_listen(s.listen, s)  # before anything starts: beyond loopback, auth or --insecure
-    unusable = _bind_error(s.listen)  # before gRPC, whose own report is a log line
-    if unusable:
+    # addresses checked before anything starts (gRPC's own report is a log line)
+    unusable = _bind_error(s.listen)
+    if unusable is None and s.metrics_port:
+        unusable = _bind_error(f"{s.metrics_listen}:{s.metrics_port}", "metrics endpoint")
+    if unusable is not None:
         raise unusable
     nn = build_namenode(s)
     try:
