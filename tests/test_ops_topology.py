@@ -64,7 +64,7 @@ def test_compose_file_is_real() -> None:
                 or not cmds, name
     assert seen["namenode1"] == ["serve", "status"] and seen["namenode2"] == ["serve", "status"]
     assert seen["indexer"] == ["indexer"]
-    assert seen["certs"] == ["certs", "token"]
+    assert seen["certs"] == ["auth"]
     for name in ("postgres", "s3", "elasticsearch", "namenode1", "namenode2"):
         assert "healthcheck" in services[name], name
     assert set(doc["volumes"]) >= {"pgdata", "blocks", "esdata", "certs"}

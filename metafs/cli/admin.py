@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from ..config import Settings
-from .common import Common, settings_from
+from .common import Bar, Common, add_progress, settings_from, want_progress
 
 
 # ---------------------------------------------------------------------- helpers
@@ -48,7 +48,8 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             from ..blockstore import open_store
 
             store = open_store(nn.settings.effective_blocks_url, nn.settings)
-        rep = fsck(nn.engine, repair=args.repair, store=store)
+        with Bar("fsck", want_progress(args), counts=False):
+            rep = fsck(nn.engine, repair=args.repair, store=store)
     finally:
         nn.close()
     if args.json:
@@ -69,7 +70,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     try:
-        out = backup(s.effective_db_url, args.out)
+        with Bar("backup", want_progress(args), unit="pages") as bar:
+            out = backup(s.effective_db_url, args.out, progress=bar.update)
     except RuntimeError as exc:
         print(f"metafs backup: {exc}", file=sys.stderr)
         return 1
@@ -156,11 +158,13 @@ def add_commands(sub: Any, common: Common) -> None:
                     help="also check that every referenced block is in the block store")
     sp.add_argument("--blocks", dest="blocks_url", help="block store URL (--check-blocks)")
     sp.add_argument("--json", action="store_true")
+    add_progress(sp)
     sp.set_defaults(func=cmd_fsck)
 
     sp = sub.add_parser("backup", help="consistent backup of the metadata database")
     db_args(sp)
     sp.add_argument("out", help="backup file to write")
+    add_progress(sp)
     sp.set_defaults(func=cmd_backup)
 
     sp = sub.add_parser("restore", help="restore a metadata backup (namenodes stopped)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import Common
+from .common import Bar, Common, add_common, add_progress, want_progress
 
 
 def add_commands(sub: Any, common: Common) -> None:
@@ -23,12 +23,12 @@ def add_commands(sub: Any, common: Common) -> None:
     sp.add_argument("--no-scan", action="store_true",
                     help="only the garbage list; do not list the store for orphans")
     sp.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_progress(sp)
     sp.set_defaults(func=_run)
 
 
 def _add_common_without_namenode(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--config", help="TOML config file")
-    sp.add_argument("--log-level", dest="log_level")
+    add_common(sp)
     sp.add_argument("--data", dest="data_dir", help="data directory of an embedded file system")
 
 
@@ -43,4 +43,5 @@ def _run(args: argparse.Namespace) -> int:
             argv += [flag, str(value)]
     argv += [f for f, on in (("--dry-run", args.dry_run), ("--no-scan", args.no_scan),
                              ("--json", args.json)) if on]
-    return gc_main(argv)
+    with Bar("gc", want_progress(args), counts=False):
+        return gc_main(argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import stat
@@ -204,6 +205,10 @@ def _remote(p: str) -> str | None:
     return None
 
 
+def _omitting(path: str) -> None:
+    raise IsADirectoryError(errno.EISDIR, "-r not specified; omitting directory", path)
+
+
 def cmd_cp(args: argparse.Namespace) -> int:
     from ..ops.sync import copy_in, copy_out
 
@@ -213,11 +218,19 @@ def cmd_cp(args: argparse.Namespace) -> int:
     remote_srcs = [_remote(s) for s in srcs]
     remote_dst = _remote(dst)
     if remote_dst is not None and all(r is None for r in remote_srcs):
+        if not args.recursive:  # refused before anything changes, as cp(1) does
+            for s in srcs:
+                if os.path.isdir(s):
+                    _omitting(s)
         with make_client(args) as fs:
             st = copy_in(fs, srcs, remote_dst, recursive=args.recursive,
                          progress=progress_default(args))
     elif remote_dst is None and all(r is not None for r in remote_srcs):
         with make_client(args) as fs:
+            if not args.recursive:
+                for r in remote_srcs:
+                    if r and fs.isdir(r):
+                        _omitting(r)
             st = copy_out(fs, [r for r in remote_srcs if r], dst, recursive=args.recursive,
                           progress=progress_default(args))
     else:

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from .common import Common, settings_from
+from .common import Common, add_logging, settings_from
 
 
 def add_commands(sub: Any, common: Common) -> None:
@@ -69,7 +69,7 @@ def add_commands(sub: Any, common: Common) -> None:
     sp.add_argument("mountpoint")
     sp.add_argument("-l", "--lazy", action="store_true", help="detach now, clean up when "
                     "no longer busy")
-    sp.add_argument("--log-level", dest="log_level")
+    add_logging(sp)
     sp.set_defaults(func=cmd_umount)
 
 

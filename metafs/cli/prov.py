@@ -15,6 +15,9 @@ from ..cdc.provenance.render import (FORMATS, emit_openlineage, render_graph, ru
                                      show_table)
 from .common import Common
 
+#: what ``prov show`` and ``prov runs`` can print (graphs have every format of FORMATS)
+TABLE_FORMATS = ("table", "json")
+
 
 def _params(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -110,7 +113,8 @@ def add_commands(sub: Any, common: Common) -> None:
     sp = sub.add_parser("prov", help="provenance: which runs read and wrote what")
     psub = sp.add_subparsers(dest="prov_command", required=True, metavar="ACTION")
 
-    def q(name: str, help_: str, path: str = "required") -> argparse.ArgumentParser:
+    def q(name: str, help_: str, path: str = "required",
+          formats: tuple[str, ...] = FORMATS) -> argparse.ArgumentParser:
         p = psub.add_parser(name, help=help_)
         common(p)
         if path == "required":
@@ -119,14 +123,15 @@ def add_commands(sub: Any, common: Common) -> None:
             p.add_argument("path", nargs="?")
         p.add_argument("--as-of", dest="as_of",
                        help="changelog position (digits) or time (ISO-8601, UTC default)")
-        p.add_argument("--format", choices=FORMATS, default="table")
+        if formats:
+            p.add_argument("--format", choices=formats, default="table")
         p.add_argument("--no-sync", action="store_true",
                        help="answer from the graph as it is, without first applying the "
                        "changelog")
         p.set_defaults(func=cmd_prov)
         return p
 
-    q("show", "an artifact's versions, writers and readers")
+    q("show", "an artifact's versions, writers and readers", formats=TABLE_FORMATS)
     for name, help_ in (("upstream", "what went into PATH (runs, data sets, ...)"),
                         ("downstream", "what PATH fed (runs, models, reports, ...)")):
         p = q(name, help_)
@@ -137,12 +142,13 @@ def add_commands(sub: Any, common: Common) -> None:
                            help="start from every version (default: the latest)")
         p.add_argument("--openlineage-file", help="also append OpenLineage run events here")
         p.add_argument("--openlineage-url", help="also POST OpenLineage run events here")
-    p = q("runs", "runs, or the runs that read or wrote PATH", "optional")
+    p = q("runs", "runs, or the runs that read or wrote PATH", "optional",
+          formats=TABLE_FORMATS)
     p.add_argument("--limit", type=int, default=1000)
     p = q("sync", "have the namenode bring its provenance graph up to the changelog head",
-          "none")
+          "none", formats=())
     p.add_argument("--follow", action="store_true", help="keep asking, every --interval")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between asks")
     p.add_argument("--rebuild", action="store_true",
                    help="drop the graph and replay the changelog (root only)")
-    q("status", "graph position, lag and size", "none")
+    q("status", "graph position, lag and size", "none", formats=())

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from .common import Common, make_client
+from .common import Bar, Common, add_progress, make_client, want_progress
 
 
 def _index_args(p: argparse.ArgumentParser) -> None:
@@ -67,6 +67,7 @@ def add_commands(subparsers: Any, common: Common) -> None:
     sp.add_argument("--status", action="store_true", help="print position and lag, and exit")
     sp.add_argument("--report", type=float, default=30.0,
                     help="seconds between progress lines (0: none)")
+    add_progress(sp)
     sp.set_defaults(func=cmd_indexer)
 
 
@@ -118,7 +119,8 @@ def cmd_indexer(args: argparse.Namespace) -> int:
             print(json.dumps(ix.status().to_dict()))
             return 0
         if args.rebuild:
-            n = ix.rebuild()
+            with Bar("indexer: rebuilding the index", want_progress(args), counts=False):
+                n = ix.rebuild()
             print(f"rebuilt: replayed {n} change records", file=sys.stderr)
         if args.once:
             ix.catch_up()

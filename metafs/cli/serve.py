@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import os
 import signal
+import socket
 import threading
 from typing import Any
 
@@ -68,6 +70,26 @@ def start_serve_extras(nn: Any, s: Settings) -> Any:
     return srv
 
 
+def _bind_error(listen: str, what: str = "cannot listen") -> OSError | None:
+    """Why ``listen`` cannot be bound (address in use, not available, not allowed), found
+    by binding it with a plain socket; None when it can."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or listen.startswith("unix:"):
+        return None  # not a TCP address: gRPC judges it
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            # as a server binds: a port whose old connections linger (TIME_WAIT) is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        return OSError(exc.errno, f"{what}: {exc.strerror}", listen)
+    except IndexError:
+        return OSError(errno.EADDRNOTAVAIL, f"{what}: no such address", listen)
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..assembly import build_namenode, serve_grpc
     from ..ops.auth import check_listen
@@ -77,11 +99,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from ..cdc.search.service import serve_index_default
 
         s = s.with_(serve_index=serve_index_default(s))
-    setup_logging(s.log_level)
+    setup_logging(s.log_level, args.log_format)
     check_listen(s.listen, s)  # before anything starts: beyond loopback, auth or --insecure
+    # addresses checked before anything starts (gRPC's own report is a log line)
+    unusable = _bind_error(s.listen)
+    if unusable is None and s.metrics_port:
+        unusable = _bind_error(f"{s.metrics_listen}:{s.metrics_port}", "metrics endpoint")
+    if unusable is not None:
+        raise unusable
     nn = build_namenode(s)
-    server = serve_grpc(nn, s.listen)
-    start_serve_extras(nn, s)  # Prometheus metrics endpoint, when configured
+    try:
+        server = serve_grpc(nn, s.listen)
+    except RuntimeError as exc:  # gRPC says only "Failed to bind"
+        nn.close()
+        raise _bind_error(s.listen) or OSError(errno.EADDRNOTAVAIL, "cannot listen",
+                                               s.listen) from exc
+    try:
+        start_serve_extras(nn, s)  # Prometheus metrics endpoint, when configured
+    except OSError as exc:
+        server.stop(grace=None)
+        nn.close()
+        raise OSError(exc.errno, f"metrics endpoint: {exc.strerror}",
+                      f"{s.metrics_listen}:{s.metrics_port}") from exc
     # Everything loaded so far lives as long as the process: keep it out of the cyclic
     # collector's full scans, which otherwise revisit it on every request-heavy minute.
     gc.freeze()

@@ -1,0 +1,160 @@
+"""How the `metafs` command behaves as a Unix program: closed pipes, Ctrl-C, refused
+options, one-line errors, JSON logs. Each runs the real command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from metafs.client import Client
+
+METAFS = [sys.executable, "-m", "metafs.cli"]
+
+
+def env() -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("METAFS_")}
+    e["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return e
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*METAFS, *args], capture_output=True, text=True, env=env(),
+                          timeout=120)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> str:
+    d = str(tmp_path / "data")
+    with Client(data_dir=d) as fs:
+        fs.mkdir("/many")
+        for i in range(1000):  # ~200 KB of names: more than a pipe holds
+            fs.write_bytes(f"/many/{i:04d}-" + "n" * 200, b"")
+        fs.write_bytes("/big", os.urandom(1 << 20))
+    return d
+
+
+@pytest.mark.parametrize("argv", [["ls", "/many"], ["cat", "/big"]])
+def test_a_closed_pipe_ends_the_command_quietly(data: str, argv: list[str]) -> None:
+    p = subprocess.Popen([*METAFS, argv[0], "--data", data, *argv[1:]], env=env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    assert p.stdout.read(10)  # like `| head -c 10`: read a little, then go away
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(120) == 0, err
+    assert err == ""
+
+
+def test_ctrl_c_exits_130_without_a_traceback(data: str) -> None:
+    p = subprocess.Popen([*METAFS, "changelog", "--data", data, "--follow"], env=env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    assert json.loads(p.stdout.readline())["op"] == "OP_MKDIR"  # it is following now
+    p.send_signal(signal.SIGINT)
+    err = p.stderr.read().decode()
+    assert p.wait(60) == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def test_changelog_limit_prints_at_most_n(data: str) -> None:
+    for n in (1, 3, 1002):  # 1002: more than one page (1000) of records
+        lines = run("changelog", "--data", data, "--limit", str(n)).stdout.splitlines()
+        assert len(lines) == n
+        assert [int(json.loads(x)["seq"]) for x in lines] == list(range(1, n + 1))
+    everything = run("changelog", "--data", data).stdout.splitlines()
+    assert len(everything) > 1002
+    p = run("changelog", "--data", data, "--limit", "0")
+    assert p.returncode == 2 and "not a positive number" in p.stderr
+
+
+def test_a_format_the_command_cannot_produce_is_refused(tmp_path: Path) -> None:
+    d = str(tmp_path / "d")
+    for argv in (["prov", "show", "/x", "--format", "dot"],
+                 ["prov", "runs", "--format", "mermaid"],
+                 ["prov", "status", "--format", "json"]):
+        p = run(*argv, "--data", d)
+        assert p.returncode == 2, argv
+        assert "--format" in p.stderr and "Traceback" not in p.stderr
+    assert not os.path.exists(d)  # refused before anything was made
+
+
+def test_log_level_is_checked(tmp_path: Path) -> None:
+    p = run("ls", "--data", str(tmp_path / "d"), "--log-level", "bogus")
+    assert p.returncode == 2 and "invalid choice: 'BOGUS'" in p.stderr
+    p = run("ls", "--data", str(tmp_path / "d"), "--log-level", "debug")
+    assert p.returncode == 0, p.stderr
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        addr = "127.0.0.1:%d" % taken.getsockname()[1]
+        p = run("serve", "--data", str(tmp_path / "d"), "--listen", addr)
+        assert p.returncode == 1
+        assert p.stderr.splitlines() == [
+            f"metafs serve: cannot listen: Address already in use: {addr} [EADDRINUSE]"]
+        p = run("serve", "--data", str(tmp_path / "d"), "--listen", "127.0.0.1:0",
+                "--metrics-port", addr.split(":")[1])
+        assert p.returncode == 1
+        assert p.stderr.splitlines() == [f"metafs serve: metrics endpoint: Address already "
+                                         f"in use: {addr} [EADDRINUSE]"]
+
+
+def test_a_missing_optional_part_is_one_clear_line(tmp_path: Path) -> None:
+    # Python's own way to make a module unimportable: None in sys.modules
+    code = ("import sys; sys.modules['mfusepy'] = None\n"
+            "from metafs.cli import main\n"
+            f"sys.exit(main(['mount', '-f', '--data', {str(tmp_path / 'd')!r}, "
+            f"{str(tmp_path)!r}]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=env(), timeout=120)
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == ["metafs mount: this needs the optional part 'fuse' "
+                                     "(mfusepy is not installed): pip install 'metafs[fuse]'"]
+
+
+def test_cp_of_a_directory_without_r_is_refused_with_eisdir(data: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_bytes(b"x")
+    p = run("cp", "--data", data, "-q", str(src), "mfs:/into/")
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [
+        f"metafs cp: -r not specified; omitting directory: {src} [EISDIR]"]
+    p = run("cp", "--data", data, "-q", "mfs:/many", str(tmp_path / "out"))
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [
+        "metafs cp: -r not specified; omitting directory: /many [EISDIR]"]
+    assert not (tmp_path / "out").exists()
+    with Client(data_dir=data) as fs:
+        assert not fs.exists("/into")  # nothing changed
+    assert run("cp", "--data", data, "-q", "-r", str(src), "mfs:/into/").returncode == 0
+
+
+def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    srv = subprocess.Popen([*METAFS, "serve", "--data", str(tmp_path / "d"), "--listen",
+                            "127.0.0.1:0", "--ready-file", str(ready), "--log-format", "json"],
+                           env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while not (ready.exists() and ready.read_text()):
+            assert srv.poll() is None, srv.communicate()[1]
+            time.sleep(0.05)
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        _, err = srv.communicate(timeout=60)
+    assert srv.returncode == 0
+    records = [json.loads(line) for line in err.decode().splitlines()]
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    messages = [r["message"] for r in records]
+    assert any(m.startswith("metafs namenode started on") for m in messages)
+    assert any(m.endswith("stopped") for m in messages)
