@@ -26,7 +26,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
-from ..errors import FsError
 from ..proto import metafs_pb2 as pb
 
 if TYPE_CHECKING:
@@ -89,7 +88,7 @@ class AccessRecorder:
             ino=h.ino, read=read, wrote=h.did_write, pid=h.pid, host=self.host,
             ts_ns=getattr(h, "io_ns", 0) or time.time_ns(),
             version=attr.version if attr is not None else 0,
-            uid=getattr(getattr(h.raw, "_client", None), "caller", pb.Caller()).uid)
+            uid=h.uid)
         if info is not None:
             ev.proc_start = info.start_ns
             ev.cmdline = info.cmdline
@@ -111,10 +110,9 @@ class AccessRecorder:
             while self._pending and len(events) < self.batch:
                 events.append(self._pending.popleft())
             try:
-                self.ops.transport.call("RecordAccess", pb.RecordAccessRequest(
-                    caller=self.ops.own_caller(), events=events))
+                self.ops.nodes.record_access(events, self.ops.own_caller())
                 self.sent += len(events)
-            except FsError as err:
+            except OSError as err:
                 log.debug("access events not sent yet: %s", err)
                 self._pending.extendleft(reversed(events))
                 return

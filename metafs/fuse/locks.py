@@ -42,7 +42,6 @@ import logging
 import os
 import threading
 import time
-from types import SimpleNamespace
 from typing import Any, Callable
 
 from ..proto import metafs_pb2 as pb
@@ -93,8 +92,7 @@ class MountLocks:
         self._applied_mu = threading.Lock()
         if self._sync:
             try:
-                self._applied = int(ops.transport.call("ChangelogHead", pb.HeadRequest(
-                    caller=ops.own_caller())).head)
+                self._applied = int(ops.nodes.changelog_head(ops.own_caller()))
             except Exception:  # the namenode is away: start at the first grant's position
                 self._applied = -1
             follower_apply = ops._apply_changes
@@ -184,7 +182,7 @@ class MountLocks:
         self._catch_up(r.head)
         self._fresh(h.ino, r.attr)
 
-    def _wait(self, req: pb.LockRequest, r: pb.LockReply) -> pb.LockReply:
+    def _wait(self, req: dict[str, Any], r: pb.LockReply) -> pb.LockReply:
         slots = self._wait_slots
         if slots is None:
             if r.same_session:
@@ -226,8 +224,8 @@ class MountLocks:
         self._commit_writes(ino)
         whole = start == 0 and end == OFFSET_MAX
         try:
-            self._call(pb.LockRequest(caller=self.ops.caller(), ino=ino, owner=owner,
-                                      kind=kind, type=pb.LOCK_UNLOCK, start=start, end=end))
+            self._call(dict(caller=self.ops.caller(), ino=ino, owner=owner, kind=kind,
+                            type=pb.LOCK_UNLOCK, start=start, end=end))
         except OSError:
             if whole:  # (libfuse ignores errors of the unlock at close): try again later
                 self._forget(ino, owner, kind)
@@ -265,9 +263,8 @@ class MountLocks:
 
     def _drop(self, ino: int, owner: int, kind: int) -> None:
         try:
-            self.ops.transport.call("Lock", pb.LockRequest(
-                caller=self.ops.own_caller(), ino=ino, owner=owner, kind=kind,
-                type=pb.LOCK_UNLOCK, start=0, end=OFFSET_MAX))
+            self.ops.nodes.lock(ino, owner=owner, kind=kind, type=pb.LOCK_UNLOCK, start=0,
+                                end=OFFSET_MAX, caller=self.ops.own_caller())
         except Exception as exc:  # the namenode is away: keep trying in the background
             log.info("lock release of inode %d deferred: %s", ino, exc)
             self._defer(ino, owner, kind)
@@ -295,8 +292,7 @@ class MountLocks:
         if not self._used:
             return
         try:
-            self.ops.transport.call("Lock", pb.LockRequest(
-                caller=self.ops.own_caller(), ino=0, type=pb.LOCK_UNLOCK))
+            self.ops.nodes.lock(0, type=pb.LOCK_UNLOCK, caller=self.ops.own_caller())
         except Exception as exc:
             log.warning("could not release this mount's locks (they go when its session's "
                         "lease runs out): %s", exc)
@@ -314,13 +310,13 @@ class MountLocks:
         return fuse_context()[2]
 
     def _request(self, h: Any, owner: int, kind: int, typ: int, start: int, end: int,
-                 pid: int, **kw: Any) -> pb.LockRequest:
-        handle = getattr(h.raw, "handle", 0) or 0
-        return pb.LockRequest(caller=self.ops.caller(), ino=h.ino, owner=owner, kind=kind,
-                              type=typ, start=start, end=end, pid=pid, handle=handle, **kw)
+                 pid: int, **kw: Any) -> dict[str, Any]:
+        """The arguments of one lock call (``Inodes.lock``) for open file ``h``."""
+        return dict(caller=self.ops.caller(), ino=h.ino, owner=owner, kind=kind, type=typ,
+                    start=start, end=end, pid=pid, handle=h.raw.handle, **kw)
 
-    def _call(self, req: pb.LockRequest) -> pb.LockReply:
-        return self.ops.rpc("Lock", req)
+    def _call(self, req: dict[str, Any]) -> pb.LockReply:
+        return self.ops.nodes.lock(**req)
 
     def _remember(self, ino: int, owner: int, kind: int, fh: int) -> None:
         table = self._posix if kind == pb.LOCK_POSIX else self._flock
@@ -360,12 +356,11 @@ class MountLocks:
         after = self._applied
         try:
             for _ in range(10):
-                r = ops.transport.call("ReadChangelog", pb.ReadChangelogRequest(
-                    caller=ops.own_caller(), after=after, limit=1000))
-                if not r.records:
+                records = ops.nodes.changelog(after, 1000, 0, ops.own_caller())
+                if not records:
                     break
-                ops._apply_changes(r.records)
-                after = r.records[-1].seq
+                ops._apply_changes(records)
+                after = records[-1].seq
                 if after >= head:
                     return
             else:  # far behind: drop every cached name and attribute instead
@@ -388,7 +383,7 @@ class MountLocks:
         ops._bump(ino)  # read-ahead buffers of open files
         if ino in ops._open_by_ino:
             # the data path of open files drops its cached size, layout and inline bytes
-            ops._refresh_others(ino, SimpleNamespace(raw=SimpleNamespace(attr=attr)))
+            ops._refresh_others(ino, attr)
         paths = {h.path for h in list(ops._open_by_ino.get(ino, ()))}
         p = ops._path_of.get(ino)
         if p:

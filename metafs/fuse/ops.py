@@ -6,9 +6,10 @@ changes other clients make, which it learns from the namenode's changelog). Ever
 the namenode carries the identity of the process that made the FUSE request, so the
 namenode enforces permissions for every user of a shared machine.
 
-Data goes through :class:`metafs.client.file.RawFile` (``client.raw_file_class``): inline
-files through Read/Write, large files through the block layer once it is attached to the
-client. The mount adds write-back buffering of small writes and read-ahead on top of it.
+Everything goes through the client's public API: calls by inode (``client.inodes``) and,
+for data, the client's files (:class:`metafs.client.blockfile.BlockFile`: inline files
+through Read/Write, large files in blocks). The mount adds write-back buffering of small
+writes and read-ahead on top of it.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from typing import Any, Callable, Iterator
 
 from ..client.blockfile import BlockFile
 from ..client.client import Client
+from ..client.inodes import RENAME_EXCHANGE, ROOT_INO, UTIME_NOW, UTIME_OMIT
 from ..config import Settings
-from ..errors import FsError
 from ..namenode.perms import Cred, access_mask_to_want, allowed
 from ..proto import metafs_pb2 as pb
 from .access import AccessRecorder
@@ -35,9 +36,6 @@ from .procinfo import ProcCache
 
 log = logging.getLogger("metafs.fuse")
 
-ROOT_INO = 1
-UTIME_NOW = (1 << 30) - 1
-UTIME_OMIT = (1 << 30) - 2
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
@@ -113,25 +111,14 @@ class FuseError(OSError):
         super().__init__(code, message or os.strerror(code))
 
 
-class _ClientView:
-    """The client as one open file sees it: the same connection, with the identity of the
-    process that opened the file (so data calls carry it)."""
-
-    def __init__(self, client: Client, caller: pb.Caller) -> None:
-        self._client = client
-        self.caller = caller
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-
 class Handle:
     """One FUSE open file: a namenode handle plus the mount's buffers."""
 
     __slots__ = ("fh", "ino", "path", "flags", "raw", "lock", "buf", "buf_off", "append", "rbuf",
-                 "rbuf_off", "rbuf_epoch", "did_read", "did_write", "pid", "error", "io_ns")
+                 "rbuf_off", "rbuf_epoch", "did_read", "did_write", "pid", "uid", "error", "io_ns")
 
-    def __init__(self, fh: int, ino: int, path: str, flags: int, raw: Any, pid: int) -> None:
+    def __init__(self, fh: int, ino: int, path: str, flags: int, raw: BlockFile, pid: int,
+                 uid: int) -> None:
         self.fh = fh
         self.ino = ino
         self.path = path
@@ -147,6 +134,7 @@ class Handle:
         self.did_read = False
         self.did_write = False
         self.pid = pid
+        self.uid = uid  # of the process that opened it
         self.error: OSError | None = None
         self.io_ns = 0  # wall time of the last read, write or flush (access events' time)
 
@@ -174,7 +162,7 @@ class MetafsOperations:
     def __init__(self, client: Client, settings: Settings) -> None:
         self.client = client
         self.settings = settings
-        self.transport = client.transport
+        self.nodes = client.inodes
         self.client_id = client.client_id
         self.procs = ProcCache()
         # name table and attribute cache: path -> (ino, expires), ino -> (attr, expires)
@@ -221,18 +209,10 @@ class MetafsOperations:
         from .binding import fuse_context
 
         uid, gid, pid = fuse_context()
-        return pb.Caller(uid=uid, gid=gid, groups=self.procs.groups(pid) if pid else (),
-                         pid=pid, client_id=self.client_id)
+        return self.client.identity(uid, gid, self.procs.groups(pid) if pid else (), pid)
 
     def own_caller(self) -> pb.Caller:
-        return pb.Caller(uid=os.getuid(), gid=os.getgid(), groups=os.getgroups(),
-                         pid=os.getpid(), client_id=self.client_id)
-
-    def rpc(self, method: str, request: Any) -> Any:
-        try:
-            return self.transport.call(method, request)
-        except FsError as err:
-            raise FuseError(err.errno, err.message) from None
+        return self.client.identity(os.getuid(), os.getgid(), os.getgroups(), os.getpid())
 
     def start(self) -> None:
         """Start background work (changelog following, access events)."""
@@ -321,8 +301,7 @@ class MetafsOperations:
         namenode (search permission checked on each directory); else None."""
         if not self._walk_paths or caller.uid == 0 or path == "/":
             return None
-        e = self.rpc("Resolve", pb.ResolveRequest(caller=caller, path=path, follow=False))
-        return self._remember(path, e.attr)
+        return self._remember(path, self.nodes.resolve(path, caller))
 
     def _ino_of(self, path: str, caller: pb.Caller) -> int:
         if path == "/":
@@ -342,21 +321,18 @@ class MetafsOperations:
             ino = self._hidden.get(path)
             if ino is None:
                 raise FuseError(errno.ENOENT)
-            return self._set_attr(self.rpc("GetAttr", pb.InodeRequest(caller=caller, ino=ino)))
+            return self._set_attr(self.nodes.getattr(ino, caller))
         hit = self._names.get(parent) if parent != "/" else (ROOT_INO, _FOREVER)
         if hit is not None and hit[1] > time.monotonic():
             try:
-                e = self.transport.call("Lookup", pb.LookupRequest(caller=caller, parent=hit[0],
-                                                                   name=name))
-                return self._remember(path, e.attr)
-            except FsError as err:
+                return self._remember(path, self.nodes.lookup(hit[0], name, caller))
+            except OSError as err:
                 # "no such name" in a directory that exists is the answer (the usual case
                 # before a create); only a parent that is gone calls for a walk by path
-                if err.errno != errno.ENOENT or parent == "/" or err.path == name:
-                    raise FuseError(err.errno, err.message) from None
+                if err.errno != errno.ENOENT or parent == "/" or err.filename == name:
+                    raise
                 self._forget_path(parent)
-        e = self.rpc("Resolve", pb.ResolveRequest(caller=caller, path=path, follow=False))
-        return self._remember(path, e.attr)
+        return self._remember(path, self.nodes.resolve(path, caller))
 
     def _attr_of_path(self, path: str, caller: pb.Caller) -> pb.Attr:
         walked = self._walked(path, caller)
@@ -374,9 +350,8 @@ class MetafsOperations:
             if a is not None and a[1] > now:
                 return a[0]
             try:
-                return self._remember(path, self.rpc("GetAttr", pb.InodeRequest(
-                    caller=caller, ino=ino)))
-            except FuseError as err:
+                return self._remember(path, self.nodes.getattr(ino, caller))
+            except OSError as err:
                 if err.errno != errno.ENOENT or path == "/":
                     raise
                 self._forget_path(path)
@@ -388,7 +363,7 @@ class MetafsOperations:
         a = self._attrs.get(ino)
         if a is not None and a[1] > time.monotonic():
             return a[0]
-        return self._set_attr(self.rpc("GetAttr", pb.InodeRequest(caller=caller, ino=ino)))
+        return self._set_attr(self.nodes.getattr(ino, caller))
 
     # ------------------------------------------------------------------ attributes
     # mfusepy registers a libfuse callback only for methods that exist; the binding
@@ -429,14 +404,12 @@ class MetafsOperations:
             self._flush_ino(ino)
         if self._lazy_reads and ("mode" in fields or "uid" in fields or "gid" in fields):
             self._pin_handles(ino)
-        req = pb.SetAttrRequest(caller=caller, ino=ino, **fields)
         try:
-            attr = self.rpc("SetAttr", req)
-        except FuseError as err:
+            attr = self.nodes.setattr(ino, caller, **fields)
+        except OSError as err:
             if err.errno == errno.ENOENT and h is None and path is not None:
                 self._forget_path(path)
-                req.ino = self._ino_of(path, caller)
-                attr = self.rpc("SetAttr", req)
+                attr = self.nodes.setattr(self._ino_of(path, caller), caller, **fields)
             else:
                 raise
         self._set_attr(attr)
@@ -460,21 +433,14 @@ class MetafsOperations:
                     fh: int | None = None) -> int:
         """utimensat(2): ``times`` is ((atime s, ns), (mtime s, ns)) with UTIME_NOW and
         UTIME_OMIT in the ns fields, or None for both NOW."""
-        fields: dict[str, int] = {}
         if times is None:
-            fields.update(atime_how=pb.TIME_NOW, mtime_how=pb.TIME_NOW)
+            ns: tuple[int | None, int | None] = (None, None)
         else:
-            for which, (sec, nsec) in zip(("atime", "mtime"), times):
-                if nsec == UTIME_NOW:
-                    fields[f"{which}_how"] = pb.TIME_NOW
-                elif nsec == UTIME_OMIT:
-                    fields[f"{which}_how"] = pb.TIME_OMIT
-                else:
-                    fields[f"{which}_how"] = pb.TIME_SET
-                    fields[f"{which}_ns"] = sec * 1_000_000_000 + nsec
-        if fields.get("atime_how") == pb.TIME_OMIT and fields.get("mtime_how") == pb.TIME_OMIT:
+            ns = tuple(nsec if nsec in (UTIME_NOW, UTIME_OMIT) else  # type: ignore[assignment]
+                       sec * 1_000_000_000 + nsec for sec, nsec in times)
+        if ns == (UTIME_OMIT, UTIME_OMIT):
             return 0
-        self._setattr(path, fh, **fields)
+        self._setattr(path, fh, times=ns)
         return 0
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
@@ -490,8 +456,7 @@ class MetafsOperations:
                 if ino in self._dirty:
                     self._flush_ino(ino)
                 self._bump(ino)
-                self._set_attr(self.rpc("SetAttr", pb.SetAttrRequest(
-                    caller=caller, ino=ino, size=length)))
+                self._set_attr(self.nodes.setattr(ino, caller, size=length))
                 return 0
             h = h2
         if h is None:
@@ -499,7 +464,7 @@ class MetafsOperations:
         with h.lock:
             h.did_write = True
             self._commit(h)
-            h.raw._truncate(length)
+            h.raw.resize(length)
             self._wrote(h)
         self._bump(h.ino)
         return 0
@@ -507,11 +472,11 @@ class MetafsOperations:
     def access(self, path: str, amode: int) -> int:
         caller = self.caller()
         ino = self._ino_of(path, caller)
-        self.rpc("Access", pb.AccessRequest(caller=caller, ino=ino, mask=amode))
+        self.nodes.access(ino, amode, caller)
         return 0
 
     def statfs(self, path: str) -> dict[str, int]:
-        r = self.rpc("StatFs", pb.StatFsRequest(caller=self.caller()))
+        r = self.nodes.statfs(self.caller())
         return {"f_bsize": r.bsize, "f_frsize": r.bsize, "f_blocks": r.blocks,
                 "f_bfree": r.bfree, "f_bavail": r.bavail, "f_files": r.files,
                 "f_ffree": r.ffree, "f_favail": r.ffree, "f_namemax": r.namemax or 255}
@@ -528,7 +493,7 @@ class MetafsOperations:
         pino, name, parent = self._parent(path, caller)
         try:
             return fn(pino, name)
-        except FuseError as err:
+        except OSError as err:
             if err.errno not in (errno.ENOENT, errno.ENOTDIR) or parent == "/":
                 raise
             hit = self._names.get(parent)
@@ -537,7 +502,7 @@ class MetafsOperations:
             self._forget_path(parent)
             try:
                 pino2 = self._ino_of(parent, caller)
-            except FuseError:
+            except OSError:
                 raise err from None
             if pino2 == pino:
                 raise
@@ -545,41 +510,40 @@ class MetafsOperations:
 
     def mkdir(self, path: str, mode: int) -> int:
         caller = self.caller()
-        e = self._retry_stale_parent(path, caller, lambda p, n: self.rpc("Mkdir", pb.MkdirRequest(
-            caller=caller, parent=p, name=n, mode=mode & 0o7777, umask=0)))
-        self._remember(path, e.attr)
+        attr = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.mkdir(
+            p, n, mode & 0o7777, caller))
+        self._remember(path, attr)
         self._forget_ino(self._names.get(self._split(path)[0], (ROOT_INO,))[0])
         return 0
 
     def mknod(self, path: str, mode: int, dev: int) -> int:
         caller = self.caller()
-        r = self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
-            "Create", pb.CreateRequest(caller=caller, parent=p, name=n, mode=mode, umask=0,
-                                       exclusive=True, open=False, rdev=dev)))
+        r = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.create(
+            p, n, mode, caller, rdev=dev))
         self._remember(path, r.attr)
         return 0
 
     def symlink(self, path: str, target: str) -> int:
         caller = self.caller()
-        e = self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
-            "Symlink", pb.SymlinkRequest(caller=caller, parent=p, name=n, target=target)))
-        self._remember(path, e.attr)
+        attr = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.symlink(
+            p, n, target, caller))
+        self._remember(path, attr)
         return 0
 
     def link(self, path: str, existing: str) -> int:
         caller = self.caller()
         ino = self._ino_of(existing, caller)
-        e = self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
-            "Link", pb.LinkRequest(caller=caller, ino=ino, new_parent=p, new_name=n)))
+        attr = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.link(
+            ino, p, n, caller))
         self._links.setdefault(ino, set()).update((existing, path))
-        self._remember(path, e.attr)
+        self._remember(path, attr)
         self._other_names_changed(ino, path)
         return 0
 
     def readlink(self, path: str) -> str:
         caller = self.caller()
         ino = self._ino_of(path, caller)
-        return self.rpc("Readlink", pb.InodeRequest(caller=caller, ino=ino)).target
+        return self.nodes.readlink(ino, caller)
 
     def unlink(self, path: str) -> int:
         if path in self._hidden:
@@ -588,8 +552,8 @@ class MetafsOperations:
             self._names.pop(path, None)
             return 0
         caller = self.caller()
-        self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
-            "Unlink", pb.NameRequest(caller=caller, parent=p, name=n)))
+        self._retry_stale_parent(path, caller, lambda p, n: self.nodes.unlink(
+            p, n, caller))
         hit = self._names.get(path)
         self._forget_path(path)
         if hit is not None and hit[0] in self._links:
@@ -602,8 +566,8 @@ class MetafsOperations:
 
     def rmdir(self, path: str) -> int:
         caller = self.caller()
-        self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
-            "Rmdir", pb.NameRequest(caller=caller, parent=p, name=n)))
+        self._retry_stale_parent(path, caller, lambda p, n: self.nodes.rmdir(
+            p, n, caller))
         # the directory was empty: names still cached under it are stale already, and
         # every use of a stale name falls back to a fresh lookup
         self._forget_path(path)
@@ -620,8 +584,8 @@ class MetafsOperations:
         caller = self.caller()
         ino = self._ino_of(old, caller)
         self._keep_alive(ino)
-        self._retry_stale_parent(old, caller, lambda p, n: self.rpc(
-            "Unlink", pb.NameRequest(caller=caller, parent=p, name=n)))
+        self._retry_stale_parent(old, caller, lambda p, n: self.nodes.unlink(
+            p, n, caller))
         self._forget_path(old)
         self._hidden[hidden] = ino
         self._names[hidden] = (ino, _FOREVER)
@@ -643,9 +607,8 @@ class MetafsOperations:
         moved = self._names.get(old)
         replaced = self._names.get(new)
         try:
-            self.rpc("Rename", pb.RenameRequest(caller=caller, src_parent=sp, src_name=sn,
-                                                dst_parent=dp, dst_name=dn, flags=flags))
-        except FuseError as err:
+            self.nodes.rename(sp, sn, dp, dn, caller, flags=flags)
+        except OSError as err:
             if err.errno == errno.ENOENT:
                 self._forget_path(old)
                 self._forget_path(new)
@@ -661,7 +624,7 @@ class MetafsOperations:
         if moved is not None:
             self._names[new] = (moved[0], now + self._name_ttl)
             self._path_of[moved[0]] = new
-        if flags & pb.RENAME_EXCHANGE and replaced is not None:
+        if flags & RENAME_EXCHANGE and replaced is not None:
             self._names[old] = (replaced[0], now + self._name_ttl)
             self._path_of[replaced[0]] = old
         return 0
@@ -679,8 +642,7 @@ class MetafsOperations:
         return fh
 
     def _fetch_page(self, d: DirHandle, caller: pb.Caller) -> None:
-        r = self.rpc("ReadDir", pb.ReadDirRequest(caller=caller, ino=d.ino, cursor=d.cursor,
-                                                  limit=self.settings.readdir_page, attrs=True))
+        r = self.nodes.readdir(d.ino, d.cursor, self.settings.readdir_page, caller)
         now = time.monotonic()
         base = d.path.rstrip("/") + "/"
         name_exp, attr_exp = now + self._name_ttl, now + self._attr_ttl
@@ -734,8 +696,7 @@ class MetafsOperations:
                  ) -> int:
         caller = self.caller()
         ino = self._ino_of(path, caller)
-        self.rpc("SetXattr", pb.SetXattrRequest(caller=caller, ino=ino, name=name,
-                                                value=bytes(value), flags=options))
+        self.nodes.setxattr(ino, name, value, options, caller)
         self._forget_ino(ino, xattrs=True)
         return 0
 
@@ -748,9 +709,8 @@ class MetafsOperations:
             if until is not None and until > time.monotonic():
                 raise FuseError(errno.ENODATA)
         try:
-            return self.rpc("GetXattr", pb.GetXattrRequest(caller=caller, ino=ino,
-                                                           name=name)).value
-        except FuseError as err:
+            return self.nodes.getxattr(ino, name, caller)
+        except OSError as err:
             if name == XATTR_SECURITY_CAPABILITY and err.errno in (errno.ENODATA,
                                                                    errno.EOPNOTSUPP):
                 self._nocap[ino] = time.monotonic() + NOCAP_TTL
@@ -760,25 +720,26 @@ class MetafsOperations:
     def listxattr(self, path: str) -> list[str]:
         caller = self.caller()
         ino = self._ino_of(path, caller)
-        return list(self.rpc("ListXattr", pb.InodeRequest(caller=caller, ino=ino)).names)
+        return self.nodes.listxattr(ino, caller)
 
     def removexattr(self, path: str, name: str) -> int:
         caller = self.caller()
         ino = self._ino_of(path, caller)
-        self.rpc("RemoveXattr", pb.RemoveXattrRequest(caller=caller, ino=ino, name=name))
+        self.nodes.removexattr(ino, name, caller)
         self._forget_ino(ino, xattrs=True)
         return 0
 
     # ------------------------------------------------------------------ files
-    def _new_handle(self, path: str, reply: pb.OpenReply, flags: int, caller: pb.Caller,
-                    fi: Any) -> None:
-        attr = reply.attr
-        raw = BlockFile(_ClientView(self.client, caller), path, reply,
-                        flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
+    def _new_handle(self, path: str, opened: pb.OpenReply | pb.Attr, flags: int,
+                    caller: pb.Caller, fi: Any) -> None:
+        """A FUSE file over an open by inode (an Attr: a handle-less open)."""
+        raw = self.nodes.file(path, opened, flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC),
+                              caller)
+        attr = raw.attr
         with self._fh_lock:
             fh = self._next_fh
             self._next_fh += 1
-        h = Handle(fh, attr.ino, path, flags, raw, caller.pid)
+        h = Handle(fh, attr.ino, path, flags, raw, caller.pid, caller.uid)
         self._handles[fh] = h
         self._open_by_ino.setdefault(attr.ino, set()).add(h)
         self._set_attr(attr)
@@ -801,15 +762,14 @@ class MetafsOperations:
             self._flush_ino(ino)
         if self._lazy_reads:
             return self._open_lazy(path, ino, flags, caller, fi)
-        req = pb.OpenRequest(caller=caller, ino=ino, flags=flags & ~(os.O_CREAT | os.O_EXCL))
+        oflags = flags & ~(os.O_CREAT | os.O_EXCL)
         try:
-            reply = self.rpc("Open", req)
-        except FuseError as err:
+            reply = self.nodes.open(ino, oflags, caller)
+        except OSError as err:
             if err.errno != errno.ENOENT:
                 raise
             self._forget_path(path)
-            req.ino = self._ino_of(path, caller)
-            reply = self.rpc("Open", req)
+            reply = self.nodes.open(self._ino_of(path, caller), oflags, caller)
         if flags & os.O_TRUNC:
             self._bump(ino)
         self._new_handle(path, reply, flags, caller, fi)
@@ -831,10 +791,9 @@ class MetafsOperations:
             if not allowed(cred, attr.mode, attr.uid, attr.gid, access_mask_to_want(mask)):
                 raise FuseError(errno.EACCES)
         if flags & os.O_TRUNC and attr.size:
-            attr = self._set_attr(self.rpc("SetAttr", pb.SetAttrRequest(
-                caller=caller, ino=attr.ino, size=0)))
+            attr = self._set_attr(self.nodes.setattr(attr.ino, caller, size=0))
             self._bump(attr.ino)
-        self._new_handle(path, pb.OpenReply(attr=attr, handle=0), flags, caller, fi)
+        self._new_handle(path, attr, flags, caller, fi)
         return 0
 
     def _pin_handles(self, ino: int) -> None:
@@ -846,18 +805,17 @@ class MetafsOperations:
             if raw.handle or h.flags & os.O_ACCMODE == os.O_RDONLY:
                 continue
             try:
-                r = self.rpc("Open", pb.OpenRequest(
-                    caller=self.own_caller(), ino=ino,
-                    flags=h.flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)))
-                raw.handle = r.handle
-            except FuseError as err:
+                r = self.nodes.open(ino, h.flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC),
+                                    self.own_caller())
+                raw.adopt_handle(r.handle)
+            except OSError as err:
                 log.warning("cannot pin a handle for inode %d: %s", ino, err)
 
     def _fresh_attr(self, path: str, ino: int, caller: pb.Caller) -> pb.Attr:
         """The inode's current attributes from the namenode (close-to-open)."""
         try:
-            return self._set_attr(self.rpc("GetAttr", pb.InodeRequest(caller=caller, ino=ino)))
-        except FuseError as err:
+            return self._set_attr(self.nodes.getattr(ino, caller))
+        except OSError as err:
             if err.errno != errno.ENOENT:
                 raise
             self._forget_path(path)
@@ -870,10 +828,9 @@ class MetafsOperations:
         if not hs or ino in self._keepalive or any(h.raw.handle for h in hs):
             return
         try:
-            r = self.rpc("Open", pb.OpenRequest(caller=self.own_caller(), ino=ino,
-                                                flags=os.O_RDONLY))
+            r = self.nodes.open(ino, os.O_RDONLY, self.own_caller())
             self._keepalive[ino] = r.handle
-        except FuseError as err:
+        except OSError as err:
             log.warning("cannot keep inode %d alive for its open files: %s", ino, err)
 
     def create(self, path: str, mode: int, fi: Any) -> int:
@@ -884,11 +841,9 @@ class MetafsOperations:
         acc = flags & os.O_ACCMODE
         need = {os.O_RDONLY: 0o400, os.O_WRONLY: 0o200}.get(acc, 0o600)
         handle = not (self._lazy_reads and (caller.uid == 0 or mode & need == need))
-        reply = self._retry_stale_parent(path, caller, lambda p, n: self.rpc(
-            "Create", pb.CreateRequest(caller=caller, parent=p, name=n,
-                                       mode=(mode & 0o7777) | stat_mod.S_IFREG, umask=0,
-                                       exclusive=bool(flags & os.O_EXCL), open=handle,
-                                       flags=flags & ~(os.O_CREAT | os.O_EXCL))))
+        reply = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.create(
+            p, n, (mode & 0o7777) | stat_mod.S_IFREG, caller, exclusive=bool(flags & os.O_EXCL),
+            open=handle, flags=flags & ~(os.O_CREAT | os.O_EXCL)))
         self._remember(path, reply.attr)
         self._nocap[reply.attr.ino] = time.monotonic() + NOCAP_TTL  # a new file has no xattrs
         self._new_handle(path, reply, flags, caller, fi)
@@ -924,9 +879,7 @@ class MetafsOperations:
         # file at once, and the data path serves them in parallel. The result may be a
         # view of an immutable block buffer; the binding copies it into the reply.
         want = max(size, self.readahead)
-        read_view = getattr(h.raw, "read_view", None)
-        data = read_view(offset, want) if read_view is not None \
-            else h.raw._read_at(offset, want)
+        data = h.raw.read_view(offset, want)
         if len(data) > size:
             with h.lock:
                 h.rbuf, h.rbuf_off, h.rbuf_epoch = data, offset, epoch
@@ -966,10 +919,8 @@ class MetafsOperations:
         return n
 
     def _write_raw(self, h: Handle, offset: int, data: bytes | bytearray | memoryview) -> None:
-        if type(data) is not bytes and not hasattr(h.raw, "_write_blocks"):
-            data = bytes(data)  # (the block data path takes any buffer)
         try:
-            h.raw._write_at(offset, data, h.append)
+            h.raw.write_at(offset, data, h.append)
         except OSError as err:
             self._forget_ino(h.ino)
             raise FuseError(err.errno or errno.EIO, str(err)) from None
@@ -977,8 +928,8 @@ class MetafsOperations:
 
     def _wrote(self, h: Handle) -> None:
         """After a commit: the handle's view of the attributes is the namenode's."""
-        attr = getattr(h.raw, "attr", None)
-        if attr is not None and attr.ino == h.ino:
+        attr = h.raw.attr
+        if attr.ino == h.ino:
             self._set_attr(attr)
             self._seen_version[h.ino] = {h.path: attr.version}
         else:
@@ -986,42 +937,29 @@ class MetafsOperations:
             self._seen_version.pop(h.ino, None)
         if h.ino in self._links:
             self._other_names_changed(h.ino, h.path)
-        self._refresh_others(h.ino, h)
+        self._refresh_others(h.ino, h.raw.attr, h)
 
-    def _refresh_others(self, ino: int, writer: Handle | None) -> None:
-        """Other open files of ``ino`` in this mount must see what was just committed at
-        once (processes on one machine share one file), not only at their next open: their
-        data path must drop the layout, size and version it cached (a partial-chunk write
+    def _refresh_others(self, ino: int, attr: pb.Attr | None,
+                        writer: Handle | None = None) -> None:
+        """Other open files of ``ino`` in this mount must see what was just committed (at
+        version ``attr``; None: ask the namenode if needed) at once, as processes on one
+        machine share one file, not only at their next open: their read-ahead buffers go,
+        and their files drop the layout, size and version they know (a partial-chunk write
         based on a stale size would write stale bytes back)."""
-        attr = getattr(writer.raw, "attr", None) if writer is not None else None
+        fetched: list[pb.Attr] = []
+
+        def current() -> pb.Attr:
+            if not fetched:
+                fetched.append(self.nodes.getattr(ino, self.own_caller()))
+            return fetched[0]
+
         for o in list(self._open_by_ino.get(ino, ())):
             if o is writer:
                 continue
             o.rbuf, o.rbuf_epoch = b"", -1
-            raw = o.raw
-            inval = getattr(raw, "invalidate", None)
-            if inval is not None:
-                inval(attr)
-                continue
-            if not hasattr(raw, "_forget_layout"):
-                if attr is not None:
-                    raw.attr = attr
-                continue
-            with raw._lock:
-                if getattr(raw, "_dirty", None) or getattr(raw, "_uploads", None) \
-                        or getattr(raw, "_pend", None) is not None:
-                    continue  # committed before this handle writes again (see write())
-                if attr is None:
-                    attr = self.rpc("GetAttr", pb.InodeRequest(caller=self.own_caller(),
-                                                               ino=ino))
-                raw.attr = attr
-                raw._inline = attr.inline
-                raw._bsize = attr.size
-                raw._version = attr.version
-                raw._inline_data = b""
-                raw._fresh = False
-                raw._forget_layout()
-                raw._bs = 0  # reload the layout at the next read or write
+            # (a file holding uncommitted writes commits them before this handle writes
+            # again, see write())
+            o.raw.refresh(attr if attr is not None else current)
 
     def _push(self, h: Handle) -> None:
         """Send the handle's buffered writes to its file (caller holds ``h.lock``)."""
@@ -1037,7 +975,7 @@ class MetafsOperations:
         try:
             self._push(h)
             if h.did_write:
-                h.raw._flush_data()
+                h.raw.commit()
         except OSError as err:
             self._forget_ino(h.ino)
             raise FuseError(err.errno or errno.EIO, str(err)) from None
@@ -1083,9 +1021,8 @@ class MetafsOperations:
                 kept = self._keepalive.pop(h.ino, None)
                 if kept:
                     try:
-                        self.rpc("Release", pb.ReleaseRequest(caller=self.own_caller(),
-                                                              handle=kept))
-                    except FuseError:
+                        self.nodes.release(kept, self.own_caller())
+                    except OSError:
                         pass  # the session's lease reclaims it
         err: OSError | None = h.error
         with h.lock:
@@ -1097,7 +1034,7 @@ class MetafsOperations:
                 if h.raw.handle:
                     h.raw.close()
                 else:  # no namenode handle to release
-                    io.RawIOBase.close(h.raw)
+                    h.raw.discard()
             except OSError as exc:
                 err = err or exc
         if self.recorder is not None:
@@ -1131,12 +1068,12 @@ class MetafsOperations:
                 chunk = 1 << 20
                 while pos < stop:
                     n = min(chunk, stop - pos)
-                    h.raw._write_at(pos, bytes(n), False)
+                    h.raw.write_at(pos, bytes(n))
                     pos += n
-                h.raw._flush_data()
+                h.raw.commit()
                 self._wrote(h)
             elif not mode & FALLOC_FL_KEEP_SIZE and end > cur:
-                h.raw._truncate(end)
+                h.raw.resize(end)
                 self._wrote(h)
         self._bump(h.ino)
         return 0
@@ -1151,18 +1088,17 @@ class MetafsOperations:
         while not self._stop.is_set():
             try:
                 if after is None:
-                    after = self.transport.call("ChangelogHead", pb.HeadRequest(caller=own)).head
-                r = self.transport.call("ReadChangelog", pb.ReadChangelogRequest(
-                    caller=own, after=after, limit=1000, wait_ms=wait))
+                    after = self.nodes.changelog_head(own)
+                records = self.nodes.changelog(after, 1000, wait, own)
             except Exception:
                 # the namenode is away: whatever changed meanwhile is unknown
                 self.forget_all()
                 after = None
                 self._stop.wait(1.0)
                 continue
-            if r.records:
-                self._apply_changes(r.records)
-                after = r.records[-1].seq
+            if records:
+                self._apply_changes(records)
+                after = records[-1].seq
 
     def _apply_changes(self, records: Any) -> None:
         kernel: set[str] = set()
