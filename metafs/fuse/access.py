@@ -29,7 +29,8 @@ from ..config import Settings
 from ..proto import metafs_pb2 as pb
 
 if TYPE_CHECKING:
-    from .ops import Handle, MetafsOperations
+    from .handles import Handle
+    from .ops import MetafsOperations
 
 log = logging.getLogger("metafs.fuse.access")
 
