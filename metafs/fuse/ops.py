@@ -27,7 +27,7 @@ from ..client.client import Client
 from ..client.inodes import RENAME_EXCHANGE, ROOT_INO, UTIME_NOW, UTIME_OMIT
 from ..config import Settings
 from ..proto import metafs_pb2 as pb
-from .access import AccessRecorder
+from .access import MountAccess
 from .cache import NOCAP_TTL, MountCache
 from .files import FileOperations, lazy_read_handles
 from .follower import ChangeFollower, KernelInvalidator, follows_changes
@@ -78,7 +78,9 @@ class MetafsOperations(FileOperations):
         self._next_fh = 1
         self._fh_lock = threading.Lock()
         self.readahead = max(0, settings.fuse_readahead)
-        self.recorder = AccessRecorder(self, settings) if settings.fuse_access_events else None
+        recorder = client.access_recorder
+        recorder.enabled = bool(settings.fuse_access_events)  # the mount's events, per process
+        self.recorder = MountAccess(self, recorder) if recorder.enabled else None
 
     # ------------------------------------------------------------------ plumbing
     def caller(self) -> pb.Caller:
@@ -93,9 +95,7 @@ class MetafsOperations(FileOperations):
         return self.client.identity(os.getuid(), os.getgid(), os.getgroups(), os.getpid())
 
     def start(self) -> None:
-        """Start background work (changelog following, access events)."""
-        if self.recorder is not None:
-            self.recorder.start()
+        """Start background work (changelog following, kernel cache invalidation)."""
         self.kernel.start()
         if self._following:
             self.follower.start()
