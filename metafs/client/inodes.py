@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
 
-from ..posix import ROOT_INO
 from ..proto import metafs_pb2 as pb
 
 if TYPE_CHECKING:

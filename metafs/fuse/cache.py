@@ -13,7 +13,7 @@ import stat as stat_mod
 import time
 from typing import Any
 
-from ..client.inodes import ROOT_INO
+from ..posix import ROOT_INO
 from ..proto import metafs_pb2 as pb
 
 # How long "no security.capability" (asked by the kernel before every write) is believed:

@@ -19,7 +19,7 @@ import time
 from typing import Any, Iterator
 
 from ..config import Settings
-from ..namenode.perms import Cred, access_mask_to_want, allowed
+from ..posix import Cred, access_mask_to_want, allowed
 from ..proto import metafs_pb2 as pb
 from .cache import NOCAP_TTL
 from .handles import DirHandle, FuseError, Handle

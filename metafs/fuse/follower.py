@@ -15,8 +15,8 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ..client.inodes import ROOT_INO
 from ..config import Settings
+from ..posix import ROOT_INO
 from ..proto import metafs_pb2 as pb
 
 if TYPE_CHECKING:

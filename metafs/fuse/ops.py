@@ -24,8 +24,9 @@ import time
 from typing import Any, Callable
 
 from ..client.client import Client
-from ..client.inodes import RENAME_EXCHANGE, ROOT_INO, UTIME_NOW, UTIME_OMIT
+from ..client.inodes import RENAME_EXCHANGE, UTIME_NOW, UTIME_OMIT
 from ..config import Settings
+from ..posix import ROOT_INO
 from ..proto import metafs_pb2 as pb
 from .access import MountAccess
 from .cache import NOCAP_TTL, MountCache
