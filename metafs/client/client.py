@@ -42,7 +42,6 @@ from .inodes import UTIME_NOW as UTIME_NOW, UTIME_OMIT as UTIME_OMIT  # os.utime
 from .transport import GrpcTransport, LocalTransport, Transport
 
 
-
 def _check_utf8(p: str) -> str:
     """metafs names are UTF-8: a lone surrogate (os.fsdecode of other bytes) is EILSEQ."""
     try:
@@ -201,7 +200,7 @@ class Client:
                  ) -> pb.Caller:
         """The identity of another user or process, for calls made on its behalf in this
         client's session (a mount acts for every process of its machine; a namenode with
-        authentication accepts such claims only from a client it trusts to make them)."""
+        authentication ignores claims it cannot verify)."""
         return pb.Caller(uid=uid, gid=gid, groups=groups, pid=pid, client_id=self.client_id)
 
     def _call(self, method: str, request: Any, path: str | None = None) -> Any:
