@@ -6,23 +6,25 @@ event (inode, data version, read/wrote) stamped with the process's identity (hos
 process start time, command line), the user, and the run id (``METAFS_RUN_ID`` or an
 active :func:`metafs.run`). Events are de-duplicated in the buffer and sent in batches
 with one ``RecordAccess`` call: when ``access_batch`` are waiting, ``access_flush_interval``
-seconds after the first one, and when the client closes.
+seconds after the first one, and when the client closes. A mount uses the same recorder
+for the events of the processes it serves (:mod:`metafs.fuse.access`).
 
 Switch it off with the ``access_events`` setting (``METAFS_ACCESS_EVENTS=0``) or per
 client with ``client.access_recorder.enabled = False``. Failing to send events never fails a read
-or a write: the events are dropped with a warning.
+or a write: the events wait for the next batch, and are dropped with a warning if the
+client closes before the namenode is back.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Hashable
 
-from ..errors import FsError
 from ..proto import metafs_pb2 as pb
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("metafs.client.access")
 
 _PROC: tuple[int, int, str] | None = None
+MAX_PENDING = 100_000  # events kept while the namenode is away
 
 
 def process_identity() -> tuple[int, int, str]:
@@ -56,7 +59,12 @@ def process_identity() -> tuple[int, int, str]:
 
 
 class AccessRecorder:
-    """Buffers a client's access events and sends them in batches."""
+    """Buffers access events and sends them in batches (one per client: the client's own
+    file closes note theirs, a mount adds the events of the processes it serves).
+
+    Events wait until ``batch`` are pending or ``interval`` seconds after the first; if
+    the namenode is away they are kept (up to ``MAX_PENDING``) and sent with the next
+    batch. Identical events of this process are sent once."""
 
     def __init__(self, client: "Client") -> None:
         s = client.settings
@@ -64,55 +72,93 @@ class AccessRecorder:
         self.enabled: bool = bool(getattr(s, "access_events", True))
         self.batch = max(1, int(getattr(s, "access_batch", 256)))
         self.interval = float(getattr(s, "access_flush_interval", 2.0))
-        self._buf: dict[tuple[int, int, bool, bool, str], pb.AccessEvent] = {}
+        self.caller: Callable[[], pb.Caller] = lambda: client.caller  # who sends them
+        self._buf: dict[Hashable, pb.AccessEvent] = {}
+        self._seq = itertools.count()  # keys of events that are never merged
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self.sent = 0
+
+    def configure(self, *, batch: int, interval: float,
+                  caller: Callable[[], pb.Caller] | None = None) -> None:
+        """Send in batches of ``batch``, ``interval`` seconds after the first waiting
+        event, with the identity ``caller()`` (a mount's own)."""
+        self.batch = max(1, batch)
+        self.interval = interval
+        if caller is not None:
+            self.caller = caller
 
     def note(self, ino: int, version: int, *, read: bool, wrote: bool) -> None:
         """Record that this process read and/or wrote ``ino`` at data ``version``."""
         if not self.enabled or not (read or wrote):
             return
         run_id = self.client.caller.run_id
-        key = (ino, version, read, wrote, run_id)
+        pid, start, cmd = process_identity()
+        self.add(pb.AccessEvent(
+            ino=ino, read=read, wrote=wrote, pid=pid, proc_start=start, cmdline=cmd,
+            run_id=run_id, host=self.client.host, ts_ns=time.time_ns(), version=version,
+            uid=self.client.caller.uid), key=(ino, version, read, wrote, run_id))
+
+    def add(self, event: pb.AccessEvent, key: Hashable | None = None) -> None:
+        """Queue ``event``; an event with the ``key`` of one still waiting is dropped."""
+        if not self.enabled:
+            return
         with self._lock:
-            if key in self._buf:
+            if key is None:
+                key = next(self._seq)
+            elif key in self._buf:
                 return
-            pid, start, cmd = process_identity()
-            self._buf[key] = pb.AccessEvent(
-                ino=ino, read=read, wrote=wrote, pid=pid, proc_start=start, cmdline=cmd,
-                run_id=run_id, host=self.client.host, ts_ns=time.time_ns(), version=version,
-                uid=self.client.caller.uid)
+            if len(self._buf) >= MAX_PENDING:
+                self._buf.pop(next(iter(self._buf)))  # the oldest goes
+            self._buf[key] = event
             full = len(self._buf) >= self.batch
-            if not full and self._timer is None and self.interval > 0:
-                self._timer = threading.Timer(self.interval, self.flush)
-                self._timer.daemon = True
-                self._timer.start()
+            if not full:
+                self._arm()
         if full:
             self.flush()
 
+    def _arm(self) -> None:
+        """Start the interval timer if none runs (caller holds ``_lock``)."""
+        if self._timer is None and self.interval > 0:
+            self._timer = threading.Timer(self.interval, self.flush)
+            self._timer.daemon = True
+            self._timer.start()
+
     def flush(self) -> None:
-        """Send the buffered events now."""
+        """Send the waiting events now; keep them if the namenode is away."""
         with self._send_lock:
             with self._lock:
-                events = list(self._buf.values())
-                self._buf.clear()
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-            if not events:
-                return
-            try:
-                self.client.transport.call("RecordAccess", pb.RecordAccessRequest(
-                    caller=self.client.caller, events=events))
-                self.sent += len(events)
-            except FsError as exc:
-                log.warning("dropped %d access events: %s", len(events), exc)
+            while True:
+                with self._lock:
+                    batch = list(itertools.islice(self._buf.items(), self.batch))
+                if not batch:
+                    return
+                try:
+                    self.client.inodes.record_access([e for _, e in batch], self.caller())
+                except OSError as exc:
+                    log.warning("%d access events not sent yet: %s", len(self._buf), exc)
+                    with self._lock:
+                        self._arm()  # try again later
+                    return
+                with self._lock:
+                    for k, _ in batch:
+                        self._buf.pop(k, None)
+                self.sent += len(batch)
 
     def close(self) -> None:
-        """Flush what is left (called by ``Client.close``)."""
+        """Send what is left (called by ``Client.close``); what cannot be sent is lost."""
         self.flush()
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._buf:
+                log.warning("dropped %d access events: the namenode is away", len(self._buf))
+                self._buf.clear()
 
 
 def note_file_closed(raw: Any) -> None:

@@ -23,7 +23,7 @@ import io
 import logging
 import threading
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..blockstore.base import (BlockIO, BlockNotFound, ChecksumError, checksum, new_key,
                                parse_checksum, pieces_for, read_verified, verify)
@@ -380,6 +380,59 @@ class BlockFile(RawFile):
                 f.cancel()
             self._prefetch.clear()
             self._mem.clear()
+
+    # ------------------------------------------------------------ driven by offset
+    # A mount names the offset of every read and write and commits at flush, fsync and
+    # close; these are its entry points (with :meth:`read_view`).
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview,
+                 append: bool = False) -> int:
+        """Write ``data`` (any buffer: copied, never kept) at ``offset``, or at the end
+        with ``append``; returns the offset after it. Block data stays buffered (and
+        invisible to others) until :meth:`commit`."""
+        return self._write_at(offset, data, append)
+
+    def resize(self, size: int) -> None:
+        """truncate(2) to ``size`` bytes (what this file buffered is committed first)."""
+        self._truncate(size)
+
+    def commit(self) -> None:
+        """Make what was written visible to everyone (one CommitBlocks for block data)."""
+        self._flush_data()
+
+    def refresh(self, attr: "pb.Attr | Callable[[], pb.Attr]") -> bool:
+        """Another open file committed a new version: drop the layout, size and version
+        this file knows, so its next read or write starts from ``attr`` (or from what the
+        callable returns, asked only when needed). Returns False, and changes nothing,
+        while this file holds writes it has not committed (they go over the new version
+        at the next commit)."""
+        with self._lock:
+            if self._dirty or self._uploads or self._pend is not None:
+                return False
+            if callable(attr):
+                attr = attr()
+            self.attr = attr
+            self._inline = attr.inline
+            self._bsize = attr.size
+            self._version = attr.version
+            self._inline_data = b""
+            self._fresh = False
+            self._forget_layout()
+            self._bs = 0  # the layout is loaded again at the next read or write
+            return True
+
+    def adopt_handle(self, handle: int) -> None:
+        """Hold namenode handle ``handle`` (from ``Inodes.open`` of this inode) from now on:
+        a file opened without one keeps its access whatever the inode's mode becomes."""
+        self.handle = handle
+
+    def discard(self) -> None:
+        """Close a file opened without a namenode handle, after :meth:`commit`: nothing to
+        release, and no access event (whoever drives it by offset records its own)."""
+        io.RawIOBase.close(self)
+        for f in list(self._prefetch.values()):
+            f.cancel()
+        self._prefetch.clear()
+        self._mem.clear()
 
     # ------------------------------------------------------------ writing
     def _chunk_for_write(self, idx: int, lo: int, hi: int) -> bytearray:

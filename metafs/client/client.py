@@ -31,16 +31,15 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from .. import config as config_mod
 from ..config import Settings
 from ..errors import FsError
+from ..posix import ROOT_INO
 from ..proto import metafs_pb2 as pb
 from . import file as file_mod
 from .access import AccessRecorder
 from .blockfile import BlockFile
 from .blocks import WINDOW, BlockContext
+from .inodes import Inodes, time_fields
+from .inodes import UTIME_NOW as UTIME_NOW, UTIME_OMIT as UTIME_OMIT  # os.utime's specials
 from .transport import GrpcTransport, LocalTransport, Transport
-
-ROOT_INO = 1
-UTIME_NOW = (1 << 30) - 1
-UTIME_OMIT = (1 << 30) - 2
 
 
 def _check_utf8(p: str) -> str:
@@ -181,6 +180,7 @@ class Client:
         # asks for them)
         self.open_layout_blocks = 0 if settings.block_presign else WINDOW
         self.access_recorder = AccessRecorder(self)  # provenance: what it reads and writes
+        self.inodes = Inodes(self)  # the calls by inode number (a mount's API)
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -195,6 +195,13 @@ class Client:
                     caller=self.caller, client_id=self.client_id, host=self.host))
             except FsError:
                 pass  # namenode away for now: try again next round
+
+    def identity(self, uid: int, gid: int, groups: Iterable[int] = (), pid: int = 0
+                 ) -> pb.Caller:
+        """The identity of another user or process, for calls made on its behalf in this
+        client's session (a mount acts for every process of its machine; a namenode with
+        authentication ignores claims it cannot verify)."""
+        return pb.Caller(uid=uid, gid=gid, groups=groups, pid=pid, client_id=self.client_id)
 
     def _call(self, method: str, request: Any, path: str | None = None) -> Any:
         try:
@@ -446,22 +453,14 @@ class Client:
         utimensat(2) meaning."""
         p = self._norm(path)
         e = self._resolve(p, follow_symlinks)
-        req = pb.SetAttrRequest(caller=self.caller, ino=e.ino)
         if times is not None and ns is not None:
             raise ValueError("utime: you may specify either 'times' or 'ns' but not both")
         if times is None and ns is None:
-            req.atime_how = req.mtime_how = pb.TIME_NOW
+            fields = time_fields(None, None)
         else:
             vals = ns if ns is not None else tuple(int(t * 1e9) for t in times)  # type: ignore
-            for v, which in zip(vals, ("atime", "mtime")):
-                if v == UTIME_NOW:
-                    setattr(req, f"{which}_how", pb.TIME_NOW)
-                elif v == UTIME_OMIT:
-                    setattr(req, f"{which}_how", pb.TIME_OMIT)
-                else:
-                    setattr(req, f"{which}_how", pb.TIME_SET)
-                    setattr(req, f"{which}_ns", int(v))
-        self._call("SetAttr", req, p)
+            fields = time_fields(*vals)
+        self._call("SetAttr", pb.SetAttrRequest(caller=self.caller, ino=e.ino, **fields), p)
 
     def truncate(self, path: str | os.PathLike[str], size: int) -> None:
         p = self._norm(path)

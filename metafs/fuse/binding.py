@@ -173,7 +173,7 @@ class MetafsFUSE(mfusepy.FUSE):
             cfg.direct_io = 0
             cfg.intr = 0
         self._fuse_ptr = _libfuse.fuse_get_context().contents.fuse
-        self.operations.invalidate_kernel = self._invalidate
+        self.operations.kernel.invalidate = self._invalidate
         self.operations.start()
         threading.Thread(target=self._signal_ready, name="metafs-ready", daemon=True).start()
 

@@ -42,10 +42,10 @@ import logging
 import os
 import threading
 import time
-from types import SimpleNamespace
 from typing import Any, Callable
 
 from ..proto import metafs_pb2 as pb
+from .handles import FuseError
 
 log = logging.getLogger("metafs.fuse")
 
@@ -57,11 +57,6 @@ _TYPE_OF = {F_RDLCK: pb.LOCK_READ, F_WRLCK: pb.LOCK_WRITE, F_UNLCK: pb.LOCK_UNLO
 _F_TYPE = {pb.LOCK_READ: F_RDLCK, pb.LOCK_WRITE: F_WRLCK}
 BACKOFF_FIRST, BACKOFF_MAX = 0.005, 0.2
 _RETRY_EVERY = 1.0  # seconds between attempts of drops that failed
-
-
-class FuseErrno(OSError):
-    def __init__(self, code: int, message: str = "") -> None:
-        super().__init__(code, message or os.strerror(code))
 
 
 class MountLocks:
@@ -93,18 +88,11 @@ class MountLocks:
         self._applied_mu = threading.Lock()
         if self._sync:
             try:
-                self._applied = int(ops.transport.call("ChangelogHead", pb.HeadRequest(
-                    caller=ops.own_caller())).head)
+                self._applied = int(ops.nodes.changelog_head(ops.own_caller()))
             except Exception:  # the namenode is away: start at the first grant's position
                 self._applied = -1
-            follower_apply = ops._apply_changes
-
-            def applied(records: Any) -> None:  # what the follower applies counts too
-                follower_apply(records)
-                if records:
-                    self._advance(records[-1].seq)
-
-            ops._apply_changes = applied
+            # what the follower applies counts too
+            ops.follower.on_applied(lambda records: self._advance(records[-1].seq))
 
     # ------------------------------------------------------------------ callbacks
     # (operations-level signatures: ``fi`` is the fuse_file_info, ``flp`` a pointer to
@@ -120,14 +108,14 @@ class MountLocks:
     def posix(self, fh: int, owner: int, cmd: int, fl: Any) -> int:
         typ = _TYPE_OF.get(fl.l_type)
         if typ is None:
-            raise FuseErrno(errno.EINVAL)
+            raise FuseError(errno.EINVAL)
         start, length = int(fl.l_start), int(fl.l_len)
         if start < 0 or length < 0:  # the kernel sends absolute, normalized ranges
-            raise FuseErrno(errno.EINVAL)
+            raise FuseError(errno.EINVAL)
         end = OFFSET_MAX if length == 0 else min(start + length - 1, OFFSET_MAX)
         if cmd == F_GETLK:
             if typ == pb.LOCK_UNLOCK:
-                raise FuseErrno(errno.EINVAL)
+                raise FuseError(errno.EINVAL)
             h = self._open_file(fh)
             r = self._call(self._request(h, owner, pb.LOCK_POSIX, typ, start, end, 0,
                                          test_only=True))
@@ -141,14 +129,14 @@ class MountLocks:
                 fl.l_pid = r.pid
             return 0
         if cmd not in (F_SETLK, F_SETLKW):
-            raise FuseErrno(errno.EINVAL)
+            raise FuseError(errno.EINVAL)
         if typ == pb.LOCK_UNLOCK:
             return self._unlock(fh, owner, pb.LOCK_POSIX, start, end)
         h = self._open_file(fh)
         acc = h.flags & os.O_ACCMODE
         if typ == pb.LOCK_READ and acc not in (os.O_RDONLY, os.O_RDWR) or \
                 typ == pb.LOCK_WRITE and acc not in (os.O_WRONLY, os.O_RDWR):
-            raise FuseErrno(errno.EBADF)
+            raise FuseError(errno.EBADF)
         pid = int(fl.l_pid) or self._pid()
         self._take(h, owner, pb.LOCK_POSIX, typ, start, end, pid, wait=cmd == F_SETLKW)
         return 0
@@ -162,7 +150,7 @@ class MountLocks:
         elif op & LOCK_SH:
             typ = pb.LOCK_READ
         else:
-            raise FuseErrno(errno.EINVAL)
+            raise FuseError(errno.EINVAL)
         h = self._open_file(fh)
         self._take(h, owner, pb.LOCK_FLOCK, typ, 0, OFFSET_MAX, self._pid(),
                    wait=not op & LOCK_NB)
@@ -179,26 +167,26 @@ class MountLocks:
         r = self._call(req)
         if not r.granted:
             if not wait:
-                raise FuseErrno(errno.EAGAIN)
+                raise FuseError(errno.EAGAIN)
             r = self._wait(req, r)
         self._catch_up(r.head)
         self._fresh(h.ino, r.attr)
 
-    def _wait(self, req: pb.LockRequest, r: pb.LockReply) -> pb.LockReply:
+    def _wait(self, req: dict[str, Any], r: pb.LockReply) -> pb.LockReply:
         slots = self._wait_slots
         if slots is None:
             if r.same_session:
-                raise FuseErrno(errno.EDEADLK, "the lock is held through this mount, which "
+                raise FuseError(errno.EDEADLK, "the lock is held through this mount, which "
                                 "serves one request at a time")
         elif not slots.acquire(blocking=False):
-            raise FuseErrno(errno.ENOLCK, "too many lock waits in this mount")
+            raise FuseError(errno.ENOLCK, "too many lock waits in this mount")
         try:
             delay = BACKOFF_FIRST
             while True:
                 deadline = time.monotonic() + delay
                 while True:  # sleep in slices so that a signal ends the wait soon
                     if self.interrupted() or self._closed.is_set():
-                        raise FuseErrno(errno.EINTR)
+                        raise FuseError(errno.EINTR)
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
@@ -207,7 +195,7 @@ class MountLocks:
                 if r.granted:
                     return r
                 if slots is None and r.same_session:
-                    raise FuseErrno(errno.EDEADLK)
+                    raise FuseError(errno.EDEADLK)
                 delay = min(delay * 2, BACKOFF_MAX)
         finally:
             if slots is not None:
@@ -218,7 +206,7 @@ class MountLocks:
         with self._mu:
             ino = self._fh_ino.get(fh)
             if ino is None:
-                h = self.ops._handles.get(fh)
+                h = self.ops.handles.get(fh)
                 ino = h.ino if h is not None else None
             owners = table.get(ino) if ino is not None else None
             if not owners or owner not in owners:
@@ -226,8 +214,8 @@ class MountLocks:
         self._commit_writes(ino)
         whole = start == 0 and end == OFFSET_MAX
         try:
-            self._call(pb.LockRequest(caller=self.ops.caller(), ino=ino, owner=owner,
-                                      kind=kind, type=pb.LOCK_UNLOCK, start=start, end=end))
+            self._call(dict(caller=self.ops.caller(), ino=ino, owner=owner, kind=kind,
+                            type=pb.LOCK_UNLOCK, start=start, end=end))
         except OSError:
             if whole:  # (libfuse ignores errors of the unlock at close): try again later
                 self._forget(ino, owner, kind)
@@ -265,9 +253,8 @@ class MountLocks:
 
     def _drop(self, ino: int, owner: int, kind: int) -> None:
         try:
-            self.ops.transport.call("Lock", pb.LockRequest(
-                caller=self.ops.own_caller(), ino=ino, owner=owner, kind=kind,
-                type=pb.LOCK_UNLOCK, start=0, end=OFFSET_MAX))
+            self.ops.nodes.lock(ino, owner=owner, kind=kind, type=pb.LOCK_UNLOCK, start=0,
+                                end=OFFSET_MAX, caller=self.ops.own_caller())
         except Exception as exc:  # the namenode is away: keep trying in the background
             log.info("lock release of inode %d deferred: %s", ino, exc)
             self._defer(ino, owner, kind)
@@ -295,17 +282,16 @@ class MountLocks:
         if not self._used:
             return
         try:
-            self.ops.transport.call("Lock", pb.LockRequest(
-                caller=self.ops.own_caller(), ino=0, type=pb.LOCK_UNLOCK))
+            self.ops.nodes.lock(0, type=pb.LOCK_UNLOCK, caller=self.ops.own_caller())
         except Exception as exc:
             log.warning("could not release this mount's locks (they go when its session's "
                         "lease runs out): %s", exc)
 
     # ------------------------------------------------------------------ helpers
     def _open_file(self, fh: int) -> Any:
-        h = self.ops._handles.get(fh)
+        h = self.ops.handles.get(fh)
         if h is None:
-            raise FuseErrno(errno.EBADF)
+            raise FuseError(errno.EBADF)
         return h
 
     def _pid(self) -> int:
@@ -314,13 +300,13 @@ class MountLocks:
         return fuse_context()[2]
 
     def _request(self, h: Any, owner: int, kind: int, typ: int, start: int, end: int,
-                 pid: int, **kw: Any) -> pb.LockRequest:
-        handle = getattr(h.raw, "handle", 0) or 0
-        return pb.LockRequest(caller=self.ops.caller(), ino=h.ino, owner=owner, kind=kind,
-                              type=typ, start=start, end=end, pid=pid, handle=handle, **kw)
+                 pid: int, **kw: Any) -> dict[str, Any]:
+        """The arguments of one lock call (``Inodes.lock``) for open file ``h``."""
+        return dict(caller=self.ops.caller(), ino=h.ino, owner=owner, kind=kind, type=typ,
+                    start=start, end=end, pid=pid, handle=h.raw.handle, **kw)
 
-    def _call(self, req: pb.LockRequest) -> pb.LockReply:
-        return self.ops.rpc("Lock", req)
+    def _call(self, req: dict[str, Any]) -> pb.LockReply:
+        return self.ops.nodes.lock(**req)
 
     def _remember(self, ino: int, owner: int, kind: int, fh: int) -> None:
         table = self._posix if kind == pb.LOCK_POSIX else self._flock
@@ -340,8 +326,8 @@ class MountLocks:
 
     def _commit_writes(self, ino: int) -> None:
         """Buffered writes to ``ino`` reach the namenode before a lock changes hands."""
-        if ino in self.ops._dirty:
-            self.ops._flush_ino(ino)
+        if ino in self.ops.writeback.dirty:
+            self.ops.writeback.flush_ino(ino)
 
     def _advance(self, seq: int) -> None:
         with self._applied_mu:
@@ -360,12 +346,12 @@ class MountLocks:
         after = self._applied
         try:
             for _ in range(10):
-                r = ops.transport.call("ReadChangelog", pb.ReadChangelogRequest(
-                    caller=ops.own_caller(), after=after, limit=1000))
-                if not r.records:
+                records = ops.nodes.changelog(after, 1000, 0, ops.own_caller())
+                if not records:
                     break
-                ops._apply_changes(r.records)
-                after = r.records[-1].seq
+                ops.follower.apply(records)
+                after = records[-1].seq
+                self._advance(after)
                 if after >= head:
                     return
             else:  # far behind: drop every cached name and attribute instead
@@ -381,27 +367,23 @@ class MountLocks:
         ops = self.ops
         if not attr.ino:
             return
-        seen = ops._seen_version.get(ino)
-        ops._set_attr(attr)
+        cache = ops.cache
+        seen = cache.seen_version.get(ino)
+        cache.set_attr(attr)
         if seen and all(v == attr.version for v in seen.values()):
             return
-        ops._bump(ino)  # read-ahead buffers of open files
-        if ino in ops._open_by_ino:
+        ops.writeback.bump(ino)  # read-ahead buffers of open files
+        if ino in ops.open_by_ino:
             # the data path of open files drops its cached size, layout and inline bytes
-            ops._refresh_others(ino, SimpleNamespace(raw=SimpleNamespace(attr=attr)))
-        paths = {h.path for h in list(ops._open_by_ino.get(ino, ()))}
-        p = ops._path_of.get(ino)
+            ops.refresh_others(ino, attr)
+        paths = {h.path for h in list(ops.open_by_ino.get(ino, ()))}
+        p = cache.path_of.get(ino)
         if p:
             paths.add(p)
-        paths.update(ops._links.get(ino, ()))
-        inval = ops.invalidate_kernel
-        if inval is not None:
+        paths.update(cache.links.get(ino, ()))
+        if self.threaded:
+            ops.kernel.now(paths)
+        else:  # the only thread cannot wait for the kernel
             for path in paths:
-                if not self.threaded:  # the only thread cannot wait for the kernel
-                    ops._kq.put(path)
-                    continue
-                try:
-                    inval(path)
-                except Exception:  # the kernel may not know the path: nothing cached
-                    pass
-        ops._seen_version[ino] = {path: attr.version for path in paths}
+                ops.kernel.later(path)
+        cache.seen_version[ino] = {path: attr.version for path in paths}

@@ -137,9 +137,6 @@ def run_mount(settings: Settings, mountpoint: str, ready_fd: int | None = None) 
             raise
         _report(ready_fd, f"error {exc.errno or 5} {exc.strerror or exc}")
         return 1
-    rec = getattr(client, "access_recorder", None)
-    if rec is not None:
-        rec.enabled = False  # the mount reports access events itself, per calling process
     ops = MetafsOperations(client, settings)
     pf = pid_file(mountpoint)
     metrics = None

@@ -1,0 +1,387 @@
+"""The open files and directories of a metafs mount: open, create, read, write, flush,
+fsync, release and fallocate; opendir, readdir and releasedir.
+
+Reads are served by the client's file (:class:`metafs.client.blockfile.BlockFile`) with a
+read-ahead buffer per open file on top; writes go through the mount's write-back buffers
+(:mod:`.writeback`). With ``fuse_lazy_read_handles`` an open takes no namenode handle: the
+permission is checked here (with the namenode's rule) and by the namenode on every read and
+write; a handle is taken when it becomes needed (the inode's mode changes while a writer
+has it open, or its last name is removed).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat as stat_mod
+import time
+from typing import Any, Iterator
+
+from ..config import Settings
+from ..posix import Cred, access_mask_to_want, allowed
+from ..proto import metafs_pb2 as pb
+from .cache import NOCAP_TTL
+from .handles import DirHandle, FuseError, Handle
+
+log = logging.getLogger("metafs.fuse")
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+
+def lazy_read_handles(settings: Settings) -> bool:
+    """Whether opens skip the namenode handle (``fuse_lazy_read_handles``)."""
+    v = str(settings.fuse_lazy_read_handles).strip().lower()
+    if v in ("auto", ""):
+        return not settings.namenode
+    return v in ("1", "true", "yes", "on")
+
+
+class FileOperations:
+    """The open-file and open-directory operations of :class:`.ops.MetafsOperations`, a
+    part of that class: they use its caches (``cache``), write-back buffers
+    (``writeback``), calls by inode (``nodes``) and name resolution (``_ino_of``,
+    ``_attr_of_path``, ``_attr_of_ino``, ``_retry_stale_parent``)."""
+
+    handles: dict[int, Handle]
+    open_by_ino: dict[int, set[Handle]]
+
+    # ------------------------------------------------------------------ directories
+    def opendir(self, path: str) -> int:
+        caller = self.caller()
+        attr = self._attr_of_path(path, caller)
+        if not stat_mod.S_ISDIR(attr.mode):
+            raise FuseError(errno.ENOTDIR)
+        with self._fh_lock:
+            fh = self._next_fh
+            self._next_fh += 1
+        self._dirs[fh] = DirHandle(attr.ino, path)
+        return fh
+
+    def _fetch_page(self, d: DirHandle, caller: pb.Caller) -> None:
+        r = self.nodes.readdir(d.ino, d.cursor, self.settings.readdir_page, caller)
+        now = time.monotonic()
+        base = d.path.rstrip("/") + "/"
+        name_exp, attr_exp = now + self.cache.name_ttl, now + self.cache.attr_ttl
+        for e in r.entries:
+            d.entries.append((e.name, e.mode, e.ino))
+            if e.HasField("attr"):
+                p = base + e.name
+                self.cache.names[p] = (e.ino, name_exp)
+                if e.ino not in self.writeback.dirty:
+                    self.cache.attrs[e.ino] = (e.attr, attr_exp)
+                self.cache.path_of[e.ino] = p
+        d.cursor = r.next_cursor
+        d.eof = r.eof or not r.entries
+
+    def readdir_with_offset(self, path: str | None, offset: int, fh: int
+                            ) -> Iterator[tuple[str, dict[str, int], int]]:
+        for name, mode, ino, off in self.readdir_entries(fh, offset):
+            yield name, {"st_mode": mode, "st_ino": ino}, off
+
+    def readdir_entries(self, fh: int, offset: int) -> Iterator[tuple[str, int, int, int]]:
+        """``(name, mode, ino, next offset)`` of the entries from ``offset`` on (the binding
+        fills libfuse's buffer from these without a dict per entry)."""
+        d = self._dirs.get(fh)
+        if d is None:
+            raise FuseError(errno.EBADF)
+        caller = self.caller()
+        if offset == 0:
+            yield ".", stat_mod.S_IFDIR, d.ino, 1
+        if offset <= 1:
+            yield "..", stat_mod.S_IFDIR, d.ino, 2  # (as before)
+        i = max(0, offset - 2)
+        entries = d.entries
+        while True:
+            with d.lock:
+                if i >= len(entries) and not d.eof:
+                    self._fetch_page(d, caller)
+                n = len(entries)
+                if i >= n:
+                    return
+                batch = entries[i:n]  # (pages only grow: no lock needed to read them)
+            for name, mode, ino in batch:
+                i += 1
+                yield name, mode, ino, i + 2
+
+    def releasedir(self, path: str | None, fh: int) -> int:
+        self._dirs.pop(fh, None)
+        return 0
+
+    # ------------------------------------------------------------------ files
+    def _new_handle(self, path: str, opened: pb.OpenReply | pb.Attr, flags: int,
+                    caller: pb.Caller, fi: Any) -> None:
+        """A FUSE file over an open by inode (an Attr: a handle-less open)."""
+        raw = self.nodes.file(path, opened, flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC),
+                              caller)
+        attr = raw.attr
+        with self._fh_lock:
+            fh = self._next_fh
+            self._next_fh += 1
+        h = Handle(fh, attr.ino, path, flags, raw, caller.pid, caller.uid)
+        self.handles[fh] = h
+        self.open_by_ino.setdefault(attr.ino, set()).add(h)
+        self.cache.set_attr(attr)
+        self.cache.path_of[attr.ino] = path
+        versions = self.cache.seen_version.setdefault(attr.ino, {})
+        seen = versions.get(path)
+        fi.fh = fh
+        fi.keep_cache = 1 if (self.settings.fuse_kernel_cache and seen == attr.version) else 0
+        versions[path] = attr.version
+        if seen != attr.version:
+            self.writeback.bump(attr.ino)
+        if self.recorder is not None:
+            self.recorder.opened(h)
+
+    def open(self, path: str, fi: Any) -> int:
+        caller = self.caller()
+        flags = fi.flags
+        ino = self._ino_of(path, caller)
+        if ino in self.writeback.dirty:
+            self.writeback.flush_ino(ino)
+        if self._lazy_reads:
+            return self._open_lazy(path, ino, flags, caller, fi)
+        oflags = flags & ~(os.O_CREAT | os.O_EXCL)
+        try:
+            reply = self.nodes.open(ino, oflags, caller)
+        except OSError as err:
+            if err.errno != errno.ENOENT:
+                raise
+            self.cache.forget_path(path)
+            reply = self.nodes.open(self._ino_of(path, caller), oflags, caller)
+        if flags & os.O_TRUNC:
+            self.writeback.bump(ino)
+        self._new_handle(path, reply, flags, caller, fi)
+        return 0
+
+    def _open_lazy(self, path: str, ino: int, flags: int, caller: pb.Caller, fi: Any) -> int:
+        """Open without a namenode handle (embedded namenode): the namenode checks
+        permission on every read and write instead (see ``fuse_lazy_read_handles``)."""
+        acc = flags & os.O_ACCMODE
+        mask = {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(acc, os.R_OK | os.W_OK)
+        if flags & os.O_TRUNC:
+            mask |= os.W_OK
+        attr = self._fresh_attr(path, ino, caller)
+        if stat_mod.S_ISLNK(attr.mode):
+            raise FuseError(errno.ELOOP)
+        if mask & os.W_OK or not self._kernel_checks:
+            # the namenode's own rule, on the attributes it just gave (no second call)
+            cred = Cred(caller.uid, caller.gid, frozenset(caller.groups))
+            if not allowed(cred, attr.mode, attr.uid, attr.gid, access_mask_to_want(mask)):
+                raise FuseError(errno.EACCES)
+        if flags & os.O_TRUNC and attr.size:
+            attr = self.cache.set_attr(self.nodes.setattr(attr.ino, caller, size=0))
+            self.writeback.bump(attr.ino)
+        self._new_handle(path, attr, flags, caller, fi)
+        return 0
+
+    def _pin_handles(self, ino: int) -> None:
+        """Give this mount's handle-less write opens of ``ino`` real namenode handles
+        before its mode or owner changes: a file opened for writing stays writable
+        through its descriptor whatever its mode becomes (POSIX)."""
+        for h in list(self.open_by_ino.get(ino, ())):
+            raw = h.raw
+            if raw.handle or h.flags & os.O_ACCMODE == os.O_RDONLY:
+                continue
+            try:
+                r = self.nodes.open(ino, h.flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC),
+                                    self.own_caller())
+                raw.adopt_handle(r.handle)
+            except OSError as err:
+                log.warning("cannot pin a handle for inode %d: %s", ino, err)
+
+    def _fresh_attr(self, path: str, ino: int, caller: pb.Caller) -> pb.Attr:
+        """The inode's current attributes from the namenode (close-to-open)."""
+        try:
+            return self.cache.set_attr(self.nodes.getattr(ino, caller))
+        except OSError as err:
+            if err.errno != errno.ENOENT:
+                raise
+            self.cache.forget_path(path)
+            return self._lookup(path, caller)
+
+    def _keep_alive(self, ino: int) -> None:
+        """Take a namenode handle for ``ino`` if only handle-less opens hold it (its last
+        name is about to be removed through this mount)."""
+        hs = self.open_by_ino.get(ino)
+        if not hs or ino in self._keepalive or any(h.raw.handle for h in hs):
+            return
+        try:
+            r = self.nodes.open(ino, os.O_RDONLY, self.own_caller())
+            self._keepalive[ino] = r.handle
+        except OSError as err:
+            log.warning("cannot keep inode %d alive for its open files: %s", ino, err)
+
+    def create(self, path: str, mode: int, fi: Any) -> int:
+        caller = self.caller()
+        flags = fi.flags
+        # The creator owns the new file: without a handle, its own mode bits must let it
+        # do what it opened the file for (a file made 0444 for writing takes a handle).
+        acc = flags & os.O_ACCMODE
+        need = {os.O_RDONLY: 0o400, os.O_WRONLY: 0o200}.get(acc, 0o600)
+        handle = not (self._lazy_reads and (caller.uid == 0 or mode & need == need))
+        reply = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.create(
+            p, n, (mode & 0o7777) | stat_mod.S_IFREG, caller, exclusive=bool(flags & os.O_EXCL),
+            open=handle, flags=flags & ~(os.O_CREAT | os.O_EXCL)))
+        self.cache.remember(path, reply.attr)
+        self.cache.nocap[reply.attr.ino] = time.monotonic() + NOCAP_TTL  # a new file has no xattrs
+        self._new_handle(path, reply, flags, caller, fi)
+        return 0
+
+    def _handle(self, fi: Any) -> Handle:
+        h = self.handles.get(fi.fh if not isinstance(fi, int) else fi)
+        if h is None:
+            raise FuseError(errno.EBADF)
+        if h.error is not None:
+            err, h.error = h.error, None
+            raise err
+        return h
+
+    def read(self, path: str | None, size: int, offset: int,
+             fi: Any) -> bytes | bytearray | memoryview:
+        h = self._handle(fi)
+        if h.ino in self.writeback.dirty:
+            self.writeback.flush_ino(h.ino)
+        h.did_read = True
+        h.io_ns = time.time_ns()
+        epoch = self.writeback.epoch(h.ino)
+        with h.lock:
+            rbuf, rbuf_off, rbuf_epoch = h.rbuf, h.rbuf_off, h.rbuf_epoch
+        if rbuf_epoch == epoch:
+            start = offset - rbuf_off
+            if 0 <= start and offset + size <= rbuf_off + len(rbuf):
+                return memoryview(rbuf)[start:start + size]
+        # No lock around the read: the kernel's read-ahead sends several reads of one
+        # file at once, and the data path serves them in parallel. The result may be a
+        # view of an immutable block buffer; the binding copies it into the reply.
+        want = max(size, self.readahead)
+        data = h.raw.read_view(offset, want)
+        if len(data) > size:
+            with h.lock:
+                h.rbuf, h.rbuf_off, h.rbuf_epoch = data, offset, epoch
+            return memoryview(data)[:size]
+        return data
+
+    def write(self, path: str | None, data: bytes | memoryview, offset: int, fi: Any) -> int:
+        """``data`` may be a view of libfuse's request buffer: it is copied, never kept."""
+        self.writeback.write(self._handle(fi), data, offset)
+        return len(data)
+
+    def _wrote(self, h: Handle) -> None:
+        """After a commit: the handle's view of the attributes is the namenode's."""
+        attr = h.raw.attr
+        if attr.ino == h.ino:
+            self.cache.set_attr(attr)
+            self.cache.seen_version[h.ino] = {h.path: attr.version}
+        else:
+            self.cache.forget_ino(h.ino)
+            self.cache.seen_version.pop(h.ino, None)
+        if h.ino in self.cache.links:
+            self._other_names_changed(h.ino, h.path)
+        self.refresh_others(h.ino, h.raw.attr, h)
+
+    def refresh_others(self, ino: int, attr: pb.Attr | None,
+                        writer: Handle | None = None) -> None:
+        """Other open files of ``ino`` in this mount must see what was just committed (at
+        version ``attr``; None: ask the namenode if needed) at once, as processes on one
+        machine share one file, not only at their next open: their read-ahead buffers go,
+        and their files drop the layout, size and version they know (a partial-chunk write
+        based on a stale size would write stale bytes back)."""
+        fetched: list[pb.Attr] = []
+
+        def current() -> pb.Attr:
+            if not fetched:
+                fetched.append(self.nodes.getattr(ino, self.own_caller()))
+            return fetched[0]
+
+        for o in list(self.open_by_ino.get(ino, ())):
+            if o is writer:
+                continue
+            o.rbuf, o.rbuf_epoch = b"", -1
+            # (a file holding uncommitted writes commits them before this handle writes
+            # again, see write())
+            o.raw.refresh(attr if attr is not None else current)
+
+    def flush(self, path: str | None, fi: Any) -> int:
+        h = self._handle(fi)
+        with h.lock:
+            self.writeback.commit(h)
+            if h.did_write or h.did_read:
+                h.io_ns = time.time_ns()  # close(2): the process is still here, in its run
+        return 0
+
+    def fsync(self, path: str | None, datasync: int, fi: Any) -> int:
+        h = self._handle(fi)
+        with h.lock:
+            self.writeback.commit(h)
+        return 0
+
+    def _release_handle(self, h: Handle) -> None:
+        self.handles.pop(h.fh, None)
+        hs = self.open_by_ino.get(h.ino)
+        if hs is not None:
+            hs.discard(h)
+            if not hs:
+                self.open_by_ino.pop(h.ino, None)
+                kept = self._keepalive.pop(h.ino, None)
+                if kept:
+                    try:
+                        self.nodes.release(kept, self.own_caller())
+                    except OSError:
+                        pass  # the session's lease reclaims it
+        err: OSError | None = h.error
+        with h.lock:
+            try:
+                self.writeback.commit(h)
+            except OSError as exc:
+                err = err or exc
+            try:
+                if h.raw.handle:
+                    h.raw.close()
+                else:  # no namenode handle to release
+                    h.raw.discard()
+            except OSError as exc:
+                err = err or exc
+        if self.recorder is not None:
+            self.recorder.closed(h)
+        if err is not None:
+            raise FuseError(err.errno or errno.EIO, str(err))
+
+    def release(self, path: str | None, fi: Any) -> int:
+        h = self.handles.get(fi.fh)
+        if h is None:
+            return 0
+        self._release_handle(h)
+        return 0
+
+    def fallocate(self, path: str | None, mode: int, offset: int, size: int, fi: Any) -> int:
+        h = self._handle(fi)
+        if offset < 0 or size <= 0:
+            raise FuseError(errno.EINVAL)
+        if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+            raise FuseError(errno.EOPNOTSUPP)
+        caller = self.caller()
+        with h.lock:
+            h.did_write = True
+            self.writeback.commit(h)
+            cur = self._attr_of_ino(h.ino, caller).size
+            end = offset + size
+            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                # metafs has no preallocation: zeroing is writing zeros (holes read as zeros)
+                stop = min(end, cur) if mode & FALLOC_FL_KEEP_SIZE else end
+                pos = offset
+                chunk = 1 << 20
+                while pos < stop:
+                    n = min(chunk, stop - pos)
+                    h.raw.write_at(pos, bytes(n))
+                    pos += n
+                h.raw.commit()
+                self._wrote(h)
+            elif not mode & FALLOC_FL_KEEP_SIZE and end > cur:
+                h.raw.resize(end)
+                self._wrote(h)
+        self.writeback.bump(h.ino)
+        return 0
+

@@ -1,0 +1,148 @@
+"""What other clients change, made visible through a mount: the changelog follower, and
+the kernel cache invalidations it (and the mount's own hard-link changes) calls for.
+
+The follower reads the namenode's changelog after the position it started at and, for
+every change another client made, drops what the mount caches about the inodes and names
+it touched, refreshes this mount's open files of a file whose data changed, and asks the
+kernel to drop its cached attributes and pages of those paths. Listeners (the lock table,
+which catches up to a lock grant's position) learn what was applied.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import queue
+import threading
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from ..config import Settings
+from ..posix import ROOT_INO
+from ..proto import metafs_pb2 as pb
+
+if TYPE_CHECKING:
+    from .ops import MetafsOperations
+
+
+def follows_changes(settings: Settings) -> bool:
+    """Whether the mount follows the changelog (``fuse_follow_changes``)."""
+    v = str(settings.fuse_follow_changes).strip().lower()
+    if v in ("auto", ""):
+        return bool(settings.namenode)
+    return v in ("1", "true", "yes", "on")
+
+
+class KernelInvalidator:
+    """Drops the kernel's cached attributes and pages of paths, outside the FUSE request
+    that found them stale (a request cannot wait for the kernel to drop pages it holds).
+    ``invalidate`` is set by the binding once the mount runs."""
+
+    def __init__(self) -> None:
+        self.invalidate: Callable[[str], None] | None = None
+        self._q: "queue.SimpleQueue[str | None]" = queue.SimpleQueue()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="metafs-inval", daemon=True).start()
+
+    def stop(self) -> None:
+        self._q.put(None)
+
+    def later(self, path: str) -> None:
+        """Drop the kernel's caches of ``path`` soon (from the invalidation thread)."""
+        if self.invalidate is not None:
+            self._q.put(path)
+
+    def now(self, paths: Sequence[str] | set[str]) -> None:
+        """Drop the kernel's caches of ``paths`` (not from inside a FUSE request)."""
+        inval = self.invalidate
+        if inval is not None:
+            for p in paths:
+                try:
+                    inval(p)
+                except Exception:  # the kernel may not know the path: nothing cached
+                    pass
+
+    def _run(self) -> None:
+        while True:
+            p = self._q.get()
+            if p is None:
+                return
+            self.now((p,))
+
+
+class ChangeFollower:
+    """Applies other clients' changes (from the changelog) to one mount's caches."""
+
+    def __init__(self, ops: "MetafsOperations") -> None:
+        self.ops = ops
+        self._listeners: list[Callable[[Sequence[pb.ChangeRecord]], None]] = []
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def on_applied(self, listener: Callable[[Sequence[pb.ChangeRecord]], None]) -> None:
+        """Call ``listener(records)`` after the follower applied ``records``."""
+        self._listeners.append(listener)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._follow, name="metafs-follow",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _follow(self) -> None:
+        """Drop what this mount caches about inodes other clients change, so several
+        mounts of one namenode see each other's changes."""
+        ops = self.ops
+        after = None
+        own = ops.own_caller()
+        wait = max(1, ops.settings.fuse_follow_poll_ms)
+        while not self._stop.is_set():
+            try:
+                if after is None:
+                    after = ops.nodes.changelog_head(own)
+                records = ops.nodes.changelog(after, 1000, wait, own)
+            except Exception:
+                # the namenode is away: whatever changed meanwhile is unknown
+                ops.forget_all()
+                after = None
+                self._stop.wait(1.0)
+                continue
+            if records:
+                self.apply(records)
+                for listener in self._listeners:
+                    listener(records)
+                after = records[-1].seq
+
+    def apply(self, records: Sequence[pb.ChangeRecord]) -> None:
+        """Apply changelog ``records`` (those this mount's client made are skipped)."""
+        ops = self.ops
+        cache = ops.cache
+        kernel: set[str] = set()
+        for rec in records:
+            if rec.client_id == ops.client_id or rec.op in (pb.OP_ACCESS, pb.OP_RUN):
+                continue
+            for ino in (rec.ino, rec.target_ino, rec.parent, rec.old_parent):
+                if ino:
+                    cache.forget_ino(ino, xattrs=True)
+                    p = cache.path_of.get(ino)
+                    if p is not None:
+                        kernel.add(p)
+            if rec.op in (pb.OP_WRITE, pb.OP_SETATTR, pb.OP_FREE) and rec.ino:
+                ops.writeback.bump(rec.ino)
+                cache.seen_version.pop(rec.ino, None)
+                if rec.ino in ops.open_by_ino:
+                    ops.refresh_others(rec.ino, None)
+            for parent, name in ((rec.parent, rec.name), (rec.old_parent, rec.old_name)):
+                if parent and name:
+                    pp = cache.path_of.get(parent)
+                    if pp is not None:
+                        path = posixpath.join(pp, name)
+                        cache.forget_path(path, subtree=rec.op in (pb.OP_RENAME, pb.OP_RMDIR))
+            if rec.op == pb.OP_RENAME:
+                # paths remembered for inodes under a moved directory are now wrong
+                cache.path_of = {k: v for k, v in cache.path_of.items() if k == ROOT_INO
+                                 or k in (rec.parent, rec.old_parent)
+                                 or (cache.names.get(v, (0,))[0] == k)}
+        ops.kernel.now(kernel)
