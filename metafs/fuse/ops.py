@@ -28,7 +28,7 @@ from ..client.blockfile import BlockFile
 from ..client.client import Client
 from ..config import Settings
 from ..errors import FsError
-from ..namenode.perms import Cred, access_mask_to_want, allowed
+from ..posix import Cred, access_mask_to_want, allowed
 from ..proto import metafs_pb2 as pb
 from .access import AccessRecorder
 from .procinfo import ProcCache
