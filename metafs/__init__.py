@@ -6,6 +6,7 @@ change on a changelog that feeds search and provenance.
 """
 
 from .config import tune_grpc
+from .version import __version__  # noqa: F401 - metafs.__version__
 
 tune_grpc()  # before anything imports grpc
 
@@ -24,4 +25,3 @@ _client_module.start_embedded_namenode = _start_embedded_namenode
 from .cdc.provenance.runs import run  # noqa: E402 - provenance: with metafs.run("train", params=...):
 
 __all__ = ["BulkFile", "Client", "run"]
-__version__ = "0.1.0"

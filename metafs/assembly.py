@@ -26,7 +26,7 @@ class _MetricsRegistration:
         self.ns = namenode.ns
 
     def close(self) -> None:
-        from .ops.metrics import forget
+        from .metrics import forget
 
         forget(self.ns)
 
@@ -53,7 +53,7 @@ def build_namenode(settings: Settings, *, background: bool = True) -> Namenode:
 def serve_grpc(namenode: Namenode, listen: str | None = None) -> GrpcServer:
     """Serve ``namenode`` over gRPC with metrics and authentication (TLS as configured)."""
     from .ops import auth
-    from .ops.metrics import instrument
+    from .metrics import instrument
 
     return _serve_grpc(namenode, listen, wrap_handlers=instrument, install=(auth.install,),
                        bind=auth.bind)

@@ -71,7 +71,7 @@ def volume(settings: Settings) -> tuple[Settings, dict[str, bytes]]:
 
 
 def _root():  # type: ignore[no-untyped-def]
-    from metafs.namenode.perms import ROOT
+    from metafs.posix import ROOT
 
     return ROOT
 

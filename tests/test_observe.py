@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from metafs import __version__
 from metafs.client import Client
 from metafs.config import Settings
-from metafs.ops.metrics import serve_metrics
+from metafs.metrics import serve_metrics
 from metafs.ops.stats import quantile, run as stats_run
 from metafs.ops.status import cluster_status
 

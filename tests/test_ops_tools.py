@@ -383,7 +383,7 @@ def test_fsck_finds_and_repairs_damage(engine: str, settings: Settings,
 
 # ---------------------------------------------------------------------- metrics
 def test_metrics_endpoint(settings: Settings) -> None:
-    from metafs.ops.metrics import serve_metrics
+    from metafs.metrics import serve_metrics
 
     nn = build_namenode(settings)
     srv = serve_grpc(nn, "127.0.0.1:0")

@@ -155,7 +155,7 @@ class BlockStore(ABC):
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
-        from ..ops.metrics import instrument_store  # calls, results, latency and bytes
+        from ..metrics import instrument_store  # calls, results, latency and bytes
 
         instrument_store(cls)
 

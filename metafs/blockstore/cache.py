@@ -12,7 +12,7 @@ import uuid
 from collections import OrderedDict
 from pathlib import Path
 
-from ..ops.metrics import CacheMetrics
+from ..metrics import CacheMetrics
 from .local import write_all
 
 log = logging.getLogger("metafs.blockstore.cache")

@@ -30,7 +30,7 @@ GROUPS = (serve, demo, files, inspect, status, volume, mount, search, prov, bloc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from ..version import __version__
 
     p = argparse.ArgumentParser(prog="metafs", description="metafs: a POSIX-like file system "
                                 "for machine-learning teams")

@@ -94,7 +94,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- quota
 def cmd_quota(args: argparse.Namespace) -> int:
-    from ..namenode.perms import ROOT
+    from ..posix import ROOT
 
     nn = _admin_namenode(args)
     try:

@@ -63,7 +63,7 @@ def start_serve_extras(nn: Any, s: Settings) -> Any:
     """Start the metrics endpoint of `metafs serve` when ``metrics_port`` is set."""
     if not s.metrics_port:
         return None
-    from ..ops.metrics import serve_metrics
+    from ..metrics import serve_metrics
 
     srv = serve_metrics(s.metrics_port, s.metrics_listen)
     log.info("metrics on http://%s:%d/metrics", s.metrics_listen, srv.server_port)

@@ -147,7 +147,7 @@ class Client:
         self._embedded = None
         if transport is None:
             if settings.namenode and not data_dir:
-                from ..ops.auth import identity_for_client, make_transport  # TLS, tokens
+                from .auth import identity_for_client, make_transport  # TLS, tokens
 
                 transport = make_transport(settings)
                 bound = identity_for_client(transport)  # claim the ids we authenticate as

@@ -37,7 +37,10 @@ class Transport(Protocol):
 
 
 class LocalTransport:
-    """Calls an in-process namenode's handlers."""
+    """Calls an in-process namenode's handlers. ``namenode`` is a
+    :class:`metafs.namenode.server.Namenode` (or anything with ``handlers``, ``close()`` and
+    ``internal_error(exc, method)``, which logs an unexpected failure and returns the FsError
+    the caller gets); the client does not import the namenode itself."""
 
     def __init__(self, namenode: Any, *, owns: bool = False) -> None:
         self.namenode = namenode
@@ -53,9 +56,7 @@ class LocalTransport:
         except FsError:
             raise
         except Exception as exc:
-            from ..namenode.service import internal_error
-
-            raise internal_error(exc, method) from exc
+            raise self.namenode.internal_error(exc, method) from exc
 
     def stream(self, method: str, request: Any) -> Iterator[Any]:
         return getattr(self._handlers, method)(request)

@@ -29,7 +29,7 @@ import mfusepy  # noqa: E402
 
 from ..buffers import memmove  # noqa: E402
 from ..config import Settings  # noqa: E402
-from ..ops.metrics import FuseCallMetrics  # noqa: E402
+from ..metrics import FuseCallMetrics  # noqa: E402
 
 if mfusepy.fuse_version_major != 3:  # pragma: no cover - depends on the machine
     raise ImportError(f"metafs needs libfuse 3 (found {mfusepy.fuse_version_major}."
@@ -110,7 +110,7 @@ class MetafsFUSE(mfusepy.FUSE):
             CALL_COUNTS[name] = CALL_COUNTS.get(name, 0) + 1
         t0 = time.perf_counter()
         result = super()._wrapper(func, *args, **kwargs)
-        _CALLS.observe(name, time.perf_counter() - t0, result)  # Prometheus (ops/metrics)
+        _CALLS.observe(name, time.perf_counter() - t0, result)  # Prometheus (metafs.metrics)
         return result
 
     def __init__(self, operations: Any, mountpoint: str, settings: Settings,

@@ -79,7 +79,7 @@ def make_client(settings: Settings) -> Client:
     claims the ids of the process behind it: a mount used by several users needs a
     ``trusted`` identity; an untrusted one serves its own uid only."""
     if settings.namenode:
-        from ..ops.auth import identity_for_client, make_transport
+        from ..client.auth import identity_for_client, make_transport
 
         transport = make_transport(settings, timeout=settings.fuse_rpc_timeout,
                                    options=_RECONNECT_OPTIONS)
@@ -141,7 +141,7 @@ def run_mount(settings: Settings, mountpoint: str, ready_fd: int | None = None) 
     pf = pid_file(mountpoint)
     metrics = None
     if settings.metrics_port:  # Prometheus: per-operation counts and latencies, caches
-        from ..ops.metrics import serve_metrics
+        from ..metrics import serve_metrics
 
         try:
             metrics = serve_metrics(settings.metrics_port, settings.metrics_listen)

@@ -273,6 +273,10 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         self.engine.changelog.settle()
         return self.query(changelog.head)
 
+    def volume_uuid(self) -> str:
+        """This file system's identity (provenance keeps its records under it)."""
+        return runs.volume_uuid(self)
+
     def record_access(self, cred: Cred, events: Iterable[pb.AccessEvent]) -> None:
         runs.record_access(self, cred, events)
 

@@ -50,7 +50,7 @@ _Q_PARENTS = Prepared(select(D.c.parent).where(D.c.ino == bindparam("ino")))
 
 def acts_for_others(cred: Cred) -> bool:
     """Whether ``cred`` may record events for other uids: root, or a trusted gateway."""
-    return cred.is_root or bool(getattr(cred, "trusted", False))
+    return cred.is_root or cred.trusted
 
 
 def volume_uuid(ns: "Namespace") -> str:

@@ -79,6 +79,10 @@ class Namenode:
         for attach in extensions:
             self.extensions.append(attach(self))
 
+    # An unexpected failure of a handler: logged with its traceback, EIO for the caller (the
+    # in-process transport raises it; the gRPC server sends it).
+    internal_error = staticmethod(internal_error)
+
     def start_background(self, name: str, fn: Callable[[], Any], every: float) -> None:
         def loop() -> None:
             while not self._stop.wait(every):

@@ -19,6 +19,7 @@ from ..errors import FsError
 from ..posix import ROOT_INO, Cred
 from ..proto import metafs_pb2 as pb
 from .namespace import Namespace
+from .status import namenode_status  # version, sessions, lag, health
 
 log = logging.getLogger("metafs.namenode")
 
@@ -289,7 +290,6 @@ class Handlers:
 
     # -- search (metafs.cdc.search.service)
     def Status(self, req: pb.StatusRequest, ctx: Any = None) -> pb.StatusReply:
-        from ..ops.status import namenode_status  # version, sessions, lag, health
 
         return namenode_status(self.ns, self.settings, root=self.c(req, ctx).uid == 0)
 

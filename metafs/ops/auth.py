@@ -33,21 +33,19 @@ served beside the Namenode service), so ``Client()`` claims the right ids by its
 
 from __future__ import annotations
 
-import datetime as dt
 import errno
 import hashlib
 import json
-import ipaddress
 import logging
 import os
-import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 
+from ..client.auth import check_secret_file, check_validity, host_of, is_loopback, read_secret
 from ..config import Settings
 from ..errors import FsError
 from ..proto import metafs_pb2 as pb
@@ -56,7 +54,6 @@ from ..posix import Cred
 log = logging.getLogger("metafs.auth")
 
 AUTH_MODES = ("none", "token", "cert", "any")
-WHOAMI = "/metafs.Auth/WhoAmI"
 
 
 class AuthError(FsError):
@@ -147,21 +144,6 @@ def write_secret(path: str | Path, data: bytes | str, *, append: bool = False) -
         os.write(fd, data.encode() if isinstance(data, str) else data)
     finally:
         os.close(fd)
-
-
-def check_secret_file(path: str | Path, what: str) -> None:
-    """Refuse a secret file that every user of the machine can read (as ssh refuses such a
-    private key); warn about one its group can read."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(errno.ENOENT, f"{what} not found", str(path)) from None
-    if mode & 0o004:
-        raise PermissionError(errno.EACCES, f"{what} {path} is readable by every user "
-                              f"(mode {stat.S_IMODE(mode):03o}); run: chmod 600 {path}")
-    if mode & 0o040:
-        log.warning("%s %s is readable by its group (mode %03o)", what, path,
-                    stat.S_IMODE(mode))
 
 
 def _has_identity(p: Path, section: str, name: str) -> bool:
@@ -323,41 +305,10 @@ def install(namenode: Any, server: grpc.Server) -> Authenticator:
     return auth
 
 
-def _check_validity(pem: bytes, what: str, path: str) -> None:
-    from .certs import validity
-
-    start, end = validity(pem)
-    now = dt.datetime.now(dt.timezone.utc)
-    if now > end:
-        raise PermissionError(errno.EACCES, f"{what} {path} expired on {end:%Y-%m-%d %H:%M} UTC")
-    if now < start:
-        raise PermissionError(errno.EACCES, f"{what} {path} is not valid before "
-                              f"{start:%Y-%m-%d %H:%M} UTC")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a literal address or ``localhost``) names this machine only.
-    Other names are not resolved: what they resolve to is not the caller's to trust."""
-    host = host.strip("[]")
-    if host.lower() in ("localhost", "localhost.localdomain") or host.startswith("unix:"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _host_of(address: str) -> str:
-    if address.startswith("unix:"):
-        return address
-    host = address.rsplit(":", 1)[0] if ":" in address else address
-    return host.split("//", 1)[-1]  # dns:///host:port, ipv4:host:port
-
-
 def check_listen(listen: str, settings: Settings) -> None:
     """Refuse to serve without authentication beyond loopback, unless ``insecure`` says
     that every claim is to be believed (then warn that it is)."""
-    if settings.auth_mode.lower() not in ("none", "") or is_loopback(_host_of(listen)):
+    if settings.auth_mode.lower() not in ("none", "") or is_loopback(host_of(listen)):
         return
     if not settings.insecure:
         raise ValueError(
@@ -369,13 +320,6 @@ def check_listen(listen: str, settings: Settings) -> None:
                 "and groups are trusted (--insecure)", listen)
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(errno.ENOENT, f"{what} not found", path) from None
-
-
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS credentials for `metafs serve`, or None for plaintext."""
     if not settings.tls_cert:
@@ -384,11 +328,11 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         return None
     if not settings.tls_key:
         raise ValueError("tls_cert is set but tls_key is not")
-    cert = _read(settings.tls_cert, "TLS certificate")
-    _check_validity(cert, "the namenode's TLS certificate", settings.tls_cert)
+    cert = read_secret(settings.tls_cert, "TLS certificate")
+    check_validity(cert, "the namenode's TLS certificate", settings.tls_cert)
     check_secret_file(settings.tls_key, "TLS key")
-    key = _read(settings.tls_key, "TLS key")
-    ca = _read(settings.tls_ca, "TLS CA") if settings.tls_ca else None
+    key = read_secret(settings.tls_key, "TLS key")
+    ca = read_secret(settings.tls_ca, "TLS CA") if settings.tls_ca else None
     if settings.tls_client_auth and ca is None:
         raise ValueError("tls_client_auth needs tls_ca to verify client certificates")
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
@@ -406,87 +350,3 @@ def bind(server: grpc.Server, listen: str, settings: Settings) -> int:
     return server.add_secure_port(listen, creds)
 
 
-# ---------------------------------------------------------------------- client side
-def client_token(settings: Settings) -> str:
-    if settings.token:
-        return settings.token.strip()
-    if settings.token_file:
-        check_secret_file(settings.token_file, "token file")
-        return _read(settings.token_file, "token file").decode().strip()
-    return ""
-
-
-def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
-    """TLS credentials for a client, or None (plaintext) when no CA or client certificate
-    is configured."""
-    if not (settings.tls_ca or settings.tls_client_cert):
-        return None
-    ca = _read(settings.tls_ca, "TLS CA") if settings.tls_ca else None
-    key = cert = None
-    if settings.tls_client_cert:
-        cert = _read(settings.tls_client_cert, "client certificate")
-        _check_validity(cert, "client certificate", settings.tls_client_cert)
-        if not settings.tls_client_key:
-            raise ValueError("tls_client_cert is set but tls_client_key is not")
-        check_secret_file(settings.tls_client_key, "client key")
-        key = _read(settings.tls_client_key, "client key")
-    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
-                                        certificate_chain=cert)
-
-
-def make_transport(settings: Settings, *, timeout: float | None = None,
-                   options: tuple[tuple[str, Any], ...] = ()) -> Any:
-    """The gRPC transport a client uses: TLS and token as configured. ``timeout``
-    (default ``settings.rpc_timeout``) and extra channel ``options`` let a caller such as
-    the FUSE mount keep calls short and reconnect fast."""
-    from ..client.transport import GrpcTransport
-
-    creds = channel_credentials(settings)
-    token = client_token(settings)
-    if token and creds is None and not settings.insecure:
-        exposed = [a for a in settings.namenode.split(",")
-                   if a.strip() and not is_loopback(_host_of(a.strip()))]
-        if exposed:
-            raise PermissionError(
-                errno.EPERM, f"refusing to send a bearer token in clear text to {exposed[0]}: "
-                "set tls_ca (--tls-ca, METAFS_TLS_CA) to the cluster's CA certificate so the "
-                "connection uses TLS")
-    metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) \
-        if token else ()
-    options = tuple(options)
-    if settings.tls_server_name and creds is not None:
-        options += (("grpc.ssl_target_name_override", settings.tls_server_name),)
-
-    class AuthTransport(GrpcTransport):
-        """GrpcTransport that can ask the namenode who it takes this client to be."""
-
-        def whoami(self) -> dict[str, Any]:
-            fn: Callable[..., Any] = self._channels[0].unary_unary(
-                WHOAMI, request_serializer=lambda b: b, response_deserializer=json.loads)
-            try:
-                return fn(b"", timeout=self.timeout, metadata=self.metadata)
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    return {"kind": "none", "uid": None}
-                from ..client.transport import error_from_rpc
-
-                raise error_from_rpc(exc, "WhoAmI").to_oserror() from None
-
-    t = AuthTransport(settings.namenode,
-                      timeout=settings.rpc_timeout if timeout is None else timeout,
-                      credentials=creds,
-                      metadata=metadata, options=options, streams=settings.call_streams,
-                      max_receive=settings.grpc_max_receive_bytes,
-                      max_send=settings.grpc_max_send_bytes)
-    t.authenticated = bool(token or settings.tls_client_cert)
-    return t
-
-
-def identity_for_client(transport: Any) -> tuple[int, int, list[int]] | None:
-    """(uid, gid, groups) the namenode binds this transport to, when it authenticates."""
-    if not getattr(transport, "authenticated", False):
-        return None
-    who = transport.whoami()
-    if who.get("uid") is None or who.get("trusted"):
-        return None
-    return int(who["uid"]), int(who["gid"]), [int(g) for g in who.get("groups", [])]

@@ -182,7 +182,7 @@ def iter_records(conn: Connection, source: dict[str, Any], progress: Progress | 
 
 
 def _source(engine: MetaEngine) -> dict[str, Any]:
-    from .. import __version__
+    from ..version import __version__
 
     return {"engine": engine.name,
             "database": engine.engine.url.render_as_string(hide_password=True),

@@ -155,7 +155,7 @@ def build_event(namespace: str, run: Mapping[str, Any], state: str, *,
                                               job_type_job, parent_run,
                                               processing_engine_run)
 
-    from ... import __version__
+    from ...version import __version__
 
     run_facet, job_facet = _facet_classes()
 

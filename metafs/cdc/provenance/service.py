@@ -25,7 +25,6 @@ from typing import Any
 from sqlalchemy import select
 
 from ...errors import FsError
-from ...namenode.runs import volume_uuid
 from ...posix import ROOT_INO, Cred
 from ...proto import metafs_pb2 as pb
 from ..consumer import Consumer
@@ -73,7 +72,7 @@ class ProvenanceService:
     def store(self) -> ProvenanceStore:
         with self._lock:
             if self._store is None:
-                store = ProvenanceStore.for_settings(self.settings, volume_uuid(self.ns))
+                store = ProvenanceStore.for_settings(self.settings, self.ns.volume_uuid())
                 store.lineage = LiveLineage.from_environment(self.namespace())
                 self._consumer = Consumer(NamespaceSource(self.ns), store, name="provenance")
                 self._store = store

@@ -44,7 +44,7 @@ from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECT
                                start_http_server)
 from prometheus_client.core import GaugeMetricFamily
 
-from ..errors import FsError
+from .errors import FsError
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # the standard process, platform and garbage-collector metrics of the default registry
