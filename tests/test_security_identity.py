@@ -1,6 +1,8 @@
 """Identity bound end to end, and nothing visible that the caller may not see.
 
-A real namenode over gRPC with TLS and bearer tokens. Alice keeps files in a 0700
+A real namenode over gRPC with TLS, its identities made as `metafs auth init` makes them,
+run twice: once with bearer tokens and once with client certificates (mutual TLS, the
+certificate's common name naming the identity). Alice keeps files in a 0700
 directory; bob, a second authenticated user, attacks them with raw protocol messages
 (forged client ids and handles, an unregistered session, the changelog, calls by inode
 number, hard links, locks, search counts). Every attack is refused with the right errno,
@@ -27,35 +29,71 @@ from metafs.client import Client
 from metafs.config import Settings
 from metafs.namenode import schema
 from metafs.namenode.server import UNARY_REQUESTS
-from metafs.ops import certs
-from metafs.ops.auth import add_token
+from metafs.ops.team import Member, init_team
 from metafs.proto import metafs_pb2 as pb
 from metafs.proto import metafs_pb2_grpc as pb_grpc
 
 ALICE, BOB = (1000, 1000), (1001, 1001)
-TOKENS = {"alice": "alice-token-1", "bob": "bob-token-2", "gateway": "gateway-token-3"}
 SECRET = b"alice's secret model weights"
+CREDENTIALS = ("token", "cert")
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("pki")
-    certs.init_cluster(d, hosts=["localhost", "127.0.0.1"])
-    auth = d / "auth.toml"
-    add_token(auth, "alice", *ALICE, [ALICE[1]], TOKENS["alice"])
-    add_token(auth, "bob", *BOB, [BOB[1]], TOKENS["bob"])
-    add_token(auth, "gateway", 0, 0, [], TOKENS["gateway"], trusted=True)
-    return {"ca": d / "ca.pem", "server": d / "server.pem", "key": d / "server-key.pem",
-            "auth": auth}
+class Pki:
+    """A cluster's PKI and identities as `metafs auth init` makes them: alice and bob are
+    users, ``gateway`` a trusted service; each holds a bearer token or a client
+    certificate (mutual TLS), by ``kind``."""
+
+    def __init__(self, d: Path, kind: str) -> None:
+        self.dir, self.kind = d, kind
+        init_team(d, ["localhost"], [Member("alice", *ALICE, (ALICE[1],)),
+                                     Member("bob", *BOB, (BOB[1],)),
+                                     Member("gateway", 0, 0, trusted=True)],
+                  credentials=kind)
+        self.ca, self.server, self.key = d / "ca.pem", d / "server.pem", d / "server-key.pem"
+        self.auth = d / "auth.toml"
+
+    def home(self, name: str) -> Path:
+        return self.dir / "identities" / name
+
+    def token(self, name: str) -> str:
+        return (self.home(name) / "token").read_text().strip()
+
+    def channel_credentials(self, name: str) -> grpc.ChannelCredentials:
+        if self.kind == "token":
+            return grpc.ssl_channel_credentials(self.ca.read_bytes())
+        return grpc.ssl_channel_credentials(
+            self.ca.read_bytes(), private_key=(self.home(name) / "client-key.pem").read_bytes(),
+            certificate_chain=(self.home(name) / "client.pem").read_bytes())
+
+    def metadata(self, name: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token(name)}"),) if self.kind == "token" \
+            else ()
+
+    def client_settings(self, name: str) -> dict[str, str]:
+        if self.kind == "token":
+            return {"token": self.token(name)}
+        return {"tls_client_cert": str(self.home(name) / "client.pem"),
+                "tls_client_key": str(self.home(name) / "client-key.pem")}
+
+    def server_settings(self) -> dict[str, Any]:
+        return {"tls_cert": str(self.server), "tls_key": str(self.key), "tls_ca": str(self.ca),
+                "auth_file": str(self.auth), "auth_mode": self.kind,
+                "tls_client_auth": self.kind == "cert"}
+
+
+@pytest.fixture(scope="module", params=CREDENTIALS)
+def pki(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Every attack runs twice: against tokens over TLS and against client certificates."""
+    return Pki(tmp_path_factory.mktemp(f"pki-{request.param}"), request.param)
 
 
 class Raw:
-    """Raw protocol calls as one token's identity, over TLS."""
+    """Raw protocol calls as one identity (its token or its client certificate), over TLS."""
 
-    def __init__(self, address: str, ca: Path, token: str, uid: int, gid: int) -> None:
-        self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca.read_bytes()))
+    def __init__(self, address: str, pki: Pki, name: str, uid: int, gid: int) -> None:
+        self.channel = grpc.secure_channel(address, pki.channel_credentials(name))
         self.stub = pb_grpc.NamenodeStub(self.channel)
-        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.metadata = pki.metadata(name)
         self.client_id = uuid.uuid4().hex
         self.caller = pb.Caller(uid=uid, gid=gid, groups=[gid], pid=os.getpid(),
                                 client_id=self.client_id)
@@ -96,15 +134,16 @@ def refused(raw: Raw, method: str, req: Any) -> tuple[int, str]:
 
 
 class Cluster:
-    def __init__(self, nn: Any, address: str, settings: Settings, pki: dict[str, Path]) -> None:
+    def __init__(self, nn: Any, address: str, settings: Settings, pki: Pki) -> None:
         self.nn, self.address, self.settings, self.pki = nn, address, settings, pki
 
     def raw(self, name: str, ids: tuple[int, int]) -> Raw:
-        return Raw(self.address, self.pki["ca"], TOKENS[name], *ids)
+        return Raw(self.address, self.pki, name, *ids)
 
     def client(self, name: str, **kw: Any) -> Client:
         s = self.settings.with_(namenode=self.address, tls_cert="", tls_key="", auth_file="",
-                                auth_mode="none", token=TOKENS[name], tls_ca=str(self.pki["ca"]))
+                                auth_mode="none", tls_client_auth=False,
+                                tls_ca=str(self.pki.ca), **self.pki.client_settings(name))
         return Client(settings=s, **kw)
 
     def rows(self, table: Any) -> int:
@@ -139,9 +178,8 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(settings: Settings, pki: dict[str, Path], tmp_path: Path) -> Iterator[Cluster]:
-    s = settings.with_(tls_cert=str(pki["server"]), tls_key=str(pki["key"]),
-                       tls_ca=str(pki["ca"]), auth_file=str(pki["auth"]), auth_mode="token",
+def cluster(settings: Settings, pki: Pki, tmp_path: Path) -> Iterator[Cluster]:
+    s = settings.with_(**pki.server_settings(),
                        rpc_timeout=20.0, serve_index=True, search_dir=str(tmp_path / "index"))
     nn = build_namenode(s)
     srv = serve_grpc(nn, "127.0.0.1:0")
