@@ -8,9 +8,15 @@ metadata, so the table can show ratios that survive a noisy shared machine.
 
     python benchmarks/namenode_ops.py [--n 2000] [--clients 1,8] [--no-postgres] [--json out.json]
 
-``--auth`` instead measures the per-call cost of authentication in one run: the same
-operations against one gRPC namenode (SQLite) each way: plaintext, TLS without
-authentication, TLS with a bearer token, and mutual TLS with a client certificate.
+``--auth`` instead measures the per-call cost of authentication in one run: GetAttr,
+Lookup, Create and Unlink against gRPC namenodes (SQLite) served at once, each way:
+plaintext, TLS without authentication, TLS with a bearer token and mutual TLS with a
+client certificate (each as an untrusted user, whose calls by inode are checked along the
+path, and as a trusted service identity, whose are not). One client process alternates
+between the ways round by round; the cost is the ratio of two ways' times within each
+round, summarised by its median and best over the rounds (robust on a noisy machine):
+
+    python benchmarks/namenode_ops.py --auth [--n 200] [--rounds 40] [--json out.json]
 """
 
 from __future__ import annotations
@@ -139,56 +145,155 @@ def posix_ops(root: str, n: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------- authentication
-AUTH_WAYS = ("plaintext", "tls", "tls+token", "mtls")
+# (way, the namenode it talks to, the identity it authenticates as). A user identity is
+# untrusted: calls by inode are checked along the path. "trusted" is a service identity
+# of the same credential kind, whose calls are not: the pair shows that check's share.
+AUTH_WAYS = (("plaintext", "plaintext", ""), ("tls", "tls", ""),
+             ("tls+token", "token", "bench"), ("tls+token trusted", "token", "bench-svc"),
+             ("mtls", "mtls", "bench-cert"), ("mtls trusted", "mtls", "bench-svc-cert"))
+AUTH_OPS = ("getattr", "lookup", "create", "unlink")
+# what each way is compared with, in the same round: authentication against none over the
+# same TLS, and the by-inode check (untrusted against trusted, same credential kind)
+AUTH_PAIRS = (("tls+token", "tls"), ("mtls", "tls"), ("tls", "plaintext"),
+              ("tls+token", "tls+token trusted"), ("mtls", "mtls trusted"))
+BENCH_UID = 1000
+DEPTH = ("b", "d1", "d2", "d3")  # files four directories down: the ancestry walk has work
 
 
-def auth_overhead(work: Path, n: int, rounds: int = 3) -> list[dict[str, Any]]:
-    """ops/s of each way of AUTH_WAYS, best of ``rounds`` interleaved rounds (so drift of
-    a shared machine hits every way alike), with the cost of each against TLS alone."""
+def _auth_worker(args: tuple[list[tuple[str, dict, dict, str]], int, int, Any]) -> dict:
+    """One client process drives every way, alternating: round r runs each way's burst of
+    ``n`` calls per op in an order rotated by r, so the drift of a shared machine lands on
+    every way alike. Returns seconds per (way, op) per round."""
+    ways, n, rounds, _ = args
+    from metafs.client import Client
+    from metafs.config import load
+    from metafs.proto import metafs_pb2 as pb
+
+    conns: list[tuple[str, Client, Any, int, int]] = []
+    for way, kw, admin_kw, address in ways:
+        s = load(overrides=kw, environ={}).with_(namenode=address)
+        admin = Client(settings=load(overrides=admin_kw, environ={}).with_(namenode=address),
+                       uid=0, gid=0, groups=[])
+        if not admin.exists("/" + DEPTH[0]):
+            path = ""
+            for d in DEPTH:
+                path += "/" + d
+                admin.mkdir(path, 0o755)
+            admin.chown(path, BENCH_UID, BENCH_UID)
+            admin.write_bytes(path + "/probe", b"x")
+        admin.close()
+        fs = Client(settings=s, uid=BENCH_UID, gid=BENCH_UID, groups=[BENCH_UID])
+        base = "/" + "/".join(DEPTH)
+        conns.append((way, fs, fs.caller, fs.ino(base), fs.ino(base + "/probe")))
+    times: dict[str, dict[str, list[float]]] = {w[0]: {o: [] for o in AUTH_OPS} for w in ways}
+    for r in range(rounds):
+        order = conns[r % len(conns):] + conns[:r % len(conns)]
+        for way, fs, caller, dino, fino in order:
+            call = fs.transport.call
+            names = [f"r{r}-{i}" for i in range(n)]
+            bursts = {
+                "getattr": lambda: [call("GetAttr", pb.InodeRequest(caller=caller, ino=fino))
+                                    for _ in range(n)],
+                "lookup": lambda: [call("Lookup", pb.LookupRequest(
+                    caller=caller, parent=dino, name="probe")) for _ in range(n)],
+                "create": lambda: [call("Create", pb.CreateRequest(
+                    caller=caller, parent=dino, name=nm, mode=0o100644)) for nm in names],
+                "unlink": lambda: [call("Unlink", pb.NameRequest(
+                    caller=caller, parent=dino, name=nm)) for nm in names]}
+            for op in AUTH_OPS:
+                t = time.perf_counter()
+                bursts[op]()
+                times[way][op].append(time.perf_counter() - t)
+    for c in conns:
+        c[1].close()
+    return times
+
+
+def _median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    m = len(ys) // 2
+    return ys[m] if len(ys) % 2 else (ys[m - 1] + ys[m]) / 2
+
+
+def auth_overhead(work: Path, n: int, rounds: int) -> dict[str, Any]:
+    """Per-call cost of each way of AUTH_WAYS in one run: every namenode served at once
+    (from this process), one client process alternating between them round by round.
+    Reports µs per call (median and best round) and, for each pair of AUTH_PAIRS, the
+    ratio of the two ways' times within each round: its median and best across rounds."""
     from metafs.assembly import build_namenode, serve_grpc
     from metafs.config import load
-    from metafs.ops import certs
-    from metafs.ops.auth import add_cert_identity, add_token, write_secret
+    from metafs.ops.team import Member, init_team
 
     pki = work / "pki"
-    certs.init_cluster(pki, hosts=["localhost", "127.0.0.1"], clients=["bench"])
-    table = pki / "auth.toml"
-    add_token(table, "bench", 0, 0, [], "bench-token")
-    add_cert_identity(table, "bench", 0, 0, [])
-    write_secret(pki / "token", "bench-token\n")
+    init_team(pki, ["localhost"], [Member("bench", BENCH_UID, BENCH_UID),
+                                   Member("bench-svc", 0, 0, trusted=True)], credentials="token")
+    init_team(pki, ["localhost"], [Member("bench-cert", BENCH_UID, BENCH_UID),
+                                   Member("bench-svc-cert", 0, 0, trusted=True)],
+              credentials="cert")
     tls = {"tls_cert": str(pki / "server.pem"), "tls_key": str(pki / "server-key.pem"),
            "tls_ca": str(pki / "ca.pem")}
+    table = str(pki / "auth.toml")
     server_kw = {"plaintext": {}, "tls": tls,
-                 "tls+token": {**tls, "auth_mode": "token", "auth_file": str(table)},
-                 "mtls": {**tls, "auth_mode": "cert", "auth_file": str(table),
+                 "token": {**tls, "auth_mode": "token", "auth_file": table},
+                 "mtls": {**tls, "auth_mode": "cert", "auth_file": table,
                           "tls_client_auth": True}}
-    client_kw = {"plaintext": {}, "tls": {"tls_ca": tls["tls_ca"]},
-                 "tls+token": {"tls_ca": tls["tls_ca"], "token_file": str(pki / "token")},
-                 "mtls": {"tls_ca": tls["tls_ca"],
-                          "tls_client_cert": str(pki / "client-bench.pem"),
-                          "tls_client_key": str(pki / "client-bench-key.pem")}}
-    best: dict[str, dict[str, float]] = {w: {} for w in AUTH_WAYS}
-    for r in range(rounds):
-        for way in AUTH_WAYS:
-            kw = {"data_dir": str(work / f"auth-{way}-{r}")}
-            nn = build_namenode(load(overrides={**kw, **server_kw[way]}, environ={}))
-            server = serve_grpc(nn, "127.0.0.1:0")
-            print(f"auth {way} round {r + 1} ...", file=sys.stderr, flush=True)
-            try:
-                rates = _run_metafs({**kw, **client_kw[way]}, server.address, 1, n)
-            finally:
-                server.stop(0)
-                nn.close()
-            for op, v in rates.items():
-                best[way][op] = max(best[way].get(op, 0.0), v)
-    rows = []
-    for way in AUTH_WAYS:
-        row: dict[str, Any] = {"system": "metafs", "engine": "sqlite", "mode": f"grpc {way}",
-                               "clients": 1, **best[way]}
-        for op in ("create", "stat", "rename"):
-            row[f"{op} cost vs tls %"] = round(100 * (best["tls"][op] / best[way][op] - 1), 1)
-        rows.append(row)
-    return rows
+
+    def client_kw(server: str, ident: str) -> dict[str, Any]:
+        home = pki / "identities" / ident
+        if server == "plaintext":
+            return {}
+        if server == "tls":
+            return {"tls_ca": tls["tls_ca"]}
+        if server == "token":
+            return {"tls_ca": tls["tls_ca"], "token_file": str(home / "token")}
+        return {"tls_ca": tls["tls_ca"], "tls_client_cert": str(home / "client.pem"),
+                "tls_client_key": str(home / "client-key.pem")}
+
+    served = {}
+    try:
+        for name, kw in server_kw.items():
+            nn = build_namenode(load(overrides={"data_dir": str(work / name), **kw},
+                                     environ={}))
+            served[name] = (nn, serve_grpc(nn, "127.0.0.1:0"))
+        service = {"token": "bench-svc", "mtls": "bench-svc-cert"}
+        ways = [(way, {"data_dir": str(work / "client"), **client_kw(srv, ident)},
+                 {"data_dir": str(work / "client"), **client_kw(srv, service.get(srv, ""))},
+                 served[srv][1].address) for way, srv, ident in AUTH_WAYS]
+        print(f"auth: {rounds} alternating rounds of {n} calls per op and way ...",
+              file=sys.stderr, flush=True)
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(1) as pool:
+            times = pool.apply(_auth_worker, ((ways, n, rounds, None),))
+    finally:
+        for nn, srv in served.values():
+            srv.stop(0)
+            nn.close()
+    per_call = {way: {op: {"median_us": round(1e6 * _median(ts) / n, 1),
+                           "best_us": round(1e6 * min(ts) / n, 1)}
+                      for op, ts in ops.items()} for way, ops in times.items()}
+    ratios = {}
+    for a, b in AUTH_PAIRS:
+        ratios[f"{a} / {b}"] = {
+            op: {"median_%": round(100 * (_median([x / y for x, y in zip(
+                times[a][op], times[b][op])]) - 1), 1),
+                 "best_%": round(100 * (min(x / y for x, y in zip(
+                     times[a][op], times[b][op])) - 1), 1)}
+            for op in AUTH_OPS}
+    return {"calls_per_op_and_round": n, "rounds": rounds, "per_call": per_call,
+            "cost_per_round_pair": ratios}
+
+
+def _print_auth(res: dict[str, Any]) -> None:
+    print(f"{'way':<20}" + "".join(f"{op + ' µs med/best':>22}" for op in AUTH_OPS))
+    for way, ops in res["per_call"].items():
+        print(f"{way:<20}" + "".join(
+            f"{ops[op]['median_us']:>13.1f} /{ops[op]['best_us']:>7.1f}" for op in AUTH_OPS))
+    print(f"\nextra time per call, ratio within each round ({res['rounds']} rounds): "
+          "median % (best %)")
+    for pair, ops in res["cost_per_round_pair"].items():
+        print(f"{pair:<32}" + "".join(
+            f"{op:>9} {ops[op]['median_%']:>+6.1f} ({ops[op]['best_%']:+.1f})"
+            for op in AUTH_OPS))
 
 
 # ---------------------------------------------------------------------- main
@@ -201,17 +306,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-juicefs", action="store_true")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--auth", action="store_true", help="only the cost of authentication "
-                    "(plaintext, TLS, TLS + token, mutual TLS), best of 3 rounds")
+                    "(plaintext, TLS, TLS + token, mutual TLS; trusted and untrusted), in "
+                    "alternating rounds of --n calls per op")
+    ap.add_argument("--rounds", type=int, default=40, help="rounds for --auth")
     args = ap.parse_args(argv)
     if args.auth:
         work = Path(tempfile.mkdtemp(prefix="mfs-bench-"))
         try:
-            rows = auth_overhead(work, args.n)
+            res = auth_overhead(work, args.n, args.rounds)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        print(json.dumps(rows, indent=2))
+        _print_auth(res)
         if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=2))
+            Path(args.json).write_text(json.dumps(res, indent=2))
         return 0
     clients = [int(c) for c in args.clients.split(",")]
 
