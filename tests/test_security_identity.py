@@ -27,9 +27,11 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from metafs.assembly import build_namenode, serve_grpc
 from metafs.client import Client
 from metafs.config import Settings
+from metafs.errors import FsError
 from metafs.namenode import schema
 from metafs.namenode.server import UNARY_REQUESTS
 from metafs.ops.team import Member, init_team
+from metafs.posix import Cred
 from metafs.proto import metafs_pb2 as pb
 from metafs.proto import metafs_pb2_grpc as pb_grpc
 
@@ -331,6 +333,71 @@ def test_calls_by_inode_are_checked_along_the_path(cluster: Cluster) -> None:
         assert e == errno.EACCES, (method, e, msg)
     assert cluster.state() == before
     bob.close()
+
+
+def test_by_inode_check_follows_the_whole_path_at_once(cluster: Cluster) -> None:
+    """GetAttr, Lookup and Open check the path in their own statement: a directory far
+    above that closes is enough to refuse, and a chmod takes effect on the next call."""
+    with cluster.client("alice") as alice:
+        alice.mkdir("/home/alice/private/pub", 0o777)
+        alice.write_bytes("/home/alice/private/pub/f", b"deep")
+        alice.chmod("/home/alice/private/pub/f", 0o666)
+    bob = cluster.raw("bob", BOB)
+    bob.open_session()
+    c = bob.caller
+    pub, f = _ino(cluster, "/home/alice/private/pub"), _ino(cluster, "/home/alice/private/pub/f")
+    calls = [("GetAttr", pb.InodeRequest(caller=c, ino=f)),
+             ("Lookup", pb.LookupRequest(caller=c, parent=pub, name="f")),
+             ("Open", pb.OpenRequest(caller=c, ino=f, flags=os.O_RDONLY, read_inline=True))]
+    for method, req in calls:  # /home/alice/private is 0700: pub and f are out of reach
+        e, msg = refused(bob, method, req)
+        assert e == errno.EACCES and "not reachable" in msg, (method, e, msg)
+    with cluster.client("alice") as alice:
+        alice.chmod("/home/alice/private", 0o711)
+    assert bob("GetAttr", calls[0][1]).size == 4
+    assert bob("Lookup", calls[1][1]).ino == f
+    assert bob("Open", calls[2][1]).data == b"deep"
+    with cluster.client("alice") as alice:
+        alice.chmod("/home/alice", 0o700)  # closed higher up now
+    for method, req in calls:
+        assert refused(bob, method, req)[0] == errno.EACCES, method
+    # nonexistent inodes are ENOENT, as for anyone
+    assert refused(bob, "GetAttr", pb.InodeRequest(caller=c, ino=1 << 40))[0] == errno.ENOENT
+    assert refused(bob, "Lookup", pb.LookupRequest(caller=c, parent=1 << 40, name="x"))[0] \
+        == errno.ENOENT
+    bob.close()
+
+
+def test_by_inode_check_on_each_engine(engine_namenode: Any) -> None:
+    """The combined statements (attributes or a lookup joined with the ancestry) give the
+    same answers on SQLite and PostgreSQL: a file with two names is reachable while one
+    of its paths is open, an open handle keeps an unreachable file usable."""
+    ns = engine_namenode.ns
+    root = Cred()
+    bob = Cred(*BOB, frozenset({BOB[1]}), client_id="bob-s", identity="token:bob",
+               trusted=False)
+    a = ns.mkdir(root, 1, "a", 0o700).ino
+    b = ns.mkdir(root, 1, "b", 0o755).ino
+    sub = ns.mkdir(root, a, "sub", 0o777).ino
+    f = ns.create(root, sub, "f", 0o100644).attr.ino
+    with pytest.raises(FsError) as info:
+        ns.getattr(bob, f)
+    assert info.value.errno == errno.EACCES
+    with pytest.raises(FsError) as info:
+        ns.lookup(bob, sub, "f")
+    assert info.value.errno == errno.EACCES
+    ns.link(root, f, b, "g")  # a second path, through a searchable directory
+    assert ns.getattr(bob, f).nlink == 2
+    assert ns.lookup(bob, b, "g").ino == f
+    ns.unlink(root, b, "g")
+    with pytest.raises(FsError) as info:
+        ns.getattr(bob, f)
+    assert info.value.errno == errno.EACCES
+    ns.setattr(root, a, mode=0o711)
+    assert ns.getattr(bob, f).nlink == 1 and ns.lookup(bob, sub, "f").ino == f
+    with pytest.raises(FsError) as info:
+        ns.lookup(bob, sub, "nothing")
+    assert info.value.errno == errno.ENOENT
 
 
 def test_link_follows_protected_hardlinks(cluster: Cluster) -> None:

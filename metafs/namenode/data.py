@@ -68,6 +68,7 @@ class FileData:
 
     def _open_inline(self, conn: Connection, cred: Cred, ino: int) -> pb.OpenReply | None:
         row = self._get(conn, ino)
+        self._check_reachable_in(conn, cred, ino)
         if not stat.S_ISREG(row.mode) or row.storage != STORAGE_INLINE:
             return None  # the ordinary open decides (and gives the errors)
         check(cred, row, R, "open this file")
@@ -79,6 +80,7 @@ class FileData:
     def _open(self, tx: Tx, ino: int, flags: int) -> pb.OpenReply:
         self._lock(tx.conn, ino)
         row = self._get(tx.conn, ino)
+        self._check_reachable_in(tx.conn, tx.cred, ino)
         acc = flags & os.O_ACCMODE
         if acc not in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR):
             raise FsError(errno.EINVAL, f"bad open flags {flags:#o}")

@@ -12,7 +12,7 @@ import stat
 from collections import namedtuple
 from typing import Any, Iterable
 
-from sqlalchemy import bindparam, literal, select
+from sqlalchemy import bindparam, literal, select, true
 from sqlalchemy.engine import Connection
 
 from ..errors import FsError
@@ -30,14 +30,15 @@ SYMLOOP_MAX = 40
 _AttrRow = namedtuple("_AttrRow", [c.key for c in ATTR_COLS])  # type: ignore[misc]
 _N_ATTR = len(ATTR_COLS)
 WALK_MAX = 16  # path components resolved by one statement; deeper paths walk name by name
-_Q_WALK: dict[int, Prepared] = {}
+_Q_WALK: dict[tuple[int, bool], Prepared] = {}
 
 
-def _walk_query(depth: int) -> Prepared:
+def _walk_query(depth: int, reach: bool = False) -> Prepared:
     """One statement that follows ``depth`` names from inode :start: the inode rows of
     every level side by side, NULL from the first name that is missing (a chain of outer
-    joins of entries and inodes; each step is a primary-key lookup)."""
-    q = _Q_WALK.get(depth)
+    joins of entries and inodes; each step is a primary-key lookup). With ``reach``, joined
+    with the ancestry of :start (see :func:`_with_ancestry`): a row per ancestor."""
+    q = _Q_WALK.get((depth, reach))
     if q is None:
         levels = [I.alias(f"i{k}") for k in range(depth + 1)]
         joined: Any = levels[0]
@@ -48,7 +49,11 @@ def _walk_query(depth: int) -> Prepared:
             joined = joined.outerjoin(levels[k], levels[k].c.id == d.c.ino)
         cols = [lv.c[c.key].label(f"{c.key}_{k}") for k, lv in enumerate(levels)
                 for c in ATTR_COLS]
-        q = _Q_WALK[depth] = Prepared(
+        if reach:
+            anc = _ancestry("start").subquery("anc")
+            joined = joined.outerjoin(anc, true())
+            cols += list(anc.c)
+        q = _Q_WALK[depth, reach] = Prepared(
             select(*cols).select_from(joined).where(levels[0].c.id == bindparam("start")))
     return q
 
@@ -67,24 +72,36 @@ _Q_READDIR = {(a, c): _readdir_query(a, c) for a in (False, True) for c in (Fals
 DEPTH_MAX = 2048  # directories above an inode the ancestry query follows (PATH_MAX / 2)
 
 
-def _ancestry_query() -> Prepared:
-    """Every directory on every path from the root to inode :ino, in one statement: rows
-    (branch, dir, mode, uid, gid), where ``branch`` is the directory holding one name of
-    the inode (a file with several hard links has several branches; a directory one).
-    A recursive walk up the entries, each step an index lookup by inode."""
-    d0, d1 = D.alias("a0"), D.alias("a1")
+def _ancestry(param: str) -> Any:
+    """Every directory on every path from the root to the inode named by bind parameter
+    ``param``: rows (branch, dir, mode, uid, gid), where ``branch`` is the directory
+    holding one name of the inode (a file with several hard links has several branches;
+    a directory one). A recursive walk up the entries, each step an index lookup by inode."""
+    d0, d1, di = D.alias("a0"), D.alias("a1"), I.alias("ai")
     up = select(d0.c.parent.label("branch"), d0.c.parent.label("dir"),
-                literal(1).label("depth")).where(d0.c.ino == bindparam("ino")) \
+                literal(1).label("depth")).where(d0.c.ino == bindparam(param)) \
         .cte("up", recursive=True)
     up = up.union_all(
         select(up.c.branch, d1.c.parent, up.c.depth + 1)
         .select_from(up.join(d1, d1.c.ino == up.c.dir))
         .where(up.c.dir != ROOT_INO, up.c.depth < DEPTH_MAX))
-    return Prepared(select(up.c.branch, up.c.dir, I.c.mode, I.c.uid, I.c.gid)
-                    .select_from(up.join(I, I.c.id == up.c.dir)))
+    return select(up.c.branch.label("a_branch"), up.c.dir.label("a_dir"),
+                  di.c.mode.label("a_mode"), di.c.uid.label("a_uid"),
+                  di.c.gid.label("a_gid")).select_from(up.join(di, di.c.id == up.c.dir))
 
 
-_Q_ANCESTRY = _ancestry_query()
+def _with_ancestry(q: Any, param: str) -> Prepared:
+    """``q`` (one row) joined with the ancestry of inode :param, in one statement: a row
+    per ancestor, ``q``'s columns first and the 5 ancestry columns last (one row with
+    NULLs there when the inode has no name: the root, or an unlinked inode). The check
+    and the answer then come from one snapshot: a chmod on the path cannot fall between."""
+    anc = _ancestry(param).subquery("anc")
+    return Prepared(q.add_columns(*anc.c).outerjoin_from(q.get_final_froms()[0], anc, true()))
+
+
+_Q_ANCESTRY = Prepared(_ancestry("ino"))
+_Q_ATTR_REACHED = _with_ancestry(select(*ATTR_COLS).where(I.c.id == bindparam("ino")), "ino")
+_NLINK = [c.key for c in ATTR_COLS].index("nlink")
 _Q_EXISTS = Prepared(select(I.c.id).where(I.c.id == bindparam("ino")))
 _Q_HELD = Prepared(select(H.c.id).select_from(H.join(S, S.c.id == H.c.session))
                    .where(H.c.ino == bindparam("ino"), H.c.session == bindparam("sid"),
@@ -92,16 +109,26 @@ _Q_HELD = Prepared(select(H.c.id).select_from(H.join(S, S.c.id == H.c.session))
 
 
 def path_allows(cred: Cred, rows: Iterable[Any]) -> bool:
-    """Whether one of the paths in ``rows`` (of the ancestry query) reaches the root with
-    search permission for ``cred`` on every directory."""
+    """Whether one of the paths in ``rows`` ((branch, dir, mode, uid, gid) of the ancestry
+    query) reaches the root with search permission for ``cred`` on every directory."""
     ok: dict[int, bool] = {}
     rooted: set[int] = set()
-    for r in rows:
-        good = stat.S_ISDIR(r.mode) and allowed(cred, r.mode, r.uid, r.gid, X)
-        ok[r.branch] = ok.get(r.branch, True) and good
-        if r.dir == ROOT_INO:
-            rooted.add(r.branch)
+    for branch, dir_, mode, uid, gid in rows:
+        if branch is None:  # no name: no path
+            continue
+        good = stat.S_ISDIR(mode) and allowed(cred, mode, uid, gid, X)
+        ok[branch] = ok.get(branch, True) and good
+        if dir_ == ROOT_INO:
+            rooted.add(branch)
     return any(v and b in rooted for b, v in ok.items())
+
+
+def reach_checked(cred: Cred, ino: int) -> bool:
+    """Whether a call by inode number from ``cred`` must be checked along the path: an
+    authenticated caller that is neither a trusted service nor root, naming an inode
+    other than the root. (A trusted gateway, such as a mount, walks the path itself: the
+    kernel looks each name up, and every Lookup checks the directory it searches.)"""
+    return not cred.trusted and not cred.is_root and ino != ROOT_INO
 
 
 class Lookups:
@@ -109,12 +136,19 @@ class Lookups:
 
     # ------------------------------------------------------------------ lookups
     def lookup(self, cred: Cred, parent: int, name: str) -> pb.Entry:
+        """The entry ``name`` in directory ``parent``; for a caller whose calls by inode are
+        checked (:func:`reach_checked`) the path to ``parent`` is checked in the same
+        statement."""
         check_name(name, new=False)
+        reach = reach_checked(cred, parent)
         if name != "." and name != "..":
             found = self.engine.read_statement(
-                lambda conn: self._walk(conn, cred, parent, [name], False, False, name))
+                lambda conn: self._walk(conn, cred, parent, [name], False, False, name,
+                                        reach=reach))
             if found is not None:
                 return found
+        if reach:
+            self.check_reachable(cred, parent)
         return self.query(lambda conn: self._lookup_entry(conn, cred, parent, name))
 
     def _lookup_entry(self, conn: Connection, cred: Cred, parent: int, name: str) -> pb.Entry:
@@ -144,14 +178,23 @@ class Lookups:
         return self.query(lambda conn: self._resolve(conn, cred, path, start, follow))
 
     def _walk(self, conn: Connection, cred: Cred, start: int, parts: list[str], follow: bool,
-              must_dir: bool, missing: str) -> pb.Entry | None:
+              must_dir: bool, missing: str, *, reach: bool = False) -> pb.Entry | None:
         """Resolve a plain path (no '.', '..') in one statement, as HopsFS resolves a path
         in one round trip. A name missing from a directory it may search is ENOENT (with
         ``missing`` as the path of the error). Returns None whenever the general walk must
         decide: a symlink to follow, a denied search, a name too long, anything unusual;
-        it then runs in a transaction of its own and gives the exact answer or error."""
-        row = _walk_query(len(parts)).first(
-            conn, start=start, **{f"n{k}": n for k, n in enumerate(parts, 1)})
+        it then runs in a transaction of its own and gives the exact answer or error.
+        With ``reach``, a path from the root to ``start`` must let ``cred`` search every
+        directory on it, else None too."""
+        params = {f"n{k}": n for k, n in enumerate(parts, 1)}
+        if reach:
+            rows = _walk_query(len(parts), True).all(conn, start=start, **params)
+            width = (len(parts) + 1) * _N_ATTR
+            if not rows or not path_allows(cred, (r[width:] for r in rows)):
+                return None
+            row = rows[0]
+        else:
+            row = _walk_query(len(parts)).first(conn, start=start, **params)
         if row is None or row[0] is None:
             return None
         cur = _AttrRow(*row[:_N_ATTR])
@@ -252,24 +295,32 @@ class Lookups:
         An inode that does not exist passes: the call itself answers ENOENT.
 
         Nothing is cached: each call reads the ancestry in one statement, so a chmod on
-        any namenode takes effect at once."""
+        any namenode takes effect at once. The hot calls (GetAttr, Lookup, Open) do not
+        come here first: they check within their own statement or transaction."""
         if ino == ROOT_INO or cred.is_root:
             return
         if path_allows(cred, self.engine.read_statement(
                 lambda conn: _Q_ANCESTRY.all(conn, ino=ino))):
             return
 
-        def fn(conn: Connection) -> bool:
-            if _Q_EXISTS.first(conn, ino=ino) is None:
-                return True
-            if path_allows(cred, _Q_ANCESTRY.all(conn, ino=ino)):
-                return True  # a directory was opened up meanwhile
-            return bool(cred.client_id) and _Q_HELD.first(
-                conn, ino=ino, sid=cred.client_id, owner=cred.identity) is not None
+        def fn(conn: Connection) -> None:
+            if _Q_EXISTS.first(conn, ino=ino) is not None:
+                self._check_reachable_in(conn, cred, ino)
 
-        if not self.query(fn):
-            raise FsError(errno.EACCES, f"permission denied: inode {ino} is not reachable by "
-                          "a path whose directories the caller may search")
+        self.query(fn)
+
+    def _check_reachable_in(self, conn: Connection, cred: Cred, ino: int) -> None:
+        """:meth:`check_reachable` of an existing inode within the caller's transaction
+        (for a caller that :func:`reach_checked` names; anyone else passes at once)."""
+        if not reach_checked(cred, ino):
+            return
+        if path_allows(cred, _Q_ANCESTRY.all(conn, ino=ino)):
+            return
+        if cred.client_id and _Q_HELD.first(conn, ino=ino, sid=cred.client_id,
+                                            owner=cred.identity) is not None:
+            return
+        raise FsError(errno.EACCES, f"permission denied: inode {ino} is not reachable by "
+                      "a path whose directories the caller may search")
 
     def searchable(self, cred: Cred, dirs: Iterable[str]) -> set[str]:
         """The directory paths among ``dirs`` in which ``cred`` may look names up: search
@@ -291,9 +342,15 @@ class Lookups:
         return self.query(fn)
 
     def getattr(self, cred: Cred, ino: int) -> pb.Attr:
-        row = self.engine.read_statement(lambda conn: self._row(conn, ino))
-        if row is not None and row.nlink > 0:  # one statement for a linked inode
-            return to_attr(row)
+        if reach_checked(cred, ino):  # the attributes and the path to them, one statement
+            rows = self.engine.read_statement(lambda conn: _Q_ATTR_REACHED.all(conn, ino=ino))
+            if rows and rows[0][_NLINK] > 0 and path_allows(cred, (r[_N_ATTR:] for r in rows)):
+                return to_attr(_AttrRow(*rows[0][:_N_ATTR]))
+            self.check_reachable(cred, ino)  # the general rules decide (and give the error)
+        else:
+            row = self.engine.read_statement(lambda conn: self._row(conn, ino))
+            if row is not None and row.nlink > 0:  # one statement for a linked inode
+                return to_attr(row)
         # removed, or unlinked but still open: the handles decide, in one snapshot
         return self.query(lambda conn: to_attr(self._get(conn, ino)))
 

@@ -67,17 +67,19 @@ class Handlers:
     def stop(self) -> None:
         self._stopping.set()
 
-    def c(self, req: Any, ctx: Any = None) -> Cred:
+    def c(self, req: Any, ctx: Any = None, *, reach: bool = True) -> Cred:
+        """The caller's credentials. Unless ``reach`` is False (the operation checks
+        within its own statement or transaction: GetAttr, Lookup, Open), the inodes the
+        request names are checked as the paths to them would be."""
         for f in _id_fields(type(req)):  # uint64 ids past what any database holds name nothing
             v = getattr(req, f)
             if v > _ID_MAX:
                 raise FsError(errno.EBADF if f == "handle" else errno.ENOENT,
                               f"no {'handle' if f == 'handle' else 'inode'} {v}")
         cred = self.cred_of(req.caller, ctx)
-        if not cred.trusted and not cred.is_root:
+        if reach and not cred.trusted and not cred.is_root:
             # An authenticated, untrusted caller names inodes only as a path would reach
-            # them. (A trusted gateway, such as a mount, walks the path itself: the kernel
-            # looks each name up, and every Lookup checks the directory it searches.)
+            # them (see lookups.reach_checked).
             for f in _inode_fields(type(req)):
                 v = getattr(req, f)
                 if v:
@@ -101,13 +103,13 @@ class Handlers:
 
     # -- lookups
     def Lookup(self, req: pb.LookupRequest, ctx: Any = None) -> pb.Entry:
-        return self.ns.lookup(self.c(req, ctx), req.parent, req.name)
+        return self.ns.lookup(self.c(req, ctx, reach=False), req.parent, req.name)
 
     def Resolve(self, req: pb.ResolveRequest, ctx: Any = None) -> pb.Entry:
         return self.ns.resolve(self.c(req, ctx), req.path, req.start, req.follow)
 
     def GetAttr(self, req: pb.InodeRequest, ctx: Any = None) -> pb.Attr:
-        return self.ns.getattr(self.c(req, ctx), req.ino)
+        return self.ns.getattr(self.c(req, ctx, reach=False), req.ino)
 
     def SetAttr(self, req: pb.SetAttrRequest, ctx: Any = None) -> pb.Attr:
         return self.ns.setattr(
@@ -182,7 +184,7 @@ class Handlers:
 
     # -- handles and data
     def Open(self, req: pb.OpenRequest, ctx: Any = None) -> pb.OpenReply:
-        cred = self.c(req, ctx)
+        cred = self.c(req, ctx, reach=False)  # checked in the open's own transaction
         ino = req.ino
         if req.path:
             if ino:
