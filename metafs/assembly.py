@@ -7,7 +7,8 @@ namenode, the changelog consumers and the operations tools, hands it its extensi
 - the Search call (with its indexer when ``serve_index`` is set), from :mod:`metafs.cdc`;
 - the Provenance call, with the lineage graph of this file system that it keeps;
 - Prometheus metrics of every RPC, and the changelog head while the namenode is open;
-- TLS, mutual TLS and caller authentication on its gRPC server.
+- TLS, mutual TLS and caller authentication on its gRPC server;
+- projects (:mod:`metafs.namenode.projects`) and their Projects call.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import Settings
+from .namenode import projects
 from .namenode.server import GrpcServer, Namenode
 from .namenode.server import serve_grpc as _serve_grpc
 
@@ -44,10 +46,11 @@ def _attach_provenance(namenode: Namenode) -> Any:
 
 
 def build_namenode(settings: Settings, *, background: bool = True) -> Namenode:
-    """A namenode on ``settings``' database with the Search and Provenance calls and
-    metrics attached."""
+    """A namenode on ``settings``' database with projects, the Search and Provenance
+    calls and metrics attached."""
     return Namenode(settings, background=background,
-                    extensions=(_attach_search, _attach_provenance, _MetricsRegistration))
+                    extensions=(projects.attach, _attach_search, _attach_provenance,
+                                _MetricsRegistration))
 
 
 def serve_grpc(namenode: Namenode, listen: str | None = None) -> GrpcServer:
@@ -55,5 +58,6 @@ def serve_grpc(namenode: Namenode, listen: str | None = None) -> GrpcServer:
     from .ops import auth
     from .metrics import instrument
 
-    return _serve_grpc(namenode, listen, wrap_handlers=instrument, install=(auth.install,),
+    return _serve_grpc(namenode, listen, wrap_handlers=instrument,
+                       install=(auth.install, projects.install),
                        bind=auth.bind)

@@ -37,6 +37,10 @@ class Cred:
     # authenticates: every claim is then believed anyway).
     identity: str = ""
     trusted: bool = True
+    # The project an identity works in (metafs.namenode.projects; "" for none), and the
+    # groups among ``groups`` that grant reading only (data sets shared read-only into it).
+    project: str = ""
+    ro_groups: frozenset[int] = field(default_factory=frozenset)
 
     @property
     def is_root(self) -> bool:
@@ -64,6 +68,8 @@ def allowed(cred: Cred, mode: int, uid: int, gid: int, want: int) -> bool:
         bits = (mode >> 6) & 7
     elif cred.in_group(gid):
         bits = (mode >> 3) & 7
+        if cred.ro_groups and gid in cred.ro_groups:
+            bits &= ~W
     else:
         bits = mode & 7
     return bits & want == want
@@ -71,7 +77,10 @@ def allowed(cred: Cred, mode: int, uid: int, gid: int, want: int) -> bool:
 
 def check(cred: Cred, row, want: int, what: str = "") -> None:  # type: ignore[no-untyped-def]
     if not allowed(cred, row.mode, row.uid, row.gid, want):
-        raise FsError(errno.EACCES, f"permission denied{(' to ' + what) if what else ''}")
+        where = (f" (the caller works in project {cred.project!r}: what is not in it or "
+                 "shared into it lies beyond the project boundary)") if cred.project else ""
+        raise FsError(errno.EACCES,
+                      f"permission denied{(' to ' + what) if what else ''}{where}")
 
 
 def check_sticky(cred: Cred, parent, child) -> None:  # type: ignore[no-untyped-def]

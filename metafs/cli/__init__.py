@@ -18,15 +18,15 @@ import select
 import sys
 from typing import Sequence
 
-from . import (admin, auth, blocks, demo, files, inspect, mount, prov, search, serve, status,
-               volume)
+from . import (admin, auth, blocks, demo, files, inspect, mount, prov, project, search, serve,
+               status, volume)
 from .common import common, make_client, settings_from, setup_logging
 
 __all__ = ["build_parser", "main", "make_client", "settings_from"]
 
 #: the command groups, in the order ``metafs --help`` lists them
 GROUPS = (serve, demo, files, inspect, status, volume, mount, search, prov, blocks, admin,
-          auth)
+          auth, project)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -160,3 +160,15 @@ def identity_for_client(transport: Any) -> tuple[int, int, list[int]] | None:
     if who.get("uid") is None or who.get("trusted"):
         return None
     return int(who["uid"]), int(who["gid"]), [int(g) for g in who.get("groups", [])]
+
+
+def call_json(transport: Any, method: str, request: dict[str, Any]) -> Any:
+    """A JSON call (``metafs.Auth/WhoAmI``, ``metafs.Projects/Call``) on a transport made
+    by :func:`make_transport`, with its TLS and token."""
+    fn: Callable[..., Any] = transport._channels[0].unary_unary(
+        method, request_serializer=lambda d: json.dumps(d).encode(),
+        response_deserializer=json.loads)
+    try:
+        return fn(request, timeout=transport.timeout, metadata=transport.metadata)
+    except grpc.RpcError as exc:
+        raise error_from_rpc(exc, method).to_oserror() from None

@@ -275,6 +275,62 @@ def _v7(conn: Connection) -> None:
         conn.execute(insert(volume).values(key="uuid", value=str(uuid.uuid4())))
 
 
+# -- v8: projects (see metafs/namenode/projects.py) --
+# A project is the directory /Projects/NAME (``ino``) with a group of its own (``gid``).
+# Each member has a role and a uid of its own in that project (a person is a different
+# identity in each project); credentials are tokens stored as digests, each bound to one
+# (project, user). A share makes the data set directory ``ino`` of ``project`` appear in
+# ``to_project`` as the entry (``entry_parent``, ``entry_name``); the data set's subtree
+# then has the share group ``gid``.
+projects = Table(
+    "projects",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("gid", BigInteger, nullable=False, unique=True),
+    Column("ino", BigInteger, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+)
+
+project_members = Table(
+    "project_members",
+    metadata,
+    Column("project", String(64), primary_key=True),
+    Column("user", String(128), primary_key=True),
+    Column("role", String(16), nullable=False),  # 'data_owner' | 'data_scientist'
+    Column("uid", BigInteger, nullable=False, unique=True),
+)
+
+project_credentials = Table(
+    "project_credentials",
+    metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("project", String(64), nullable=False),
+    Column("user", String(128), nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+)
+
+project_shares = Table(
+    "project_shares",
+    metadata,
+    Column("ino", BigInteger, primary_key=True, autoincrement=False),
+    Column("to_project", String(64), primary_key=True),
+    Column("project", String(64), nullable=False),
+    Column("gid", BigInteger, nullable=False),
+    Column("read_only", SmallInteger, nullable=False),
+    Column("entry_parent", BigInteger, nullable=False),
+    Column("entry_name", NameText, nullable=False),
+)
+
+
+def _v8(conn: Connection) -> None:
+    """Projects, their members, per-project credentials and shares."""
+    metadata.create_all(conn, tables=[projects, project_members, project_credentials,
+                                      project_shares])
+    if conn.execute(select(counters.c.name).where(counters.c.name == "project_id")).first() \
+            is None:
+        conn.execute(insert(counters).values(name="project_id", value=0))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -283,6 +339,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (5, _v5),
     (6, _v6),
     (7, _v7),
+    (8, _v8),
 ]
 
 

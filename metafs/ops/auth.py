@@ -41,7 +41,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 
@@ -77,6 +77,8 @@ class Identity:
     gid: int
     groups: frozenset[int] = field(default_factory=frozenset)
     trusted: bool = False
+    project: str = ""  # a project user's identity (metafs.namenode.projects)
+    ro_groups: frozenset[int] = field(default_factory=frozenset)
 
     @property
     def principal(self) -> str:
@@ -85,7 +87,8 @@ class Identity:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "uid": self.uid, "gid": self.gid,
-                "groups": sorted(self.groups), "trusted": self.trusted}
+                "groups": sorted(self.groups), "trusted": self.trusted,
+                "project": self.project}
 
 
 def token_digest(token: str) -> str:
@@ -184,6 +187,9 @@ class Authenticator:
         if mode not in AUTH_MODES:
             raise ValueError(f"auth_mode must be one of {', '.join(AUTH_MODES)}, not {mode!r}")
         self.mode = mode
+        # Tokens the table does not hold are offered to these (by their SHA-256 digest):
+        # each returns the fields of an Identity, or None (project credentials).
+        self.token_resolvers: list[Callable[[str], dict[str, Any] | None]] = []
         self.table = IdentityTable.load(settings.auth_file) if settings.auth_file \
             else IdentityTable()
         if mode != "none" and not settings.auth_file:
@@ -220,6 +226,8 @@ class Authenticator:
             if token is not None:
                 ident = self.table.by_token(token)
                 if ident is None:
+                    ident = self._resolve_token(token)
+                if ident is None:
                     raise AuthError("the bearer token is not known to this namenode")
                 return ident
         if self.mode in ("cert", "any"):
@@ -232,6 +240,14 @@ class Authenticator:
                     raise AuthError(f"client certificate {cn!r} is not mapped to a user in "
                                     "the namenode's auth_file")
                 return ident
+        return None
+
+    def _resolve_token(self, token: str) -> Identity | None:
+        digest = token_digest(token)
+        for resolve in self.token_resolvers:
+            fields = resolve(digest)
+            if fields is not None:
+                return Identity(**fields)
         return None
 
     def limit_key(self, ctx: Any) -> str | None:
@@ -258,6 +274,12 @@ class Authenticator:
         if ctx is None or self.mode == "none":
             return claimed  # in-process caller, or a namenode that trusts its network
         ident = self.require(ctx)
+        if ident.project:  # a project user: the namenode's ids for it, whatever is claimed
+            if not ident.trusted and claimed.uid != ident.uid:
+                raise FsError(errno.EACCES, f"caller claims uid {claimed.uid} but its "
+                              f"{ident.kind} {ident.name!r} is bound to uid {ident.uid}")
+            return Cred(ident.uid, ident.gid, ident.groups, claimed.pid, claimed.client_id,
+                        claimed.run_id, ident.principal, False, ident.project, ident.ro_groups)
         if ident.trusted:  # a gateway acts for its users, within its own sessions
             return Cred(claimed.uid, claimed.gid, claimed.groups, claimed.pid,
                         claimed.client_id, claimed.run_id, ident.principal, True)

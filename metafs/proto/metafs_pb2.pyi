@@ -37,6 +37,7 @@ class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OP_FREE: _ClassVar[Op]
     OP_ACCESS: _ClassVar[Op]
     OP_RUN: _ClassVar[Op]
+    OP_PROJECT: _ClassVar[Op]
 
 class LockKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -71,6 +72,7 @@ OP_REMOVEXATTR: Op
 OP_FREE: Op
 OP_ACCESS: Op
 OP_RUN: Op
+OP_PROJECT: Op
 LOCK_POSIX: LockKind
 LOCK_FLOCK: LockKind
 LOCK_TYPE_UNSPECIFIED: LockType

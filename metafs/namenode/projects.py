@@ -1,0 +1,616 @@
+"""Projects: sensitive data sets sandboxed per team, shared only on purpose.
+
+A project is the directory ``/Projects/NAME`` (with ``datasets/``, ``models/`` and
+``runs/``) and a group of its own. Every member has a role (``data_owner`` may manage
+members and share; ``data_scientist`` reads and writes inside) and, in each project, a uid
+of its own: a person is a different identity in each project. Credentials are issued per
+(project, user); the namenode maps one to the member's project uid, the project's group and
+the groups of what is shared into the project, and marks the caller's :class:`Cred` with
+the project.
+
+How the boundary holds:
+
+- Reading: project directories are mode 2770 with the project's group, so another
+  project's identities cannot search them (plain POSIX; the refusal names the boundary).
+- Writing: a project identity may add entries to, move entries into, and write to only
+  what carries its project's group or the group of a data set shared into it read-write
+  (a check inside every write transaction, before it commits). World-writable places
+  outside the project are closed to it, so nothing of a project is copied out of it.
+- Sharing: a data set directory gets a share group (its subtree is given that group) and
+  appears in the other project as ``/Projects/B/datasets/A::NAME``: a second entry naming
+  the same directory inode, so a rename or a write in A is seen at once. The receiving
+  project's identities get the share group, read-only (``Cred.ro_groups``) or read-write.
+  Share entries, shared data sets and the project layout cannot be removed or renamed
+  except by ``unshare``/``delete``.
+
+Every create, delete, add, remove, share and unshare is an ``OP_PROJECT`` changelog record
+(``extra``: JSON naming the action).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import secrets
+import stat
+import threading
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from sqlalchemy import and_, delete, insert, select, text, update
+from sqlalchemy.engine import Connection
+
+from ..errors import FsError
+from ..posix import ROOT_INO, Cred
+from ..proto import metafs_pb2 as pb
+from . import schema
+from .rows import Q_INSERT_INODE, Tx, dict_attr
+from .sql import Prepared
+
+if TYPE_CHECKING:
+    from .namespace import Namespace
+
+P, M, CR, SH = (schema.projects, schema.project_members, schema.project_credentials,
+                schema.project_shares)
+ROLES = ("data_owner", "data_scientist")
+LAYOUT = ("datasets", "models", "runs")
+SHAREABLE = ("datasets", "models")
+ROOT_DIR = "Projects"
+ID_BASE = 2_000_000  # project gids, member uids and share gids are ID_BASE + a counter
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CREATES = {pb.OP_CREATE, pb.OP_MKDIR, pb.OP_MKNOD, pb.OP_SYMLINK, pb.OP_LINK}
+_WRITES = {pb.OP_WRITE, pb.OP_SETATTR, pb.OP_SETXATTR, pb.OP_REMOVEXATTR}
+_REMOVES = {pb.OP_UNLINK, pb.OP_RMDIR, pb.OP_RENAME}
+_Q_NEXT_ID = Prepared(update(schema.counters).where(schema.counters.c.name == "project_id")
+                      .values(value=schema.counters.c.value + 1)
+                      .returning(schema.counters.c.value))
+_INTERNAL: ContextVar[bool] = ContextVar("metafs_projects_internal", default=False)
+_SUBTREE = text("""
+WITH RECURSIVE sub(ino) AS (
+    SELECT CAST(:root AS BIGINT)
+    UNION
+    SELECT d.ino FROM dentries d JOIN sub ON d.parent = sub.ino
+)
+UPDATE inodes SET gid = :gid WHERE id IN (SELECT ino FROM sub)
+""")
+
+
+def _check_name(name: str, what: str = "project") -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise FsError(errno.EINVAL, f"bad {what} name {name!r}: use letters, digits, '_', "
+                      "'.' and '-' (at most 64, not starting with a punctuation mark)")
+
+
+@dataclass
+class State:
+    """Every project fact the checks need, read in one snapshot (the tables are small)."""
+
+    projects: dict[str, Any] = field(default_factory=dict)       # name -> row
+    members: dict[tuple[str, str], Any] = field(default_factory=dict)  # (project, user)
+    creds: dict[str, tuple[str, str]] = field(default_factory=dict)  # digest -> (p, user)
+    shares: list[Any] = field(default_factory=list)
+    entries: set[tuple[int, str]] = field(default_factory=set)   # share entries
+    sources: dict[int, str] = field(default_factory=dict)        # shared ino -> project
+    protected: set[int] = field(default_factory=set)             # project dirs (no rename)
+    roots: set[int] = field(default_factory=set)                 # /Projects/NAME inodes
+
+    def groups(self, project: str) -> tuple[frozenset[int], frozenset[int]]:
+        """(all groups, read-only groups) of an identity working in ``project``."""
+        rw = {self.projects[project].gid}
+        ro: set[int] = set()
+        for s in self.shares:
+            if s.project == project:
+                rw.add(s.gid)
+            elif s.to_project == project:
+                (ro if s.read_only else rw).add(s.gid)
+        ro -= rw
+        return frozenset(rw | ro), frozenset(ro)
+
+
+class Projects:
+    """Project administration and the project boundary check of one namespace."""
+
+    TTL = 1.0  # seconds another namenode's change may take to be seen here
+
+    def __init__(self, ns: "Namespace") -> None:
+        self.ns = ns
+        self._lock = threading.Lock()
+        self._state: State | None = None
+        self._read_at = 0.0
+        ns.precommit_hooks.append(self.check)
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> State:
+        with self._lock:
+            if self._state is not None and time.monotonic() - self._read_at < self.TTL:
+                return self._state
+        st = self.ns.query(self._load)
+        with self._lock:
+            self._state, self._read_at = st, time.monotonic()
+        return st
+
+    def _changed(self) -> None:
+        with self._lock:
+            self._state = None
+
+    @staticmethod
+    def _load(conn: Connection) -> State:
+        st = State()
+        for r in conn.execute(select(P)).all():
+            st.projects[r.name] = r
+            st.roots.add(r.ino)
+        for r in conn.execute(select(M)).all():
+            st.members[(r.project, r.user)] = r
+        for r in conn.execute(select(CR)).all():
+            st.creds[r.token_sha256] = (r.project, r.user)
+        st.shares = list(conn.execute(select(SH)).all())
+        for s in st.shares:
+            st.entries.add((s.entry_parent, s.entry_name))
+            st.sources[s.ino] = s.project
+        if st.roots:
+            st.protected = set(st.roots) | {
+                r.ino for r in conn.execute(select(schema.dentries.c.ino).where(
+                    schema.dentries.c.parent.in_(st.roots),
+                    schema.dentries.c.name.in_(LAYOUT))).all()}
+            top = conn.execute(select(schema.dentries.c.ino).where(
+                schema.dentries.c.parent == ROOT_INO,
+                schema.dentries.c.name == ROOT_DIR)).first()
+            if top is not None:
+                st.protected.add(top.ino)
+        return st
+
+    def identity_for(self, digest: str) -> dict[str, Any] | None:
+        """The identity a project credential (by its token's digest) stands for."""
+        st = self.state()
+        found = st.creds.get(digest)
+        if found is None:
+            return None
+        project, user = found
+        m = st.members.get((project, user))
+        if m is None or project not in st.projects:
+            return None  # a removed member's credential is dead
+        groups, ro = st.groups(project)
+        return dict(name=f"{user}@{project}", kind="token", uid=m.uid,
+                    gid=st.projects[project].gid, groups=groups, trusted=False,
+                    project=project, ro_groups=ro)
+
+    # ------------------------------------------------------------------ the boundary
+    def check(self, tx: Tx) -> None:
+        """Refuse, before commit, a transaction that crosses a project boundary, or that
+        removes or renames a share entry, a shared data set or the project layout."""
+        if _INTERNAL.get() or not tx.records:
+            return
+        st = self.state()
+        if not st.projects:
+            return
+        cred = tx.cred
+        rows: dict[int, Any] = {}
+
+        def gid_of(ino: int) -> int | None:
+            if ino not in rows:
+                rows[ino] = self.ns._row(tx.conn, ino)
+            r = rows[ino]
+            return None if r is None else int(r.gid)
+
+        writable: frozenset[int] | None = None
+        if cred.project:
+            groups = st.groups(cred.project)[0] if cred.project in st.projects else frozenset()
+            writable = groups - cred.ro_groups
+        for rec in tx.records:
+            if rec.op in _REMOVES:
+                self._check_remove(st, rec)
+            if writable is None:
+                continue
+            if rec.op in _CREATES or rec.op == pb.OP_RENAME:
+                g = gid_of(rec.parent)
+                where = "add entries to this directory"
+            elif rec.op in _WRITES:
+                g = gid_of(rec.ino)
+                where = "change this file"
+            else:
+                continue
+            if g is not None and g not in writable:
+                raise FsError(errno.EACCES, f"permission denied to {where}: it is outside "
+                              f"project {cred.project!r} (project boundary: data leaves a "
+                              "project only when its data owner shares it)", rec.name)
+
+    @staticmethod
+    def _check_remove(st: State, rec: pb.ChangeRecord) -> None:
+        names = [(rec.parent, rec.name)]
+        if rec.op == pb.OP_RENAME:
+            names.append((rec.old_parent, rec.old_name))
+        if any(n in st.entries for n in names):
+            raise FsError(errno.EPERM, "this entry is a share from another project: remove "
+                          "it with `metafs project unshare`", rec.name)
+        if rec.op != pb.OP_UNLINK and rec.ino in st.protected:
+            raise FsError(errno.EPERM, "the project layout (/Projects, /Projects/NAME and "
+                          "its datasets, models, runs) is kept while the project exists",
+                          rec.name)
+        if rec.op == pb.OP_RMDIR and rec.ino in st.sources:
+            raise FsError(errno.EBUSY, "this data set is shared with another project: "
+                          "unshare it first", rec.name)
+
+    # ------------------------------------------------------------------ who may
+    def _member(self, st: State, project: str, user: str) -> Any:
+        m = st.members.get((project, user))
+        if m is None:
+            raise FsError(errno.ENOENT, f"{user!r} is not a member of project {project!r}")
+        return m
+
+    def _project(self, st: State, name: str) -> Any:
+        _check_name(name)
+        p = st.projects.get(name)
+        if p is None:
+            raise FsError(errno.ENOENT, f"no project {name!r}")
+        return p
+
+    def _require_owner(self, st: State, who: "Caller", project: str) -> None:
+        if who.admin:
+            return
+        if who.project and who.project != project:
+            raise FsError(errno.EACCES, f"an identity working in project {who.project!r} "
+                          f"cannot manage project {project!r} (project boundary)")
+        m = st.members.get((project, who.user))
+        if m is None or m.role != "data_owner":
+            raise FsError(errno.EACCES, f"only a data owner of project {project!r} may do "
+                          "this")
+
+    # ------------------------------------------------------------------ transactions
+    def _write(self, fn: Callable[[Tx], Any]) -> Any:
+        token = _INTERNAL.set(True)
+        try:
+            return self.ns.mutate(Cred(), fn)
+        finally:
+            _INTERNAL.reset(token)
+            self._changed()
+
+    def _record(self, tx: Tx, ino: int, **what: Any) -> None:
+        tx.log(pb.OP_PROJECT, ino, extra=json.dumps(what, sort_keys=True))
+
+    def _next_id(self, conn: Connection) -> int:
+        return ID_BASE + int(_Q_NEXT_ID.scalar(conn))
+
+    def _mkdir(self, tx: Tx, parent: int, name: str, uid: int, gid: int, mode: int) -> int:
+        pdir = self.ns._check_dir_for_entry(tx, parent, name)
+        row = self.ns._new_inode(tx, pdir, stat.S_IFDIR | mode)
+        row.update(uid=uid, gid=gid, mode=stat.S_IFDIR | mode)
+        Q_INSERT_INODE.run(tx.conn, **row)
+        self.ns._link_entry(tx, parent, name, row["id"], row["mode"])
+        self.ns._touch_dir(tx, parent, nlink_delta=1)
+        tx.log(pb.OP_MKDIR, row["id"], parent=parent, name=name, attr=dict_attr(row))
+        return int(row["id"])
+
+    # ------------------------------------------------------------------ actions
+    def create(self, who: "Caller", name: str, owner: str = "") -> dict[str, Any]:
+        _check_name(name)
+        if who.project:
+            raise FsError(errno.EACCES, "an identity working in a project cannot create "
+                          "projects; use your own identity")
+        owner = owner if (owner and who.admin) else who.user
+        _check_name(owner, "user")
+
+        def fn(tx: Tx) -> dict[str, Any]:
+            c = tx.conn
+            if c.execute(select(P.c.name).where(P.c.name == name)).first() is not None:
+                raise FsError(errno.EEXIST, f"project {name!r} exists")
+            top = self.ns._lookup(c, ROOT_INO, ROOT_DIR)
+            top_ino = top.id if top is not None else \
+                self._mkdir(tx, ROOT_INO, ROOT_DIR, 0, 0, 0o755)
+            gid, uid = self._next_id(c), self._next_id(c)
+            ino = self._mkdir(tx, top_ino, name, uid, gid, 0o2770)
+            for d in LAYOUT:
+                self._mkdir(tx, ino, d, uid, gid, 0o2770)
+            c.execute(insert(P).values(name=name, gid=gid, ino=ino, created_ns=tx.now))
+            c.execute(insert(M).values(project=name, user=owner, role="data_owner", uid=uid))
+            self._record(tx, ino, action="create", project=name, gid=gid, owner=owner)
+            return {"name": name, "gid": gid, "path": f"/{ROOT_DIR}/{name}", "owner": owner,
+                    "owner_uid": uid}
+
+        return self._write(fn)
+
+    def delete(self, who: "Caller", name: str) -> None:
+        st = self.state()
+        p = self._project(st, name)
+        self._require_owner(st, who, name)
+
+        def fn(tx: Tx) -> None:
+            c = tx.conn
+            if c.execute(select(SH.c.ino).where((SH.c.project == name)
+                                                | (SH.c.to_project == name))).first():
+                raise FsError(errno.EBUSY, f"project {name!r} has shares: unshare them first")
+            d = schema.dentries
+            for sub in LAYOUT:
+                row = self.ns._lookup(c, p.ino, sub)
+                if row is None:
+                    continue
+                if c.execute(select(d.c.name).where(d.c.parent == row.id).limit(1)).first():
+                    raise FsError(errno.ENOTEMPTY, f"/{ROOT_DIR}/{name}/{sub} is not empty: "
+                                  "remove the project's files first")
+            for name_ in c.execute(select(d.c.name).where(d.c.parent == p.ino)).scalars():
+                if name_ not in LAYOUT:
+                    raise FsError(errno.ENOTEMPTY, f"/{ROOT_DIR}/{name} holds {name_!r}: "
+                                  "remove the project's files first")
+            top = self.ns._parent_of_dir(c, p.ino)
+            for sub in LAYOUT:
+                self._rmdir(tx, p.ino, sub)
+            self._rmdir(tx, top, name)
+            c.execute(delete(CR).where(CR.c.project == name))
+            c.execute(delete(M).where(M.c.project == name))
+            c.execute(delete(P).where(P.c.name == name))
+            self._record(tx, p.ino, action="delete", project=name)
+
+        self._write(fn)
+
+    def _rmdir(self, tx: Tx, parent: int, name: str) -> None:
+        row = self.ns._lookup(tx.conn, parent, name)
+        if row is None:
+            return
+        tx.conn.execute(delete(schema.dentries).where(schema.dentries.c.parent == parent,
+                                                      schema.dentries.c.name == name))
+        self.ns._touch_dir(tx, parent, nlink_delta=-1)
+        self.ns._drop_link(tx, row)
+        tx.log(pb.OP_RMDIR, row.id, parent=parent, name=name)
+
+    def add(self, who: "Caller", project: str, user: str, role: str) -> dict[str, Any]:
+        st = self.state()
+        self._project(st, project)
+        _check_name(user, "user")
+        if role not in ROLES:
+            raise FsError(errno.EINVAL, f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        self._require_owner(st, who, project)
+
+        def fn(tx: Tx) -> dict[str, Any]:
+            c = tx.conn
+            have = c.execute(select(M).where(M.c.project == project, M.c.user == user)).first()
+            if have is not None:
+                c.execute(update(M).where(M.c.project == project, M.c.user == user)
+                          .values(role=role))
+                uid = have.uid
+            else:
+                uid = self._next_id(c)
+                c.execute(insert(M).values(project=project, user=user, role=role, uid=uid))
+            self._record(tx, 0, action="add", project=project, user=user, role=role)
+            return {"project": project, "user": user, "role": role, "uid": uid}
+
+        return self._write(fn)
+
+    def remove(self, who: "Caller", project: str, user: str) -> None:
+        st = self.state()
+        self._project(st, project)
+        self._member(st, project, user)
+        self._require_owner(st, who, project)
+        owners = [u for (p, u), m in st.members.items()
+                  if p == project and m.role == "data_owner"]
+        if owners == [user]:
+            raise FsError(errno.EBUSY, f"{user!r} is the last data owner of {project!r}")
+
+        def fn(tx: Tx) -> None:
+            tx.conn.execute(delete(CR).where(CR.c.project == project, CR.c.user == user))
+            tx.conn.execute(delete(M).where(M.c.project == project, M.c.user == user))
+            self._record(tx, 0, action="remove", project=project, user=user)
+
+        self._write(fn)
+
+    def credential(self, who: "Caller", project: str, user: str) -> dict[str, Any]:
+        """A new token for ``user`` working in ``project`` (shown once, stored as digest)."""
+        import hashlib
+
+        st = self.state()
+        p = self._project(st, project)
+        m = self._member(st, project, user)
+        if not (who.user == user and not who.project):
+            self._require_owner(st, who, project)
+        token = secrets.token_urlsafe(32)
+        digest = hashlib.sha256(token.encode()).hexdigest()
+
+        def fn(tx: Tx) -> None:
+            tx.conn.execute(insert(CR).values(token_sha256=digest, project=project, user=user,
+                                              created_ns=tx.now))
+
+        self._write(fn)
+        return {"project": project, "user": user, "token": token, "uid": m.uid,
+                "gid": p.gid, "name": f"{user}@{project}"}
+
+    def share(self, who: "Caller", path: str, to: str, read_only: bool) -> dict[str, Any]:
+        parts = [x for x in path.split("/") if x]
+        if len(parts) != 4 or parts[0] != ROOT_DIR or parts[2] not in SHAREABLE:
+            raise FsError(errno.EINVAL, f"{path!r} is not a data set: share "
+                          f"/{ROOT_DIR}/PROJECT/datasets/NAME (or models/NAME)")
+        _, src, kind, name = parts
+        st = self.state()
+        p = self._project(st, src)
+        q = self._project(st, to)
+        if src == to:
+            raise FsError(errno.EINVAL, "a project cannot share with itself")
+        if "::" in name:
+            raise FsError(errno.EINVAL, "a share cannot be shared on")
+        self._require_owner(st, who, src)
+        entry = f"{src}::{name}"
+
+        def fn(tx: Tx) -> dict[str, Any]:
+            c = tx.conn
+            kdir = self.ns._lookup(c, p.ino, kind)
+            row = self.ns._lookup(c, kdir.id, name) if kdir is not None else None
+            if row is None:
+                raise FsError(errno.ENOENT, f"no data set {path!r}")
+            if not stat.S_ISDIR(row.mode):
+                raise FsError(errno.ENOTDIR, f"{path!r} is not a directory; share data set "
+                              "directories")
+            qdir = self.ns._lookup(c, q.ino, "datasets")
+            if c.execute(select(SH.c.ino).where(SH.c.ino == row.id, SH.c.to_project == to)
+                         ).first() is not None:
+                raise FsError(errno.EEXIST, f"{path!r} is already shared with {to!r}")
+            self.ns._check_dir_for_entry(tx, qdir.id, entry)
+            gid = c.execute(select(SH.c.gid).where(SH.c.ino == row.id)).scalar()
+            if gid is None:
+                gid = self._next_id(c)
+                c.execute(_SUBTREE, {"root": row.id, "gid": gid})
+            self.ns._link_entry(tx, qdir.id, entry, row.id, row.mode)
+            self.ns._touch_dir(tx, qdir.id)
+            c.execute(insert(SH).values(ino=row.id, to_project=to, project=src, gid=gid,
+                                        read_only=int(read_only), entry_parent=qdir.id,
+                                        entry_name=entry))
+            tx.log(pb.OP_LINK, row.id, parent=qdir.id, name=entry)
+            self._record(tx, row.id, action="share", project=src, to=to, path=path,
+                         read_only=read_only, entry=f"/{ROOT_DIR}/{to}/datasets/{entry}")
+            return {"path": path, "to": to, "read_only": read_only,
+                    "entry": f"/{ROOT_DIR}/{to}/datasets/{entry}", "gid": gid}
+
+        return self._write(fn)
+
+    def unshare(self, who: "Caller", path: str, to: str) -> None:
+        parts = [x for x in path.split("/") if x]
+        if len(parts) != 4 or parts[0] != ROOT_DIR:
+            raise FsError(errno.EINVAL, f"{path!r} is not a shared data set")
+        src, name = parts[1], parts[3]
+        st = self.state()
+        p = self._project(st, src)
+        self._project(st, to)
+        self._require_owner(st, who, src)
+        share = next((s for s in st.shares if s.project == src and s.to_project == to
+                      and s.entry_name == f"{src}::{name}"), None)
+        if share is None:
+            raise FsError(errno.ENOENT, f"{path!r} is not shared with {to!r}")
+
+        def fn(tx: Tx) -> None:
+            c = tx.conn
+            c.execute(delete(schema.dentries).where(
+                schema.dentries.c.parent == share.entry_parent,
+                schema.dentries.c.name == share.entry_name))
+            self.ns._touch_dir(tx, share.entry_parent)
+            c.execute(delete(SH).where(and_(SH.c.ino == share.ino, SH.c.to_project == to)))
+            if c.execute(select(SH.c.ino).where(SH.c.ino == share.ino)).first() is None:
+                c.execute(_SUBTREE, {"root": share.ino, "gid": p.gid})
+            tx.log(pb.OP_UNLINK, share.ino, parent=share.entry_parent,
+                   name=share.entry_name)
+            self._record(tx, share.ino, action="unshare", project=src, to=to, path=path)
+
+        self._write(fn)
+
+    def set_quota(self, who: "Caller", project: str, files: int, nbytes: int) -> None:
+        st = self.state()
+        p = self._project(st, project)
+        if not who.admin:
+            raise FsError(errno.EACCES, "only an administrator sets project quotas")
+        if files < 0 or nbytes < 0:
+            raise FsError(errno.EINVAL, "quota limits are counts of 0 (no limit) or more")
+        self.ns.quotas.set(p.ino, files, nbytes)
+
+    def listing(self, who: "Caller") -> list[dict[str, Any]]:
+        st = self.state()
+        out = []
+        for name, p in sorted(st.projects.items()):
+            if who.project and who.project != name:
+                continue
+            m = st.members.get((name, who.user))
+            if not who.admin and m is None:
+                continue
+            out.append({"name": name, "gid": p.gid, "path": f"/{ROOT_DIR}/{name}",
+                        "role": m.role if m is not None else None})
+        return out
+
+    def show(self, who: "Caller", name: str) -> dict[str, Any]:
+        st = self.state()
+        p = self._project(st, name)
+        if not who.admin and (name, who.user) not in st.members or \
+                (who.project and who.project != name):
+            raise FsError(errno.EACCES, f"only members of {name!r} see it")
+        from .quota import usage
+
+        quota = next((q for q in self.ns.quotas.list() if q.ino == p.ino), None)
+        files, nbytes = self.ns.query(lambda c: usage(c, p.ino))
+        return {
+            "name": name, "gid": p.gid, "path": f"/{ROOT_DIR}/{name}",
+            "members": [{"user": u, "role": m.role, "uid": m.uid}
+                        for (q, u), m in sorted(st.members.items()) if q == name],
+            "shared_out": [{"ino": s.ino, "to": s.to_project, "read_only": bool(s.read_only),
+                            "entry": s.entry_name, "gid": s.gid}
+                           for s in st.shares if s.project == name],
+            "shared_in": [{"from": s.project, "read_only": bool(s.read_only),
+                           "path": f"/{ROOT_DIR}/{name}/datasets/{s.entry_name}"}
+                          for s in st.shares if s.to_project == name],
+            "quota": {"max_files": quota.max_files if quota else 0,
+                      "max_bytes": quota.max_bytes if quota else 0,
+                      "files": files, "bytes": nbytes},
+        }
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks for a project action: a user name, and whether it administers."""
+
+    user: str
+    project: str = ""
+    admin: bool = False
+
+
+def serve(projects: Projects, who: Caller, req: dict[str, Any]) -> Any:
+    """One ``metafs.Projects/Call`` request (JSON: ``action`` and its arguments)."""
+    action = req.get("action")
+    args = {k: v for k, v in req.items() if k != "action"}
+    table: dict[str, Callable[..., Any]] = {
+        "create": projects.create, "delete": projects.delete, "add": projects.add,
+        "remove": projects.remove, "credential": projects.credential,
+        "share": projects.share, "unshare": projects.unshare, "quota": projects.set_quota,
+        "list": projects.listing, "show": projects.show}
+    fn = table.get(str(action))
+    if fn is None:
+        raise FsError(errno.EINVAL, f"unknown project action {action!r}")
+    try:
+        return fn(who, **args)
+    except TypeError as exc:
+        raise FsError(errno.EINVAL, f"bad arguments for project {action}: {exc}") from None
+
+
+# ---------------------------------------------------------------------- serving
+CALL = "/metafs.Projects/Call"  # JSON in, JSON out (as metafs.Auth/WhoAmI)
+
+
+def attach(namenode: Any) -> Projects:
+    """The namenode extension: projects of its namespace (``namenode.projects``)."""
+    namenode.projects = Projects(namenode.ns)
+    return namenode.projects
+
+
+def caller_of(namenode: Any, ctx: Any, req: dict[str, Any]) -> Caller:
+    """Who a remote call comes from: its authenticated identity (an administrator when
+    trusted or uid 0); where no one is authenticated, whoever ``as_user`` names."""
+    auth = getattr(namenode, "authenticator", None)
+    if auth is None or auth.mode == "none":
+        return Caller(str(req.pop("as_user", "") or "root"), "", True)
+    req.pop("as_user", None)
+    ident = auth.require(ctx)
+    user = ident.name.rsplit("@", 1)[0] if ident.project else ident.name
+    return Caller(user, ident.project, (ident.trusted or ident.uid == 0) and not ident.project)
+
+
+def install(namenode: Any, server: Any) -> None:
+    """Serve ``metafs.Projects/Call`` and let the authenticator know project credentials."""
+    import grpc
+
+    projects: Projects = namenode.projects
+    auth = getattr(namenode, "authenticator", None)
+    if auth is not None:
+        auth.token_resolvers.append(projects.identity_for)
+
+    def call(body: bytes, ctx: grpc.ServicerContext) -> Any:
+        try:
+            req = json.loads(body or b"{}")
+            if not isinstance(req, dict):
+                raise FsError(errno.EINVAL, "a project request is a JSON object")
+            return {"ok": serve(projects, caller_of(namenode, ctx, req), req)}
+        except ValueError as exc:
+            return {"errno": errno.EINVAL, "error": f"bad JSON: {exc}"}
+        except FsError as err:
+            if getattr(err, "grpc_code_name", "") == "UNAUTHENTICATED":
+                ctx.abort(grpc.StatusCode.UNAUTHENTICATED, err.message)
+            return {"errno": err.errno, "error": err.message}
+
+    handler = grpc.method_handlers_generic_handler("metafs.Projects", {
+        "Call": grpc.unary_unary_rpc_method_handler(
+            call, request_deserializer=lambda b: b,
+            response_serializer=lambda d: json.dumps(d).encode())})
+    server.add_generic_rpc_handlers((handler,))

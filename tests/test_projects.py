@@ -1,0 +1,226 @@
+"""Projects: a real namenode over TLS with bearer tokens and per-project credentials.
+
+Alice owns project A (holding a sensitive data set) and is a data scientist in bob's
+project B. Working in A (with her A credential) she reads A's data, but nothing of it gets
+into B or anywhere outside A by any route: create, open for write, rename, link, bulk
+create. A read-only share lets B read the data set in place and not write it; after the
+unshare B sees nothing. Quotas hold per project, and search and provenance in B never show
+A's unshared files.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from metafs.assembly import build_namenode, serve_grpc
+from metafs.client import Client
+from metafs.client.auth import call_json, make_transport
+from metafs.config import Settings
+from metafs.namenode.projects import CALL
+from metafs.ops import certs
+from metafs.ops.auth import add_token
+from metafs.proto import metafs_pb2 as pb
+
+TOKENS = {"alice": "alice-token-1", "bob": "bob-token-2", "admin": "admin-token-3"}
+IDS = {"alice": (1000, 1000), "bob": (1001, 1001), "admin": (0, 0)}
+SECRET = b"patient_id,diagnosis\n17,flu\n"
+
+
+class Cluster:
+    def __init__(self, tmp: Path) -> None:
+        certs.init_cluster(tmp, hosts=["localhost", "127.0.0.1"])
+        auth = tmp / "auth.toml"
+        for name, (uid, gid) in IDS.items():
+            add_token(auth, name, uid, gid, [gid], TOKENS[name])
+        self.ca = tmp / "ca.pem"
+        s = Settings().with_(data_dir=str(tmp / "data"), tls_cert=str(tmp / "server.pem"),
+                             tls_key=str(tmp / "server-key.pem"), tls_ca=str(self.ca),
+                             auth_mode="token", auth_file=str(auth), serve_index=True)
+        self.nn = build_namenode(s)
+        self.server = serve_grpc(self.nn, "127.0.0.1:0")
+        self.address = self.server.address
+        self.creds: dict[str, str] = {}
+
+    def settings(self, token: str) -> Settings:
+        return Settings().with_(namenode=self.address, token=token, tls_ca=str(self.ca))
+
+    def client(self, who: str) -> Client:
+        """A client as ``who``: "alice" (her own identity) or "alice@A" (working in A)."""
+        return Client(settings=self.settings(self.creds.get(who) or TOKENS[who]))
+
+    def project(self, who: str, **req: Any) -> Any:
+        t = make_transport(self.settings(self.creds.get(who) or TOKENS[who]))
+        try:
+            reply = call_json(t, CALL, req)
+        finally:
+            t.close()
+        if "errno" in reply:
+            raise OSError(reply["errno"], reply["error"])
+        return reply["ok"]
+
+    def credential(self, project: str, user: str) -> None:
+        out = self.project(user, action="credential", project=project, user=user)
+        self.creds[f"{user}@{project}"] = out["token"]
+
+    def close(self) -> None:
+        self.server.stop(0)
+        self.nn.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("projects"))
+    try:
+        c.project("alice", action="create", name="A")
+        c.project("bob", action="create", name="B")
+        c.project("bob", action="add", project="B", user="alice", role="data_scientist")
+        c.credential("A", "alice")
+        c.credential("B", "alice")
+        c.credential("B", "bob")
+        with c.client("alice@A") as a:
+            a.mkdir("/Projects/A/datasets/patients")
+            a.write_bytes("/Projects/A/datasets/patients/records.csv", SECRET)
+        with c.client("admin") as root:
+            root.mkdir("/tmp", 0o1777)
+            root.write_bytes("/tmp/open.txt", b"anyone may write this")
+            root.chmod("/tmp/open.txt", 0o666)
+        yield c
+    finally:
+        c.close()
+
+
+def refused(fn: Any, *args: Any) -> OSError:
+    with pytest.raises(OSError) as info:
+        fn(*args)
+    return info.value
+
+
+def test_layout_members_and_roles(cluster: Cluster) -> None:
+    with cluster.client("alice@A") as a:
+        assert sorted(a.listdir("/Projects/A")) == ["datasets", "models", "runs"]
+        st = a.stat("/Projects/A/datasets")
+        assert st.st_mode & 0o7777 == 0o2770
+    shown = cluster.project("bob", action="show", name="B")
+    assert {(m["user"], m["role"]) for m in shown["members"]} == {
+        ("bob", "data_owner"), ("alice", "data_scientist")}
+    # a data scientist manages nothing
+    with pytest.raises(OSError) as info:
+        cluster.project("alice", action="add", project="B", user="carol", role="data_owner")
+    assert info.value.errno == errno.EACCES
+    names = [p["name"] for p in cluster.project("alice", action="list")]
+    assert names == ["A", "B"]
+    assert [p["name"] for p in cluster.project("alice@A", action="list")] == ["A"]
+    with pytest.raises(OSError) as info:
+        cluster.project("bob", action="create", name="B")
+    assert info.value.errno == errno.EEXIST
+
+
+def test_a_member_of_a_and_b_working_in_a_cannot_copy_a_into_b(cluster: Cluster) -> None:
+    with cluster.client("alice@A") as a:
+        assert a.read_bytes("/Projects/A/datasets/patients/records.csv") == SECRET
+        routes = {
+            "create": lambda: a.write_bytes("/Projects/B/datasets/copy.csv", SECRET),
+            "rename": lambda: a.rename("/Projects/A/datasets/patients/records.csv",
+                                       "/Projects/B/datasets/records.csv"),
+            "link": lambda: a.link("/Projects/A/datasets/patients/records.csv",
+                                   "/Projects/B/datasets/records.csv"),
+            "bulk": lambda: a.bulk_create("/Projects/B/datasets", [("copy.csv", SECRET)],
+                                          make_parents=False),
+            "outside": lambda: a.write_bytes("/tmp/leak.csv", SECRET),
+            "open-write": lambda: a.write_bytes("/tmp/open.txt", SECRET),
+            "mkdir-outside": lambda: a.mkdir("/tmp/leak"),
+        }
+        for route, fn in routes.items():
+            err = refused(fn)
+            assert err.errno == errno.EACCES, route
+            assert "project" in str(err), (route, str(err))
+        # nothing changed
+        assert a.read_bytes("/tmp/open.txt") == b"anyone may write this"
+        assert not a.exists("/tmp/leak.csv")
+        # inside the project everything works
+        a.write_bytes("/Projects/A/models/m.bin", b"weights")
+        a.rename("/Projects/A/models/m.bin", "/Projects/A/runs/m.bin")
+        a.link("/Projects/A/runs/m.bin", "/Projects/A/models/m.bin")
+        a.bulk_create("/Projects/A/runs", [("r1.json", b"{}")])
+    with cluster.client("alice@B") as b:
+        # the same person in B cannot even see A
+        assert refused(b.listdir, "/Projects/A").errno == errno.EACCES
+        assert refused(b.read_bytes,
+                       "/Projects/A/datasets/patients/records.csv").errno == errno.EACCES
+    with cluster.client("admin") as root:
+        assert sorted(root.listdir("/Projects/B/datasets")) == []
+
+
+def test_read_only_share_then_unshare(cluster: Cluster) -> None:
+    with pytest.raises(OSError) as info:  # only a data owner of A shares
+        cluster.project("bob", action="share", path="/Projects/A/datasets/patients", to="B",
+                        read_only=True)
+    assert info.value.errno == errno.EACCES
+    out = cluster.project("alice", action="share", path="/Projects/A/datasets/patients",
+                          to="B", read_only=True)
+    assert out["entry"] == "/Projects/B/datasets/A::patients"
+    entry = out["entry"]
+    with cluster.client("bob@B") as b, cluster.client("alice@A") as a:
+        assert b.read_bytes(f"{entry}/records.csv") == SECRET
+        assert refused(b.write_bytes, f"{entry}/records.csv", b"x").errno == errno.EACCES
+        assert refused(b.write_bytes, f"{entry}/new.csv", b"x").errno == errno.EACCES
+        assert refused(b.remove, f"{entry}/records.csv").errno == errno.EACCES
+        assert refused(b.rmdir, entry).errno in (errno.EPERM, errno.ENOTEMPTY, errno.EACCES)
+        assert refused(b.rename, entry, "/Projects/B/datasets/mine").errno == errno.EPERM
+        # no copy: a write and a rename in A are seen at once
+        a.write_bytes("/Projects/A/datasets/patients/more.csv", b"18,cold\n")
+        assert b.read_bytes(f"{entry}/more.csv") == b"18,cold\n"
+        a.rename("/Projects/A/datasets/patients/more.csv",
+                 "/Projects/A/datasets/patients/renamed.csv")
+        assert sorted(b.listdir(entry)) == ["records.csv", "renamed.csv"]
+        # A still writes its own shared data set; the share is busy for rmdir
+        a.write_bytes("/Projects/A/datasets/patients/more.csv", b"more")
+        shown = cluster.project("alice", action="show", name="A")
+        assert shown["shared_out"][0]["to"] == "B" and shown["shared_out"][0]["read_only"]
+    cluster.project("alice", action="unshare", path="/Projects/A/datasets/patients", to="B")
+    with cluster.client("bob@B") as b:
+        assert "A::patients" not in b.listdir("/Projects/B/datasets")
+        assert refused(b.read_bytes, f"{entry}/records.csv").errno == errno.ENOENT
+    records = [r for r in cluster.nn.ns.changelog_read(0, 10_000)[0]
+               if r.op == pb.OP_PROJECT]
+    import json
+
+    actions = [json.loads(r.extra)["action"] for r in records]
+    assert actions[:3] == ["create", "create", "add"]
+    assert "share" in actions and actions[-1] == "unshare"
+
+
+def test_quota_holds_per_project(cluster: Cluster) -> None:
+    with pytest.raises(OSError) as info:
+        cluster.project("alice", action="quota", project="A", files=1, nbytes=0)
+    assert info.value.errno == errno.EACCES  # administrators set quotas
+    used = cluster.project("alice", action="show", name="A")["quota"]["files"]
+    cluster.project("admin", action="quota", project="A", files=used + 1, nbytes=0)
+    with cluster.client("alice@A") as a, cluster.client("bob@B") as b:
+        a.write_bytes("/Projects/A/runs/q1", b"1")
+        assert refused(a.write_bytes, "/Projects/A/runs/q2", b"2").errno == errno.EDQUOT
+        b.write_bytes("/Projects/B/runs/q2", b"2")  # B has no quota
+        b.write_bytes("/Projects/B/runs/q3", b"3")
+    q = cluster.project("alice", action="show", name="A")["quota"]
+    assert q["max_files"] == used + 1 and q["files"] == used + 1
+    cluster.project("admin", action="quota", project="A", files=0, nbytes=0)
+
+
+def test_search_and_provenance_in_b_never_show_a(cluster: Cluster) -> None:
+    with cluster.client("alice@A") as a:
+        a.setxattr("/Projects/A/datasets/patients/records.csv", "user.sensitive", b"1")
+        assert a.search("sensitive:1", wait=True).paths == [
+            "/Projects/A/datasets/patients/records.csv"]
+    with cluster.client("bob@B") as b, cluster.client("alice@B") as ab:
+        for c in (b, ab):
+            res = c.search("sensitive:1", wait=True, count=True)
+            assert res.paths == [] and res.total == 0
+            got = c.search("ext:csv", wait=True)
+            assert not [p for p in got.paths if p.startswith("/Projects/A/")]
+            with pytest.raises(OSError):
+                c.upstream("/Projects/A/datasets/patients/records.csv")
