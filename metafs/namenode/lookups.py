@@ -74,18 +74,20 @@ DEPTH_MAX = 2048  # directories above an inode the ancestry query follows (PATH_
 
 def _ancestry(param: str) -> Any:
     """Every directory on every path from the root to the inode named by bind parameter
-    ``param``: rows (branch, dir, mode, uid, gid), where ``branch`` is the directory
-    holding one name of the inode (a file with several hard links has several branches;
-    a directory one). A recursive walk up the entries, each step an index lookup by inode."""
+    ``param``, as the edges of those paths: rows (child, dir, mode, uid, gid), one per
+    directory entry naming ``child`` in directory ``dir`` (whose mode and owners follow).
+    A file with several hard links has several edges to start from, and so does a
+    directory shared under a second name: the rows form a graph, not one chain. A
+    recursive walk up the entries, each step an index lookup by inode."""
     d0, d1, di = D.alias("a0"), D.alias("a1"), I.alias("ai")
-    up = select(d0.c.parent.label("branch"), d0.c.parent.label("dir"),
+    up = select(d0.c.ino.label("child"), d0.c.parent.label("dir"),
                 literal(1).label("depth")).where(d0.c.ino == bindparam(param)) \
         .cte("up", recursive=True)
     up = up.union_all(
-        select(up.c.branch, d1.c.parent, up.c.depth + 1)
+        select(d1.c.ino, d1.c.parent, up.c.depth + 1)
         .select_from(up.join(d1, d1.c.ino == up.c.dir))
         .where(up.c.dir != ROOT_INO, up.c.depth < DEPTH_MAX))
-    return select(up.c.branch.label("a_branch"), up.c.dir.label("a_dir"),
+    return select(up.c.child.label("a_branch"), up.c.dir.label("a_dir"),
                   di.c.mode.label("a_mode"), di.c.uid.label("a_uid"),
                   di.c.gid.label("a_gid")).select_from(up.join(di, di.c.id == up.c.dir))
 
@@ -109,18 +111,32 @@ _Q_HELD = Prepared(select(H.c.id).select_from(H.join(S, S.c.id == H.c.session))
 
 
 def path_allows(cred: Cred, rows: Iterable[Any]) -> bool:
-    """Whether one of the paths in ``rows`` ((branch, dir, mode, uid, gid) of the ancestry
-    query) reaches the root with search permission for ``cred`` on every directory."""
-    ok: dict[int, bool] = {}
-    rooted: set[int] = set()
-    for branch, dir_, mode, uid, gid in rows:
-        if branch is None:  # no name: no path
+    """Whether one of the paths in ``rows`` (the (child, dir, mode, uid, gid) edges of the
+    ancestry query) reaches the root with search permission for ``cred`` on every
+    directory. The inode the query started from is the child that is no directory's
+    entry's parent; a directory is reached when the caller may search it and it is the
+    root or one of its own parents is reached."""
+    parents: dict[int, set[int]] = {}
+    searchable: dict[int, bool] = {}
+    for child, dir_, mode, uid, gid in rows:
+        if child is None:  # no name: no path
             continue
-        good = stat.S_ISDIR(mode) and allowed(cred, mode, uid, gid, X)
-        ok[branch] = ok.get(branch, True) and good
-        if dir_ == ROOT_INO:
-            rooted.add(branch)
-    return any(v and b in rooted for b, v in ok.items())
+        parents.setdefault(child, set()).add(dir_)
+        searchable[dir_] = stat.S_ISDIR(mode) and allowed(cred, mode, uid, gid, X)
+    starts = [c for c in parents if c not in searchable]
+    children: dict[int, list[int]] = {}
+    for child, dirs in parents.items():
+        for d in dirs:
+            children.setdefault(d, []).append(child)
+    reached: set[int] = set()
+    todo = [ROOT_INO] if searchable.get(ROOT_INO) else []
+    while todo:  # down from the root, through directories the caller may search
+        d = todo.pop()
+        if d in reached:
+            continue
+        reached.add(d)
+        todo.extend(c for c in children.get(d, ()) if searchable.get(c))
+    return any(p in reached for c in starts for p in parents[c])
 
 
 def reach_checked(cred: Cred, ino: int) -> bool:
