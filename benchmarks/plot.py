@@ -103,11 +103,36 @@ def plot_latency(series: dict[str, dict[str, float]], title: str, out: Path,
     return out
 
 
+def plot_scale_out(data: dict[str, Any], out: Path) -> Path:
+    """scale_out: aggregate ops/s per operation, one bar per system and configuration."""
+    rows = data["results"]
+    ops = list(rows[0]["ops_per_s"])
+    fig, ax = plt.subplots(figsize=(max(8, len(ops) * 2.2), 5))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        label = (f"metafs {r['namenodes']} nn x {r['clients']}" if r["system"] == "metafs"
+                 else f"{r['system']} x {r['clients']}")
+        xs = [j + i * width for j in range(len(ops))]
+        ax.bar(xs, [r["ops_per_s"][o] for o in ops], width, label=label,
+               hatch="//" if r["system"] != "metafs" else None)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(ops))], ops)
+    ax.set_ylabel("aggregate operations/s")
+    ax.set_title(f"team topology on one PostgreSQL: namenodes x client processes "
+                 f"({data.get('n', '?')} files per client)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_file(path: Path, out_dir: Path) -> list[Path]:
     data = json.loads(path.read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     kind = data.get("benchmark") if isinstance(data, dict) else None
     made: list[Path] = []
+    if kind == "scale_out":
+        return [plot_scale_out(data, out_dir / "scale_out.png")]
     if isinstance(data, dict) and isinstance(data.get("results"), list) and data["results"]:
         made.append(plot_rows(data["results"], f"{kind or path.stem}: operations per second",
                               out_dir / f"{kind or path.stem}.png"))

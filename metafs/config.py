@@ -302,8 +302,9 @@ class Settings:
     """Open files without a namenode handle (read-only calls instead of two write
     transactions per open/close; the namenode checks permission on every read and write).
     A name removed, or a mode changed, through this mount while such a file is open takes a
-    handle first, so the file keeps working; a change by another client would not.
-    ``auto``: on for an embedded namenode (no other clients), off for a remote one."""
+    handle first, so the file keeps working; a file removed by another client while open
+    here reads ESTALE (as on NFS). ``auto``: on; ``off`` holds a namenode handle per open
+    file, so a file another client removes stays readable here until closed."""
     fuse_max_threads: int = 16
     """Most threads serving FUSE requests at once (they stay alive once started)."""
     fuse_global_locks: bool = True

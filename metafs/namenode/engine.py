@@ -360,11 +360,14 @@ class PostgresEngine(MetaEngine):
         self._statements: Engine | None = None
         self._driver_url = url
         self._statements_lock = threading.Lock()
+        # No liveness ping at checkout (a round trip more per transaction): a transaction
+        # on a connection the server dropped fails at its first statement, before it did
+        # anything; SQLAlchemy then drops every older connection of the pool and
+        # _retrying runs it again (see is_retryable).
         return create_engine(
             url,
             pool_size=self.settings.db_pool_size,
             max_overflow=64,
-            pool_pre_ping=True,
             isolation_level="READ COMMITTED",
         )
 

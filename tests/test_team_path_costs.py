@@ -1,0 +1,183 @@
+"""What one file operation costs on the team path: a mount of a remote namenode on
+PostgreSQL. Counts, not times: the namenode calls the mount makes per operation, and per
+call the transactions and SQL statements the namenode runs (each statement is a database
+round trip). A change that adds a call, a transaction or a statement to these paths fails
+here; one that removes some should lower the pinned numbers."""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from metafs.assembly import build_namenode
+from metafs.config import load
+from metafs.metrics import instrument
+from metafs.namenode.server import GrpcServer
+
+from fuse_fixtures import mount_factory, needs_fuse  # noqa: F401 (fixture)
+
+pytestmark = needs_fuse
+psycopg = pytest.importorskip("psycopg")
+
+N = 8  # files per phase: every count below is per operation, so N only averages
+
+# operation -> {namenode call: calls per operation}
+CALLS = {
+    "create": {"Lookup": 1, "Create": 1},     # the kernel's lookup of the new name
+    "write_4k": {"GetAttr": 1, "Write": 1},   # open O_TRUNC (close-to-open), close
+    "read_4k": {"GetAttr": 1},                # the data is in the open's page cache
+    "rename": {"Lookup": 1, "Rename": 1},
+    "unlink": {"Unlink": 1},
+    "rmdir": {"Rmdir": 1},
+}
+# namenode call -> (transactions, most SQL statements) per call on PostgreSQL
+SQL = {"Lookup": (0, 1), "GetAttr": (0, 1), "Create": (1, 9), "Write": (1, 8),
+       "Rename": (1, 12), "Unlink": (1, 15), "Rmdir": (1, 16)}
+
+
+class Counts:
+    """Namenode calls, and the transactions and statements each call ran."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.stmts: collections.Counter[str] = collections.Counter()
+        self.txs: collections.Counter[str] = collections.Counter()
+
+    def snapshot(self) -> tuple[collections.Counter[str], ...]:
+        return self.calls.copy(), self.stmts.copy(), self.txs.copy()
+
+    def wrap(self, handlers: Any) -> Any:
+        counts = self
+
+        class Counted:
+            def __getattr__(self, name: str) -> Any:
+                fn = getattr(handlers, name)
+                if not name[:1].isupper() or not callable(fn):
+                    return fn
+
+                def call(req: Any, ctx: Any = None) -> Any:
+                    counts.calls[name] += 1
+                    counts.local.op = name
+                    try:
+                        return fn(req, ctx)
+                    finally:
+                        counts.local.op = None
+                return call
+        return Counted()
+
+    def cursor_class(self) -> type:
+        counts = self
+
+        class CountingCursor(psycopg.Cursor):  # type: ignore[misc,name-defined]
+            def execute(self, *a: Any, **kw: Any) -> Any:
+                op = getattr(counts.local, "op", None)
+                if op:
+                    counts.stmts[op] += 1
+                return super().execute(*a, **kw)
+        return CountingCursor
+
+
+@pytest.fixture
+def counted_namenode(tmp_path: Path, pg_url: str) -> Iterator[tuple[str, Counts]]:
+    from sqlalchemy import event
+
+    counts = Counts()
+    s = load(overrides={"data_dir": str(tmp_path / "nn"), "db_url": pg_url,
+                        "listen": "127.0.0.1:0"}, environ={})
+    nn = build_namenode(s)
+    cursor = counts.cursor_class()
+    engines = [nn.engine.engine, nn.engine._statement_engine()]  # type: ignore[attr-defined]
+    for eng in engines:
+        @event.listens_for(eng, "checkout")
+        def _checkout(dbapi_conn: Any, _rec: Any, _proxy: Any) -> None:
+            dbapi_conn.cursor_factory = cursor
+
+        @event.listens_for(eng, "begin")
+        def _begin(_conn: Any) -> None:
+            op = getattr(counts.local, "op", None)
+            if op:
+                counts.txs[op] += 1
+    server = GrpcServer(nn, "127.0.0.1:0",
+                        wrap_handlers=lambda h: counts.wrap(instrument(h))).start()
+    try:
+        yield server.address, counts
+    finally:
+        server.stop(0)
+        nn.close()
+
+
+def test_file_operations_cost_pinned_calls_and_statements(counted_namenode, mount_factory
+                                                          ) -> None:
+    address, counts = counted_namenode
+    # long kernel caches, no changelog follower and no access events: the calls left are
+    # the ones each operation itself needs
+    m = mount_factory("--namenode", address, "--attr-timeout", "60", "--entry-timeout", "60",
+                      "--no-follow-changes", "--no-access-events")
+    d = m.path / "d"
+    d.mkdir()
+    paths = [d / f"f{i}" for i in range(N)]
+    renamed = [d / f"r{i}" for i in range(N)]
+    dirs = [m.path / f"x{i}" for i in range(N)]
+    payload = os.urandom(4096)
+
+    def create() -> None:
+        for p in paths:
+            os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+
+    def write_4k() -> None:
+        for p in paths:
+            fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
+            os.write(fd, payload)
+            os.close(fd)
+
+    def read_4k() -> None:
+        for p in paths:
+            fd = os.open(p, os.O_RDONLY)
+            assert os.read(fd, 8192) == payload
+            os.close(fd)
+
+    def rename() -> None:
+        for a, b in zip(paths, renamed):
+            os.rename(a, b)
+
+    def unlink() -> None:
+        for p in renamed:
+            os.unlink(p)
+
+    def rmdir() -> None:
+        for x in dirs:
+            os.rmdir(x)
+
+    phases: dict[str, Callable[[], None]] = {
+        "create": create, "write_4k": write_4k, "read_4k": read_4k, "rename": rename,
+        "unlink": unlink}
+    seen: dict[str, dict[str, float]] = {}
+    per_call: dict[str, tuple[float, float]] = {}
+
+    def run(name: str, fn: Callable[[], None]) -> None:
+        c0, s0, t0 = counts.snapshot()
+        fn()
+        c1, s1, t1 = counts.snapshot()
+        seen[name] = {k: (c1[k] - c0[k]) / N for k in c1 if c1[k] != c0[k]}
+        for k in seen[name]:
+            n = c1[k] - c0[k]
+            per_call[k] = max(per_call.get(k, (0, 0)),
+                              ((t1[k] - t0[k]) / n, (s1[k] - s0[k]) / n))
+
+    for name, fn in phases.items():
+        run(name, fn)
+    for x in dirs:
+        x.mkdir()
+    run("rmdir", rmdir)
+
+    assert seen == CALLS
+    for call, (txs, stmts) in per_call.items():
+        want_txs, most = SQL[call]
+        assert txs == want_txs, f"{call}: {txs} transactions per call, pinned {want_txs}"
+        assert stmts <= most, f"{call}: {stmts} SQL statements per call, pinned {most}"
