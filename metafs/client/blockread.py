@@ -4,8 +4,8 @@
 A reader is either sequential or random, and may switch. Each read is classified against
 the end of the reads before it:
 
-* **sequential** (it starts where the last one ended, or a little past: the kernel's own
-  read-ahead sends several requests at once and they arrive in any order): after two in a
+* **sequential** (it starts where the last one ended, or up to twice its length past: the
+  kernel's own read-ahead sends several requests at once and they arrive in any order): after two in a
   row, whole blocks are fetched, and a read-ahead window of blocks is prefetched in
   parallel; it starts at one block and doubles with every further sequential read, up to
   ``block_readahead`` blocks;
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("metafs.client.blockfile")
 
-SEQ_SLACK = 1024 * 1024  # a read starting this far past the last one is still sequential
+SEQ_SLACK = 1024 * 1024  # the furthest past the last end a read may start and be sequential
 SEQ_BEHIND = 8 * 1024 * 1024  # a read starting this far before it is a late request
 
 
@@ -60,7 +60,9 @@ class ReadPattern:
 
     def observe(self, offset: int, end: int) -> int:
         last = self.last_end
-        if last >= 0 and last <= offset <= last + SEQ_SLACK:
+        # (a request of a burst may overtake the one before it: a read starting up to
+        # twice its own length past the last end is still sequential)
+        if last >= 0 and last <= offset <= last + min(SEQ_SLACK, 2 * (end - offset)):
             self.streak += 1
             self.last_end = end
             if self.streak >= 2 and self.limit:
@@ -247,7 +249,8 @@ class BlockReads:
 
     def _read_range(self, ref: pb.BlockRef, lo: int, hi: int) -> bytes | bytearray:
         """Bytes ``[lo, hi)`` of a block: the checksum pieces around them from the local
-        cache when it holds the block, else with one ranged GET of those pieces."""
+        cache when it holds the block, else with one ranged GET of those pieces (and the
+        whole block goes into the cache in the background)."""
         dc = self._dc()
         if dc is not None:
             piece, total = checksum_pieces(ref.checksum)
@@ -262,7 +265,10 @@ class BlockReads:
                         log.warning("dropping cached copy of block %s: it failed its "
                                     "checksum", ref.key)
                         dc.discard(ref.key)
-        return read_verified(self._store(), ref.key, ref.checksum, lo, hi)
+        data = read_verified(self._store(), ref.key, ref.checksum, lo, hi)
+        if dc is not None:  # the next reads of this block are local
+            self._ctx.fill_cache(ref.key, lambda: self._fetch_whole(ref))
+        return data
 
 
 __all__ = ["BlockReads", "ReadPattern"]
