@@ -36,6 +36,11 @@ def add_commands(sub: Any, common: Common) -> None:
                     help="bytes of small writes coalesced per open file")
     sp.add_argument("--readahead", type=int, dest="fuse_readahead",
                     help="bytes fetched ahead by sequential readers")
+    sp.add_argument("--cache-dir", dest="block_cache_dir",
+                    help="local directory caching blocks of a remote store ('auto': the "
+                    "user's cache directory for S3 stores; 'off': none)")
+    sp.add_argument("--cache-size", type=_mib, dest="block_cache_size", metavar="MiB",
+                    help="MiB the block cache may hold (least recently used go first)")
     sp.add_argument("--rpc-timeout", type=float, dest="fuse_rpc_timeout",
                     help="seconds before a namenode call fails with EIO (default 10)")
     sp.add_argument("--no-access-events", dest="fuse_access_events", action="store_const",
@@ -78,7 +83,18 @@ _MOUNT_FIELDS = ("fuse_attr_timeout", "fuse_entry_timeout", "fuse_negative_timeo
                  "fuse_readahead", "fuse_rpc_timeout", "fuse_access_events",
                  "fuse_allow_other", "fuse_threads", "fuse_global_locks", "tls_ca",
                  "tls_client_cert", "tls_client_key", "tls_server_name", "token_file",
-                 "metrics_port", "metrics_listen")
+                 "metrics_port", "metrics_listen", "block_cache_dir", "block_cache_size")
+
+
+def _mib(value: str) -> int:
+    """``--cache-size``: a whole number of MiB, as bytes."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of MiB: {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a cache size cannot be negative: {n}")
+    return n * 1024 * 1024
 
 
 def mount_settings(args: argparse.Namespace) -> Any:
@@ -87,6 +103,8 @@ def mount_settings(args: argparse.Namespace) -> Any:
     # relative paths mean the caller's directory (the mount process runs in /)
     paths = {k: os.path.abspath(v) for k in ("tls_ca", "tls_client_cert", "tls_client_key",
                                              "token_file") if (v := getattr(s, k))}
+    if s.block_cache_dir.strip().lower() not in ("", "auto", "off", "none"):
+        paths["block_cache_dir"] = os.path.abspath(s.block_cache_dir)
     return s.with_(data_dir=os.path.abspath(s.data_dir), **paths)
 
 

@@ -25,13 +25,13 @@ import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..blockstore.base import (BlockIO, BlockNotFound, ChecksumError, checksum, new_key,
-                               parse_checksum, pieces_for, read_verified, verify)
+from ..blockstore.base import BlockIO, checksum, new_key
 from ..blockstore.cache import DiskCache, MemoryCache
 from ..blockstore.presigned import PresignedView
 from ..buffers import address, memmove
 from ..errors import FsError
 from ..proto import metafs_pb2 as pb
+from .blockread import BlockReads, ReadPattern, _zero
 from .blocks import WINDOW, BlockContext, Layout
 from .file import RawFile
 
@@ -41,10 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("metafs.client.blockfile")
 
 COPY_UNLOCKED = 64 * 1024  # writes this large are copied without the interpreter lock
-
-
-def _zero(n: int) -> bytes:
-    return bytes(n)
 
 
 _ZEROS: dict[int, bytes] = {}
@@ -64,7 +60,7 @@ def _all_zero(data: bytes | bytearray) -> bool:
     return data == z
 
 
-class BlockFile(RawFile):
+class BlockFile(BlockReads, RawFile):
     """A :class:`~metafs.client.file.RawFile` that also handles files in blocks."""
 
     def __init__(self, client: "Client", path: str, reply: pb.OpenReply, flags: int) -> None:
@@ -86,8 +82,7 @@ class BlockFile(RawFile):
         self._to_blocks = False
         self._mem = MemoryCache(self._s.block_memory_cache)
         self._prefetch: dict[str, Future[bytes]] = {}
-        self._last_end = -1
-        self._streak = 0
+        self._pattern = ReadPattern(self._s.block_readahead)
         self._lock = threading.RLock()
         # An empty inline file needs no layout to be written: its chunks are all new.
         self._fresh = reply.attr.inline and reply.attr.size == 0
@@ -260,9 +255,12 @@ class BlockFile(RawFile):
         data = self.read_view(offset, size)
         return data if type(data) is bytes else bytes(data)
 
-    def read_view(self, offset: int, size: int) -> bytes | bytearray | memoryview:
+    def read_view(self, offset: int, size: int,
+                  ahead: int = 0) -> bytes | bytearray | memoryview:
         """Bytes ``[offset, offset + size)`` (fewer at the end of the file) as a buffer,
-        which may be a view of a cached block: callers must not change it.
+        which may be a view of a cached block: callers must not change it. When the reads
+        of this file are sequential, up to ``ahead`` bytes past them come too (a caller's
+        read-ahead buffer; see :class:`~.blockread.ReadPattern`).
 
         Reads of one handle run in parallel: the handle's lock covers only the planning
         (layout, read-ahead, this handle's own buffers); waiting for blocks, verifying
@@ -278,7 +276,7 @@ class BlockFile(RawFile):
             elif self._bs == 0:
                 self._load_window(0)
             try:
-                plan = self._plan_read(offset, size)
+                plan = self._plan_read(offset, size, ahead)
             except FsError as err:
                 raise self._oserror(err) from None
         try:
@@ -605,174 +603,6 @@ class BlockFile(RawFile):
             self._complete = False
             self._ctx.forget_layout(self.ino)
         return release
-
-    # ------------------------------------------------------------ reading
-    def _plan_read(self, offset: int, size: int) -> list[Any]:
-        """What a read of ``[offset, offset + size)`` is made of, decided under the
-        handle's lock: per chunk either its bytes (this handle's unsent or uncommitted
-        writes, holes) or ``(idx, ref, lo, hi, whole)``, a span of an immutable block that
-        :meth:`_read_planned` reads without the lock."""
-        end = min(offset + size, self._bsize)
-        if offset >= end:
-            return [b""]
-        bs = self._bs
-        # Sequential within a chunk's slack: the kernel's read-ahead sends several requests
-        # at once, and they reach this point in any order.
-        last_end = self._last_end
-        sequential = last_end >= 0 and last_end - bs <= offset <= last_end + bs
-        self._streak = self._streak + 1 if sequential else 0
-        self._last_end = max(last_end, end) if sequential else end
-        whole = self._streak >= 2 or end - offset >= bs // 2
-        first, last = offset // bs, (end - 1) // bs
-        if whole and self._streak >= 2:
-            self._readahead(last + 1)
-        if last > first and whole:
-            # several chunks at once: fetch them in parallel
-            for idx in range(first, last + 1):
-                self._prefetch_chunk(idx)
-        plan: list[Any] = []
-        for idx in range(first, last + 1):
-            lo = max(offset, idx * bs) - idx * bs
-            hi = min(end, (idx + 1) * bs) - idx * bs
-            if idx in self._dirty or idx in self._uploads:
-                plan.append(self._chunk_bytes(idx, lo, hi, whole=whole))
-                continue
-            ref = self._ref(idx)
-            if ref is None or not ref.key:
-                plan.append(_zero(hi - lo))
-            else:
-                plan.append((idx, ref, lo, hi, whole))
-        return plan
-
-    def _read_planned(self, idx: int, ref: pb.BlockRef, lo: int, hi: int,
-                      whole: bool) -> bytes | bytearray | memoryview:
-        """Bytes ``[lo, hi)`` of chunk ``idx``, stored in block ``ref`` (no lock held)."""
-        top = min(hi, ref.length)
-        try:
-            part = self._from_block(ref, lo, top, whole) if lo < top else b""
-        except (BlockNotFound, ChecksumError):
-            # the layout may be older than a rewrite: the locked path reports and retries
-            with self._lock:
-                return self._chunk_bytes(idx, lo, hi, whole=whole)
-        if len(part) < hi - lo:
-            return bytes(part) + _zero(hi - lo - len(part))
-        return part
-
-    def _readahead(self, idx: int) -> None:
-        n = self._s.block_readahead
-        last = (self._bsize - 1) // self._bs
-        for i in range(idx, min(idx + n, last + 1)):
-            self._prefetch_chunk(i)
-
-    def _prefetch_chunk(self, idx: int) -> None:
-        if idx in self._dirty or idx in self._uploads:
-            return
-        ref = self._ref(idx)
-        if ref is None or ref.key in self._prefetch or self._mem.get(ref.key) is not None:
-            return
-        if len(self._prefetch) > 4 * max(1, self._s.block_readahead):
-            for k, f in list(self._prefetch.items()):  # (readers pop entries meanwhile)
-                if f.done():
-                    self._prefetch.pop(k, None)
-        self._prefetch[ref.key] = self._ctx.pool.submit(self._fetch_whole, ref)
-
-    def _fetch_whole(self, ref: pb.BlockRef) -> bytes:
-        dc = self._dc()
-        if dc is not None:
-            data = dc.get(ref.key)
-            if data is not None:
-                try:
-                    verify(ref.key, data, 0, ref.checksum, None)
-                    if len(data) >= ref.length:
-                        return data
-                except ChecksumError:
-                    pass
-                log.warning("dropping cached copy of block %s: it failed its checksum", ref.key)
-                dc.discard(ref.key)
-        data = read_verified(self._store(), ref.key, ref.checksum, 0, ref.length)
-        if dc is not None and len(data) == ref.length:
-            dc.put(ref.key, data)
-        return data
-
-    def _chunk_bytes(self, idx: int, lo: int, hi: int,
-                     whole: bool = False) -> bytes | bytearray | memoryview:
-        """Bytes ``[lo, hi)`` of chunk ``idx`` as this handle sees it."""
-        if hi <= lo:
-            return b""
-        buf = self._dirty.get(idx)
-        if buf is not None:
-            part = bytes(buf[lo:hi])
-            return part + _zero(hi - lo - len(part))
-        for attempt in (0, 1):
-            ref = self._pending_ref(idx)
-            if ref is None or not ref.key:
-                return _zero(hi - lo)
-            top = min(hi, ref.length)
-            try:
-                if lo >= top:
-                    part = b""
-                else:
-                    part = self._from_block(ref, lo, top, whole)
-            except (BlockNotFound, ChecksumError) as err:
-                log.error("block %s (chunk %d of %s): %s", ref.key, idx, self.name, err.message)
-                self._mem.clear()
-                self._prefetch.pop(ref.key, None)
-                if attempt == 0 and idx not in self._uploads:
-                    # our layout may be older than a rewrite and its garbage collection
-                    self._forget_layout()
-                    self._ctx.forget_layout(self.ino)
-                    continue
-                raise FsError(errno.EIO, f"block {ref.key} of chunk {idx} is unreadable: "
-                              f"{err.message}", self.name) from None
-            if len(part) < hi - lo:
-                return bytes(part) + _zero(hi - lo - len(part))
-            return part
-        raise AssertionError("unreachable")
-
-    def _from_block(self, ref: pb.BlockRef, lo: int, hi: int,
-                    whole: bool) -> bytes | bytearray | memoryview:
-        """Bytes ``[lo, hi)`` of a block, a view of the whole block when it is in memory
-        (or fetched whole). Safe without the handle's lock: concurrent readers of one
-        block share its prefetch and its copy in memory."""
-        key = ref.key
-        data = self._mem.get(key)
-        if data is None:
-            fut = self._prefetch.get(key)
-            if fut is not None:
-                try:
-                    data = fut.result()
-                except BaseException:
-                    self._prefetch.pop(key, None)
-                    raise
-                self._mem.put(key, data)
-                self._prefetch.pop(key, None)
-            elif whole:
-                data = self._fetch_whole(ref)
-                self._mem.put(key, data)
-            else:
-                return self._read_range(ref, lo, hi)
-        if lo == 0 and hi >= len(data):
-            return data
-        return memoryview(data)[lo:hi]
-
-    def _read_range(self, ref: pb.BlockRef, lo: int, hi: int) -> bytes:
-        """Bytes ``[lo, hi)`` of a block: the checksum pieces around them from the local
-        cache when it holds the block, else with one ranged GET."""
-        dc = self._dc()
-        if dc is not None:
-            piece, crcs = parse_checksum(ref.checksum)
-            p0, p1 = lo // piece, min(len(crcs), pieces_for(hi, piece))
-            if p0 < p1:
-                data = dc.get_range(ref.key, p0 * piece, min(p1 * piece, ref.length))
-                if data is not None:
-                    try:
-                        verify(ref.key, data, p0, ref.checksum, p1 - p0)
-                        return data[lo - p0 * piece:hi - p0 * piece]
-                    except ChecksumError:
-                        log.warning("dropping cached copy of block %s: it failed its "
-                                    "checksum", ref.key)
-                        dc.discard(ref.key)
-        return read_verified(self._store(), ref.key, ref.checksum, lo, hi)
 
 
 __all__ = ["BlockFile"]

@@ -10,7 +10,7 @@ import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 from ..blockstore import open_store
@@ -66,6 +66,7 @@ class BlockContext:
         self.store_url: str | None = None      # the file system's store, once seen
         self._layouts: OrderedDict[int, Layout] = OrderedDict()
         self._chunk_bufs: list[bytearray] = []  # zeroed whole-chunk write buffers, for reuse
+        self._filling: set[str] = set()  # blocks being fetched into the disk cache
 
     def learn(self, block_size: int, store_url: str) -> None:
         """Remember the file system's chunk size and store (from a layout reply)."""
@@ -99,6 +100,28 @@ class BlockContext:
                     except OSError as exc:
                         log.warning("no local block cache: cannot use %s: %s", root, exc)
             return self._disk_cache
+
+    def fill_cache(self, key: str, fetch: Callable[[], object]) -> bool:
+        """Run ``fetch`` (which brings block ``key`` whole into the disk cache) in the
+        background, unless it is already under way or ``block_cache_fill`` fetches are.
+        True when it was started."""
+        limit = self.settings.block_cache_fill
+        with self._lock:
+            if limit <= 0 or key in self._filling or len(self._filling) >= limit:
+                return False
+            self._filling.add(key)
+
+        def run() -> None:
+            try:
+                fetch()
+            except Exception as exc:  # noqa: BLE001 - only a cache fill: the read succeeded
+                log.info("could not cache block %s: %s", key, exc)
+            finally:
+                with self._lock:
+                    self._filling.discard(key)
+
+        self.pool.submit(run)
+        return True
 
     def cached_layout(self, ino: int, version: int) -> Layout | None:
         with self._lock:

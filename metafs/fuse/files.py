@@ -258,9 +258,10 @@ class FileOperations:
                 return memoryview(rbuf)[start:start + size]
         # No lock around the read: the kernel's read-ahead sends several reads of one
         # file at once, and the data path serves them in parallel. The result may be a
-        # view of an immutable block buffer; the binding copies it into the reply.
-        want = max(size, self.readahead)
-        data = h.raw.read_view(offset, want)
+        # view of an immutable block buffer; the binding copies it into the reply. A
+        # sequential reader gets up to ``readahead`` bytes at once (kept for its next
+        # calls); a random one only what it asked for.
+        data = h.raw.read_view(offset, size, ahead=self.readahead - size)
         if len(data) > size:
             with h.lock:
                 h.rbuf, h.rbuf_off, h.rbuf_epoch = data, offset, epoch
