@@ -97,6 +97,10 @@ class Settings:
     beyond them go as unary calls). 0: unary calls only."""
     rpc_timeout: float = 30.0
     """Seconds a client waits for a namenode call before failing with EIO."""
+    failover_timeout: float = 60.0
+    """Seconds a client keeps retrying a call whose namenode is gone (refused, reset,
+    unavailable, or silent past the call's timeout), on the same namenode or the next
+    listed one, before failing with EIO. 0: fail at the first such error."""
 
     # -- data layout --
     inline_limit: int = 64 * 1024
@@ -209,6 +213,11 @@ class Settings:
     session_lease: float = 60.0
     """A client that has not renewed its session for this long is considered dead: its open
     handles are dropped and unlinked files it kept open are reclaimed."""
+
+    request_retention: float = 900.0
+    """Seconds a namenode remembers what a client's call committed, by its request id, so
+    that a retry of the call (after its namenode went away) is answered from it instead of
+    running again. Longer than any client's failover_timeout."""
 
     # -- changelog --
     changelog_poll: float = 0.05

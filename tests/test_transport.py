@@ -181,9 +181,9 @@ def test_bulk_calls_go_unary_and_others_over_streams(settings: Settings) -> None
             unary: list[str] = []
             plain = c.transport._unary
 
-            def counted(method: str, request: object) -> object:
+            def counted(method: str, request: object, *ids: object) -> object:
                 unary.append(method)
-                return plain(method, request)
+                return plain(method, request, *ids)
 
             c.transport._unary = counted  # type: ignore[method-assign]
             c.mkdir("/ds")

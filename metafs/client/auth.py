@@ -147,7 +147,8 @@ def make_transport(settings: Settings, *, timeout: float | None = None,
                       credentials=creds,
                       metadata=metadata, options=options, streams=settings.call_streams,
                       max_receive=settings.grpc_max_receive_bytes,
-                      max_send=settings.grpc_max_send_bytes)
+                      max_send=settings.grpc_max_send_bytes,
+                      failover_timeout=settings.failover_timeout)
     t.authenticated = bool(token or settings.tls_client_cert)
     return t
 

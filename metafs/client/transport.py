@@ -9,11 +9,13 @@ default. Both run the same client test-suite.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
 import queue
 import threading
 import time
+import uuid
 from typing import Any, Iterator, Protocol
 
 import grpc
@@ -66,19 +68,27 @@ class LocalTransport:
             self.namenode.close()
 
 
-def error_from_rpc(exc: grpc.RpcError, method: str) -> FsError:
-    """The FsError a failed call carries, or EIO for transport failures."""
-    status = None
+def _answer(exc: grpc.RpcError) -> FsError | None:
+    """The FsError a namenode answered with (its status's ErrorDetail), or None when the
+    failure is gRPC's own (no namenode, no answer in time, a transport error)."""
     try:
         status = rpc_status.from_call(exc)  # type: ignore[arg-type]
     except Exception:  # a malformed status is a transport failure like any other
-        status = None
+        return None
     if status is not None:
         for detail in status.details:
             if detail.Is(pb.ErrorDetail.DESCRIPTOR):
                 d = pb.ErrorDetail()
                 detail.Unpack(d)
                 return FsError(d.errno, d.message, d.path)
+    return None
+
+
+def error_from_rpc(exc: grpc.RpcError, method: str) -> FsError:
+    """The FsError a failed call carries, or EIO for transport failures."""
+    answer = _answer(exc)
+    if answer is not None:
+        return answer
     code = exc.code() if hasattr(exc, "code") else None
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return FsError(errno.EIO, f"namenode did not answer {method} in time")
@@ -119,7 +129,8 @@ class _CallStream:
     """One open Calls stream: frames go in through a queue that gRPC's own sender thread
     drains, replies come back in order. Used by one caller at a time."""
 
-    def __init__(self, stub: pb_grpc.NamenodeStub, metadata: Any) -> None:
+    def __init__(self, stub: pb_grpc.NamenodeStub, metadata: Any, index: int = 0) -> None:
+        self.index = index       # of the namenode address it is connected to
         self._frames: queue.SimpleQueue[pb.CallFrame | None] = queue.SimpleQueue()
         self._replies = stub.Calls(iter(self._frames.get, None), metadata=metadata)
         self.deadline = 0.0      # monotonic deadline of the call in flight; 0 when idle
@@ -129,10 +140,12 @@ class _CallStream:
     def alive(self) -> bool:
         return not self.timed_out and not self._replies.done()
 
-    def call(self, method: str, request: Any, timeout: float) -> pb.ReplyFrame:
+    def call(self, method: str, request: Any, timeout: float, rid: str = "",
+             attempt: int = 0) -> pb.ReplyFrame:
         self.deadline = time.monotonic() + timeout
         try:
-            self._frames.put(pb.CallFrame(method=method, request=request.SerializeToString()))
+            self._frames.put(pb.CallFrame(method=method, request=request.SerializeToString(),
+                                          request_id=rid, attempt=attempt))
             reply = next(self._replies)
         except StopIteration:
             raise _StreamBroken(grpc.StatusCode.UNAVAILABLE, "the namenode ended the stream")
@@ -155,11 +168,35 @@ class _CallStream:
         self._replies.cancel()
 
 
+# Reconnect soon after a namenode comes back: gRPC's own backoff grows to two minutes.
+_RECONNECT_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000))
+
+REQUEST_ID_KEY = "metafs-request-id"
+ATTEMPT_KEY = "metafs-attempt"
+
+
+class _Gone(Exception):
+    """One attempt of a call found no namenode to answer it."""
+
+    def __init__(self, code: Any, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
 class GrpcTransport:
     """Calls a remote namenode over gRPC. Several addresses (comma-separated) are used
-    round-robin; a call that cannot reach one namenode is tried on the next, which is safe
-    because every mutating call is one transaction that either happened or did not, and
-    only UNAVAILABLE (nothing was sent) is retried.
+    round-robin.
+
+    A call that finds no namenode (refused, reset, UNAVAILABLE, or no answer within
+    ``timeout``) is tried again, on the next address when there are several, with a short
+    growing pause, until ``failover_timeout`` has passed since its first failure (then
+    EIO). Every attempt of a call carries the same request id: a mutation whose first
+    attempt committed before its namenode went away is answered from what that attempt
+    recorded instead of running twice (see ``metafs.namenode.requests``).
 
     Calls go over a few long-lived Calls streams (``streams`` of them, one per call in
     flight), which Python's gRPC serves at about twice the rate of unary calls; a call
@@ -170,14 +207,16 @@ class GrpcTransport:
                  credentials: grpc.ChannelCredentials | None = None,
                  metadata: tuple[tuple[str, str], ...] = (),
                  options: tuple[tuple[str, Any], ...] = (), streams: int = 4,
-                 max_receive: int = 64 * 1024**2, max_send: int = 64 * 1024**2) -> None:
+                 max_receive: int = 64 * 1024**2, max_send: int = 64 * 1024**2,
+                 failover_timeout: float = 60.0) -> None:
         addrs = [a.strip() for a in address.split(",") if a.strip()]
         if not addrs:
             raise ValueError("no namenode address given")
         opts = [("grpc.max_receive_message_length", max_receive),
                 ("grpc.max_send_message_length", max_send),
-                ("grpc.enable_retries", 1), *options]
+                ("grpc.enable_retries", 1), *_RECONNECT_OPTIONS, *options]
         self.timeout = timeout
+        self.failover_timeout = max(failover_timeout, 0.0)
         self.metadata = metadata or None
         self._channels = []
         self._stubs = []
@@ -187,6 +226,11 @@ class GrpcTransport:
             self._channels.append(ch)
             self._stubs.append(pb_grpc.NamenodeStub(ch))
         self._rr = itertools.cycle(range(len(self._stubs)))
+        # each channel's connectivity, as gRPC reports it (a call that times out on a
+        # channel that is not READY met a namenode that is gone, not a slow one)
+        self._states = [grpc.ChannelConnectivity.IDLE] * len(self._channels)
+        for i, ch in enumerate(self._channels):
+            ch.subscribe(functools.partial(self._state_changed, i))
         self._lock = threading.Lock()
         self.address = address
         self._max_streams = max(streams, 0)
@@ -195,20 +239,74 @@ class GrpcTransport:
         self._no_streams_until = 0.0   # a namenode refused streams: unary until then
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
+        self._outage_since = 0.0       # monotonic start of the outage calls wait out now
+
+    def _state_changed(self, index: int, state: grpc.ChannelConnectivity) -> None:
+        self._states[index] = state
+
+    def _pick(self) -> int:
+        if len(self._stubs) == 1:
+            return 0
+        with self._lock:
+            return next(self._rr)
 
     def _stub(self) -> pb_grpc.NamenodeStub:
-        if len(self._stubs) == 1:
-            return self._stubs[0]
-        with self._lock:
-            return self._stubs[next(self._rr)]
+        return self._stubs[self._pick()]
+
+    def _gone(self, code: Any, index: int) -> bool:
+        """Whether a call that failed with ``code`` on namenode ``index`` found it gone: not
+        reachable, or silent past the deadline while its connection is down (or with
+        another namenode to try)."""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return True
+        return code == grpc.StatusCode.DEADLINE_EXCEEDED and (
+            len(self._stubs) > 1 or self._states[index] != grpc.ChannelConnectivity.READY)
 
     def call(self, method: str, request: Any) -> Any:
+        rid = uuid.uuid4().hex
+        attempt = 0
+        first_failure = 0.0
+        pause = 0.05
+        while True:
+            try:
+                reply = self._attempt(method, request, rid, attempt)
+            except _Gone as exc:
+                now = time.monotonic()
+                if not first_failure:
+                    first_failure = now
+                    with self._lock:
+                        if not self._outage_since:
+                            self._outage_since = now
+                            log.warning("namenode %s unreachable (%s: %s); retrying calls for "
+                                        "up to %.0f s", self.address, exc.code, exc.details,
+                                        self.failover_timeout)
+                left = first_failure + self.failover_timeout - now
+                if left <= 0 or self._closed.is_set():
+                    if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise FsError(errno.EIO, f"namenode did not answer {method} in time"
+                                      ) from None
+                    raise FsError(errno.EIO, f"namenode unavailable for {method}: "
+                                  f"{exc.details}") from None
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.5)
+                attempt += 1
+                continue
+            if self._outage_since:
+                with self._lock:
+                    since, self._outage_since = self._outage_since, 0.0
+                if since:
+                    log.warning("namenode %s answers again after %.1f s", self.address,
+                                time.monotonic() - since)
+            return reply
+
+    def _attempt(self, method: str, request: Any, rid: str, attempt: int) -> Any:
+        """One try of a call; raises _Gone when no namenode answered it."""
         if method in _UNARY_ONLY:
-            return self._unary(method, request)
+            return self._unary(method, request, rid, attempt)
         st = self._take_stream()
         if st is not None:
             try:
-                frame = st.call(method, request, self.timeout)
+                frame = st.call(method, request, self.timeout, rid, attempt)
             except _StreamBroken as exc:
                 self._drop(st)
                 if exc.code in (grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -217,21 +315,21 @@ class GrpcTransport:
                     # (or none at all); unary calls for a while
                     self._no_streams_until = time.monotonic() + (
                         30.0 if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED else 1e12)
+                elif self._gone(exc.code, st.index):
+                    raise _Gone(exc.code, exc.details) from None
                 elif exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise FsError(errno.EIO, f"namenode did not answer {method} in time") \
                         from None
-                elif exc.code != grpc.StatusCode.UNAVAILABLE:
+                else:
                     raise FsError(errno.EIO, f"{method} failed: {exc.code}: {exc.details}") \
                         from None
-                # UNAVAILABLE (the connection went away) is what a unary call would have
-                # met: it takes over below, with its own retry rule
             else:
                 self._give_back(st)
                 if frame.HasField("error"):
                     e = frame.error
                     raise FsError(e.errno, e.message, e.path)
                 return _REPLIES[method].FromString(frame.reply)
-        return self._unary(method, request)
+        return self._unary(method, request, rid, attempt)
 
     # -- call streams
     def _take_stream(self) -> _CallStream | None:
@@ -248,8 +346,8 @@ class GrpcTransport:
                 st.close()
             if len(self._busy) >= self._max_streams:
                 return None
-            stub = self._stubs[next(self._rr)] if len(self._stubs) > 1 else self._stubs[0]
-            st = _CallStream(stub, self.metadata)
+            i = next(self._rr) if len(self._stubs) > 1 else 0
+            st = _CallStream(self._stubs[i], self.metadata, i)
             self._busy.add(st)
             if self._watchdog is None:
                 self._watchdog = threading.Thread(target=self._watch, daemon=True,
@@ -280,19 +378,18 @@ class GrpcTransport:
             for st in late:
                 st.expire()
 
-    def _unary(self, method: str, request: Any) -> Any:
-        tries = len(self._stubs)
-        i = 0
+    def _unary(self, method: str, request: Any, rid: str, attempt: int) -> Any:
         deadline = time.monotonic() + self.timeout
         pause = 0.005
+        metadata = (*(self.metadata or ()), (REQUEST_ID_KEY, rid), (ATTEMPT_KEY, str(attempt)))
         while True:
+            i = self._pick()
             try:
-                return getattr(self._stub(), method)(request, timeout=self.timeout,
-                                                     metadata=self.metadata)
+                return getattr(self._stubs[i], method)(request, timeout=self.timeout,
+                                                       metadata=metadata)
             except grpc.RpcError as exc:
-                i += 1
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and i < tries:
-                    continue
+                if self._gone(exc.code(), i) and _answer(exc) is None:
+                    raise _Gone(exc.code(), str(exc.details())) from None
                 err = error_from_rpc(exc, method)
                 if (exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                         and err.errno == errno.EAGAIN and time.monotonic() + pause < deadline):

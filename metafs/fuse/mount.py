@@ -62,13 +62,6 @@ def default_log_file(mountpoint: str) -> Path:
     return d / f"mount-{_key(mountpoint)}.log"
 
 
-# short reconnect backoff: a namenode that restarts is used again within a second
-_RECONNECT_OPTIONS: tuple[tuple[str, Any], ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000))
-
-
 def make_client(settings: Settings) -> Client:
     """The mount's client: remote namenode over gRPC (TLS, client certificate and bearer
     token as configured, like any client) with the mount's (short) timeout and fast
@@ -81,8 +74,7 @@ def make_client(settings: Settings) -> Client:
     if settings.namenode:
         from ..client.auth import identity_for_client, make_transport
 
-        transport = make_transport(settings, timeout=settings.fuse_rpc_timeout,
-                                   options=_RECONNECT_OPTIONS)
+        transport = make_transport(settings, timeout=settings.fuse_rpc_timeout)
         try:
             bound = identity_for_client(transport)
             if bound is not None:

@@ -24,7 +24,7 @@ from ..config import Settings
 from ..errors import FsError
 from ..posix import NAME_MAX, ROOT_INO, W, X, Cred, check
 from ..proto import metafs_pb2 as pb
-from . import changelog, runs
+from . import changelog, requests, runs
 from .attrs import Attributes
 from .bulk import BulkCreate
 from .data import FileData
@@ -118,11 +118,25 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
 
     # ------------------------------------------------------------------ plumbing
     def mutate(self, cred: Cred, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in one write transaction (with the precommit hooks and the change
+        records it logs). Within a client's call that carries a request id, a transaction
+        an earlier attempt of the call committed is answered from its record instead
+        (:mod:`.requests`)."""
+        scope = requests.REQUEST.get()
+        if scope is None:
+            return self._mutate(cred, fn, None)
+        return requests.once(self, cred, fn, scope,
+                             lambda record: self._mutate(cred, fn, record))
+
+    def _mutate(self, cred: Cred, fn: Callable[[Tx], T],
+                record: Callable[[Tx, Any], None] | None) -> T:
         def body(conn: Connection) -> tuple[T, int, list[Callable[[], None]]]:
             tx = Tx(self, conn, cred, time.time_ns())
             result = fn(tx)
             for hook in self.precommit_hooks:
                 hook(tx)
+            if record is not None:
+                record(tx, result)
             last = self.engine.changelog.append(conn, tx.records) if tx.records else 0
             return result, last, tx.after_commit
 

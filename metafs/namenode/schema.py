@@ -331,6 +331,24 @@ def _v8(conn: Connection) -> None:
         conn.execute(insert(counters).values(name="project_id", value=0))
 
 
+requests = Table(
+    "requests",
+    metadata,
+    # what the write transactions of a client's call committed, by its request id, so a
+    # retry of the call answers from them (metafs.namenode.requests)
+    Column("id", String(64), primary_key=True),
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column("owner", Text, nullable=False),
+    Column("result", LargeBinary, nullable=False),
+    Column("created_ns", BigInteger, nullable=False, index=True),
+)
+
+
+def _v9(conn: Connection) -> None:
+    """Request records (retried calls run at most once)."""
+    metadata.create_all(conn, tables=[requests])
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -340,6 +358,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (6, _v6),
     (7, _v7),
     (8, _v8),
+    (9, _v9),
 ]
 
 

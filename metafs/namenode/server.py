@@ -30,6 +30,7 @@ from ..proto import metafs_pb2 as pb
 from ..proto import metafs_pb2_grpc as pb_grpc
 from .engine import engine_for
 from .limits import Limits, is_long_poll
+from . import requests
 from .namespace import Namespace
 from .service import Handlers, internal_error
 
@@ -126,11 +127,15 @@ def _unary(handlers: Handlers, name: str,
             limits.check_request(name, request)
             # a long-poll waits on a thread of its own share, never on an ordinary one
             shares = limits.long_polls if is_long_poll(name, request) else limits.calls
-            with shares.held(limits.key(ctx)):
+            rid, attempt = _request_id(ctx)
+            with shares.held(limits.key(ctx)), requests.scope(name, rid, attempt):
                 return fn(request, ctx)
         except FsError as err:
             _abort(ctx, err)
         except Exception as exc:
+            if isinstance(exc, requests.DatabaseUnavailable) or requests.lost_database(exc):
+                # no answer: the client retries the call (under the same request id)
+                ctx.abort(grpc.StatusCode.UNAVAILABLE, f"metadata database unavailable: {exc}")
             _abort(ctx, internal_error(exc, name))
 
     call.__name__ = name
@@ -158,6 +163,17 @@ def _streaming(handlers: Handlers, name: str,
 
     call.__name__ = name
     return call
+
+
+def _request_id(ctx: grpc.ServicerContext) -> tuple[str, int]:
+    """The request id and attempt number a unary call carries in its metadata."""
+    rid, attempt = "", 0
+    for key, value in ctx.invocation_metadata() or ():
+        if key == "metafs-request-id":
+            rid = value
+        elif key == "metafs-attempt":
+            attempt = int(value) if value.isdigit() else 0
+    return rid, attempt
 
 
 # The unary methods a call stream may carry, with their request classes.
@@ -190,10 +206,15 @@ def answer_frame(handlers: Any, frame: pb.CallFrame, ctx: Any,
             raise FsError(errno.ENOSYS, f"this namenode does not implement {frame.method}")
         if limits is not None:
             limits.check_request(frame.method, request)
-        return pb.ReplyFrame(reply=fn(request, ctx).SerializeToString())
+        with requests.scope(frame.method, frame.request_id, frame.attempt):
+            return pb.ReplyFrame(reply=fn(request, ctx).SerializeToString())
     except FsError as err:
         return _frame_error(err)
     except Exception as exc:
+        if isinstance(exc, requests.DatabaseUnavailable) or requests.lost_database(exc):
+            # no answer: ends the stream, and the client retries the call elsewhere or later
+            # under the same request id
+            ctx.abort(grpc.StatusCode.UNAVAILABLE, f"metadata database unavailable: {exc}")
         return _frame_error(internal_error(exc, frame.method))
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from ..errors import FsError
 from ..posix import ROOT, Cred
 from ..proto import metafs_pb2 as pb
-from . import schema
+from . import requests, schema
 from .rows import H, I, Tx
 from .sql import Prepared
 
@@ -118,6 +118,7 @@ class Sessions:
 
         n = self.mutate(ROOT, fn)
         self._reclaimed_once = True
+        requests.prune(self, self.settings.request_retention)
         if n:
             log.info("reclaimed %d orphaned inodes", n)
         return n

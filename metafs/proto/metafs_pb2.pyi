@@ -978,12 +978,16 @@ class StatusReply(_message.Message):
     def __init__(self, version: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., started_ns: _Optional[int] = ..., engine: _Optional[str] = ..., database: _Optional[str] = ..., blocks: _Optional[str] = ..., changelog_head: _Optional[int] = ..., live_sessions: _Optional[int] = ..., sessions: _Optional[_Iterable[_Union[SessionStatus, _Mapping]]] = ..., consumers: _Optional[_Iterable[_Union[ConsumerStatus, _Mapping]]] = ..., checks: _Optional[_Iterable[_Union[HealthCheck, _Mapping]]] = ...) -> None: ...
 
 class CallFrame(_message.Message):
-    __slots__ = ("method", "request")
+    __slots__ = ("method", "request", "request_id", "attempt")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     method: str
     request: bytes
-    def __init__(self, method: _Optional[str] = ..., request: _Optional[bytes] = ...) -> None: ...
+    request_id: str
+    attempt: int
+    def __init__(self, method: _Optional[str] = ..., request: _Optional[bytes] = ..., request_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class ReplyFrame(_message.Message):
     __slots__ = ("reply", "error")
