@@ -10,6 +10,7 @@ which catches up to a lock grant's position) learn what was applied.
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import queue
 import threading
@@ -21,6 +22,8 @@ from ..proto import metafs_pb2 as pb
 
 if TYPE_CHECKING:
     from .ops import MetafsOperations
+
+log = logging.getLogger("metafs.fuse")
 
 
 def follows_changes(settings: Settings) -> bool:
@@ -77,6 +80,7 @@ class ChangeFollower:
         self._listeners: list[Callable[[Sequence[pb.ChangeRecord]], None]] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.refused = False  # the namenode refuses this mount the changelog: not following
 
     def on_applied(self, listener: Callable[[Sequence[pb.ChangeRecord]], None]) -> None:
         """Call ``listener(records)`` after the follower applied ``records``."""
@@ -103,6 +107,15 @@ class ChangeFollower:
                 if after is None:
                     after = ops.nodes.changelog_head(own)
                 records = ops.nodes.changelog(after, 1000, wait, own)
+            except PermissionError as exc:
+                # the changelog is for trusted service identities: a mount of a plain
+                # user's identity relies on its attribute and entry timeouts instead
+                log.warning("not following other clients' changes: the namenode refuses "
+                            "this mount's identity the changelog (%s); what other clients "
+                            "change shows once cached attributes and names time out "
+                            "(--attr-timeout, --entry-timeout)", exc.strerror or exc)
+                self.refused = True
+                return
             except Exception:
                 # the namenode is away: whatever changed meanwhile is unknown
                 ops.forget_all()

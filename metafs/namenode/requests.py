@@ -22,6 +22,7 @@ longer than a client retries (``failover_timeout``).
 from __future__ import annotations
 
 import contextvars
+import io
 import logging
 import pickle
 import time
@@ -29,10 +30,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
+from google.protobuf.message import Message
 from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..errors import FsError
+from ..proto import metafs_pb2 as pb
 from . import schema
 
 if TYPE_CHECKING:
@@ -90,6 +93,25 @@ def scope(method: str, rid: str, attempt: int) -> Iterator[None]:
         REQUEST.reset(token)
 
 
+def _message(name: str, data: bytes) -> Message:
+    return getattr(pb, name).FromString(data)
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles protobuf messages (their gencode module cannot be imported by its name)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, Message):
+            return _message, (type(obj).__name__, obj.SerializeToString())
+        return NotImplemented
+
+
+def _dumps(result: Any) -> bytes:
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(result)
+    return buf.getvalue()
+
+
 def _load(ns: "Namespace", sc: Scope) -> dict[int, tuple[str, bytes]]:
     def fn(conn: Any) -> dict[int, tuple[str, bytes]]:
         return {r.idx: (r.owner, r.result)
@@ -139,9 +161,9 @@ def once(ns: "Namespace", cred: "Cred", fn: Callable[["Tx"], T], sc: Scope,
 
     def record(tx: "Tx", result: Any) -> None:
         try:
-            blob = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+            blob = _dumps(result)
         except Exception:  # a result that cannot be kept: the call is not deduplicated
-            log.debug("request %s: result of %r not recorded", sc.rid, fn)
+            log.warning("request %s: the result of %r cannot be recorded", sc.rid, fn)
             return
         tx.conn.execute(insert(R).values(id=sc.rid, idx=idx, owner=cred.identity,
                                          result=blob, created_ns=tx.now))
