@@ -245,10 +245,21 @@ class GrpcTransport:
         self._states[index] = state
 
     def _pick(self) -> int:
+        """The next namenode in turn, passing over those whose connection is failing
+        while another one's is not."""
         if len(self._stubs) == 1:
             return 0
         with self._lock:
-            return next(self._rr)
+            return self._next_up()
+
+    def _next_up(self) -> int:
+        first = next(self._rr)
+        i = first
+        for _ in range(len(self._stubs)):
+            if self._states[i] != grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                return i
+            i = next(self._rr)
+        return first
 
     def _stub(self) -> pb_grpc.NamenodeStub:
         return self._stubs[self._pick()]
@@ -346,7 +357,7 @@ class GrpcTransport:
                 st.close()
             if len(self._busy) >= self._max_streams:
                 return None
-            i = next(self._rr) if len(self._stubs) > 1 else 0
+            i = self._next_up() if len(self._stubs) > 1 else 0
             st = _CallStream(self._stubs[i], self.metadata, i)
             self._busy.add(st)
             if self._watchdog is None:

@@ -96,7 +96,8 @@ def default_permissions(settings: Settings) -> bool:
 
 
 def fuse_options(settings: Settings) -> dict[str, Any]:
-    source = settings.namenode or settings.data_dir
+    # a comma would end the fsname option: several namenodes show as a;b
+    source = (settings.namenode or settings.data_dir).replace(",", ";")
     opts: dict[str, Any] = {"fsname": f"metafs:{source}", "subtype": "metafs",
                             "foreground": True}
     if not settings.fuse_threads:
