@@ -143,12 +143,13 @@ def test_a_restarted_namenode_is_reached_again_through_new_streams(tmp_path: Pat
     nn = build_namenode(settings)
     srv = serve_grpc(nn, "127.0.0.1:0")
     port = srv.port
-    c = Client(settings=settings.with_(namenode=srv.address, rpc_timeout=5))
+    c = Client(settings=settings.with_(namenode=srv.address, rpc_timeout=5,
+                                       failover_timeout=1.0))
     try:
         c.write_bytes("/before", b"1")
         srv.stop(0)
         nn.close()
-        with pytest.raises(OSError) as ei:
+        with pytest.raises(OSError) as ei:  # EIO once failover_timeout has passed
             c.stat("/before")
         assert ei.value.errno == errno.EIO
         nn = build_namenode(settings)
