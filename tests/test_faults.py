@@ -8,7 +8,6 @@ the first attempt's result (no EEXIST or ENOENT from its own earlier success).
 
 from __future__ import annotations
 
-import errno
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
