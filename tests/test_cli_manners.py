@@ -250,3 +250,20 @@ def test_copy_of_a_directory_without_recursive_raises_eisdir(tmp_path: Path) -> 
             copy_out(fs, ["/dir"], str(tmp_path / "out"), progress=False)
         assert (got.value.errno, got.value.filename) == (errno.EISDIR, "/dir")
 
+
+def test_lineage_of_a_directory_that_is_no_artifact_names_it(tmp_path: Path) -> None:
+    # one image is too few for its directory to be a data set: the reads are the image's
+    d = str(tmp_path / "d")
+    with Client(data_dir=d) as fs:
+        fs.makedirs("/datasets/coco")
+        fs.write_bytes("/datasets/coco/a.jpg", b"jpeg")
+    p = run("run", "--data", d, "--name", "train", "--", *METAFS, "cat", "--data", d,
+            "/datasets/coco/a.jpg")
+    assert p.returncode == 0, p.stderr
+    p = run("prov", "downstream", "--data", d, "/datasets/coco", "--depth", "1")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("downstream of /datasets/coco: not in the provenance graph")
+    p = run("prov", "downstream", "--data", d, "/datasets/coco/a.jpg", "--depth", "1")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("downstream of /datasets/coco/a.jpg@v1\n")
+    assert "train" in p.stdout
