@@ -3,6 +3,7 @@ options, one-line errors, JSON logs. Each runs the real command in a subprocess.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -158,3 +159,111 @@ def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
     messages = [r["message"] for r in records]
     assert any(m.startswith("metafs namenode started on") for m in messages)
     assert any(m.endswith("stopped") for m in messages)
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> str:
+    """A data directory with one directory in it."""
+    d = str(tmp_path / "small")
+    with Client(data_dir=d) as fs:
+        fs.mkdir("/dir")
+    return d
+
+
+@pytest.mark.parametrize("action", ["set", "clear"])
+def test_quota_on_a_missing_directory_is_one_line_with_its_errno(small: str, action: str
+                                                                   ) -> None:
+    p = run("quota", action, "/nope", "--data", small, "--files", "3")
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == ["metafs quota: no such file or directory: /nope [ENOENT]"]
+    assert run("quota", "list", "--data", small).stdout == ""  # nothing changed
+
+
+def test_mount_names_a_missing_mount_point_enoent_and_a_file_enotdir(
+        tmp_path: Path) -> None:
+    d, missing, afile = str(tmp_path / "d"), tmp_path / "nomnt", tmp_path / "afile"
+    afile.write_bytes(b"")
+    for fg in ([], ["-f"]):  # refused before a mount process or FUSE is involved
+        p = run("mount", *fg, "--data", d, str(missing))
+        assert p.returncode == 1
+        assert p.stderr.splitlines() == [
+            f"metafs mount: mount point does not exist: {missing} [ENOENT]"]
+        p = run("mount", *fg, "--data", d, str(afile))
+        assert p.returncode == 1
+        assert p.stderr.splitlines() == [
+            f"metafs mount: mount point is not a directory: {afile} [ENOTDIR]"]
+    p = run("umount", str(missing))
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [
+        f"metafs umount: mount point does not exist: {missing} [ENOENT]"]
+
+
+def test_backup_and_restore_name_the_errno(small: str, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    out = tmp_path / "meta.bak"
+    p = run("backup", "--data", str(empty), str(out))
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [
+        f"metafs backup: no SQLite database: {empty / 'meta.db'} [ENOENT]"]
+    assert not out.exists() and not empty.exists()
+    assert run("backup", "--data", small, "-q", str(out)).returncode == 0
+    p = run("backup", "--data", small, "-q", str(out))
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [
+        f"metafs backup: backups never overwrite a file: {out} [EEXIST]"]
+    p = run("restore", "--data", str(empty), str(tmp_path / "nothing.bak"))
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [
+        f"metafs restore: no backup: {tmp_path / 'nothing.bak'} [ENOENT]"]
+    p = run("restore", "--data", small, str(out))
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [
+        f"metafs restore: the database exists; pass --force to replace it: "
+        f"{Path(small) / 'meta.db'} [EEXIST]"]
+
+
+def test_sync_of_a_missing_or_non_directory_folder_names_the_errno(small: str,
+                                                                   tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"x")
+    p = run("sync", "--data", small, str(tmp_path / "nothing"), "/s")
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [
+        f"metafs sync: No such file or directory: {tmp_path / 'nothing'} [ENOENT]"]
+    p = run("sync", "--data", small, str(afile), "/s")
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [f"metafs sync: Not a directory: {afile} [ENOTDIR]"]
+
+
+def test_copy_of_a_directory_without_recursive_raises_eisdir(tmp_path: Path) -> None:
+    from metafs.ops.sync import copy_in, copy_out
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with Client(data_dir=str(tmp_path / "d")) as fs:
+        fs.mkdir("/dir")
+        with pytest.raises(IsADirectoryError) as got:
+            copy_in(fs, [str(src)], "/into/", progress=False)
+        assert (got.value.errno, got.value.filename) == (errno.EISDIR, str(src))
+        assert "recursive=True" in got.value.strerror
+        with pytest.raises(IsADirectoryError) as got:
+            copy_out(fs, ["/dir"], str(tmp_path / "out"), progress=False)
+        assert (got.value.errno, got.value.filename) == (errno.EISDIR, "/dir")
+
+
+def test_lineage_of_a_directory_that_is_no_artifact_names_it(tmp_path: Path) -> None:
+    # one image is too few for its directory to be a data set: the reads are the image's
+    d = str(tmp_path / "d")
+    with Client(data_dir=d) as fs:
+        fs.makedirs("/datasets/coco")
+        fs.write_bytes("/datasets/coco/a.jpg", b"jpeg")
+    p = run("run", "--data", d, "--name", "train", "--", *METAFS, "cat", "--data", d,
+            "/datasets/coco/a.jpg")
+    assert p.returncode == 0, p.stderr
+    p = run("prov", "downstream", "--data", d, "/datasets/coco", "--depth", "1")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("downstream of /datasets/coco: not in the provenance graph")
+    p = run("prov", "downstream", "--data", d, "/datasets/coco/a.jpg", "--depth", "1")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("downstream of /datasets/coco/a.jpg@v1\n")
+    assert "train" in p.stdout

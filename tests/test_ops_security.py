@@ -351,3 +351,85 @@ def test_mount_with_wrong_token_fails_clearly(tls_token_serve, pki,  # type: ign
         want = "token is not known" if extra else "requires a bearer token"
         assert "cannot mount" in res.stderr and want in res.stderr, res.stderr
         assert "EACCES" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("text, wanted", [
+    ('[token.alice]\ntoken = "t"\nuid = 1000\n',
+     "unknown table [token] (valid tables: certs, tokens)"),
+    ('[tokens.alice]\ntoken = "t"\nuid = 1000\ntrustd = true\n',
+     "unknown key 'trustd' in [tokens.alice] (valid keys: gid, groups, token, token_sha256, "
+     "trusted, uid)"),
+    ('[certs.bob]\nuid = 1000\ntoken = "t"\n',
+     "unknown key 'token' in [certs.bob] (valid keys: gid, groups, trusted, uid)"),
+    ('[tokens]\ntoken = "t"\nuid = 1000\n', "tokens.token is not a table"),
+    ('[tokens.alice]\ntoken = "t"\nuid = 1000\ntrusted = "false"\n',
+     "[tokens.alice]: trusted must be true or false, not 'false'"),
+    ('[tokens.alice]\ntoken = "t"\nuid = "1000"\n',
+     "[tokens.alice]: uid, gid and groups must be integers"),
+    ('[tokens.alice]\nuid = 1000\n', "[tokens.alice] needs a token or token_sha256 string"),
+    ('[certs.bob]\ngid = 1000\n', "[certs.bob] has no uid"),
+    ('[tokens.alice\n', "not valid TOML"),
+])
+def test_identity_table_refuses_what_it_does_not_understand(tmp_path: Path, text: str,
+                                                           wanted: str) -> None:
+    from metafs.ops.auth import IdentityTable, write_secret
+
+    path = tmp_path / "auth.toml"
+    write_secret(path, text)
+    with pytest.raises(OSError) as got:
+        IdentityTable.load(path)
+    assert got.value.errno == errno.EINVAL
+    assert got.value.filename == str(path)
+    assert wanted in got.value.strerror
+
+
+def test_identity_table_reads_every_valid_key(tmp_path: Path) -> None:
+    from metafs.ops.auth import IdentityTable, token_digest, write_secret
+
+    path = tmp_path / "auth.toml"
+    write_secret(path, '[tokens.alice]\ntoken = "a"\nuid = 1000\ngid = 100\ngroups = [100, 5]\n'
+                       f'[tokens.gw]\ntoken_sha256 = "{token_digest("g").upper()}"\nuid = 0\n'
+                       'trusted = true\n[certs.bob]\nuid = 1001\n')
+    t = IdentityTable.load(path)
+    alice, gw = t.by_token("a"), t.by_token("g")
+    assert alice is not None and (alice.uid, alice.gid, alice.groups, alice.trusted) == (
+        1000, 100, frozenset({100, 5}), False)
+    assert gw is not None and (gw.uid, gw.gid, gw.trusted) == (0, 0, True)
+    assert (t.by_cn["bob"].uid, t.by_cn["bob"].gid, t.by_cn["bob"].kind) == (1001, 1001, "cert")
+
+
+def test_identity_table_that_is_missing_is_enoent(tmp_path: Path) -> None:
+    from metafs.ops.auth import IdentityTable
+
+    with pytest.raises(FileNotFoundError) as got:
+        IdentityTable.load(tmp_path / "nothing.toml")
+    assert (got.value.errno, got.value.filename) == (errno.ENOENT,
+                                                      str(tmp_path / "nothing.toml"))
+
+
+def test_serve_with_a_misspelt_identity_table_is_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from metafs.ops.auth import write_secret
+
+    auth = tmp_path / "auth.toml"
+    write_secret(auth, '[tokens.alice]\ntoken = "t"\nuid = 1000\ntrustd = true\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAFS_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    ready = tmp_path / "ready"
+    p = subprocess.Popen([sys.executable, "-m", "metafs.cli", "serve", "--data",
+                          str(tmp_path / "d"), "--listen", "127.0.0.1:0", "--auth-mode",
+                          "token", "--auth-file", str(auth), "--ready-file", str(ready)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    while p.poll() is None and not (ready.exists() and ready.read_text()):
+        time.sleep(0.05)
+    if p.poll() is None:  # it started serving with the table: stop it, then fail
+        p.terminate()
+    _, err = p.communicate(timeout=60)
+    assert not ready.exists(), "metafs serve started with a misspelt identity table"
+    assert p.returncode == 1
+    assert err.splitlines()[-1] == (
+        "metafs serve: unknown key 'trustd' in [tokens.alice] (valid keys: gid, groups, "
+        f"token, token_sha256, trusted, uid): {auth} [EINVAL]")

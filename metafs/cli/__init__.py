@@ -18,6 +18,7 @@ import select
 import sys
 from typing import Sequence
 
+from ..errors import FsError
 from . import (admin, auth, blocks, demo, files, inspect, mount, prov, project, search, serve,
                status, volume)
 from .common import common, make_client, settings_from, setup_logging
@@ -84,6 +85,9 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
             raise
         return _fail(args, f"this needs the optional part '{EXTRAS[top]}' ({top} is not "
                      f"installed): pip install 'metafs[{EXTRAS[top]}]'")
+    except FsError as exc:  # the library's own errors, raised by commands that work on the
+        # database itself (quota, fsck) rather than through a client
+        return _fail(args, _errno_line(exc.to_oserror()))
     except OSError as exc:
         return _fail(args, _errno_line(exc))
     except ValueError as exc:
@@ -92,6 +96,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
 
 
 def _errno_line(exc: OSError) -> str:
+    """``message: PATH [ERRNONAME]``, as every command reports a failed system call."""
     name = errno.errorcode.get(exc.errno or 0, "")
     where = f": {exc.filename}" if exc.filename else ""
     return f"{exc.strerror or exc}{where}" + (f" [{name}]" if name else "")

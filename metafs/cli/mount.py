@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 from typing import Any
 
@@ -109,9 +110,10 @@ def mount_settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from ..fuse.mount import run_mount, spawn_mount
+    from ..fuse.mount import check_mountpoint, run_mount, spawn_mount
 
     settings = mount_settings(args)
+    check_mountpoint(args.mountpoint)  # also in the foreground, before FUSE is asked
     if args.foreground:
         return run_mount(settings, args.mountpoint)
     spawn_mount(settings, args.mountpoint, log_file=args.log_file)
@@ -121,6 +123,15 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def cmd_umount(args: argparse.Namespace) -> int:
     from ..fuse.mount import unmount
 
+    # a missing mount point is ENOENT; any other failure to look it up (ENOTCONN: a mount
+    # whose process died) is what unmounting is for
+    try:
+        os.lstat(args.mountpoint)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "mount point does not exist",
+                                args.mountpoint) from None
+    except OSError:
+        pass
     unmount(args.mountpoint, lazy=args.lazy)
     return 0
 

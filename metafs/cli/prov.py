@@ -94,7 +94,7 @@ def _dispatch(args: argparse.Namespace, fs: Any, p: Any) -> int:
         n = emit_openlineage(g, ns, file=args.openlineage_file, url=args.openlineage_url)
         to = " and ".join(x for x in (args.openlineage_file, args.openlineage_url) if x)
         print(f"sent {n} OpenLineage run events to {to}", file=sys.stderr)
-    out.write(render_graph(g, fmt, ns) + "\n")
+    out.write(render_graph(g, fmt, ns, path=args.path) + "\n")
     return 0
 
 

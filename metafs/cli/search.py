@@ -90,9 +90,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         except QueryError as exc:
             print(f"metafs search: bad query: {exc}", file=sys.stderr)
             return 2
-        except OSError as exc:  # no index, a wait that timed out, a namenode away
-            print(f"metafs search: {exc}", file=sys.stderr)
-            return 1
         if args.json:
             print(res.to_json())
         else:

@@ -52,11 +52,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             raise ValueError("give the metrics address (HOST:PORT or URL) of a namenode or "
                              "mount, or set metrics_port in the config")
         target = f"{s.metrics_listen}:{s.metrics_port}"
-    try:
-        return run(target, interval=args.interval, count=args.count, as_json=args.json)
-    except ConnectionError as exc:
-        print(f"metafs stats: {exc}", file=sys.stderr)
-        return 1
+    return run(target, interval=args.interval, count=args.count, as_json=args.json)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ an environment variable and reports readiness on a pipe.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import faulthandler
 import hashlib
 import json
@@ -185,12 +186,23 @@ def settings_from_env(value: str) -> Settings:
     return Settings(**json.loads(value))
 
 
+def check_mountpoint(mountpoint: str) -> None:
+    """Refuse a mount point that does not exist (ENOENT), cannot be looked up (its errno)
+    or is not a directory (ENOTDIR)."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        what = " does not exist" if exc.errno == errno.ENOENT else f": {exc.strerror}"
+        raise OSError(exc.errno, f"mount point{what}", mountpoint) from None
+    if not os.path.isdir(mountpoint):
+        raise NotADirectoryError(errno.ENOTDIR, "mount point is not a directory", mountpoint)
+
+
 def spawn_mount(settings: Settings, mountpoint: str, *, log_file: str | None = None,
                 timeout: float = 60.0) -> int:
     """Start a detached mount process; return its pid once the mount is usable."""
     mountpoint = os.path.abspath(mountpoint)
-    if not os.path.isdir(mountpoint):
-        raise NotADirectoryError(20, "mount point is not a directory", mountpoint)
+    check_mountpoint(mountpoint)
     logf = Path(log_file) if log_file else default_log_file(mountpoint)
     r, w = os.pipe()
     env = dict(os.environ)

@@ -95,6 +95,15 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+#: the tables of an identity table file, and the keys an entry of each may have
+_TABLE_KEYS = {"tokens": frozenset({"token", "token_sha256", "uid", "gid", "groups", "trusted"}),
+               "certs": frozenset({"uid", "gid", "groups", "trusted"})}
+
+
+def _invalid(path: Path, message: str) -> OSError:
+    return OSError(errno.EINVAL, message, str(path))
+
+
 class IdentityTable:
     """Tokens and certificate names, mapped to identities (read from ``auth_file``)."""
 
@@ -105,30 +114,60 @@ class IdentityTable:
 
     @classmethod
     def load(cls, path: str | Path) -> "IdentityTable":
+        """Read an identity table file. What it does not understand is refused, never
+        skipped (a misspelt ``trusted`` must not quietly change who may do what): an
+        unknown table or key, an entry without its uid or token, a value of the wrong
+        type are each an OSError EINVAL naming the file."""
         p = Path(path)
-        if not p.exists():
-            raise ValueError(f"auth_file {p} does not exist")
-        check_secret_file(p, "identity table (auth_file)")
-        data = tomllib.loads(p.read_text())
+        check_secret_file(p, "identity table (auth_file)")  # ENOENT when there is none
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise _invalid(p, f"not valid TOML ({exc})") from None
+        for section in data:
+            if section not in _TABLE_KEYS:
+                raise _invalid(p, f"unknown table [{section}] (valid tables: "
+                               f"{', '.join(sorted(_TABLE_KEYS))})")
         t = cls()
-        for name, e in (data.get("tokens") or {}).items():
-            digest = e.get("token_sha256") or (token_digest(e["token"]) if "token" in e
-                                               else None)
-            if not digest:
-                raise ValueError(f"{p}: tokens.{name} needs token or token_sha256")
-            t.by_digest[digest.lower()] = cls._ident(p, name, "token", e)
-        for name, e in (data.get("certs") or {}).items():
-            t.by_cn[name] = cls._ident(p, name, "cert", e)
+        for section, keys in _TABLE_KEYS.items():
+            entries = data.get(section, {})
+            if not isinstance(entries, dict):
+                raise _invalid(p, f"{section} must be a table of identities ([{section}.NAME])")
+            for name, e in entries.items():
+                where = f"[{section}.{name}]"
+                if not isinstance(e, dict):
+                    raise _invalid(p, f"{section}.{name} is not a table: an identity is a "
+                                   f"table {where} with the keys {', '.join(sorted(keys))}")
+                unknown = sorted(set(e) - keys)
+                if unknown:
+                    raise _invalid(p, f"unknown key {unknown[0]!r} in {where} (valid keys: "
+                                   f"{', '.join(sorted(keys))})")
+                ident = cls._ident(p, where, section[:-1], name, e)
+                if section == "certs":
+                    t.by_cn[name] = ident
+                    continue
+                token, digest = e.get("token"), e.get("token_sha256")
+                if digest is None and isinstance(token, str) and token:
+                    digest = token_digest(token)
+                if not isinstance(digest, str) or not digest:
+                    raise _invalid(p, f"{where} needs a token or token_sha256 string")
+                t.by_digest[digest.lower()] = ident
         return t
 
     @staticmethod
-    def _ident(p: Path, name: str, kind: str, e: dict[str, Any]) -> Identity:
+    def _ident(p: Path, where: str, kind: str, name: str, e: dict[str, Any]) -> Identity:
         if "uid" not in e:
-            raise ValueError(f"{p}: {kind}s.{name} has no uid")
-        uid = int(e["uid"])
-        gid = int(e.get("gid", uid))
-        return Identity(name, kind, uid, gid, frozenset(int(g) for g in e.get("groups", [])),
-                        bool(e.get("trusted", False)))
+            raise _invalid(p, f"{where} has no uid")
+        groups = e.get("groups", [])
+        if not isinstance(groups, list):
+            raise _invalid(p, f"{where}: groups must be a list of integers")
+        ids = [e["uid"], e.get("gid", e["uid"]), *groups]
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise _invalid(p, f"{where}: uid, gid and groups must be integers")
+        trusted = e.get("trusted", False)
+        if not isinstance(trusted, bool):
+            raise _invalid(p, f"{where}: trusted must be true or false, not {trusted!r}")
+        return Identity(name, kind, ids[0], ids[1], frozenset(ids[2:]), trusted)
 
     def by_token(self, token: str) -> Identity | None:
         # A dictionary lookup by the digest: its timing can only tell an attacker about

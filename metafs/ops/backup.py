@@ -12,6 +12,7 @@ bucket), and after a restore run ``metafs fsck --check-blocks``.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sqlite3
@@ -66,7 +67,8 @@ def _pg_tool(name: str) -> str:
         if best is None or major > best[0]:
             best = (major, str(c))
     if best is None:
-        raise FileNotFoundError(f"{name} not found: install the PostgreSQL client tools")
+        raise FileNotFoundError(errno.ENOENT, "not found: install the PostgreSQL client tools",
+                                name)
     return best[1]
 
 
@@ -75,11 +77,11 @@ def backup(db_url: str, out: str | os.PathLike[str], progress: ProgressFn | None
     """Write a consistent backup of the metadata database at ``db_url`` to ``out``."""
     dest = Path(out)
     if dest.exists():
-        raise FileExistsError(f"{dest} exists; backups never overwrite")
+        raise FileExistsError(errno.EEXIST, "backups never overwrite a file", str(dest))
     src_path = _sqlite_path(db_url)
     if src_path is not None:
         if not src_path.exists():
-            raise FileNotFoundError(f"no SQLite database at {src_path}")
+            raise FileNotFoundError(errno.ENOENT, "no SQLite database", str(src_path))
         tmp = dest.with_name(dest.name + ".partial")
         src = sqlite3.connect(f"file:{src_path}?mode=ro", uri=True)
         dst = sqlite3.connect(tmp)
@@ -112,11 +114,12 @@ def restore(backup_file: str | os.PathLike[str], db_url: str, *, force: bool = F
     PostgreSQL target's metafs tables are dropped and recreated from the backup."""
     src = Path(backup_file)
     if not src.exists():
-        raise FileNotFoundError(f"no backup at {src}")
+        raise FileNotFoundError(errno.ENOENT, "no backup", str(src))
     dest_path = _sqlite_path(db_url)
     if dest_path is not None:
         if dest_path.exists() and not force:
-            raise FileExistsError(f"{dest_path} exists; pass --force to replace it")
+            raise FileExistsError(errno.EEXIST, "the database exists; pass --force to replace it",
+                                  str(dest_path))
         dest_path.parent.mkdir(parents=True, exist_ok=True)
         for suffix in ("-wal", "-shm"):
             Path(str(dest_path) + suffix).unlink(missing_ok=True)

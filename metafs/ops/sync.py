@@ -19,6 +19,7 @@ gone), which is right whether the copy saw the change or not.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
@@ -157,7 +158,9 @@ def sync_tree(client: Any, local: str | os.PathLike[str], remote: str, *,
 
     src = Path(local)
     if not src.is_dir():
-        raise NotADirectoryError(f"{src} is not a directory")
+        if not src.exists():
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(src))
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(src))
     remote = "/" + remote.strip("/") if remote.strip("/") else "/"
     client.makedirs(remote, exist_ok=True)
     have = _remote_index(client, remote)
@@ -457,6 +460,10 @@ def sync_and_watch(client: Any, local: str | os.PathLike[str], remote: str, *,
 
 
 # ---------------------------------------------------------------------- cp
+#: why copy_in/copy_out refuse a directory when not asked to copy recursively
+_NOT_RECURSIVE = "is a directory (copy it with recursive=True)"
+
+
 def copy_in(client: Any, sources: list[str], dst: str, *, recursive: bool = False,
             progress: bool = True) -> SyncStats:
     """Copy local files (and with ``recursive`` directories) into metafs directory or
@@ -470,7 +477,7 @@ def copy_in(client: Any, sources: list[str], dst: str, *, recursive: bool = Fals
         target = posixpath.join(dst, p.name) if dst_is_dir else dst
         if p.is_dir():
             if not recursive:
-                raise IsADirectoryError(f"{p} is a directory (use -r)")
+                raise IsADirectoryError(errno.EISDIR, _NOT_RECURSIVE, str(p))
             st = sync_tree(client, p, target, progress=progress)
             stats.files_copied += st.files_copied
             stats.bytes_copied += st.bytes_copied
@@ -497,7 +504,7 @@ def copy_out(client: Any, sources: list[str], dst: str, *, recursive: bool = Fal
         base = dpath / posixpath.basename(s.rstrip("/")) if dst_is_dir else dpath
         if stat.S_ISDIR(st.st_mode):
             if not recursive:
-                raise IsADirectoryError(f"{s} is a directory (use -r)")
+                raise IsADirectoryError(errno.EISDIR, _NOT_RECURSIVE, s)
             base.mkdir(parents=True, exist_ok=True)
             for top, dirs, files in client.walk(s):
                 rel = posixpath.relpath(top, s)

@@ -29,9 +29,17 @@ def run_label(r: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- table
-def graph_table(g: Graph) -> str:
-    lines = [f"{g.direction} of " + ", ".join(artifact_label(g.artifacts[a])
-                                              for a in g.roots if a in g.artifacts)]
+def graph_table(g: Graph, path: str = "") -> str:
+    """The answer as text; ``path`` is what was asked about, named when the graph has no
+    version of it to start from."""
+    starts = [artifact_label(g.artifacts[a]) for a in g.roots if a in g.artifacts]
+    if not starts:
+        # a directory that is not a data set (too few data files in it, no kind tag), or a
+        # file no run has read or written yet: the graph holds no version of it
+        return (f"{g.direction} of {path or 'the path asked'}: not in the provenance graph "
+                "(no run has read or written it; a directory is an artifact only when it is "
+                "a data set: ask about the files in it)")
+    lines = [f"{g.direction} of " + ", ".join(starts)]
     lines.append("")
     lines.append(f"{'ARTIFACT':<50} {'KIND':<8} {'VERSION':>7}")
     for a in sorted(g.artifacts.values(), key=lambda x: (x["path"], x["version"])):
@@ -170,7 +178,8 @@ def emit_openlineage(g: Graph, namespace: str, *, file: str | None = None,
     return len(events)
 
 
-def render_graph(g: Graph, fmt: str, namespace: str = "metafs") -> str:
+def render_graph(g: Graph, fmt: str, namespace: str = "metafs", path: str = "") -> str:
+    """``g`` in format ``fmt`` (one of FORMATS); ``path`` is the path asked about."""
     if fmt == "json":
         return json.dumps(g.to_dict(), indent=2, default=str)
     if fmt == "dot":
@@ -179,4 +188,4 @@ def render_graph(g: Graph, fmt: str, namespace: str = "metafs") -> str:
         return graph_mermaid(g)
     if fmt == "openlineage":
         return openlineage_json(g, namespace)
-    return graph_table(g)
+    return graph_table(g, path)
