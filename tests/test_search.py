@@ -68,6 +68,19 @@ def test_a_malformed_comparison_points_at_its_column() -> None:
     assert q.parse("url:http://a:8") == q.Tag("url", "=", "http://a:8")
 
 
+def test_a_nul_in_a_query_is_einval_at_its_column(tmp_path: Path) -> None:
+    """A NUL reached SQLite's full-text parser as an unterminated string (EIO); it is a
+    query error like any other, from the parser and from a search through a client."""
+    with pytest.raises(q.QueryError) as ei:
+        q.parse("0\x00")
+    assert ei.value.errno == errno.EINVAL and ei.value.pos == 1
+    with Client(data_dir=str(tmp_path / "fs")) as fs:
+        fs.write_bytes("/a.txt", b"x")
+        with pytest.raises((ValueError, OSError)) as oe:  # QueryError here, OSError remote
+            fs.search("a\x00b", wait=True)
+        assert oe.value.errno == errno.EINVAL
+
+
 def test_key_matching() -> None:
     assert q.key_matches("bicycles", "bicycles")
     assert q.key_matches("bicycles", "tags.bicycles")

@@ -510,6 +510,9 @@ def parse(query: str, *, now_ns: int | None = None) -> Node:
     """Parse a query string into a tree; raises :class:`QueryError` when malformed."""
     if not isinstance(query, str):
         raise QueryError("a query is a string")
+    nul = query.find("\x00")
+    if nul >= 0:  # no name, tag or word holds one; the index engines would choke on it
+        raise QueryError("a query cannot hold a NUL character", query, nul)
     return _Parser(query, now_ns=now_ns).parse()
 
 
