@@ -294,7 +294,7 @@ def test_rename_rechecks_the_rename_lock_after_locking(pg_url: str, settings: Se
                 paused.set()
                 assert resume.wait(60)
 
-        real_lock = ns._lock
+        real_lock = ns.lock_inodes
         swapped = threading.Event()
 
         def lock_after_swap(conn: Any, *inos: int) -> None:
@@ -307,7 +307,7 @@ def test_rename_rechecks_the_rename_lock_after_locking(pg_url: str, settings: Se
             real_lock(conn, *inos)
 
         ns.precommit_hooks.append(pause_b_mover)
-        ns._lock = lock_after_swap  # type: ignore[method-assign]
+        ns.lock_inodes = lock_after_swap  # type: ignore[method-assign]
         results: dict[str, Any] = {}
 
         def move(name: str, sp: int, dp: int) -> None:
@@ -330,7 +330,7 @@ def test_rename_rechecks_the_rename_lock_after_locking(pg_url: str, settings: Se
         assert swapped.is_set()
         assert results == {"B": True, "A": errno.EINVAL}, results
         assert waited, "the rename of a directory to another parent ran beside another one"
-        ns._lock = real_lock  # type: ignore[method-assign]
+        ns.lock_inodes = real_lock  # type: ignore[method-assign]
         ns.precommit_hooks.remove(pause_b_mover)
         check_tree(c, pg_url, dirs, {})
     finally:

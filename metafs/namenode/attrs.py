@@ -15,7 +15,8 @@ from sqlalchemy.engine import Connection, Row
 from ..errors import FsError
 from ..posix import R, W, Cred, check, is_owner
 from ..proto import metafs_pb2 as pb
-from .rows import BUMP, MAX_FILE_SIZE, Q_INSERT_XATTR, Q_SET_CTIME, XA, Tx, to_attr, update_inode
+from .rows import (BUMP, MAX_FILE_SIZE, Q_INSERT_XATTR, Q_SET_CTIME, XA, Tx, kill_priv, to_attr,
+                   update_inode)
 from .sql import Prepared
 
 
@@ -49,8 +50,8 @@ class Attributes:
                 raise FsError(errno.EINVAL, f"unknown time setting {how}")
 
         def fn(tx: Tx) -> pb.Attr:
-            self._lock(tx.conn, ino)
-            row = self._get(tx.conn, ino)
+            self.lock_inodes(tx.conn, ino)
+            row = self.live_inode(tx.conn, ino)
             vals: dict[str, Any] = {}
             new_mode = row.mode
             if mode is not None:
@@ -89,28 +90,21 @@ class Attributes:
                     raise FsError(errno.EISDIR, "cannot truncate a directory")
                 if not stat.S_ISREG(row.mode):
                     raise FsError(errno.EINVAL, "only regular files can be truncated")
-                if not self._writable_handle(tx.conn, handle, ino, cred):
+                if not self.writable_handle(tx.conn, handle, ino, cred):
                     check(cred, row, W, "truncate this file")
                 self._truncate(tx, row, size)
                 vals["size"] = size
                 vals["mtime_ns"] = vals.get("mtime_ns", tx.now)
                 vals["version"] = BUMP
                 if not cred.is_root:
-                    vals["mode"] = self._kill_priv(vals.get("mode", new_mode))
+                    vals["mode"] = kill_priv(vals.get("mode", new_mode))
             vals["ctime_ns"] = tx.now
             update_inode(tx.conn, ino, vals)
-            attr = to_attr(self._row(tx.conn, ino))
+            attr = to_attr(self.inode_row(tx.conn, ino))
             tx.log(pb.OP_WRITE if size is not None else pb.OP_SETATTR, ino, attr=attr)
             return attr
 
         return self.mutate(cred, fn)
-
-    @staticmethod
-    def _kill_priv(mode: int) -> int:
-        mode &= ~stat.S_ISUID
-        if mode & stat.S_IXGRP:
-            mode &= ~stat.S_ISGID
-        return mode
 
     # ------------------------------------------------------------------ xattrs
     @staticmethod
@@ -147,7 +141,7 @@ class Attributes:
         self._check_xattr_name(name)
 
         def fn(conn: Connection) -> pb.XattrReply:
-            row = self._get(conn, ino)
+            row = self.live_inode(conn, ino)
             self._xattr_perm(cred, row, name, write=False)
             v = _Q_XATTR.scalar(conn, ino=ino, name=name)
             if v is None:
@@ -168,8 +162,8 @@ class Attributes:
                           f"{self.settings.max_xattr_size}", name)
 
         def fn(tx: Tx) -> None:
-            self._lock(tx.conn, ino)
-            row = self._get(tx.conn, ino)
+            self.lock_inodes(tx.conn, ino)
+            row = self.live_inode(tx.conn, ino)
             self._xattr_perm(cred, row, name, write=True)
             have = _Q_XATTR.first(tx.conn, ino=ino, name=name) is not None
             if have and flags & XATTR_CREATE:
@@ -186,7 +180,7 @@ class Attributes:
 
     def listxattr(self, cred: Cred, ino: int) -> list[str]:
         def fn(conn: Connection) -> list[str]:
-            self._get(conn, ino)
+            self.live_inode(conn, ino)
             names = [r[0] for r in _Q_XATTR_NAMES.all(conn, ino=ino)]
             if not cred.is_root:
                 names = [n for n in names if not n.startswith("trusted.")]
@@ -198,8 +192,8 @@ class Attributes:
         self._check_xattr_name(name)
 
         def fn(tx: Tx) -> None:
-            self._lock(tx.conn, ino)
-            row = self._get(tx.conn, ino)
+            self.lock_inodes(tx.conn, ino)
+            row = self.live_inode(tx.conn, ino)
             self._xattr_perm(cred, row, name, write=True)
             n = _Q_DELETE_XATTR.run(tx.conn, ino=ino, name=name)
             if not n:

@@ -33,7 +33,7 @@ from ..errors import FsError
 from ..posix import R, W, Cred, check
 from ..proto import metafs_pb2 as pb
 from . import schema
-from .rows import BUMP, Tx, to_attr, update_inode
+from .rows import BUMP, Tx, kill_priv, to_attr, update_inode
 from .sql import Prepared
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ class BlockLayer:
         self._inline_to_blocks(tx, row.id, provided=set())
 
     def _inline_to_blocks(self, tx: "Tx", ino: int, provided: set[int]) -> None:
-        data = self.ns._inline(tx.conn, ino)
+        data = self.ns.inline_data(tx.conn, ino)
         bs = self._bs(tx.conn, write=True)
         if data:
             for idx in range(0, pieces_for(len(data), bs)):
@@ -212,7 +212,7 @@ class BlockLayer:
             keys = tx.conn.execute(select(B.c.key).where(B.c.ino == row.id)).scalars().all()
             self._to_garbage(tx, keys)
             tx.conn.execute(delete(B).where(B.c.ino == row.id))
-            self.ns._store_inline(tx, row.id, data, had=False)
+            self.ns.store_inline(tx, row.id, data, had=False)
             tx.conn.execute(update(I).where(I.c.id == row.id).values(storage=STORAGE_INLINE))
             return
         self._drop_beyond(tx, row.id, size)
@@ -236,19 +236,19 @@ class BlockLayer:
                    count: int = 0, presign: bool = False) -> pb.LayoutReply:
         def fn(conn: Connection) -> pb.LayoutReply:
             bs = self._bs(conn)
-            row = self.ns._get(conn, ino)
+            row = self.ns.live_inode(conn, ino)
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EISDIR, "is a directory")
             if not stat.S_ISREG(row.mode):
                 raise FsError(errno.EINVAL, "not a regular file")
             # A handle open for writing may see the layout too: writers read the chunks
             # they partly change (read-modify-write), as the kernel's page cache does.
-            if not (self.ns._readable_handle(conn, handle, ino)
-                    or self.ns._writable_handle(conn, handle, ino)):
+            if not (self.ns.readable_handle(conn, handle, ino)
+                    or self.ns.writable_handle(conn, handle, ino)):
                 check(cred, row, R, "read this file")
             reply = pb.LayoutReply(attr=to_attr(row), block_size=bs, store_url=self.store_url)
             if row.storage == STORAGE_INLINE:
-                reply.inline_data = self.ns._inline(conn, ino)
+                reply.inline_data = self.ns.inline_data(conn, ino)
                 return reply
             q = select(B.c.idx, B.c.key, B.c.length, B.c.checksum).where(
                 B.c.ino == ino, B.c.idx >= first)
@@ -276,11 +276,11 @@ class BlockLayer:
                 raise FsError(errno.EINVAL, f"block key {k} does not belong to inode {ino}")
 
         def fn(conn: Connection) -> None:
-            row = self.ns._get(conn, ino)
+            row = self.ns.live_inode(conn, ino)
             if not stat.S_ISREG(row.mode):
                 raise FsError(errno.EINVAL, "not a regular file")
             if put:
-                if not self.ns._writable_handle(conn, handle, ino):
+                if not self.ns.writable_handle(conn, handle, ino):
                     if handle:
                         raise FsError(errno.EBADF, "file is not open for writing")
                     check(cred, row, W, "write this file")
@@ -289,7 +289,7 @@ class BlockLayer:
                     raise FsError(errno.EEXIST, f"block {sorted(used)[0]} already exists; "
                                   "blocks are written once")
             else:
-                if not self.ns._readable_handle(conn, handle, ino):
+                if not self.ns.readable_handle(conn, handle, ino):
                     if handle:
                         raise FsError(errno.EBADF, "file is not open for reading")
                     check(cred, row, R, "read this file")
@@ -348,13 +348,13 @@ class BlockLayer:
 
         def fn(tx: "Tx") -> pb.Attr:
             conn = tx.conn
-            self.ns._lock(conn, ino)
-            row = self.ns._get(conn, ino)
+            self.ns.lock_inodes(conn, ino)
+            row = self.ns.live_inode(conn, ino)
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EISDIR, "is a directory")
             if not stat.S_ISREG(row.mode):
                 raise FsError(errno.EINVAL, "not a regular file")
-            if not self.ns._writable_handle(conn, req.handle, ino):
+            if not self.ns.writable_handle(conn, req.handle, ino):
                 if req.handle:
                     raise FsError(errno.EBADF, "file is not open for writing")
                 check(tx.cred, row, W, "write this file")
@@ -411,12 +411,12 @@ class BlockLayer:
             vals: dict[str, Any] = dict(size=size, mtime_ns=tx.now, ctime_ns=tx.now,
                                         version=BUMP, storage=STORAGE_BLOCKS)
             if not tx.cred.is_root and row.mode & (stat.S_ISUID | stat.S_ISGID):
-                vals["mode"] = self.ns._kill_priv(row.mode)
+                vals["mode"] = kill_priv(row.mode)
             update_inode(conn, ino, vals)
-            attr = to_attr(self.ns._row(conn, ino))
+            attr = to_attr(self.ns.inode_row(conn, ino))
             tx.log(pb.OP_WRITE, ino, attr=attr)
             if req.release:
-                self.ns._release(tx, req.handle)
+                self.ns.release_handle(tx, req.handle)
             return attr
 
         return self.ns.mutate(cred, fn)

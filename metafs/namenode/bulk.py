@@ -147,7 +147,7 @@ class BulkCreate:
     def _bulk(self, tx: Tx, parent: int, plan: list, make_parents: bool,
               exist_ok: bool) -> pb.BulkCreateReply:
         conn, cred = tx.conn, tx.cred
-        self._lock(conn, parent)
+        self.lock_inodes(conn, parent)
         base = self._dir(conn, parent)
         dirs: dict[tuple[str, ...], Any] = {(): base}
         touched: dict[int, int] = {}  # dir ino -> nlink delta
@@ -167,7 +167,7 @@ class BulkCreate:
             # locked (or that this call made) holds no other names: no lookup per entry.
             known = empty.get(pdir.id)
             if known is None:
-                self._lock(conn, pdir.id)  # creators lock the parent before inserting
+                self.lock_inodes(conn, pdir.id)  # creators lock the parent before inserting
                 known = empty[pdir.id] = not self._dir_has_entries(conn, pdir.id)
             return None if known else self._lookup(conn, pdir.id, name)
 
@@ -201,7 +201,7 @@ class BulkCreate:
             nonlocal created
             pid = pdir.id
             if pid not in touched:
-                self._lock(conn, pid)
+                self.lock_inodes(conn, pid)
                 check(cred, pdir, W | X, "create entries in this directory")
                 touched[pid] = 0
             row = self._new_inode(tx, pdir, mode, size=len(data), ino=next(ids))

@@ -19,7 +19,7 @@ from ..posix import R, W, Cred, check
 from ..proto import metafs_pb2 as pb
 from . import schema
 from .rows import (BUMP, CALLER, FD, H, MAX_FILE_SIZE, Q_DELETE_DATA, Q_INSERT_DATA, STORAGE_INLINE,
-                   Tx, to_attr, update_inode)
+                   Tx, kill_priv, to_attr, update_inode)
 from .sql import Prepared
 
 S = schema.sessions
@@ -67,19 +67,19 @@ class FileData:
         return self.mutate(cred, lambda tx: self._open(tx, ino, flags))
 
     def _open_inline(self, conn: Connection, cred: Cred, ino: int) -> pb.OpenReply | None:
-        row = self._get(conn, ino)
+        row = self.live_inode(conn, ino)
         self._check_reachable_in(conn, cred, ino)
         if not stat.S_ISREG(row.mode) or row.storage != STORAGE_INLINE:
             return None  # the ordinary open decides (and gives the errors)
         check(cred, row, R, "open this file")
-        data = self._inline(conn, ino)
+        data = self.inline_data(conn, ino)
         if len(data) < row.size:  # implied zeros past the stored bytes
             data += b"\0" * (row.size - len(data))
         return pb.OpenReply(attr=to_attr(row), data=data, has_data=True)
 
     def _open(self, tx: Tx, ino: int, flags: int) -> pb.OpenReply:
-        self._lock(tx.conn, ino)
-        row = self._get(tx.conn, ino)
+        self.lock_inodes(tx.conn, ino)
+        row = self.live_inode(tx.conn, ino)
         self._check_reachable_in(tx.conn, tx.cred, ino)
         acc = flags & os.O_ACCMODE
         if acc not in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR):
@@ -94,10 +94,10 @@ class FileData:
         check(tx.cred, row, want, "open this file")
         if flags & os.O_TRUNC and stat.S_ISREG(row.mode) and row.size:
             self._truncate(tx, row, 0)
-            mode = row.mode if tx.cred.is_root else self._kill_priv(row.mode)
+            mode = row.mode if tx.cred.is_root else kill_priv(row.mode)
             update_inode(tx.conn, ino, dict(size=0, mtime_ns=tx.now, ctime_ns=tx.now,
                                              version=BUMP, mode=mode))
-            row = self._row(tx.conn, ino)
+            row = self.inode_row(tx.conn, ino)
             tx.log(pb.OP_WRITE, ino, attr=to_attr(row))
         handle = self._new_handle(tx, ino, flags)
         return pb.OpenReply(attr=to_attr(row), handle=handle)
@@ -117,19 +117,21 @@ class FileData:
         return hid
 
     def release(self, cred: Cred, handle: int) -> None:
-        self.mutate(cred, lambda tx: self._release(tx, handle))
+        self.mutate(cred, lambda tx: self.release_handle(tx, handle))
 
-    def _release(self, tx: Tx, handle: int) -> None:
+    def release_handle(self, tx: Tx, handle: int) -> None:
+        """Close ``handle`` (one of the caller's session) in ``tx``, freeing its inode if
+        that was the last use of an unlinked file; EBADF for another session's handle."""
         row = _Q_HANDLE_BY_ID.first(tx.conn, hid=handle)
         if not _owns(row, tx.cred):
             raise FsError(errno.EBADF, f"bad file handle {handle}: not open in this session")
-        self._lock(tx.conn, row.ino)
+        self.lock_inodes(tx.conn, row.ino)
         n = _Q_DELETE_HANDLE.run(tx.conn, hid=handle)
         if not n:  # released meanwhile by another call of the session
             raise FsError(errno.EBADF, f"bad file handle {handle}: not open in this session")
         self._free_orphans(tx, {row.ino})
 
-    def _handle_flags(self, conn: Connection, handle: int, ino: int, cred: Cred | None) -> int:
+    def handle_flags(self, conn: Connection, handle: int, ino: int, cred: Cred | None) -> int:
         """The open flags of ``handle`` on ``ino``. A handle belongs to the session that
         opened it (the session, not the uid: a mount serves all its callers in one session,
         and a file descriptor passes between processes), and the session to the identity
@@ -142,26 +144,32 @@ class FileData:
                           "in this session")
         return int(row.flags)
 
-    def _writable_handle(self, conn: Connection, handle: int, ino: int,
-                         cred: Cred | None = None) -> bool:
+    def writable_handle(self, conn: Connection, handle: int, ino: int,
+                        cred: Cred | None = None) -> bool:
+        """Whether ``handle`` (0: none) is open for writing on ``ino``; EBADF when it is not
+        the caller's (see :meth:`handle_flags`)."""
         if not handle:
             return False
-        flags = self._handle_flags(conn, handle, ino, cred)
+        flags = self.handle_flags(conn, handle, ino, cred)
         return flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
 
-    def _readable_handle(self, conn: Connection, handle: int, ino: int,
-                         cred: Cred | None = None) -> bool:
+    def readable_handle(self, conn: Connection, handle: int, ino: int,
+                        cred: Cred | None = None) -> bool:
+        """Whether ``handle`` (0: none) is open for reading on ``ino``; EBADF when it is not
+        the caller's (see :meth:`handle_flags`)."""
         if not handle:
             return False
-        flags = self._handle_flags(conn, handle, ino, cred)
+        flags = self.handle_flags(conn, handle, ino, cred)
         return flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)
 
     # ------------------------------------------------------------------ inline data
-    def _inline(self, conn: Connection, ino: int) -> bytes:
+    def inline_data(self, conn: Connection, ino: int) -> bytes:
+        """The data of an inline file (empty when it has none)."""
         v = _Q_INLINE.scalar(conn, ino=ino)
         return bytes(v) if v is not None else b""
 
-    def _store_inline(self, tx: Tx, ino: int, data: bytes, had: bool) -> None:
+    def store_inline(self, tx: Tx, ino: int, data: bytes, had: bool) -> None:
+        """Make ``data`` the inline data of ``ino``; ``had``: whether it has a data row now."""
         if had:
             if data:
                 _Q_UPDATE_DATA.run(tx.conn, ino=ino, new_data=data)
@@ -178,11 +186,11 @@ class FileData:
         if size > self.settings.inline_limit:
             self._grow_past_inline(tx, row, size)
             return
-        data = self._inline(tx.conn, row.id)
+        data = self.inline_data(tx.conn, row.id)
         had = bool(data)
         data = data[:size]
         # Trailing zeros past the stored bytes are implied by the size.
-        self._store_inline(tx, row.id, data.rstrip(b"\0") if size > len(data) else data, had)
+        self.store_inline(tx, row.id, data.rstrip(b"\0") if size > len(data) else data, had)
 
     def _truncate_blocks(self, tx: Tx, row: Row, size: int) -> None:
         self.blocks.truncate(tx, row, size)
@@ -195,10 +203,10 @@ class FileData:
             raise FsError(errno.EINVAL, "negative offset or size")
 
         def fn(conn: Connection) -> pb.ReadReply:
-            row = self._get(conn, ino)
+            row = self.live_inode(conn, ino)
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EISDIR, "is a directory")
-            if not self._readable_handle(conn, handle, ino, cred):
+            if not self.readable_handle(conn, handle, ino, cred):
                 if handle:
                     raise FsError(errno.EBADF, "file is not open for reading")
                 check(cred, row, R, "read this file")
@@ -208,7 +216,7 @@ class FileData:
             end = min(row.size, offset + size)
             if offset >= end:
                 return pb.ReadReply(inline=True, attr=attr)
-            data = self._inline(conn, ino)
+            data = self.inline_data(conn, ino)
             chunk = data[offset:end]
             if len(chunk) < end - offset:  # implied zeros past the stored bytes
                 chunk = chunk + b"\0" * (end - offset - len(chunk))
@@ -226,13 +234,13 @@ class FileData:
             raise FsError(errno.EFBIG, "write past the largest file")
 
         def fn(tx: Tx) -> pb.WriteReply:
-            self._lock(tx.conn, ino)
-            row = self._get(tx.conn, ino)
+            self.lock_inodes(tx.conn, ino)
+            row = self.live_inode(tx.conn, ino)
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EISDIR, "is a directory")
             if not stat.S_ISREG(row.mode):
                 raise FsError(errno.EINVAL, "not a regular file")
-            if not self._writable_handle(tx.conn, handle, ino, cred):
+            if not self.writable_handle(tx.conn, handle, ino, cred):
                 if handle:
                     raise FsError(errno.EBADF, "file is not open for writing")
                 check(cred, row, W, "write this file")
@@ -240,22 +248,22 @@ class FileData:
             end = off + len(data)
             if row.storage != STORAGE_INLINE or end > self.settings.inline_limit:
                 self.blocks.refuse_inline_write(row, end)
-            cur = self._inline(tx.conn, ino)
+            cur = self.inline_data(tx.conn, ino)
             had = bool(cur)
             if len(cur) < off:
                 cur = cur + b"\0" * (off - len(cur))
             new = cur[:off] + data + cur[end:]
             new_size = max(row.size, end)
-            self._store_inline(tx, ino, new, had)
+            self.store_inline(tx, ino, new, had)
             vals: dict[str, Any] = dict(size=new_size, mtime_ns=tx.now, ctime_ns=tx.now,
                                         version=BUMP)
             if not cred.is_root and row.mode & (stat.S_ISUID | stat.S_ISGID):
-                vals["mode"] = self._kill_priv(row.mode)
+                vals["mode"] = kill_priv(row.mode)
             update_inode(tx.conn, ino, vals)
-            attr = to_attr(self._row(tx.conn, ino))
+            attr = to_attr(self.inode_row(tx.conn, ino))
             tx.log(pb.OP_WRITE, ino, attr=attr)
             if release:
-                self._release(tx, handle)
+                self.release_handle(tx, handle)
             return pb.WriteReply(attr=attr, written=len(data), offset=off)
 
         return self.mutate(cred, fn)

@@ -66,7 +66,7 @@ class Entries:
             raise FsError(errno.EINVAL, "only regular files can be created open")
 
         def fn(tx: Tx) -> pb.OpenReply:
-            self._lock(tx.conn, parent)
+            self.lock_inodes(tx.conn, parent)
             pdir = self._dir(tx.conn, parent)
             existing = self._lookup(tx.conn, parent, name)
             if existing is not None:
@@ -137,8 +137,8 @@ class Entries:
         check_name(new_name)
 
         def fn(tx: Tx) -> pb.Entry:
-            self._lock(tx.conn, ino, new_parent)
-            row = self._get(tx.conn, ino)
+            self.lock_inodes(tx.conn, ino, new_parent)
+            row = self.live_inode(tx.conn, ino)
             # Linux's order: the new name (EEXIST), write access, then the source.
             self._check_dir_for_entry(tx, new_parent, new_name)
             check_hardlink_source(tx.cred, row)
@@ -152,7 +152,7 @@ class Entries:
             tx.conn.execute(update(I).where(I.c.id == ino).values(nlink=I.c.nlink + 1,
                                                                    ctime_ns=tx.now))
             self._touch_dir(tx, new_parent)
-            attr = to_attr(self._row(tx.conn, ino))
+            attr = to_attr(self.inode_row(tx.conn, ino))
             tx.log(pb.OP_LINK, ino, parent=new_parent, name=new_name, attr=attr)
             return pb.Entry(ino=ino, attr=attr)
 
@@ -166,7 +166,7 @@ class Entries:
 
         def fn(tx: Tx) -> None:
             target = self._lookup(tx.conn, parent, name)
-            self._lock(tx.conn, parent, target.id if target else 0)
+            self.lock_inodes(tx.conn, parent, target.id if target else 0)
             pdir = self._dir(tx.conn, parent)
             check(cred, pdir, X, "search this directory")
             row = self._lookup(tx.conn, parent, name)
@@ -192,7 +192,7 @@ class Entries:
 
         def fn(tx: Tx) -> None:
             target = self._lookup(tx.conn, parent, name)
-            self._lock(tx.conn, parent, target.id if target else 0)
+            self.lock_inodes(tx.conn, parent, target.id if target else 0)
             pdir = self._dir(tx.conn, parent)
             check(cred, pdir, X, "search this directory")
             row = self._lookup(tx.conn, parent, name)

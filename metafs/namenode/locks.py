@@ -200,9 +200,9 @@ class Locks:
         as fcntl needs of a descriptor: EBADF otherwise); without one, as the mode bits
         allow (read permission for a read lock, write for a write lock; either for flock
         and tests)."""
-        row = self.ns._get(conn, req.ino)
+        row = self.ns.live_inode(conn, req.ino)
         if req.handle:
-            flags = self.ns._handle_flags(conn, req.handle, req.ino, cred)
+            flags = self.ns.handle_flags(conn, req.handle, req.ino, cred)
             acc = flags & os.O_ACCMODE
             if kind == POSIX and not req.test_only:
                 if typ == READ and acc not in (os.O_RDONLY, os.O_RDWR):
@@ -244,14 +244,14 @@ class Locks:
         conn = tx.conn
         kind = args["kind"]
         if typ is None:  # unlock: only the caller's own rows change; the inode may be gone
-            self.ns._lock(conn, req.ino)
+            self.ns.lock_inodes(conn, req.ino)
             if kind == FLOCK:
                 for r in _Q_OWN.all(conn, **args):
                     _Q_DELETE.run(conn, id=r.id)
             else:
                 self._apply(conn, args, None, 0)
             return pb.LockReply(granted=True, type=pb.LOCK_UNLOCK)
-        self.ns._lock(conn, req.ino)
+        self.ns.lock_inodes(conn, req.ino)
         row = self._check(conn, tx.cred, req, kind, typ)
         expires = _Q_SESSION.scalar(conn, id=args["session"])
         if expires is None or expires < tx.now:

@@ -174,7 +174,7 @@ class Lookups:
         if name == ".":
             row = d
         elif name == "..":
-            row = self._get(conn, self._parent_of_dir(conn, parent))
+            row = self.live_inode(conn, self._parent_of_dir(conn, parent))
         else:
             row = self._lookup(conn, parent, name)
             if row is None:
@@ -242,7 +242,7 @@ class Lookups:
         final symlink is then followed even without ``follow`` ("link/" is what it points
         to); so does a symlink whose target ends in '/'."""
         links = 0
-        cur = self._get(conn, ROOT_INO if path.startswith("/") else start)
+        cur = self.live_inode(conn, ROOT_INO if path.startswith("/") else start)
         parts = [p for p in path.split("/") if p]
         must_dir = path.endswith("/")
         if want_parent and not parts:
@@ -262,7 +262,7 @@ class Lookups:
                 i += 1
                 continue
             if name == "..":
-                cur = self._get(conn, self._parent_of_dir(conn, cur.id))
+                cur = self.live_inode(conn, self._parent_of_dir(conn, cur.id))
                 i += 1
                 continue
             row = self._lookup(conn, cur.id, name)
@@ -278,7 +278,7 @@ class Lookups:
                 if not rest and target.endswith("/"):
                     must_dir = True  # the target's last name is now the path's
                 if target.startswith("/"):
-                    cur = self._get(conn, ROOT_INO)
+                    cur = self.live_inode(conn, ROOT_INO)
                 parts = tparts + rest
                 i = 0
                 if want_parent and not parts:
@@ -348,7 +348,7 @@ class Lookups:
             ok: set[str] = set()
             for d in wanted:
                 try:
-                    row = self._get(conn, self._resolve(conn, cred, d, ROOT_INO, True).ino)
+                    row = self.live_inode(conn, self._resolve(conn, cred, d, ROOT_INO, True).ino)
                     if stat.S_ISDIR(row.mode) and allowed(cred, row.mode, row.uid, row.gid, X):
                         ok.add(d)
                 except FsError:
@@ -364,15 +364,15 @@ class Lookups:
                 return to_attr(_AttrRow(*rows[0][:_N_ATTR]))
             self.check_reachable(cred, ino)  # the general rules decide (and give the error)
         else:
-            row = self.engine.read_statement(lambda conn: self._row(conn, ino))
+            row = self.engine.read_statement(lambda conn: self.inode_row(conn, ino))
             if row is not None and row.nlink > 0:  # one statement for a linked inode
                 return to_attr(row)
         # removed, or unlinked but still open: the handles decide, in one snapshot
-        return self.query(lambda conn: to_attr(self._get(conn, ino)))
+        return self.query(lambda conn: to_attr(self.live_inode(conn, ino)))
 
     def readlink(self, cred: Cred, ino: int) -> str:
         def fn(conn: Connection) -> str:
-            row = self._get(conn, ino)
+            row = self.live_inode(conn, ino)
             if not stat.S_ISLNK(row.mode):
                 raise FsError(errno.EINVAL, "not a symbolic link")
             return row.target or ""
@@ -384,7 +384,7 @@ class Lookups:
             raise FsError(errno.EINVAL, f"bad access mask {mask:#o}")
 
         def fn(conn: Connection) -> None:
-            row = self._get(conn, ino)
+            row = self.live_inode(conn, ino)
             want = access_mask_to_want(mask)
             if want:
                 check(cred, row, want, "access this file")

@@ -105,7 +105,7 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
             self.engine.write(self._ensure_root)
         except IntegrityError:
             # another namenode starting on the same empty database made the root first
-            if self.engine.read(lambda c: self._row(c, ROOT_INO)) is None:
+            if self.engine.read(lambda c: self.inode_row(c, ROOT_INO)) is None:
                 raise
 
     def _ensure_root(self, conn: Connection) -> None:
@@ -154,16 +154,21 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
     def query(self, fn: Callable[[Connection], T]) -> T:
         return self.engine.read(fn)
 
-    def _row(self, conn: Connection, ino: int) -> Any:
+    # The row helpers below are public: the block and lock layers (blocks.py, locks.py)
+    # run inside the namespace's transactions and use them too.
+    def inode_row(self, conn: Connection, ino: int) -> Any:
+        """The attribute columns of inode ``ino``, or None if there is no such row."""
         return _Q_INODE.first(conn, ino=ino)
 
-    def _get(self, conn: Connection, ino: int) -> Row:
-        row = self._row(conn, ino)
+    def live_inode(self, conn: Connection, ino: int) -> Row:
+        """The row of inode ``ino`` while it is in use: ENOENT if it does not exist, or if
+        its last name is gone and no handle holds it open."""
+        row = self.inode_row(conn, ino)
         if row is None or (row.nlink == 0 and not self._has_handles(conn, ino)):
             raise FsError(errno.ENOENT, f"no inode {ino}")
         return row
 
-    def _lock(self, conn: Connection, *inos: int) -> None:
+    def lock_inodes(self, conn: Connection, *inos: int) -> None:
         """Lock inode rows in ascending id order (the engine's; a no-op where writers are
         serialized)."""
         self.engine.lock_inodes(conn, *inos)
@@ -177,7 +182,7 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         return _Q_LOOKUP.first(conn, parent=parent, name=name)
 
     def _dir(self, conn: Connection, ino: int) -> Row:
-        row = self._get(conn, ino)
+        row = self.live_inode(conn, ino)
         if not stat.S_ISDIR(row.mode):
             raise FsError(errno.ENOTDIR, f"inode {ino} is not a directory")
         if row.nlink == 0:
@@ -221,7 +226,7 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
 
     def _check_dir_for_entry(self, tx: Tx, parent_ino: int, name: str) -> Row:
         """Lock and check a directory that gets a new entry ``name``."""
-        self._lock(tx.conn, parent_ino)
+        self.lock_inodes(tx.conn, parent_ino)
         parent = self._dir(tx.conn, parent_ino)
         # As Linux: a name that exists is EEXIST even where it could not be created.
         check(tx.cred, parent, X, "search this directory")

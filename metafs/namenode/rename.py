@@ -94,7 +94,7 @@ class Renames:
             self._lock_renames(conn)
             locked_renames = True
         locked = {sp, dp, src.id if src else 0, dst.id if dst else 0}
-        self._lock(conn, *locked)
+        self.lock_inodes(conn, *locked)
         # Re-read everything under the locks. The entries of sp and dp cannot change now
         # (every change of a directory's entries locks its row), nor, once the rename lock
         # is held, the parent of any directory.
@@ -169,7 +169,7 @@ class Renames:
             for ino in (src.id, dst.id):
                 Q_SET_CTIME.run(conn, ino=ino, now=tx.now)
             tx.log(pb.OP_RENAME, src.id, parent=dp, name=dn, old_parent=sp, old_name=sn,
-                   target_ino=dst.id, flags=flags, attr=to_attr(self._row(conn, src.id)))
+                   target_ino=dst.id, flags=flags, attr=to_attr(self.inode_row(conn, src.id)))
             return
 
         left = 0
@@ -186,7 +186,7 @@ class Renames:
         Q_SET_CTIME.run(conn, ino=src.id, now=tx.now)
         rec = tx.log(pb.OP_RENAME, src.id, parent=dp, name=dn, old_parent=sp, old_name=sn,
                      target_ino=dst.id if dst is not None else 0, flags=flags,
-                     attr=to_attr(self._row(conn, src.id)))
+                     attr=to_attr(self.inode_row(conn, src.id)))
         if dst is not None:
             left = self._drop_link(tx, dst)
             rec.nlink = left

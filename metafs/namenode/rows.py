@@ -3,6 +3,7 @@ limits, the transaction object (:class:`Tx`) and the mapping of inode rows to ``
 
 from __future__ import annotations
 
+import stat
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -60,6 +61,16 @@ def update_inode(conn: Connection, ino: int, vals: dict[str, Any]) -> None:
 # The caller of the operation running in this context. Handle checks read it when their
 # caller passes no credentials (the block layer's RPCs; see Namespace.__init__).
 CALLER: ContextVar[Cred | None] = ContextVar("metafs_caller", default=None)
+
+
+def kill_priv(mode: int) -> int:
+    """``mode`` as a write or truncate by a caller other than root leaves it: set-user-ID
+    cleared, and set-group-ID cleared where group execute makes it one (without group
+    execute it marks mandatory locking and stays)."""
+    mode &= ~stat.S_ISUID
+    if mode & stat.S_IXGRP:
+        mode &= ~stat.S_ISGID
+    return mode
 
 
 def attr_fields(row: Any) -> dict[str, Any]:

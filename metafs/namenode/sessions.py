@@ -126,7 +126,7 @@ class Sessions:
     def _free_orphans(self, tx: Tx, inos: set[int]) -> int:
         n = 0
         for ino in sorted(inos):
-            row = self._row(tx.conn, ino)
+            row = self.inode_row(tx.conn, ino)
             if row is not None and row.nlink == 0 and not self._has_handles(tx.conn, ino):
                 self._free(tx, ino)
                 n += 1

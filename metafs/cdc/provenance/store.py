@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sqlalchemy import (BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table,
-                        Text, and_, create_engine, delete, event, func, insert, inspect,
-                        select, update)
-from sqlalchemy.engine import Connection, Engine
+                        Text, and_, delete, func, insert, inspect, select, update)
+from sqlalchemy.engine import Connection
 
 from ...proto import metafs_pb2 as pb
 from ..consumer import apply_checkpointed
+from ..sqlstore import drop_statistics, open_engines
 from .classify import DATASET, KIND_XATTR, MODEL, is_data_file, normalize_kind
 
 if TYPE_CHECKING:
@@ -122,37 +122,6 @@ def default_url(settings: Any, volume: str) -> str:
     return f"sqlite:///{Path(settings.data_dir) / 'provenance' / (volume + '.db')}"
 
 
-def make_engine(url: str, *, immediate: bool = False, **kw: Any) -> Engine:
-    """An engine for the provenance database. On SQLite, WAL mode, and with ``immediate``
-    every transaction takes the write lock at BEGIN (so two appliers never deadlock on a
-    lock upgrade)."""
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        eng = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
-                            **kw)
-
-        @event.listens_for(eng, "connect")
-        def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA cache_size=-131072")
-            cur.execute("PRAGMA temp_store=MEMORY")
-            cur.close()
-
-        @event.listens_for(eng, "begin")
-        def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-        return eng
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return create_engine(url, pool_pre_ping=True, **kw)
-
-
 @dataclass
 class _FileRow:
     ino: int
@@ -183,16 +152,18 @@ class ProvenanceStore:
         """When set, each committed batch's new runs and edges are sent as OpenLineage
         events (:meth:`LiveLineage.after_batch`)."""
         self.dataset_dir_min = dataset_dir_min
-        self.engine = make_engine(url, immediate=True)
-        self.reader = make_engine(url) if url.startswith("sqlite") else self.engine
+        self.engine, self.reader = open_engines(url)
         self._lock = threading.RLock()
         self._runs: dict[str, int] = {}  # run key -> id (committed rows only)
         md.create_all(self.engine)
         self._add_missing_columns()
         for ix in RUNS.indexes:  # stores made before an index existed get it too
             ix.create(self.engine, checkfirst=True)
-        if url.startswith("sqlite"):
-            self._drop_edge_statistics()
+        # SQLite with ANALYZE statistics on the edges table plans its recursive walks
+        # with Bloom filters, each built by scanning every edge: 72 ms instead of 0.9 ms
+        # per upstream query at 265,000 edges (measured). The walks are index lookups by
+        # design; without statistics the planner follows the indexes.
+        drop_statistics(self.engine, EDGES.name)
         with self.engine.begin() as c:
             if c.execute(select(META.c.value).where(META.c.key == "position")).first() is None:
                 c.execute(insert(META).values(key="position", value=0))
@@ -205,16 +176,6 @@ class ProvenanceStore:
                 with self.engine.begin() as c:
                     c.exec_driver_sql(f"ALTER TABLE {RUNS.name} ADD COLUMN {col.name} "
                                       f"{col.type.compile(self.engine.dialect)}")
-
-    def _drop_edge_statistics(self) -> None:
-        """SQLite with ANALYZE statistics on the edges table plans its recursive walks
-        with Bloom filters, each built by scanning every edge: 72 ms instead of 0.9 ms per
-        upstream query at 265,000 edges (measured). The walks are index lookups by
-        design; without statistics the planner follows the indexes."""
-        with self.engine.begin() as c:
-            if c.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'"
-                                 ).first() is not None:
-                c.exec_driver_sql("DELETE FROM sqlite_stat1 WHERE tbl = 'prov_edges'")
 
     @classmethod
     def for_settings(cls, settings: Any, volume: str) -> "ProvenanceStore":
@@ -246,10 +207,8 @@ class ProvenanceStore:
             saved = dict(self._runs)
             try:
                 with self.engine.begin() as c:
-                    q = select(META.c.value).where(META.c.key == "position")
-                    if c.dialect.name == "postgresql":
-                        q = q.with_for_update()
-                    pos = int(c.execute(q).scalar_one())
+                    pos = int(c.execute(select(META.c.value).where(META.c.key == "position")
+                                        .with_for_update()).scalar_one())
                     b = Batch()
                     new = apply_checkpointed(records, pos, upto,
                                              lambda r: self._apply_one(c, r, b), on_record)
