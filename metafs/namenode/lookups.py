@@ -102,6 +102,12 @@ def _with_ancestry(q: Any, param: str) -> Prepared:
 
 
 _Q_ANCESTRY = Prepared(_ancestry("ino"))
+
+
+def path_reaches(conn: Connection, cred: Cred, ino: int) -> bool:
+    """Whether some path from the root to ``ino`` lets ``cred`` search every directory on
+    it, read in the caller's transaction (one statement: the ancestry query)."""
+    return cred.is_root or ino == ROOT_INO or path_allows(cred, _Q_ANCESTRY.all(conn, ino=ino))
 _Q_ATTR_REACHED = _with_ancestry(select(*ATTR_COLS).where(I.c.id == bindparam("ino")), "ino")
 _NLINK = [c.key for c in ATTR_COLS].index("nlink")
 _Q_EXISTS = Prepared(select(I.c.id).where(I.c.id == bindparam("ino")))

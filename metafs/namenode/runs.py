@@ -21,17 +21,17 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import stat
 from typing import TYPE_CHECKING, Any, Iterable
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.engine import Connection
 
 from ..errors import FsError
-from ..posix import ROOT_INO, R, W, X, Cred, allowed
+from ..posix import R, W, Cred, allowed
 from ..proto import metafs_pb2 as pb
 from . import schema
-from .rows import D, I, Tx
+from .lookups import path_reaches
+from .rows import I, Tx
 from .sql import Prepared
 
 if TYPE_CHECKING:
@@ -40,12 +40,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("metafs.namenode.runs")
 
 RUN_ID_MAX = 128
-DEPTH_MAX = 4096  # directories above an inode the reachability walk follows
 RUNS = schema.runs
 _Q_OWNER = Prepared(select(RUNS.c.uid).where(RUNS.c.id == bindparam("id")))
 _Q_INODE = Prepared(select(I.c.mode, I.c.uid, I.c.gid, I.c.nlink)
                     .where(I.c.id == bindparam("ino")))
-_Q_PARENTS = Prepared(select(D.c.parent).where(D.c.ino == bindparam("ino")))
 
 
 def acts_for_others(cred: Cred) -> bool:
@@ -78,28 +76,6 @@ def claim_run(conn: Connection, run_id: str, uid: int, now: int) -> None:
         raise FsError(errno.EACCES, f"run {run_id} belongs to uid {row.uid}, not to uid {uid}")
 
 
-def reachable(conn: Connection, cred: Cred, ino: int) -> bool:
-    """Whether some path from the root to ``ino`` lets ``cred`` search every directory on
-    it (what a path walk to the inode would need)."""
-    if cred.is_root or ino == ROOT_INO:
-        return True
-    todo = [int(r.parent) for r in _Q_PARENTS.all(conn, ino=ino)]
-    seen: set[int] = set()
-    while todo and len(seen) < DEPTH_MAX:
-        d = todo.pop()
-        if d in seen:
-            continue
-        seen.add(d)
-        row = _Q_INODE.first(conn, ino=d)
-        if row is None or not stat.S_ISDIR(row.mode) or not allowed(cred, row.mode, row.uid,
-                                                                     row.gid, X):
-            continue
-        if d == ROOT_INO:
-            return True
-        todo.extend(int(r.parent) for r in _Q_PARENTS.all(conn, ino=d))
-    return False
-
-
 def _may_record(conn: Connection, cred: Cred, ev: pb.AccessEvent) -> bool | None:
     """True when ``cred`` could have made this access itself, None when the inode is
     gone (the event is dropped); FsError(EACCES) otherwise."""
@@ -111,7 +87,7 @@ def _may_record(conn: Connection, cred: Cred, ev: pb.AccessEvent) -> bool | None
     want = (R if ev.read else 0) | (W if ev.wrote else 0)
     owner = int(row.uid) == cred.uid
     ok = allowed(cred, row.mode, row.uid, row.gid, want & ~W if owner else want)
-    if not ok or not reachable(conn, cred, ev.ino):
+    if not ok or not path_reaches(conn, cred, ev.ino):
         what = " and ".join(w for w, f in (("read", ev.read), ("write", ev.wrote)) if f)
         raise FsError(errno.EACCES, f"an access event for inode {ev.ino}: uid {cred.uid} "
                       f"may not {what} it")
