@@ -228,7 +228,9 @@ def test_getattr_of_linked_removed_and_open_unlinked_inodes(nn: Namenode) -> Non
     f = ns.resolve(ROOT, "/a/b/f")
     assert ns.getattr(ROOT, f.ino) == f.attr
     b = ns.resolve(ROOT, "/a/b").ino
-    opened = ns.create(ROOT, b, "open", stat_reg(0o644), 0, True, True, os.O_RDWR, 0)
+    ns.open_session(ROOT, "resolve-test", "localhost")  # an open needs a live session
+    holder = Cred(client_id="resolve-test")
+    opened = ns.create(holder, b, "open", stat_reg(0o644), 0, True, True, os.O_RDWR, 0)
     ns.unlink(ROOT, b, "open")
     ns.unlink(ROOT, b, "f")
     assert ns.getattr(ROOT, opened.attr.ino).nlink == 0  # still open: still there
