@@ -38,10 +38,16 @@ def test_hard_link_attributes_agree_through_every_name(mnt: Mount) -> None:
     assert os.lstat(a).st_nlink == 2 and os.lstat(b).st_nlink == 2
     os.link(b, c)  # a is neither the source nor the new name
     assert [os.lstat(p).st_nlink for p in (a, b, c)] == [3, 3, 3]
-    os.chmod(b, 0o640)
+    os.chmod(b, 0o640)  # (every name's attributes are in the kernel's cache now)
+    assert [stat.S_IMODE(os.lstat(p).st_mode) for p in (a, b, c)] == [0o640] * 3
     os.chown(b, 65534, 65533)
-    st = os.lstat(a)
-    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 65534, 65533)
+    for p in (a, b, c):
+        st = os.lstat(p)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 65534, 65533)
+    os.truncate(c, 5)
+    assert [os.lstat(p).st_size for p in (a, b, c)] == [5] * 3
+    os.utime(a, ns=(7_000_000_000, 8_000_000_000))
+    assert [os.lstat(p).st_mtime_ns for p in (a, b, c)] == [8_000_000_000] * 3
     ctime = os.lstat(c).st_ctime_ns
     _tick()
     os.unlink(a)
