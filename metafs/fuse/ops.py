@@ -473,6 +473,13 @@ class MetafsOperations(FileOperations):
         dp, dn, _ = self._parent(new, caller)
         moved = self.cache.names.get(old)
         replaced = self.cache.names.get(new)
+        if self._lazy_reads and self.open_by_ino and not flags & RENAME_EXCHANGE:
+            # a file this mount has open without a namenode handle must outlive the
+            # name it loses here (its reads go on: the namenode frees it at Release)
+            try:
+                self._keep_alive(replaced[0] if replaced else self._ino_of(new, caller))
+            except OSError:
+                pass  # no such name: nothing is replaced
         try:
             self.nodes.rename(sp, sn, dp, dn, caller, flags=flags)
         except OSError as err:
