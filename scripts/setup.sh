@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRA="${1:-all}"
 PKGS="fuse3 attr git rsync sqlite3 util-linux procps"
+# the tests also build and run pjdfstest (the POSIX suite) on a mount
+[ "$EXTRA" = test ] && PKGS="$PKGS autoconf automake libtool pkg-config libacl1-dev gcc make perl"
 need=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"; done
 if [ -n "$need" ]; then

@@ -357,6 +357,31 @@ def test_crossing_renames_sqlite(settings: Settings) -> None:
         nn.close()
 
 
+def test_sqlite_threads_that_end_give_their_connections_back(settings: Settings) -> None:
+    """Each thread keeps one SQLite connection; a thread that ends (a timer's, as the
+    access recorder's flushes) must return it, or the pool runs dry after a few dozen."""
+    nn = build_namenode(settings, background=False)
+    c = Client(settings=settings, transport=LocalTransport(nn), uid=0, gid=0, groups=[])
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            c.mkdir(f"/d{i}")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    try:
+        for i in range(200):  # more than the pool's size and overflow together
+            t = threading.Thread(target=one, args=(i,))
+            t.start()
+            t.join(timeout=60)
+        assert errors == []
+        assert len(c.listdir("/")) == 200
+    finally:
+        c.close()
+        nn.close()
+
+
 # ---------------------------------------------------------------------- (b) changelog order
 @pytest.mark.postgres
 def test_changelog_order_two_namenodes(pg_url: str, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import posixpath
+import stat as stat_mod
 import threading
 import time
 from typing import Any, Callable
@@ -113,13 +114,22 @@ class MetafsOperations(FileOperations):
             self.recorder.stop()
 
     # ------------------------------------------------------------------ caches
-    def _other_names_changed(self, ino: int, except_path: str | None) -> None:
-        """The kernel caches each name of a hard-linked file separately: drop the cached
-        attributes and pages of the other names (asynchronously, outside the request)."""
+    def _other_names_changed(self, ino: int, except_path: str | None,
+                             now: bool = False) -> None:
+        """The kernel caches each name of a hard-linked file separately (libfuse's
+        high-level API gives every name its own node): drop the cached attributes and
+        pages of the other names. ``now``: before this request is answered, so the next
+        stat through another name sees the change (for link, unlink, setattr and xattr
+        changes: the kernel holds no lock on another name's pages while it waits for
+        those); else from the invalidation thread (writes: two writers through two names
+        would each wait for the other's pages)."""
         names = self.cache.links.get(ino)
         if names:
-            for p in names:
-                if p != except_path:
+            others = [p for p in names if p != except_path]
+            if now:
+                self.kernel.now(others)
+            else:
+                for p in others:
                     self.kernel.later(p)
 
     def forget_all(self) -> None:
@@ -239,16 +249,39 @@ class MetafsOperations(FileOperations):
             self.writeback.flush_ino(ino)
         if self._lazy_reads and ("mode" in fields or "uid" in fields or "gid" in fields):
             self._pin_handles(ino)
+        if "mode" in fields and len(fields) == 1:
+            caller = self._kill_priv_caller(ino, fields["mode"], caller, h)
         try:
             attr = self.nodes.setattr(ino, caller, **fields)
         except OSError as err:
             if err.errno == errno.ENOENT and h is None and path is not None:
                 self.cache.forget_path(path)
-                attr = self.nodes.setattr(self._ino_of(path, caller), caller, **fields)
+                ino = self._ino_of(path, caller)
+                attr = self.nodes.setattr(ino, caller, **fields)
             else:
                 raise
         self.cache.set_attr(attr)
         self.cache.nocap.pop(ino, None)
+        self._other_names_changed(ino, h.path if h is not None else path, now=True)
+
+    def _kill_priv_caller(self, ino: int, mode: int, caller: pb.Caller,
+                          h: Handle | None) -> pb.Caller:
+        """The caller to change ``ino``'s mode to ``mode`` with. Before a write (or
+        truncate) by a process that is not the owner, the kernel asks to clear the file's
+        set-user-ID and set-group-ID bits (Linux clears them on every write by a
+        non-owner, without privilege); the namenode lets only the owner change a mode, so
+        the mount makes that change itself when it removes nothing but those bits and the
+        caller may write the file."""
+        if caller.uid == 0:
+            return caller
+        a = self._attr_of_ino(ino, caller)
+        if a.uid == caller.uid or mode & 0o7777 == stat_mod.S_IMODE(a.mode) or \
+                mode & 0o7777 != stat_mod.S_IMODE(a.mode) & ~(stat_mod.S_ISUID
+                                                             | stat_mod.S_ISGID):
+            return caller
+        if h is None or h.flags & os.O_ACCMODE == os.O_RDONLY:
+            self.nodes.access(ino, os.W_OK, caller)
+        return self.own_caller()
 
     def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
         self._setattr(path, fh, mode=mode & 0o7777)
@@ -291,7 +324,9 @@ class MetafsOperations(FileOperations):
                 if ino in self.writeback.dirty:
                     self.writeback.flush_ino(ino)
                 self.writeback.bump(ino)
-                self.cache.set_attr(self.nodes.setattr(ino, caller, size=length))
+                attr = self.cache.set_attr(self.nodes.setattr(ino, caller, size=length))
+                self.refresh_others(ino, attr)  # open files of it read the new size
+                self._other_names_changed(ino, path, now=True)
                 return 0
             h = h2
         if h is None:
@@ -327,7 +362,7 @@ class MetafsOperations(FileOperations):
         look the parent up again and retry once."""
         pino, name, parent = self._parent(path, caller)
         try:
-            return fn(pino, name)
+            result = fn(pino, name)
         except OSError as err:
             if err.errno not in (errno.ENOENT, errno.ENOTDIR) or parent == "/":
                 raise
@@ -341,14 +376,18 @@ class MetafsOperations(FileOperations):
                 raise err from None
             if pino2 == pino:
                 raise
-            return fn(pino2, name)
+            result = fn(pino2, name)
+            pino = pino2
+        # the namenode changed the directory's mtime and ctime with its entries (the
+        # kernel drops its own copy of the directory's attributes after such a request)
+        self.cache.forget_ino(pino)
+        return result
 
     def mkdir(self, path: str, mode: int) -> int:
         caller = self.caller()
         attr = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.mkdir(
             p, n, mode & 0o7777, caller))
         self.cache.remember(path, attr)
-        self.cache.forget_ino(self.cache.names.get(self._split(path)[0], (ROOT_INO,))[0])
         return 0
 
     def mknod(self, path: str, mode: int, dev: int) -> int:
@@ -372,7 +411,7 @@ class MetafsOperations(FileOperations):
             ino, p, n, caller))
         self.cache.links.setdefault(ino, set()).update((existing, path))
         self.cache.remember(path, attr)
-        self._other_names_changed(ino, path)
+        self._other_names_changed(ino, path, now=True)
         return 0
 
     def readlink(self, path: str) -> str:
@@ -394,7 +433,8 @@ class MetafsOperations(FileOperations):
         if hit is not None and hit[0] in self.cache.links:
             names = self.cache.links[hit[0]]
             names.discard(path)
-            self._other_names_changed(hit[0], None)
+            self.cache.forget_ino(hit[0])  # nlink and ctime changed
+            self._other_names_changed(hit[0], None, now=True)
             if len(names) <= 1:
                 self.cache.links.pop(hit[0], None)
         return 0
@@ -406,7 +446,6 @@ class MetafsOperations(FileOperations):
         # the directory was empty: names still cached under it are stale already, and
         # every use of a stale name falls back to a fresh lookup
         self.cache.forget_path(path)
-        self.cache.forget_ino(self.cache.names.get(self._split(path)[0], (ROOT_INO,))[0])
         return 0
 
     def _hide(self, old: str, hidden: str) -> int:
@@ -434,6 +473,13 @@ class MetafsOperations(FileOperations):
         dp, dn, _ = self._parent(new, caller)
         moved = self.cache.names.get(old)
         replaced = self.cache.names.get(new)
+        if self._lazy_reads and self.open_by_ino and not flags & RENAME_EXCHANGE:
+            # a file this mount has open without a namenode handle must outlive the
+            # name it loses here (its reads go on: the namenode frees it at Release)
+            try:
+                self._keep_alive(replaced[0] if replaced else self._ino_of(new, caller))
+            except OSError:
+                pass  # no such name: nothing is replaced
         try:
             self.nodes.rename(sp, sn, dp, dn, caller, flags=flags)
         except OSError as err:
@@ -464,6 +510,7 @@ class MetafsOperations(FileOperations):
         ino = self._ino_of(path, caller)
         self.nodes.setxattr(ino, name, value, options, caller)
         self.cache.forget_ino(ino, xattrs=True)
+        self._other_names_changed(ino, path, now=True)  # (ctime)
         return 0
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
@@ -493,5 +540,6 @@ class MetafsOperations(FileOperations):
         ino = self._ino_of(path, caller)
         self.nodes.removexattr(ino, name, caller)
         self.cache.forget_ino(ino, xattrs=True)
+        self._other_names_changed(ino, path, now=True)  # (ctime)
         return 0
 

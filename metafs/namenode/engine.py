@@ -23,6 +23,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -206,6 +207,10 @@ class FifoLock:
                 self._held = False
 
 
+class _ThreadMarker:
+    """Lives in one thread's local storage: collected when the thread ends."""
+
+
 class SqliteEngine(MetaEngine):
     name = "sqlite"
 
@@ -258,7 +263,22 @@ class SqliteEngine(MetaEngine):
             loc.conn = conn
             with self._all_lock:
                 self._all.append(conn)
+            # a thread that ends (a timer's, a short-lived worker's) gives its connection
+            # back: its thread-local values, this marker among them, go with it
+            loc.marker = _ThreadMarker()
+            weakref.finalize(loc.marker, self._thread_ended, conn)
         return conn, False
+
+    def _thread_ended(self, conn: Connection) -> None:
+        with self._all_lock:
+            try:
+                self._all.remove(conn)
+            except ValueError:
+                return  # closed by dispose() already
+        try:
+            conn.close()
+        except Exception:
+            log.debug("closing the connection of an ended thread failed", exc_info=True)
 
     @contextmanager
     def _tx(self, begin_sql: str | None) -> Iterator[Connection]:
