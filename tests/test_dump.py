@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import stat
 import os
 import subprocess
 import sys
@@ -65,6 +66,12 @@ def volume(settings: Settings) -> tuple[Settings, dict[str, bytes]]:
     nn = Namenode(s, background=False)
     try:
         nn.ns.quotas.set(nn.ns.resolve(_root(), "/data").ino, 1000, 10 << 20)
+        from metafs.namenode.projects import Caller, Projects
+
+        admin = Caller("admin", admin=True)
+        projects = Projects(nn.ns)
+        projects.create(admin, "vision", owner="alice")
+        projects.add(admin, "vision", "bob", "data_scientist")
     finally:
         nn.close()
     return s, files
@@ -110,6 +117,9 @@ def test_sqlite_to_postgres_and_back(volume, pg_url: str, tmp_path: Path) -> Non
     assert len(model) == 1 and model[0]["nlink"] == 2 and len(model[0]["blocks"]) == 4
     assert any(r["kind"] == "inode" and r.get("quota") for r in recs)
     assert any(r["kind"] == "inode" and r.get("target") == "../models/model.bin" for r in recs)
+    rows = {(r["table"], r["values"].get("user")) for r in recs if r["kind"] == "row"}
+    assert {("projects", None), ("project_members", "alice"),
+            ("project_members", "bob")} <= rows
 
     # into PostgreSQL, with the same block store
     pg = s.with_(db_url=pg_url, blocks_url=s.effective_blocks_url)
@@ -128,6 +138,7 @@ def test_sqlite_to_postgres_and_back(volume, pg_url: str, tmp_path: Path) -> Non
         assert fs.stat("/models/model.bin").st_nlink == 2
         assert fs.getxattr("/data", "user.owner") == b"\x00\xffbinary"
         assert fs.stat("/data/archive").st_mode & 0o777 == 0o750
+        assert stat.S_ISDIR(fs.stat("/Projects/vision/datasets").st_mode)
         # the loaded volume keeps working: new ids do not collide with loaded ones
         before = {fs.stat(p).st_ino for p in files}
         fs.write_bytes("/new.txt", b"after the move")

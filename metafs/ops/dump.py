@@ -49,11 +49,14 @@ FORMAT = "metafs-dump"
 VERSION = 1
 BATCH = 1000
 
+# Tables dumped as they are, a "row" record per row (in primary-key order).
+ROW_TABLES = ("projects", "project_members", "project_credentials", "project_shares")
 # Every table of the schema is either dumped or named here as the state of running clients.
 DUMPED_TABLES = ("inodes", "dentries", "file_data", "xattrs", "blocks", "quotas", "changelog",
-                 "counters", "block_garbage", "schema_version")
+                 "counters", "block_garbage", "schema_version", *ROW_TABLES)
 RUNTIME_TABLES = ("sessions", "handles", "locks",
-                  "changelog_pending")  # stamped into the changelog before a dump
+                  "changelog_pending",  # stamped into the changelog before a dump
+                  "requests")  # results kept for retries of running clients' calls
 # A loaded dump is a file system of its own: a new volume uuid, and run ids bound afresh.
 PER_DATABASE_TABLES = ("volume", "runs")
 ID_COUNTERS = ("inode", "handle")
@@ -170,6 +173,11 @@ def iter_records(conn: Connection, source: dict[str, Any], progress: Progress | 
                         "mode": r.mode})
         last = (rows[-1].parent, rows[-1].name)
 
+    for name in ROW_TABLES:
+        T = schema.metadata.tables[name]
+        for r in conn.execute(select(T).order_by(*T.primary_key.columns)):
+            yield emit({"kind": "row", "table": name, "values": dict(r._mapping)})
+
     C = schema.changelog
     for page in _pages(conn, C, C.c.seq):
         for r in page:
@@ -274,7 +282,7 @@ class _Loader:
         self.conn = conn
         self.pending: dict[str, list[dict[str, Any]]] = {}
         self.order = ("inodes", "file_data", "xattrs", "blocks", "quotas", "dentries",
-                      "changelog", "block_garbage")
+                      *ROW_TABLES, "changelog", "block_garbage")
 
     def add(self, table: str, row: dict[str, Any]) -> None:
         rows = self.pending.setdefault(table, [])
@@ -341,6 +349,16 @@ def _load_into(conn: Connection, path: Path, progress: Progress | None) -> dict[
             elif kind == "change":
                 loader.add("changelog", {"seq": rec["seq"], "op": rec["op"], "ino": rec["ino"],
                                          "ts_ns": rec["ts_ns"], "body": _unb64(rec["body"])})
+            elif kind == "row":
+                table = rec["table"]
+                if table not in ROW_TABLES:
+                    raise DumpError(f"{path}:{n}: rows of table {table!r} are not loaded")
+                columns = set(schema.metadata.tables[table].columns.keys())
+                values = dict(rec["values"])
+                if set(values) != columns:
+                    raise DumpError(f"{path}:{n}: a {table} row has columns "
+                                    f"{sorted(values)}, not {sorted(columns)}")
+                loader.add(table, values)
             elif kind == "garbage":
                 loader.add("block_garbage", {"key": rec["key"], "freed_ns": rec["freed_ns"]})
             elif kind == "counter":
