@@ -29,6 +29,7 @@ from metafs.errors import FsError
 from metafs.namenode import schema
 from metafs.proto import metafs_pb2 as pb
 from metafs.testing.changelog import OrderedReader
+from metafs.testing.threads import run_threads
 
 ROOT = 1
 
@@ -66,24 +67,6 @@ def namenode_processes(db_url: str, tmp: Path, n: int = 2,
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-
-
-def run_threads(n: int, fn: Callable[[int], None]) -> None:
-    errors: list[BaseException] = []
-
-    def wrap(i: int) -> None:
-        try:
-            fn(i)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    ts = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    if errors:
-        raise errors[0]
 
 
 def check_tree(fs: Client, db_url: str, dirs: set[int], files: dict[str, int]) -> None:
