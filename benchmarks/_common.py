@@ -3,6 +3,7 @@ processes on it, and the JSON of the results."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -107,6 +108,30 @@ def namenodes(url: str, count: int, tree: Path = HERE) -> Iterator[list[str]]:
     finally:
         stop_processes(procs)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def scale_parser(doc: str, n: int, n_help: str, configs: str) -> argparse.ArgumentParser:
+    """The options of a benchmark over configurations of namenodes and clients on one
+    PostgreSQL: ``--n``, ``--configs`` (read them with :func:`parse_configs`), ``--pg-url`` and
+    ``--json``."""
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=n, help=n_help)
+    ap.add_argument("--configs", default=configs, help="comma-separated NAMENODESxCLIENTS")
+    ap.add_argument("--pg-url", default=os.environ.get("METAFS_TEST_PG_URL"),
+                    help="PostgreSQL server to use (its databases are emptied!); default: "
+                         "a throwaway server started with pgserver")
+    ap.add_argument("--json", help="also write the results here")
+    return ap
+
+
+def parse_configs(text: str) -> list[tuple[int, int]]:
+    """``"1x1,2x8"`` -> ``[(1, 1), (2, 8)]``: (namenodes, clients) pairs."""
+    pairs = []
+    for item in text.split(","):
+        nns, clients = item.split("x")
+        pairs.append((int(nns), int(clients)))
+    return pairs
 
 
 def emit_json(payload: Any, path: str | None,

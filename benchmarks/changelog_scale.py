@@ -15,9 +15,7 @@ p99, max; a record read before the reply counts as 0).
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
-import os
 import sys
 import tempfile
 import threading
@@ -119,18 +117,10 @@ def run_config(tree: Path, url: str, namenodes: int, clients: int, n: int) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=500, help="creates per client")
-    ap.add_argument("--configs", default="1x1,1x8,2x8",
-                    help="comma-separated NAMENODESxCLIENTS")
+    ap = _common.scale_parser(__doc__, 500, "creates per client", "1x1,1x8,2x8")
     ap.add_argument("--baseline", help="another checkout whose namenodes to measure too")
-    ap.add_argument("--pg-url", default=os.environ.get("METAFS_TEST_PG_URL"),
-                    help="PostgreSQL database to use (its public schema is dropped!); "
-                         "default: a throwaway server started with pgserver")
-    ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
-    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
+    configs = _common.parse_configs(args.configs)
     trees = [("this", _common.HERE)] + ([("baseline", Path(args.baseline).resolve())]
                                 if args.baseline else [])
     results = []

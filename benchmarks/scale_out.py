@@ -19,7 +19,6 @@ namenode, so only the client count varies).
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import shutil
@@ -32,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _peers import juicefs_binary, juicefs_pg_mount  # noqa: E402
-from _common import emit_json, namenodes, pg_server  # noqa: E402
+from _common import emit_json, namenodes, parse_configs, pg_server, scale_parser  # noqa: E402
 from changelog_scale import _Follower, _pct  # noqa: E402
 
 PHASES = ("create", "stat", "write_4k", "rename", "unlink")
@@ -178,18 +177,10 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=200, help="files per client")
-    ap.add_argument("--configs", default="1x1,1x8,2x8,4x8,1x32,2x32,4x32",
-                    help="comma-separated NAMENODESxCLIENTS")
+    ap = scale_parser(__doc__, 200, "files per client", "1x1,1x8,2x8,4x8,1x32,2x32,4x32")
     ap.add_argument("--no-juicefs", action="store_true")
-    ap.add_argument("--pg-url", default=os.environ.get("METAFS_TEST_PG_URL"),
-                    help="PostgreSQL server to use (its databases' public schema is "
-                         "dropped!); default: a throwaway server started with pgserver")
-    ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
-    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
+    configs = parse_configs(args.configs)
     results: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="mfs-scale-pg-"))
     load0 = os.getloadavg()
