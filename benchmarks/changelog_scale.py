@@ -15,21 +15,17 @@ p99, max; a record read before the reply counts as 0).
 
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing as mp
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-HERE = Path(__file__).resolve().parents[1]
+import _common  # noqa: E402
 
 
 def _creator(args: tuple[str, int, int, Any]) -> dict[str, float]:
@@ -81,21 +77,14 @@ class _Follower(threading.Thread):
                 if r.op == pb.OP_CREATE:
                     self.seen[r.name] = now
 
-
-def _serve(tree: Path, url: str, work: Path, k: int) -> tuple[subprocess.Popen, str]:
-    env = {key: v for key, v in os.environ.items() if not key.startswith("METAFS_")}
-    env.update(PYTHONPATH=str(tree), METAFS_DATA_DIR=str(work / f"nn{k}"))
-    ready = work / f"ready-{k}"
-    log = open(work / f"nn{k}.log", "ab")
-    p = subprocess.Popen([sys.executable, "-m", "metafs.cli", "serve", "--db", url,
-                          "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
-                         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tree))
-    deadline = time.monotonic() + 60
-    while not (ready.exists() and ready.read_text()):
-        if p.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError((work / f"nn{k}.log").read_text()[-2000:])
-        time.sleep(0.05)
-    return p, ready.read_text()
+    def finish(self, created: list[dict[str, float]]) -> list[float]:
+        """Wait (up to 60 s) for the records of the creates ``created`` (name -> reply time,
+        a dict per client), stop, and return the lag of each create read."""
+        self.join(60)
+        self.stop.set()
+        self.fs.close()
+        return [max(0.0, self.seen[name] - t) for d in created for name, t in d.items()
+                if name in self.seen]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -106,15 +95,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run_config(tree: Path, url: str, namenodes: int, clients: int, n: int) -> dict[str, Any]:
-    _reset_pg(url)
-    work = Path(tempfile.mkdtemp(prefix="mfs-clscale-"))
-    procs: list[subprocess.Popen] = []
-    try:
-        addrs = []
-        for k in range(namenodes):
-            p, a = _serve(tree, url, work, k)
-            procs.append(p)
-            addrs.append(a)
+    with _common.namenodes(url, namenodes, tree) as addrs:
         follower = _Follower(addrs[-1], clients * n)
         follower.start()
         ctx = mp.get_context("spawn")
@@ -127,89 +108,36 @@ def run_config(tree: Path, url: str, namenodes: int, clients: int, n: int) -> di
                 t0 = time.time()
                 done = res.get()
         elapsed = max(max(d.values()) for d in done) - t0
-        follower.join(60)
-        follower.stop.set()
-        lags = []
-        for d in done:
-            for name, t in d.items():
-                if name in follower.seen:
-                    lags.append(max(0.0, follower.seen[name] - t))
-        follower.fs.close()
-        return {"namenodes": namenodes, "clients": clients,
-                "creates_per_s": clients * n / elapsed, "records_read": len(follower.seen),
-                "missing": clients * n - len(follower.seen),
-                "lag_p50_ms": _pct(lags, 0.50) * 1000, "lag_p99_ms": _pct(lags, 0.99) * 1000,
-                "lag_max_ms": max(lags, default=float("nan")) * 1000}
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _reset_pg(url: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    eng = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    with eng.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    eng.dispose()
-
-
-def _pg(work: Path, url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    import pgserver
-
-    srv = pgserver.get_server(str(work / "pg"), cleanup_mode="stop")
-    try:
-        yield srv.get_uri()
-    finally:
-        srv.cleanup()
+        lags = follower.finish(done)
+    return {"namenodes": namenodes, "clients": clients,
+            "creates_per_s": clients * n / elapsed, "records_read": len(follower.seen),
+            "missing": clients * n - len(follower.seen),
+            "lag_p50_ms": _pct(lags, 0.50) * 1000, "lag_p99_ms": _pct(lags, 0.99) * 1000,
+            "lag_max_ms": max(lags, default=float("nan")) * 1000}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=500, help="creates per client")
-    ap.add_argument("--configs", default="1x1,1x8,2x8",
-                    help="comma-separated NAMENODESxCLIENTS")
+    ap = _common.scale_parser(__doc__, 500, "creates per client", "1x1,1x8,2x8")
     ap.add_argument("--baseline", help="another checkout whose namenodes to measure too")
-    ap.add_argument("--pg-url", default=os.environ.get("METAFS_TEST_PG_URL"),
-                    help="PostgreSQL database to use (its public schema is dropped!); "
-                         "default: a throwaway server started with pgserver")
-    ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
-    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
-    trees = [("this", HERE)] + ([("baseline", Path(args.baseline).resolve())]
+    configs = _common.parse_configs(args.configs)
+    trees = [("this", _common.HERE)] + ([("baseline", Path(args.baseline).resolve())]
                                 if args.baseline else [])
     results = []
-    work = Path(tempfile.mkdtemp(prefix="mfs-clscale-pg-"))
-    try:
-        for url in _pg(work, args.pg_url):
-            for label, tree in trees:
-                for nns, clients in configs:
-                    print(f"{label}: {nns} namenode(s) x {clients} client(s) ...",
-                          file=sys.stderr, flush=True)
-                    results.append({"tree": label, **run_config(tree, url, nns, clients,
-                                                                 args.n)})
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with _common.pg_server(args.pg_url) as url:
+        for label, tree in trees:
+            for nns, clients in configs:
+                print(f"{label}: {nns} namenode(s) x {clients} client(s) ...",
+                      file=sys.stderr, flush=True)
+                results.append({"tree": label, **run_config(tree, url, nns, clients, args.n)})
     print(f"{'tree':<9}{'nn':>3}{'clients':>8}{'creates/s':>11}{'lag p50 ms':>12}"
           f"{'lag p99 ms':>12}{'max ms':>9}{'missing':>8}")
     for r in results:
         print(f"{r['tree']:<9}{r['namenodes']:>3}{r['clients']:>8}{r['creates_per_s']:>11,.0f}"
               f"{r['lag_p50_ms']:>12.1f}{r['lag_p99_ms']:>12.1f}{r['lag_max_ms']:>9.1f}"
               f"{r['missing']:>8}")
-    payload = {"benchmark": "changelog_scale", "n": args.n, "results": results}
-    if args.json:
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+    _common.emit_json({"benchmark": "changelog_scale", "n": args.n, "results": results},
+                      args.json, echo=None)
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import sys
@@ -34,8 +33,9 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit_json, pg_server  # noqa: E402
 from _peers import (juicefs_binary, juicefs_mount, juicefs_pg_mount, local_dir,  # noqa: E402
-                    metafs_mount, metafs_team_mount, pg_server)
+                    metafs_mount, metafs_team_mount)
 
 PER_DIR = 100
 RAND_SEED = 16  # the same random offsets on every peer
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         extra = args.metafs_args.split()
         if args.team:
-            url = stack.enter_context(pg_server(work, args.pg_url))
+            url = stack.enter_context(pg_server(args.pg_url))
             peers: list[tuple[str, Path]] = [
                 ("metafs", stack.enter_context(metafs_team_mount(work, url, extra)))]
             if not args.no_juicefs and juicefs_binary():
@@ -260,10 +260,7 @@ def main(argv: list[str] | None = None) -> int:
            "rounds": args.rounds, "team": args.team, "loadavg": os.getloadavg(),
            "results": results,
            "ratios": ratios, "units": "ops/s; MiB/s for big_*"}
-    text = json.dumps(doc, indent=2)
-    if args.json:
-        Path(args.json).write_text(text)
-    print(text)
+    emit_json(doc, args.json)
     return 0
 
 

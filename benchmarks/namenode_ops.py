@@ -24,7 +24,7 @@ on one way more than another:
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import multiprocessing as mp
 import os
 import shutil
@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import emit_json, pg_server, reset_pg  # noqa: E402
 
 OPS = ("create", "stat", "readdir", "rename", "unlink")
 EXTRA = ("grpc_noop",)  # the gRPC ceiling: an empty health-check call on the same server
@@ -319,8 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         _print_auth(res)
-        if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2))
+        emit_json(res, args.json, echo=None)
         return 0
     clients = [int(c) for c in args.clients.split(",")]
 
@@ -329,15 +330,12 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="mfs-bench-"))
-    pg = None
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
         engines: list[tuple[str, str]] = [("sqlite", "")]
         if not args.no_postgres:
             try:
-                import pgserver
-
-                pg = pgserver.get_server(str(work / "pg"), cleanup_mode="stop")
-                engines.append(("postgres", pg.get_uri()))
+                engines.append(("postgres", stack.enter_context(pg_server())))
             except Exception as exc:  # no PostgreSQL here: say so and go on
                 print(f"postgres skipped: {exc}", file=sys.stderr)
         for engine, url in engines:
@@ -349,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                     kw: dict[str, Any] = {"data_dir": str(data)}
                     if url:
                         kw["db_url"] = url
-                        _reset_pg(url)
+                        reset_pg(url)
                     address = ""
                     nn = server = None
                     if mode == "grpc":
@@ -385,30 +383,11 @@ def main(argv: list[str] | None = None) -> int:
                                     **posix_ops(str(jmnt), args.n)})
             except Exception as exc:
                 print(f"juicefs skipped: {exc}", file=sys.stderr)
-    finally:
-        if pg is not None:
-            try:
-                pg.cleanup()
-            except Exception:
-                pass
-        shutil.rmtree(work, ignore_errors=True)
 
     _print_table(results)
-    payload = {"benchmark": "namenode_ops", "n": args.n, "results": results}
-    print(json.dumps(payload))
-    if args.json:
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+    emit_json({"benchmark": "namenode_ops", "n": args.n, "results": results}, args.json,
+              echo="line")
     return 0
-
-
-def _reset_pg(url: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    eng = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    with eng.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    eng.dispose()
 
 
 def _print_table(results: list[dict[str, Any]]) -> None:

@@ -19,12 +19,9 @@ namenode, so only the client count varies).
 
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing as mp
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +31,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _peers import juicefs_binary, juicefs_pg_mount  # noqa: E402
-from changelog_scale import HERE, _Follower, _pct, _pg, _reset_pg, _serve  # noqa: E402
+from _common import emit_json, namenodes, parse_configs, pg_server, scale_parser  # noqa: E402
+from changelog_scale import _Follower, _pct  # noqa: E402
 
 PHASES = ("create", "stat", "write_4k", "rename", "unlink")
 
@@ -148,37 +146,16 @@ def _run_workers(fn: Any, targets: list[Any], clients: int, n: int) -> list[dict
                                  for w in range(clients)])
 
 
-def run_metafs(url: str, namenodes: int, clients: int, n: int) -> dict[str, Any]:
-    _reset_pg(url)
-    work = Path(tempfile.mkdtemp(prefix="mfs-scale-"))
-    procs: list[subprocess.Popen] = []
-    try:
-        addrs = []
-        for k in range(namenodes):
-            p, a = _serve(HERE, url, work, k)
-            procs.append(p)
-            addrs.append(a)
+def run_metafs(url: str, nns: int, clients: int, n: int) -> dict[str, Any]:
+    with namenodes(url, nns) as addrs:
         follower = _Follower(addrs[-1], clients * n)
         follower.start()
         done = _run_workers(_metafs_worker, addrs, clients, n)
-        follower.join(60)
-        follower.stop.set()
-        lags = [max(0.0, follower.seen[name] - t) for d in done
-                for name, t in d["created"].items() if name in follower.seen]
-        follower.fs.close()
-        return {"system": "metafs", "namenodes": namenodes, "clients": clients,
-                "ops_per_s": _rates(done, clients, n),
-                "changelog_missing": clients * n - len(follower.seen),
-                "lag_p50_ms": _pct(lags, 0.50) * 1000, "lag_p99_ms": _pct(lags, 0.99) * 1000}
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        lags = follower.finish([d["created"] for d in done])
+    return {"system": "metafs", "namenodes": nns, "clients": clients,
+            "ops_per_s": _rates(done, clients, n),
+            "changelog_missing": clients * n - len(follower.seen),
+            "lag_p50_ms": _pct(lags, 0.50) * 1000, "lag_p99_ms": _pct(lags, 0.99) * 1000}
 
 
 def run_juicefs(url: str, clients: int, n: int, work: Path, k: int) -> dict[str, Any]:
@@ -200,23 +177,15 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=200, help="files per client")
-    ap.add_argument("--configs", default="1x1,1x8,2x8,4x8,1x32,2x32,4x32",
-                    help="comma-separated NAMENODESxCLIENTS")
+    ap = scale_parser(__doc__, 200, "files per client", "1x1,1x8,2x8,4x8,1x32,2x32,4x32")
     ap.add_argument("--no-juicefs", action="store_true")
-    ap.add_argument("--pg-url", default=os.environ.get("METAFS_TEST_PG_URL"),
-                    help="PostgreSQL server to use (its databases' public schema is "
-                         "dropped!); default: a throwaway server started with pgserver")
-    ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
-    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
+    configs = parse_configs(args.configs)
     results: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="mfs-scale-pg-"))
     load0 = os.getloadavg()
     try:
-        for url in _pg(work, args.pg_url):
+        with pg_server(args.pg_url) as url:
             for nns, clients in configs:
                 print(f"metafs: {nns} namenode(s) x {clients} client(s) ...", file=sys.stderr,
                       flush=True)
@@ -239,10 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "scale_out", "n": args.n, "loadavg_before": load0,
                "loadavg_after": os.getloadavg(), "create_scale_2x8_vs_1x1": scale,
                "results": results}
-    text = json.dumps(payload, indent=2)
-    if args.json:
-        Path(args.json).write_text(text)
-    print(text)
+    emit_json(payload, args.json)
     return 0
 
 

@@ -28,6 +28,7 @@ from metafs.namenode import changelog, schema
 from metafs.namenode.server import Namenode
 from metafs.posix import Cred
 from metafs.proto import metafs_pb2 as pb
+from metafs.testing.changelog import OrderedReader
 
 pytestmark = pytest.mark.postgres
 
@@ -77,26 +78,7 @@ def test_two_namenodes_sixteen_writers_each(two_namenodes: list[Namenode]) -> No
     writers, per_writer = 16, 30
     told: dict[str, list[tuple[int, str]]] = {}  # client id -> successes, in call order
     failures = [0]
-    done = threading.Event()
-    seen: list[pb.ChangeRecord] = []
     errors: list[BaseException] = []
-
-    def consumer() -> None:
-        try:
-            sources = [NamespaceSource(a), NamespaceSource(b)]
-            after, k = start, 0
-            while True:
-                finishing = done.is_set()
-                recs, head = sources[k % 2].read(after, 50, wait_ms=100)
-                k += 1
-                for r in recs:
-                    assert r.seq == after + 1, f"gap or reorder: {after} then {r.seq}"
-                    after = r.seq
-                    seen.append(r)
-                if finishing and not recs and after >= head:
-                    return
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
 
     def writer(node: int, w: int) -> None:
         ns = (a, b)[node]
@@ -132,7 +114,8 @@ def test_two_namenodes_sixteen_writers_each(two_namenodes: list[Namenode]) -> No
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
-    reader = threading.Thread(target=consumer)
+    reader = OrderedReader([lambda after, src=NamespaceSource(ns): src.read(after, 50, wait_ms=100)
+                            for ns in (a, b)], start)
     reader.start()
     threads = [threading.Thread(target=writer, args=(node, w))
                for node in (0, 1) for w in range(writers)]
@@ -140,9 +123,7 @@ def test_two_namenodes_sixteen_writers_each(two_namenodes: list[Namenode]) -> No
         t.start()
     for t in threads:
         t.join()
-    done.set()
-    reader.join(120)
-    assert not reader.is_alive(), "the consumer did not reach the head"
+    seen = reader.finish()
     if errors:
         raise errors[0]
     assert failures[0] > 0, "no call failed: the rolled-back case was not exercised"

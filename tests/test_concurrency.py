@@ -28,6 +28,8 @@ from metafs.config import Settings
 from metafs.errors import FsError
 from metafs.namenode import schema
 from metafs.proto import metafs_pb2 as pb
+from metafs.testing.changelog import OrderedReader
+from metafs.testing.threads import run_threads
 
 ROOT = 1
 
@@ -65,24 +67,6 @@ def namenode_processes(db_url: str, tmp: Path, n: int = 2,
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-
-
-def run_threads(n: int, fn: Callable[[int], None]) -> None:
-    errors: list[BaseException] = []
-
-    def wrap(i: int) -> None:
-        try:
-            fn(i)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    ts = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    if errors:
-        raise errors[0]
 
 
 def check_tree(fs: Client, db_url: str, dirs: set[int], files: dict[str, int]) -> None:
@@ -396,28 +380,6 @@ def test_changelog_order_two_namenodes(pg_url: str, tmp_path: Path) -> None:
         start = setup.changelog_head()
         committed: set[tuple[int, str]] = set()  # (op, name) each writer got success for
         clock = threading.Lock()
-        done = threading.Event()
-        seen: list[pb.ChangeRecord] = []
-        reader_error: list[BaseException] = []
-
-        def reader() -> None:
-            try:
-                clients = [mk(0), mk(1)]
-                after, k = start, 0
-                while True:
-                    finishing = done.is_set()
-                    recs, head = clients[k % 2].changelog(after=after, limit=37, wait_ms=100)
-                    k += 1
-                    for r in recs:
-                        assert r.seq == after + 1, f"gap or reorder: {after} then {r.seq}"
-                        after = r.seq
-                        seen.append(r)
-                    if finishing and not recs and after >= head:
-                        break
-                for c in clients:
-                    c.close()
-            except BaseException as exc:  # noqa: BLE001
-                reader_error.append(exc)
 
         def writer(w: int) -> None:
             fs = mk(w)
@@ -441,16 +403,17 @@ def test_changelog_order_two_namenodes(pg_url: str, tmp_path: Path) -> None:
             finally:
                 fs.close()
 
-        rt = threading.Thread(target=reader)
-        rt.start()
+        followers = [mk(0), mk(1)]
+        reader = OrderedReader([lambda after, c=c: c.changelog(after=after, limit=37,
+                                                               wait_ms=100)
+                                for c in followers], start)
+        reader.start()
         try:
             run_threads(writers, writer)
         finally:
-            done.set()
-            rt.join(120)
-        assert not rt.is_alive(), "the reader did not reach the head"
-        if reader_error:
-            raise reader_error[0]
+            seen = reader.finish()
+            for c in followers:
+                c.close()
         # what the reader saw is exactly what is committed, in one order, no gaps
         got = {(r.op, r.name) for r in seen if r.op in (pb.OP_CREATE, pb.OP_MKDIR)}
         assert committed <= got, f"records missing: {sorted(committed - got)[:5]}"

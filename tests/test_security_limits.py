@@ -5,6 +5,7 @@ with its errno and changing nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -24,6 +25,7 @@ from metafs.cli import main
 from metafs.client import Client
 from metafs.client.transport import LocalTransport
 from metafs.config import Settings
+from metafs.namenode.server import Namenode
 from metafs.proto import metafs_pb2 as pb
 from metafs.proto import metafs_pb2_grpc as pb_grpc
 
@@ -38,6 +40,18 @@ def _detail(exc: grpc.RpcError) -> pb.ErrorDetail:
     d = pb.ErrorDetail()
     status.details[0].Unpack(d)
     return d
+
+
+@contextlib.contextmanager
+def _serving(s: Settings) -> Iterator[tuple[Namenode, str]]:
+    """A namenode of settings ``s`` served on a free loopback port: (it, its address)."""
+    nn = build_namenode(s)
+    srv = serve_grpc(nn, "127.0.0.1:0")
+    try:
+        yield nn, srv.address
+    finally:
+        srv.stop(0)
+        nn.close()
 
 
 def _non_loopback_ip() -> str:
@@ -141,13 +155,8 @@ def test_auth_init_writes_secrets_mode_600(team: Path) -> None:
 def team_cluster(team: Path, tmp_path: Path) -> Iterator[str]:
     s = config.load(str(team / "server.toml"), {"data_dir": str(tmp_path / "data"),
                                                  "listen": "127.0.0.1:0"}, environ={})
-    nn = build_namenode(s)
-    srv = serve_grpc(nn, "127.0.0.1:0")
-    try:
-        yield srv.address
-    finally:
-        srv.stop(0)
-        nn.close()
+    with _serving(s) as (_nn, address):
+        yield address
 
 
 def _as(team: Path, name: str, address: str, tmp_path: Path) -> Client:
@@ -250,13 +259,8 @@ def token_server(settings: Settings, team: Path) -> Iterator[tuple[Any, str, Set
                        max_subscribers_per_identity=2, max_calls_per_identity=3,
                        max_record_bytes=100_000, changelog_reply_bytes=1_000_000,
                        grpc_max_receive_bytes=2 * 1024**2)
-    nn = build_namenode(s)
-    srv = serve_grpc(nn, "127.0.0.1:0")
-    try:
-        yield nn, srv.address, s
-    finally:
-        srv.stop(0)
-        nn.close()
+    with _serving(s) as (nn, address):
+        yield nn, address, s
 
 
 def _meta(team: Path, name: str) -> tuple[tuple[str, str], ...]:
@@ -268,10 +272,15 @@ def _caller(uid: int) -> pb.Caller:
     return pb.Caller(uid=uid, gid=uid)
 
 
-def test_long_polls_of_one_identity_do_not_starve_another(token_server, team: Path) -> None:
-    nn, address, s = token_server
-    ch = grpc.insecure_channel(address)
-    stub = pb_grpc.NamenodeStub(ch)
+@pytest.fixture
+def stub(token_server) -> Iterator[pb_grpc.NamenodeStub]:
+    """A gRPC stub of ``token_server`` with no credentials of its own (calls pass a token)."""
+    with grpc.insecure_channel(token_server[1]) as ch:
+        yield pb_grpc.NamenodeStub(ch)
+
+
+def test_long_polls_of_one_identity_do_not_starve_another(stub: pb_grpc.NamenodeStub,
+                                                          team: Path) -> None:
     # the changelog is read by service identities (a plain user's read is refused)
     alice, bob = _meta(team, "gateway"), _meta(team, "bob")
     head = stub.ChangelogHead(pb.HeadRequest(caller=_caller(0)), metadata=alice).head
@@ -295,13 +304,9 @@ def test_long_polls_of_one_identity_do_not_starve_another(token_server, team: Pa
     assert not any(f.done() for f in waiting)
     for f in waiting:
         f.cancel()
-    ch.close()
 
 
-def test_subscribers_per_identity(token_server, team: Path) -> None:
-    _nn, address, _s = token_server
-    ch = grpc.insecure_channel(address)
-    stub = pb_grpc.NamenodeStub(ch)
+def test_subscribers_per_identity(stub: pb_grpc.NamenodeStub, team: Path) -> None:
     alice, svc = _meta(team, "alice"), _meta(team, "gateway")
     stub.RecordRun(pb.RunRecordRequest(caller=_caller(1000), run_id="r", json="{}"),
                    metadata=alice)  # a record for each subscription to deliver
@@ -318,13 +323,9 @@ def test_subscribers_per_identity(token_server, team: Path) -> None:
     assert d.errno == errno.EAGAIN and "max_subscribers_per_identity" in d.message
     for sub in subs:
         sub.cancel()
-    ch.close()
 
 
-def test_calls_per_identity(token_server, team: Path) -> None:
-    _nn, address, _s = token_server
-    ch = grpc.insecure_channel(address)
-    stub = pb_grpc.NamenodeStub(ch)
+def test_calls_per_identity(stub: pb_grpc.NamenodeStub, team: Path) -> None:
     alice, bob = _meta(team, "alice"), _meta(team, "bob")
     # an open call stream is a call in progress: three of them fill alice's share
     import queue
@@ -348,12 +349,10 @@ def test_calls_per_identity(token_server, team: Path) -> None:
     for q, st in zip(feeds, streams):
         q.put(None)
         st.cancel()
-    ch.close()
 
 
-def test_record_size_cap(token_server, team: Path) -> None:
-    nn, address, _s = token_server
-    stub = pb_grpc.NamenodeStub(grpc.insecure_channel(address))
+def test_record_size_cap(token_server, stub: pb_grpc.NamenodeStub, team: Path) -> None:
+    nn, _address, _s = token_server
     alice = _meta(team, "alice")
     head = nn.ns.changelog_head()
     big = '{"x": "' + "a" * 200_000 + '"}'
@@ -387,10 +386,8 @@ def test_changelog_reply_capped_by_bytes(settings: Settings) -> None:
     """Large records make ReadChangelog return fewer of them, never fail (before: 27 run
     records of 10 MB stopped every consumer with RESOURCE_EXHAUSTED)."""
     s = settings.with_(changelog_reply_bytes=1_000_000, grpc_max_send_bytes=2 * 1024**2)
-    nn = build_namenode(s)
-    srv = serve_grpc(nn, "127.0.0.1:0")
-    try:
-        stub = pb_grpc.NamenodeStub(grpc.insecure_channel(srv.address))
+    with _serving(s) as (_nn, address):
+        stub = pb_grpc.NamenodeStub(grpc.insecure_channel(address))
         body = '{"x": "' + "a" * 200_000 + '"}'
         for i in range(12):
             stub.RecordRun(pb.RunRecordRequest(caller=ROOT, run_id=f"r{i}", json=body))
@@ -405,9 +402,6 @@ def test_changelog_reply_capped_by_bytes(settings: Settings) -> None:
             runs += sum(1 for x in r.records if x.op == pb.OP_RUN)
             after = r.records[-1].seq
         assert runs == 12 and replies >= 3
-    finally:
-        srv.stop(0)
-        nn.close()
 
 
 def test_handles_per_session(settings: Settings, tmp_path: Path) -> None:

@@ -105,17 +105,9 @@ def gc(target: "BlockLayer | Namespace", *, grace: float | None = None,
     return stats
 
 
-def gc_main(args: Sequence[str] | None = None) -> int:
-    """``metafs gc``: collect garbage in the block store of a metafs file system."""
-    from .. import config
-    from .engine import engine_for
-    from .namespace import Namespace
-
-    p = argparse.ArgumentParser(prog="metafs gc", description=(
-        "Remove blocks no file references (overwritten, deleted, or uploaded by a client "
-        "that died before committing) once they are older than the grace period."))
-    p.add_argument("--config", help="config file (TOML)")
-    p.add_argument("--data-dir", help="embedded file system directory")
+def add_gc_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a collection (``--db``, ``--blocks``, ``--grace``, ``--dry-run``,
+    ``--no-scan``, ``--json``), for :func:`run_gc`."""
     p.add_argument("--db", dest="db_url", help="metadata database URL")
     p.add_argument("--blocks", dest="blocks_url", help="block store URL")
     p.add_argument("--grace", type=float, help="seconds to keep unreferenced blocks "
@@ -124,7 +116,26 @@ def gc_main(args: Sequence[str] | None = None) -> int:
     p.add_argument("--no-scan", action="store_true",
                    help="only the garbage list; do not list the store for orphans")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    ns_args = p.parse_args(list(sys.argv[1:] if args is None else args))
+
+
+def gc_main(args: Sequence[str] | None = None) -> int:
+    """``metafs gc``: collect garbage in the block store of a metafs file system."""
+    p = argparse.ArgumentParser(prog="metafs gc", description=(
+        "Remove blocks no file references (overwritten, deleted, or uploaded by a client "
+        "that died before committing) once they are older than the grace period."))
+    p.add_argument("--config", help="config file (TOML)")
+    p.add_argument("--data-dir", help="embedded file system directory")
+    add_gc_arguments(p)
+    return run_gc(p.parse_args(list(sys.argv[1:] if args is None else args)))
+
+
+def run_gc(ns_args: argparse.Namespace) -> int:
+    """Collect with the options of :func:`add_gc_arguments` (and ``config``, ``data_dir``),
+    on the metadata database directly; print what was done."""
+    from .. import config
+    from .engine import engine_for
+    from .namespace import Namespace
+
     settings = config.load(ns_args.config, overrides={
         "data_dir": ns_args.data_dir, "db_url": ns_args.db_url,
         "blocks_url": ns_args.blocks_url})

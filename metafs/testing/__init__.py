@@ -24,8 +24,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("metafs.testing needs pytest: pip install 'metafs-ml[testing]'") from exc
 
 # plain asserts in the suites report their operands, as in a test module
-pytest.register_assert_rewrite("metafs.testing.blockstore", "metafs.testing.engine",
-                               "metafs.testing.search")
+pytest.register_assert_rewrite("metafs.testing.blockstore", "metafs.testing.changelog",
+                               "metafs.testing.engine", "metafs.testing.search")
 
 from .blockstore import BlockIOTests, BlockStoreTests  # noqa: E402
 from .engine import ClientFactory, EngineTests  # noqa: E402

@@ -26,6 +26,7 @@ import pytest
 from ..blockstore.base import BlockIO, BlockNotFound, BlockStore, ChecksumError, checksum, \
     read_verified
 from ..errors import FsError
+from .threads import run_threads
 
 PIECE = 4096
 """The checksum piece size the suites use."""
@@ -101,30 +102,21 @@ class BlockIOTests:
         several threads at once each see whole blocks."""
         blobs = {f"14/{t}-{i}": os.urandom(1000 + 97 * t + i) for t in range(6)
                  for i in range(8)}
-        errors: list[BaseException] = []
         start = threading.Barrier(6)
 
         def worker(t: int) -> None:
-            try:
-                start.wait()
-                mine = [k for k in blobs if k.startswith(f"14/{t}-")]
-                for k in mine:
-                    store.put(k, blobs[k])
-                for k in blobs:  # others' blocks: whole, or not there yet
-                    try:
-                        got = store.get(k)
-                    except BlockNotFound:
-                        continue
-                    assert got == blobs[k], k
-            except BaseException as exc:  # reported below
-                errors.append(exc)
+            start.wait()
+            mine = [k for k in blobs if k.startswith(f"14/{t}-")]
+            for k in mine:
+                store.put(k, blobs[k])
+            for k in blobs:  # others' blocks: whole, or not there yet
+                try:
+                    got = store.get(k)
+                except BlockNotFound:
+                    continue
+                assert got == blobs[k], k
 
-        threads = [threading.Thread(target=worker, args=(t,)) for t in range(6)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        assert not errors, errors[0]
+        run_threads(6, worker)
         for k, v in blobs.items():
             assert store.get(k) == v
 

@@ -26,6 +26,7 @@ from ..assembly import build_namenode, serve_grpc
 from ..client import BulkFile, Client
 from ..config import Settings
 from ..namenode.server import GrpcServer
+from .threads import run_threads
 
 TRANSPORTS = ("local", "grpc")
 
@@ -359,7 +360,6 @@ class EngineTests:
         process) and leaves it as it found it, after a success, a failure, or overlapping
         calls from several threads; a collector the program turned off stays off."""
         import gc
-        import threading
 
         fs.mkdir("/gc")
         assert gc.isenabled()
@@ -368,21 +368,13 @@ class EngineTests:
         with pytest.raises(FileExistsError):
             fs.bulk_create("/gc", [BulkFile("a/0", b"dup")])
         assert gc.isenabled()
-        errors: list[BaseException] = []
 
         def many(k: int) -> None:
-            try:
-                for j in range(5):
-                    fs.bulk_create("/gc", [BulkFile(f"t{k}/{j}/{i}", b"y") for i in range(200)])
-            except BaseException as exc:  # reported below
-                errors.append(exc)
+            for j in range(5):
+                fs.bulk_create("/gc", [BulkFile(f"t{k}/{j}/{i}", b"y") for i in range(200)])
 
-        threads = [threading.Thread(target=many, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors and gc.isenabled()
+        run_threads(4, many)
+        assert gc.isenabled()
         assert len(fs.listdir("/gc/t3/4")) == 200
         gc.disable()
         try:
