@@ -191,7 +191,7 @@ class Projects:
 
         def gid_of(ino: int) -> int | None:
             if ino not in rows:
-                rows[ino] = self.ns._row(tx.conn, ino)
+                rows[ino] = self.ns.inode_row(tx.conn, ino)
             r = rows[ino]
             return None if r is None else int(r.gid)
 
