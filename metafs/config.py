@@ -307,6 +307,9 @@ class Settings:
     fuse_allow_other: bool = False
     """Let users other than the one who mounted use the mount (needs root, or
     user_allow_other in /etc/fuse.conf)."""
+    fuse_project: str = ""
+    """Mount one project (``metafs mount --project NAME``): the mount shows
+    ``/Projects/NAME`` as its root and needs that project's credential."""
     fuse_default_permissions: str = "auto"
     """Let the kernel check mode bits against cached attributes too (the namenode always
     checks): required for cached lookups to be safe for several users. ``auto``: on with

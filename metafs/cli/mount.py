@@ -46,6 +46,9 @@ def add_commands(sub: Any, common: Common) -> None:
                     help="seconds before a namenode call fails with EIO (default 10)")
     sp.add_argument("--no-access-events", dest="fuse_access_events", action="store_const",
                     const=False, help="do not record which processes read and wrote files")
+    sp.add_argument("--project", dest="fuse_project", metavar="NAME",
+                    help="mount project NAME: its tree /Projects/NAME is the mount's root, "
+                    "and the credential must be one of NAME's (metafs project credential)")
     sp.add_argument("--allow-other", dest="fuse_allow_other", action="store_const",
                     const=True, help="let other users use the mount")
     sp.add_argument("--single-threaded", dest="fuse_threads", action="store_const",
@@ -81,7 +84,7 @@ def add_commands(sub: Any, common: Common) -> None:
 
 _MOUNT_FIELDS = ("fuse_attr_timeout", "fuse_entry_timeout", "fuse_negative_timeout",
                  "fuse_follow_changes", "fuse_kernel_cache", "fuse_write_buffer",
-                 "fuse_readahead", "fuse_rpc_timeout", "fuse_access_events",
+                 "fuse_readahead", "fuse_rpc_timeout", "fuse_access_events", "fuse_project",
                  "fuse_allow_other", "fuse_threads", "fuse_global_locks", "tls_ca",
                  "tls_client_cert", "tls_client_key", "tls_server_name", "token_file",
                  "metrics_port", "metrics_listen", "block_cache_dir", "block_cache_size")

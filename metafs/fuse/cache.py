@@ -65,12 +65,12 @@ class NameTable(dict):  # type: ignore[type-arg]
 class MountCache:
     """A mount's name table and attribute cache (see the module's docstring)."""
 
-    def __init__(self, name_ttl: float, attr_ttl: float) -> None:
+    def __init__(self, name_ttl: float, attr_ttl: float, root_ino: int = ROOT_INO) -> None:
         self.name_ttl = name_ttl
         self.attr_ttl = attr_ttl
         self.names = NameTable()  # path -> (ino, expiry)
         self.attrs: dict[int, tuple[pb.Attr, float]] = {}  # ino -> (attr, expiry)
-        self.path_of: dict[int, str] = {ROOT_INO: "/"}  # the last path an inode was seen at
+        self.path_of: dict[int, str] = {root_ino: "/"}  # the last path an inode was seen at
         self.nocap: dict[int, float] = {}  # inodes known to have no security.capability
         self.links: dict[int, set[str]] = {}  # known names of inodes with several links
         # data version the kernel page cache holds, per inode and name: libfuse's high-level

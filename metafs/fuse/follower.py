@@ -17,7 +17,6 @@ import threading
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..config import Settings
-from ..posix import ROOT_INO
 from ..proto import metafs_pb2 as pb
 
 if TYPE_CHECKING:
@@ -155,7 +154,7 @@ class ChangeFollower:
                         cache.forget_path(path, subtree=rec.op in (pb.OP_RENAME, pb.OP_RMDIR))
             if rec.op == pb.OP_RENAME:
                 # paths remembered for inodes under a moved directory are now wrong
-                cache.path_of = {k: v for k, v in cache.path_of.items() if k == ROOT_INO
+                cache.path_of = {k: v for k, v in cache.path_of.items() if k == ops.root_ino
                                  or k in (rec.parent, rec.old_parent)
                                  or (cache.names.get(v, (0,))[0] == k)}
         ops.kernel.now(kernel)

@@ -92,7 +92,9 @@ def make_client(settings: Settings) -> Client:
 def default_permissions(settings: Settings) -> bool:
     v = str(settings.fuse_default_permissions).strip().lower()
     if v in ("auto", ""):
-        return bool(settings.fuse_allow_other)
+        # a project mount acts as the project identity, whose ids the kernel's checks
+        # against the local process's ids know nothing of: the namenode checks alone
+        return bool(settings.fuse_allow_other) and not settings.fuse_project
     return v in ("1", "true", "yes", "on")
 
 
@@ -119,10 +121,18 @@ def run_mount(settings: Settings, mountpoint: str, ready_fd: int | None = None) 
     """Mount and serve until unmounted (blocks)."""
     from .binding import MetafsFUSE
     from .ops import MetafsOperations
+    from .project import open_project
 
     mountpoint = os.path.abspath(mountpoint)
+    project = None
     try:
         client = make_client(settings)
+        if settings.fuse_project:
+            try:
+                project = open_project(client, settings.fuse_project)
+            except BaseException:
+                client.close()
+                raise
     except OSError as exc:
         # e.g. a wrong token: say so to `metafs mount` instead of "did not become ready"
         log.error("cannot mount %s: cannot use the namenode %s: %s", mountpoint,
@@ -131,7 +141,7 @@ def run_mount(settings: Settings, mountpoint: str, ready_fd: int | None = None) 
             raise
         _report(ready_fd, f"error {exc.errno or 5} {exc.strerror or exc}")
         return 1
-    ops = MetafsOperations(client, settings)
+    ops = MetafsOperations(client, settings, project)
     pf = pid_file(mountpoint)
     metrics = None
     if settings.metrics_port:  # Prometheus: per-operation counts and latencies, caches

@@ -35,6 +35,7 @@ from .files import FileOperations, lazy_read_handles
 from .follower import ChangeFollower, KernelInvalidator, follows_changes
 from .handles import DirHandle, FuseError, Handle
 from .procinfo import ProcCache
+from .project import ProjectMount
 from .writeback import WriteBack
 
 log = logging.getLogger("metafs.fuse")
@@ -50,15 +51,22 @@ class MetafsOperations(FileOperations):
 
     use_ns = True
 
-    def __init__(self, client: Client, settings: Settings) -> None:
+    def __init__(self, client: Client, settings: Settings,
+                 project: ProjectMount | None = None) -> None:
         self.client = client
         self.settings = settings
+        # the mount's root: the namespace's, or a project's directory (paths from libfuse
+        # are relative to it, and resolved below root_path by the namenode)
+        self.project = project
+        self.root_ino = project.root_ino if project is not None else ROOT_INO
+        self.root_path = project.root_path if project is not None else ""
         self.nodes = client.inodes
         self.client_id = client.client_id
         self.procs = ProcCache()
         following = follows_changes(settings)
         self.cache = MountCache(60.0 if following else settings.fuse_entry_timeout,
-                                60.0 if following else settings.fuse_attr_timeout)
+                                60.0 if following else settings.fuse_attr_timeout,
+                                self.root_ino)
         self.writeback = WriteBack(self.cache, settings.fuse_write_buffer, self._wrote)
         self.kernel = KernelInvalidator()
         self.follower = ChangeFollower(self)  # (its thread runs when ``following``)
@@ -90,10 +98,18 @@ class MetafsOperations(FileOperations):
         from .binding import fuse_context
 
         uid, gid, pid = fuse_context()
+        if self.project is not None:
+            return self.project.caller(self.client, uid, pid)
         return self.client.identity(uid, gid, self.procs.groups(pid) if pid else (), pid)
+
+    def _resolve(self, path: str, caller: pb.Caller) -> pb.Attr:
+        """Walk the mount's ``path`` on the namenode (below the mount's root)."""
+        return self.nodes.resolve(self.root_path + path, caller)
 
     def own_caller(self) -> pb.Caller:
         """The mount's own identity (for calls no process asked for)."""
+        if self.project is not None:
+            return self.project.caller(self.client, self.project.owner_uid, os.getpid())
         return self.client.identity(os.getuid(), os.getgid(), os.getgroups(), os.getpid())
 
     def start(self) -> None:
@@ -146,11 +162,11 @@ class MetafsOperations(FileOperations):
         namenode (search permission checked on each directory); else None."""
         if not self._walk_paths or caller.uid == 0 or path == "/":
             return None
-        return self.cache.remember(path, self.nodes.resolve(path, caller))
+        return self.cache.remember(path, self._resolve(path, caller))
 
     def _ino_of(self, path: str, caller: pb.Caller) -> int:
         if path == "/":
-            return ROOT_INO
+            return self.root_ino
         walked = self._walked(path, caller)
         if walked is not None:
             return walked.ino
@@ -167,7 +183,7 @@ class MetafsOperations(FileOperations):
             if ino is None:
                 raise FuseError(errno.ENOENT)
             return self.cache.set_attr(self.nodes.getattr(ino, caller))
-        hit = self.cache.names.get(parent) if parent != "/" else (ROOT_INO, _FOREVER)
+        hit = self.cache.names.get(parent) if parent != "/" else (self.root_ino, _FOREVER)
         if hit is not None and hit[1] > time.monotonic():
             try:
                 return self.cache.remember(path, self.nodes.lookup(hit[0], name, caller))
@@ -177,7 +193,7 @@ class MetafsOperations(FileOperations):
                 if err.errno != errno.ENOENT or parent == "/" or err.filename == name:
                     raise
                 self.cache.forget_path(parent)
-        return self.cache.remember(path, self.nodes.resolve(path, caller))
+        return self.cache.remember(path, self._resolve(path, caller))
 
     def _attr_of_path(self, path: str, caller: pb.Caller) -> pb.Attr:
         walked = self._walked(path, caller)
@@ -186,7 +202,7 @@ class MetafsOperations(FileOperations):
                 return self._attr_of_ino(walked.ino, caller)
             return walked
         now = time.monotonic()
-        hit = self.cache.names.get(path) if path != "/" else (ROOT_INO, _FOREVER)
+        hit = self.cache.names.get(path) if path != "/" else (self.root_ino, _FOREVER)
         if hit is not None and hit[1] > now:
             ino = hit[0]
             if ino in self.writeback.dirty:
