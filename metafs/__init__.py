@@ -18,7 +18,7 @@ def _start_embedded_namenode(settings):  # type: ignore[no-untyped-def]
     """The in-process namenode of ``Client(data_dir=...)``, imported on first use."""
     from .assembly import build_namenode
 
-    return build_namenode(settings)
+    return build_namenode(settings, embedded=True)
 
 
 _client_module.start_embedded_namenode = _start_embedded_namenode

@@ -33,10 +33,10 @@ class _MetricsRegistration:
         forget(self.ns)
 
 
-def _attach_search(namenode: Namenode) -> Any:
+def _attach_search(namenode: Namenode, *, embedded: bool = False) -> Any:
     from .cdc.search import service
 
-    return service.attach(namenode)
+    return service.attach(namenode, embedded=embedded)
 
 
 def _attach_provenance(namenode: Namenode) -> Any:
@@ -45,11 +45,17 @@ def _attach_provenance(namenode: Namenode) -> Any:
     return service.attach(namenode)
 
 
-def build_namenode(settings: Settings, *, background: bool = True) -> Namenode:
+def build_namenode(settings: Settings, *, background: bool = True,
+                   embedded: bool = False) -> Namenode:
     """A namenode on ``settings``' database with projects, the Search and Provenance
-    calls and metrics attached."""
+    calls and metrics attached. ``embedded``: the in-process namenode of
+    ``Client(data_dir=...)``, which starts its search indexer with its first Search call
+    (setting ``search_in_process``)."""
+    def search(nn: Namenode) -> Any:
+        return _attach_search(nn, embedded=embedded)
+
     return Namenode(settings, background=background,
-                    extensions=(projects.attach, _attach_search, _attach_provenance,
+                    extensions=(projects.attach, search, _attach_provenance,
                                 _MetricsRegistration))
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from metafs.cdc.consumer import Consumer
 from metafs.cdc.search import query as q
-from metafs.cdc.search.api import open_index, release, search
+from metafs.cdc.search.api import open_index, search
 from metafs.cdc.search.embedded import EmbeddedIndex
 from metafs.cdc.search.tags import flatten
 from metafs.cdc.source import source_for
@@ -126,7 +126,6 @@ def test_search_entry_point_waits_for_the_head(tmp_path: Path) -> None:
         client.rmtree("/d")
         assert search(client, "n>=0", wait=True).hits == []
     finally:
-        release(client)
         client.close()
 
 
@@ -482,5 +481,4 @@ def test_rename_of_a_directory_with_100000_descendants(tmp_path: Path) -> None:
         assert set(res.paths) == want
         assert search(client, "under:/coco", wait=True, count=True).total == 0
     finally:
-        release(client)
         client.close()

@@ -34,10 +34,13 @@ from ..errors import FsError
 from ..posix import ROOT_INO
 from ..proto import metafs_pb2 as pb
 from . import file as file_mod
+from . import search as search_mod
 from .access import AccessRecorder
 from .blockfile import BlockFile
 from .blocks import WINDOW, BlockContext
 from .inodes import Inodes, time_fields
+from .provenance import Graph, Provenance
+from .search import DEFAULT_LIMIT, SearchResult
 from .inodes import UTIME_NOW as UTIME_NOW, UTIME_OMIT as UTIME_OMIT  # os.utime's specials
 from .transport import GrpcTransport, LocalTransport, Transport
 
@@ -599,34 +602,32 @@ class Client:
         return self._call("ChangelogHead", pb.HeadRequest(caller=self.caller)).head
 
     # ------------------------------------------------------------------ search
-    def search(self, query: str, **kw: Any) -> Any:
+    def search(self, query: str, *, limit: int = DEFAULT_LIMIT, offset: int = 0,
+               sort: str | None = None, wait: bool = False, count: bool = False,
+               timeout: float | None = None) -> SearchResult:
         """Search files by name, attributes and JSON tags, e.g.
-        ``fs.search('bicycles>3 ext:jpg under:/datasets/coco', limit=20, wait=True)``.
-        ``wait=True`` first waits until the index reflects every change committed before
-        the call. Returns a ``SearchResult`` (``.hits``, ``.paths``, ``.position``)."""
-        from ..cdc.search.api import search
-
-        return search(self, query, **kw)
+        ``fs.search('bicycles>3 ext:jpg under:/datasets/coco', limit=20, wait=True)``:
+        the namenode's Search call, for an embedded namenode as for a remote one.
+        ``wait=True`` first waits (up to ``timeout`` seconds) until the index reflects
+        every change committed before the call. Returns a
+        :class:`~metafs.client.search.SearchResult` (``.hits``, ``.paths``, ``.position``);
+        a malformed query raises :class:`~metafs.client.search.QueryError`."""
+        return search_mod.search(self, query, limit=limit, offset=offset, sort=sort,
+                                 wait=wait, count=count, timeout=timeout)
 
     # ------------------------------------------------------------------ provenance
-    def provenance(self) -> Any:
-        """A :class:`metafs.cdc.provenance.Provenance` over this client: ``show``,
+    def provenance(self) -> Provenance:
+        """A :class:`~metafs.client.provenance.Provenance` over this client: ``show``,
         ``upstream``, ``downstream`` and ``runs`` of paths, with ``as_of``."""
-        from ..cdc.provenance import Provenance
-
         return Provenance(self)
 
-    def upstream(self, path: str, **kw: Any) -> Any:
+    def upstream(self, path: str, **kw: Any) -> Graph:
         """What went into ``path``: the runs that wrote it and what they read (a Graph)."""
-        from ..cdc.provenance import upstream
+        return Provenance(self).upstream(path, **kw)
 
-        return upstream(self, path, **kw)
-
-    def downstream(self, path: str, **kw: Any) -> Any:
+    def downstream(self, path: str, **kw: Any) -> Graph:
         """What ``path`` fed: the runs that read it and what they wrote (a Graph)."""
-        from ..cdc.provenance import downstream
-
-        return downstream(self, path, **kw)
+        return Provenance(self).downstream(path, **kw)
 
     @contextmanager
     def as_user(self, uid: int, gid: int, groups: Sequence[int] = ()) -> Iterator["Client"]:

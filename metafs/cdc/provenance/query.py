@@ -10,13 +10,13 @@ position (or a time).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import and_, literal, select, true, union
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
+from ...client.provenance import NOW as NOW, AsOf as AsOf, Graph as Graph  # the answers
 from ...posix import ROOT_INO
 from .classify import classify
 from .store import EDGES, FILES, RUNS, VERSIONS, ProvenanceStore
@@ -24,63 +24,15 @@ from .store import EDGES, FILES, RUNS, VERSIONS, ProvenanceStore
 _CHUNK = 5000
 
 
-@dataclass(frozen=True)
-class AsOf:
-    """A point in the changelog: a position, a time (ns since the epoch), or neither."""
-
-    seq: int | None = None
-    ts_ns: int | None = None
-
-    def cond(self, table: Any, seq_col: str = "seq", ts_col: str = "ts_ns"
-             ) -> ColumnElement[bool]:
-        parts: list[ColumnElement[bool]] = []
-        if self.seq is not None:
-            parts.append(table.c[seq_col] <= self.seq)
-        if self.ts_ns is not None:
-            parts.append(table.c[ts_col] <= self.ts_ns)
-        return and_(true(), *parts)
-
-    def includes(self, seq: int | None, ts_ns: int | None) -> bool:
-        if seq is None:
-            return False
-        if self.seq is not None and seq > self.seq:
-            return False
-        if self.ts_ns is not None and ts_ns is not None and ts_ns > self.ts_ns:
-            return False
-        return True
-
-
-NOW = AsOf()
-
-
-@dataclass
-class Graph:
-    """A lineage answer: runs, artifact versions and the edges between them."""
-
-    direction: str
-    roots: list[int]
-    runs: dict[int, dict[str, Any]] = field(default_factory=dict)
-    artifacts: dict[int, dict[str, Any]] = field(default_factory=dict)
-    edges: list[tuple[int, str, int]] = field(default_factory=list)  # (run, 'r'|'w', av)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"direction": self.direction, "roots": self.roots,
-                "artifacts": [self.artifacts[a] for a in sorted(self.artifacts)],
-                "runs": [self.runs[r] for r in sorted(self.runs)],
-                "edges": [{"run": r, "type": "read" if d == "r" else "wrote", "artifact": a}
-                          for r, d, a in sorted(self.edges)]}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Graph":
-        """The graph :meth:`to_dict` described (as the Provenance call sends it)."""
-        return cls(direction=d["direction"], roots=[int(a) for a in d["roots"]],
-                   runs={int(r["id"]): r for r in d["runs"]},
-                   artifacts={int(a["id"]): a for a in d["artifacts"]},
-                   edges=[(int(e["run"]), "r" if e["type"] == "read" else "w",
-                           int(e["artifact"])) for e in d["edges"]])
-
-    def datasets(self) -> list[dict[str, Any]]:
-        return [a for a in self.artifacts.values() if a["kind"] == "dataset"]
+def as_of_cond(asof: AsOf, table: Any, seq_col: str = "seq", ts_col: str = "ts_ns"
+               ) -> ColumnElement[bool]:
+    """The rows of ``table`` first seen at or before ``asof``."""
+    parts: list[ColumnElement[bool]] = []
+    if asof.seq is not None:
+        parts.append(table.c[seq_col] <= asof.seq)
+    if asof.ts_ns is not None:
+        parts.append(table.c[ts_col] <= asof.ts_ns)
+    return and_(true(), *parts)
 
 
 class ProvenanceQuery:
@@ -112,7 +64,7 @@ class ProvenanceQuery:
         """The versions of artifact ``ino`` (oldest first) as of ``asof``."""
         with self.conn() as c:
             rows = c.execute(select(VERSIONS).where(and_(VERSIONS.c.ino == ino,
-                                                         asof.cond(VERSIONS)))
+                                                         as_of_cond(asof, VERSIONS)))
                              .order_by(VERSIONS.c.id)).all()
             return [self._version_dict(r, i + 1) for i, r in enumerate(rows)]
 
@@ -148,17 +100,18 @@ class ProvenanceQuery:
         if depth is not None:
             base_cols.append(literal(0).label("d"))
         base = select(*base_cols).where(and_(VERSIONS.c.id.in_(list(avs)),
-                                             asof.cond(VERSIONS)))
+                                             as_of_cond(asof, VERSIONS)))
         walk = base.cte("walk", recursive=True)
-        join_a = and_(a.c.av == walk.c.av, a.c.dir == d_in, asof.cond(a))
-        join_b = and_(b.c.run == a.c.run, b.c.dir == d_out, b.c.av != a.c.av, asof.cond(b))
+        join_a = and_(a.c.av == walk.c.av, a.c.dir == d_in, as_of_cond(asof, a))
+        join_b = and_(b.c.run == a.c.run, b.c.dir == d_out, b.c.av != a.c.av,
+                      as_of_cond(asof, b))
         rec_cols = [b.c.av]
         if depth is not None:
             rec_cols.append(walk.c.d + 1)
         rec = select(*rec_cols).select_from(walk.join(a, join_a).join(b, join_b))
         walk = walk.union(rec.where(true() if depth is None else walk.c.d < depth))
         # the joins again, now over the finished (unioned) walk
-        join_a = and_(a.c.av == walk.c.av, a.c.dir == d_in, asof.cond(a))
+        join_a = and_(a.c.av == walk.c.av, a.c.dir == d_in, as_of_cond(asof, a))
         limit = true() if depth is None else walk.c.d < depth
         hop1 = (select(a.c.run, a.c.dir, a.c.av).select_from(walk.join(a, join_a))
                 .where(limit))
@@ -180,14 +133,14 @@ class ProvenanceQuery:
         with ``reads``/``writes`` version numbers when ``ino`` is given."""
         with self.conn() as c:
             if ino is None:
-                rows = c.execute(select(RUNS.c.id).where(asof.cond(RUNS))
+                rows = c.execute(select(RUNS.c.id).where(as_of_cond(asof, RUNS))
                                  .order_by(RUNS.c.id.desc()).limit(limit)).all()
                 runs = self._runs(c, {int(r[0]) for r in rows}, asof)
                 return [runs[r] for r in sorted(runs, reverse=True)]
             vers = {int(r.id): i + 1 for i, r in enumerate(c.execute(
                 select(VERSIONS.c.id).where(VERSIONS.c.ino == ino).order_by(VERSIONS.c.id)))}
             rows = c.execute(select(EDGES.c.run, EDGES.c.dir, EDGES.c.av).where(and_(
-                EDGES.c.av.in_(list(vers)), asof.cond(EDGES)))).all() if vers else []
+                EDGES.c.av.in_(list(vers)), as_of_cond(asof, EDGES)))).all() if vers else []
             runs = self._runs(c, {int(r[0]) for r in rows}, asof)
             for run, d, av in rows:
                 key = "reads" if d == "r" else "writes"
@@ -199,12 +152,12 @@ class ProvenanceQuery:
         with self.conn() as c:
             info = self._files(c, {ino}).get(ino)
             vrows = c.execute(select(VERSIONS).where(and_(VERSIONS.c.ino == ino,
-                                                          asof.cond(VERSIONS)))
+                                                          as_of_cond(asof, VERSIONS)))
                               .order_by(VERSIONS.c.id)).all()
             versions = [self._version_dict(r, i + 1) for i, r in enumerate(vrows)]
             ids = [v["id"] for v in versions]
             rows = c.execute(select(EDGES.c.run, EDGES.c.dir, EDGES.c.av).where(and_(
-                EDGES.c.av.in_(ids), asof.cond(EDGES)))).all() if ids else []
+                EDGES.c.av.in_(ids), as_of_cond(asof, EDGES)))).all() if ids else []
             runs = self._runs(c, {int(r[0]) for r in rows}, asof)
         by_id = {v["id"]: v for v in versions}
         for v in versions:

@@ -30,7 +30,7 @@ from ...proto import metafs_pb2 as pb
 from ..consumer import Consumer
 from ..source import NamespaceSource
 from .lineage import LiveLineage
-from .query import AsOf, ProvenanceQuery
+from .query import AsOf, ProvenanceQuery, as_of_cond
 from .store import RUNS, ProvenanceStore
 from .visible import Visibility
 
@@ -179,7 +179,7 @@ class ProvenanceService:
         before: int | None = None
         with q.conn() as c:
             while len(out) < limit:
-                stmt = select(RUNS.c.id).where(asof.cond(RUNS))
+                stmt = select(RUNS.c.id).where(as_of_cond(asof, RUNS))
                 if before is not None:
                     stmt = stmt.where(RUNS.c.id < before)
                 ids = [int(r[0]) for r in c.execute(stmt.order_by(RUNS.c.id.desc())

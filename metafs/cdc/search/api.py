@@ -3,23 +3,21 @@
 - :func:`open_index` opens the back end chosen by the settings at
   ``settings.effective_search_dir``.
 - :class:`Indexer` is a consumer plus its index: ``Indexer(source, index).start()``.
-- :func:`indexer_for_client` gives the process-wide indexer of an embedded client (the
-  indexer runs inside the namenode's process for the embedded default).
-- :func:`search` is what ``Client.search()`` and ``metafs search`` call.
+- :func:`search` is what ``metafs search`` calls: ``Client.search()`` (the namenode's
+  Search call), or a read of an index directory in this process (``--index DIR``).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ...config import Settings
 from ..consumer import Consumer, ConsumerStatus
-from ..source import source_for
-from .base import DEFAULT_LIMIT, SearchBackend, SearchResult
+from ...client.search import DEFAULT_LIMIT, SearchResult
+from .base import SearchBackend
 
 log = logging.getLogger("metafs.search")
 
@@ -77,92 +75,37 @@ class Indexer:
         return self.index.search(query, **kw)
 
 
-_registry_lock = threading.Lock()
-_registry: dict[int, Indexer] = {}
-
-
-def indexer_for_client(client: Any, *, start: bool = True) -> Indexer | None:
-    """The in-process indexer of an embedded client's namenode (one per namenode), or None
-    for a client of a remote namenode."""
-    nn = getattr(client, "embedded", None)
-    if nn is None or not getattr(client.settings, "search_in_process", True):
-        return None
-    served = getattr(getattr(nn, "handlers", None), "search", None)
-    if getattr(served, "indexer", None) is not None:
-        return served.indexer  # the namenode runs one already (serve_index)
-    key = id(nn)
-    with _registry_lock:
-        ix = _registry.get(key)
-        if ix is None:
-            settings = client.settings
-            ix = Indexer(source_for(nn.ns), open_index(settings), batch=settings.search_batch)
-            _registry[key] = ix
-            exts = getattr(nn, "extensions", None)
-            if isinstance(exts, list):
-                exts.append(ix)
-            if start:
-                ix.start()
-        return ix
-
-
-def attach(namenode: Any) -> Indexer:
-    """Run the search indexer inside ``namenode``'s process (embedded default)."""
-    key = id(namenode)
-    with _registry_lock:
-        ix = _registry.get(key)
-        if ix is None:
-            s = namenode.settings
-            ix = Indexer(source_for(namenode.ns), open_index(s), batch=s.search_batch).start()
-            _registry[key] = ix
-        return ix
-
-
-def release(namenode_or_client: Any) -> None:
-    """Stop and forget the in-process indexer of a namenode (or an embedded client's)."""
-    nn = getattr(namenode_or_client, "embedded", None) or namenode_or_client
-    with _registry_lock:
-        ix = _registry.pop(id(nn), None)
-    if ix is not None:
-        ix.close()
-
-
 def search(client: Any, query: str, *, limit: int = DEFAULT_LIMIT, offset: int = 0,
            sort: str | None = None, wait: bool = False, count: bool = False,
            timeout: float | None = None, index: SearchBackend | None = None,
            local: bool = False) -> SearchResult:
     """Search the index that follows ``client``'s namenode.
 
-    An embedded client searches its namenode's index in-process. A client of a remote
-    namenode asks the namenode (its Search call, which leaves out what the caller may not
-    see), unless ``local`` is set: then it reads the index in ``search_dir`` itself.
+    By default this is :meth:`Client.search() <metafs.client.Client.search>`: the
+    namenode's Search call, which leaves out what the caller may not see. With ``index``
+    (an open back end) or ``local`` (the index in the client's ``search_dir``, kept by a
+    ``metafs indexer``), this process reads that index itself instead.
     With ``wait``, first read the changelog head and wait until the index has applied it:
     every change committed before the call is reflected (read-your-writes).
     """
+    if index is None and not local:
+        return client.search(query, limit=limit, offset=offset, sort=sort, wait=wait,
+                             count=count, timeout=timeout)
     settings: Settings = client.settings
-    ix = indexer_for_client(client) if index is None else None
-    own = False
+    own = index is None
     if index is None:
-        if ix is not None:
-            index = ix.index
-        elif getattr(client, "embedded", None) is None and not local:
-            return _remote_search(client, query, limit=limit, offset=offset, sort=sort,
-                                  wait=wait, count=count, timeout=timeout)
-        else:
-            d = Path(settings.effective_search_dir)
-            if not (d / INDEX_FILE).exists() and not (d / "es-state.db").exists():
-                raise FileNotFoundError(
-                    f"no search index at {d}: run `metafs indexer` for this namenode (or set "
-                    "search_dir to where its index lives)")
-            index = open_index(settings)
-            own = True
+        d = Path(settings.effective_search_dir)
+        if not (d / INDEX_FILE).exists() and not (d / "es-state.db").exists():
+            raise FileNotFoundError(
+                f"no search index at {d}: run `metafs indexer` for this namenode (or set "
+                "search_dir to where its index lives)")
+        index = open_index(settings)
     try:
         waited = None
         if wait:
             head = int(client.changelog_head())
             limit_s = settings.search_wait_timeout if timeout is None else timeout
-            ok = (ix.wait_for(head, limit_s) if ix is not None
-                  else _poll_position(index, head, limit_s))
-            if not ok:
+            if not _poll_position(index, head, limit_s):
                 raise TimeoutError(f"the search index did not reach changelog position {head} "
                                    f"within {limit_s:g}s (is the indexer running?)")
             waited = head
@@ -172,38 +115,6 @@ def search(client: Any, query: str, *, limit: int = DEFAULT_LIMIT, offset: int =
     finally:
         if own:
             index.close()
-
-
-def _remote_search(client: Any, query: str, *, limit: int, offset: int, sort: str | None,
-                   wait: bool, count: bool, timeout: float | None) -> SearchResult:
-    """Ask the namenode (its Search call), which answers from the index it has and leaves
-    out what this caller may not see."""
-    import errno
-    import json
-
-    from ...errors import FsError
-    from ...proto import metafs_pb2 as pb
-    from .base import check_paging
-    from .query import QueryError
-
-    check_paging(limit, offset)
-    req = pb.SearchRequest(caller=client.caller, query=query, limit=limit, offset=offset,
-                           sort=sort or "", count=count, wait=wait,
-                           timeout_ms=int((timeout or 0) * 1000))
-    try:
-        rep = client.transport.call("Search", req)
-    except FsError as err:
-        if err.errno == errno.EINVAL and err.message.startswith("bad query: "):
-            raise QueryError(err.message[len("bad query: "):]) from None
-        if err.errno == errno.ETIMEDOUT:
-            raise TimeoutError(err.message) from None
-        raise err.to_oserror() from None
-    res = SearchResult(query=query, hits=[json.loads(h.doc_json) for h in rep.hits],
-                       position=rep.position, total=None if rep.total < 0 else rep.total,
-                       limit=limit, offset=offset, took_ms=rep.took_ms,
-                       waited_for=rep.waited_for if wait else None)
-    res.extra.update(hidden=rep.hidden, next_offset=rep.next_offset)
-    return res
 
 
 def _poll_position(index: SearchBackend, target: int, timeout: float) -> bool:

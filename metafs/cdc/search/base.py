@@ -10,53 +10,13 @@ state's directory table, and both pass one shared test suite.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ...client.search import DEFAULT_LIMIT, MAX_LIMIT, SearchResult, check_paging
 from . import query as q
 from .store import ROOT_INO, StateStore
-
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 10_000
-
-
-@dataclass
-class SearchResult:
-    """The documents that matched, in order, with the index position they reflect."""
-
-    query: str
-    hits: list[dict[str, Any]]
-    position: int
-    """The changelog position the index had applied when the query ran."""
-    total: int | None = None
-    """How many documents match in all (when asked for with ``count=True``)."""
-    limit: int = DEFAULT_LIMIT
-    offset: int = 0
-    took_ms: float = 0.0
-    waited_for: int | None = None
-    """With ``wait``: the changelog head the index caught up with before answering."""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def paths(self) -> list[str]:
-        return [h["path"] for h in self.hits]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), default=str)
-
-
-def check_paging(limit: int, offset: int) -> None:
-    if not isinstance(limit, int) or limit < 0 or limit > MAX_LIMIT:
-        raise q.QueryError(f"limit must be a whole number from 0 to {MAX_LIMIT}")
-    if not isinstance(offset, int) or offset < 0:
-        raise q.QueryError("offset must be a whole number >= 0")
-
 
 class SearchBackend(StateStore):
     """A searchable sink. Subclasses implement :meth:`_find`."""

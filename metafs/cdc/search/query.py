@@ -41,8 +41,9 @@ import stat
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from errno import EINVAL
 from typing import Any, Union
+
+from ...client.search import QueryError as QueryError  # raised by the parser
 
 OPS = ("=", "!=", "<", "<=", ">", ">=")
 
@@ -58,23 +59,6 @@ TIME_FIELDS = ("mtime", "ctime", "atime", "btime")
 INT_FIELDS = ("size", "uid", "gid", "ino", "nlink", "parent")
 FIELDS = ("name", "ext", "type", "owner", "group", "under") + INT_FIELDS + TIME_FIELDS
 SORT_FIELDS = ("name", "ext", "type", "size", "uid", "gid", "ino", "nlink") + TIME_FIELDS
-
-
-class QueryError(ValueError):
-    """A malformed query; ``pos`` is the character offset of the problem."""
-
-    errno: int = EINVAL
-
-    def __init__(self, message: str, query: str = "", pos: int = 0) -> None:
-        self.message = message
-        self.query = query
-        self.pos = pos
-        super().__init__(self.render())
-
-    def render(self) -> str:
-        if not self.query:
-            return self.message
-        return f"{self.message} (at column {self.pos + 1})\n  {self.query}\n  {' ' * self.pos}^"
 
 
 # ---------------------------------------------------------------------- the tree

@@ -1,4 +1,4 @@
-"""The namenode's Search call: queries answered where the index is, for remote clients.
+"""The namenode's Search call: queries answered where the index is, for every client.
 
 A namenode answers ``Search`` from the index in its ``search_dir``: the one its own
 in-process indexer keeps (``metafs serve`` runs one by default over a local SQLite
@@ -22,8 +22,8 @@ from typing import Any
 from ...errors import FsError
 from ...proto import metafs_pb2 as pb
 from .api import INDEX_FILE, Indexer, _poll_position, open_index
-from .base import DEFAULT_LIMIT, SearchBackend
-from .query import QueryError
+from ...client.search import DEFAULT_LIMIT, MAX_LIMIT, QueryError
+from .base import SearchBackend
 
 log = logging.getLogger("metafs.search")
 
@@ -31,12 +31,13 @@ log = logging.getLogger("metafs.search")
 class SearchService:
     """What ``Handlers.Search`` calls. The index is opened on the first search."""
 
-    def __init__(self, namenode: Any) -> None:
+    def __init__(self, namenode: Any, *, index_on_first_search: bool = False) -> None:
         # the namespace, not the namenode: the namenode's handlers hold this service, and
         # a reference back would keep every closed namenode alive until a GC pass
         self.ns = namenode.ns
         self.settings = namenode.settings
         self.indexer: Indexer | None = None
+        self.index_on_first_search = index_on_first_search
         self._index: SearchBackend | None = None
         self._lock = threading.Lock()
 
@@ -54,6 +55,8 @@ class SearchService:
             return self.indexer
 
     def index(self) -> SearchBackend:
+        if self.indexer is None and self.index_on_first_search:
+            self.start_indexer()
         if self.indexer is not None:
             return self.indexer.index
         with self._lock:
@@ -106,8 +109,6 @@ class SearchService:
         """One page of the hits ``cred`` may see, with offsets counted in visible hits:
         the page's length, its next offset and the count tell nothing of hidden files.
         Walks the index's matches from the start (the cost grows with the offset)."""
-        from .base import MAX_LIMIT
-
         step = min(max(limit + req.offset, DEFAULT_LIMIT), MAX_LIMIT)
         skip, off, took, position = req.offset, 0, 0.0, None
         out: list[dict[str, Any]] = []
@@ -143,8 +144,6 @@ class SearchService:
     def _count_visible(self, cred: Any, index: SearchBackend, query: str) -> int:
         """Every match ``cred`` may see (a count must not tell of hidden files either):
         walks all matches, page by page, checking each distinct directory once."""
-        from .base import MAX_LIMIT
-
         seen_ok: dict[str, bool] = {}
         n = offset = 0
         while True:
@@ -185,9 +184,11 @@ def serve_index_default(settings: Any) -> bool:
             and settings.search_backend == "embedded")
 
 
-def attach(namenode: Any) -> SearchService:
-    """Give ``namenode`` its Search call (and its indexer, with ``serve_index``)."""
-    svc = SearchService(namenode)
+def attach(namenode: Any, *, embedded: bool = False) -> SearchService:
+    """Give ``namenode`` its Search call (and its indexer, with ``serve_index``; an
+    ``embedded`` namenode starts it with its first search, with ``search_in_process``)."""
+    svc = SearchService(namenode, index_on_first_search=embedded
+                        and namenode.settings.search_in_process)
     namenode.handlers.search = svc
     if namenode.settings.serve_index:
         svc.start_indexer()
