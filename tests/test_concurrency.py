@@ -522,3 +522,42 @@ def test_subscribers_do_not_starve_calls(settings: Settings) -> None:
             c.close()
         srv.stop(0)
         nn.close()
+
+
+def test_sqlite_dispose_leaves_a_running_transaction_to_its_thread(tmp_path: Path) -> None:
+    """A namenode shutting down while another thread is inside a transaction (a call still
+    being served) must not close that thread's SQLite connection under it: closing a
+    connection under a running statement crashed the driver. The transaction finishes and
+    commits; its connection is closed when it ends."""
+    from metafs.namenode.engine import engine_for
+    from sqlalchemy import text
+
+    s = Settings(data_dir=str(tmp_path))
+    eng = engine_for(s.effective_db_url, s)
+    eng.write(lambda c: c.execute(text("CREATE TABLE t (v INTEGER)")))
+    inside, go = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def slow(conn: Any) -> None:
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+        inside.set()
+        go.wait(10)
+        conn.execute(text("INSERT INTO t VALUES (2)"))  # after dispose() began
+
+    def worker() -> None:
+        try:
+            eng.write(slow)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    assert inside.wait(10)
+    eng.dispose()
+    go.set()
+    t.join(10)
+    assert not t.is_alive() and errors == []
+    check = create_engine(s.effective_db_url)
+    with check.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM t")).scalar() == 2
+    check.dispose()

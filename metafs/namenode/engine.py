@@ -216,6 +216,8 @@ class SqliteEngine(MetaEngine):
 
     def __init__(self, url: str, settings: Settings) -> None:
         self._all: list[Connection] = []
+        self._busy: set[int] = set()  # ids of thread connections inside a transaction
+        self._disposed = False
         self._all_lock = threading.Lock()
         self._turns = FifoLock()
         super().__init__(url, settings)
@@ -287,6 +289,8 @@ class SqliteEngine(MetaEngine):
         conn, private = self._thread_conn()
         if not private:
             self._local.busy = True
+            with self._all_lock:
+                self._busy.add(id(conn))
         raw = conn.connection.dbapi_connection
         try:
             if begin_sql is None:
@@ -307,6 +311,14 @@ class SqliteEngine(MetaEngine):
                 conn.close()
             else:
                 self._local.busy = False
+                with self._all_lock:
+                    self._busy.discard(id(conn))
+                    late = self._disposed  # dispose() left this one to its thread
+                    if late and conn in self._all:
+                        self._all.remove(conn)
+                if late:
+                    self._local.conn = None
+                    conn.close()
 
     @contextmanager
     def _write_tx(self) -> Iterator[Connection]:
@@ -332,13 +344,18 @@ class SqliteEngine(MetaEngine):
         return self._tx(None)
 
     def dispose(self) -> None:
+        # A connection inside a transaction on another thread (a call still being served
+        # while the namenode shuts down) is closed by that thread when its transaction
+        # ends: closing a SQLite connection under a running statement crashes the driver.
         with self._all_lock:
-            conns, self._all = self._all, []
+            self._disposed = True
+            conns = [c for c in self._all if id(c) not in self._busy]
+            self._all = [c for c in self._all if id(c) in self._busy]
         for conn in conns:
             try:
                 conn.close()
-            except Exception:  # a connection another thread is using: the pool drops it
-                pass
+            except Exception:
+                log.debug("closing an idle connection at dispose failed", exc_info=True)
         super().dispose()
 
     def is_retryable(self, exc: BaseException, *, committing: bool = False) -> bool:
