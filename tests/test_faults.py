@@ -181,6 +181,7 @@ def test_postgres_stopped_and_started_under_load(tmp_path: Path, stop_all: list[
     class Server:
         @staticmethod
         def stop() -> None:
+            pg("stop", "-m", "immediate")  # (pgserver stops only a postmaster it started)
             srv.cleanup()
             shutil.rmtree(d, ignore_errors=True)
 
