@@ -2,12 +2,27 @@
 under ordinary programs writing, fsyncing and listing on a real mount. No error reaches
 the programs, and every file whose fsync returned is intact byte for byte afterwards.
 
+PostgreSQL stopped and started again under the same load is ridden through the same way
+(the namenode's pools reconnect, the mount's retries carry the programs). A client killed
+in the middle of writing a large file leaves nothing behind once its lease has run out:
+its handles are dropped, ``metafs gc`` removes the blocks it uploaded but never committed,
+and ``metafs fsck`` finds nothing wrong.
+
 Also: a call retried under its request id after its first attempt committed answers with
 the first attempt's result (no EEXIST or ENOENT from its own earlier success).
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -144,3 +159,131 @@ def test_failover_between_two_namenodes(tmp_path: Path, pg_url: str,
     finally:
         seen = load.finish()
     _check(seen, load, mnt.path / "w")
+
+
+@needs_fuse
+def test_postgres_stopped_and_started_under_load(tmp_path: Path, stop_all: list[Any]) -> None:
+    """The PostgreSQL server under a namenode stops (its sessions cut off, as in a crash)
+    and starts again on the same data directory a few seconds later, twice, while
+    programs write, fsync and list on a mount."""
+    pgserver = pytest.importorskip("pgserver")
+    from pgserver._commands import pg_ctl
+    from sqlalchemy.engine import make_url
+
+    d = tempfile.mkdtemp(prefix="mfpf")  # short: a unix socket lives in it
+    srv = pgserver.get_server(d, cleanup_mode="stop")
+
+    socket_dir = make_url(srv.get_uri()).query["host"]   # started as pgserver does
+
+    def pg(*args: str) -> None:
+        pg_ctl(["-w", *args], pgdata=srv.pgdata, user=srv.system_user)
+
+    class Server:
+        @staticmethod
+        def stop() -> None:
+            pg("stop", "-m", "immediate")  # (pgserver stops only a postmaster it started)
+            srv.cleanup()
+            shutil.rmtree(d, ignore_errors=True)
+
+    stop_all.append(Server)
+
+    nn = NamenodeProcess(tmp_path, db_url=srv.get_uri(),
+                         blocks_url=(tmp_path / "blocks").as_uri()).start()
+    stop_all.append(nn)
+    mnt = Mount(tmp_path / "mnt", ["--namenode", nn.address]).start()
+    stop_all.append(mnt)
+    (mnt.path / "w").mkdir()
+    load = Workload(mnt.path / "w", tmp_path, writers=2)
+    try:
+        load.wait_for_progress(20)
+        for _ in range(2):
+            pg("stop", "-m", "immediate")
+            time.sleep(3)         # an outage, not a blip: calls fail and are retried
+            pg("start", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(srv.log))
+            load.wait_for_progress(20)
+    finally:
+        seen = load.finish()
+    _check(seen, load, mnt.path / "w")
+
+
+# ---------------------------------------------------------------------- a client dies
+KILLED_WRITER = textwrap.dedent('''
+    import os, sys
+    from metafs.client import Client
+    from metafs.testing.faults import content
+    addr, progress = sys.argv[1:3]
+    fs = Client(addr)
+    fs.write_bytes("/kept", content(7, 6 << 20))      # committed: its blocks must stay
+    piece = content(8, 1 << 20)
+    with fs.open("/dying", "wb") as f:
+        n = 0
+        while True:                                    # until SIGKILL
+            f.write(piece)
+            n += 1
+            if n % 4 == 0:
+                with open(progress, "w") as p:
+                    p.write(str(n))
+''')
+
+
+def _metafs(*args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "metafs.cli", *args], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_a_client_killed_mid_write_leaves_nothing_behind(tmp_path: Path,
+                                                        stop_all: list[Any]) -> None:
+    data = tmp_path / "data"
+    nn = NamenodeProcess(tmp_path, data_dir=data, env={
+        "METAFS_SESSION_LEASE": "3", "METAFS_BLOCK_SIZE": str(1 << 20)}).start()
+    stop_all.append(nn)
+    progress = tmp_path / "progress"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, nn.address, str(progress)])
+    try:
+        deadline = time.monotonic() + 300
+        while not progress.exists() or int(progress.read_text() or 0) < 12:
+            assert proc.poll() is None, f"the writer exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "the writer made no progress"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    blocks = data / "blocks"
+    uploaded = {p.name for p in blocks.rglob("*") if p.is_file()}
+
+    db = sqlite3.connect(f"file:{data / 'meta.db'}?mode=ro", uri=True)
+    try:
+        def handles() -> int:
+            return int(db.execute("SELECT count(*) FROM handles").fetchone()[0])
+
+        assert handles() > 0                 # the dead client's handle, until its lease ends
+        deadline = time.monotonic() + 300
+        while handles():
+            assert time.monotonic() < deadline, "the dead client's handles were never dropped"
+            time.sleep(0.5)
+    finally:
+        db.close()
+    nn.stop()
+
+    done = json.loads(_metafs("gc", "--data", str(data), "--grace", "0", "--json", "-q"))
+    left = {p.name for p in blocks.rglob("*") if p.is_file()}
+    assert done["orphans_deleted"] + done["freed_deleted"] > 0, done
+    assert left < uploaded
+    again = json.loads(_metafs("gc", "--data", str(data), "--grace", "0", "--json", "-q",
+                               "--dry-run"))
+    assert again["orphans_deleted"] + again["freed_deleted"] == 0, again
+    assert again["referenced"] > 0
+    report = json.loads(_metafs("fsck", "--data", str(data), "--check-blocks", "--json", "-q"))
+    assert not report["findings"], report
+
+    nn.start()
+    from metafs.client import Client
+    from metafs.testing.faults import content
+    fs = Client(nn.address)
+    try:
+        assert fs.read_bytes("/kept") == content(7, 6 << 20)
+        assert fs.stat("/dying").st_size == 0          # never committed: nothing of it
+    finally:
+        fs.close()

@@ -135,16 +135,20 @@ def lost_database(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is a lost or refused connection to the metadata
     database (a server restarting, shutting down, or not there), not a failed statement."""
     for e in (exc, exc.__cause__):
-        if not isinstance(e, DBAPIError):
+        if isinstance(e, DBAPIError):
+            if e.connection_invalidated:
+                return True
+            orig, operational = e.orig, isinstance(e, OperationalError)
+        elif type(e).__module__.startswith("psycopg"):
+            # a statement run on a raw driver connection (the one-statement read path)
+            orig, operational = e, type(e).__name__ == "OperationalError"
+        else:
             continue
-        if e.connection_invalidated:
-            return True
-        state = getattr(e.orig, "sqlstate", None)
+        state = getattr(orig, "sqlstate", None)
         if state and (state.startswith("08") or state in ("57P01", "57P02", "57P03")):
             return True
-        if (state is None and isinstance(e, OperationalError)
-                and type(e.orig).__module__.startswith("psycopg")):
-            return True  # could not connect at all
+        if state is None and operational and type(orig).__module__.startswith("psycopg"):
+            return True  # could not connect at all, or the server went away mid-statement
     return False
 
 
