@@ -159,20 +159,26 @@ class Entries:
         return self.mutate(cred, fn)
 
     # ------------------------------------------------------------------ removal
+    def _entry_to_remove(self, tx: Tx, cred: Cred, parent: int, name: str) -> tuple[Any, Any]:
+        """The directory ``parent`` and the inode ``name`` names in it, both locked, for a
+        caller who may remove entries there (Linux's order: ENOENT before EACCES)."""
+        target = self._lookup(tx.conn, parent, name)
+        self.lock_inodes(tx.conn, parent, target.id if target else 0)
+        pdir = self._dir(tx.conn, parent)
+        check(cred, pdir, X, "search this directory")
+        row = self._lookup(tx.conn, parent, name)
+        if row is None:
+            raise FsError(errno.ENOENT, "no such file or directory", name)
+        check(cred, pdir, W | X, "remove entries from this directory")
+        return pdir, row
+
     def unlink(self, cred: Cred, parent: int, name: str) -> None:
         check_name(name, new=False)
         if name in (".", ".."):
             raise FsError(errno.EISDIR, "is a directory", name)
 
         def fn(tx: Tx) -> None:
-            target = self._lookup(tx.conn, parent, name)
-            self.lock_inodes(tx.conn, parent, target.id if target else 0)
-            pdir = self._dir(tx.conn, parent)
-            check(cred, pdir, X, "search this directory")
-            row = self._lookup(tx.conn, parent, name)
-            if row is None:  # as Linux: ENOENT before EACCES
-                raise FsError(errno.ENOENT, "no such file or directory", name)
-            check(cred, pdir, W | X, "remove entries from this directory")
+            pdir, row = self._entry_to_remove(tx, cred, parent, name)
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EISDIR, "is a directory (use rmdir)", name)
             check_sticky(cred, pdir, row)
@@ -191,14 +197,7 @@ class Entries:
             raise FsError(errno.ENOTEMPTY, "cannot remove '..'", name)
 
         def fn(tx: Tx) -> None:
-            target = self._lookup(tx.conn, parent, name)
-            self.lock_inodes(tx.conn, parent, target.id if target else 0)
-            pdir = self._dir(tx.conn, parent)
-            check(cred, pdir, X, "search this directory")
-            row = self._lookup(tx.conn, parent, name)
-            if row is None:  # as Linux: ENOENT before EACCES
-                raise FsError(errno.ENOENT, "no such file or directory", name)
-            check(cred, pdir, W | X, "remove entries from this directory")
+            pdir, row = self._entry_to_remove(tx, cred, parent, name)
             if not stat.S_ISDIR(row.mode):
                 raise FsError(errno.ENOTDIR, "not a directory", name)
             check_sticky(cred, pdir, row)
