@@ -35,9 +35,10 @@ CALLS = {
     "unlink": {"Unlink": 1},
     "rmdir": {"Rmdir": 1},
 }
-# namenode call -> (transactions, most SQL statements) per call on PostgreSQL
-SQL = {"Lookup": (0, 1), "GetAttr": (0, 1), "Create": (1, 9), "Write": (1, 8),
-       "Rename": (1, 12), "Unlink": (1, 15), "Rmdir": (1, 16)}
+# namenode call -> (transactions, most SQL statements) per call on PostgreSQL; a writing
+# call's statements include the one that records its result under its request id
+SQL = {"Lookup": (0, 1), "GetAttr": (0, 1), "Create": (1, 10), "Write": (1, 9),
+       "Rename": (1, 13), "Unlink": (1, 16), "Rmdir": (1, 17)}
 
 
 class Counts:
