@@ -20,9 +20,8 @@ import pytest
 
 from fuse_fixtures import GrpcNamenode, Mount, metafs_cmd, mount_factory, needs_fuse  # noqa: F401
 from metafs.client import Client
-from metafs.client.auth import call_json, make_transport
+from metafs.client.auth import make_transport, project_call
 from metafs.config import Settings, load
-from metafs.namenode.projects import CALL
 from metafs.ops import certs
 from metafs.ops.auth import add_token
 
@@ -56,12 +55,9 @@ class Projects:
     def call(self, who: str, **req: Any) -> Any:
         t = make_transport(self.settings(who))
         try:
-            reply = call_json(t, CALL, req)
+            return project_call(t, req)
         finally:
             t.close()
-        if "errno" in reply:
-            raise OSError(reply["errno"], reply["error"])
-        return reply["ok"]
 
     def credential(self, project: str, user: str) -> Path:
         """``user``'s token for ``project``, in a file (what ``--token-file`` takes)."""

@@ -88,13 +88,9 @@ def call(settings: Any, req: dict[str, Any]) -> Any:
                 return serve(namenode.projects, caller_of(namenode, None, req), req)
             except FsError as err:
                 raise err.to_oserror() from None
-        from ..client.auth import call_json
-        from ..namenode.projects import CALL
+        from ..client.auth import project_call
 
-        reply = call_json(t, CALL, req)
-    if "errno" in reply:
-        raise OSError(int(reply["errno"]), reply["error"])
-    return reply["ok"]
+        return project_call(t, req)
 
 
 def cmd_project(args: argparse.Namespace) -> int:

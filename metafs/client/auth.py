@@ -173,3 +173,15 @@ def call_json(transport: Any, method: str, request: dict[str, Any]) -> Any:
         return fn(request, timeout=transport.timeout, metadata=transport.metadata)
     except grpc.RpcError as exc:
         raise error_from_rpc(exc, method).to_oserror() from None
+
+
+PROJECTS_CALL = "/metafs.Projects/Call"  # served by metafs.namenode.projects (its CALL)
+
+
+def project_call(transport: Any, request: dict[str, Any]) -> Any:
+    """A project action (``{"action": "create", ...}``) on the namenode: its answer, or the
+    OSError (with its errno) the namenode refused it with."""
+    reply = call_json(transport, PROJECTS_CALL, request)
+    if "errno" in reply:
+        raise OSError(int(reply["errno"]), reply["error"])
+    return reply["ok"]
