@@ -115,6 +115,14 @@ def stop_all() -> Iterator[list[Any]]:
         thing.stop()
 
 
+def _mounted_load(tmp_path: Path, namenodes: str, stop_all: list[Any]) -> tuple[Mount, Workload]:
+    """A mount of ``namenodes`` and two writers (and a reader) in its directory ``w``."""
+    mnt = Mount(tmp_path / "mnt", ["--namenode", namenodes]).start()
+    stop_all.append(mnt)
+    (mnt.path / "w").mkdir()
+    return mnt, Workload(mnt.path / "w", tmp_path, writers=2)
+
+
 def _check(seen: dict[str, Any], load: Workload, mnt: Path) -> None:
     errors = [e for kind in seen.values() for r in kind for e in r["errors"]]
     assert not errors, errors
@@ -129,10 +137,7 @@ def test_namenode_killed_and_restarted_under_load(tmp_path: Path, db_args: dict[
                                                   stop_all: list[Any]) -> None:
     nn = NamenodeProcess(tmp_path, **db_args).start()
     stop_all.append(nn)
-    mnt = Mount(tmp_path / "mnt", ["--namenode", nn.address]).start()
-    stop_all.append(mnt)
-    (mnt.path / "w").mkdir()
-    load = Workload(mnt.path / "w", tmp_path, writers=2)
+    mnt, load = _mounted_load(tmp_path, nn.address, stop_all)
     try:
         load.wait_for_progress(20)
         for _ in range(2):
@@ -153,10 +158,7 @@ def test_failover_between_two_namenodes(tmp_path: Path, pg_url: str,
     stop_all.append(a)
     b = NamenodeProcess(tmp_path, db_url=pg_url, blocks_url=blocks, name="b").start()
     stop_all.append(b)
-    mnt = Mount(tmp_path / "mnt", ["--namenode", f"{a.address},{b.address}"]).start()
-    stop_all.append(mnt)
-    (mnt.path / "w").mkdir()
-    load = Workload(mnt.path / "w", tmp_path, writers=2)
+    mnt, load = _mounted_load(tmp_path, f"{a.address},{b.address}", stop_all)
     try:
         load.wait_for_progress(20)
         a.kill()                      # a stays down: everything goes to b
@@ -198,10 +200,7 @@ def test_postgres_stopped_and_started_under_load(tmp_path: Path, stop_all: list[
     nn = NamenodeProcess(tmp_path, db_url=srv.get_uri(),
                          blocks_url=(tmp_path / "blocks").as_uri()).start()
     stop_all.append(nn)
-    mnt = Mount(tmp_path / "mnt", ["--namenode", nn.address]).start()
-    stop_all.append(mnt)
-    (mnt.path / "w").mkdir()
-    load = Workload(mnt.path / "w", tmp_path, writers=2)
+    mnt, load = _mounted_load(tmp_path, nn.address, stop_all)
     try:
         load.wait_for_progress(20)
         for _ in range(2):
