@@ -14,6 +14,7 @@ Nothing else in metafs hard-codes an address, a port, a path or a threshold.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -382,6 +383,18 @@ class Settings:
             return self.db_url
         return f"sqlite:///{Path(self.data_dir) / 'meta.db'}"
 
+    def existing_db_url(self) -> str:
+        """:attr:`effective_db_url` for a tool that works on a file system which must
+        already exist (fsck, gc, quota, backup): an embedded one whose database file is
+        missing is refused rather than created empty, which would make a mistyped
+        ``--data`` look like a healthy, empty file system."""
+        url = self.effective_db_url
+        if not self.db_url and not (Path(self.data_dir) / "meta.db").exists():
+            raise FileNotFoundError(errno.ENOENT, "no metafs file system here (its meta.db "
+                                    "does not exist; a mount or `metafs serve` creates one)",
+                                    str(self.data_dir))
+        return url
+
     @property
     def blocks_fsync(self) -> bool:
         """Whether a local block store fsyncs its blocks (``block_fsync``)."""
@@ -445,7 +458,7 @@ def load(
     path = config_file_path(config_file, environ)
     if path is not None:
         if not path.exists():
-            raise FileNotFoundError(f"metafs config file {path} does not exist")
+            raise FileNotFoundError(errno.ENOENT, "metafs config file does not exist", str(path))
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
         for key, value in data.items():

@@ -267,3 +267,33 @@ def test_lineage_of_a_directory_that_is_no_artifact_names_it(tmp_path: Path) -> 
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("downstream of /datasets/coco/a.jpg@v1\n")
     assert "train" in p.stdout
+
+
+@pytest.mark.parametrize("argv", [["quota", "list"], ["fsck"], ["gc"],
+                                  ["backup", "{tmp}/out.bak"]])
+def test_an_admin_tool_on_a_missing_file_system_creates_nothing(tmp_path: Path,
+                                                                 argv: list[str]) -> None:
+    """A mistyped --data must not look like a healthy, empty file system."""
+    missing = tmp_path / "typo"
+    p = run(*[a.format(tmp=tmp_path) for a in argv], "--data", str(missing))
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [
+        f"metafs {argv[0]}: no metafs file system here (its meta.db does not exist; a mount "
+        f"or `metafs serve` creates one): {missing} [ENOENT]"]
+    assert not missing.exists() and not (tmp_path / "out.bak").exists()
+
+
+def test_a_missing_config_file_and_an_unreachable_metrics_port_name_their_errno(
+        tmp_path: Path) -> None:
+    p = run("status", "--config", str(tmp_path / "nope.toml"))
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [
+        f"metafs status: metafs config file does not exist: {tmp_path / 'nope.toml'} [ENOENT]"]
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = run("stats", f"127.0.0.1:{port}")
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [f"metafs stats: cannot read metrics at "
+                                     f"http://127.0.0.1:{port}/metrics: Connection refused "
+                                     f"[ECONNREFUSED]"]

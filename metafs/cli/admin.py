@@ -25,7 +25,9 @@ def _admin_namenode(args: argparse.Namespace) -> Any:
     """A namenode object on the database itself (no server, no background work)."""
     from ..namenode.server import Namenode
 
-    return Namenode(_settings(args), background=False)
+    s = _settings(args)
+    s.existing_db_url()  # an administrator's tool never creates a file system
+    return Namenode(s, background=False)
 
 
 def _size(text: str) -> int:
@@ -71,7 +73,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     s = _settings(args)
     try:
         with Bar("backup", want_progress(args), unit="pages") as bar:
-            out = backup(s.effective_db_url, args.out, progress=bar.update)
+            out = backup(s.existing_db_url(), args.out, progress=bar.update)
     except RuntimeError as exc:
         print(f"metafs backup: {exc}", file=sys.stderr)
         return 1

@@ -139,7 +139,7 @@ def run_gc(ns_args: argparse.Namespace) -> int:
     settings = config.load(ns_args.config, overrides={
         "data_dir": ns_args.data_dir, "db_url": ns_args.db_url,
         "blocks_url": ns_args.blocks_url})
-    engine = engine_for(settings.effective_db_url, settings)
+    engine = engine_for(settings.existing_db_url(), settings)
     try:
         ns = Namespace(engine, settings)
         ns.setup()

@@ -10,6 +10,7 @@ and memory.
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 import urllib.error
@@ -90,7 +91,9 @@ def scrape(url: str, timeout: float = 5.0) -> Sample:
             body = resp.read().decode("utf-8")
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ConnectionError(f"cannot read metrics at {url}: {reason}") from None
+        code = reason.errno if isinstance(reason, OSError) and reason.errno else errno.EHOSTUNREACH
+        text = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
+        raise ConnectionError(code, f"cannot read metrics at {url}: {text}") from None
     return parse(body, time.monotonic())
 
 
