@@ -92,7 +92,12 @@ class BlockLayer:
         if self._store is None:
             with self._lock:
                 if self._store is None:
-                    self._store = open_store(self.settings.effective_blocks_url, self.settings)
+                    # a call that finds the store unavailable gives up well within its
+                    # client's deadline, answered as unavailable: the client retries it
+                    s = self.settings
+                    wait = min(s.s3_outage_timeout, s.rpc_timeout / 3)
+                    self._store = open_store(s.effective_blocks_url,
+                                             s.with_(s3_outage_timeout=wait))
         return self._store
 
     @property
