@@ -120,8 +120,8 @@ class Settings:
     """Seconds an S3 request keeps being retried (with backoff) while the endpoint is
     unavailable (connection refused, reset or timed out, HTTP 502/503/504, throttling)
     before it fails with EIO: programs wait out an outage of the store instead of failing.
-    A namenode waits at most a third of rpc_timeout per call, then answers it as
-    unavailable, and its client tries the call again (failover_timeout)."""
+    0: fail at the first such error. A namenode waits at most 3 s per call, then answers it
+    as unavailable, and its client tries the call again (failover_timeout)."""
     s3_connect_timeout: float = 5.0
     s3_read_timeout: float = 20.0
     """Seconds without data before an S3 response counts as failed (and is retried)."""

@@ -52,7 +52,7 @@ def test_slow_responses_are_retried(fault_proxy: FaultProxy, moto_url: str) -> N
 def test_persistent_failure_is_eio(fault_proxy: FaultProxy, moto_url: str,  # noqa: F811
                                    status: int) -> None:
     """A server error fails after ``s3_retries`` attempts; an unavailable endpoint (503)
-    once ``s3_outage_timeout`` has passed too, as StoreUnavailable."""
+    once ``s3_outage_timeout`` has passed, as StoreUnavailable."""
     st = _store(fault_proxy, moto_url, s3_outage_timeout=1.0)
     fault_proxy.fail_always(status)
     for op in (lambda: st.put("3/0-x", b"x"), lambda: st.get("3/0-x"),
@@ -63,7 +63,7 @@ def test_persistent_failure_is_eio(fault_proxy: FaultProxy, moto_url: str,  # no
         assert ei.value.errno == errno.EIO
         assert isinstance(ei.value, StoreUnavailable) == (status == 503)
         tries = fault_proxy.failed - before
-        assert tries == 4 if status == 500 else tries >= 4
+        assert tries == 4 if status == 500 else tries > 1
 
 
 def test_failed_upload_leaves_metadata_unchanged(fault_proxy: FaultProxy, moto_url: str,  # noqa: F811

@@ -66,13 +66,14 @@ class PresignedStore:
     def _request(self, method: str, url: str, key: str, body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> Any:
         """The response to one request, retried like the S3 store's: ``retries`` attempts
-        in all for HTTP 500, for up to ``outage_timeout`` seconds since the first failure
-        (at least ``retries`` attempts) while the endpoint is unavailable (no connection,
-        no answer in time, HTTP 502/503/504)."""
+        in all for HTTP 500, until ``outage_timeout`` seconds have passed since the first
+        failure while the endpoint is unavailable (no connection, no answer in time, HTTP
+        502/503/504)."""
         import urllib3
 
         delay = 0.05
         first = 0.0
+        told = False
         for attempt in itertools.count(1):
             try:
                 r = self._http.request(method, url, body=body, headers=headers or {},
@@ -82,7 +83,7 @@ class PresignedStore:
                 failure, gone = f"{method} failed: {exc}", True
             else:
                 if r.status not in _RETRY_STATUS:
-                    if attempt > self.retries:
+                    if told:
                         log.warning("%s of block %s: the endpoint answers again after "
                                     "%.1f s", method, key, time.monotonic() - first)
                     return r
@@ -90,19 +91,19 @@ class PresignedStore:
             now = time.monotonic()
             first = first or now
             left = first + self.outage_timeout - now
-            if attempt >= self.retries:
-                if not gone or left <= 0:
-                    if gone:
-                        raise StoreUnavailable(f"block store unavailable for "
-                                               f"{now - first:.0f} s: {failure}", key)
+            if not gone:
+                if attempt >= self.retries:
                     raise FsError(errno.EIO, f"block store: {failure}", key)
-                if attempt == self.retries:
-                    log.warning("%s of block %s: endpoint unavailable (%s); retrying for up "
-                                "to %.0f s", method, key, failure, left)
-            else:
                 log.info("retrying %s of block %s", method, key)
+            elif left <= 0:
+                raise StoreUnavailable(f"block store unavailable for {now - first:.0f} s: "
+                                       f"{failure}", key)
+            elif attempt == 3:  # not a blip: say so once
+                told = True
+                log.warning("%s of block %s: endpoint unavailable (%s); retrying for up to "
+                            "%.0f s", method, key, failure, left)
             pause = delay * (0.5 + random.random())
-            time.sleep(min(pause, left) if attempt >= self.retries else pause)
+            time.sleep(pause if not gone else min(pause, left))
             delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
 

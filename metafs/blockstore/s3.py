@@ -11,8 +11,8 @@ stored stores the same bytes again. Two kinds of failure are told apart:
 
 - the endpoint is unavailable (connection refused, reset or timed out, HTTP 502/503/504,
   throttling): the request is retried until ``outage_timeout`` seconds have passed since
-  its first failure, so that an outage of the store holds programs up instead of failing
-  them; then :class:`~.base.StoreUnavailable` (EIO);
+  its first failure (0: not at all), so that an outage of the store holds programs up
+  instead of failing them; then :class:`~.base.StoreUnavailable` (EIO);
 - the endpoint answers with another server error (500, a request timeout): ``retries``
   attempts, then EIO.
 """
@@ -128,11 +128,12 @@ class S3Store(BlockStore):
 
     def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
         """``fn()``, tried again after a failure worth it: ``retries`` attempts in all for a
-        server error, and for as long as ``outage_timeout`` allows (at least ``retries``
-        attempts) while the endpoint is unavailable. Other failures are raised as they
-        are; an outage past its time is :class:`StoreUnavailable`."""
+        server error, and until ``outage_timeout`` seconds have passed since the first
+        failure while the endpoint is unavailable. Other failures are raised as they are;
+        an outage past its time is :class:`StoreUnavailable`."""
         delay = 0.05
         first = 0.0
+        told = False
         for attempt in itertools.count(1):
             try:
                 result = fn()
@@ -141,28 +142,27 @@ class S3Store(BlockStore):
                 if not kind:
                     raise
                 now = time.monotonic()
-                if not first:
-                    first = now
+                first = first or now
                 left = first + self.outage_timeout - now
-                if attempt >= self.retries and (kind == "transient" or left <= 0):
-                    if kind == "unavailable":
-                        log.warning("S3 %s%s: the endpoint was unavailable for %.1f s: %s",
-                                    what, f" of block {key}" if key else "", now - first, exc)
-                        raise StoreUnavailable(
-                            f"block store unavailable for {now - first:.0f} s: {what} "
-                            f"failed: {exc}", key) from None
-                    raise
-                if attempt == self.retries:
+                where = f" of block {key}" if key else ""
+                if kind == "transient":
+                    if attempt >= self.retries:
+                        raise
+                    log.info("retrying S3 %s%s after %s", what, where, exc)
+                elif left <= 0:
+                    log.warning("S3 %s%s: the endpoint was unavailable for %.1f s: %s",
+                                what, where, now - first, exc)
+                    raise StoreUnavailable(f"block store unavailable for {now - first:.0f} s:"
+                                           f" {what} failed: {exc}", key) from None
+                elif attempt == 3:  # not a blip: say so once
+                    told = True
                     log.warning("S3 %s%s: endpoint unavailable (%s); retrying for up to "
-                                "%.0f s", what, f" of block {key}" if key else "", exc, left)
-                else:
-                    log.info("retrying S3 %s%s after %s", what,
-                             f" of block {key}" if key else "", type(exc).__name__)
+                                "%.0f s", what, where, exc, left)
                 pause = delay * (0.5 + random.random())
-                time.sleep(min(pause, left) if attempt >= self.retries else pause)
+                time.sleep(pause if kind == "transient" else min(pause, left))
                 delay = min(delay * 2, 2.0)
                 continue
-            if attempt > self.retries:
+            if told:
                 log.warning("S3 %s%s: the endpoint answers again after %.1f s", what,
                             f" of block {key}" if key else "", time.monotonic() - first)
             return result
