@@ -3,7 +3,9 @@ under ordinary programs writing, fsyncing and listing on a real mount. No error 
 the programs, and every file whose fsync returned is intact byte for byte afterwards.
 
 PostgreSQL stopped and started again under the same load is ridden through the same way
-(the namenode's pools reconnect, the mount's retries carry the programs). A client killed
+(the namenode's pools reconnect, the mount's retries carry the programs), and so is the S3
+endpoint of the block store cut off for seconds under programs writing large files (the
+mount's uploads and the namenode's checks at commit wait it out). A client killed
 in the middle of writing a large file leaves nothing behind once its lease has run out:
 its handles are dropped, ``metafs gc`` removes the blocks it uploaded but never committed,
 and ``metafs fsck`` finds nothing wrong.
@@ -34,8 +36,9 @@ from metafs.assembly import build_namenode, serve_grpc
 from metafs.config import Settings
 from metafs.proto import metafs_pb2 as pb
 from metafs.proto import metafs_pb2_grpc as pb_grpc
-from metafs.testing.faults import NamenodeProcess, Workload
+from metafs.testing.faults import NamenodeProcess, TcpProxy, Workload
 
+from blockstore_fixtures import make_bucket, moto_url  # noqa: F401
 from fuse_fixtures import Mount, needs_fuse
 
 
@@ -115,12 +118,15 @@ def stop_all() -> Iterator[list[Any]]:
         thing.stop()
 
 
-def _mounted_load(tmp_path: Path, namenodes: str, stop_all: list[Any]) -> tuple[Mount, Workload]:
-    """A mount of ``namenodes`` and two writers (and a reader) in its directory ``w``."""
-    mnt = Mount(tmp_path / "mnt", ["--namenode", namenodes]).start()
+def _mounted_load(tmp_path: Path, namenodes: str, stop_all: list[Any],
+                  env: dict[str, str] | None = None,
+                  size: int = 3000) -> tuple[Mount, Workload]:
+    """A mount of ``namenodes`` and two writers of files of ``size`` bytes (and a reader)
+    in its directory ``w``."""
+    mnt = Mount(tmp_path / "mnt", ["--namenode", namenodes], env).start()
     stop_all.append(mnt)
     (mnt.path / "w").mkdir()
-    return mnt, Workload(mnt.path / "w", tmp_path, writers=2)
+    return mnt, Workload(mnt.path / "w", tmp_path, writers=2, size=size)
 
 
 def _check(seen: dict[str, Any], load: Workload, mnt: Path) -> None:
@@ -211,6 +217,59 @@ def test_postgres_stopped_and_started_under_load(tmp_path: Path, stop_all: list[
     finally:
         seen = load.finish()
     _check(seen, load, mnt.path / "w")
+
+
+@needs_fuse
+def test_s3_endpoint_cut_off_under_load(tmp_path: Path, moto_url: str,  # noqa: F811
+                                        stop_all: list[Any]) -> None:
+    """The network to the S3 endpoint goes away for seconds (connections reset, new ones
+    refused; the objects stay, as in a real outage) while programs write and fsync files
+    in blocks: first for everyone (the mount's uploads wait it out), then for the namenode
+    alone (its checks at commit give up after a while and answer the call as unavailable;
+    the mount tries it again). The programs are held up instead of failing, and every
+    fsynced file is intact in the store."""
+    s3_mount, s3_nn = TcpProxy(moto_url).start(), TcpProxy(moto_url).start()
+    stop_all += [s3_mount, s3_nn]
+    bucket = make_bucket(moto_url)
+    nn = NamenodeProcess(tmp_path, data_dir=tmp_path / "data", blocks_url=f"s3://{bucket}/fs",
+                         env={"METAFS_S3_ENDPOINT": s3_nn.url, "METAFS_INLINE_LIMIT": "4096",
+                              "METAFS_BLOCK_SIZE": str(64 * 1024)}).start()
+    stop_all.append(nn)
+    size = 150_000                     # three blocks, none of it inline
+    mnt, load = _mounted_load(tmp_path, nn.address, stop_all, size=size, env={
+        "METAFS_S3_ENDPOINT": s3_mount.url, "METAFS_BLOCK_CACHE_DIR": "off"})
+    try:
+        load.wait_for_progress(4)
+        for cut in ([s3_mount, s3_nn], [s3_nn]):
+            for proxy in cut:
+                proxy.kill()
+            time.sleep(5)
+            for proxy in cut:
+                proxy.start()
+            load.wait_for_progress(4)
+    finally:
+        seen = load.finish()
+    print("longest wait of a writer for one file (s):",
+          [round(r["slowest"], 1) for r in seen["writer"]])
+    errors = [e for kind in seen.values() for r in kind for e in r["errors"]]
+    assert not errors, errors
+    log = mnt.log_text()
+    assert "S3 upload" in log and "endpoint unavailable" in log     # the mount waited
+    assert "block store unavailable" in log   # the namenode answered commits as unavailable
+    # read back from the store itself (no local block cache, no page cache)
+    from metafs.client import Client
+    from metafs.config import load as load_settings
+
+    fs = Client(settings=load_settings(overrides={
+        "namenode": nn.address, "s3_endpoint": moto_url, "block_cache_dir": "off"},
+        environ={}))
+    try:
+        files = load.fsynced()
+        assert files
+        for name, data in files:
+            assert fs.read_bytes(f"/w/{name}") == data, name
+    finally:
+        fs.close()
 
 
 # ---------------------------------------------------------------------- a client dies
