@@ -10,6 +10,9 @@ in the middle of writing a large file leaves nothing behind once its lease has r
 its handles are dropped, ``metafs gc`` removes the blocks it uploaded but never committed,
 and ``metafs fsck`` finds nothing wrong.
 
+A changelog subscriber of two namenodes goes on after its last record on the other one
+when its namenode is killed: nothing skipped, nothing repeated.
+
 Also: a call retried under its request id after its first attempt committed answers with
 the first attempt's result (no EEXIST or ENOENT from its own earlier success).
 """
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +37,9 @@ import grpc
 import pytest
 
 from metafs.assembly import build_namenode, serve_grpc
+from metafs.client import Client
 from metafs.config import Settings
+from metafs.config import load as load_settings
 from metafs.proto import metafs_pb2 as pb
 from metafs.proto import metafs_pb2_grpc as pb_grpc
 from metafs.testing.faults import NamenodeProcess, TcpProxy, Workload
@@ -257,8 +263,6 @@ def test_s3_endpoint_cut_off_under_load(tmp_path: Path, moto_url: str,  # noqa: 
     assert "S3 upload" in log and "endpoint unavailable" in log     # the mount waited
     assert "block store unavailable" in log   # the namenode answered commits as unavailable
     # read back from the store itself (no local block cache, no page cache)
-    from metafs.client import Client
-    from metafs.config import load as load_settings
 
     fs = Client(settings=load_settings(overrides={
         "namenode": nn.address, "s3_endpoint": moto_url, "block_cache_dir": "off"},
@@ -270,6 +274,59 @@ def test_s3_endpoint_cut_off_under_load(tmp_path: Path, moto_url: str,  # noqa: 
             assert fs.read_bytes(f"/w/{name}") == data, name
     finally:
         fs.close()
+
+
+def test_a_changelog_subscription_resumes_on_the_other_namenode(
+        tmp_path: Path, pg_url: str, stop_all: list[Any],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A subscriber of ``a,b`` whose namenode is killed goes on after its last record on
+    the other one (and back): every record once, in order, none skipped or repeated."""
+
+    blocks = (tmp_path / "blocks").as_uri()
+    a = NamenodeProcess(tmp_path, db_url=pg_url, blocks_url=blocks, name="a").start()
+    stop_all.append(a)
+    b = NamenodeProcess(tmp_path, db_url=pg_url, blocks_url=blocks, name="b").start()
+    stop_all.append(b)
+    both = f"{a.address},{b.address}"
+    reader, writer = Client(both), Client(both)
+    start = writer.changelog_head()
+    got: list[pb.ChangeRecord] = []
+    failed: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            for rec in reader.subscribe(after=start):
+                got.append(rec)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    def write_and_wait(tag: str) -> None:
+        for i in range(10):
+            writer.mkdir(f"/{tag}{i}")
+        head = writer.changelog_head()
+        deadline = time.monotonic() + 60
+        while (not got or got[-1].seq < head) and not failed:
+            assert time.monotonic() < deadline, f"the subscriber stopped at {got[-1:]}"
+            time.sleep(0.05)
+
+    caplog.set_level("WARNING", logger="metafs.client")
+    threading.Thread(target=follow, daemon=True).start()
+    try:
+        write_and_wait("one")
+        a.kill()                   # the stream is on one of the two: one kill breaks it
+        write_and_wait("two")
+        a.start()
+        b.kill()
+        write_and_wait("three")
+        everything, _ = writer.changelog(start, 10_000)
+    finally:
+        reader.close()
+        writer.close()
+    assert not failed, failed
+    assert [r.seq for r in got] == [r.seq for r in everything]
+    assert [r.name for r in got if r.op == pb.OP_MKDIR] == [
+        f"{t}{i}" for t in ("one", "two", "three") for i in range(10)]
+    assert "SubscribeChangelog resumed" in caplog.text
 
 
 # ---------------------------------------------------------------------- a client dies
@@ -345,7 +402,6 @@ def test_a_client_killed_mid_write_leaves_nothing_behind(tmp_path: Path,
     assert not report["findings"], report
 
     nn.start()
-    from metafs.client import Client
     from metafs.testing.faults import content
     fs = Client(nn.address)
     try:
