@@ -112,9 +112,10 @@ class S3Store(BlockStore):
     def _kind(cls, exc: Exception) -> str:
         """``"unavailable"`` (the endpoint cannot serve anything now), ``"transient"``
         (worth a few more attempts) or ``""`` (an answer: retrying changes nothing)."""
-        from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+        from botocore.exceptions import (ClientError, ConnectionError, HTTPClientError,
+                                         IncompleteReadError)
 
-        if isinstance(exc, (ConnectionError, HTTPClientError)):
+        if isinstance(exc, (ConnectionError, HTTPClientError, IncompleteReadError)):
             return "unavailable"  # refused, reset, timed out, or broken mid-body
         if isinstance(exc, ClientError):
             resp = getattr(exc, "response", None) or {}
