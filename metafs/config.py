@@ -115,7 +115,14 @@ class Settings:
     s3_region: str = ""
     """Region for S3 requests and signatures. Empty: boto3's chain (AWS_REGION, config)."""
     s3_retries: int = 8
-    """Attempts per S3 request; 500/503/throttling and timeouts are retried with backoff."""
+    """Attempts per S3 request; server errors, throttling and timeouts are retried with
+    backoff."""
+    s3_outage_timeout: float = 120.0
+    """Seconds an S3 request keeps being retried (with backoff) while the endpoint is
+    unavailable (connection refused, reset or timed out, HTTP 502/503/504, throttling)
+    before it fails with EIO: programs wait out an outage of the store instead of failing.
+    0: fail at the first such error. A namenode waits at most 3 s per call, then answers it
+    as unavailable, and its client tries the call again (failover_timeout)."""
     s3_connect_timeout: float = 5.0
     s3_read_timeout: float = 20.0
     """Seconds without data before an S3 response counts as failed (and is retried)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from metafs.blockstore import open_store
+from metafs.blockstore.base import StoreUnavailable
 from metafs.namenode.gc import gc
 from metafs.client import Client
 from metafs.config import load
@@ -47,14 +48,22 @@ def test_slow_responses_are_retried(fault_proxy: FaultProxy, moto_url: str) -> N
     assert fault_proxy.stalled == 2
 
 
-def test_persistent_failure_is_eio(fault_proxy: FaultProxy, moto_url: str) -> None:  # noqa: F811
-    st = _store(fault_proxy, moto_url)
-    fault_proxy.fail_always(503)
+@pytest.mark.parametrize("status", [500, 503])
+def test_persistent_failure_is_eio(fault_proxy: FaultProxy, moto_url: str,  # noqa: F811
+                                   status: int) -> None:
+    """A server error fails after ``s3_retries`` attempts; an unavailable endpoint (503)
+    once ``s3_outage_timeout`` has passed, as StoreUnavailable."""
+    st = _store(fault_proxy, moto_url, s3_outage_timeout=1.0)
+    fault_proxy.fail_always(status)
     for op in (lambda: st.put("3/0-x", b"x"), lambda: st.get("3/0-x"),
-               lambda: list(st.list())):
+               lambda: list(st.list()), lambda: st.head("3/0-x")):
+        before = fault_proxy.failed
         with pytest.raises(FsError) as ei:
             op()
         assert ei.value.errno == errno.EIO
+        assert isinstance(ei.value, StoreUnavailable) == (status == 503)
+        tries = fault_proxy.failed - before
+        assert tries == 4 if status == 500 else tries > 1
 
 
 def test_failed_upload_leaves_metadata_unchanged(fault_proxy: FaultProxy, moto_url: str,  # noqa: F811

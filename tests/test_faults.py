@@ -3,10 +3,15 @@ under ordinary programs writing, fsyncing and listing on a real mount. No error 
 the programs, and every file whose fsync returned is intact byte for byte afterwards.
 
 PostgreSQL stopped and started again under the same load is ridden through the same way
-(the namenode's pools reconnect, the mount's retries carry the programs). A client killed
+(the namenode's pools reconnect, the mount's retries carry the programs), and so is the S3
+endpoint of the block store cut off for seconds under programs writing large files (the
+mount's uploads and the namenode's checks at commit wait it out). A client killed
 in the middle of writing a large file leaves nothing behind once its lease has run out:
 its handles are dropped, ``metafs gc`` removes the blocks it uploaded but never committed,
 and ``metafs fsck`` finds nothing wrong.
+
+A changelog subscriber of two namenodes goes on after its last record on the other one
+when its namenode is killed: nothing skipped, nothing repeated.
 
 Also: a call retried under its request id after its first attempt committed answers with
 the first attempt's result (no EEXIST or ENOENT from its own earlier success).
@@ -22,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -31,11 +37,14 @@ import grpc
 import pytest
 
 from metafs.assembly import build_namenode, serve_grpc
+from metafs.client import Client
 from metafs.config import Settings
+from metafs.config import load as load_settings
 from metafs.proto import metafs_pb2 as pb
 from metafs.proto import metafs_pb2_grpc as pb_grpc
-from metafs.testing.faults import NamenodeProcess, Workload
+from metafs.testing.faults import NamenodeProcess, TcpProxy, Workload
 
+from blockstore_fixtures import make_bucket, moto_url  # noqa: F401
 from fuse_fixtures import Mount, needs_fuse
 
 
@@ -115,12 +124,15 @@ def stop_all() -> Iterator[list[Any]]:
         thing.stop()
 
 
-def _mounted_load(tmp_path: Path, namenodes: str, stop_all: list[Any]) -> tuple[Mount, Workload]:
-    """A mount of ``namenodes`` and two writers (and a reader) in its directory ``w``."""
-    mnt = Mount(tmp_path / "mnt", ["--namenode", namenodes]).start()
+def _mounted_load(tmp_path: Path, namenodes: str, stop_all: list[Any],
+                  env: dict[str, str] | None = None,
+                  size: int = 3000) -> tuple[Mount, Workload]:
+    """A mount of ``namenodes`` and two writers of files of ``size`` bytes (and a reader)
+    in its directory ``w``."""
+    mnt = Mount(tmp_path / "mnt", ["--namenode", namenodes], env).start()
     stop_all.append(mnt)
     (mnt.path / "w").mkdir()
-    return mnt, Workload(mnt.path / "w", tmp_path, writers=2)
+    return mnt, Workload(mnt.path / "w", tmp_path, writers=2, size=size)
 
 
 def _check(seen: dict[str, Any], load: Workload, mnt: Path) -> None:
@@ -213,6 +225,110 @@ def test_postgres_stopped_and_started_under_load(tmp_path: Path, stop_all: list[
     _check(seen, load, mnt.path / "w")
 
 
+@needs_fuse
+def test_s3_endpoint_cut_off_under_load(tmp_path: Path, moto_url: str,  # noqa: F811
+                                        stop_all: list[Any]) -> None:
+    """The network to the S3 endpoint goes away for seconds (connections reset, new ones
+    refused; the objects stay, as in a real outage) while programs write and fsync files
+    in blocks: for everyone, then for the mount alone (its uploads wait it out), then for
+    the namenode alone (its checks at commit give up after a while and answer the call as
+    unavailable; the mount tries it again). The programs are held up instead of failing,
+    and every fsynced file is intact in the store."""
+    s3_mount, s3_nn = TcpProxy(moto_url).start(), TcpProxy(moto_url).start()
+    stop_all += [s3_mount, s3_nn]
+    bucket = make_bucket(moto_url)
+    nn = NamenodeProcess(tmp_path, data_dir=tmp_path / "data", blocks_url=f"s3://{bucket}/fs",
+                         env={"METAFS_S3_ENDPOINT": s3_nn.url, "METAFS_INLINE_LIMIT": "4096",
+                              "METAFS_BLOCK_SIZE": str(64 * 1024)}).start()
+    stop_all.append(nn)
+    size = 150_000                     # three blocks, none of it inline
+    mnt, load = _mounted_load(tmp_path, nn.address, stop_all, size=size, env={
+        "METAFS_S3_ENDPOINT": s3_mount.url, "METAFS_BLOCK_CACHE_DIR": "off"})
+    try:
+        load.wait_for_progress(3)
+        for cut in ([s3_mount, s3_nn], [s3_mount], [s3_nn]):
+            for proxy in cut:
+                proxy.kill()
+            time.sleep(5)
+            for proxy in cut:
+                proxy.start()
+            load.wait_for_progress(3)
+    finally:
+        seen = load.finish()
+    print("longest wait of a writer for one file (s):",
+          [round(r["slowest"], 1) for r in seen["writer"]])
+    errors = [e for kind in seen.values() for r in kind for e in r["errors"]]
+    assert not errors, errors
+    log = mnt.log_text()
+    assert "S3 upload" in log and "endpoint unavailable" in log  # the mount's uploads waited
+    assert "block store unavailable" in log   # the namenode answered commits as unavailable
+    # read back from the store itself (no local block cache, no page cache)
+
+    fs = Client(settings=load_settings(overrides={
+        "namenode": nn.address, "s3_endpoint": moto_url, "block_cache_dir": "off"},
+        environ={}))
+    try:
+        files = load.fsynced()
+        assert files
+        for name, data in files:
+            assert fs.read_bytes(f"/w/{name}") == data, name
+    finally:
+        fs.close()
+
+
+def test_a_changelog_subscription_resumes_on_the_other_namenode(
+        tmp_path: Path, pg_url: str, stop_all: list[Any],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A subscriber of ``a,b`` whose namenode is killed goes on after its last record on
+    the other one (and back): every record once, in order, none skipped or repeated."""
+
+    blocks = (tmp_path / "blocks").as_uri()
+    a = NamenodeProcess(tmp_path, db_url=pg_url, blocks_url=blocks, name="a").start()
+    stop_all.append(a)
+    b = NamenodeProcess(tmp_path, db_url=pg_url, blocks_url=blocks, name="b").start()
+    stop_all.append(b)
+    both = f"{a.address},{b.address}"
+    reader, writer = Client(both), Client(both)
+    start = writer.changelog_head()
+    got: list[pb.ChangeRecord] = []
+    failed: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            for rec in reader.subscribe(after=start):
+                got.append(rec)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    def write_and_wait(tag: str) -> None:
+        for i in range(10):
+            writer.mkdir(f"/{tag}{i}")
+        head = writer.changelog_head()
+        deadline = time.monotonic() + 60
+        while (not got or got[-1].seq < head) and not failed:
+            assert time.monotonic() < deadline, f"the subscriber stopped at {got[-1:]}"
+            time.sleep(0.05)
+
+    caplog.set_level("WARNING", logger="metafs.client")
+    threading.Thread(target=follow, daemon=True).start()
+    try:
+        write_and_wait("one")
+        a.kill()                   # the stream is on one of the two: one kill breaks it
+        write_and_wait("two")
+        a.start()
+        b.kill()
+        write_and_wait("three")
+        everything, _ = writer.changelog(start, 10_000)
+    finally:
+        reader.close()
+        writer.close()
+    assert not failed, failed
+    assert [r.seq for r in got] == [r.seq for r in everything]
+    assert [r.name for r in got if r.op == pb.OP_MKDIR] == [
+        f"{t}{i}" for t in ("one", "two", "three") for i in range(10)]
+    assert "SubscribeChangelog resumed" in caplog.text
+
+
 # ---------------------------------------------------------------------- a client dies
 KILLED_WRITER = textwrap.dedent('''
     import os, sys
@@ -286,7 +402,6 @@ def test_a_client_killed_mid_write_leaves_nothing_behind(tmp_path: Path,
     assert not report["findings"], report
 
     nn.start()
-    from metafs.client import Client
     from metafs.testing.faults import content
     fs = Client(nn.address)
     try:

@@ -34,6 +34,14 @@ class BlockNotFound(FsError):
         super().__init__(errno.ENOENT, f"block {key} is not in the block store", key)
 
 
+class StoreUnavailable(FsError):
+    """The store could not be reached for longer than a request waits out (EIO). A namenode
+    answers a call that met it as unavailable, so that its client tries the call again."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(errno.EIO, message, key)
+
+
 class ChecksumError(FsError):
     """A block's bytes do not match its checksum."""
 

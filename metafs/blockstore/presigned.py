@@ -17,6 +17,7 @@ local directory store "presigns" to ``file://`` URLs, read and written directly.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import random
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from ..errors import FsError
-from .base import BlockNotFound
+from .base import BlockNotFound, StoreUnavailable
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -57,32 +58,52 @@ class PresignedStore:
 
         self.url = url
         self.retries = max(1, s.s3_retries)
+        self.outage_timeout = max(0.0, s.s3_outage_timeout)
         self._timeout = urllib3.Timeout(connect=s.s3_connect_timeout, read=s.s3_read_timeout)
         self._http = urllib3.PoolManager(maxsize=max(4, s.s3_max_connections), retries=False)
 
     # ------------------------------------------------------------ HTTP with retries
     def _request(self, method: str, url: str, key: str, body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> Any:
+        """The response to one request, retried like the S3 store's: ``retries`` attempts
+        in all for HTTP 500, until ``outage_timeout`` seconds have passed since the first
+        failure while the endpoint is unavailable (no connection, no answer in time, HTTP
+        502/503/504)."""
         import urllib3
 
         delay = 0.05
-        for attempt in range(1, self.retries + 1):
+        first = 0.0
+        told = False
+        for attempt in itertools.count(1):
             try:
                 r = self._http.request(method, url, body=body, headers=headers or {},
                                        timeout=self._timeout, preload_content=True,
                                        redirect=False)
             except urllib3.exceptions.HTTPError as exc:
-                if attempt == self.retries:
-                    raise FsError(errno.EIO, f"block store: {method} failed: {exc}",
-                                  key) from None
+                failure, gone = f"{method} failed: {exc}", True
             else:
                 if r.status not in _RETRY_STATUS:
+                    if told:
+                        log.warning("%s of block %s: the endpoint answers again after "
+                                    "%.1f s", method, key, time.monotonic() - first)
                     return r
-                if attempt == self.retries:
-                    raise FsError(errno.EIO, f"block store: {method} failed with HTTP "
-                                  f"{r.status}", key)
-            log.info("retrying %s of block %s", method, key)
-            time.sleep(delay * (0.5 + random.random()))
+                failure, gone = f"{method} failed with HTTP {r.status}", r.status != 500
+            now = time.monotonic()
+            first = first or now
+            left = first + self.outage_timeout - now
+            if not gone:
+                if attempt >= self.retries:
+                    raise FsError(errno.EIO, f"block store: {failure}", key)
+                log.info("retrying %s of block %s", method, key)
+            elif left <= 0:
+                raise StoreUnavailable(f"block store unavailable for {now - first:.0f} s: "
+                                       f"{failure}", key)
+            elif attempt == 3:  # not a blip: say so once
+                told = True
+                log.warning("%s of block %s: endpoint unavailable (%s); retrying for up to "
+                            "%.0f s", method, key, failure, left)
+            pause = delay * (0.5 + random.random())
+            time.sleep(pause if not gone else min(pause, left))
             delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
 

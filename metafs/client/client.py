@@ -590,9 +590,13 @@ class Client:
 
     def subscribe(self, after: int = 0) -> Iterator[pb.ChangeRecord]:
         """Every record after ``after``, then new ones as they commit (until closed).
-        Failures (a namenode at its subscriber limit: EAGAIN) raise OSError like any call."""
-        stream = self.transport.stream("SubscribeChangelog", pb.ReadChangelogRequest(
-            caller=self.caller, after=after))
+        A stream that breaks (its namenode gone or restarting) goes on after the last
+        record it gave, on another namenode when there are several, for up to
+        ``failover_timeout`` (see :meth:`GrpcTransport.stream`). Failures (a namenode at its
+        subscriber limit: EAGAIN) raise OSError like any call."""
+        stream = self.transport.stream(
+            "SubscribeChangelog", pb.ReadChangelogRequest(caller=self.caller, after=after),
+            resume=lambda rec: pb.ReadChangelogRequest(caller=self.caller, after=rec.seq))
         try:
             yield from stream
         except FsError as err:

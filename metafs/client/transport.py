@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 import uuid
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import grpc
 from grpc_status import rpc_status
@@ -33,7 +33,8 @@ class Transport(Protocol):
 
     def call(self, method: str, request: Any) -> Any: ...
 
-    def stream(self, method: str, request: Any) -> Iterator[Any]: ...
+    def stream(self, method: str, request: Any,
+               resume: Callable[[Any], Any] | None = None) -> Iterator[Any]: ...
 
     def close(self) -> None: ...
 
@@ -60,8 +61,9 @@ class LocalTransport:
         except Exception as exc:
             raise self.namenode.internal_error(exc, method) from exc
 
-    def stream(self, method: str, request: Any) -> Iterator[Any]:
-        return getattr(self._handlers, method)(request)
+    def stream(self, method: str, request: Any,
+               resume: Callable[[Any], Any] | None = None) -> Iterator[Any]:
+        return getattr(self._handlers, method)(request)  # (in process: nothing breaks)
 
     def close(self) -> None:
         if self._owns:
@@ -411,17 +413,57 @@ class GrpcTransport:
                     continue
                 raise err from None
 
-    def stream(self, method: str, request: Any) -> Iterator[Any]:
-        it = getattr(self._stub(), method)(request, metadata=self.metadata)
-        try:
-            for item in it:
-                yield item
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.CANCELLED:
-                return
-            raise error_from_rpc(exc, method) from None
-        finally:
-            it.cancel()
+    def stream(self, method: str, request: Any,
+               resume: Callable[[Any], Any] | None = None) -> Iterator[Any]:
+        """The items of a server stream. With ``resume``, an endless stream (a changelog
+        subscription) survives its namenode: when the stream breaks (the namenode is
+        gone, stops, or answers UNAVAILABLE) it is opened again, on the next namenode when
+        there are several, with ``resume(last item)`` as its request (``request`` again if
+        none came yet), so that it goes on after the last item it gave, nothing skipped or
+        repeated. It is tried again with a pause growing to 0.5 s until
+        ``failover_timeout`` seconds have passed since it broke (then EIO)."""
+        broken = 0.0
+        pause = 0.05
+        while True:
+            i = self._pick()
+            opened = time.monotonic()
+            it = getattr(self._stubs[i], method)(request, metadata=self.metadata)
+            try:
+                for item in it:
+                    if broken:
+                        log.warning("%s resumed on namenode %s after %.1f s", method,
+                                    self.address.split(",")[i].strip(),
+                                    time.monotonic() - broken)
+                        broken, pause = 0.0, 0.05
+                    if resume is not None:
+                        request = resume(item)
+                    yield item
+                if resume is None or self._closed.is_set():
+                    return
+                failure = "the namenode ended the stream"
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if self._closed.is_set() or (code == grpc.StatusCode.CANCELLED
+                                             and resume is None):
+                    return
+                if resume is None or _answer(exc) is not None or code not in (
+                        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    raise error_from_rpc(exc, method) from None
+                failure = f"{code}: {exc.details()}"
+            finally:
+                it.cancel()
+            now = time.monotonic()
+            if now - opened > 1.0:
+                broken = 0.0  # it had been up (quiet streams give no sign of that)
+            if not broken:
+                broken = now
+                log.warning("%s broke (%s); resuming for up to %.0f s", method, failure,
+                            self.failover_timeout)
+            left = broken + self.failover_timeout - now
+            if left <= 0:
+                raise FsError(errno.EIO, f"{method} could not be resumed: {failure}")
+            self._closed.wait(min(pause, left))
+            pause = min(pause * 2, 0.5)
 
     def close(self) -> None:
         self._closed.set()

@@ -64,6 +64,12 @@ _Q_INSERT_BLOCK = Prepared(insert(B).values(
 _Q_DELETE_DATA = Prepared(delete(FD).where(FD.c.ino == bindparam("ino")))
 
 
+# Seconds a call waits for an unavailable block store before the namenode answers it as
+# unavailable (its client tries the call again, for up to its failover_timeout): far less
+# than any client's call deadline, and no call holds a thread (or a transaction) for long.
+STORE_WAIT = 3.0
+
+
 def attach(namenode: Any) -> "BlockLayer":
     """Called by :class:`~metafs.namenode.server.Namenode`: the namespace already carries its
     block layer; start its background garbage collection (``gc_interval``; 0: off)."""
@@ -92,7 +98,12 @@ class BlockLayer:
         if self._store is None:
             with self._lock:
                 if self._store is None:
-                    self._store = open_store(self.settings.effective_blocks_url, self.settings)
+                    # a call that finds the store unavailable gives up well within its
+                    # client's deadline, answered as unavailable: the client retries it
+                    s = self.settings
+                    wait = min(s.s3_outage_timeout, STORE_WAIT)
+                    self._store = open_store(s.effective_blocks_url,
+                                             s.with_(s3_outage_timeout=wait))
         return self._store
 
     @property

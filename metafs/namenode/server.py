@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from ..blockstore.base import StoreUnavailable
 from ..config import Settings
 from ..errors import FsError
 from ..proto import metafs_pb2 as pb
@@ -130,6 +131,9 @@ def _unary(handlers: Handlers, name: str,
             rid, attempt = _request_id(ctx)
             with shares.held(limits.key(ctx)), requests.scope(name, rid, attempt):
                 return fn(request, ctx)
+        except StoreUnavailable as exc:
+            # nothing was committed: the client retries the call (under the same request id)
+            ctx.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except FsError as err:
             _abort(ctx, err)
         except Exception as exc:
@@ -208,6 +212,9 @@ def answer_frame(handlers: Any, frame: pb.CallFrame, ctx: Any,
             limits.check_request(frame.method, request)
         with requests.scope(frame.method, frame.request_id, frame.attempt):
             return pb.ReplyFrame(reply=fn(request, ctx).SerializeToString())
+    except StoreUnavailable as exc:
+        # no answer: ends the stream, and the client retries the call later
+        ctx.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     except FsError as err:
         return _frame_error(err)
     except Exception as exc:

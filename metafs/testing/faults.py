@@ -1,8 +1,10 @@
 """Parts for fault runs (tests/test_faults.py, benchmarks/soak_restarts.py): namenodes as
-``metafs serve`` processes that can be killed and restarted on the same address, and
+``metafs serve`` processes that can be killed and restarted on the same address, a TCP
+proxy process that cuts the network to a server (an S3 endpoint) while it is down, and
 ordinary programs that use a mount while that happens and say what they saw.
 
-The writer writes small files of known contents, fsyncs each, and only then logs its name
+The writer writes files of known contents (small ones, or larger ones that go to the
+block store), fsyncs each, and only then logs its name
 (so every name in its log must be intact afterwards); it reports each error it met and
 the longest time one file took (the outage a program waited through). The reader lists the
 directory and stats what it finds, the same way.
@@ -96,10 +98,77 @@ class NamenodeProcess:
                 self.kill()
 
 
+PROXY = textwrap.dedent('''
+    import socket, sys, threading
+    port, host, upstream = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+
+    def pipe(a, b):
+        try:
+            while data := a.recv(1 << 16):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                b.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            a.close()
+
+    srv = socket.create_server((host, port))
+    while True:
+        c, _ = srv.accept()
+        try:
+            u = socket.create_connection((host, upstream))
+        except OSError:
+            c.close()
+            continue
+        threading.Thread(target=pipe, args=(c, u), daemon=True).start()
+        threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+''')
+
+
+class TcpProxy:
+    """A TCP proxy process on a fixed loopback port in front of ``upstream`` (an address
+    such as ``http://127.0.0.1:PORT``; :attr:`url` is the same with the proxy's port).
+    :meth:`kill` cuts the network: connections in flight are reset and new ones refused,
+    as when a service or the route to it goes away, while the server and what it stores
+    stay; :meth:`start` brings the route back on the same port."""
+
+    def __init__(self, upstream: str) -> None:
+        scheme, rest = upstream.split("://", 1) if "://" in upstream else ("", upstream)
+        self.host, port = rest.rstrip("/").rsplit(":", 1)
+        self.upstream_port = int(port)
+        self.port = free_port()
+        self.url = f"{scheme}://{self.host}:{self.port}" if scheme else f"{self.host}:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> "TcpProxy":
+        self.proc = subprocess.Popen([sys.executable, "-c", PROXY, str(self.port), self.host,
+                                      str(self.upstream_port)])
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection((self.host, self.port), timeout=1).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the proxy on port {self.port} did not start "
+                                       f"(exit {self.proc.poll()})") from None
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    stop = kill
+
+
 WRITER = textwrap.dedent('''
     import json, os, sys, time
     from metafs.testing.faults import content
-    d, log, stop, out, tag = sys.argv[1:6]
+    d, log, stop, out, tag, size = sys.argv[1:7]
     errors, slowest, i = [], 0.0, 0
     with open(log, "a") as done:
         while not os.path.exists(stop):
@@ -107,7 +176,7 @@ WRITER = textwrap.dedent('''
             t0 = time.monotonic()
             try:
                 with open(os.path.join(d, name), "wb") as f:
-                    f.write(content(i))
+                    f.write(content(i, int(size)))
                     f.flush()
                     os.fsync(f.fileno())
                 done.write(name + "\\n")
@@ -141,11 +210,14 @@ READER = textwrap.dedent('''
 
 
 class Workload:
-    """Writers and a reader on one directory of a mount, until :meth:`finish`."""
+    """Writers and a reader on one directory of a mount, until :meth:`finish`. Each writer
+    writes files of ``size`` bytes."""
 
-    def __init__(self, directory: Path, workdir: Path, writers: int = 1) -> None:
+    def __init__(self, directory: Path, workdir: Path, writers: int = 1,
+                 size: int = 3000) -> None:
         self.dir = directory
         self.workdir = workdir
+        self.size = size
         self.stop_file = workdir / "stop"
         self.stop_file.unlink(missing_ok=True)
         self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
@@ -153,7 +225,7 @@ class Workload:
             out = workdir / f"writer{w}.json"
             self.procs.append(("writer", subprocess.Popen(
                 [sys.executable, "-c", WRITER, str(directory), str(self.log(w)),
-                 str(self.stop_file), str(out), f"w{w}"]), out))
+                 str(self.stop_file), str(out), f"w{w}", str(size)]), out))
         out = workdir / "reader.json"
         self.procs.append(("reader", subprocess.Popen(
             [sys.executable, "-c", READER, str(directory), str(self.stop_file), str(out)]),
@@ -192,5 +264,5 @@ class Workload:
         got = []
         for w in range(len(self.procs) - 1):
             for name in self.log(w).read_text().split():
-                got.append((name, content(int(name.split("-")[1]))))
+                got.append((name, content(int(name.split("-")[1]), self.size)))
         return got
