@@ -6,6 +6,7 @@ opens them."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -13,10 +14,12 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from blockstore_fixtures import free_port
 from fuse_fixtures import Mount, mnt, mount_factory, needs_fuse, shared_mnt  # noqa: F401
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
@@ -209,14 +212,27 @@ def test_rsync_keeps_directory_times(mnt: Mount, tmp_path: Path) -> None:
     assert res.stdout.strip() == ""
 
 
-@pytest.mark.xfail(reason="libfuse's high-level API answers ESTALE itself for a kernel node "
-                   "whose name a rename removed (before the mount sees the open), and a "
-                   "handle-less open can lose its inode between lookup and registration; "
-                   "both need the low-level API with inode numbers as node ids", strict=False)
-def test_replaced_name_never_gives_estale(mnt: Mount) -> None:
+def _mount_answers(port: int, op: str, errno_name: str) -> float:
+    """How many ``op`` calls the mount answered with ``errno_name`` (its metrics)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read()
+    want = f'metafs_fuse_ops_total{{errno="{errno_name}",op="{op}"}} '
+    return sum(float(line[len(want):]) for line in text.decode().splitlines()
+               if line.startswith(want))
+
+
+def test_replaced_name_never_gives_estale(mount_factory) -> None:  # type: ignore[no-untyped-def]
     """One process saves a file atomically (write a temporary file, os.replace it over the
     name) again and again; another opens the name meanwhile: every open finds the old or
-    the new file, never an error."""
+    the new file, complete, and the mount never answers an open with ESTALE (an open of
+    the kernel's node of a replaced name goes to the name's new file).
+
+    libfuse's high-level API still answers ESTALE itself, without asking the mount, to an
+    OPEN of a node whose name a rename took before the OPEN came (the node has no path);
+    Linux retries such an open once after a new lookup, and the program sees ESTALE when
+    the retry meets the next rename too (a few opens in 3,000 here): that remains a
+    known failure of libfuse's path-based API (xfail), never a wrong or partial file."""
+    port = free_port()
+    mnt = mount_factory("--metrics-port", str(port))
     name = mnt / "state.json"
     name.write_text("0\n")
     writer = textwrap.dedent(f"""
@@ -233,6 +249,7 @@ def test_replaced_name_never_gives_estale(mnt: Mount) -> None:
     """)
     proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
     errors: list[str] = []
+    stale = 0
     opens = 0
     try:
         while opens < 3000:
@@ -242,10 +259,17 @@ def test_replaced_name_never_gives_estale(mnt: Mount) -> None:
                 if not text.endswith("\n"):
                     errors.append(f"partial content {text!r}")
             except OSError as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
+                if exc.errno == errno.ESTALE:
+                    stale += 1
+                else:
+                    errors.append(f"{type(exc).__name__}: {exc}")
             opens += 1
     finally:
         (mnt / "stop").write_text("")
         out, _ = proc.communicate(timeout=60)
     assert int(out) > 10, "the writer hardly ran: the test proves nothing"
     assert errors == [], f"{len(errors)} of {opens} opens failed: {errors[:5]}"
+    assert _mount_answers(port, "open", "ESTALE") == 0
+    if stale:
+        pytest.xfail(f"{stale} of {opens} opens got ESTALE from libfuse itself (a node "
+                     "renamed away before its OPEN came, twice in a row)")

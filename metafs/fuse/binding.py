@@ -269,8 +269,10 @@ class MetafsFUSE(mfusepy.FUSE):
                 raise
             # The kernel sends OPEN only for a name it has cached: one that is gone means
             # another client removed it (the kernel's dentry outlives that until the entry
-            # timeout). ESTALE makes the kernel look the name up again, so an O_CREAT open
-            # creates the file and any other open fails with ENOENT after a fresh lookup.
+            # timeout), or it was removed here and no new file took it (an open of a hidden
+            # name goes to the name's new file: FileOperations.open). ESTALE makes the
+            # kernel look the name up again, so an O_CREAT open creates the file and any
+            # other open fails with ENOENT after a fresh lookup.
             raise OSError(errno.ESTALE, "the name was removed by another client") from None
 
     @staticmethod

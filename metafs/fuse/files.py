@@ -19,6 +19,7 @@ import logging
 import os
 import stat as stat_mod
 import time
+from collections import OrderedDict
 from typing import Any, Iterator
 
 from ..config import Settings
@@ -50,6 +51,8 @@ class FileOperations:
 
     handles: dict[int, Handle]
     open_by_ino: dict[int, set[Handle]]
+    _hidden: dict[str, int]
+    _hidden_from: OrderedDict[str, str]
 
     # ------------------------------------------------------------------ directories
     def opendir(self, path: str) -> int:
@@ -139,12 +142,39 @@ class FileOperations:
             self.recorder.opened(h)
 
     def open(self, path: str, fi: Any) -> int:
+        try:
+            # An open of a hidden name takes a namenode handle: the file has no name left,
+            # and only open handles keep it; one of them may close while this open is on
+            # its way (a handle-less open would then read a freed inode).
+            return self._open(path, fi, lazy=path not in self._hidden)
+        except OSError as err:
+            replaced = self._hidden_from.get(path) if err.errno == errno.ENOENT else None
+            if replaced is None:
+                raise
+        # The kernel opens a name it looked up just before another process replaced (or
+        # removed) it while it was open here: libfuse renamed its node to the hidden name,
+        # and the file is gone now. The name it had may name a new file: that is opened,
+        # as an open after the replace would (else ENOENT, which the binding turns into
+        # ESTALE). The kernel's node is the gone file's: it must keep none of its pages,
+        # and its attributes go, so its next read asks for the new file's size; a new
+        # file of another type is left to the kernel's new lookup (after ESTALE). This
+        # open takes a namenode handle too: libfuse holds no lock on the name it opens
+        # (a rename replacing it now would not see a handle-less open in time).
+        if not stat_mod.S_ISREG(self._attr_of_path(replaced, self.caller()).mode):
+            raise FuseError(errno.ENOENT)
+        self._open(replaced, fi, lazy=False)
+        fi.keep_cache = 0
+        self.kernel.now((path,))
+        return 0
+
+    def _open(self, path: str, fi: Any, lazy: bool) -> int:
+        """Open ``path``; ``lazy``: without a namenode handle if the mount does so."""
         caller = self.caller()
         flags = fi.flags
         ino = self._ino_of(path, caller)
         if ino in self.writeback.dirty:
             self.writeback.flush_ino(ino)
-        if self._lazy_reads:
+        if lazy and self._lazy_reads:
             return self._open_lazy(path, ino, flags, caller, fi)
         oflags = flags & ~(os.O_CREAT | os.O_EXCL)
         try:

@@ -22,6 +22,7 @@ import posixpath
 import stat as stat_mod
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Callable
 
 from ..client.client import Client
@@ -42,6 +43,7 @@ log = logging.getLogger("metafs.fuse")
 
 XATTR_SECURITY_CAPABILITY = "security.capability"
 HIDDEN_PREFIX = ".fuse_hidden"
+HIDDEN_NAMES_KEPT = 4096
 _FOREVER = float("inf")
 
 
@@ -71,8 +73,10 @@ class MetafsOperations(FileOperations):
         self.kernel = KernelInvalidator()
         self.follower = ChangeFollower(self)  # (its thread runs when ``following``)
         self._following = following
-        # names libfuse gives open files whose last name was removed (see _hide)
+        # names libfuse gives open files whose last name was removed (see _hide), and the
+        # names they had (kept after the file is gone, for the kernel's late opens)
         self._hidden: dict[str, int] = {}
+        self._hidden_from: OrderedDict[str, str] = OrderedDict()
         self.handles: dict[int, Handle] = {}
         self.open_by_ino: dict[int, set[Handle]] = {}
         self._lazy_reads = lazy_read_handles(settings)
@@ -478,6 +482,11 @@ class MetafsOperations(FileOperations):
             p, n, caller))
         self.cache.forget_path(old)
         self._hidden[hidden] = ino
+        # libfuse keeps the hidden name until the kernel forgets the node, which the
+        # high-level API does not report: only the latest names are kept
+        if len(self._hidden_from) >= HIDDEN_NAMES_KEPT:
+            self._hidden_from.popitem(last=False)
+        self._hidden_from[hidden] = old
         self.cache.names[hidden] = (ino, _FOREVER)
         return 0
 
