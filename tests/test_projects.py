@@ -229,3 +229,41 @@ def test_the_client_names_the_call_the_namenode_serves() -> None:
 
     assert PROJECTS_CALL == CALL
 
+
+
+def test_search_and_lineage_across_a_share(cluster: Cluster) -> None:
+    """B finds the files of a data set shared into it, under the share's entry; a model B
+    trains on it shows the data set upstream, and A sees downstream that a run of another
+    identity read its data set, not B's model."""
+    import metafs
+
+    entry = cluster.project("alice", action="share", path="/Projects/A/datasets/patients",
+                            to="B", read_only=True)["entry"]
+    try:
+        with cluster.client("alice@A") as a:
+            a.setxattr("/Projects/A/datasets/patients/records.csv", "user.cohort", b"2026")
+        with cluster.client("bob@B") as b:
+            with metafs.run("train-on-shared", client=b):
+                b.read_bytes(f"{entry}/records.csv")
+                b.write_bytes("/Projects/B/models/triage.bin", b"weights")
+            res = b.search("cohort:2026", wait=True, count=True)
+            assert res.paths == [f"{entry}/records.csv"] and res.total == 1
+            assert not [p for p in b.search("ext:csv", wait=True).paths
+                        if p.startswith("/Projects/A/")]
+            up = b.upstream("/Projects/B/models/triage.bin")
+            paths = {x["path"] for x in up.artifacts.values()}
+            assert {entry, "/Projects/B/models/triage.bin"} <= paths, paths
+            assert not [p for p in paths if p.startswith("/Projects/A/")]
+            shown = b.provenance().show(f"{entry}/records.csv")
+            assert shown["path"] == entry  # the data set (a directory of files) is one artifact
+        with cluster.client("alice@A") as a:
+            down = a.downstream("/Projects/A/datasets/patients/records.csv")
+            run = next(r for r in down.runs.values() if r["name"] == "train-on-shared")
+            assert run["cmdline"] == ""  # another identity's run: how it ran is not shown
+            assert not [x for x in down.artifacts.values()
+                        if x["path"].startswith("/Projects/B/")]
+    finally:
+        cluster.project("alice", action="unshare", path="/Projects/A/datasets/patients",
+                        to="B")
+    with cluster.client("bob@B") as b:
+        assert b.search("cohort:2026", wait=True).paths == []

@@ -363,6 +363,28 @@ class Lookups:
 
         return self.query(fn)
 
+    def visible_paths(self, cred: Cred, paths: Iterable[str]) -> dict[str, str]:
+        """The paths among ``paths`` whose names ``cred`` may look up, each with the path it
+        sees it by: the path itself when it may search the directory it is in (see
+        :meth:`searchable`), else the same name reached through an alias of a directory
+        above it (:attr:`path_aliases`: a share entry of another project) in a directory it
+        may search. Paths it may reach neither way are left out."""
+        paths = [p for p in dict.fromkeys(paths) if p.startswith("/")]
+        ok = self.searchable(cred, {_dir_of(p) for p in paths})
+        out = {p: p for p in paths if _dir_of(p) in ok}
+        rest = [p for p in paths if p not in out]
+        aliases = [a for hook in self.path_aliases for a in hook(cred)] if rest else []
+        if not aliases:
+            return out
+        tries = {p: [alias + p[len(src):] for src, alias in aliases
+                     if p == src or p.startswith(src.rstrip("/") + "/")] for p in rest}
+        ok = self.searchable(cred, {_dir_of(a) for alts in tries.values() for a in alts})
+        for p, alts in tries.items():
+            seen = next((a for a in alts if _dir_of(a) in ok), None)
+            if seen is not None:
+                out[p] = seen
+        return out
+
     def getattr(self, cred: Cred, ino: int) -> pb.Attr:
         if reach_checked(cred, ino):  # the attributes and the path to them, one statement
             rows = self.engine.read_statement(lambda conn: _Q_ATTR_REACHED.all(conn, ino=ino))
@@ -426,3 +448,7 @@ class Lookups:
             return reply
 
         return self.query(fn)
+
+
+def _dir_of(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"

@@ -91,6 +91,10 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
                 setattr(self.blocks, name, _with_caller(fn))
         # Checks run inside each write transaction before it commits (quotas).
         self.precommit_hooks: list[Callable[[Tx], None]] = []
+        # Other paths of the same directories (projects: a share entry names the data set
+        # directory of another project), as (path, alias) pairs worth trying for a caller:
+        # see Lookups.visible_paths.
+        self.path_aliases: list[Callable[[Cred], list[tuple[str, str]]]] = []
         from .quota import Quotas  # registers its EDQUOT check
 
         self.quotas = Quotas(self)

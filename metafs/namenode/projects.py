@@ -96,6 +96,15 @@ class State:
     sources: dict[int, str] = field(default_factory=dict)        # shared ino -> project
     protected: set[int] = field(default_factory=set)             # project dirs (no rename)
     roots: set[int] = field(default_factory=set)                 # /Projects/NAME inodes
+    aliases: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # see below
+
+    def aliases_for(self, cred: Cred) -> list[tuple[str, str]]:
+        """(data set path in its project, share entry path) of the shares whose entries
+        ``cred`` may use: those into its project (all of them for an identity working in
+        no project: its permissions decide)."""
+        if cred.project:
+            return self.aliases.get(cred.project, [])
+        return [a for project in sorted(self.aliases) for a in self.aliases[project]]
 
     def groups(self, project: str) -> tuple[frozenset[int], frozenset[int]]:
         """(all groups, read-only groups) of an identity working in ``project``."""
@@ -110,6 +119,29 @@ class State:
         return frozenset(rw | ro), frozenset(ro)
 
 
+def _share_aliases(conn: Connection, st: State, layout: dict[int, tuple[int, str]]
+                   ) -> dict[str, list[tuple[str, str]]]:
+    """Per receiving project, (path of the shared data set in its project, path of its
+    share entry): the data set's other name, under which the receiving project's
+    identities find what is in it (search and provenance answer by these paths)."""
+    d = schema.dentries
+    name_of = {p.ino: name for name, p in st.projects.items()}
+    out: dict[str, list[tuple[str, str]]] = {}
+    if not st.shares:
+        return out
+    for r in conn.execute(select(d.c.ino, d.c.parent, d.c.name).where(
+            d.c.ino.in_({s.ino for s in st.shares}))).all():
+        if (r.parent, r.name) in st.entries or r.parent not in layout:
+            continue  # a share entry, or a data set moved below the layout (no alias)
+        root, kind = layout[r.parent]
+        src = f"/{ROOT_DIR}/{name_of[root]}/{kind}/{r.name}"
+        for s in st.shares:
+            if s.ino == r.ino:
+                out.setdefault(s.to_project, []).append(
+                    (src, f"/{ROOT_DIR}/{s.to_project}/datasets/{s.entry_name}"))
+    return out
+
+
 class Projects:
     """Project administration and the project boundary check of one namespace."""
 
@@ -121,6 +153,7 @@ class Projects:
         self._state: State | None = None
         self._read_at = 0.0
         ns.precommit_hooks.append(self.check)
+        ns.path_aliases.append(lambda cred: self.state().aliases_for(cred))
 
     # ------------------------------------------------------------------ state
     def state(self) -> State:
@@ -151,10 +184,12 @@ class Projects:
             st.entries.add((s.entry_parent, s.entry_name))
             st.sources[s.ino] = s.project
         if st.roots:
-            st.protected = set(st.roots) | {
-                r.ino for r in conn.execute(select(schema.dentries.c.ino).where(
-                    schema.dentries.c.parent.in_(st.roots),
-                    schema.dentries.c.name.in_(LAYOUT))).all()}
+            d = schema.dentries
+            layout = {r.ino: (r.parent, r.name) for r in conn.execute(
+                select(d.c.ino, d.c.parent, d.c.name).where(d.c.parent.in_(st.roots),
+                                                            d.c.name.in_(LAYOUT))).all()}
+            st.protected = set(st.roots) | set(layout)
+            st.aliases = _share_aliases(conn, st, layout)
             top = conn.execute(select(schema.dentries.c.ino).where(
                 schema.dentries.c.parent == ROOT_INO,
                 schema.dentries.c.name == ROOT_DIR)).first()

@@ -109,7 +109,7 @@ class ProvenanceService:
             self.sync()
         store = self.store()
         q = ProvenanceQuery(store)
-        vis = Visibility(cred, self.ns.searchable)
+        vis = Visibility(cred, self.ns.visible_paths)
         asof = parse_as_of(req.as_of)
         if act == "reads":
             return self._reply(self._reads(cred, q, vis, req.run_id))
@@ -210,7 +210,7 @@ class ProvenanceService:
             raise FsError(errno.EACCES, f"run {run_id} is not a run of uid {cred.uid}")
         reads = q.reads_of(run_id)
         seen = vis.paths_visible(a["path"] for a in reads)
-        return [a for a in reads if seen[a["path"]]]
+        return [{**a, "path": seen[a["path"]]} for a in reads if seen[a["path"]]]
 
 
 def attach(namenode: Any) -> ProvenanceService:

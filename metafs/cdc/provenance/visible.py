@@ -2,7 +2,9 @@
 
 The rules match search's (:mod:`metafs.cdc.search.service`): an artifact is visible when
 the caller may look names up in its directory (search permission on it and on every
-directory above), root sees everything.
+directory above), root sees everything. An artifact of a data set shared into the caller's
+project is visible through the share's entry, and is shown under that path
+(``/Projects/B/datasets/A::NAME/...``), the one the caller can open.
 
 - A graph keeps the visible artifacts, and only the runs and edges reached from its roots
   through visible artifacts: nothing reached only through a hidden artifact is shown, not
@@ -24,34 +26,32 @@ PRIVATE_RUN_FIELDS = {"cmdline": "", "params": {}, "environment": {}, "parent": 
                       "mlflow_run_id": None, "pid": None, "host": ""}
 
 
-def dir_of(path: str) -> str:
-    return path.rsplit("/", 1)[0] or "/"
-
-
 class Visibility:
-    """The filter for one caller; ``searchable(cred, dirs)`` is the namespace's."""
+    """The filter for one caller; ``visible_paths(cred, paths)`` is the namespace's (the
+    paths the caller may look up, each as the caller reaches it)."""
 
-    def __init__(self, cred: Cred, searchable: Callable[[Cred, Iterable[str]], set[str]]
-                 ) -> None:
+    def __init__(self, cred: Cred,
+                 visible_paths: Callable[[Cred, Iterable[str]], dict[str, str]]) -> None:
         self.cred = cred
-        self._searchable = searchable
-        self._dirs: dict[str, bool] = {}
+        self._visible_paths = visible_paths
+        self._seen: dict[str, str | None] = {}
 
     @property
     def everything(self) -> bool:
         return self.cred.is_root
 
-    def paths_visible(self, paths: Iterable[str]) -> dict[str, bool]:
-        """Whether each path's name may be looked up by the caller (one namespace read
-        for the directories not asked about yet)."""
+    def paths_visible(self, paths: Iterable[str]) -> dict[str, str | None]:
+        """Each path as the caller may look its name up (itself, or its name through a
+        share entry of the caller's project), None where it may not (one namespace read
+        for the paths not asked about yet)."""
         paths = list(paths)
         if self.everything:
-            return {p: True for p in paths}
-        want = {dir_of(p) for p in paths if p.startswith("/")} - set(self._dirs)
+            return {p: p for p in paths}
+        want = set(paths) - set(self._seen)
         if want:
-            ok = self._searchable(self.cred, want)
-            self._dirs.update((d, d in ok) for d in want)
-        return {p: p.startswith("/") and self._dirs.get(dir_of(p), False) for p in paths}
+            ok = self._visible_paths(self.cred, want)
+            self._seen.update((p, ok.get(p)) for p in want)
+        return {p: self._seen[p] for p in paths}
 
     def run(self, run: dict[str, Any]) -> dict[str, Any]:
         """A run as the caller sees it: another uid's run without how it ran."""
@@ -90,12 +90,19 @@ class Visibility:
         kept = [(r, d, a) for r, d, a in edges if r in runs and a in arts]
         return Graph(direction=g.direction, roots=roots,
                      runs={r: self.run(g.runs[r]) for r in runs},
-                     artifacts={a: g.artifacts[a] for a in arts}, edges=kept)
+                     artifacts={a: self._named(g.artifacts[a]) for a in arts},
+                     edges=kept)
+
+    def _named(self, artifact: dict[str, Any]) -> dict[str, Any]:
+        """A visible artifact under the path the caller reaches it by."""
+        shown = self.paths_visible([artifact["path"]])[artifact["path"]]
+        return artifact if shown in (None, artifact["path"]) else {**artifact, "path": shown}
 
     def show(self, info: dict[str, Any]) -> dict[str, Any]:
         """An artifact's versions, with the runs of other uids described privately."""
         if self.everything:
             return info
+        info = self._named(info)
         for v in info["versions"]:
             v["written_by"] = [self.run(r) for r in v["written_by"]]
             v["read_by"] = [self.run(r) for r in v["read_by"]]

@@ -127,33 +127,33 @@ class SearchService:
 
     def _visible(self, cred: Any, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The hits with a name in a directory ``cred`` may search, each with only the
-        names it may see (a file's other hard links may sit in hidden directories)."""
+        names it may see (a file's other hard links may sit in hidden directories), and
+        each name as the caller reaches it: a file of a data set shared into the caller's
+        project by the share's entry in that project, not by the owning project's path."""
         if not hits:
             return hits
-        dirs = {_dir_of(p) for h in hits for p in h.get("paths") or ()}
-        ok = self.ns.searchable(cred, dirs)
+        seen = self.ns.visible_paths(cred, [p for h in hits for p in h.get("paths") or ()])
         out = []
         for h in hits:
-            paths = [p for p in h.get("paths") or () if _dir_of(p) in ok]
+            paths = list(dict.fromkeys(seen[p] for p in h.get("paths") or () if p in seen))
             if paths:
-                if h.get("path") not in paths:
-                    h = {**h, "path": paths[0]}
-                out.append({**h, "paths": paths})
+                path = seen.get(h.get("path") or "")
+                out.append({**h, "path": path if path is not None else paths[0],
+                            "paths": paths})
         return out
 
     def _count_visible(self, cred: Any, index: SearchBackend, query: str) -> int:
         """Every match ``cred`` may see (a count must not tell of hidden files either):
-        walks all matches, page by page, checking each distinct directory once."""
+        walks all matches, page by page, checking each distinct path once."""
         seen_ok: dict[str, bool] = {}
         n = offset = 0
         while True:
             page = index.search(query, limit=MAX_LIMIT, offset=offset, sort="ino").hits
-            dirs = {_dir_of(p) for h in page for p in h.get("paths") or ()} - set(seen_ok)
-            if dirs:
-                ok = self.ns.searchable(cred, dirs)
-                seen_ok.update((d, d in ok) for d in dirs)
-            n += sum(1 for h in page
-                     if any(seen_ok.get(_dir_of(p)) for p in h.get("paths") or ()))
+            new = {p for h in page for p in h.get("paths") or ()} - set(seen_ok)
+            if new:
+                ok = self.ns.visible_paths(cred, new)
+                seen_ok.update((p, p in ok) for p in new)
+            n += sum(1 for h in page if any(seen_ok.get(p) for p in h.get("paths") or ()))
             if len(page) < MAX_LIMIT:
                 return n
             offset += MAX_LIMIT
@@ -166,10 +166,6 @@ class SearchService:
             if self._index is not None:
                 self._index.close()
                 self._index = None
-
-
-def _dir_of(path: str) -> str:
-    return path.rsplit("/", 1)[0] or "/"
 
 
 def serve_index_default(settings: Any) -> bool:
