@@ -6,6 +6,7 @@ started with pgserver for the test session; every test gets a database of its ow
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -55,18 +56,28 @@ def _with_db(url: str, db: str) -> str:
 @pytest.fixture
 def pg_url(pg_server_url: str) -> Iterator[str]:
     """A fresh, empty database on the test PostgreSQL server."""
+    with pg_database(pg_server_url) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def pg_database(pg_server_url: str) -> Iterator[str]:
+    """A fresh, empty database on the test PostgreSQL server, dropped on leaving (for
+    fixtures that outlive one test: ``pg_url`` is per test)."""
     import psycopg
 
     name = f"mfs_{os.getpid()}_{next(_db_counter)}_{uuid.uuid4().hex[:6]}"
     admin = _with_db(pg_server_url, "postgres").replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield _with_db(pg_server_url, name)
     try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    except Exception:
-        pass
+        yield _with_db(pg_server_url, name)
+    finally:
+        try:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except Exception:
+            pass
 
 
 @pytest.fixture

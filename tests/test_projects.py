@@ -5,11 +5,13 @@ project B. Working in A (with her A credential) she reads A's data, but nothing 
 into B or anywhere outside A by any route: create, open for write, rename, link, bulk
 create. A read-only share lets B read the data set in place and not write it; after the
 unshare B sees nothing. Quotas hold per project, and search and provenance in B never show
-A's unshared files.
+A's unshared files; what is shared into B, B finds under the share's entry. The boundary,
+share and quota tests run on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -26,13 +28,15 @@ from metafs.ops import certs
 from metafs.ops.auth import add_token
 from metafs.proto import metafs_pb2 as pb
 
+from conftest import ENGINES, pg_database
+
 TOKENS = {"alice": "alice-token-1", "bob": "bob-token-2", "admin": "admin-token-3"}
 IDS = {"alice": (1000, 1000), "bob": (1001, 1001), "admin": (0, 0)}
 SECRET = b"patient_id,diagnosis\n17,flu\n"
 
 
 class Cluster:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, db_url: str = "") -> None:
         certs.init_cluster(tmp, hosts=["localhost", "127.0.0.1"])
         auth = tmp / "auth.toml"
         for name, (uid, gid) in IDS.items():
@@ -41,6 +45,8 @@ class Cluster:
         s = Settings().with_(data_dir=str(tmp / "data"), tls_cert=str(tmp / "server.pem"),
                              tls_key=str(tmp / "server-key.pem"), tls_ca=str(self.ca),
                              auth_mode="token", auth_file=str(auth), serve_index=True)
+        if db_url:
+            s = s.with_(db_url=db_url)
         self.nn = build_namenode(s)
         self.server = serve_grpc(self.nn, "127.0.0.1:0")
         self.address = self.server.address
@@ -69,10 +75,27 @@ class Cluster:
         self.nn.close()
 
 
+# The boundary, share and quota tests run on both engines; the rest on SQLite only.
+ON_BOTH_ENGINES = {"test_layout_members_and_roles",
+                   "test_a_member_of_a_and_b_working_in_a_cannot_copy_a_into_b",
+                   "test_read_only_share_then_unshare", "test_quota_holds_per_project"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "cluster" in metafunc.fixturenames:
+        engines = ENGINES if metafunc.function.__name__ in ON_BOTH_ENGINES else ["sqlite"]
+        metafunc.parametrize("cluster", engines, indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("projects"))
-    try:
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Cluster]:
+    with contextlib.ExitStack() as stack:
+        db_url = ""
+        if request.param == "postgres":
+            db_url = stack.enter_context(pg_database(request.getfixturevalue("pg_server_url")))
+        c = Cluster(tmp_path_factory.mktemp("projects"), db_url)
+        stack.callback(c.close)
         c.project("alice", action="create", name="A")
         c.project("bob", action="create", name="B")
         c.project("bob", action="add", project="B", user="alice", role="data_scientist")
@@ -87,8 +110,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             root.write_bytes("/tmp/open.txt", b"anyone may write this")
             root.chmod("/tmp/open.txt", 0o666)
         yield c
-    finally:
-        c.close()
 
 
 def refused(fn: Any, *args: Any) -> OSError:
