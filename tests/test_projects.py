@@ -288,3 +288,74 @@ def test_search_and_lineage_across_a_share(cluster: Cluster) -> None:
                         to="B")
     with cluster.client("bob@B") as b:
         assert b.search("cohort:2026", wait=True).paths == []
+
+
+def test_a_project_client_certificate(tmp_path: Path) -> None:
+    """`metafs project credential A alice --cert DIR` issues a client certificate the
+    namenode (mutual TLS) takes as alice@A: it works inside A, is refused in B and by a
+    project mount of B; a certificate of the same name that was never registered, or
+    whose member was removed, is refused."""
+    from metafs.cli import main
+    from metafs.config import load
+    from metafs.fuse.project import open_project
+    from metafs.ops.auth import add_cert_identity
+
+    pki = tmp_path / "pki"
+    certs.init_cluster(pki, hosts=["localhost", "127.0.0.1"], clients=["alice", "bob"])
+    auth = pki / "auth.toml"
+    add_cert_identity(auth, "alice", 1000, 1000, [1000])
+    add_cert_identity(auth, "bob", 1001, 1001, [1001])
+    nn = build_namenode(Settings().with_(
+        data_dir=str(tmp_path / "data"), tls_cert=str(pki / "server.pem"),
+        tls_key=str(pki / "server-key.pem"), tls_ca=str(pki / "ca.pem"), tls_client_auth=True,
+        auth_mode="cert", auth_file=str(auth)))
+    server = serve_grpc(nn, "127.0.0.1:0")
+    try:
+        def own(name: str) -> Path:
+            cfg = tmp_path / f"{name}.toml"
+            cfg.write_text(f'namenode = "{server.address}"\ntls_ca = "{pki}/ca.pem"\n'
+                           f'tls_client_cert = "{pki}/client-{name}.pem"\n'
+                           f'tls_client_key = "{pki}/client-{name}-key.pem"\n')
+            return cfg
+
+        def project(name: str, *argv: str) -> int:
+            return main(["project", *argv, "--config", str(own(name))])
+
+        assert project("alice", "create", "A") == 0
+        assert project("bob", "create", "B") == 0
+        home = tmp_path / "alice@A"
+        # the certificate is signed where the CA's key is; a data scientist's own
+        # identity may register one for itself, not for another member
+        assert project("bob", "credential", "A", "alice", "--cert", str(home),
+                       "--ca-dir", str(pki)) == 1
+        assert not home.exists()
+        assert project("alice", "credential", "A", "alice", "--cert", str(home),
+                       "--ca-dir", str(pki)) == 0
+        assert certs.common_name((home / "client.pem").read_bytes()) == "alice@A"
+        with Client(settings=load(str(home / "config.toml"), environ={})) as a:
+            assert a.transport.whoami()["project"] == "A"
+            a.write_bytes("/Projects/A/runs/by-cert.txt", b"in A")
+            assert refused(a.listdir, "/Projects/B").errno == errno.EACCES
+            assert refused(a.write_bytes, "/Projects/B/runs/x", b"x").errno == errno.EACCES
+            assert open_project(a, "A").identity == "alice@A"
+            assert refused(open_project, a, "B").errno == errno.EACCES
+        # a certificate with the same name, signed by the same CA, never registered
+        forged = certs.issue(certs.load(pki / "ca.pem", pki / "ca-key.pem"), "alice@A",
+                             server=False)
+        forged.write(tmp_path / "forged.pem", tmp_path / "forged-key.pem")
+        s = load(str(home / "config.toml"), environ={}).with_(
+            tls_client_cert=str(tmp_path / "forged.pem"),
+            tls_client_key=str(tmp_path / "forged-key.pem"))
+        with pytest.raises(PermissionError, match="nor registered as a project credential"):
+            Client(settings=s).close()
+        # a removed member's certificate stops working
+        project("alice", "add", "A", "carol")
+        carol = tmp_path / "carol@A"
+        assert project("alice", "credential", "A", "carol", "--cert", str(carol),
+                       "--ca-dir", str(pki)) == 0
+        assert project("alice", "remove", "A", "carol") == 0
+        with pytest.raises(PermissionError, match="nor registered as a project credential"):
+            Client(settings=load(str(carol / "config.toml"), environ={})).close()
+    finally:
+        server.stop(0)
+        nn.close()

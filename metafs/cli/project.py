@@ -41,9 +41,16 @@ def add_commands(sub: Any, common: Common) -> None:
     p = action("remove", "remove a member (its project credentials stop working)")
     p.add_argument("project")
     p.add_argument("user")
-    p = action("credential", "issue a token for USER working in PROJECT (shown once)")
+    p = action("credential", "issue a token for USER working in PROJECT (shown once), or "
+               "a client certificate (--cert)")
     p.add_argument("project")
     p.add_argument("user")
+    p.add_argument("--cert", metavar="DIR", default="",
+                   help="issue a client certificate instead: write it, its key, the CA and "
+                   "settings to the new directory DIR (needs --ca-dir)")
+    p.add_argument("--ca-dir", default="", help="the directory of the cluster's CA "
+                   "(ca.pem, ca-key.pem: `metafs auth init`'s)")
+    p.add_argument("--days", type=int, default=825, help="validity of the certificate")
     p = action("share", "share a data set directory with another project")
     p.add_argument("path", help="/Projects/A/datasets/NAME (or models/NAME)")
     p.add_argument("--with", dest="to", required=True, metavar="PROJECT")
@@ -93,8 +100,37 @@ def call(settings: Any, req: dict[str, Any]) -> Any:
         return project_call(t, req)
 
 
+def _project_cert(args: argparse.Namespace, req: dict[str, Any]) -> Any:
+    """The certificate ``credential --cert`` issues, its fingerprint put in ``req`` for the
+    namenode to register (the files are written only once it has)."""
+    from pathlib import Path
+
+    from ..ops.auth import cert_fingerprint
+    from ..ops.team import project_certificate
+
+    if not (args.cert and args.ca_dir):
+        raise ValueError("--cert DIR and --ca-dir DIR go together: the certificate is "
+                         "signed by the cluster's CA and written to DIR")
+    if Path(args.cert).exists():
+        raise FileExistsError(f"{args.cert} exists: give a new directory for the identity")
+    cert = project_certificate(args.ca_dir, args.project, args.user, args.days)
+    req["cert_sha256"] = cert_fingerprint(cert.cert_pem)
+    return cert
+
+
 def cmd_project(args: argparse.Namespace) -> int:
-    out = call(settings_from(args), request(args))
+    settings = settings_from(args)
+    req = request(args)
+    cert = None
+    if args.action == "credential" and (args.cert or args.ca_dir):
+        cert = _project_cert(args, req)
+    out = call(settings, req)
+    if cert is not None:  # registered: now hand it out
+        from ..ops.team import write_project_identity
+
+        write_project_identity(args.cert, f"{out['name']} (uid {out['uid']})",
+                               settings.namenode, args.ca_dir, cert)
+        out["dir"] = args.cert
     if args.json:
         print(json.dumps(out, indent=2, sort_keys=True))
         return 0
@@ -114,6 +150,9 @@ def cmd_project(args: argparse.Namespace) -> int:
         for s in out["shared_in"]:
             print(f"  shared in: {s['path']} from {s['from']}"
                   f"{' read-only' if s['read_only'] else ''}")
+    elif args.action == "credential" and "dir" in out:
+        print(f"{out['name']}: uid {out['uid']}, gid {out['gid']}: certificate and settings "
+              f"in {out['dir']} (use with --config {out['dir']}/config.toml)")
     elif args.action == "credential":
         print(f"# {out['name']}: uid {out['uid']}, gid {out['gid']} (shown once)")
         print(out["token"])

@@ -78,6 +78,18 @@ UPDATE inodes SET gid = :gid WHERE id IN (SELECT ino FROM sub)
 """)
 
 
+_FINGERPRINT = re.compile(r"^[0-9A-Fa-f]{64}$")
+CERT_KEY = "cert:"
+
+
+def _cert_key(fingerprint: str) -> str:
+    """How a project certificate is kept among the credentials' digests: ``cert:`` and
+    the start of its fingerprint (236 bits, to fit the column). A token's digest is hex
+    only, so a token never finds a certificate's row, nor a certificate a token's."""
+    key = CERT_KEY + fingerprint.lower()
+    return key[:64]
+
+
 def _check_name(name: str, what: str = "project") -> None:
     if not isinstance(name, str) or not _NAME.match(name):
         raise FsError(errno.EINVAL, f"bad {what} name {name!r}: use letters, digits, '_', "
@@ -197,7 +209,7 @@ class Projects:
                 st.protected.add(top.ino)
         return st
 
-    def identity_for(self, digest: str) -> dict[str, Any] | None:
+    def identity_for(self, digest: str, kind: str = "token") -> dict[str, Any] | None:
         """The identity a project credential (by its token's digest) stands for."""
         st = self.state()
         found = st.creds.get(digest)
@@ -208,9 +220,15 @@ class Projects:
         if m is None or project not in st.projects:
             return None  # a removed member's credential is dead
         groups, ro = st.groups(project)
-        return dict(name=f"{user}@{project}", kind="token", uid=m.uid,
+        return dict(name=f"{user}@{project}", kind=kind, uid=m.uid,
                     gid=st.projects[project].gid, groups=groups, trusted=False,
                     project=project, ro_groups=ro)
+
+    def identity_for_cert(self, common_name: str, fingerprint: str) -> dict[str, Any] | None:
+        """The identity a registered project certificate stands for: its fingerprint is
+        registered for ``user@project``, which is also its common name."""
+        ident = self.identity_for(_cert_key(fingerprint), "cert")
+        return ident if ident is not None and ident["name"] == common_name else None
 
     # ------------------------------------------------------------------ the boundary
     def check(self, tx: Tx) -> None:
@@ -429,8 +447,11 @@ class Projects:
 
         self._write(fn)
 
-    def credential(self, who: "Caller", project: str, user: str) -> dict[str, Any]:
-        """A new token for ``user`` working in ``project`` (shown once, stored as digest)."""
+    def credential(self, who: "Caller", project: str, user: str, cert_sha256: str = ""
+                   ) -> dict[str, Any]:
+        """A new token for ``user`` working in ``project`` (shown once, stored as digest);
+        or, given ``cert_sha256``, that client certificate (common name ``user@project``,
+        signed by the cluster's CA where its key is kept) registered as one."""
         import hashlib
 
         st = self.state()
@@ -438,16 +459,27 @@ class Projects:
         m = self._member(st, project, user)
         if not (who.user == user and not who.project):
             self._require_owner(st, who, project)
-        token = secrets.token_urlsafe(32)
-        digest = hashlib.sha256(token.encode()).hexdigest()
+        token = ""
+        if cert_sha256:
+            if not isinstance(cert_sha256, str) or not _FINGERPRINT.match(cert_sha256):
+                raise FsError(errno.EINVAL, "cert_sha256 is a certificate's SHA-256 "
+                              "fingerprint: 64 hexadecimal digits")
+            key = _cert_key(cert_sha256)
+        else:
+            token = secrets.token_urlsafe(32)
+            key = hashlib.sha256(token.encode()).hexdigest()
 
         def fn(tx: Tx) -> None:
-            tx.conn.execute(insert(CR).values(token_sha256=digest, project=project, user=user,
+            if tx.conn.execute(select(CR.c.project).where(CR.c.token_sha256 == key)).first():
+                raise FsError(errno.EEXIST, "this certificate is registered already")
+            tx.conn.execute(insert(CR).values(token_sha256=key, project=project, user=user,
                                               created_ns=tx.now))
 
         self._write(fn)
-        return {"project": project, "user": user, "token": token, "uid": m.uid,
-                "gid": p.gid, "name": f"{user}@{project}"}
+        out = {"project": project, "user": user, "uid": m.uid, "gid": p.gid,
+               "name": f"{user}@{project}"}
+        return {**out, "cert_sha256": cert_sha256.lower()} if cert_sha256 else \
+            {**out, "token": token}
 
     def share(self, who: "Caller", path: str, to: str, read_only: bool) -> dict[str, Any]:
         parts = [x for x in path.split("/") if x]
@@ -630,6 +662,7 @@ def install(namenode: Any, server: Any) -> None:
     auth = getattr(namenode, "authenticator", None)
     if auth is not None:
         auth.token_resolvers.append(projects.identity_for)
+        auth.cert_resolvers.append(projects.identity_for_cert)
 
     def call(body: bytes, ctx: grpc.ServicerContext) -> Any:
         try:

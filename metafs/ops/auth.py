@@ -95,6 +95,15 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def cert_fingerprint(pem: bytes | str) -> str:
+    """The SHA-256 fingerprint (hex) of a PEM certificate: of its DER bytes, as
+    ``openssl x509 -fingerprint -sha256`` shows it (without the colons)."""
+    import ssl
+
+    text = (pem.decode() if isinstance(pem, bytes) else pem).strip()
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(text)).hexdigest()
+
+
 #: the tables of an identity table file, and the keys an entry of each may have
 _TABLE_KEYS = {"tokens": frozenset({"token", "token_sha256", "uid", "gid", "groups", "trusted"}),
                "certs": frozenset({"uid", "gid", "groups", "trusted"})}
@@ -229,6 +238,9 @@ class Authenticator:
         # Tokens the table does not hold are offered to these (by their SHA-256 digest):
         # each returns the fields of an Identity, or None (project credentials).
         self.token_resolvers: list[Callable[[str], dict[str, Any] | None]] = []
+        # Client certificates the table does not name are offered to these, by common name
+        # and fingerprint (cert_fingerprint): the same, for project certificates.
+        self.cert_resolvers: list[Callable[[str, str], dict[str, Any] | None]] = []
         self.table = IdentityTable.load(settings.auth_file) if settings.auth_file \
             else IdentityTable()
         if mode != "none" and not settings.auth_file:
@@ -276,8 +288,11 @@ class Authenticator:
                 cn = cns[0].decode() if isinstance(cns[0], bytes) else str(cns[0])
                 ident = self.table.by_cn.get(cn)
                 if ident is None:
+                    ident = self._resolve_cert(cn, ac.get("x509_pem_cert") or [])
+                if ident is None:
                     raise AuthError(f"client certificate {cn!r} is not mapped to a user in "
-                                    "the namenode's auth_file")
+                                    "the namenode's auth_file, nor registered as a project "
+                                    "credential of a member")
                 return ident
         return None
 
@@ -285,6 +300,16 @@ class Authenticator:
         digest = token_digest(token)
         for resolve in self.token_resolvers:
             fields = resolve(digest)
+            if fields is not None:
+                return Identity(**fields)
+        return None
+
+    def _resolve_cert(self, cn: str, pems: list[bytes]) -> Identity | None:
+        if not pems or not self.cert_resolvers:
+            return None
+        fingerprint = cert_fingerprint(pems[0])
+        for resolve in self.cert_resolvers:
+            fields = resolve(cn, fingerprint)
             if fields is not None:
                 return Identity(**fields)
         return None

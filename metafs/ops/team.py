@@ -100,26 +100,55 @@ def init_team(out_dir: str | Path, server_names: Sequence[str], members: Sequenc
     address = f"{server_names[0]}:{port}"
     for m in members:
         home = d / "identities" / m.name
-        home.mkdir(parents=True, mode=0o700)
-        shutil.copyfile(d / "ca.pem", home / "ca.pem")
-        lines = [f"# metafs client settings of {m.name} (uid {m.uid}); copy this directory",
-                 "# to ~/.config/metafs/ on its machines, or pass --config FILE",
-                 f'namenode = "{address}"', 'tls_ca = "ca.pem"']
         if credentials == "token":
             token = secrets.token_urlsafe(32)
             add_token(table_path, m.name, m.uid, m.gid, list(m.groups), token,
                       trusted=m.trusted)
-            write_secret(home / "token", token + "\n")
-            lines.append('token_file = "token"')
+            _identity_dir(home, f"{m.name} (uid {m.uid})", address, d / "ca.pem", token=token)
         else:
-            certs.issue(ca, m.name, server=False, days=days).write(
-                home / "client.pem", home / "client-key.pem")
             add_cert_identity(table_path, m.name, m.uid, m.gid, list(m.groups),
                               trusted=m.trusted)
-            lines += ['tls_client_cert = "client.pem"', 'tls_client_key = "client-key.pem"']
-        (home / "config.toml").write_text("\n".join(lines) + "\n")
+            _identity_dir(home, f"{m.name} (uid {m.uid})", address, d / "ca.pem",
+                          cert=certs.issue(ca, m.name, server=False, days=days))
         written[f"identity {m.name}"] = str(home)
     return written
+
+
+def _identity_dir(home: Path, who: str, address: str, ca_pem: Path, *, token: str = "",
+                  cert: certs.Issued | None = None) -> None:
+    """An identity's directory: its settings, the CA, and its token or certificate."""
+    home.mkdir(parents=True, mode=0o700)
+    shutil.copyfile(ca_pem, home / "ca.pem")
+    lines = [f"# metafs client settings of {who}; copy this directory",
+             "# to ~/.config/metafs/ on its machines, or pass --config FILE",
+             f'namenode = "{address}"', 'tls_ca = "ca.pem"']
+    if cert is None:
+        write_secret(home / "token", token + "\n")
+        lines.append('token_file = "token"')
+    else:
+        cert.write(home / "client.pem", home / "client-key.pem")
+        lines += ['tls_client_cert = "client.pem"', 'tls_client_key = "client-key.pem"']
+    (home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def project_certificate(ca_dir: str | Path, project: str, user: str, days: int = 825
+                        ) -> certs.Issued:
+    """A client certificate for ``user`` working in ``project`` (common name
+    ``user@project``), signed by the CA kept in ``ca_dir`` (``metafs auth init``'s
+    directory). The namenode takes it as that project identity once it is registered
+    (``metafs project credential PROJECT USER --cert DIR``)."""
+    d = Path(ca_dir)
+    if not (d / "ca.pem").exists() or not (d / "ca-key.pem").exists():
+        raise FileNotFoundError(f"no CA in {d} (ca.pem and ca-key.pem, as `metafs auth "
+                                "init` writes them): give the directory of the cluster's CA")
+    return certs.issue(certs.load(d / "ca.pem", d / "ca-key.pem"), f"{user}@{project}",
+                       server=False, days=days)
+
+
+def write_project_identity(home: str | Path, name: str, address: str, ca_dir: str | Path,
+                           cert: certs.Issued) -> None:
+    """A project identity's directory, as ``metafs auth init`` writes one per identity."""
+    _identity_dir(Path(home), name, address, Path(ca_dir) / "ca.pem", cert=cert)
 
 
 def _sans_differ(cert_path: Path, names: list[str]) -> bool:
