@@ -269,14 +269,18 @@ def test_search_and_lineage_across_a_share(cluster: Cluster) -> None:
                 b.write_bytes("/Projects/B/models/triage.bin", b"weights")
             res = b.search("cohort:2026", wait=True, count=True)
             assert res.paths == [f"{entry}/records.csv"] and res.total == 1
+            for under in ("/Projects/B", entry):  # the share's files are below its entry
+                assert b.search(f"under:{under} cohort:2026").paths == [
+                    f"{entry}/records.csv"]
             assert not [p for p in b.search("ext:csv", wait=True).paths
                         if p.startswith("/Projects/A/")]
             up = b.upstream("/Projects/B/models/triage.bin")
             paths = {x["path"] for x in up.artifacts.values()}
-            assert {entry, "/Projects/B/models/triage.bin"} <= paths, paths
+            # the file read, or its data set (a directory of files), under B's path
+            shared = {entry, f"{entry}/records.csv"}
+            assert "/Projects/B/models/triage.bin" in paths and paths & shared, paths
             assert not [p for p in paths if p.startswith("/Projects/A/")]
-            shown = b.provenance().show(f"{entry}/records.csv")
-            assert shown["path"] == entry  # the data set (a directory of files) is one artifact
+            assert b.provenance().show(f"{entry}/records.csv")["path"] in shared
         with cluster.client("alice@A") as a:
             down = a.downstream("/Projects/A/datasets/patients/records.csv")
             run = next(r for r in down.runs.values() if r["name"] == "train-on-shared")

@@ -15,6 +15,7 @@ from typing import Any, Hashable, Union
 
 from . import query as q
 from .base import SearchBackend
+from .store import SUBTREE
 from .tags import BOOL, NUM, STR, TEXT
 
 _SQL_OPS = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
@@ -332,8 +333,7 @@ class Compiler:
     # ------------------------------------------------------------------ pieces
     @staticmethod
     def _subtree() -> str:
-        return ("WITH RECURSIVE sub(id) AS (SELECT ? UNION ALL SELECT dd.ino FROM dirs dd "
-                "JOIN sub ON dd.parent = sub.id) SELECT id FROM sub")
+        return SUBTREE + " SELECT id FROM sub"
 
     @staticmethod
     def _match(n: q.Text) -> str:

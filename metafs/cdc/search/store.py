@@ -37,6 +37,13 @@ from .query import ext_of, type_of_mode
 from .tags import NUM, STR, TEXT, collect, flatten_key, tag_key
 
 RENAME_EXCHANGE = 2
+# A directory (the parameter) and every directory below it: through the dirs tree, and
+# through other names of directories (a project's share entry names a data set directory
+# of another project, so a share's files are found under the entry too).
+SUBTREE = ("WITH RECURSIVE sub(id) AS (SELECT ? UNION ALL "
+           "SELECT dd.ino FROM dirs dd JOIN sub ON dd.parent = sub.id UNION ALL "
+           "SELECT xd.ino FROM xlinks xl JOIN sub ON xl.parent = sub.id "
+           "JOIN dirs xd ON xd.ino = xl.ino)")
 
 SCHEMA_VERSION = 2
 """Bumped when the tables change; an index file of another version is rebuilt by replay."""
@@ -518,7 +525,8 @@ class StateStore:
         return p
 
     def lookup_dir(self, c: sqlite3.Connection, path: str) -> int | None:
-        """The ino of the directory at ``path`` per the dirs table."""
+        """The ino of the directory at ``path`` per the dirs table, or through another
+        name of a directory (``xlinks``: a project's share entry)."""
         cur = ROOT_INO
         for part in path.split("/"):
             if not part or part == ".":
@@ -526,16 +534,16 @@ class StateStore:
             row = c.execute("SELECT ino FROM dirs WHERE parent=? AND name=?",
                             (cur, part)).fetchone()
             if row is None:
+                row = c.execute("SELECT x.ino FROM xlinks x JOIN dirs d ON d.ino = x.ino "
+                                "WHERE x.parent=? AND x.name=?", (cur, part)).fetchone()
+            if row is None:
                 return None
             cur = row[0]
         return cur
 
     def subtree_dirs(self, c: sqlite3.Connection, ino: int) -> list[int]:
         """``ino`` and every directory below it."""
-        return [r[0] for r in c.execute(
-            "WITH RECURSIVE sub(id) AS (SELECT ? UNION ALL "
-            "SELECT d.ino FROM dirs d JOIN sub ON d.parent = sub.id) SELECT id FROM sub",
-            (ino,))]
+        return [r[0] for r in c.execute(SUBTREE + " SELECT id FROM sub", (ino,))]
 
 
 def _run_script(c: sqlite3.Connection, script: str) -> None:
