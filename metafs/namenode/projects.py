@@ -79,14 +79,14 @@ UPDATE inodes SET gid = :gid WHERE id IN (SELECT ino FROM sub)
 
 
 _FINGERPRINT = re.compile(r"^[0-9A-Fa-f]{64}$")
-CERT_KEY = "cert:"
+_CERT_KEY = "cert:"
 
 
 def _cert_key(fingerprint: str) -> str:
     """How a project certificate is kept among the credentials' digests: ``cert:`` and
     the start of its fingerprint (236 bits, to fit the column). A token's digest is hex
     only, so a token never finds a certificate's row, nor a certificate a token's."""
-    key = CERT_KEY + fingerprint.lower()
+    key = _CERT_KEY + fingerprint.lower()
     return key[:64]
 
 
