@@ -271,6 +271,10 @@ def test_search_and_lineage_across_a_share(cluster: Cluster) -> None:
                 b.write_bytes("/Projects/B/models/triage.bin", b"weights")
             res = b.search("cohort:2026", wait=True, count=True)
             assert res.paths == [f"{entry}/records.csv"] and res.total == 1
+            ds = b.search("name:patients type:dir").hits  # the data set: by its entry
+            st = b.stat(entry)
+            assert [(h["path"], h["mode"], h["uid"]) for h in ds] == [
+                (entry, st.st_mode, st.st_uid)]
             for under in ("/Projects/B", entry):  # the share's files are below its entry
                 assert b.search(f"under:{under} cohort:2026").paths == [
                     f"{entry}/records.csv"]
@@ -294,6 +298,11 @@ def test_search_and_lineage_across_a_share(cluster: Cluster) -> None:
                         to="B")
     with cluster.client("bob@B") as b:
         assert b.search("cohort:2026", wait=True).paths == []
+    with cluster.client("alice@A") as a:  # the data set's document is whole again
+        st = a.stat("/Projects/A/datasets/patients")
+        assert [(h["paths"], h["nlink"]) for h in
+                a.search("name:patients type:dir", wait=True).hits] == [
+            (["/Projects/A/datasets/patients"], st.st_nlink)]
 
 
 def test_a_project_client_certificate(tmp_path: Path,

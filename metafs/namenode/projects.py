@@ -47,7 +47,7 @@ from ..errors import FsError
 from ..posix import ROOT_INO, Cred
 from ..proto import metafs_pb2 as pb
 from . import schema
-from .rows import Q_INSERT_INODE, Tx, dict_attr
+from .rows import Q_INSERT_INODE, Tx, dict_attr, to_attr
 from .sql import Prepared
 
 if TYPE_CHECKING:
@@ -520,7 +520,8 @@ class Projects:
             c.execute(insert(SH).values(ino=row.id, to_project=to, project=src, gid=gid,
                                         read_only=int(read_only), entry_parent=qdir.id,
                                         entry_name=entry))
-            tx.log(pb.OP_LINK, row.id, parent=qdir.id, name=entry)
+            tx.log(pb.OP_LINK, row.id, parent=qdir.id, name=entry,
+                   attr=to_attr(self.ns.inode_row(c, row.id)))  # as a link's record has
             self._record(tx, row.id, action="share", project=src, to=to, path=path,
                          read_only=read_only, entry=f"/{ROOT_DIR}/{to}/datasets/{entry}")
             return {"path": path, "to": to, "read_only": read_only,
@@ -552,7 +553,7 @@ class Projects:
             if c.execute(select(SH.c.ino).where(SH.c.ino == share.ino)).first() is None:
                 c.execute(_SUBTREE, {"root": share.ino, "gid": p.gid})
             tx.log(pb.OP_UNLINK, share.ino, parent=share.entry_parent,
-                   name=share.entry_name)
+                   name=share.entry_name, nlink=self.ns.inode_row(c, share.ino).nlink)
             self._record(tx, share.ino, action="unshare", project=src, to=to, path=path)
 
         self._write(fn)
