@@ -71,6 +71,7 @@ class LocalStore(BlockStore):
             raise FsError(exc.errno or errno.EIO, f"cannot create block directory: {exc}",
                           str(self.root)) from None
         self.url = self.root.resolve().as_uri()
+        self._prefix = os.path.join(str(self.root), "")
 
     @classmethod
     def from_url(cls, url: str, *, fsync: bool = True, direct: bool = False) -> "LocalStore":
@@ -84,6 +85,13 @@ class LocalStore(BlockStore):
             check_key(key[len(TMP) + 1:])
             return self.root / key
         return self.root / check_key(key)
+
+    def _file(self, key: str) -> str:
+        """The file of block ``key`` as a string: a read of a few KiB costs less than
+        building its :class:`Path` did."""
+        if key.startswith(TMP + "/"):
+            return str(self._path(key))
+        return self._prefix + check_key(key)
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         path = self._path(key)
@@ -174,12 +182,13 @@ class LocalStore(BlockStore):
                 buf.close()
 
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes | bytearray:
-        """The bytes are read straight into the buffer returned (a ``bytearray``, no further
-        copy); callers treat it as immutable, like ``bytes``."""
+        """The bytes are read straight into the ``bytes`` returned (``os.pread``: no
+        further copy, and no zero-filled buffer first: a fresh 4 MiB ``bytearray`` costs a
+        memset of the whole block before the read, a 16 KiB one twice a pread's time)."""
         if start < 0 or (end is not None and end < start):
             raise FsError(errno.EINVAL, f"bad range [{start}, {end}) for block {key}")
         try:
-            fd = os.open(self._path(key), os.O_RDONLY)
+            fd = os.open(self._file(key), os.O_RDONLY)
         except FileNotFoundError:
             raise BlockNotFound(key) from None
         except OSError as exc:
@@ -188,19 +197,17 @@ class LocalStore(BlockStore):
             if end is None:
                 end = max(start, os.fstat(fd).st_size)
             want = end - start
-            buf = bytearray(want)
-            got = 0
-            if want:
-                mv = memoryview(buf)
+            data = os.pread(fd, want, start) if want else b""
+            if 0 < len(data) < want:  # a short read before the end (rare): read on
+                parts, got = [data], len(data)
                 while got < want:
-                    n = os.preadv(fd, [mv[got:]], start + got)
-                    if not n:
+                    more = os.pread(fd, want - got, start + got)
+                    if not more:
                         break
-                    got += n
-                del mv
-            if got < want:
-                del buf[got:]
-            return buf
+                    parts.append(more)
+                    got += len(more)
+                data = b"".join(parts)
+            return data
         except OSError as exc:
             raise FsError(errno.EIO, f"cannot read block {key}: {exc}", key) from None
         finally:
@@ -208,7 +215,7 @@ class LocalStore(BlockStore):
 
     def head(self, key: str) -> BlockInfo | None:
         try:
-            st = os.stat(self._path(key))
+            st = os.stat(self._file(key))
         except FileNotFoundError:
             return None
         except OSError as exc:
