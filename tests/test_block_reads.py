@@ -144,6 +144,7 @@ def test_disk_cache_size_limit_and_eviction(tmp_path: Path) -> None:
     for i in range(1, 8):
         os.utime(dc._path(f"1/{i}-k"), (100 + i, 100 + i))
     assert dc.get("1/0-k") == bytes(1000)  # used now: the most recent
+    assert dc.get_range("1/2-k", 100, 300) == bytes([2]) * 200  # a ranged read uses it too
     for i in range(8, 12):
         dc.put(f"1/{i}-k", bytes([i]) * 1000)
     assert dc.used_bytes <= 10 * 1000
@@ -151,6 +152,8 @@ def test_disk_cache_size_limit_and_eviction(tmp_path: Path) -> None:
     assert on_disk == dc.used_bytes
     assert dc.get("1/0-k") == bytes(1000)   # recently used: kept
     assert dc.get("1/1-k") is None          # least recently used: evicted first
+    assert dc.get("1/3-k") is None          # (the next, as 2 was read in a range)
+    assert dc.get("1/2-k") == bytes([2]) * 1000
     assert dc.get("1/11-k") == bytes([11]) * 1000
     dc.put("big", b"x" * 20_000)            # larger than the whole cache: not kept
     assert dc.get("big") is None

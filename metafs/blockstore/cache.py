@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -18,6 +19,7 @@ from .local import write_all
 log = logging.getLogger("metafs.blockstore.cache")
 _MEM = CacheMetrics("memory")
 _DISK = CacheMetrics("disk")
+RECENCY_SLACK = 60.0  # a ranged read refreshes a cached block's recency when older than this
 
 
 class MemoryCache:
@@ -73,14 +75,20 @@ class DiskCache:
         self.max_bytes = max(0, max_bytes)
         self.free_ratio = min(max(0.0, free_ratio), 0.99)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._prefix = os.path.join(str(self.root), "")
         self._lock = threading.Lock()
         self._used = sum(p.stat().st_size for p in self.root.glob("*/*") if p.is_file())
         _DISK.bytes.inc(self._used)
 
     def _path(self, key: str) -> Path:
+        return Path(self._file(key))
+
+    def _file(self, key: str) -> str:
+        """The file of block ``key`` as a string (a random read costs less without a
+        :class:`Path`)."""
         name = f"{self.namespace}\0{key}" if self.namespace else key
         h = hashlib.sha256(name.encode()).hexdigest()
-        return self.root / h[:2] / h[2:]
+        return f"{self._prefix}{h[:2]}/{h[2:]}"
 
     @property
     def used_bytes(self) -> int:
@@ -103,9 +111,10 @@ class DiskCache:
 
     def get_range(self, key: str, start: int, end: int) -> bytes | None:
         """Bytes ``[start, end)`` of a cached block (None when it is not cached or is
-        shorter than ``end``)."""
+        shorter than ``end``). A block only read in ranges is in use too: its recency is
+        refreshed, at most once a ``RECENCY_SLACK``, so eviction does not take it first."""
         try:
-            fd = os.open(self._path(key), os.O_RDONLY)
+            fd = os.open(self._file(key), os.O_RDONLY)
         except FileNotFoundError:
             _DISK.lookup(False)
             return None
@@ -114,6 +123,8 @@ class DiskCache:
             return None
         try:
             data = os.pread(fd, end - start, start)
+            if time.time() - os.fstat(fd).st_mtime > RECENCY_SLACK:
+                os.utime(fd)
         except OSError as exc:
             log.warning("block cache read of %s failed: %s", key, exc)
             return None
