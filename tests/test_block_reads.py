@@ -239,4 +239,9 @@ def test_mount_reads_cached_blocks_while_the_store_is_gone(tmp_path: Path,
         fh.write("3\n")
     with open(m.path / "f", "rb", buffering=0) as f:
         assert os.pread(f.fileno(), 4096, 3 * BS + 100) == data[3 * BS + 100:3 * BS + 4196]
+        rng = random.Random(6)
+        for _ in range(40):  # random reads, several per block, each asked of the mount
+            off = rng.randrange(len(data) - 4096)
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            assert os.pread(f.fileno(), 4096, off) == data[off:off + 4096]
         assert f.read() == data
