@@ -270,6 +270,10 @@ class FileOperations:
         if h.error is not None:
             err, h.error = h.error, None
             raise err
+        if h.lock_lost:
+            raise FuseError(errno.EIO, "a lock held through this open file was lost with the "
+                            "mount's session (its lease ran out while the namenode could not "
+                            "be reached); close the file")
         return h
 
     def read(self, path: str | None, size: int, offset: int,
