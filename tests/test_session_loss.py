@@ -22,10 +22,12 @@ from typing import Any, Iterator
 import pytest
 
 from metafs.assembly import build_namenode
+from metafs.client import Client
 from metafs.config import load
+from metafs.proto import metafs_pb2 as pb
 from metafs.testing.faults import NamenodeProcess
 
-from fuse_fixtures import Mount, needs_fuse
+from fuse_fixtures import GrpcNamenode, Mount, grpc_namenode, needs_fuse  # noqa: F401
 
 LEASE = 1.0
 
@@ -109,6 +111,45 @@ def _reap(data: Path) -> None:
         nn.ns.reclaim()
     finally:
         nn.close()
+
+
+def test_a_client_goes_on_in_a_new_session(grpc_namenode: GrpcNamenode) -> None:
+    """The namenode drops the client's session (as its reaper does), the client has not
+    noticed: its open files reopen their handles at their next call, a file removed
+    meanwhile (kept only by the lost handle, so freed) answers EIO, and opens and locks
+    (which the namenode refuses without a live session) are made in a new session."""
+    assert grpc_namenode.nn is not None
+    ns = grpc_namenode.nn.ns
+    fs = Client(grpc_namenode.address)
+    try:
+        f = fs.open("/f", "wb")
+        f.write(b"one")
+        f.flush()
+        g = fs.open("/g", "wb")
+        g.write(b"1")
+        fs.remove("/g")                         # kept only by g's handle
+        ns.close_session(fs.client_id)          # handles and locks gone, /g freed
+        with pytest.raises(OSError) as ei:
+            g.close()                           # EBADF, noticed; cannot be reopened
+        assert ei.value.errno == errno.EIO
+        assert fs.session_epoch == 1
+        f.write(b"two")
+        f.flush()
+
+        ns.close_session(fs.client_id)
+        with fs.open("/h", "wb") as h:          # an open refused (EACCES), then made
+            h.write(b"new")
+        ns.close_session(fs.client_id)
+        ino = fs.ino("/f")
+        r = fs.inodes.lock(ino, owner=1, type=pb.LOCK_WRITE, end=10)   # ENOLCK, then made
+        assert r.granted
+        assert fs.session_epoch == 3
+        f.write(b"three")
+        f.close()
+        assert fs.read_bytes("/f") == b"onetwothree"
+        assert fs.read_bytes("/h") == b"new"
+    finally:
+        fs.close()
 
 
 @needs_fuse

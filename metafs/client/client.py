@@ -51,6 +51,9 @@ log = logging.getLogger("metafs.client")
 
 # A session not renewed for this share of its lease is renewed before the next call.
 _LATE = 0.75
+# Calls that need a live session, and the errno a namenode refuses them with without one
+# (a session it lost before this client noticed: the call is made again in a new one)
+_NEEDS_SESSION = {"Open": errno.EACCES, "Create": errno.EACCES, "Lock": errno.ENOLCK}
 
 
 def _check_utf8(p: str) -> str:
@@ -276,7 +279,17 @@ class Client:
         try:
             return self.transport.call(method, request)
         except FsError as err:
+            if _NEEDS_SESSION.get(method) == err.errno and self._session_was_lost():
+                return self._call(method, request, path)  # once: in the new session
             raise err.to_oserror(path if path is not None else err.path) from None
+
+    def _session_was_lost(self) -> bool:
+        """After a call was refused for want of a live session: whether the namenode had
+        lost the session (a new one is open now, see :meth:`renew_session`)."""
+        try:
+            return self.renew_session()
+        except FsError:
+            return False
 
     def close(self) -> None:
         if self._closed.is_set():

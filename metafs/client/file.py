@@ -223,19 +223,21 @@ class RawFile(io.RawIOBase):
     def _with_handle(self, method: str, make: Callable[[int], Any]) -> Any:
         """Call ``method`` with the request ``make(handle)`` builds for this file's handle
         (:meth:`current_handle`). EBADF for a handle of a session that the namenode lost
-        before this client noticed is answered by opening it again and calling once more."""
+        before this client noticed (or ENOENT: the inode that handle alone kept is freed)
+        is answered by opening it again and calling once more."""
         c = self._client
         handle = self.current_handle()
         try:
             return c._call(method, make(handle), self.name)
         except OSError as exc:
-            if exc.errno != errno.EBADF or not handle or not self._handle_lost():
+            if exc.errno not in (errno.EBADF, errno.ENOENT) or not handle \
+                    or not self._handle_lost():
                 raise
         return c._call(method, make(self.current_handle()), self.name)
 
     def _handle_lost(self) -> bool:
-        """After EBADF for this file's handle: whether the session it belongs to is gone
-        (the namenode is asked when this client has not noticed yet)."""
+        """After EBADF (or ENOENT) for this file's handle: whether the session it belongs
+        to is gone (the namenode is asked when this client has not noticed yet)."""
         c = self._client
         if self._session == c.session_epoch:
             try:
