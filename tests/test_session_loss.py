@@ -17,7 +17,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -27,17 +27,9 @@ from metafs.config import load
 from metafs.proto import metafs_pb2 as pb
 from metafs.testing.faults import NamenodeProcess
 
-from fuse_fixtures import GrpcNamenode, Mount, grpc_namenode, needs_fuse  # noqa: F401
+from fuse_fixtures import GrpcNamenode, Mount, grpc_namenode, needs_fuse, stop_all  # noqa: F401
 
 LEASE = 1.0
-
-
-@pytest.fixture
-def stop_all() -> Iterator[list[Any]]:
-    started: list[Any] = []
-    yield started
-    for thing in reversed(started):
-        thing.stop()
 
 
 # A program holding files open on the mount (a process of its own: the test process forks

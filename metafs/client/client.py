@@ -279,9 +279,13 @@ class Client:
         try:
             return self.transport.call(method, request)
         except FsError as err:
-            if _NEEDS_SESSION.get(method) == err.errno and self._session_was_lost():
-                return self._call(method, request, path)  # once: in the new session
-            raise err.to_oserror(path if path is not None else err.path) from None
+            failed = err
+        if _NEEDS_SESSION.get(method) == failed.errno and self._session_was_lost():
+            try:
+                return self.transport.call(method, request)  # in the new session
+            except FsError as err:
+                failed = err
+        raise failed.to_oserror(path if path is not None else failed.path) from None
 
     def _session_was_lost(self) -> bool:
         """After a call was refused for want of a live session: whether the namenode had

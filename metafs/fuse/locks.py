@@ -78,12 +78,12 @@ class MountLocks:
         self._retry: set[tuple[int, int, int]] = set()  # (ino, owner, kind) drops to redo
         self._retrier: threading.Thread | None = None
         self._closed = threading.Event()
+        ops.client.on_session_lost(self.session_lost)
         # Changelog position up to which this mount's caches reflect other clients' changes
         # (what this object read, or what the mount's follower applied). Only a mount of
         # a remote namenode has other clients to catch up with; a single-threaded mount
         # cannot invalidate the kernel's caches from inside a request (a reader waiting
         # for that one thread may hold the pages), so it leaves it to its follower.
-        ops.client.on_session_lost(self.session_lost)
         self._sync = bool(settings.namenode) and self.threaded
         self._applied = 0
         self._applied_mu = threading.Lock()
