@@ -254,10 +254,15 @@ class Client:
         session."""
         self._lost_listeners.append(fn)
 
-    def _late_renewal(self) -> None:
-        """Before a call, renew a session not renewed for most of its lease (the namenode
+    def ensure_session(self) -> None:
+        """Renew the session now if it was not renewed for most of its lease (the namenode
         was away, or this process was stopped): a session lost meanwhile is noticed, and a
-        new one opened, before the call depends on it."""
+        new one opened, before what follows depends on it. Every call does this first."""
+        if time.monotonic() - self._renewed_at > self._lease * _LATE:
+            self._late_renewal()
+
+    def _late_renewal(self) -> None:
+        """The renewal of :meth:`ensure_session` (one thread renews, the others wait)."""
         with self._session_mu:
             if time.monotonic() - self._renewed_at <= self._lease * _LATE:
                 return  # renewed meanwhile by another thread
@@ -274,8 +279,7 @@ class Client:
         return pb.Caller(uid=uid, gid=gid, groups=groups, pid=pid, client_id=self.client_id)
 
     def _call(self, method: str, request: Any, path: str | None = None) -> Any:
-        if time.monotonic() - self._renewed_at > self._lease * _LATE:
-            self._late_renewal()
+        self.ensure_session()
         try:
             return self.transport.call(method, request)
         except FsError as err:

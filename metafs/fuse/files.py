@@ -263,7 +263,12 @@ class FileOperations:
         self._new_handle(path, reply, flags, caller, fi)
         return 0
 
-    def _handle(self, fi: Any) -> Handle:
+    def _handle(self, fi: Any, *, session: bool = False) -> Handle:
+        """The open file of ``fi``. With ``session`` (before buffered writes go out), a
+        session not renewed for most of its lease is renewed first, so that a lock lost
+        with it is known before the writes made under it are committed."""
+        if session:
+            self.client.ensure_session()
         h = self.handles.get(fi.fh if not isinstance(fi, int) else fi)
         if h is None:
             raise FuseError(errno.EBADF)
@@ -343,7 +348,7 @@ class FileOperations:
             o.raw.refresh(attr if attr is not None else current)
 
     def flush(self, path: str | None, fi: Any) -> int:
-        h = self._handle(fi)
+        h = self._handle(fi, session=True)
         with h.lock:
             self.writeback.commit(h)
             if h.did_write or h.did_read:
@@ -351,7 +356,7 @@ class FileOperations:
         return 0
 
     def fsync(self, path: str | None, datasync: int, fi: Any) -> int:
-        h = self._handle(fi)
+        h = self._handle(fi, session=True)
         with h.lock:
             self.writeback.commit(h)
         return 0
