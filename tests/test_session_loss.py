@@ -17,7 +17,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -27,7 +27,7 @@ from metafs.config import load
 from metafs.proto import metafs_pb2 as pb
 from metafs.testing.faults import NamenodeProcess
 
-from fuse_fixtures import GrpcNamenode, Mount, grpc_namenode, needs_fuse, stop_all  # noqa: F401
+from fuse_fixtures import GrpcNamenode, Mount, needs_fuse, stop_all  # noqa: F401
 
 LEASE = 1.0
 
@@ -105,14 +105,30 @@ def _reap(data: Path) -> None:
         nn.close()
 
 
-def test_a_client_goes_on_in_a_new_session(grpc_namenode: GrpcNamenode) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def namenode(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GrpcNamenode]:
+    """A namenode served over gRPC in the test process, on SQLite or on PostgreSQL."""
+    over: dict[str, Any] = {"listen": "127.0.0.1:0"}
+    if request.param == "sqlite":
+        over["data_dir"] = str(tmp_path / "nn-data")
+    else:
+        over.update(db_url=request.getfixturevalue("pg_url"),
+                    blocks_url=(tmp_path / "blocks").as_uri())
+    g = GrpcNamenode(load(overrides=over, environ={})).start()
+    try:
+        yield g
+    finally:
+        g.stop()
+
+
+def test_a_client_goes_on_in_a_new_session(namenode: GrpcNamenode) -> None:
     """The namenode drops the client's session (as its reaper does), the client has not
     noticed: its open files reopen their handles at their next call, a file removed
     meanwhile (kept only by the lost handle, so freed) answers EIO, and opens and locks
     (which the namenode refuses without a live session) are made in a new session."""
-    assert grpc_namenode.nn is not None
-    ns = grpc_namenode.nn.ns
-    fs = Client(grpc_namenode.address)
+    assert namenode.nn is not None
+    ns = namenode.nn.ns
+    fs = Client(namenode.address)
     try:
         f = fs.open("/f", "wb")
         f.write(b"one")
