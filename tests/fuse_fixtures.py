@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -74,6 +74,16 @@ class Mount:
 
     def __truediv__(self, other: str) -> Path:
         return self.path / other
+
+
+@pytest.fixture
+def stop_all() -> Iterator[list[Any]]:
+    """A list of things started (namenode processes, mounts) that have a ``stop()``: all
+    are stopped, last first, when the test ends."""
+    started: list[Any] = []
+    yield started
+    for thing in reversed(started):
+        thing.stop()
 
 
 @pytest.fixture

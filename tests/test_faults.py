@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -45,7 +45,7 @@ from metafs.proto import metafs_pb2_grpc as pb_grpc
 from metafs.testing.faults import NamenodeProcess, TcpProxy, Workload
 
 from blockstore_fixtures import make_bucket, moto_url  # noqa: F401
-from fuse_fixtures import Mount, needs_fuse
+from fuse_fixtures import Mount, needs_fuse, stop_all  # noqa: F401
 
 
 # ---------------------------------------------------------------------- request ids
@@ -114,14 +114,6 @@ def db_args(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
         return {"data_dir": tmp_path / "data"}
     return {"db_url": request.getfixturevalue("pg_url"),
             "blocks_url": (tmp_path / "blocks").as_uri()}
-
-
-@pytest.fixture
-def stop_all() -> Iterator[list[Any]]:
-    started: list[Any] = []
-    yield started
-    for thing in reversed(started):
-        thing.stop()
 
 
 def _mounted_load(tmp_path: Path, namenodes: str, stop_all: list[Any],

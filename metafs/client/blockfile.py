@@ -124,9 +124,9 @@ class BlockFile(BlockReads, RawFile):
         self._complete = True
 
     def _load_window(self, w: int) -> None:
-        reply = self._c._call("GetLayout", pb.LayoutRequest(
-            caller=self._c.caller, ino=self.ino, handle=self.handle, first_index=w * WINDOW,
-            count=WINDOW, presign=self._s.block_presign), self.name)
+        reply = self._with_handle("GetLayout", lambda handle: pb.LayoutRequest(
+            caller=self._c.caller, ino=self.ino, handle=handle, first_index=w * WINDOW,
+            count=WINDOW, presign=self._s.block_presign))
         self._apply_layout(reply, w)
 
     # presigned URLs (block_presign: this client has no store credentials)
@@ -136,9 +136,8 @@ class BlockFile(BlockReads, RawFile):
             url = self._urls.get(key)
             if url:
                 return url
-        reply = self._c._call("Presign", pb.PresignRequest(
-            caller=self._c.caller, ino=self.ino, handle=self.handle, keys=[key], put=put),
-            self.name)
+        reply = self._with_handle("Presign", lambda handle: pb.PresignRequest(
+            caller=self._c.caller, ino=self.ino, handle=handle, keys=[key], put=put))
         url = reply.urls[0]
         if not put:
             self._urls[key] = url
@@ -422,6 +421,7 @@ class BlockFile(BlockReads, RawFile):
         """Hold namenode handle ``handle`` (from ``Inodes.open`` of this inode) from now on:
         a file opened without one keeps its access whatever the inode's mode becomes."""
         self.handle = handle
+        self._session = self._c.session_epoch
 
     def discard(self) -> None:
         """Close a file opened without a namenode handle, after :meth:`commit`: nothing to
@@ -576,10 +576,10 @@ class BlockFile(BlockReads, RawFile):
             raise OSError(errno.EIO, f"writing blocks failed: {failure}", self.name)
         base, old_size = self._version, self.attr.size
         try:
-            attr = self._c._call("CommitBlocks", pb.CommitBlocksRequest(
-                caller=self._c.caller, ino=self.ino, handle=self.handle, size=self._bsize,
+            attr = self._with_handle("CommitBlocks", lambda handle: pb.CommitBlocksRequest(
+                caller=self._c.caller, ino=self.ino, handle=handle, size=self._bsize,
                 blocks=refs, base_version=base, to_blocks=self._to_blocks,
-                release=release), self.name)
+                release=release))
         except OSError:
             self._ctx.forget_layout(self.ino)
             raise

@@ -18,15 +18,17 @@ path in it, exactly as the ``os`` module does.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import posixpath
 import socket
 import stat as stat_mod
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from .. import config as config_mod
 from ..config import Settings
@@ -43,6 +45,15 @@ from .provenance import Graph, Provenance
 from .search import DEFAULT_LIMIT, SearchResult
 from .inodes import UTIME_NOW as UTIME_NOW, UTIME_OMIT as UTIME_OMIT  # os.utime's specials
 from .transport import GrpcTransport, LocalTransport, Transport
+
+
+log = logging.getLogger("metafs.client")
+
+# A session not renewed for this share of its lease is renewed before the next call.
+_LATE = 0.75
+# Calls that need a live session, and the errno a namenode refuses them with without one
+# (a session it lost before this client noticed: the call is made again in a new one)
+_NEEDS_SESSION = {"Open": errno.EACCES, "Create": errno.EACCES, "Lock": errno.ENOLCK}
 
 
 def _check_utf8(p: str) -> str:
@@ -168,13 +179,23 @@ class Client:
             groups=list(os.getgroups() if groups is None else groups),
             pid=os.getpid(), client_id=self.client_id,
             run_id=os.environ.get("METAFS_RUN_ID", "") if run_id is None else run_id)
-        reply = self._call("OpenSession", pb.SessionRequest(
-            caller=self.caller, client_id=self.client_id, host=self.host))
+        self._closed = threading.Event()
+        # The session: renewed every third of its lease. ``session_epoch`` counts the
+        # sessions this client had to open again because the namenode had lost the one
+        # before (see renew_session); open files compare it with the epoch of their handle.
+        self.session_epoch = 0
+        self._session_mu = threading.Lock()
+        self._session_started: int | None = None
+        self._renewed_at = 0.0
+        self._lease = float("inf")
+        self._lost_listeners: list[Callable[[], None]] = []
+        try:
+            reply = self._open_session()
+        except FsError as err:
+            raise err.to_oserror(err.path) from None
         self.inline_limit = reply.inline_limit
         self.block_size = reply.block_size
         self.io_buffer_size = max(reply.inline_limit, 64 * 1024)
-        self._closed = threading.Event()
-        self._lease = reply.lease_seconds
         self._renewer = threading.Thread(target=self._renew, name="metafs-session", daemon=True)
         self._renewer.start()
         # the block data path: stores, block cache, layouts shared by the files it opens
@@ -194,10 +215,61 @@ class Client:
     def _renew(self) -> None:
         while not self._closed.wait(max(self._lease / 3, 0.5)):
             try:
-                self.transport.call("OpenSession", pb.SessionRequest(
-                    caller=self.caller, client_id=self.client_id, host=self.host))
+                self.renew_session()
             except FsError:
                 pass  # namenode away for now: try again next round
+
+    def _open_session(self) -> pb.SessionReply:
+        """Open or renew this client's session (caller holds ``_session_mu``, or is
+        ``__init__``); notices a session the namenode lost (see :meth:`renew_session`)."""
+        sent = time.monotonic()
+        reply = self.transport.call("OpenSession", pb.SessionRequest(
+            caller=self.caller, client_id=self.client_id, host=self.host))
+        self._renewed_at = sent
+        self._lease = reply.lease_seconds
+        before, self._session_started = self._session_started, reply.started_ns
+        if before is not None and reply.started_ns != before:
+            self.session_epoch += 1
+            log.warning("session %s was lost (its lease ran out while the namenode could not "
+                        "be reached, and it was reaped) and is opened again: open files "
+                        "reopen their handles; locks held in it are lost", self.client_id)
+            for fn in list(self._lost_listeners):
+                fn()
+        return reply
+
+    def renew_session(self) -> bool:
+        """Renew this client's session now. True when the namenode had lost it (closed, or
+        reaped after its lease ran out, with the handles and locks it held) and this call
+        opened a new one under the same client id: :attr:`session_epoch` then grows by
+        one and the listeners of :meth:`on_session_lost` are called. Raises FsError when
+        the namenode cannot be reached."""
+        with self._session_mu:
+            epoch = self.session_epoch
+            self._open_session()
+            return self.session_epoch != epoch
+
+    def on_session_lost(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (from the thread that noticed, which must not wait for it to make
+        namenode calls) each time the namenode is found to have lost this client's
+        session."""
+        self._lost_listeners.append(fn)
+
+    def ensure_session(self) -> None:
+        """Renew the session now if it was not renewed for most of its lease (the namenode
+        was away, or this process was stopped): a session lost meanwhile is noticed, and a
+        new one opened, before what follows depends on it. Every call does this first."""
+        if time.monotonic() - self._renewed_at > self._lease * _LATE:
+            self._late_renewal()
+
+    def _late_renewal(self) -> None:
+        """The renewal of :meth:`ensure_session` (one thread renews, the others wait)."""
+        with self._session_mu:
+            if time.monotonic() - self._renewed_at <= self._lease * _LATE:
+                return  # renewed meanwhile by another thread
+            try:
+                self._open_session()
+            except FsError:
+                pass  # the call itself finds out
 
     def identity(self, uid: int, gid: int, groups: Iterable[int] = (), pid: int = 0
                  ) -> pb.Caller:
@@ -207,10 +279,25 @@ class Client:
         return pb.Caller(uid=uid, gid=gid, groups=groups, pid=pid, client_id=self.client_id)
 
     def _call(self, method: str, request: Any, path: str | None = None) -> Any:
+        self.ensure_session()
         try:
             return self.transport.call(method, request)
         except FsError as err:
-            raise err.to_oserror(path if path is not None else err.path) from None
+            failed = err
+        if _NEEDS_SESSION.get(method) == failed.errno and self._session_was_lost():
+            try:
+                return self.transport.call(method, request)  # in the new session
+            except FsError as err:
+                failed = err
+        raise failed.to_oserror(path if path is not None else failed.path) from None
+
+    def _session_was_lost(self) -> bool:
+        """After a call was refused for want of a live session: whether the namenode had
+        lost the session (a new one is open now, see :meth:`renew_session`)."""
+        try:
+            return self.renew_session()
+        except FsError:
+            return False
 
     def close(self) -> None:
         if self._closed.is_set():

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import os
-from typing import TYPE_CHECKING, Any
+import threading
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import FsError
 from ..proto import metafs_pb2 as pb
@@ -18,6 +20,8 @@ from . import access
 
 if TYPE_CHECKING:
     from .client import Client
+
+log = logging.getLogger("metafs.client")
 
 
 def parse_mode(mode: str) -> tuple[int, bool, bool]:
@@ -50,6 +54,8 @@ class RawFile(io.RawIOBase):
         self.name = path
         self.mode_flags = flags
         self.handle = reply.handle
+        self._session = client.session_epoch  # of the session ``handle`` belongs to
+        self._reopen_mu = threading.Lock()
         self.attr = reply.attr
         self.ino = reply.attr.ino
         self._pos = 0
@@ -143,12 +149,18 @@ class RawFile(io.RawIOBase):
     def _release(self, last: tuple[int, bytes] | None) -> None:
         """Release the handle; with ``last``, write those bytes first, in the same call."""
         c = self._client
-        req = pb.ReleaseRequest(caller=c.caller, handle=self.handle)
-        if last is not None:
-            req.write.CopyFrom(pb.WriteRequest(caller=c.caller, ino=self.ino, offset=last[0],
-                                               data=last[1], handle=self.handle))
+        if last is None and self._session != c.session_epoch:
+            return  # the handle went with the session it was opened in
+
+        def release(handle: int) -> pb.ReleaseRequest:
+            req = pb.ReleaseRequest(caller=c.caller, handle=handle)
+            if last is not None:
+                req.write.CopyFrom(pb.WriteRequest(caller=c.caller, ino=self.ino,
+                                                   offset=last[0], data=last[1], handle=handle))
+            return req
+
         try:
-            reply = c._call("Release", req, self.name)
+            reply = self._with_handle("Release", release)
             if last is not None:
                 self.attr = reply.attr
             return
@@ -181,6 +193,59 @@ class RawFile(io.RawIOBase):
     def fileno(self) -> int:
         raise io.UnsupportedOperation("metafs files have no OS file descriptor")
 
+    # -- the namenode handle across sessions
+    def current_handle(self) -> int:
+        """This file's namenode handle (0: none) in the client's current session. A handle
+        that went with a session the namenode lost (its lease ran out while the namenode
+        could not be reached) is opened again first: the same inode with the same flags,
+        and the permission checked again; EIO when that is impossible (the file was
+        removed meanwhile and nothing else kept it, or its mode no longer allows it)."""
+        c = self._client
+        if not self.handle or self._session == c.session_epoch:
+            return self.handle
+        with self._reopen_mu:
+            epoch = c.session_epoch
+            if self._session == epoch:
+                return self.handle  # reopened meanwhile by another thread
+            flags = self.mode_flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+            try:
+                reply = c._call("Open", pb.OpenRequest(caller=c.caller, ino=self.ino,
+                                                       flags=flags), self.name)
+            except OSError as exc:
+                raise OSError(errno.EIO, "this file's handle was lost with the client's "
+                              f"session and cannot be opened again: {exc.strerror}",
+                              self.name) from None
+            log.info("handle of inode %d opened again in the new session", self.ino)
+            self.handle = reply.handle
+            self._session = epoch
+            return self.handle
+
+    def _with_handle(self, method: str, make: Callable[[int], Any]) -> Any:
+        """Call ``method`` with the request ``make(handle)`` builds for this file's handle
+        (:meth:`current_handle`). EBADF for a handle of a session that the namenode lost
+        before this client noticed (or ENOENT: the inode that handle alone kept is freed)
+        is answered by opening it again and calling once more."""
+        c = self._client
+        handle = self.current_handle()
+        try:
+            return c._call(method, make(handle), self.name)
+        except OSError as exc:
+            if exc.errno not in (errno.EBADF, errno.ENOENT) or not handle \
+                    or not self._handle_lost():
+                raise
+        return c._call(method, make(self.current_handle()), self.name)
+
+    def _handle_lost(self) -> bool:
+        """After EBADF (or ENOENT) for this file's handle: whether the session it belongs
+        to is gone (the namenode is asked when this client has not noticed yet)."""
+        c = self._client
+        if self._session == c.session_epoch:
+            try:
+                c.renew_session()
+            except FsError:
+                return False
+        return self._session != c.session_epoch
+
     def _check_open(self) -> None:
         if self.closed:
             raise ValueError("I/O operation on closed file.")
@@ -201,9 +266,9 @@ class RawFile(io.RawIOBase):
         """Read from the namenode; None (end of file) when this reader holds no handle,
         read everything its open brought, and the file is gone meanwhile."""
         try:
-            return self._client._call("Read", pb.ReadRequest(
+            return self._with_handle("Read", lambda handle: pb.ReadRequest(
                 caller=self._client.caller, ino=self.ino, offset=offset, size=size,
-                handle=self.handle), self.name)
+                handle=handle))
         except FileNotFoundError:
             if self.handle or self._opened_data is None:
                 raise
@@ -231,15 +296,15 @@ class RawFile(io.RawIOBase):
         return got
 
     def _write_at(self, offset: int, data: bytes, append: bool) -> int:
-        reply = self._client._call("Write", pb.WriteRequest(
+        reply = self._with_handle("Write", lambda handle: pb.WriteRequest(
             caller=self._client.caller, ino=self.ino, offset=offset, data=data,
-            handle=self.handle, append=append), self.name)
+            handle=handle, append=append))
         self.attr = reply.attr
         return reply.offset + reply.written
 
     def _truncate(self, size: int) -> None:
-        self.attr = self._client._call("SetAttr", pb.SetAttrRequest(
-            caller=self._client.caller, ino=self.ino, size=size, handle=self.handle), self.name)
+        self.attr = self._with_handle("SetAttr", lambda handle: pb.SetAttrRequest(
+            caller=self._client.caller, ino=self.ino, size=size, handle=handle))
 
     def _flush_data(self) -> None:
         """Push data buffered below the buffered layer (none for inline files)."""

@@ -263,13 +263,22 @@ class FileOperations:
         self._new_handle(path, reply, flags, caller, fi)
         return 0
 
-    def _handle(self, fi: Any) -> Handle:
+    def _handle(self, fi: Any, *, session: bool = False) -> Handle:
+        """The open file of ``fi``. With ``session`` (before buffered writes go out), a
+        session not renewed for most of its lease is renewed first, so that a lock lost
+        with it is known before the writes made under it are committed."""
+        if session:
+            self.client.ensure_session()
         h = self.handles.get(fi.fh if not isinstance(fi, int) else fi)
         if h is None:
             raise FuseError(errno.EBADF)
         if h.error is not None:
             err, h.error = h.error, None
             raise err
+        if h.lock_lost:
+            raise FuseError(errno.EIO, "a lock held through this open file was lost with the "
+                            "mount's session (its lease ran out while the namenode could not "
+                            "be reached); close the file")
         return h
 
     def read(self, path: str | None, size: int, offset: int,
@@ -339,7 +348,7 @@ class FileOperations:
             o.raw.refresh(attr if attr is not None else current)
 
     def flush(self, path: str | None, fi: Any) -> int:
-        h = self._handle(fi)
+        h = self._handle(fi, session=True)
         with h.lock:
             self.writeback.commit(h)
             if h.did_write or h.did_read:
@@ -347,7 +356,7 @@ class FileOperations:
         return 0
 
     def fsync(self, path: str | None, datasync: int, fi: Any) -> int:
-        h = self._handle(fi)
+        h = self._handle(fi, session=True)
         with h.lock:
             self.writeback.commit(h)
         return 0

@@ -19,7 +19,8 @@ class Handle:
     """One FUSE open file: a namenode handle plus the mount's buffers."""
 
     __slots__ = ("fh", "ino", "path", "flags", "raw", "lock", "buf", "buf_off", "append", "rbuf",
-                 "rbuf_off", "rbuf_epoch", "did_read", "did_write", "pid", "uid", "error", "io_ns")
+                 "rbuf_off", "rbuf_epoch", "did_read", "did_write", "pid", "uid", "error", "io_ns",
+                 "lock_lost")
 
     def __init__(self, fh: int, ino: int, path: str, flags: int, raw: BlockFile, pid: int,
                  uid: int) -> None:
@@ -41,6 +42,9 @@ class Handle:
         self.uid = uid  # of the process that opened it
         self.error: OSError | None = None
         self.io_ns = 0  # wall time of the last read, write or flush (access events' time)
+        # a lock taken through this open file went with the mount's lost session: its I/O
+        # fails with EIO until it is closed (see MountLocks.session_lost)
+        self.lock_lost = False
 
 
 class DirHandle:

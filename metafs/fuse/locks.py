@@ -78,6 +78,7 @@ class MountLocks:
         self._retry: set[tuple[int, int, int]] = set()  # (ino, owner, kind) drops to redo
         self._retrier: threading.Thread | None = None
         self._closed = threading.Event()
+        ops.client.on_session_lost(self.session_lost)
         # Changelog position up to which this mount's caches reflect other clients' changes
         # (what this object read, or what the mount's follower applied). Only a mount of
         # a remote namenode has other clients to catch up with; a single-threaded mount
@@ -276,6 +277,27 @@ class MountLocks:
             for d in todo:  # (an owner that took a new lock meanwhile keeps it)
                 self._drop(*d)
 
+    def session_lost(self) -> None:
+        """The namenode lost the mount's session (its lease ran out while the namenode
+        could not be reached) and released its locks; another process may have taken
+        them since. They are not taken again behind their holders' backs: as NFS does
+        with a lock it cannot recover, every open file through which one was held fails
+        its reads and writes with EIO until it is closed (a new lock may be taken)."""
+        with self._mu:
+            fhs = {fh for table in (self._posix, self._flock) for owners in table.values()
+                   for held in owners.values() for fh in held}
+            self._posix.clear()
+            self._flock.clear()
+            self._fh_ino.clear()
+            self._retry.clear()
+        for fh in fhs:
+            h = self.ops.handles.get(fh)
+            if h is not None:
+                h.lock_lost = True
+        if fhs:
+            log.warning("locks held through %d open files were lost with the session; "
+                        "their I/O fails with EIO until they are closed", len(fhs))
+
     def close(self) -> None:
         """At unmount: every lock this mount's session holds is released."""
         self._closed.set()
@@ -303,7 +325,7 @@ class MountLocks:
                  pid: int, **kw: Any) -> dict[str, Any]:
         """The arguments of one lock call (``Inodes.lock``) for open file ``h``."""
         return dict(caller=self.ops.caller(), ino=h.ino, owner=owner, kind=kind, type=typ,
-                    start=start, end=end, pid=pid, handle=h.raw.handle, **kw)
+                    start=start, end=end, pid=pid, handle=h.raw.current_handle(), **kw)
 
     def _call(self, req: dict[str, Any]) -> pb.LockReply:
         return self.ops.nodes.lock(**req)

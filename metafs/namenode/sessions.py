@@ -23,7 +23,8 @@ log = logging.getLogger("metafs.namenode")
 
 
 S = schema.sessions
-_Q_SESSION = Prepared(select(S.c.owner, S.c.expires_ns).where(S.c.id == bindparam("sid")))
+_Q_SESSION = Prepared(select(S.c.owner, S.c.expires_ns, S.c.started_ns)
+                      .where(S.c.id == bindparam("sid")))
 
 
 def session_error(sid: str, owner: str | None, expires_ns: int, cred: Cred, now: int,
@@ -54,23 +55,25 @@ class Sessions:
             raise FsError(errno.EINVAL, "a session needs a client id of 1 to 64 characters")
         lease = self.settings.session_lease
 
-        def fn(tx: Tx) -> None:
+        def fn(tx: Tx) -> int:
             exp = tx.now + int(lease * 1e9)
-            n = tx.conn.execute(update(S).where(S.c.id == client_id,
-                                                S.c.owner == cred.identity)
-                                .values(expires_ns=exp)).rowcount
-            if n:
-                return
-            if _Q_SESSION.first(tx.conn, sid=client_id) is not None:
+            row = _Q_SESSION.first(tx.conn, sid=client_id)
+            if row is None:
+                tx.conn.execute(insert(S).values(id=client_id, host=host, uid=cred.uid,
+                                                 pid=cred.pid, started_ns=tx.now,
+                                                 expires_ns=exp, owner=cred.identity))
+                return tx.now
+            if row.owner != cred.identity:
                 raise FsError(errno.EPERM, f"session {client_id!r} belongs to another "
                               "identity: a client renews only its own sessions")
-            tx.conn.execute(insert(S).values(id=client_id, host=host, uid=cred.uid,
-                                             pid=cred.pid, started_ns=tx.now, expires_ns=exp,
-                                             owner=cred.identity))
+            # (a session past its lease that no namenode reaped yet still holds its handles
+            # and locks, which no one else could take meanwhile: renewing it loses nothing)
+            tx.conn.execute(update(S).where(S.c.id == client_id).values(expires_ns=exp))
+            return int(row.started_ns)
 
-        self.mutate(cred, fn)
+        started = self.mutate(cred, fn)
         return pb.SessionReply(lease_seconds=lease, inline_limit=self.settings.inline_limit,
-                               block_size=self.settings.block_size)
+                               block_size=self.settings.block_size, started_ns=started)
 
     def check_session(self, conn: Connection, cred: Cred, now: int, what: str) -> None:
         """Refuse (EACCES, EPERM) unless ``cred`` names a live session of its own."""

@@ -562,14 +562,16 @@ class SessionRequest(_message.Message):
     def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., client_id: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class SessionReply(_message.Message):
-    __slots__ = ("lease_seconds", "inline_limit", "block_size")
+    __slots__ = ("lease_seconds", "inline_limit", "block_size", "started_ns")
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     INLINE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_NS_FIELD_NUMBER: _ClassVar[int]
     lease_seconds: float
     inline_limit: int
     block_size: int
-    def __init__(self, lease_seconds: _Optional[float] = ..., inline_limit: _Optional[int] = ..., block_size: _Optional[int] = ...) -> None: ...
+    started_ns: int
+    def __init__(self, lease_seconds: _Optional[float] = ..., inline_limit: _Optional[int] = ..., block_size: _Optional[int] = ..., started_ns: _Optional[int] = ...) -> None: ...
 
 class ChangeRecord(_message.Message):
     __slots__ = ("seq", "op", "ino", "parent", "name", "old_parent", "old_name", "attr", "xattr_name", "xattr_value", "target_ino", "uid", "client_id", "run_id", "ts_ns", "flags", "extra", "nlink")
