@@ -392,7 +392,7 @@ class Settings:
 
     def existing_db_url(self) -> str:
         """:attr:`effective_db_url` for a tool that works on a file system which must
-        already exist (fsck, gc, quota, backup): an embedded one whose database file is
+        already exist (fsck, gc, quota): an embedded one whose database file is
         missing is refused rather than created empty, which would make a mistyped
         ``--data`` look like a healthy, empty file system."""
         url = self.effective_db_url

@@ -73,7 +73,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     s = _settings(args)
     try:
         with Bar("backup", want_progress(args), unit="pages") as bar:
-            out = backup(s.existing_db_url(), args.out, progress=bar.update)
+            out = backup(s.effective_db_url, args.out, progress=bar.update)
     except RuntimeError as exc:
         print(f"metafs backup: {exc}", file=sys.stderr)
         return 1
