@@ -78,17 +78,30 @@ class MountCache:
         self.seen_version: dict[int, dict[str, int]] = {}
 
     def remember(self, path: str, attr: pb.Attr) -> pb.Attr:
-        """``path`` names ``attr.ino`` now, with these attributes."""
+        """``path`` names ``attr.ino`` now, with these attributes (see :meth:`set_attr`)."""
         now = time.monotonic()
         self.names[path] = (attr.ino, now + self.name_ttl)
-        self.attrs[attr.ino] = (attr, now + self.attr_ttl)
+        attr = self._store(attr, now)
         self.path_of[attr.ino] = path
         if attr.nlink > 1 and not stat_mod.S_ISDIR(attr.mode):
             self.links.setdefault(attr.ino, set()).add(path)
         return attr
 
     def set_attr(self, attr: pb.Attr) -> pb.Attr:
-        self.attrs[attr.ino] = (attr, time.monotonic() + self.attr_ttl)
+        """Believe ``attr``, unless the cached attributes of its inode are of a later data
+        version; returns the attributes believed."""
+        return self._store(attr, time.monotonic())
+
+    def _store(self, attr: pb.Attr, now: float) -> pb.Attr:
+        # Replies cross: a listing or lookup the namenode answered before this mount's
+        # write committed can arrive after the write's own reply. Believing it would show
+        # the size before the write (an fsynced file read back empty) for the whole
+        # attribute lifetime. An inode's data version only ever grows, and it changes with
+        # every write and truncate, the only changes of its size.
+        cur = self.attrs.get(attr.ino)
+        if cur is not None and cur[0].version > attr.version:
+            return cur[0]  # (an older answer makes the later one no more certain)
+        self.attrs[attr.ino] = (attr, now + self.attr_ttl)
         return attr
 
     def attr(self, ino: int) -> pb.Attr | None:

@@ -68,16 +68,17 @@ class FileOperations:
 
     def _fetch_page(self, d: DirHandle, caller: pb.Caller) -> None:
         r = self.nodes.readdir(d.ino, d.cursor, self.settings.readdir_page, caller)
-        now = time.monotonic()
         base = d.path.rstrip("/") + "/"
-        name_exp, attr_exp = now + self.cache.name_ttl, now + self.cache.attr_ttl
+        name_exp = time.monotonic() + self.cache.name_ttl
         for e in r.entries:
             d.entries.append((e.name, e.mode, e.ino))
             if e.HasField("attr"):
                 p = base + e.name
                 self.cache.names[p] = (e.ino, name_exp)
                 if e.ino not in self.writeback.dirty:
-                    self.cache.attrs[e.ino] = (e.attr, attr_exp)
+                    # (a page read before a write of this mount committed is older than
+                    # the write's reply: set_attr keeps the later version)
+                    self.cache.set_attr(e.attr)
                 self.cache.path_of[e.ino] = p
         d.cursor = r.next_cursor
         d.eof = r.eof or not r.entries
