@@ -41,6 +41,9 @@ class Cred:
     # groups among ``groups`` that grant reading only (data sets shared read-only into it).
     project: str = ""
     ro_groups: frozenset[int] = field(default_factory=frozenset)
+    # The calling process (boot id, pid, start time) as its mount saw it: which process
+    # read which project's data (metafs.namenode.projects); "" when unknown.
+    process: str = ""
 
     @property
     def is_root(self) -> bool:
@@ -51,10 +54,42 @@ class Cred:
 
     @classmethod
     def from_pb(cls, c) -> "Cred":  # type: ignore[no-untyped-def]
-        return cls(c.uid, c.gid, frozenset(c.groups), c.pid, c.client_id, c.run_id)
+        return cls(c.uid, c.gid, frozenset(c.groups), c.pid, c.client_id, c.run_id,
+                   process=c.process)
 
 
 ROOT = Cred()
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+_BOOT_ID = _boot_id()
+
+
+def start_ticks(pid: int) -> int:
+    """When process ``pid`` started, in clock ticks since boot (0 if unknown): with the
+    boot id and the pid, it names one process for good (pids are reused, start times not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+        return int(data[data.rindex(b")") + 2:].split()[19])  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def process_key(pid: int) -> str:
+    """``BOOT_ID:PID:START`` naming process ``pid`` of this machine ("" if unknown). Every
+    mount of the machine derives the same key for one process from facts of the kernel
+    (the pid the kernel gives with each request, /proc), which the process cannot choose."""
+    ticks = start_ticks(pid) if pid > 0 else 0
+    return f"{_BOOT_ID}:{pid}:{ticks}" if ticks and _BOOT_ID else ""
 
 
 def allowed(cred: Cred, mode: int, uid: int, gid: int, want: int) -> bool:

@@ -112,6 +112,14 @@ def test_each_mount_shows_its_project_and_works_inside_it(
                 ["ln", "-s", "../datasets/patients/records.csv", "runs/sym.csv"]):
         r = subprocess.run(cmd, cwd=a.path, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, (cmd, r.stderr, a.log_text())
+    # B's mount is B's tree: nothing of A is in it (B first: this process
+    # is about to read A, and may then write in A only)
+    assert not (b / "datasets" / "patients").exists()
+    (b / "runs" / "notes.txt").write_text("B's own")
+    r = subprocess.run(["mv", "runs/notes.txt", "models/notes.txt"], cwd=b.path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (b / "models" / "notes.txt").read_text() == "B's own"
     assert (a / "runs" / "moved.csv").read_bytes() == SECRET
     assert (a / "runs" / "sym.csv").read_bytes() == SECRET
     assert os.stat(a / "models" / "linked.csv").st_nlink == 2
@@ -122,13 +130,6 @@ def test_each_mount_shows_its_project_and_works_inside_it(
     assert st.st_uid == members["alice"]
     with Client(settings=projects.settings("alice@A")) as c:
         assert c.read_bytes("/Projects/A/runs/moved.csv") == SECRET
-    # B's mount is B's tree: nothing of A is in it
-    assert not (b / "datasets" / "patients").exists()
-    (b / "runs" / "notes.txt").write_text("B's own")
-    r = subprocess.run(["mv", "runs/notes.txt", "models/notes.txt"], cwd=b.path,
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert (b / "models" / "notes.txt").read_text() == "B's own"
 
 
 def test_moving_or_linking_across_the_two_mounts_is_refused(
@@ -217,3 +218,29 @@ def test_allow_other_acts_only_for_the_credentials_holder(
                        capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["denied", "denied"], r.stderr + m.log_text()
     assert sorted(os.listdir(m / "runs")) == ["mine.txt"]
+
+
+
+
+def test_a_program_that_read_a_cannot_write_it_into_b(two_mounts: tuple[Mount, Mount]) -> None:
+    """The two mounts are one person's, and the namenode follows the process across them:
+    what a program read through A's mount, it may not write through B's (EACCES, also for
+    ``mv``, which copies after EXDEV, and for a shell redirection made before the read)."""
+    a, b = two_mounts
+    (a / "datasets" / "patients").mkdir()
+    src = a / "datasets" / "patients" / "records.csv"
+    src.write_bytes(SECRET)  # (written, not read, by this process)
+    runs = b / "runs"
+    for cmd in (["cp", str(src), str(runs / "copy.csv")],
+                ["mv", str(src), str(runs / "moved.csv")],
+                ["sh", "-c", f"cat '{src}' > '{runs / 'cat.csv'}'"]):
+        r = run(*cmd)
+        assert r.returncode != 0, cmd
+        assert "permission denied" in r.stderr.lower(), (cmd, r.stderr)
+    assert sorted(os.listdir(runs)) == ["cat.csv"]  # made by the shell before cat read A
+    assert (runs / "cat.csv").stat().st_size == 0
+    assert src.read_bytes() == SECRET
+    # inside A a program copies what it read; another program writes in B
+    r = run("sh", "-c", f"cp '{src}' '{a / 'runs'}/' && echo B > '{runs / 'own.txt'}'")
+    assert r.returncode == 0, r.stderr
+    assert (a / "runs" / "records.csv").read_bytes() == SECRET

@@ -112,8 +112,14 @@ class Inodes:
                                                        cursor=cursor, limit=limit, attrs=True))
 
     # ------------------------------------------------------------------ attributes
-    def getattr(self, ino: int, caller: pb.Caller | None = None) -> pb.Attr:
-        return self._call("GetAttr", pb.InodeRequest(caller=self._who(caller), ino=ino))
+    def getattr(self, ino: int, caller: pb.Caller | None = None,
+                open_flags: int | None = None) -> pb.Attr:
+        """The attributes of ``ino``; with ``open_flags``, for an open without a handle
+        (the namenode checks and records it as an open)."""
+        req = pb.InodeRequest(caller=self._who(caller), ino=ino)
+        if open_flags is not None:
+            req.open, req.flags = True, open_flags
+        return self._call("GetAttr", req)
 
     def setattr(self, ino: int, caller: pb.Caller | None = None, *, mode: int | None = None,
                 uid: int | None = None, gid: int | None = None, size: int | None = None,

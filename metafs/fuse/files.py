@@ -127,7 +127,7 @@ class FileOperations:
         with self._fh_lock:
             fh = self._next_fh
             self._next_fh += 1
-        h = Handle(fh, attr.ino, path, flags, raw, caller.pid, caller.uid)
+        h = Handle(fh, attr.ino, path, flags, raw, caller)  # raw's calls carry ``caller``
         self.handles[fh] = h
         self.open_by_ino.setdefault(attr.ino, set()).add(h)
         self.cache.set_attr(attr)
@@ -197,7 +197,7 @@ class FileOperations:
         mask = {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(acc, os.R_OK | os.W_OK)
         if flags & os.O_TRUNC:
             mask |= os.W_OK
-        attr = self._fresh_attr(path, ino, caller)
+        attr = self._fresh_attr(path, ino, caller, flags)
         if stat_mod.S_ISLNK(attr.mode):
             raise FuseError(errno.ELOOP)
         if mask & os.W_OK or not self._kernel_checks:
@@ -226,15 +226,17 @@ class FileOperations:
             except OSError as err:
                 log.warning("cannot pin a handle for inode %d: %s", ino, err)
 
-    def _fresh_attr(self, path: str, ino: int, caller: pb.Caller) -> pb.Attr:
-        """The inode's current attributes from the namenode (close-to-open)."""
+    def _fresh_attr(self, path: str, ino: int, caller: pb.Caller, flags: int) -> pb.Attr:
+        """The inode's current attributes from the namenode (close-to-open), for an open
+        with ``flags`` (the namenode checks and records it as an open)."""
         try:
-            return self.cache.set_attr(self.nodes.getattr(ino, caller))
+            return self.cache.set_attr(self.nodes.getattr(ino, caller, open_flags=flags))
         except OSError as err:
             if err.errno != errno.ENOENT:
                 raise
             self.cache.forget_path(path)
-            return self._lookup(path, caller)
+            ino = self._lookup(path, caller).ino
+            return self.cache.set_attr(self.nodes.getattr(ino, caller, open_flags=flags))
 
     def _keep_alive(self, ino: int) -> None:
         """Take a namenode handle for ``ino`` if only handle-less opens hold it (its last
@@ -310,8 +312,31 @@ class FileOperations:
 
     def write(self, path: str | None, data: bytes | memoryview, offset: int, fi: Any) -> int:
         """``data`` may be a view of libfuse's request buffer: it is copied, never kept."""
-        self.writeback.write(self._handle(fi), data, offset)
+        h = self._handle(fi)
+        self._follow_writer(h)
+        self.writeback.write(h, data, offset)
         return len(data)
+
+    def _follow_writer(self, h: Handle) -> None:
+        """A process writing through a descriptor another one opened (its parent's: the
+        shell's ``{ cat A; } > B``) is checked by the namenode as if it opened the file
+        for writing now, and the file's later data calls carry it: the project boundary
+        follows the process that writes, not only the one that opened."""
+        from .binding import fuse_context
+
+        pid = fuse_context()[2]
+        if not pid or pid == h.writer:
+            return
+        key = self.procs.key(pid)
+        if key != h.caller.process:
+            writer = pb.Caller()
+            writer.CopyFrom(h.caller)
+            writer.pid, writer.process = pid, key
+            self.nodes.getattr(h.ino, writer, open_flags=os.O_WRONLY)
+            with h.lock:  # what the opener wrote goes out as the opener's
+                self.writeback.commit(h)
+                h.caller.pid, h.caller.process = pid, key
+        h.writer = pid
 
     def _wrote(self, h: Handle) -> None:
         """After a commit: the handle's view of the attributes is the namenode's."""

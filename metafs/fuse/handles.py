@@ -6,6 +6,7 @@ import os
 import threading
 
 from ..client.blockfile import BlockFile
+from ..proto import metafs_pb2 as pb
 
 
 class FuseError(OSError):
@@ -20,10 +21,10 @@ class Handle:
 
     __slots__ = ("fh", "ino", "path", "flags", "raw", "lock", "buf", "buf_off", "append", "rbuf",
                  "rbuf_off", "rbuf_epoch", "did_read", "did_write", "pid", "uid", "error", "io_ns",
-                 "lock_lost")
+                 "lock_lost", "caller", "writer")
 
-    def __init__(self, fh: int, ino: int, path: str, flags: int, raw: BlockFile, pid: int,
-                 uid: int) -> None:
+    def __init__(self, fh: int, ino: int, path: str, flags: int, raw: BlockFile,
+                 caller: pb.Caller) -> None:
         self.fh = fh
         self.ino = ino
         self.path = path
@@ -38,8 +39,12 @@ class Handle:
         self.rbuf_epoch = -1
         self.did_read = False
         self.did_write = False
-        self.pid = pid
-        self.uid = uid  # of the process that opened it
+        self.pid = caller.pid
+        self.uid = caller.uid  # of the process that opened it
+        # what the file's data calls carry: the opener, then the last process that wrote
+        # through it (a descriptor passes to children: ``{ cat A; } > B``)
+        self.caller = caller
+        self.writer = caller.pid
         self.error: OSError | None = None
         self.io_ns = 0  # wall time of the last read, write or flush (access events' time)
         # a lock taken through this open file went with the mount's lost session: its I/O

@@ -103,8 +103,12 @@ class MetafsOperations(FileOperations):
 
         uid, gid, pid = fuse_context()
         if self.project is not None:
-            return self.project.caller(self.client, uid, pid)
-        return self.client.identity(uid, gid, self.procs.groups(pid) if pid else (), pid)
+            c = self.project.caller(self.client, uid, pid)
+        else:
+            c = self.client.identity(uid, gid, self.procs.groups(pid) if pid else (), pid)
+        if pid:  # which process reads or writes: projects follow data across mounts by it
+            c.process = self.procs.key(pid)
+        return c
 
     def _resolve(self, path: str, caller: pb.Caller) -> pb.Attr:
         """Walk the mount's ``path`` on the namenode (below the mount's root)."""

@@ -1,5 +1,6 @@
 """What the mount knows about the processes calling it: supplementary groups (for
-permissions), and start time, command line and METAFS_RUN_ID (for access events).
+permissions), its process key (for the namenode's project flow check), and start time,
+command line and METAFS_RUN_ID (for access events).
 
 Reading ``/proc`` costs tens of microseconds, so answers are cached per pid for a short
 time; a pid reused within that time by another program would be attributed to the old one
@@ -12,6 +13,8 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+
+from ..posix import process_key, start_ticks
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -55,15 +58,8 @@ def read_groups(pid: int) -> tuple[int, ...]:
 
 def read_start_ns(pid: int) -> int:
     """Wall-clock start time of ``pid`` in ns (0 if unknown)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        # the command name (field 2) may hold spaces and parentheses: split after the last ')'
-        fields = data[data.rindex(b")") + 2:].split()
-        ticks = int(fields[19])  # field 22 of the full line: starttime
-        return _BOOT_NS + ticks * 1_000_000_000 // _CLK_TCK
-    except (OSError, ValueError, IndexError):
-        return 0
+    ticks = start_ticks(pid)
+    return _BOOT_NS + ticks * 1_000_000_000 // _CLK_TCK if ticks else 0
 
 
 def read_cmdline(pid: int, limit: int = 4096) -> str:
@@ -96,6 +92,7 @@ class ProcCache:
         self.max_entries = max_entries
         self._groups: dict[int, tuple[tuple[int, ...], float]] = {}
         self._full: dict[int, tuple[ProcInfo, float]] = {}
+        self._keys: dict[int, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
     def groups(self, pid: int) -> tuple[int, ...]:
@@ -109,6 +106,20 @@ class ProcCache:
                 self._groups.clear()
             self._groups[pid] = (g, now + self.ttl)
         return g
+
+    def key(self, pid: int) -> str:
+        """:func:`~metafs.posix.process_key` of ``pid`` (the namenode's project flow check
+        follows processes by it)."""
+        now = time.monotonic()
+        hit = self._keys.get(pid)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        k = process_key(pid)
+        with self._lock:
+            if len(self._keys) >= self.max_entries:
+                self._keys.clear()
+            self._keys[pid] = (k, now + self.ttl)
+        return k
 
     def info(self, pid: int) -> ProcInfo:
         now = time.monotonic()

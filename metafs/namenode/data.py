@@ -58,13 +58,33 @@ class FileData:
     # ------------------------------------------------------------------ handles
     def open(self, cred: Cred, ino: int, flags: int, *, read_inline: bool = False
              ) -> pb.OpenReply:
+        self._opening(cred, flags)
+        reply = None
         if read_inline and flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY:
             # A reader of an inline file gets all of it now: no handle, and so no write
             # transaction (the handle would only keep data alive that it already has).
             reply = self.query(lambda conn: self._open_inline(conn, cred, ino))
-            if reply is not None:
-                return reply
-        return self.mutate(cred, lambda tx: self._open(tx, ino, flags))
+        if reply is None:
+            reply = self.mutate(cred, lambda tx: self._open(tx, ino, flags))
+        self._opened(cred, flags, reply.attr)
+        return reply
+
+    def open_attr(self, cred: Cred, ino: int, flags: int) -> pb.Attr:
+        """The attributes of ``ino`` for an open without a handle (the reads and writes
+        through it are checked one by one), checked and recorded as :meth:`open` does."""
+        self._opening(cred, flags)
+        attr = self.getattr(cred, ino)
+        self._opened(cred, flags, attr)
+        return attr
+
+    def _opening(self, cred: Cred, flags: int) -> None:
+        for check_open in self.open_checks:
+            check_open(cred, flags)
+
+    def _opened(self, cred: Cred, flags: int, attr: pb.Attr) -> None:
+        if flags & os.O_ACCMODE != os.O_WRONLY:
+            for hook in self.read_hooks:
+                hook(cred, attr)
 
     def _open_inline(self, conn: Connection, cred: Cred, ino: int) -> pb.OpenReply | None:
         row = self.live_inode(conn, ino)

@@ -95,6 +95,11 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         # directory of another project), as (path, alias) pairs worth trying for a caller:
         # see Lookups.visible_paths.
         self.path_aliases: list[Callable[[Cred], list[tuple[str, str]]]] = []
+        # Run before every open of a file (they may refuse it: the caller and the open's
+        # flags), and after an open for reading succeeded (the caller and the file's
+        # attributes): projects follow which process read which project's data by them.
+        self.open_checks: list[Callable[[Cred, int], None]] = []
+        self.read_hooks: list[Callable[[Cred, pb.Attr], None]] = []
         from .quota import Quotas  # registers its EDQUOT check
 
         self.quotas = Quotas(self)

@@ -23,6 +23,15 @@ How the boundary holds:
   Share entries, shared data sets and the project layout cannot be removed or renamed
   except by ``unshare``/``delete``.
 
+- Across mounts: a person holding credentials of A and B may mount both on one machine,
+  and a program (``cp``) may read through A's mount and write through B's, each mount seeing
+  only its side. So every request carries the calling process's key (boot id, pid, start
+  time, which its mount derives from the kernel's pid), a read open of a project's file is
+  remembered for that process (``project_reads``: the file's group), and a write (open for
+  writing, create, write, truncate, rename, link, ...) by a process that read a group the
+  writer's project may not read is refused. The process's lifetime is the scope: its key
+  never names another process; rows go after ``FLOW_KEEP``.
+
 Every create, delete, add, remove, share and unshare is an ``OP_PROJECT`` changelog record
 (``extra``: JSON naming the action).
 """
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import secrets
 import stat
@@ -40,7 +50,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import and_, delete, insert, select, text, update
+from sqlalchemy import and_, bindparam, delete, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from ..errors import FsError
@@ -53,8 +63,8 @@ from .sql import Prepared
 if TYPE_CHECKING:
     from .namespace import Namespace
 
-P, M, CR, SH = (schema.projects, schema.project_members, schema.project_credentials,
-                schema.project_shares)
+P, M, CR, SH, PR = (schema.projects, schema.project_members, schema.project_credentials,
+                    schema.project_shares, schema.project_reads)
 ROLES = ("data_owner", "data_scientist")
 LAYOUT = ("datasets", "models", "runs")
 SHAREABLE = ("datasets", "models")
@@ -64,6 +74,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CREATES = {pb.OP_CREATE, pb.OP_MKDIR, pb.OP_MKNOD, pb.OP_SYMLINK, pb.OP_LINK}
 _WRITES = {pb.OP_WRITE, pb.OP_SETATTR, pb.OP_SETXATTR, pb.OP_REMOVEXATTR}
 _REMOVES = {pb.OP_UNLINK, pb.OP_RMDIR, pb.OP_RENAME}
+_CARRIES = _CREATES | _WRITES | {pb.OP_RENAME}  # what may carry data a process read
+_Q_READ_GIDS = Prepared(select(PR.c.gid).where(PR.c.process == bindparam("process"),
+                                               PR.c.read_ns >= bindparam("since")))
 _Q_NEXT_ID = Prepared(update(schema.counters).where(schema.counters.c.name == "project_id")
                       .values(value=schema.counters.c.value + 1)
                       .returning(schema.counters.c.value))
@@ -109,6 +122,7 @@ class State:
     protected: set[int] = field(default_factory=set)             # project dirs (no rename)
     roots: set[int] = field(default_factory=set)                 # /Projects/NAME inodes
     aliases: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # see below
+    owners: dict[int, str] = field(default_factory=dict)  # project or share gid -> project
 
     def aliases_for(self, cred: Cred) -> list[tuple[str, str]]:
         """(data set path in its project, share entry path) of the shares whose entries
@@ -158,14 +172,22 @@ class Projects:
     """Project administration and the project boundary check of one namespace."""
 
     TTL = 1.0  # seconds another namenode's change may take to be seen here
+    # How long a process's reads are remembered: its lifetime, as far as the namenode can
+    # tell (it does not see processes end; a key never names another process).
+    FLOW_KEEP = 7 * 24 * 3600 * 1_000_000_000
+    _MEMO = 65536  # (process, group) reads this namenode knows are recorded
 
     def __init__(self, ns: "Namespace") -> None:
         self.ns = ns
         self._lock = threading.Lock()
         self._state: State | None = None
         self._read_at = 0.0
+        self._recorded: set[tuple[str, int]] = set()
+        self._purged_ns = 0
         ns.precommit_hooks.append(self.check)
         ns.path_aliases.append(lambda cred: self.state().aliases_for(cred))
+        ns.open_checks.append(self.check_open)
+        ns.read_hooks.append(self.record_read)
 
     # ------------------------------------------------------------------ state
     def state(self) -> State:
@@ -187,6 +209,7 @@ class Projects:
         for r in conn.execute(select(P)).all():
             st.projects[r.name] = r
             st.roots.add(r.ino)
+            st.owners[r.gid] = r.name
         for r in conn.execute(select(M)).all():
             st.members[(r.project, r.user)] = r
         for r in conn.execute(select(CR)).all():
@@ -195,6 +218,7 @@ class Projects:
         for s in st.shares:
             st.entries.add((s.entry_parent, s.entry_name))
             st.sources[s.ino] = s.project
+            st.owners[s.gid] = s.project
         if st.roots:
             d = schema.dentries
             layout = {r.ino: (r.parent, r.name) for r in conn.execute(
@@ -248,6 +272,8 @@ class Projects:
             r = rows[ino]
             return None if r is None else int(r.gid)
 
+        if cred.process and any(rec.op in _CARRIES for rec in tx.records):
+            self._check_flow(tx.conn, st, cred)
         writable: frozenset[int] | None = None
         if cred.project:
             groups = st.groups(cred.project)[0] if cred.project in st.projects else frozenset()
@@ -269,6 +295,56 @@ class Projects:
                 raise FsError(errno.EACCES, f"permission denied to {where}: it is outside "
                               f"project {cred.project!r} (project boundary: data leaves a "
                               "project only when its data owner shares it)", rec.name)
+
+    # ------------------------------------------------------------------ across mounts
+    def record_read(self, cred: Cred, attr: pb.Attr) -> None:
+        """Remember that ``cred``'s process opened a project's file for reading (once per
+        process and group on each namenode; a table, so every namenode sees it)."""
+        if not (cred.process and cred.project) or not stat.S_ISREG(attr.mode):
+            return
+        gid = int(attr.gid)
+        if gid not in self.state().owners or (cred.process, gid) in self._recorded:
+            return
+        now = time.time_ns()
+        purge = now - self._purged_ns > 3600 * 1_000_000_000
+
+        def write(conn: Connection) -> None:
+            conn.execute(self.ns.engine.insert_if_absent(
+                PR, dict(process=cred.process, gid=gid, read_ns=now), [PR.c.process, PR.c.gid]))
+            if purge:
+                conn.execute(delete(PR).where(PR.c.read_ns < now - self.FLOW_KEEP))
+
+        self.ns.engine.write(write)
+        with self._lock:
+            if len(self._recorded) >= self._MEMO:
+                self._recorded.clear()
+            self._recorded.add((cred.process, gid))
+            if purge:
+                self._purged_ns = now
+
+    def check_open(self, cred: Cred, flags: int) -> None:
+        """Refuse an open for writing by a process that read what the writer may not."""
+        if cred.process and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
+            st = self.state()
+            if st.projects:
+                self.ns.query(lambda conn: self._check_flow(conn, st, cred))
+
+    def _check_flow(self, conn: Connection, st: State, cred: Cred) -> None:
+        """EACCES when ``cred``'s process read a project's data that ``cred``'s project
+        (or, for an identity in no project, no one outside the project) may not read."""
+        mine = st.groups(cred.project)[0] if cred.project in st.projects else frozenset()
+        since = time.time_ns() - self.FLOW_KEEP
+        for row in _Q_READ_GIDS.all(conn, process=cred.process, since=since):
+            gid = int(row.gid)
+            source = st.owners.get(gid)
+            if source is None or gid in mine:
+                continue
+            into = (f"into project {cred.project!r}" if cred.project
+                    else "out of the project")
+            raise FsError(errno.EACCES, f"permission denied: this process read data of "
+                          f"project {source!r}; copying it {into} crosses the project "
+                          "boundary (data leaves a project only when its data owner "
+                          "shares it)")
 
     @staticmethod
     def _check_remove(st: State, rec: pb.ChangeRecord) -> None:

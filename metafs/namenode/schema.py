@@ -349,6 +349,25 @@ def _v9(conn: Connection) -> None:
     metadata.create_all(conn, tables=[requests])
 
 
+# -- v10: which process read which project's data (metafs.namenode.projects) --
+# ``process`` is a key naming one process of one machine (boot id, pid, start time) as its
+# mounts see it; ``gid`` the group (a project's or a share's) of a file it opened for
+# reading. A write by that process where the group is not readable is refused. Rows go
+# after ``Projects.FLOW_KEEP``.
+project_reads = Table(
+    "project_reads",
+    metadata,
+    Column("process", String(128), primary_key=True),
+    Column("gid", BigInteger, primary_key=True, autoincrement=False),
+    Column("read_ns", BigInteger, nullable=False, index=True),
+)
+
+
+def _v10(conn: Connection) -> None:
+    """Project reads by process (the project boundary across mounts)."""
+    metadata.create_all(conn, tables=[project_reads])
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -359,6 +378,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (7, _v7),
     (8, _v8),
     (9, _v9),
+    (10, _v10),
 ]
 
 

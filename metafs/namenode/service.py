@@ -109,7 +109,10 @@ class Handlers:
         return self.ns.resolve(self.c(req, ctx), req.path, req.start, req.follow)
 
     def GetAttr(self, req: pb.InodeRequest, ctx: Any = None) -> pb.Attr:
-        return self.ns.getattr(self.c(req, ctx, reach=False), req.ino)
+        cred = self.c(req, ctx, reach=False)
+        if req.open:
+            return self.ns.open_attr(cred, req.ino, req.flags)
+        return self.ns.getattr(cred, req.ino)
 
     def SetAttr(self, req: pb.SetAttrRequest, ctx: Any = None) -> pb.Attr:
         return self.ns.setattr(

@@ -343,10 +343,12 @@ class Authenticator:
                 raise FsError(errno.EACCES, f"caller claims uid {claimed.uid} but its "
                               f"{ident.kind} {ident.name!r} is bound to uid {ident.uid}")
             return Cred(ident.uid, ident.gid, ident.groups, claimed.pid, claimed.client_id,
-                        claimed.run_id, ident.principal, False, ident.project, ident.ro_groups)
+                        claimed.run_id, ident.principal, False, ident.project, ident.ro_groups,
+                        claimed.process)
         if ident.trusted:  # a gateway acts for its users, within its own sessions
             return Cred(claimed.uid, claimed.gid, claimed.groups, claimed.pid,
-                        claimed.client_id, claimed.run_id, ident.principal, True)
+                        claimed.client_id, claimed.run_id, ident.principal, True,
+                        process=claimed.process)
         allowed_groups = ident.groups | {ident.gid}
         if claimed.uid != ident.uid:
             raise FsError(errno.EACCES, f"caller claims uid {claimed.uid} but its {ident.kind} "
@@ -360,7 +362,7 @@ class Authenticator:
             raise FsError(errno.EACCES, f"caller claims groups {sorted(extra)} that its "
                           f"{ident.kind} {ident.name!r} is not in")
         return Cred(claimed.uid, claimed.gid, claimed.groups, claimed.pid, claimed.client_id,
-                    claimed.run_id, ident.principal, False)
+                    claimed.run_id, ident.principal, False, process=claimed.process)
 
     def whoami(self, ctx: Any) -> dict[str, Any]:
         if self.mode == "none":

@@ -81,20 +81,22 @@ LOCK_WRITE: LockType
 LOCK_UNLOCK: LockType
 
 class Caller(_message.Message):
-    __slots__ = ("uid", "gid", "groups", "pid", "client_id", "run_id")
+    __slots__ = ("uid", "gid", "groups", "pid", "client_id", "run_id", "process")
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
     uid: int
     gid: int
     groups: _containers.RepeatedScalarFieldContainer[int]
     pid: int
     client_id: str
     run_id: str
-    def __init__(self, uid: _Optional[int] = ..., gid: _Optional[int] = ..., groups: _Optional[_Iterable[int]] = ..., pid: _Optional[int] = ..., client_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
+    process: str
+    def __init__(self, uid: _Optional[int] = ..., gid: _Optional[int] = ..., groups: _Optional[_Iterable[int]] = ..., pid: _Optional[int] = ..., client_id: _Optional[str] = ..., run_id: _Optional[str] = ..., process: _Optional[str] = ...) -> None: ...
 
 class ErrorDetail(_message.Message):
     __slots__ = ("errno", "message", "path")
@@ -169,12 +171,16 @@ class ResolveRequest(_message.Message):
     def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., path: _Optional[str] = ..., start: _Optional[int] = ..., follow: bool = ...) -> None: ...
 
 class InodeRequest(_message.Message):
-    __slots__ = ("caller", "ino")
+    __slots__ = ("caller", "ino", "open", "flags")
     CALLER_FIELD_NUMBER: _ClassVar[int]
     INO_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
     caller: Caller
     ino: int
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ...) -> None: ...
+    open: bool
+    flags: int
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., open: bool = ..., flags: _Optional[int] = ...) -> None: ...
 
 class SetAttrRequest(_message.Message):
     __slots__ = ("caller", "ino", "mode", "uid", "gid", "size", "atime_how", "atime_ns", "mtime_how", "mtime_ns", "handle")
