@@ -47,17 +47,19 @@ class Cluster:
                              auth_mode="token", auth_file=str(auth), serve_index=True)
         if db_url:
             s = s.with_(db_url=db_url)
+        self.nn_settings = s
         self.nn = build_namenode(s)
         self.server = serve_grpc(self.nn, "127.0.0.1:0")
         self.address = self.server.address
         self.creds: dict[str, str] = {}
 
-    def settings(self, token: str) -> Settings:
-        return Settings().with_(namenode=self.address, token=token, tls_ca=str(self.ca))
+    def settings(self, token: str, address: str = "") -> Settings:
+        return Settings().with_(namenode=address or self.address, token=token,
+                                tls_ca=str(self.ca))
 
-    def client(self, who: str) -> Client:
+    def client(self, who: str, address: str = "") -> Client:
         """A client as ``who``: "alice" (her own identity) or "alice@A" (working in A)."""
-        return Client(settings=self.settings(self.creds.get(who) or TOKENS[who]))
+        return Client(settings=self.settings(self.creds.get(who) or TOKENS[who], address))
 
     def project(self, who: str, **req: Any) -> Any:
         t = make_transport(self.settings(self.creds.get(who) or TOKENS[who]))
@@ -244,6 +246,55 @@ def test_search_and_provenance_in_b_never_show_a(cluster: Cluster) -> None:
             assert not [p for p in got.paths if p.startswith("/Projects/A/")]
             with pytest.raises(OSError):
                 c.upstream("/Projects/A/datasets/patients/records.csv")
+
+
+@pytest.mark.postgres
+def test_a_process_is_followed_across_two_namenodes(tmp_path: Path, pg_url: str) -> None:
+    """One process of alice's machine, through two mounts (here: clients sending what her
+    mounts send for it, its process key) and two namenodes of one PostgreSQL database:
+    after it read A's data set it writes nothing into B nor outside every project; a share
+    into B is B's to read and process."""
+    c = Cluster(tmp_path, db_url=pg_url)
+    nn2 = build_namenode(c.nn_settings.with_(serve_index=False))
+    server2 = serve_grpc(nn2, "127.0.0.1:0")
+    try:
+        c.project("alice", action="create", name="A")
+        c.project("bob", action="create", name="B")
+        c.project("bob", action="add", project="B", user="alice", role="data_scientist")
+        c.credential("A", "alice")
+        c.credential("B", "alice")
+        with c.client("alice@A") as a:
+            for d in ("patients", "public"):
+                a.mkdir(f"/Projects/A/datasets/{d}")
+                a.write_bytes(f"/Projects/A/datasets/{d}/records.csv", SECRET)
+        c.project("alice", action="share", path="/Projects/A/datasets/public", to="B",
+                  read_only=True)
+        with c.client("admin") as root:
+            root.mkdir("/tmp")
+            root.chmod("/tmp", 0o1777)
+        with c.client("alice@A") as a, c.client("alice@B", server2.address) as b, \
+                c.client("alice", server2.address) as own:
+            for client in (a, b, own):
+                client.caller.process = "boot:4242:17"  # one process, as its mounts name it
+            assert b.read_bytes("/Projects/B/datasets/A::public/records.csv") == SECRET
+            b.write_bytes("/Projects/B/runs/summary.csv", b"1 row\n")  # a share is B's to read
+            assert a.read_bytes("/Projects/A/datasets/patients/records.csv") == SECRET
+            err = refused(b.write_bytes, "/Projects/B/runs/copy.csv", SECRET)
+            assert err.errno == errno.EACCES
+            assert "read data of project 'A'; copying it into project 'B'" in str(err)
+            assert refused(b.write_bytes, "/Projects/B/runs/summary.csv", SECRET).errno == \
+                errno.EACCES  # an open for writing, too
+            err = refused(own.write_bytes, "/tmp/copy.csv", SECRET)
+            assert err.errno == errno.EACCES and "out of the project" in str(err)
+            a.write_bytes("/Projects/A/runs/copy.csv", SECRET)  # inside A, as ever
+        with c.client("alice@B", server2.address) as b:  # another process
+            b.caller.process = "boot:4243:18"
+            b.write_bytes("/Projects/B/runs/copy.csv", b"B's own")
+            assert b.read_bytes("/Projects/B/runs/summary.csv") == b"1 row\n"
+    finally:
+        server2.stop(0)
+        nn2.close()
+        c.close()
 
 
 def test_the_client_names_the_call_the_namenode_serves() -> None:

@@ -2,9 +2,11 @@
 
 Alice owns project A and is a data scientist in bob's project B. She mounts each project
 with her credential of that project, on one machine, and works with ordinary programs
-(``cp``, ``mv``, ``ln``): each mount shows its project's tree, works inside it, and moving
-or linking across the two mounts is refused (EXDEV: two mounts). After a read-only share of
-A's data set into B, B's mount reads it and cannot write, move or link it.
+(``cp``, ``mv``, ``ln``): each mount shows its project's tree, works inside it, moving or
+linking across the two mounts is refused (EXDEV: two mounts), and so is copying (EACCES:
+the namenode follows the process that read A). After a read-only share of A's data set
+into B, B's mount reads it (and B's programs write what they make of it in B) and cannot
+write, move or link it.
 """
 
 from __future__ import annotations
@@ -132,12 +134,16 @@ def test_each_mount_shows_its_project_and_works_inside_it(
         assert c.read_bytes("/Projects/A/runs/moved.csv") == SECRET
 
 
-def test_moving_or_linking_across_the_two_mounts_is_refused(
+def test_copying_moving_or_linking_across_the_two_mounts_is_refused(
         two_mounts: tuple[Mount, Mount]) -> None:
+    """The two mounts are one person's: the kernel moves or links nothing across them
+    (EXDEV), and the namenode follows the process across them: what a program read through
+    A's mount it may not write through B's (EACCES, also for ``mv``, which copies after
+    EXDEV, and for a shell redirection made before the read)."""
     a, b = two_mounts
     (a / "datasets" / "patients").mkdir()
     src = a / "datasets" / "patients" / "records.csv"
-    src.write_bytes(SECRET)
+    src.write_bytes(SECRET)  # (written, not read, by this process)
     with pytest.raises(OSError) as info:
         os.rename(src, b / "datasets" / "records.csv")
     assert info.value.errno == errno.EXDEV
@@ -147,8 +153,20 @@ def test_moving_or_linking_across_the_two_mounts_is_refused(
     r = run("ln", str(src), str(b / "datasets" / "records.csv"))
     assert r.returncode != 0 and "cross-device" in r.stderr.lower(), r.stderr
     assert not (b / "datasets" / "records.csv").exists()
+    runs = b / "runs"
+    for cmd in (["cp", str(src), str(runs / "copy.csv")],
+                ["mv", str(src), str(runs / "moved.csv")],
+                ["sh", "-c", f"cat '{src}' > '{runs / 'cat.csv'}'"]):
+        r = run(*cmd)
+        assert r.returncode != 0, cmd
+        assert "permission denied" in r.stderr.lower(), (cmd, r.stderr)
+    assert sorted(os.listdir(runs)) == ["cat.csv"]  # made by the shell before cat read A
+    assert (runs / "cat.csv").stat().st_size == 0
     assert src.read_bytes() == SECRET
-
+    # inside A a program copies what it read; another program writes in B
+    r = run("sh", "-c", f"cp '{src}' '{a / 'runs'}/' && echo B > '{runs / 'own.txt'}'")
+    assert r.returncode == 0, r.stderr
+    assert (a / "runs" / "records.csv").read_bytes() == SECRET
 
 def test_a_read_only_share_is_read_in_b_and_not_written(
         projects: Projects, two_mounts: tuple[Mount, Mount]) -> None:
@@ -221,26 +239,3 @@ def test_allow_other_acts_only_for_the_credentials_holder(
 
 
 
-
-def test_a_program_that_read_a_cannot_write_it_into_b(two_mounts: tuple[Mount, Mount]) -> None:
-    """The two mounts are one person's, and the namenode follows the process across them:
-    what a program read through A's mount, it may not write through B's (EACCES, also for
-    ``mv``, which copies after EXDEV, and for a shell redirection made before the read)."""
-    a, b = two_mounts
-    (a / "datasets" / "patients").mkdir()
-    src = a / "datasets" / "patients" / "records.csv"
-    src.write_bytes(SECRET)  # (written, not read, by this process)
-    runs = b / "runs"
-    for cmd in (["cp", str(src), str(runs / "copy.csv")],
-                ["mv", str(src), str(runs / "moved.csv")],
-                ["sh", "-c", f"cat '{src}' > '{runs / 'cat.csv'}'"]):
-        r = run(*cmd)
-        assert r.returncode != 0, cmd
-        assert "permission denied" in r.stderr.lower(), (cmd, r.stderr)
-    assert sorted(os.listdir(runs)) == ["cat.csv"]  # made by the shell before cat read A
-    assert (runs / "cat.csv").stat().st_size == 0
-    assert src.read_bytes() == SECRET
-    # inside A a program copies what it read; another program writes in B
-    r = run("sh", "-c", f"cp '{src}' '{a / 'runs'}/' && echo B > '{runs / 'own.txt'}'")
-    assert r.returncode == 0, r.stderr
-    assert (a / "runs" / "records.csv").read_bytes() == SECRET
