@@ -327,7 +327,7 @@ class Projects:
         if cred.process and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
             st = self.state()
             if st.projects:
-                self.ns.query(lambda conn: self._check_flow(conn, st, cred))
+                self.ns.engine.read_statement(lambda conn: self._check_flow(conn, st, cred))
 
     def _check_flow(self, conn: Connection, st: State, cred: Cred) -> None:
         """EACCES when ``cred``'s process read a project's data that ``cred``'s project
