@@ -53,6 +53,7 @@ class FileOperations:
     open_by_ino: dict[int, set[Handle]]
     _hidden: dict[str, int]
     _hidden_from: OrderedDict[str, str]
+    follow_processes: bool
 
     # ------------------------------------------------------------------ directories
     def opendir(self, path: str) -> int:
@@ -325,7 +326,7 @@ class FileOperations:
         from .binding import fuse_context
 
         pid = fuse_context()[2]
-        if not pid or pid == h.writer:
+        if not pid or pid == h.writer or not self.follow_processes:
             return
         key = self.procs.key(pid)
         if key != h.caller.process:

@@ -65,6 +65,9 @@ class MetafsOperations(FileOperations):
         self.nodes = client.inodes
         self.client_id = client.client_id
         self.procs = ProcCache()
+        # Projects need a namenode that authenticates; there, each request names its
+        # process (its key), so that the project boundary holds across mounts.
+        self.follow_processes = bool(getattr(client.transport, "authenticated", False))
         following = follows_changes(settings)
         self.cache = MountCache(60.0 if following else settings.fuse_entry_timeout,
                                 60.0 if following else settings.fuse_attr_timeout,
@@ -106,7 +109,7 @@ class MetafsOperations(FileOperations):
             c = self.project.caller(self.client, uid, pid)
         else:
             c = self.client.identity(uid, gid, self.procs.groups(pid) if pid else (), pid)
-        if pid:  # which process reads or writes: projects follow data across mounts by it
+        if pid and self.follow_processes:
             c.process = self.procs.key(pid)
         return c
 
