@@ -291,6 +291,8 @@ def test_a_process_is_followed_across_two_namenodes(tmp_path: Path, pg_url: str)
             b.caller.process = "boot:4243:18"
             b.write_bytes("/Projects/B/runs/copy.csv", b"B's own")
             assert b.read_bytes("/Projects/B/runs/summary.csv") == b"1 row\n"
+            b.caller.process = "k" * 129  # no such key: refused, nothing recorded
+            assert refused(b.read_bytes, "/Projects/B/runs/copy.csv").errno == errno.EINVAL
     finally:
         server2.stop(0)
         nn2.close()

@@ -75,6 +75,7 @@ _CREATES = {pb.OP_CREATE, pb.OP_MKDIR, pb.OP_MKNOD, pb.OP_SYMLINK, pb.OP_LINK}
 _WRITES = {pb.OP_WRITE, pb.OP_SETATTR, pb.OP_SETXATTR, pb.OP_REMOVEXATTR}
 _REMOVES = {pb.OP_UNLINK, pb.OP_RMDIR, pb.OP_RENAME}
 _CARRIES = _CREATES | _WRITES | {pb.OP_RENAME}  # what may carry data a process read
+_KEY_MAX = PR.c.process.type.length  # type: ignore[attr-defined]
 _Q_READ_GIDS = Prepared(select(PR.c.gid).where(PR.c.process == bindparam("process"),
                                                PR.c.read_ns >= bindparam("since")))
 _Q_NEXT_ID = Prepared(update(schema.counters).where(schema.counters.c.name == "project_id")
@@ -323,7 +324,11 @@ class Projects:
                 self._purged_ns = now
 
     def check_open(self, cred: Cred, flags: int) -> None:
-        """Refuse an open for writing by a process that read what the writer may not."""
+        """Refuse an open for writing by a process that read what the writer may not (and
+        a process key the table cannot hold)."""
+        if len(cred.process) > _KEY_MAX:
+            raise FsError(errno.EINVAL, f"a process key is at most {_KEY_MAX} characters "
+                          f"(boot id, pid and start time), not {len(cred.process)}")
         if cred.process and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
             st = self.state()
             if st.projects:
