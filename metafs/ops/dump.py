@@ -56,7 +56,8 @@ DUMPED_TABLES = ("inodes", "dentries", "file_data", "xattrs", "blocks", "quotas"
                  "counters", "block_garbage", "schema_version", *ROW_TABLES)
 RUNTIME_TABLES = ("sessions", "handles", "locks",
                   "changelog_pending",  # stamped into the changelog before a dump
-                  "requests")  # results kept for retries of running clients' calls
+                  "requests",  # results kept for retries of running clients' calls
+                  "project_reads")  # which running process read which project's data
 # A loaded dump is a file system of its own: a new volume uuid, and run ids bound afresh.
 PER_DATABASE_TABLES = ("volume", "runs")
 ID_COUNTERS = ("inode", "handle")
