@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", default="1,8", help="comma-separated client counts")
     ap.add_argument("--bulk", type=int, default=50_000, help="files for the bulk rate")
     ap.add_argument("--no-postgres", action="store_true")
+    ap.add_argument("--no-sqlite", action="store_true")
+    ap.add_argument("--modes", default="embedded,grpc", help="comma-separated: embedded, grpc")
     ap.add_argument("--no-juicefs", action="store_true")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--auth", action="store_true", help="only the cost of authentication "
@@ -332,14 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="mfs-bench-"))
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, work, ignore_errors=True)
-        engines: list[tuple[str, str]] = [("sqlite", "")]
+        engines: list[tuple[str, str]] = [] if args.no_sqlite else [("sqlite", "")]
         if not args.no_postgres:
             try:
                 engines.append(("postgres", stack.enter_context(pg_server())))
             except Exception as exc:  # no PostgreSQL here: say so and go on
                 print(f"postgres skipped: {exc}", file=sys.stderr)
         for engine, url in engines:
-            for mode in ("embedded", "grpc"):
+            for mode in args.modes.split(","):
                 for c in clients:
                     if mode == "embedded" and engine == "sqlite" and c > 1:
                         pass  # several processes on one SQLite file: still valid
