@@ -278,20 +278,20 @@ def test_rename_rechecks_the_rename_lock_after_locking(pg_url: str, settings: Se
                 paused.set()
                 assert resume.wait(60)
 
-        real_lock = ns.lock_inodes
+        real_lock = ns.lock_rows
         swapped = threading.Event()
 
-        def lock_after_swap(conn: Any, *inos: int) -> None:
+        def lock_after_swap(conn: Any, *inos: int) -> Any:
             # between the first rename's lookup and its locks: the file A gives way to
             # the directory Adir (two other transactions, committed)
             if threading.current_thread().name == "move-A" and not swapped.is_set():
                 swapped.set()
                 ns.unlink(ROOT_CRED, p, "A")
                 ns.rename(ROOT_CRED, p, "Adir", p, "A")
-            real_lock(conn, *inos)
+            return real_lock(conn, *inos)
 
         ns.precommit_hooks.append(pause_b_mover)
-        ns.lock_inodes = lock_after_swap  # type: ignore[method-assign]
+        ns.lock_rows = lock_after_swap  # type: ignore[method-assign]
         results: dict[str, Any] = {}
 
         def move(name: str, sp: int, dp: int) -> None:
@@ -314,7 +314,7 @@ def test_rename_rechecks_the_rename_lock_after_locking(pg_url: str, settings: Se
         assert swapped.is_set()
         assert results == {"B": True, "A": errno.EINVAL}, results
         assert waited, "the rename of a directory to another parent ran beside another one"
-        ns.lock_inodes = real_lock  # type: ignore[method-assign]
+        ns.lock_rows = real_lock  # type: ignore[method-assign]
         ns.precommit_hooks.remove(pause_b_mover)
         check_tree(c, pg_url, dirs, {})
     finally:

@@ -99,8 +99,7 @@ class Attributes:
                 if not cred.is_root:
                     vals["mode"] = kill_priv(vals.get("mode", new_mode))
             vals["ctime_ns"] = tx.now
-            update_inode(tx.conn, ino, vals)
-            attr = to_attr(self.inode_row(tx.conn, ino))
+            attr = to_attr(update_inode(tx.conn, ino, vals))
             tx.log(pb.OP_WRITE if size is not None else pb.OP_SETATTR, ino, attr=attr)
             return attr
 

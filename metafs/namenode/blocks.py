@@ -423,8 +423,7 @@ class BlockLayer:
                                         version=BUMP, storage=STORAGE_BLOCKS)
             if not tx.cred.is_root and row.mode & (stat.S_ISUID | stat.S_ISGID):
                 vals["mode"] = kill_priv(row.mode)
-            update_inode(conn, ino, vals)
-            attr = to_attr(self.ns.inode_row(conn, ino))
+            attr = to_attr(update_inode(conn, ino, vals))
             tx.log(pb.OP_WRITE, ino, attr=attr)
             if req.release:
                 self.ns.release_handle(tx, req.handle)

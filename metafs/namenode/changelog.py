@@ -73,7 +73,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.engine import Connection
@@ -172,16 +172,28 @@ class Notifier:
             return True
 
 
+_Q_REQUEST = Prepared(insert(schema.requests))
+
+
 class DirectLog:
     """Positions handed out inside the writing transaction (engines with one writer)."""
 
     def __init__(self) -> None:
         self.notifier = Notifier()
 
-    def append(self, conn: Connection, records: Sequence[pb.ChangeRecord]) -> int:
-        """Append ``records`` as the transaction's last statement; returns a token for
-        :meth:`committed` (here: the last position)."""
-        return append(conn, records)
+    def append(self, conn: Connection, records: Sequence[pb.ChangeRecord],
+               request: dict[str, Any] | None = None, unless: str | None = None
+               ) -> int | None:
+        """Append ``records`` (none: only ``request``) as the transaction's last writes,
+        with ``request``, the row that records the call's result (:mod:`.requests`), if
+        any. Returns a token for :meth:`committed` (here: the last position; 0 for no
+        records); or None, having written nothing, when the SQL condition ``unless`` (an
+        EXISTS over a table) holds: the caller then has checks to run before appending."""
+        if unless is not None and conn.execute(text(f"SELECT {unless}")).scalar():
+            return None
+        if request is not None:
+            _Q_REQUEST.run(conn, **request)
+        return append(conn, records) if records else 0
 
     def committed(self, token: int) -> None:
         """The transaction that appended (``token``) has committed."""
@@ -208,14 +220,26 @@ STAMP_LOCK = 74202
 
 _NOW_NS = "(extract(epoch FROM clock_timestamp()) * 1000000000)::bigint"
 
-# One ticket per transaction; the records are unnested from arrays in the same statement.
-_SQL_APPEND = text(f"""
-INSERT INTO changelog_pending (ord, idx, op, ino, ts_ns, body, added_ns)
-SELECT o.ord, t.idx - 1, t.op, t.ino, t.ts_ns, t.body, {_NOW_NS}
-FROM (SELECT nextval('metafs_changelog_ord') AS ord) AS o,
-     unnest(CAST(:ops AS smallint[]), CAST(:inos AS bigint[]), CAST(:ts AS bigint[]),
-            CAST(:bodies AS bytea[])) WITH ORDINALITY AS t(op, ino, ts_ns, body, idx)
-""")
+def _append_sql(records: bool, request: bool, unless: str | None) -> str:
+    """One statement: unless ``unless`` holds, insert the request row (parameters
+    ``r_<column>``) and the records, under one ticket per transaction (``idx`` orders
+    them; they are unnested from arrays); returns whether it wrote."""
+    parts = [f"g AS (SELECT NOT ({unless}) AS go)" if unless else "g AS (SELECT true AS go)"]
+    if request:
+        parts.append("""r AS (
+    INSERT INTO requests (id, idx, owner, result, created_ns)
+    SELECT CAST(:r_id AS varchar), CAST(:r_idx AS integer), CAST(:r_owner AS text),
+           CAST(:r_result AS bytea), CAST(:r_created_ns AS bigint) FROM g WHERE g.go)""")
+    if records:
+        parts.append(f"""c AS (
+    INSERT INTO changelog_pending (ord, idx, op, ino, ts_ns, body, added_ns)
+    SELECT o.ord, t.idx - 1, t.op, t.ino, t.ts_ns, t.body, {_NOW_NS}
+    FROM g, (SELECT nextval('metafs_changelog_ord') AS ord) AS o,
+         unnest(CAST(:ops AS smallint[]), CAST(:inos AS bigint[]), CAST(:ts AS bigint[]),
+                CAST(:bodies AS bytea[])) WITH ORDINALITY AS t(op, ino, ts_ns, body, idx)
+    WHERE g.go)""")
+    return "WITH " + ",\n".join(parts) + "\nSELECT go FROM g"
+
 
 _SQL_ANY_PENDING = text("SELECT EXISTS (SELECT 1 FROM changelog_pending)")
 
@@ -270,16 +294,31 @@ class StampedLog:
         self._stamped = 0
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._appends: dict[tuple[bool, bool, str | None], Prepared] = {}
         self._stats = {"rounds": 0, "stamped": 0, "lag_max_s": 0.0, "lag_p50_s": 0.0,
                        "round_s": 0.0}
 
-    def append(self, conn: Connection, records: Sequence[pb.ChangeRecord]) -> int:
-        """Append ``records`` as the transaction's last statement (one round trip)."""
-        conn.execute(_SQL_APPEND, {
-            "ops": [int(r.op) for r in records], "inos": [int(r.ino) for r in records],
-            "ts": [int(r.ts_ns) for r in records],
-            "bodies": [r.SerializeToString() for r in records]})
-        return 1
+    def append(self, conn: Connection, records: Sequence[pb.ChangeRecord],
+               request: dict[str, Any] | None = None, unless: str | None = None
+               ) -> int | None:
+        """Append ``records`` as the transaction's last statement, with the ``request`` row
+        and the ``unless`` condition in the same statement (one round trip); see
+        :meth:`DirectLog.append`. Returns 1 when records were appended."""
+        key = (bool(records), request is not None, unless)
+        q = self._appends.get(key)
+        if q is None:
+            q = self._appends[key] = Prepared(text(_append_sql(*key)))
+        params: dict[str, Any] = {}
+        if records:
+            params.update(
+                ops=[int(r.op) for r in records], inos=[int(r.ino) for r in records],
+                ts=[int(r.ts_ns) for r in records],
+                bodies=[r.SerializeToString() for r in records])
+        if request is not None:
+            params.update({f"r_{k}": v for k, v in request.items()})
+        if not q.scalar(conn, **params):
+            return None
+        return 1 if records else 0
 
     def committed(self, token: int) -> None:
         with self._cond:

@@ -98,8 +98,7 @@ class FileData:
         return pb.OpenReply(attr=to_attr(row), data=data, has_data=True)
 
     def _open(self, tx: Tx, ino: int, flags: int) -> pb.OpenReply:
-        self.lock_inodes(tx.conn, ino)
-        row = self.live_inode(tx.conn, ino)
+        row = self.locked_live_inode(tx.conn, ino)
         self._check_reachable_in(tx.conn, tx.cred, ino)
         acc = flags & os.O_ACCMODE
         if acc not in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR):
@@ -115,9 +114,8 @@ class FileData:
         if flags & os.O_TRUNC and stat.S_ISREG(row.mode) and row.size:
             self._truncate(tx, row, 0)
             mode = row.mode if tx.cred.is_root else kill_priv(row.mode)
-            update_inode(tx.conn, ino, dict(size=0, mtime_ns=tx.now, ctime_ns=tx.now,
-                                             version=BUMP, mode=mode))
-            row = self.inode_row(tx.conn, ino)
+            row = update_inode(tx.conn, ino, dict(size=0, mtime_ns=tx.now, ctime_ns=tx.now,
+                                                   version=BUMP, mode=mode))
             tx.log(pb.OP_WRITE, ino, attr=to_attr(row))
         handle = self._new_handle(tx, ino, flags)
         return pb.OpenReply(attr=to_attr(row), handle=handle)
@@ -254,8 +252,7 @@ class FileData:
             raise FsError(errno.EFBIG, "write past the largest file")
 
         def fn(tx: Tx) -> pb.WriteReply:
-            self.lock_inodes(tx.conn, ino)
-            row = self.live_inode(tx.conn, ino)
+            row = self.locked_live_inode(tx.conn, ino)
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EISDIR, "is a directory")
             if not stat.S_ISREG(row.mode):
@@ -279,8 +276,7 @@ class FileData:
                                         version=BUMP)
             if not cred.is_root and row.mode & (stat.S_ISUID | stat.S_ISGID):
                 vals["mode"] = kill_priv(row.mode)
-            update_inode(tx.conn, ino, vals)
-            attr = to_attr(self.inode_row(tx.conn, ino))
+            attr = to_attr(update_inode(tx.conn, ino, vals))
             tx.log(pb.OP_WRITE, ino, attr=attr)
             if release:
                 self.release_handle(tx, handle)

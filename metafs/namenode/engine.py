@@ -40,6 +40,8 @@ from sqlalchemy.sql.expression import Executable
 from ..config import Settings
 from ..errors import FsError
 from . import changelog, schema
+from .rows import (ATTR_COLS, Q_DELETE_DATA, Q_DELETE_DENTRY, Q_DELETE_INODE, Q_DELETE_XATTRS,
+                   Q_INSERT_DENTRY, Q_INSERT_INODE, Q_SET_NLINK, Q_TOUCH_DIR)
 from .sql import Prepared
 
 log = logging.getLogger("metafs.namenode.engine")
@@ -60,6 +62,7 @@ class MetaEngine:
         self.settings = settings
         self.engine: Engine = self._create_engine(url)
         self._local = threading.local()
+        self._locked_rows: dict[int, Prepared] = {}  # lock_inode_rows' statements by id count
         self.changelog = self._changelog()
 
     def _changelog(self) -> "changelog.DirectLog | changelog.StampedLog":
@@ -100,6 +103,51 @@ class MetaEngine:
         if ids:
             conn.execute(select(_I.c.id).where(_I.c.id.in_(ids)).order_by(_I.c.id)
                          .with_for_update()).all()
+
+    def lock_inode_rows(self, conn: Connection, *inos: int) -> dict[int, Any]:
+        """:meth:`lock_inodes`, and the attribute columns of the rows it locked (by id; an
+        id without a row is missing), read by the same statement."""
+        ids = sorted({i for i in inos if i})
+        if not ids:
+            return {}
+        q = self._locked_rows.get(len(ids))
+        if q is None:
+            q = self._locked_rows[len(ids)] = Prepared(self.for_update(
+                select(*ATTR_COLS).where(_I.c.id.in_([bindparam(f"i{k}")
+                                                       for k in range(len(ids))]))
+                .order_by(_I.c.id)))
+        return {r.id: r for r in q.all(conn, **{f"i{k}": v for k, v in enumerate(ids)})}
+
+    # The statements of the hot write paths, one round trip each where the database can
+    # merge them (see PostgresEngine); the defaults run them one by one.
+    def add_entry(self, conn: Connection, parent: int, name: str, row: dict[str, Any],
+                  nlink_delta: int) -> int:
+        """Insert the inode ``row`` (its id allocated here when it has none) and its entry
+        ``name`` in ``parent``, whose times are set to the inode's ctime and link count
+        changed by ``nlink_delta``. Returns the inode's id."""
+        if not row["id"]:
+            row["id"] = self.allocate_ids(conn, "inode", 1)[0]
+        Q_INSERT_INODE.run(conn, **row)
+        Q_INSERT_DENTRY.run(conn, parent=parent, name=name, ino=row["id"],
+                            mode=row["mode"] & 0o170000)
+        Q_TOUCH_DIR.run(conn, ino=parent, now=row["ctime_ns"], delta=nlink_delta)
+        return int(row["id"])
+
+    def remove_entry(self, conn: Connection, parent: int, name: str, nlink_delta: int,
+                     now: int, ino: int, left: int) -> bool:
+        """Delete the entry ``name`` of ``parent``, touch ``parent`` (times set to ``now``,
+        link count changed by ``nlink_delta``), and set the link count of ``ino``, the
+        inode it named, to ``left`` (ctime ``now``). Returns whether a handle holds
+        ``ino`` open."""
+        Q_DELETE_DENTRY.run(conn, dparent=parent, dname=name)
+        Q_TOUCH_DIR.run(conn, ino=parent, now=now, delta=nlink_delta)
+        return bool(Q_SET_NLINK.scalar(conn, ino=ino, new_nlink=left, now=now))
+
+    def delete_inode(self, conn: Connection, ino: int) -> None:
+        """Delete the rows of inode ``ino``: its inline data, its xattrs, the inode."""
+        Q_DELETE_DATA.run(conn, ino=ino)
+        Q_DELETE_XATTRS.run(conn, ino=ino)
+        Q_DELETE_INODE.run(conn, ino=ino)
 
     def lock_renames(self, conn: Connection) -> None:
         """Take the one rename lock (a counter row) until the transaction ends."""
@@ -491,6 +539,25 @@ class PostgresEngine(MetaEngine):
                          key: Sequence[Column]) -> Executable:
         return pg_insert(table).values(values).on_conflict_do_nothing(index_elements=key)
 
+    # One round trip each (data-modifying CTEs); see MetaEngine for what they do.
+    def add_entry(self, conn: Connection, parent: int, name: str, row: dict[str, Any],
+                  nlink_delta: int) -> int:
+        if row["id"]:
+            return super().add_entry(conn, parent, name, row, nlink_delta)
+        ino = int(_Q_PG_ADD_ENTRY.scalar(conn, parent=parent, name=name, delta=nlink_delta,
+                                         ftype=row["mode"] & 0o170000,
+                                         **{k: v for k, v in row.items() if k != "id"}))
+        row["id"] = ino
+        return ino
+
+    def remove_entry(self, conn: Connection, parent: int, name: str, nlink_delta: int,
+                     now: int, ino: int, left: int) -> bool:
+        return bool(_Q_PG_REMOVE_ENTRY.scalar(conn, parent=parent, name=name,
+                                              delta=nlink_delta, now=now, ino=ino, left=left))
+
+    def delete_inode(self, conn: Connection, ino: int) -> None:
+        _Q_PG_DELETE_INODE.run(conn, ino=ino)
+
     def allocate_ids(self, conn: Connection, kind: str, n: int) -> list[int]:
         # A sequence takes no lock that lives until commit, so concurrent creators on any
         # number of namenodes never wait for each other here.
@@ -504,6 +571,47 @@ class PostgresEngine(MetaEngine):
 _Q_ALLOCATE = Prepared(
     update(schema.counters).where(schema.counters.c.name == bindparam("kind"))
     .values(value=schema.counters.c.value + bindparam("n")).returning(schema.counters.c.value))
+
+
+_Q_PG_ADD_ENTRY = Prepared(text("""
+WITH n AS (SELECT nextval('metafs_inode_seq') AS id),
+i AS (
+    INSERT INTO inodes (id, mode, uid, gid, nlink, rdev, size, atime_ns, mtime_ns, ctime_ns,
+                        btime_ns, version, generation, storage, target)
+    SELECT n.id, CAST(:mode AS integer), CAST(:uid AS bigint), CAST(:gid AS bigint),
+           CAST(:nlink AS integer), CAST(:rdev AS bigint), CAST(:size AS bigint),
+           CAST(:atime_ns AS bigint), CAST(:mtime_ns AS bigint), CAST(:ctime_ns AS bigint),
+           CAST(:btime_ns AS bigint), CAST(:version AS bigint), CAST(:generation AS bigint),
+           CAST(:storage AS integer), CAST(:target AS text)
+    FROM n RETURNING id
+), d AS (
+    INSERT INTO dentries (parent, name, ino, mode)
+    SELECT CAST(:parent AS bigint), CAST(:name AS varchar), i.id, CAST(:ftype AS integer) FROM i
+), t AS (
+    UPDATE inodes SET nlink = nlink + CAST(:delta AS integer),
+                      mtime_ns = CAST(:ctime_ns AS bigint), ctime_ns = CAST(:ctime_ns AS bigint)
+    WHERE id = CAST(:parent AS bigint)
+)
+SELECT id FROM i
+"""))
+_Q_PG_REMOVE_ENTRY = Prepared(text("""
+WITH d AS (
+    DELETE FROM dentries WHERE parent = CAST(:parent AS bigint) AND name = CAST(:name AS varchar)
+), t AS (
+    UPDATE inodes SET nlink = nlink + CAST(:delta AS integer), mtime_ns = CAST(:now AS bigint),
+                      ctime_ns = CAST(:now AS bigint)
+    WHERE id = CAST(:parent AS bigint)
+), n AS (
+    UPDATE inodes SET nlink = CAST(:left AS integer), ctime_ns = CAST(:now AS bigint)
+    WHERE id = CAST(:ino AS bigint)
+)
+SELECT EXISTS (SELECT 1 FROM handles WHERE ino = CAST(:ino AS bigint))
+"""))
+_Q_PG_DELETE_INODE = Prepared(text("""
+WITH d AS (DELETE FROM file_data WHERE ino = CAST(:ino AS bigint)),
+x AS (DELETE FROM xattrs WHERE ino = CAST(:ino AS bigint))
+DELETE FROM inodes WHERE id = CAST(:ino AS bigint)
+"""))
 
 
 def engine_for(url: str, settings: Settings) -> MetaEngine:

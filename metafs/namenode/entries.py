@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from ..errors import FsError
 from ..posix import PATH_MAX, R, W, X, Cred, allowed, check, check_name, check_sticky
 from ..proto import metafs_pb2 as pb
-from .rows import D, I, Q_DELETE_DENTRY, Q_INSERT_INODE, Tx, dict_attr, to_attr
+from .rows import D, I, Tx, dict_attr, to_attr
 from .sql import Prepared
 
 
@@ -66,8 +66,7 @@ class Entries:
             raise FsError(errno.EINVAL, "only regular files can be created open")
 
         def fn(tx: Tx) -> pb.OpenReply:
-            self.lock_inodes(tx.conn, parent)
-            pdir = self._dir(tx.conn, parent)
+            pdir = self._locked_dir(tx, parent)
             existing = self._lookup(tx.conn, parent, name)
             if existing is not None:
                 check(cred, pdir, X, "search this directory")
@@ -80,9 +79,7 @@ class Entries:
                 return self._open(tx, existing.id, flags)
             check(cred, pdir, W | X, "create entries in this directory")
             row = self._new_inode(tx, pdir, ftype | perm, rdev=rdev)
-            Q_INSERT_INODE.run(tx.conn, **row)
-            self._link_entry(tx, parent, name, row["id"], row["mode"])
-            self._touch_dir(tx, parent)
+            self.engine.add_entry(tx.conn, parent, name, row, nlink_delta=0)
             attr = dict_attr(row)
             tx.log(pb.OP_CREATE if ftype == stat.S_IFREG else pb.OP_MKNOD, row["id"],
                    parent=parent, name=name, attr=attr)
@@ -98,9 +95,7 @@ class Entries:
         def fn(tx: Tx) -> pb.Entry:
             pdir = self._check_dir_for_entry(tx, parent, name)
             row = self._new_inode(tx, pdir, stat.S_IFDIR | perm)
-            Q_INSERT_INODE.run(tx.conn, **row)
-            self._link_entry(tx, parent, name, row["id"], row["mode"])
-            self._touch_dir(tx, parent, nlink_delta=1)
+            self.engine.add_entry(tx.conn, parent, name, row, nlink_delta=1)
             attr = dict_attr(row)
             tx.log(pb.OP_MKDIR, row["id"], parent=parent, name=name, attr=attr)
             return pb.Entry(ino=row["id"], attr=attr)
@@ -123,9 +118,7 @@ class Entries:
         def fn(tx: Tx) -> pb.Entry:
             pdir = self._check_dir_for_entry(tx, parent, name)
             row = self._new_inode(tx, pdir, stat.S_IFLNK | 0o777, target=target, size=tsize)
-            Q_INSERT_INODE.run(tx.conn, **row)
-            self._link_entry(tx, parent, name, row["id"], row["mode"])
-            self._touch_dir(tx, parent)
+            self.engine.add_entry(tx.conn, parent, name, row, nlink_delta=0)
             attr = dict_attr(row)
             tx.log(pb.OP_SYMLINK, row["id"], parent=parent, name=name, attr=attr,
                    extra=json.dumps({"target": target}))
@@ -163,8 +156,8 @@ class Entries:
         """The directory ``parent`` and the inode ``name`` names in it, both locked, for a
         caller who may remove entries there (Linux's order: ENOENT before EACCES)."""
         target = self._lookup(tx.conn, parent, name)
-        self.lock_inodes(tx.conn, parent, target.id if target else 0)
-        pdir = self._dir(tx.conn, parent)
+        locked = self.lock_rows(tx.conn, parent, target.id if target else 0)
+        pdir = self._dir(tx.conn, parent, locked.get(parent))
         check(cred, pdir, X, "search this directory")
         row = self._lookup(tx.conn, parent, name)
         if row is None:
@@ -182,10 +175,8 @@ class Entries:
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EISDIR, "is a directory (use rmdir)", name)
             check_sticky(cred, pdir, row)
-            Q_DELETE_DENTRY.run(tx.conn, dparent=parent, dname=name)
-            self._touch_dir(tx, parent)
             rec = tx.log(pb.OP_UNLINK, row.id, parent=parent, name=name)
-            rec.nlink = self._drop_link(tx, row)
+            rec.nlink = self._remove_name(tx, parent, name, row)
 
         self.mutate(cred, fn)
 
@@ -203,10 +194,8 @@ class Entries:
             check_sticky(cred, pdir, row)
             if self._dir_has_entries(tx.conn, row.id):
                 raise FsError(errno.ENOTEMPTY, "directory not empty", name)
-            Q_DELETE_DENTRY.run(tx.conn, dparent=parent, dname=name)
-            self._touch_dir(tx, parent, nlink_delta=-1)
             tx.log(pb.OP_RMDIR, row.id, parent=parent, name=name)
-            self._drop_link(tx, row)
+            self._remove_name(tx, parent, name, row)
 
         self.mutate(cred, fn)
 

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, TypeVar
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -32,7 +32,8 @@ from .engine import MetaEngine
 from .entries import Entries
 from .lookups import Lookups
 from .rename import Renames
-from .rows import ATTR_COLS, CALLER, D, H, I, Q_DELETE_DATA, Q_INSERT_DENTRY, STORAGE_INLINE, XA, Tx
+from .rows import (ATTR_COLS, CALLER, D, H, I, Q_INSERT_DENTRY, Q_SET_NLINK, Q_TOUCH_DIR,
+                   STORAGE_INLINE, Tx)
 from .sessions import Sessions
 from .sql import Prepared
 
@@ -45,12 +46,6 @@ _Q_LOOKUP = Prepared(select(*ATTR_COLS).select_from(D.join(I, I.c.id == D.c.ino)
                      .where(D.c.parent == bindparam("parent"), D.c.name == bindparam("name")))
 _Q_HAS_HANDLES = Prepared(select(H.c.id).where(H.c.ino == bindparam("ino")).limit(1))
 _Q_DIR_PARENT = Prepared(select(D.c.parent).where(D.c.ino == bindparam("ino")).limit(1))
-_Q_TOUCH_DIR = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
-    mtime_ns=bindparam("now"), ctime_ns=bindparam("now"), nlink=I.c.nlink + bindparam("delta")))
-_Q_SET_NLINK = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
-    nlink=bindparam("new_nlink"), ctime_ns=bindparam("now")))
-_Q_DELETE_XATTRS = Prepared(delete(XA).where(XA.c.ino == bindparam("ino")))
-_Q_DELETE_INODE = Prepared(delete(I).where(I.c.id == bindparam("ino")))
 
 
 def _with_caller(fn: Callable[..., T]) -> Callable[..., T]:
@@ -89,7 +84,8 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
             fn = getattr(self.blocks, name, None)
             if fn is not None:
                 setattr(self.blocks, name, _with_caller(fn))
-        # Checks run inside each write transaction before it commits (quotas).
+        # Checks run inside each write transaction before it commits (the project
+        # boundary; quotas are checked with the changelog append, see _mutate).
         self.precommit_hooks: list[Callable[[Tx], None]] = []
         # Other paths of the same directories (projects: a share entry names the data set
         # directory of another project), as (path, alias) pairs worth trying for a caller:
@@ -100,7 +96,7 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         # attributes): projects follow which process read which project's data by them.
         self.open_checks: list[Callable[[Cred, int], None]] = []
         self.read_hooks: list[Callable[[Cred, pb.Attr], None]] = []
-        from .quota import Quotas  # registers its EDQUOT check
+        from .quota import Quotas  # the EDQUOT check
 
         self.quotas = Quotas(self)
         from .locks import Locks  # cluster-wide fcntl/flock locks (dropped with sessions)
@@ -138,16 +134,25 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
                              lambda record: self._mutate(cred, fn, record))
 
     def _mutate(self, cred: Cred, fn: Callable[[Tx], T],
-                record: Callable[[Tx, Any], None] | None) -> T:
+                record: Callable[[Tx, Any], dict[str, Any] | None] | None) -> T:
+        log = self.engine.changelog
+
         def body(conn: Connection) -> tuple[T, int, list[Callable[[], None]]]:
             tx = Tx(self, conn, cred, time.time_ns())
             result = fn(tx)
             for hook in self.precommit_hooks:
                 hook(tx)
-            if record is not None:
-                record(tx, result)
-            last = self.engine.changelog.append(conn, tx.records) if tx.records else 0
-            return result, last, tx.after_commit
+            request = record(tx, result) if record is not None else None
+            last: int | None = 0
+            if tx.records or request is not None:
+                # The quota check costs nothing where no quota exists: the append asks
+                # that in its own statement, and writes only then.
+                guard = self.quotas.guard(tx)
+                last = log.append(conn, tx.records, request, unless=guard)
+                if last is None:
+                    self.quotas.check(tx)
+                    last = log.append(conn, tx.records, request)
+            return result, last or 0, tx.after_commit
 
         token = CALLER.set(cred)
         try:
@@ -155,7 +160,7 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         finally:
             CALLER.reset(token)
         if last:
-            self.engine.changelog.committed(last)
+            log.committed(last)
         for cb in after:
             cb()
         return result
@@ -169,18 +174,29 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         """The attribute columns of inode ``ino``, or None if there is no such row."""
         return _Q_INODE.first(conn, ino=ino)
 
-    def live_inode(self, conn: Connection, ino: int) -> Row:
-        """The row of inode ``ino`` while it is in use: ENOENT if it does not exist, or if
-        its last name is gone and no handle holds it open."""
-        row = self.inode_row(conn, ino)
+    def live_inode(self, conn: Connection, ino: int, row: Any = None) -> Row:
+        """The row of inode ``ino`` (read here unless given as ``row``) while it is in use:
+        ENOENT if it does not exist, or if its last name is gone and no handle holds it
+        open."""
+        if row is None:
+            row = self.inode_row(conn, ino)
         if row is None or (row.nlink == 0 and not self._has_handles(conn, ino)):
             raise FsError(errno.ENOENT, f"no inode {ino}")
         return row
+
+    def locked_live_inode(self, conn: Connection, ino: int) -> Row:
+        """:meth:`live_inode` of ``ino`` with its row locked (one statement)."""
+        return self.live_inode(conn, ino, self.lock_rows(conn, ino).get(ino))
 
     def lock_inodes(self, conn: Connection, *inos: int) -> None:
         """Lock inode rows in ascending id order (the engine's; a no-op where writers are
         serialized)."""
         self.engine.lock_inodes(conn, *inos)
+
+    def lock_rows(self, conn: Connection, *inos: int) -> dict[int, Row]:
+        """:meth:`lock_inodes`, returning the attribute rows it locked by id (read by the
+        same statement)."""
+        return self.engine.lock_inode_rows(conn, *inos)
 
     def _lock_renames(self, conn: Connection) -> None:
         """Serialize renames that move a directory to another parent (as Linux does with
@@ -190,8 +206,8 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
     def _lookup(self, conn: Connection, parent: int, name: str) -> Any:
         return _Q_LOOKUP.first(conn, parent=parent, name=name)
 
-    def _dir(self, conn: Connection, ino: int) -> Row:
-        row = self.live_inode(conn, ino)
+    def _dir(self, conn: Connection, ino: int, row: Any = None) -> Row:
+        row = self.live_inode(conn, ino, row)
         if not stat.S_ISDIR(row.mode):
             raise FsError(errno.ENOTDIR, f"inode {ino} is not a directory")
         if row.nlink == 0:
@@ -210,7 +226,7 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         return int(p)
 
     def _touch_dir(self, tx: Tx, ino: int, nlink_delta: int = 0) -> None:
-        _Q_TOUCH_DIR.run(tx.conn, ino=ino, now=tx.now, delta=nlink_delta)
+        Q_TOUCH_DIR.run(tx.conn, ino=ino, now=tx.now, delta=nlink_delta)
 
     def _new_inode(self, tx: Tx, parent: Row, mode: int, *, rdev: int = 0,
                    target: str | None = None, size: int = 0, ino: int | None = None) -> dict:
@@ -223,9 +239,7 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         if mode & stat.S_ISGID and not stat.S_ISDIR(mode) and not cred.is_root \
                 and not cred.in_group(gid):
             mode &= ~stat.S_ISGID
-        if ino is None:
-            ino = self.engine.allocate_ids(tx.conn, "inode", 1)[0]
-        return dict(id=ino, mode=mode, uid=cred.uid, gid=gid,
+        return dict(id=ino or 0, mode=mode, uid=cred.uid, gid=gid,
                     nlink=2 if stat.S_ISDIR(mode) else 1, rdev=rdev, size=size,
                     atime_ns=tx.now, mtime_ns=tx.now, ctime_ns=tx.now, btime_ns=tx.now,
                     version=0, generation=0, storage=STORAGE_INLINE, target=target)
@@ -233,10 +247,13 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
     def _link_entry(self, tx: Tx, parent: int, name: str, ino: int, mode: int) -> None:
         Q_INSERT_DENTRY.run(tx.conn, parent=parent, name=name, ino=ino, mode=stat.S_IFMT(mode))
 
+    def _locked_dir(self, tx: Tx, ino: int) -> Row:
+        """Lock and read directory ``ino`` (one statement), which must be in use."""
+        return self._dir(tx.conn, ino, self.lock_rows(tx.conn, ino).get(ino))
+
     def _check_dir_for_entry(self, tx: Tx, parent_ino: int, name: str) -> Row:
         """Lock and check a directory that gets a new entry ``name``."""
-        self.lock_inodes(tx.conn, parent_ino)
-        parent = self._dir(tx.conn, parent_ino)
+        parent = self._locked_dir(tx, parent_ino)
         # As Linux: a name that exists is EEXIST even where it could not be created.
         check(tx.cred, parent, X, "search this directory")
         if self._lookup(tx.conn, parent_ino, name) is not None:
@@ -248,17 +265,27 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         """One name of ``row`` is gone: lower nlink, free the inode if nothing uses it.
         Returns the links left."""
         left = 0 if stat.S_ISDIR(row.mode) else row.nlink - 1
-        _Q_SET_NLINK.run(tx.conn, ino=row.id, new_nlink=left, now=tx.now)
-        if left == 0 and not self._has_handles(tx.conn, row.id):
+        if not Q_SET_NLINK.scalar(tx.conn, ino=row.id, new_nlink=left, now=tx.now) \
+                and left == 0:
+            self._free(tx, row.id)
+        return left
+
+    def _remove_name(self, tx: Tx, parent: int, name: str, row: Row) -> int:
+        """Remove the entry ``name`` of directory ``parent``, which names ``row``: as
+        :meth:`_drop_link`, with the entry's removal and the directory's times in the same
+        statement where the engine can. Returns the links left."""
+        is_dir = stat.S_ISDIR(row.mode)
+        left = 0 if is_dir else row.nlink - 1
+        held = self.engine.remove_entry(tx.conn, parent, name, -1 if is_dir else 0, tx.now,
+                                        row.id, left)
+        if left == 0 and not held:
             self._free(tx, row.id)
         return left
 
     def _free(self, tx: Tx, ino: int) -> None:
         for hook in self.free_data_hooks:
             hook(tx, ino)
-        Q_DELETE_DATA.run(tx.conn, ino=ino)
-        _Q_DELETE_XATTRS.run(tx.conn, ino=ino)
-        _Q_DELETE_INODE.run(tx.conn, ino=ino)
+        self.engine.delete_inode(tx.conn, ino)
         tx.log(pb.OP_FREE, ino)
 
     def statfs(self, cred: Cred) -> pb.StatFsReply:

@@ -57,7 +57,7 @@ from ..errors import FsError
 from ..posix import ROOT_INO, Cred
 from ..proto import metafs_pb2 as pb
 from . import schema
-from .rows import Q_INSERT_INODE, Tx, dict_attr, to_attr
+from .rows import Tx, dict_attr, to_attr
 from .sql import Prepared
 
 if TYPE_CHECKING:
@@ -411,9 +411,7 @@ class Projects:
         pdir = self.ns._check_dir_for_entry(tx, parent, name)
         row = self.ns._new_inode(tx, pdir, stat.S_IFDIR | mode)
         row.update(uid=uid, gid=gid, mode=stat.S_IFDIR | mode)
-        Q_INSERT_INODE.run(tx.conn, **row)
-        self.ns._link_entry(tx, parent, name, row["id"], row["mode"])
-        self.ns._touch_dir(tx, parent, nlink_delta=1)
+        self.ns.engine.add_entry(tx.conn, parent, name, row, nlink_delta=1)
         tx.log(pb.OP_MKDIR, row["id"], parent=parent, name=name, attr=dict_attr(row))
         return int(row["id"])
 

@@ -1,7 +1,9 @@
 """Directory quotas: a limit on the files (inodes) and bytes under a directory.
 
 A quota row names a directory inode and its limits (0: no limit). The check runs inside
-every write transaction, just before it commits (a ``precommit_hook`` of the namespace):
+every write transaction, just before it commits (the namespace's commit asks whether any
+quota exists in the statement that appends the changelog records, and runs the check when
+one does):
 when the transaction's change records add entries under a directory, move entries into
 it, or write data to files in it, every quota on that directory and its ancestors is
 re-evaluated *in the same transaction*, and a limit exceeded fails the operation with
@@ -30,7 +32,6 @@ from ..errors import FsError
 from ..proto import metafs_pb2 as pb
 from . import schema
 from .rows import Tx
-from .sql import Prepared
 
 if TYPE_CHECKING:
     from .namespace import Namespace
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 Q = schema.quotas
 D = schema.dentries
 
-_Q_ANY = Prepared(select(Q.c.ino).limit(1))
+_ANY_QUOTA = "EXISTS (SELECT 1 FROM quotas)"
 
 _CREATES = {pb.OP_CREATE, pb.OP_MKDIR, pb.OP_MKNOD, pb.OP_SYMLINK, pb.OP_LINK}
 
@@ -79,7 +80,6 @@ class Quotas:
 
     def __init__(self, ns: "Namespace") -> None:
         self.ns = ns
-        ns.precommit_hooks.append(self.check)
 
     # -- administration (``metafs quota``)
     def set(self, ino: int, max_files: int = 0, max_bytes: int = 0) -> None:
@@ -111,12 +111,23 @@ class Quotas:
         return self.ns.engine.read(fn)
 
     # -- enforcement
+    def guard(self, tx: "Tx") -> str | None:
+        """For a transaction about to commit: None if no quota can refuse it, else the SQL
+        condition under which :meth:`check` must run first (a quota exists anywhere). The
+        namespace's commit asks it in the statement that appends the transaction's
+        records (one round trip where there are no quotas)."""
+        if not self.ns.settings.quota_enabled:
+            return None
+        for r in tx.records:
+            if r.op in _CREATES or r.op == pb.OP_WRITE or (
+                    r.op == pb.OP_RENAME and r.parent != r.old_parent):
+                return _ANY_QUOTA
+        return None
+
     def check(self, tx: "Tx") -> None:
-        if not self.ns.settings.quota_enabled or not tx.records:
-            return
+        """EDQUOT if the transaction takes a directory past a quota; run when a quota
+        exists (:meth:`guard`), before the transaction appends its records."""
         conn = tx.conn
-        if _Q_ANY.first(conn) is None:
-            return  # no quotas anywhere: nothing to check
         starts: set[int] = set()
         for r in tx.records:
             if r.op in _CREATES:

@@ -9,13 +9,13 @@ import errno
 import stat
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..errors import FsError
 from ..posix import ROOT_INO, W, X, Cred, check, check_name, check_sticky
 from ..proto import metafs_pb2 as pb
-from .rows import D, Q_DELETE_DENTRY, Q_SET_CTIME, Tx, to_attr
+from .rows import ATTR_COLS, D, I, Q_DELETE_DENTRY, Q_SET_CTIME, Tx, to_attr
 from .sql import Prepared
 
 
@@ -24,6 +24,11 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 _Q_MOVE_DENTRY = Prepared(update(D).where(D.c.parent == bindparam("sp"),
                                           D.c.name == bindparam("sn")).values(
     parent=bindparam("dp"), name=bindparam("dn")))
+
+_Q_LOOKUP_BOTH = Prepared(
+    select(*ATTR_COLS, D.c.parent, D.c.name).select_from(D.join(I, I.c.id == D.c.ino))
+    .where(or_(and_(D.c.parent == bindparam("sp"), D.c.name == bindparam("sn")),
+               and_(D.c.parent == bindparam("dp"), D.c.name == bindparam("dn")))))
 
 
 class _RenameRestart(Exception):
@@ -88,24 +93,22 @@ class Renames:
         locked_renames = rename_lock and sp != dp
         if locked_renames:
             self._lock_renames(conn)
-        src = self._lookup(conn, sp, sn)
-        dst = self._lookup(conn, dp, dn)
+        src, dst = self._lookup_both(conn, sp, sn, dp, dn)
         if not locked_renames and self._moves_dir(sp, dp, src, dst, exchange):
             self._lock_renames(conn)
             locked_renames = True
         locked = {sp, dp, src.id if src else 0, dst.id if dst else 0}
-        self.lock_inodes(conn, *locked)
+        rows = self.lock_rows(conn, *locked)
         # Re-read everything under the locks. The entries of sp and dp cannot change now
         # (every change of a directory's entries locks its row), nor, once the rename lock
         # is held, the parent of any directory.
-        spd = self._dir(conn, sp)
-        dpd = spd if dp == sp else self._dir(conn, dp)
+        spd = self._dir(conn, sp, rows.get(sp))
+        dpd = spd if dp == sp else self._dir(conn, dp, rows.get(dp))
         check(cred, spd, X, "search the source directory")
         check(cred, dpd, X, "search the target directory")
-        src = self._lookup(conn, sp, sn)
+        src, dst = self._lookup_both(conn, sp, sn, dp, dn)
         if src is None:
             raise FsError(errno.ENOENT, "no such file or directory", sn)
-        dst = self._lookup(conn, dp, dn)
         needs_renames = self._moves_dir(sp, dp, src, dst, exchange)
         if (needs_renames and not locked_renames) or src.id not in locked \
                 or (dst is not None and dst.id not in locked):
@@ -166,10 +169,10 @@ class Renames:
                 self._touch_dir(tx, sp)
                 if dp != sp:
                     self._touch_dir(tx, dp)
-            for ino in (src.id, dst.id):
-                Q_SET_CTIME.run(conn, ino=ino, now=tx.now)
+            Q_SET_CTIME.run(conn, ino=dst.id, now=tx.now)
             tx.log(pb.OP_RENAME, src.id, parent=dp, name=dn, old_parent=sp, old_name=sn,
-                   target_ino=dst.id, flags=flags, attr=to_attr(self.inode_row(conn, src.id)))
+                   target_ino=dst.id, flags=flags,
+                   attr=to_attr(Q_SET_CTIME.first(conn, ino=src.id, now=tx.now)))
             return
 
         left = 0
@@ -183,13 +186,20 @@ class Renames:
             self._touch_dir(tx, sp, nlink_delta=-1 if (dst_dir and sp == dp) else 0)
             if dp != sp:
                 self._touch_dir(tx, dp, nlink_delta=-1 if dst_dir else 0)
-        Q_SET_CTIME.run(conn, ino=src.id, now=tx.now)
         rec = tx.log(pb.OP_RENAME, src.id, parent=dp, name=dn, old_parent=sp, old_name=sn,
                      target_ino=dst.id if dst is not None else 0, flags=flags,
-                     attr=to_attr(self.inode_row(conn, src.id)))
+                     attr=to_attr(Q_SET_CTIME.first(conn, ino=src.id, now=tx.now)))
         if dst is not None:
             left = self._drop_link(tx, dst)
             rec.nlink = left
+
+    @staticmethod
+    def _lookup_both(conn: Connection, sp: int, sn: str, dp: int, dn: str
+                     ) -> tuple[Any, Any]:
+        """The inode rows (or None) of both names of a rename, read by one statement."""
+        found = {(r.parent, r.name): r for r in _Q_LOOKUP_BOTH.all(conn, sp=sp, sn=sn, dp=dp,
+                                                                   dn=dn)}
+        return found.get((sp, sn)), found.get((dp, dn))
 
     def _check_not_ancestor(self, conn: Connection, moving: int, new_parent: int,
                             name: str) -> None:

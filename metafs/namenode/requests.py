@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..errors import FsError
@@ -153,9 +153,10 @@ def lost_database(exc: BaseException) -> bool:
 
 
 def once(ns: "Namespace", cred: "Cred", fn: Callable[["Tx"], T], sc: Scope,
-         run: Callable[[Callable[["Tx", Any], None] | None], T]) -> T:
-    """Write transaction number ``sc.n`` of call ``sc``: ``run(record)`` commits it (calling
-    ``record(tx, result)`` inside the transaction), unless an earlier attempt did."""
+         run: Callable[[Callable[["Tx", Any], dict[str, Any] | None] | None], T]) -> T:
+    """Write transaction number ``sc.n`` of call ``sc``: ``run(record)`` commits it, unless
+    an earlier attempt did; ``record(tx, result)`` gives the ``requests`` row (or None
+    for a result that cannot be kept) that ``run`` writes in the same transaction."""
     idx = sc.n
     sc.n += 1
     if sc.retry:
@@ -163,14 +164,13 @@ def once(ns: "Namespace", cred: "Cred", fn: Callable[["Tx"], T], sc: Scope,
         if got is not _MISSING:
             return got
 
-    def record(tx: "Tx", result: Any) -> None:
+    def record(tx: "Tx", result: Any) -> dict[str, Any] | None:
         try:
             blob = _dumps(result)
         except Exception:  # a result that cannot be kept: the call is not deduplicated
             log.warning("request %s: the result of %r cannot be recorded", sc.rid, fn)
-            return
-        tx.conn.execute(insert(R).values(id=sc.rid, idx=idx, owner=cred.identity,
-                                         result=blob, created_ns=tx.now))
+            return None
+        return dict(id=sc.rid, idx=idx, owner=cred.identity, result=blob, created_ns=tx.now)
 
     try:
         return run(record)

@@ -8,7 +8,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import bindparam, delete, insert, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from ..posix import Cred
@@ -38,24 +38,34 @@ Q_INSERT_DATA = Prepared(insert(FD).values(ino=bindparam("ino"), data=bindparam(
 Q_INSERT_XATTR = Prepared(insert(XA).values(ino=bindparam("ino"), name=bindparam("name"),
                                             value=bindparam("value")))
 Q_SET_CTIME = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
-   ctime_ns=bindparam("now")))
+   ctime_ns=bindparam("now")).returning(*ATTR_COLS))  # the row as changed
 Q_DELETE_DATA = Prepared(delete(FD).where(FD.c.ino == bindparam("ino")))
 Q_DELETE_DENTRY = Prepared(delete(D).where(D.c.parent == bindparam("dparent"),
                                            D.c.name == bindparam("dname")))
+Q_TOUCH_DIR = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
+    mtime_ns=bindparam("now"), ctime_ns=bindparam("now"), nlink=I.c.nlink + bindparam("delta")))
+# a name of the inode is gone: its new link count, and whether a handle still holds it
+Q_SET_NLINK = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
+    nlink=bindparam("new_nlink"), ctime_ns=bindparam("now")).returning(
+    select(H.c.id).where(H.c.ino == bindparam("ino")).exists().label("held")))
+Q_DELETE_XATTRS = Prepared(delete(XA).where(XA.c.ino == bindparam("ino")))
+Q_DELETE_INODE = Prepared(delete(I).where(I.c.id == bindparam("ino")))
 BUMP = object()  # in update_inode's values: version = version + 1
 _Q_UPDATE_INODE: dict[tuple[str, ...], Prepared] = {}
 
 
-def update_inode(conn: Connection, ino: int, vals: dict[str, Any]) -> None:
+def update_inode(conn: Connection, ino: int, vals: dict[str, Any]) -> Any:
     """UPDATE inodes SET ... WHERE id = ino, prepared once per set of columns (setattr and
-    write change a few of a handful of column sets)."""
+    write change a few of a handful of column sets). Returns the attribute columns of the
+    row as updated (None if there is no such row): no second statement reads them."""
     cols = tuple(sorted(vals))
     q = _Q_UPDATE_INODE.get(cols)
     if q is None:
         q = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
-            {c: (I.c.version + 1 if vals[c] is BUMP else bindparam(f"v_{c}")) for c in cols}))
+            {c: (I.c.version + 1 if vals[c] is BUMP else bindparam(f"v_{c}")) for c in cols})
+            .returning(*ATTR_COLS))
         _Q_UPDATE_INODE[cols] = q
-    q.run(conn, ino=ino, **{f"v_{c}": v for c, v in vals.items() if v is not BUMP})
+    return q.first(conn, ino=ino, **{f"v_{c}": v for c, v in vals.items() if v is not BUMP})
 
 
 # The caller of the operation running in this context. Handle checks read it when their
