@@ -11,15 +11,15 @@ import secrets
 import stat
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.engine import Connection, Row
 
 from ..errors import FsError
 from ..posix import R, W, Cred, check
 from ..proto import metafs_pb2 as pb
 from . import schema
-from .rows import (BUMP, CALLER, FD, H, MAX_FILE_SIZE, Q_DELETE_DATA, Q_INSERT_DATA, STORAGE_INLINE,
-                   Tx, kill_priv, to_attr, update_inode)
+from .rows import (BUMP, CALLER, FD, H, MAX_FILE_SIZE, Q_DELETE_DATA, Q_INSERT_DATA, Q_UPDATE_DATA,
+                   STORAGE_INLINE, Tx, kill_priv, to_attr, update_inode)
 from .sql import Prepared
 
 S = schema.sessions
@@ -33,8 +33,6 @@ _Q_HANDLE = Prepared(select(H.c.flags, H.c.session, S.c.owner)
                      .select_from(H.join(S, S.c.id == H.c.session))
                      .where(H.c.id == bindparam("hid"), H.c.ino == bindparam("ino")))
 _Q_INLINE = Prepared(select(FD.c.data).where(FD.c.ino == bindparam("ino")))
-_Q_UPDATE_DATA = Prepared(update(FD).where(FD.c.ino == bindparam("ino")).values(
-    data=bindparam("new_data")))
 _Q_HANDLE_BY_ID = Prepared(select(H.c.ino, H.c.session, S.c.owner)
                            .select_from(H.join(S, S.c.id == H.c.session))
                            .where(H.c.id == bindparam("hid")))
@@ -190,7 +188,7 @@ class FileData:
         """Make ``data`` the inline data of ``ino``; ``had``: whether it has a data row now."""
         if had:
             if data:
-                _Q_UPDATE_DATA.run(tx.conn, ino=ino, new_data=data)
+                Q_UPDATE_DATA.run(tx.conn, ino=ino, new_data=data)
             else:
                 Q_DELETE_DATA.run(tx.conn, ino=ino)
         elif data:
@@ -270,13 +268,14 @@ class FileData:
             if len(cur) < off:
                 cur = cur + b"\0" * (off - len(cur))
             new = cur[:off] + data + cur[end:]
-            new_size = max(row.size, end)
-            self.store_inline(tx, ino, new, had)
-            vals: dict[str, Any] = dict(size=new_size, mtime_ns=tx.now, ctime_ns=tx.now,
-                                        version=BUMP)
+            vals: dict[str, Any] = dict(size=max(row.size, end), mtime_ns=tx.now,
+                                        ctime_ns=tx.now, version=BUMP)
             if not cred.is_root and row.mode & (stat.S_ISUID | stat.S_ISGID):
                 vals["mode"] = kill_priv(row.mode)
-            attr = to_attr(update_inode(tx.conn, ino, vals))
+            if new:
+                attr = to_attr(self.engine.write_inline(tx.conn, ino, new, had, vals))
+            else:  # nothing stored (a write of no bytes to an empty file)
+                attr = to_attr(update_inode(tx.conn, ino, vals))
             tx.log(pb.OP_WRITE, ino, attr=attr)
             if release:
                 self.release_handle(tx, handle)

@@ -41,7 +41,8 @@ from ..config import Settings
 from ..errors import FsError
 from . import changelog, schema
 from .rows import (ATTR_COLS, Q_DELETE_DATA, Q_DELETE_DENTRY, Q_DELETE_INODE, Q_DELETE_XATTRS,
-                   Q_INSERT_DENTRY, Q_INSERT_INODE, Q_SET_NLINK, Q_TOUCH_DIR)
+                   Q_INSERT_DATA, Q_INSERT_DENTRY, Q_INSERT_INODE, Q_SET_NLINK, Q_TOUCH_DIR,
+                   Q_UPDATE_DATA, inode_update, inode_update_params, update_inode)
 from .sql import Prepared
 
 log = logging.getLogger("metafs.namenode.engine")
@@ -142,6 +143,17 @@ class MetaEngine:
         Q_DELETE_DENTRY.run(conn, dparent=parent, dname=name)
         Q_TOUCH_DIR.run(conn, ino=parent, now=now, delta=nlink_delta)
         return bool(Q_SET_NLINK.scalar(conn, ino=ino, new_nlink=left, now=now))
+
+    def write_inline(self, conn: Connection, ino: int, data: bytes, had: bool,
+                     vals: dict[str, Any]) -> Any:
+        """Make ``data`` (not empty) the inline data of ``ino`` (``had``: whether it has a
+        data row now) and update its columns ``vals`` (:func:`~.rows.update_inode`);
+        returns its attribute row as updated."""
+        if had:
+            Q_UPDATE_DATA.run(conn, ino=ino, new_data=data)
+        else:
+            Q_INSERT_DATA.run(conn, ino=ino, data=data)
+        return update_inode(conn, ino, vals)
 
     def delete_inode(self, conn: Connection, ino: int) -> None:
         """Delete the rows of inode ``ino``: its inline data, its xattrs, the inode."""
@@ -443,6 +455,7 @@ class PostgresEngine(MetaEngine):
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         self._statements: Engine | None = None
+        self._write_inline: dict[tuple[str, ...], Prepared] = {}  # by updated columns
         self._driver_url = url
         self._statements_lock = threading.Lock()
         # No liveness ping at checkout (a round trip more per transaction): a transaction
@@ -557,6 +570,19 @@ class PostgresEngine(MetaEngine):
 
     def delete_inode(self, conn: Connection, ino: int) -> None:
         _Q_PG_DELETE_INODE.run(conn, ino=ino)
+
+    def write_inline(self, conn: Connection, ino: int, data: bytes, had: bool,
+                     vals: dict[str, Any]) -> Any:
+        cols = tuple(sorted(vals))
+        q = self._write_inline.get(cols)
+        if q is None:
+            store = pg_insert(schema.file_data).values(ino=bindparam("ino"),
+                                                       data=bindparam("data"))
+            store = store.on_conflict_do_update(index_elements=[schema.file_data.c.ino],
+                                                set_={"data": store.excluded.data})
+            q = self._write_inline[cols] = Prepared(
+                inode_update({c: vals[c] for c in cols}).add_cte(store.cte("stored")))
+        return q.first(conn, ino=ino, data=data, **inode_update_params(vals))
 
     def allocate_ids(self, conn: Connection, kind: str, n: int) -> list[int]:
         # A sequence takes no lock that lives until commit, so concurrent creators on any

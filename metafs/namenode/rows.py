@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.dml import Update
 
 from ..posix import Cred
 from ..proto import metafs_pb2 as pb
@@ -35,6 +36,8 @@ Q_INSERT_INODE = Prepared(insert(I))
 Q_INSERT_DENTRY = Prepared(insert(D).values(parent=bindparam("parent"), name=bindparam("name"),
                                             ino=bindparam("ino"), mode=bindparam("mode")))
 Q_INSERT_DATA = Prepared(insert(FD).values(ino=bindparam("ino"), data=bindparam("data")))
+Q_UPDATE_DATA = Prepared(update(FD).where(FD.c.ino == bindparam("ino")).values(
+    data=bindparam("new_data")))
 Q_INSERT_XATTR = Prepared(insert(XA).values(ino=bindparam("ino"), name=bindparam("name"),
                                             value=bindparam("value")))
 Q_SET_CTIME = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
@@ -54,6 +57,18 @@ BUMP = object()  # in update_inode's values: version = version + 1
 _Q_UPDATE_INODE: dict[tuple[str, ...], Prepared] = {}
 
 
+def inode_update(vals: dict[str, Any]) -> Update:
+    """UPDATE inodes SET <the columns of vals> WHERE id = :ino RETURNING the attribute
+    columns; the values are parameters ``v_<column>`` (see :func:`inode_update_params`)."""
+    return update(I).where(I.c.id == bindparam("ino")).values(
+        {c: (I.c.version + 1 if v is BUMP else bindparam(f"v_{c}")) for c, v in vals.items()}
+    ).returning(*ATTR_COLS)
+
+
+def inode_update_params(vals: dict[str, Any]) -> dict[str, Any]:
+    return {f"v_{c}": v for c, v in vals.items() if v is not BUMP}
+
+
 def update_inode(conn: Connection, ino: int, vals: dict[str, Any]) -> Any:
     """UPDATE inodes SET ... WHERE id = ino, prepared once per set of columns (setattr and
     write change a few of a handful of column sets). Returns the attribute columns of the
@@ -61,11 +76,8 @@ def update_inode(conn: Connection, ino: int, vals: dict[str, Any]) -> Any:
     cols = tuple(sorted(vals))
     q = _Q_UPDATE_INODE.get(cols)
     if q is None:
-        q = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
-            {c: (I.c.version + 1 if vals[c] is BUMP else bindparam(f"v_{c}")) for c in cols})
-            .returning(*ATTR_COLS))
-        _Q_UPDATE_INODE[cols] = q
-    return q.first(conn, ino=ino, **{f"v_{c}": v for c, v in vals.items() if v is not BUMP})
+        q = _Q_UPDATE_INODE[cols] = Prepared(inode_update({c: vals[c] for c in cols}))
+    return q.first(conn, ino=ino, **inode_update_params(vals))
 
 
 # The caller of the operation running in this context. Handle checks read it when their
