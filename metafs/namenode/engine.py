@@ -41,7 +41,7 @@ from ..config import Settings
 from ..errors import FsError
 from . import changelog, schema
 from .rows import (ATTR_COLS, Q_DELETE_DATA, Q_DELETE_DENTRY, Q_DELETE_INODE, Q_DELETE_XATTRS,
-                   Q_INSERT_DATA, Q_INSERT_DENTRY, Q_INSERT_INODE, Q_SET_NLINK, Q_TOUCH_DIR,
+                   Q_ENTRY_INO, Q_INSERT_DATA, Q_INSERT_DENTRY, Q_INSERT_INODE, Q_SET_NLINK, Q_TOUCH_DIR,
                    Q_UPDATE_DATA, inode_update, inode_update_params, update_inode)
 from .sql import Prepared
 
@@ -122,10 +122,14 @@ class MetaEngine:
     # The statements of the hot write paths, one round trip each where the database can
     # merge them (see PostgresEngine); the defaults run them one by one.
     def add_entry(self, conn: Connection, parent: int, name: str, row: dict[str, Any],
-                  nlink_delta: int) -> int:
+                  nlink_delta: int, *, if_absent: bool = False) -> int | None:
         """Insert the inode ``row`` (its id allocated here when it has none) and its entry
-        ``name`` in ``parent``, whose times are set to the inode's ctime and link count
-        changed by ``nlink_delta``. Returns the inode's id."""
+        ``name`` in ``parent`` (locked by the caller), whose times are set to the inode's
+        ctime and link count changed by ``nlink_delta``. Returns the inode's id. When
+        ``parent`` has an entry ``name`` already, nothing changes: None with
+        ``if_absent`` (the caller did not look the name up), else EEXIST."""
+        if if_absent and Q_ENTRY_INO.first(conn, parent=parent, name=name) is not None:
+            return None
         if not row["id"]:
             row["id"] = self.allocate_ids(conn, "inode", 1)[0]
         Q_INSERT_INODE.run(conn, **row)
@@ -554,14 +558,19 @@ class PostgresEngine(MetaEngine):
 
     # One round trip each (data-modifying CTEs); see MetaEngine for what they do.
     def add_entry(self, conn: Connection, parent: int, name: str, row: dict[str, Any],
-                  nlink_delta: int) -> int:
+                  nlink_delta: int, *, if_absent: bool = False) -> int | None:
         if row["id"]:
-            return super().add_entry(conn, parent, name, row, nlink_delta)
-        ino = int(_Q_PG_ADD_ENTRY.scalar(conn, parent=parent, name=name, delta=nlink_delta,
-                                         ftype=row["mode"] & 0o170000,
-                                         **{k: v for k, v in row.items() if k != "id"}))
-        row["id"] = ino
-        return ino
+            return super().add_entry(conn, parent, name, row, nlink_delta,
+                                     if_absent=if_absent)
+        ino = _Q_PG_ADD_ENTRY.scalar(conn, parent=parent, name=name, delta=nlink_delta,
+                                     ftype=row["mode"] & 0o170000,
+                                     **{k: v for k, v in row.items() if k != "id"})
+        if ino is None:  # the name exists (the entry's insert did nothing, so did the rest)
+            if if_absent:
+                return None
+            raise FsError(errno.EEXIST, "file exists", name)
+        row["id"] = int(ino)
+        return row["id"]
 
     def remove_entry(self, conn: Connection, parent: int, name: str, nlink_delta: int,
                      now: int, ino: int, left: int) -> bool:
@@ -599,24 +608,29 @@ _Q_ALLOCATE = Prepared(
     .values(value=schema.counters.c.value + bindparam("n")).returning(schema.counters.c.value))
 
 
+# The entry first: when the name exists (the caller holds the directory's lock, so no
+# one else adds it meanwhile) nothing is inserted or updated and no row comes back.
 _Q_PG_ADD_ENTRY = Prepared(text("""
 WITH n AS (SELECT nextval('metafs_inode_seq') AS id),
-i AS (
+d AS (
+    INSERT INTO dentries (parent, name, ino, mode)
+    SELECT CAST(:parent AS bigint), CAST(:name AS varchar), n.id, CAST(:ftype AS integer)
+    FROM n
+    ON CONFLICT (parent, name) DO NOTHING
+    RETURNING ino
+), i AS (
     INSERT INTO inodes (id, mode, uid, gid, nlink, rdev, size, atime_ns, mtime_ns, ctime_ns,
                         btime_ns, version, generation, storage, target)
-    SELECT n.id, CAST(:mode AS integer), CAST(:uid AS bigint), CAST(:gid AS bigint),
+    SELECT d.ino, CAST(:mode AS integer), CAST(:uid AS bigint), CAST(:gid AS bigint),
            CAST(:nlink AS integer), CAST(:rdev AS bigint), CAST(:size AS bigint),
            CAST(:atime_ns AS bigint), CAST(:mtime_ns AS bigint), CAST(:ctime_ns AS bigint),
            CAST(:btime_ns AS bigint), CAST(:version AS bigint), CAST(:generation AS bigint),
            CAST(:storage AS integer), CAST(:target AS text)
-    FROM n RETURNING id
-), d AS (
-    INSERT INTO dentries (parent, name, ino, mode)
-    SELECT CAST(:parent AS bigint), CAST(:name AS varchar), i.id, CAST(:ftype AS integer) FROM i
+    FROM d RETURNING id
 ), t AS (
     UPDATE inodes SET nlink = nlink + CAST(:delta AS integer),
                       mtime_ns = CAST(:ctime_ns AS bigint), ctime_ns = CAST(:ctime_ns AS bigint)
-    WHERE id = CAST(:parent AS bigint)
+    WHERE id = CAST(:parent AS bigint) AND EXISTS (SELECT 1 FROM d)
 )
 SELECT id FROM i
 """))

@@ -67,6 +67,13 @@ class Entries:
 
         def fn(tx: Tx) -> pb.OpenReply:
             pdir = self._locked_dir(tx, parent)
+            if allowed(cred, pdir.mode, pdir.uid, pdir.gid, W | X):
+                # the common case, a new name the caller may make: inserted unless it
+                # exists, without looking it up first
+                row = self._new_inode(tx, pdir, ftype | perm, rdev=rdev)
+                if self.engine.add_entry(tx.conn, parent, name, row, nlink_delta=0,
+                                         if_absent=True) is not None:
+                    return made(tx, row)
             existing = self._lookup(tx.conn, parent, name)
             if existing is not None:
                 check(cred, pdir, X, "search this directory")
@@ -80,6 +87,9 @@ class Entries:
             check(cred, pdir, W | X, "create entries in this directory")
             row = self._new_inode(tx, pdir, ftype | perm, rdev=rdev)
             self.engine.add_entry(tx.conn, parent, name, row, nlink_delta=0)
+            return made(tx, row)
+
+        def made(tx: Tx, row: dict[str, Any]) -> pb.OpenReply:
             attr = dict_attr(row)
             tx.log(pb.OP_CREATE if ftype == stat.S_IFREG else pb.OP_MKNOD, row["id"],
                    parent=parent, name=name, attr=attr)

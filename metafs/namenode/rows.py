@@ -33,6 +33,8 @@ ATTR_COLS = (I.c.id, I.c.mode, I.c.nlink, I.c.uid, I.c.gid, I.c.rdev, I.c.size,
              I.c.atime_ns, I.c.mtime_ns, I.c.ctime_ns, I.c.btime_ns, I.c.version,
              I.c.generation, I.c.storage, I.c.target)
 Q_INSERT_INODE = Prepared(insert(I))
+Q_ENTRY_INO = Prepared(select(D.c.ino).where(D.c.parent == bindparam("parent"),
+                                             D.c.name == bindparam("name")))
 Q_INSERT_DENTRY = Prepared(insert(D).values(parent=bindparam("parent"), name=bindparam("name"),
                                             ino=bindparam("ino"), mode=bindparam("mode")))
 Q_INSERT_DATA = Prepared(insert(FD).values(ino=bindparam("ino"), data=bindparam("data")))
