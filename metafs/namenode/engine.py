@@ -3,7 +3,9 @@
 The namespace logic (namespace.py and its mixins) is written once against :class:`MetaEngine`. An engine
 says how to open connections, how to start a read or a write transaction, which errors are
 worth retrying, and how to allocate ids; and it owns the few statements whose SQL differs
-between databases (row locks, insert-if-absent), so the namespace has no engine branches.
+between databases (row locks, insert-if-absent, and the hot write paths' statements, which
+PostgreSQL runs as one data-modifying CTE each where SQLite runs them one by one), so the
+namespace has no engine branches.
 Engines pass one conformance suite (:class:`metafs.testing.EngineTests`).
 
 - :class:`SqliteEngine`: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for every write so
