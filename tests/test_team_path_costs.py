@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import os
+import statistics
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -49,6 +50,9 @@ class Counts:
         self.calls: collections.Counter[str] = collections.Counter()
         self.stmts: collections.Counter[str] = collections.Counter()
         self.txs: collections.Counter[str] = collections.Counter()
+        # per call made: (transactions, statements) of that one call
+        self.each: collections.defaultdict[str, list[tuple[int, int]]] = \
+            collections.defaultdict(list)
 
     def snapshot(self) -> tuple[collections.Counter[str], ...]:
         return self.calls.copy(), self.stmts.copy(), self.txs.copy()
@@ -65,10 +69,12 @@ class Counts:
                 def call(req: Any, ctx: Any = None) -> Any:
                     counts.calls[name] += 1
                     counts.local.op = name
+                    counts.local.one = [0, 0]
                     try:
                         return fn(req, ctx)
                     finally:
                         counts.local.op = None
+                        counts.each[name].append((counts.local.one[0], counts.local.one[1]))
                 return call
         return Counted()
 
@@ -80,6 +86,7 @@ class Counts:
                 op = getattr(counts.local, "op", None)
                 if op:
                     counts.stmts[op] += 1
+                    counts.local.one[1] += 1
                 return super().execute(*a, **kw)
         return CountingCursor
 
@@ -104,6 +111,7 @@ def counted_namenode(tmp_path: Path, pg_url: str) -> Iterator[tuple[str, Counts]
             op = getattr(counts.local, "op", None)
             if op:
                 counts.txs[op] += 1
+                counts.local.one[0] += 1
     server = GrpcServer(nn, "127.0.0.1:0",
                         wrap_handlers=lambda h: counts.wrap(instrument(h))).start()
     try:
@@ -159,17 +167,12 @@ def test_file_operations_cost_pinned_calls_and_statements(counted_namenode, moun
         "create": create, "write_4k": write_4k, "read_4k": read_4k, "rename": rename,
         "unlink": unlink}
     seen: dict[str, dict[str, float]] = {}
-    per_call: dict[str, tuple[float, float]] = {}
 
     def run(name: str, fn: Callable[[], None]) -> None:
-        c0, s0, t0 = counts.snapshot()
+        c0, _, _ = counts.snapshot()
         fn()
-        c1, s1, t1 = counts.snapshot()
+        c1, _, _ = counts.snapshot()
         seen[name] = {k: (c1[k] - c0[k]) / N for k in c1 if c1[k] != c0[k]}
-        for k in seen[name]:
-            n = c1[k] - c0[k]
-            per_call[k] = max(per_call.get(k, (0, 0)),
-                              ((t1[k] - t0[k]) / n, (s1[k] - s0[k]) / n))
 
     for name, fn in phases.items():
         run(name, fn)
@@ -178,7 +181,10 @@ def test_file_operations_cost_pinned_calls_and_statements(counted_namenode, moun
     run("rmdir", rmdir)
 
     assert seen == CALLS
-    for call, (txs, stmts) in per_call.items():
-        want_txs, most = SQL[call]
+    # what a call costs is what most of its calls cost: one now and then retried after a
+    # transient conflict (a deadlock, a serialization failure) runs its transaction twice
+    for call, (want_txs, most) in SQL.items():
+        txs = statistics.median_low(t for t, _ in counts.each[call])
+        stmts = statistics.median_low(s for _, s in counts.each[call])
         assert txs == want_txs, f"{call}: {txs} transactions per call, pinned {want_txs}"
         assert stmts <= most, f"{call}: {stmts} SQL statements per call, pinned {most}"
