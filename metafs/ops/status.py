@@ -33,7 +33,10 @@ def cluster_status(settings: Any, make_client: Callable[[Any], Any]) -> dict[str
     from ..version import __version__
 
     addresses = [a.strip() for a in (settings.namenode or "").split(",") if a.strip()]
-    targets = [(a, settings.with_(namenode=a)) for a in addresses] or \
+    # each namenode on its own, and one that does not answer is reported as down at once
+    # rather than waited for as a client waits out an outage
+    probe = min(settings.failover_timeout, settings.rpc_timeout)
+    targets = [(a, settings.with_(namenode=a, failover_timeout=probe)) for a in addresses] or \
         [(f"embedded:{settings.data_dir}", settings)]
     out: dict[str, Any] = {"client_version": __version__, "namenodes": []}
     for address, s in targets:
