@@ -485,6 +485,11 @@ def test_a_project_gateway_acts_for_members_only(cluster: Cluster) -> None:
                 assert e.errno == errno.EACCES and "boundary" in str(e), (fn, e)
             g.unlink("/Projects/A/runs/out.txt")
         assert "not a member's" in denied("gw", "A", 1001)  # bob is not in A
+        c.project("alice", action="add", project="A", user="bob", role="data_scientist")
+        with c.gateway("gw", "A", 1001) as g:  # ... until he is, as bob@A
+            assert g.listdir("/Projects/A/datasets") == ["patients"]
+        c.project("alice", action="remove", project="A", user="bob")
+        assert "not a member's" in denied("gw", "A", 1001)  # ... and no longer
         assert "not a member's" in denied("gw", "A", 0)  # nor is root (admin)
         assert "not a member's" in denied("gw", "A", 4242)  # an unknown uid
         assert "is not a gateway" in denied("gw2", "A", 1000)
