@@ -72,6 +72,7 @@ def volume(settings: Settings) -> tuple[Settings, dict[str, bytes]]:
         projects = Projects(nn.ns)
         projects.create(admin, "vision", owner="alice")
         projects.add(admin, "vision", "bob", "data_scientist")
+        projects.gateway(admin, "vision", "fuse-gw")
     finally:
         nn.close()
     return s, files
@@ -119,7 +120,7 @@ def test_sqlite_to_postgres_and_back(volume, pg_url: str, tmp_path: Path) -> Non
     assert any(r["kind"] == "inode" and r.get("target") == "../models/model.bin" for r in recs)
     rows = {(r["table"], r["values"].get("user")) for r in recs if r["kind"] == "row"}
     assert {("projects", None), ("project_members", "alice"),
-            ("project_members", "bob")} <= rows
+            ("project_members", "bob"), ("project_gateways", None)} <= rows
 
     # into PostgreSQL, with the same block store
     pg = s.with_(db_url=pg_url, blocks_url=s.effective_blocks_url)

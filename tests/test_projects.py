@@ -30,7 +30,8 @@ from metafs.proto import metafs_pb2 as pb
 
 from conftest import ENGINES, pg_database
 
-TOKENS = {"alice": "alice-token-1", "bob": "bob-token-2", "admin": "admin-token-3"}
+TOKENS = {"alice": "alice-token-1", "bob": "bob-token-2", "admin": "admin-token-3",
+          "gw": "gateway-token-4", "gw2": "gateway-token-5"}
 IDS = {"alice": (1000, 1000), "bob": (1001, 1001), "admin": (0, 0)}
 SECRET = b"patient_id,diagnosis\n17,flu\n"
 
@@ -41,6 +42,8 @@ class Cluster:
         auth = tmp / "auth.toml"
         for name, (uid, gid) in IDS.items():
             add_token(auth, name, uid, gid, [gid], TOKENS[name])
+        for service in ("gw", "gw2"):  # services (root's uid, as a mount run by root has)
+            add_token(auth, service, 0, 0, [0], TOKENS[service], trusted=True)
         self.ca = tmp / "ca.pem"
         s = Settings().with_(data_dir=str(tmp / "data"), tls_cert=str(tmp / "server.pem"),
                              tls_key=str(tmp / "server-key.pem"), tls_ca=str(self.ca),
@@ -67,6 +70,14 @@ class Cluster:
             return project_call(t, req)
         finally:
             t.close()
+
+    def gateway(self, service: str, project: str, uid: int) -> Client:
+        """A client of ``service`` claiming local ``uid`` in ``project`` on every call
+        after opening its session (as a project gateway mount does for the process
+        behind a request)."""
+        c = Client(settings=self.settings(TOKENS[service]), uid=uid, gid=uid, groups=[uid])
+        c.caller.project = project
+        return c
 
     def credential(self, project: str, user: str) -> None:
         out = self.project(user, action="credential", project=project, user=user)
@@ -116,9 +127,9 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         yield c
 
 
-def refused(fn: Any, *args: Any) -> OSError:
+def refused(fn: Any, *args: Any, **kwargs: Any) -> OSError:
     with pytest.raises(OSError) as info:
-        fn(*args)
+        fn(*args, **kwargs)
     return info.value
 
 
@@ -394,6 +405,12 @@ def test_a_project_client_certificate(tmp_path: Path,
 
         assert project("alice", "create", "A")[0] == 0
         assert project("bob", "create", "B")[0] == 0
+        rc, err = project("bob", "gateway", "A", "--service", "fuse-gw")
+        assert rc == 1 and "only a data owner" in err, err
+        assert project("alice", "gateway", "A", "--service", "fuse-gw") == (0, "")
+        assert project("alice", "gateway", "A", "--service", "fuse-gw", "--remove") == (0, "")
+        rc, err = project("alice", "gateway", "A", "--service", "fuse-gw", "--remove")
+        assert rc == 1 and "is not a gateway" in err, err
         home = tmp_path / "alice@A"
         # signed where the CA's key is, registered by the namenode: only for a member,
         # by itself, a data owner or an administrator (bob is none of these in A)
@@ -431,3 +448,57 @@ def test_a_project_client_certificate(tmp_path: Path,
     finally:
         server.stop(0)
         nn.close()
+
+
+def test_a_project_gateway_acts_for_members_only(cluster: Cluster) -> None:
+    """A service authorized as A's gateway acts for each local uid that is a member of A,
+    as its A identity (boundary included); any other uid, root (not a member) included,
+    and any service not authorized for A, are refused per call with EACCES naming A."""
+    c = cluster
+
+    def denied(service: str, project: str, uid: int) -> str:
+        with c.gateway(service, project, uid) as g:
+            err = refused(g.listdir, f"/Projects/{project}/datasets")
+        assert err.errno == errno.EACCES, err
+        assert repr(project) in str(err), err
+        return str(err)
+
+    assert "is not a gateway" in denied("gw", "A", 1000)  # not authorized yet
+    err = refused(c.project, "bob", action="gateway", project="A", service="gw")
+    assert err.errno == errno.EACCES  # not A's data owner
+    assert c.project("alice", action="gateway", project="A", service="gw")["gateway"]
+    assert c.project("alice", action="show", name="A")["gateways"] == ["gw"]
+    try:
+        alice_uid = {m["user"]: m["uid"] for m in
+                     c.project("alice", action="show", name="A")["members"]}["alice"]
+        with c.gateway("gw", "A", 1000) as g:  # alice's local uid: alice@A
+            assert g.listdir("/Projects/A/datasets") == ["patients"]
+            assert g.read_bytes("/Projects/A/datasets/patients/records.csv") == SECRET
+            g.write_bytes("/Projects/A/runs/out.txt", b"result")
+            assert g.stat("/Projects/A/runs/out.txt").st_uid == alice_uid
+            # the boundary holds through the gateway: nothing of A into B (alice is a
+            # member of B too) nor into a world-writable place
+            for fn, args in ((g.write_bytes, ("/Projects/B/runs/copy.csv", SECRET)),
+                             (g.rename, ("/Projects/A/runs/out.txt", "/Projects/B/runs/o")),
+                             (g.write_bytes, ("/tmp/open.txt", SECRET))):
+                e = refused(fn, *args)
+                assert e.errno == errno.EACCES and "boundary" in str(e), (fn, e)
+            g.unlink("/Projects/A/runs/out.txt")
+        assert "not a member's" in denied("gw", "A", 1001)  # bob is not in A
+        c.project("alice", action="add", project="A", user="bob", role="data_scientist")
+        with c.gateway("gw", "A", 1001) as g:  # ... until he is, as bob@A
+            assert g.listdir("/Projects/A/datasets") == ["patients"]
+        c.project("alice", action="remove", project="A", user="bob")
+        assert "not a member's" in denied("gw", "A", 1001)  # ... and no longer
+        assert "not a member's" in denied("gw", "A", 0)  # nor is root (admin)
+        assert "not a member's" in denied("gw", "A", 4242)  # an unknown uid
+        assert "is not a gateway" in denied("gw2", "A", 1000)
+        assert "is not a gateway" in denied("gw", "B", 1000)  # authorized for A only
+        with c.client("alice") as a:  # a person is no gateway, even to her own project
+            a.caller.project = "A"
+            e = refused(a.listdir, "/Projects/A/datasets")
+        assert e.errno == errno.EACCES and "only a service identity" in str(e)
+    finally:
+        c.project("alice", action="gateway", project="A", service="gw", remove=True)
+    assert c.project("alice", action="show", name="A")["gateways"] == []
+    denied("gw", "A", 1000)

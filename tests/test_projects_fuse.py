@@ -24,12 +24,15 @@ from fuse_fixtures import GrpcNamenode, Mount, metafs_cmd, mount_factory, needs_
 from metafs.client import Client
 from metafs.client.auth import make_transport, project_call
 from metafs.config import Settings, load
+from metafs.fuse.project import open_project
 from metafs.ops import certs
 from metafs.ops.auth import add_token
 
 pytestmark = needs_fuse
 
-TOKENS = {"alice": "alice-token-1", "bob": "bob-token-2"}
+TOKENS = {"alice": "alice-token-1", "bob": "bob-token-2", "carol": "carol-token-3",
+          "gw": "gateway-token-4"}
+ALICE, BOB, CAROL = 2401, 2402, 2403  # local uids (no one else's on the machine)
 SECRET = b"patient_id,diagnosis\n17,flu\n"
 
 
@@ -39,8 +42,9 @@ class Projects:
     def __init__(self, tmp: Path) -> None:
         certs.init_cluster(tmp, hosts=["localhost", "127.0.0.1"])
         auth = tmp / "auth.toml"
-        add_token(auth, "alice", 1000, 1000, [1000], TOKENS["alice"])
-        add_token(auth, "bob", 1001, 1001, [1001], TOKENS["bob"])
+        for name, uid in (("alice", ALICE), ("bob", BOB), ("carol", CAROL)):
+            add_token(auth, name, uid, uid, [uid], TOKENS[name])
+        add_token(auth, "gw", 0, 0, [0], TOKENS["gw"], trusted=True)  # a gateway service
         self.tmp = tmp
         self.ca = tmp / "ca.pem"
         self.nn = GrpcNamenode(load(overrides={
@@ -67,6 +71,12 @@ class Projects:
         self.tokens[f"{user}@{project}"] = token
         f = self.tmp / f"{user}@{project}.token"
         f.write_text(token + "\n")
+        f.chmod(0o600)
+        return f
+
+    def token_file(self, who: str) -> Path:
+        f = self.tmp / f"{who}.token"
+        f.write_text(self.tokens[who] + "\n")
         f.chmod(0o600)
         return f
 
@@ -239,3 +249,42 @@ def test_allow_other_acts_only_for_the_credentials_holder(
 
 
 
+GATEWAY_PROBE = """
+import os, sys
+m = sys.argv[1]
+try:
+    with open(m + "/runs/" + sys.argv[2], "w") as f:
+        f.write("mine")
+    print(sorted(os.listdir(m + "/runs")))
+except PermissionError:
+    print("denied")
+"""
+
+
+def test_a_project_gateway_acts_for_each_member_and_no_one_else(
+        projects: Projects, mount_factory: Any) -> None:
+    """A service authorized as A's gateway mounts A with --allow-other: alice and carol
+    (members) each work as their own A identity; bob (in B only) and root are refused."""
+    with Client(settings=projects.settings("gw")) as gw:  # what the mount checks first
+        with pytest.raises(PermissionError, match="is not a gateway of project 'A'"):
+            open_project(gw, "A")
+    projects.call("alice", action="add", project="A", user="carol", role="data_scientist")
+    projects.call("alice", action="gateway", project="A", service="gw")
+    m = mount_factory(*projects.mount_args(projects.token_file("gw"), "--project", "A",
+                                           "--allow-other"), name="A", public=True)
+    said = {}
+    for uid, name in ((ALICE, "alice"), (CAROL, "carol"), (BOB, "bob")):
+        r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                            sys.executable, "-c", GATEWAY_PROBE, str(m.path), name],
+                           capture_output=True, text=True, timeout=60)
+        said[name] = r.stdout.strip()
+    assert said == {"alice": "['alice']", "carol": "['alice', 'carol']", "bob": "denied"}, \
+        (said, m.log_text())
+    members = {u["user"]: u["uid"] for u in projects.call("alice", action="show",
+                                                          name="A")["members"]}
+    projects.credential("A", "alice")
+    with Client(settings=projects.settings("alice@A")) as c:
+        assert {n: c.stat(f"/Projects/A/runs/{n}").st_uid for n in ("alice", "carol")} == \
+            {"alice": members["alice"], "carol": members["carol"]}
+    with pytest.raises(PermissionError):  # root (this process) is no member of A
+        os.listdir(m / "datasets")

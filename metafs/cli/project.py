@@ -58,6 +58,13 @@ def add_commands(sub: Any, common: Common) -> None:
     p = action("unshare", "undo a share")
     p.add_argument("path")
     p.add_argument("--with", dest="to", required=True, metavar="PROJECT")
+    p = action("gateway", "authorize a service identity as PROJECT's gateway: a shared "
+               "mount (--project PROJECT --allow-other) acting for each local user who is "
+               "a member, as that member's project identity")
+    p.add_argument("project")
+    p.add_argument("--service", required=True, help="the service identity's name (one "
+                   "marked trusted in the namenode's auth_file)")
+    p.add_argument("--remove", action="store_true", help="no longer authorize it")
     p = action("quota", "(administrators) limit a project's files and bytes (0: no limit)")
     p.add_argument("name")
     p.add_argument("--files", type=int, default=0)
@@ -67,7 +74,8 @@ def add_commands(sub: Any, common: Common) -> None:
 _ARGS = {"create": ("name", "owner"), "list": (), "show": ("name",), "delete": ("name",),
          "add": ("project", "user", "role"), "remove": ("project", "user"),
          "credential": ("project", "user"), "share": ("path", "to", "read_only"),
-         "unshare": ("path", "to"), "quota": (("name", "project"), "files", "nbytes")}
+         "unshare": ("path", "to"), "gateway": ("project", "service", "remove"),
+         "quota": (("name", "project"), "files", "nbytes")}
 
 
 def request(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,12 +158,17 @@ def cmd_project(args: argparse.Namespace) -> int:
         for s in out["shared_in"]:
             print(f"  shared in: {s['path']} from {s['from']}"
                   f"{' read-only' if s['read_only'] else ''}")
+        for g in out["gateways"]:
+            print(f"  gateway {g}")
     elif args.action == "credential" and "dir" in out:
         print(f"{out['name']}: uid {out['uid']}, gid {out['gid']}: certificate and settings "
               f"in {out['dir']} (use with --config {out['dir']}/config.toml)")
     elif args.action == "credential":
         print(f"# {out['name']}: uid {out['uid']}, gid {out['gid']} (shown once)")
         print(out["token"])
+    elif args.action == "gateway":
+        print(f"{out['service']} is {'' if out['gateway'] else 'no longer '}a gateway of "
+              f"project {out['project']}")
     elif args.action == "share":
         print(f"{out['path']} appears in {out['to']} as {out['entry']}"
               f"{' (read-only)' if out['read_only'] else ''}")

@@ -271,12 +271,14 @@ class Client:
             except FsError:
                 pass  # the call itself finds out
 
-    def identity(self, uid: int, gid: int, groups: Iterable[int] = (), pid: int = 0
-                 ) -> pb.Caller:
+    def identity(self, uid: int, gid: int, groups: Iterable[int] = (), pid: int = 0,
+                 project: str = "") -> pb.Caller:
         """The identity of another user or process, for calls made on its behalf in this
         client's session (a mount acts for every process of its machine; a namenode with
-        authentication ignores claims it cannot verify)."""
-        return pb.Caller(uid=uid, gid=gid, groups=groups, pid=pid, client_id=self.client_id)
+        authentication ignores claims it cannot verify). ``project``: a project gateway's
+        claim, ``uid`` as its member in that project."""
+        return pb.Caller(uid=uid, gid=gid, groups=groups, pid=pid, client_id=self.client_id,
+                         project=project)
 
     def _call(self, method: str, request: Any, path: str | None = None) -> Any:
         self.ensure_session()

@@ -119,7 +119,7 @@ class MetafsOperations(FileOperations):
 
     def own_caller(self) -> pb.Caller:
         """The mount's own identity (for calls no process asked for)."""
-        if self.project is not None:
+        if self.project is not None and not self.project.gateway:
             return self.project.caller(self.client, self.project.owner_uid, os.getpid())
         return self.client.identity(os.getuid(), os.getgid(), os.getgroups(), os.getpid())
 

@@ -10,6 +10,13 @@ Without ``--allow-other`` only the user who mounted can use the mount (the kerne
 that), and that user's requests are made as the project identity. With ``--allow-other``
 a project credential still stands for one person: requests of any other local user are
 refused with EACCES, so no one else acts as the credential's holder in the project.
+
+A project *gateway* mounts with the credential of a service identity a data owner has
+authorized as the project's gateway (``metafs project gateway NAME --service SERVICE``):
+each request claims the local caller's uid in the project, and the namenode maps it to the
+project identity of the member that uid is, or refuses it (EACCES) when it is no member's.
+The mount's own calls (its session, releasing handles no process holds) are the
+service's, as in any gateway.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ..client.auth import project_call
 from ..client.client import Client
 from ..proto import metafs_pb2 as pb
 from .handles import FuseError
@@ -32,8 +40,9 @@ class ProjectMount:
 
     name: str
     root_ino: int
-    identity: str  # "alice@A"
-    owner_uid: int  # the local user whose requests the mount serves
+    identity: str  # "alice@A", or the gateway's service identity
+    owner_uid: int  # the local user whose requests the mount serves (but a gateway's)
+    gateway: bool = False  # acts for every local user who is a member, as that member
 
     @property
     def root_path(self) -> str:
@@ -41,7 +50,10 @@ class ProjectMount:
 
     def caller(self, client: Client, uid: int, pid: int) -> pb.Caller:
         """The identity for a request by local ``uid`` (process ``pid``): the project
-        identity for the user who mounted, EACCES for anyone else."""
+        identity for the user who mounted, EACCES for anyone else; through a gateway,
+        ``uid`` in the project (the namenode maps it to that member, or refuses it)."""
+        if self.gateway:
+            return client.identity(uid, uid, (), pid, project=self.name)
         if uid != self.owner_uid:
             raise FuseError(errno.EACCES)
         me = client.caller
@@ -72,6 +84,21 @@ def open_project(client: Client, project: str) -> ProjectMount:
                               f"authenticates and a credential of project {project!r} "
                               "(token_file or METAFS_TOKEN)")
     who = transport.whoami()
-    check_credential(who, project)
+    name = str(who.get("name") or "")
+    gateway = bool(who.get("trusted")) and not who.get("project")
+    if gateway:
+        check_gateway(name, project, project_call(transport, {"action": "gateways",
+                                                              "project": project}))
+    else:
+        check_credential(who, project)
     root = client.inodes.resolve(f"{PROJECTS_DIR}/{project}")
-    return ProjectMount(project, root.ino, str(who.get("name") or ""), os.getuid())
+    return ProjectMount(project, root.ino, name, os.getuid(), gateway)
+
+
+def check_gateway(service: str, project: str, gateways: list[str]) -> None:
+    """Refuse (EACCES, saying why) a service not authorized as ``project``'s gateway."""
+    if service not in gateways:
+        raise PermissionError(errno.EACCES, f"the service identity {service!r} is not a "
+                              f"gateway of project {project!r}: a data owner of {project!r} "
+                              f"authorizes it (metafs project gateway {project} --service "
+                              f"{service})")

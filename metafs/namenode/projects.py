@@ -32,8 +32,13 @@ How the boundary holds:
   writer's project may not read is refused. The process's lifetime is the scope: its key
   never names another process; rows go after ``FLOW_KEEP``.
 
-Every create, delete, add, remove, share and unshare is an ``OP_PROJECT`` changelog record
-(``extra``: JSON naming the action).
+A *gateway* is a service identity a data owner authorizes for a project: a shared mount
+with its credential claims, per request, the local caller's uid in the project
+(``Caller.project``), and the namenode maps it to the project identity of the member known
+by that uid (the identity table's people of that uid), or refuses it (EACCES).
+
+Every create, delete, add, remove, share, unshare and gateway change is an ``OP_PROJECT``
+changelog record (``extra``: JSON naming the action).
 """
 
 from __future__ import annotations
@@ -63,8 +68,9 @@ from .sql import Prepared
 if TYPE_CHECKING:
     from .namespace import Namespace
 
-P, M, CR, SH, PR = (schema.projects, schema.project_members, schema.project_credentials,
-                    schema.project_shares, schema.project_reads)
+P, M, CR, SH, PR, GW = (schema.projects, schema.project_members,
+                        schema.project_credentials, schema.project_shares,
+                        schema.project_reads, schema.project_gateways)
 ROLES = ("data_owner", "data_scientist")
 LAYOUT = ("datasets", "models", "runs")
 SHAREABLE = ("datasets", "models")
@@ -118,6 +124,7 @@ class State:
     members: dict[tuple[str, str], Any] = field(default_factory=dict)  # (project, user)
     creds: dict[str, tuple[str, str]] = field(default_factory=dict)  # digest -> (p, user)
     shares: list[Any] = field(default_factory=list)
+    gateways: set[tuple[str, str]] = field(default_factory=set)  # (project, service)
     entries: set[tuple[int, str]] = field(default_factory=set)   # share entries
     sources: dict[int, str] = field(default_factory=dict)        # shared ino -> project
     protected: set[int] = field(default_factory=set)             # project dirs (no rename)
@@ -216,6 +223,7 @@ class Projects:
         for r in conn.execute(select(CR)).all():
             st.creds[r.token_sha256] = (r.project, r.user)
         st.shares = list(conn.execute(select(SH)).all())
+        st.gateways = {(r.project, r.service) for r in conn.execute(select(GW)).all()}
         for s in st.shares:
             st.entries.add((s.entry_parent, s.entry_name))
             st.sources[s.ino] = s.project
@@ -254,6 +262,26 @@ class Projects:
         registered for ``user@project``, which is also its common name."""
         ident = self.identity_for(_cert_key(fingerprint), "cert")
         return ident if ident is not None and ident["name"] == common_name else None
+
+    def identity_for_gateway(self, service: str, project: str, uid: int,
+                             names: frozenset[str]) -> dict[str, Any]:
+        """The project identity a gateway's claim of local ``uid`` stands for: that of the
+        member of ``project`` among ``names`` (the people the namenode knows by that uid).
+        EACCES unless ``service`` is the project's gateway and ``uid`` one member's."""
+        st = self.state()
+        if (project, service) not in st.gateways or project not in st.projects:
+            raise FsError(errno.EACCES, f"{service!r} is not a gateway of project "
+                          f"{project!r} (a data owner authorizes one: metafs project "
+                          f"gateway {project} --service {service})")
+        members = sorted(n for n in names if (project, n) in st.members)
+        if len(members) != 1:
+            why = "is not a member's" if not members else \
+                f"is that of several members ({', '.join(members)})"
+            raise FsError(errno.EACCES, f"permission denied: local uid {uid} {why} in "
+                          f"project {project!r}; its gateway acts only for its members")
+        groups, ro = st.groups(project)
+        return dict(uid=st.members[(project, members[0])].uid,
+                    gid=st.projects[project].gid, groups=groups, ro_groups=ro)
 
     # ------------------------------------------------------------------ the boundary
     def check(self, tx: Tx) -> None:
@@ -470,6 +498,7 @@ class Projects:
                 self._rmdir(tx, p.ino, sub)
             self._rmdir(tx, top, name)
             c.execute(delete(CR).where(CR.c.project == name))
+            c.execute(delete(GW).where(GW.c.project == name))
             c.execute(delete(M).where(M.c.project == name))
             c.execute(delete(P).where(P.c.name == name))
             self._record(tx, p.ino, action="delete", project=name)
@@ -559,6 +588,31 @@ class Projects:
                "name": f"{user}@{project}"}
         return {**out, "cert_sha256": cert_sha256.lower()} if cert_sha256 else \
             {**out, "token": token}
+
+    def gateway(self, who: "Caller", project: str, service: str, remove: bool = False
+                ) -> dict[str, Any]:
+        """Authorize the service identity ``service`` (one marked trusted in the
+        namenode's identity table) as ``project``'s gateway, or no longer (``remove``): a
+        shared mount of the project with its credential acts for each local user who is
+        a member, as that member's project identity, and for no one else."""
+        st = self.state()
+        self._project(st, project)
+        _check_name(service, "service")
+        self._require_owner(st, who, project)
+        if remove and (project, service) not in st.gateways:
+            raise FsError(errno.ENOENT, f"{service!r} is not a gateway of project {project!r}")
+
+        def fn(tx: Tx) -> None:
+            c = tx.conn
+            c.execute(delete(GW).where(GW.c.project == project, GW.c.service == service))
+            if not remove:
+                c.execute(insert(GW).values(project=project, service=service,
+                                            created_ns=tx.now))
+            self._record(tx, 0, action="ungateway" if remove else "gateway",
+                         project=project, service=service)
+
+        self._write(fn)
+        return {"project": project, "service": service, "gateway": not remove}
 
     def share(self, who: "Caller", path: str, to: str, read_only: bool) -> dict[str, Any]:
         parts = [x for x in path.split("/") if x]
@@ -659,6 +713,16 @@ class Projects:
                         "role": m.role if m is not None else None})
         return out
 
+    def gateways(self, who: "Caller", project: str) -> list[str]:
+        """The services authorized as ``project``'s gateway (for its members, for
+        administrators and services: a gateway mount checks it is one before it starts)."""
+        st = self.state()
+        self._project(st, project)
+        if not who.admin and ((project, who.user) not in st.members
+                              or (who.project and who.project != project)):
+            raise FsError(errno.EACCES, f"only members of {project!r} see its gateways")
+        return sorted(sv for p, sv in st.gateways if p == project)
+
     def show(self, who: "Caller", name: str) -> dict[str, Any]:
         st = self.state()
         p = self._project(st, name)
@@ -679,6 +743,7 @@ class Projects:
             "shared_in": [{"from": s.project, "read_only": bool(s.read_only),
                            "path": f"/{ROOT_DIR}/{name}/datasets/{s.entry_name}"}
                           for s in st.shares if s.to_project == name],
+            "gateways": sorted(sv for p, sv in st.gateways if p == name),
             "quota": {"max_files": quota.max_files if quota else 0,
                       "max_bytes": quota.max_bytes if quota else 0,
                       "files": files, "bytes": nbytes},
@@ -702,7 +767,8 @@ def serve(projects: Projects, who: Caller, req: dict[str, Any]) -> Any:
         "create": projects.create, "delete": projects.delete, "add": projects.add,
         "remove": projects.remove, "credential": projects.credential,
         "share": projects.share, "unshare": projects.unshare, "quota": projects.set_quota,
-        "list": projects.listing, "show": projects.show}
+        "list": projects.listing, "show": projects.show, "gateway": projects.gateway,
+        "gateways": projects.gateways}
     fn = table.get(str(action))
     if fn is None:
         raise FsError(errno.EINVAL, f"unknown project action {action!r}")
@@ -743,6 +809,7 @@ def install(namenode: Any, server: Any) -> None:
     if auth is not None:
         auth.token_resolvers.append(projects.identity_for)
         auth.cert_resolvers.append(projects.identity_for_cert)
+        auth.gateway_resolver = projects.identity_for_gateway
 
     def call(body: bytes, ctx: grpc.ServicerContext) -> Any:
         try:

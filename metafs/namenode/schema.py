@@ -368,6 +368,22 @@ def _v10(conn: Connection) -> None:
     metadata.create_all(conn, tables=[project_reads])
 
 
+project_gateways = Table(
+    "project_gateways",
+    metadata,
+    # service identities authorized to act for a project's members (each as its own
+    # project identity) from a shared mount (metafs.namenode.projects)
+    Column("project", String(64), primary_key=True),
+    Column("service", String(128), primary_key=True),
+    Column("created_ns", BigInteger, nullable=False),
+)
+
+
+def _v11(conn: Connection) -> None:
+    """Project gateways."""
+    metadata.create_all(conn, tables=[project_gateways])
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -379,6 +395,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (8, _v8),
     (9, _v9),
     (10, _v10),
+    (11, _v11),
 ]
 
 

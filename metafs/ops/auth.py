@@ -178,6 +178,12 @@ class IdentityTable:
             raise _invalid(p, f"{where}: trusted must be true or false, not {trusted!r}")
         return Identity(name, kind, ids[0], ids[1], frozenset(ids[2:]), trusted)
 
+    def names_of(self, uid: int) -> frozenset[str]:
+        """The names of the identities (people, not trusted services) bound to ``uid``:
+        whom a project gateway's claim of that uid may stand for."""
+        return frozenset(i.name for t in (self.by_digest, self.by_cn) for i in t.values()
+                         if i.uid == uid and not i.trusted)
+
     def by_token(self, token: str) -> Identity | None:
         # A dictionary lookup by the digest: its timing can only tell an attacker about
         # digests of tokens it already sent, not about the tokens the table holds.
@@ -241,6 +247,11 @@ class Authenticator:
         # Client certificates the table does not name are offered to these, by common name
         # and fingerprint (cert_fingerprint): the same, for project certificates.
         self.cert_resolvers: list[Callable[[str, str], dict[str, Any] | None]] = []
+        # Calls of a trusted service claiming a project (Caller.project) are offered to this:
+        # (service, project, claimed uid, names of the table's identities of that uid) ->
+        # the fields of the member's project identity, or FsError (project gateways).
+        self.gateway_resolver: Callable[[str, str, int, frozenset[str]], dict[str, Any]] \
+            | None = None
         self.table = IdentityTable.load(settings.auth_file) if settings.auth_file \
             else IdentityTable()
         if mode != "none" and not settings.auth_file:
@@ -338,6 +349,8 @@ class Authenticator:
         if ctx is None or self.mode == "none":
             return claimed  # in-process caller, or a namenode that trusts its network
         ident = self.require(ctx)
+        if caller.project and caller.project != ident.project:
+            return self._gateway_cred(ident, caller.project, claimed)
         if ident.project:  # a project user: the namenode's ids for it, whatever is claimed
             if not ident.trusted and claimed.uid != ident.uid:
                 raise FsError(errno.EACCES, f"caller claims uid {claimed.uid} but its "
@@ -363,6 +376,20 @@ class Authenticator:
                           f"{ident.kind} {ident.name!r} is not in")
         return Cred(claimed.uid, claimed.gid, claimed.groups, claimed.pid, claimed.client_id,
                     claimed.run_id, ident.principal, False, process=claimed.process)
+
+    def _gateway_cred(self, ident: Identity, project: str, claimed: Cred) -> Cred:
+        """A project gateway's call: the claimed (local) uid stands for the project
+        identity of the member it is, within the gateway's own sessions; any other claim,
+        and any caller but a service authorized as the project's gateway, is refused."""
+        if not ident.trusted or self.gateway_resolver is None:
+            raise FsError(errno.EACCES, f"{ident.kind} {ident.name!r} cannot act for the "
+                          f"members of project {project!r}: only a service identity "
+                          "authorized as the project's gateway can")
+        f = self.gateway_resolver(ident.name, project, claimed.uid,
+                                  self.table.names_of(claimed.uid))
+        return Cred(f["uid"], f["gid"], f["groups"], claimed.pid, claimed.client_id,
+                    claimed.run_id, ident.principal, False, project, f["ro_groups"],
+                    claimed.process)
 
     def whoami(self, ctx: Any) -> dict[str, Any]:
         if self.mode == "none":

@@ -50,7 +50,8 @@ VERSION = 1
 BATCH = 1000
 
 # Tables dumped as they are, a "row" record per row (in primary-key order).
-ROW_TABLES = ("projects", "project_members", "project_credentials", "project_shares")
+ROW_TABLES = ("projects", "project_members", "project_credentials", "project_shares",
+              "project_gateways")
 # Every table of the schema is either dumped or named here as the state of running clients.
 DUMPED_TABLES = ("inodes", "dentries", "file_data", "xattrs", "blocks", "quotas", "changelog",
                  "counters", "block_garbage", "schema_version", *ROW_TABLES)

@@ -81,7 +81,7 @@ LOCK_WRITE: LockType
 LOCK_UNLOCK: LockType
 
 class Caller(_message.Message):
-    __slots__ = ("uid", "gid", "groups", "pid", "client_id", "run_id", "process")
+    __slots__ = ("uid", "gid", "groups", "pid", "client_id", "run_id", "process", "project")
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class Caller(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PROCESS_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
     uid: int
     gid: int
     groups: _containers.RepeatedScalarFieldContainer[int]
@@ -96,7 +97,8 @@ class Caller(_message.Message):
     client_id: str
     run_id: str
     process: str
-    def __init__(self, uid: _Optional[int] = ..., gid: _Optional[int] = ..., groups: _Optional[_Iterable[int]] = ..., pid: _Optional[int] = ..., client_id: _Optional[str] = ..., run_id: _Optional[str] = ..., process: _Optional[str] = ...) -> None: ...
+    project: str
+    def __init__(self, uid: _Optional[int] = ..., gid: _Optional[int] = ..., groups: _Optional[_Iterable[int]] = ..., pid: _Optional[int] = ..., client_id: _Optional[str] = ..., run_id: _Optional[str] = ..., process: _Optional[str] = ..., project: _Optional[str] = ...) -> None: ...
 
 class ErrorDetail(_message.Message):
     __slots__ = ("errno", "message", "path")
