@@ -285,6 +285,13 @@ class GrpcTransport:
                 reply = self._attempt(method, request, rid, attempt)
             except _Gone as exc:
                 now = time.monotonic()
+                if "handshake failed" in (exc.details or "").lower() and \
+                        attempt + 1 >= len(self._stubs):
+                    # not an outage: the two sides do not trust each other's certificates,
+                    # which waiting does not change (every namenode has been tried)
+                    raise FsError(errno.EIO, f"TLS handshake with namenode {self.address} "
+                                  f"failed (check tls_ca and the client certificate): "
+                                  f"{exc.details}") from None
                 if not first_failure:
                     first_failure = now
                     with self._lock:
