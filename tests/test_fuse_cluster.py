@@ -81,8 +81,10 @@ def test_followed_changes_beat_long_kernel_timeouts(grpc_namenode: GrpcNamenode,
 
 def test_unreachable_namenode_gives_eio_and_recovers(grpc_namenode: GrpcNamenode,
                                                      mount_factory) -> None:
+    # an outage longer than the mount waits one out (failover_timeout): calls fail with EIO
     m = mount_factory("--namenode", grpc_namenode.address, "--rpc-timeout", "2",
-                      "--attr-timeout", "0", "--entry-timeout", "0")
+                      "--attr-timeout", "0", "--entry-timeout", "0",
+                      env={"METAFS_FAILOVER_TIMEOUT": "2"})
     (m / "before").write_text("ok")
     port = grpc_namenode.port
     grpc_namenode.stop()
