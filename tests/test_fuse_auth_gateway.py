@@ -51,8 +51,10 @@ def gateway(request: pytest.FixtureRequest, tmp_path: Path, mount_factory) -> It
         ["--tls-client-cert", str(home / "client.pem"),
          "--tls-client-key", str(home / "client-key.pem")]
     try:
-        yield mount_factory("--allow-other", "--namenode", nn.address,
-                            "--tls-ca", str(pki / "ca.pem"), *cred, public=True)
+        m = mount_factory("--allow-other", "--namenode", nn.address,
+                          "--tls-ca", str(pki / "ca.pem"), *cred, public=True)
+        yield m
+        m.stop()  # while its namenode is there to take its last calls
     finally:
         nn.stop()
 
