@@ -280,6 +280,13 @@ def test_a_project_gateway_acts_for_each_member_and_no_one_else(
         said[name] = r.stdout.strip()
     assert said == {"alice": "['alice']", "carol": "['alice', 'carol']", "bob": "denied"}, \
         (said, m.log_text())
+    # nothing the kernel cached for alice answers bob: his stat right after hers is asked
+    # of the mount, and refused
+    seen = [subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                            "stat", "-c", "%s", str(m / "runs" / "alice")],
+                           capture_output=True, text=True, timeout=30) for uid in (ALICE, BOB)]
+    assert [(r.returncode, r.stdout.strip()) for r in seen] == [(0, "4"), (1, "")], seen
+    assert "Permission denied" in seen[1].stderr
     members = {u["user"]: u["uid"] for u in projects.call("alice", action="show",
                                                           name="A")["members"]}
     projects.credential("A", "alice")

@@ -159,9 +159,15 @@ class MetafsFUSE(mfusepy.FUSE):
         c.time_gran = 1
         if config:
             cfg = config.contents
-            cfg.entry_timeout = float(s.fuse_entry_timeout)
-            cfg.attr_timeout = float(s.fuse_attr_timeout)
-            cfg.negative_timeout = float(s.fuse_negative_timeout)
+            from .mount import default_permissions
+
+            # Several users and no kernel checks (a project gateway): a name or attributes
+            # the kernel cached for one user would answer another without asking the
+            # mount, and so without the namenode's check of that user. Cache none.
+            shared = bool(s.fuse_allow_other) and not default_permissions(s)
+            cfg.entry_timeout = 0.0 if shared else float(s.fuse_entry_timeout)
+            cfg.attr_timeout = 0.0 if shared else float(s.fuse_attr_timeout)
+            cfg.negative_timeout = 0.0 if shared else float(s.fuse_negative_timeout)
             # open files whose name is removed get a .fuse_hidden name that exists only in
             # the mount (MetafsOperations._hide): hard_remove would make fstat fail
             cfg.hard_remove = 0
