@@ -12,6 +12,7 @@ write, move or link it.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from metafs.config import Settings, load
 from metafs.fuse.project import open_project
 from metafs.ops import certs
 from metafs.ops.auth import add_token
+from metafs.proto import metafs_pb2 as pb
 
 pytestmark = needs_fuse
 
@@ -295,3 +297,13 @@ def test_a_project_gateway_acts_for_each_member_and_no_one_else(
             {"alice": members["alice"], "carol": members["carol"]}
     with pytest.raises(PermissionError):  # root (this process) is no member of A
         os.listdir(m / "datasets")
+    m.stop()  # sends the access events still waiting
+    with Client(settings=projects.settings("gw")) as gw:  # a service reads the changelog
+        records, _ = gw.changelog(0, limit=100_000)
+        wrote = {r.ino: r.uid for r in records if r.op == pb.OP_ACCESS
+                 and json.loads(r.extra)["wrote"]}
+    with Client(settings=projects.settings("alice@A")) as c:
+        inos = {n: c.stat(f"/Projects/A/runs/{n}").st_ino for n in ("alice", "carol")}
+    # each member's writes are on record under the member's uid in the project
+    assert {n: wrote.get(ino) for n, ino in inos.items()} == \
+        {"alice": members["alice"], "carol": members["carol"]}

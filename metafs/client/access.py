@@ -73,7 +73,8 @@ class AccessRecorder:
         self.batch = max(1, int(getattr(s, "access_batch", 256)))
         self.interval = float(getattr(s, "access_flush_interval", 2.0))
         self.caller: Callable[[], pb.Caller] = lambda: client.caller  # who sends them
-        self._buf: dict[Hashable, pb.AccessEvent] = {}
+        # key -> (event, the caller to send it as; None: ``caller()``)
+        self._buf: dict[Hashable, tuple[pb.AccessEvent, pb.Caller | None]] = {}
         self._seq = itertools.count()  # keys of events that are never merged
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -100,8 +101,10 @@ class AccessRecorder:
             run_id=run_id, host=self.client.host, ts_ns=time.time_ns(), version=version,
             uid=self.client.caller.uid), key=(ino, version, read, wrote, run_id))
 
-    def add(self, event: pb.AccessEvent, key: Hashable | None = None) -> None:
-        """Queue ``event``; an event with the ``key`` of one still waiting is dropped."""
+    def add(self, event: pb.AccessEvent, key: Hashable | None = None,
+            caller: pb.Caller | None = None) -> None:
+        """Queue ``event``, to be sent as ``caller`` (default: ``caller()``); an event with
+        the ``key`` of one still waiting is dropped."""
         if not self.enabled:
             return
         with self._lock:
@@ -111,7 +114,7 @@ class AccessRecorder:
                 return
             if len(self._buf) >= MAX_PENDING:
                 self._buf.pop(next(iter(self._buf)))  # the oldest goes
-            self._buf[key] = event
+            self._buf[key] = (event, caller)
             full = len(self._buf) >= self.batch
             if not full:
                 self._arm()
@@ -137,17 +140,29 @@ class AccessRecorder:
                     batch = list(itertools.islice(self._buf.items(), self.batch))
                 if not batch:
                     return
-                try:
-                    self.client.inodes.record_access([e for _, e in batch], self.caller())
-                except OSError as exc:
-                    log.warning("%d access events not sent yet: %s", len(self._buf), exc)
+                # one call per identity the events are sent as
+                by_caller: dict[bytes, tuple[pb.Caller, list[Hashable], list[pb.AccessEvent]]
+                                ] = {}
+                for key, (event, caller) in batch:
+                    who = caller if caller is not None else self.caller()
+                    group = by_caller.setdefault(who.SerializeToString(deterministic=True),
+                                                 (who, [], []))
+                    group[1].append(key)
+                    group[2].append(event)
+                for who, keys, events in by_caller.values():
+                    try:
+                        self.client.inodes.record_access(events, who)
+                    except PermissionError as exc:  # not theirs to record: never will be
+                        log.warning("dropped %d access events: %s", len(events), exc)
+                    except OSError as exc:
+                        log.warning("%d access events not sent yet: %s", len(self._buf), exc)
+                        with self._lock:
+                            self._arm()  # try again later
+                        return
                     with self._lock:
-                        self._arm()  # try again later
-                    return
-                with self._lock:
-                    for k, _ in batch:
-                        self._buf.pop(k, None)
-                self.sent += len(batch)
+                        for k in keys:
+                            self._buf.pop(k, None)
+                    self.sent += len(events)
 
     def close(self) -> None:
         """Send what is left (called by ``Client.close``); what cannot be sent is lost."""

@@ -76,4 +76,12 @@ class MountAccess:
             ev.proc_start = info.start_ns
             ev.cmdline = info.cmdline
             ev.run_id = info.run_id
+        project = self.ops.project
+        if project is not None and project.gateway:
+            # sent as the member's own project identity (the namenode maps the local uid
+            # as for the member's other calls), so the event names the member's uid in
+            # the project, not the local one
+            ev.uid = 0
+            self.recorder.add(ev, caller=project.caller(self.ops.client, h.uid, h.pid))
+            return
         self.recorder.add(ev)
