@@ -137,7 +137,9 @@ def soak(topology: str, minutes: float, interval: float, writers: int,
                          "p95": round(_pct(outages, 0.95), 2),
                          "max": round(max(outages, default=float("nan")), 2)},
             "namenode_restart_s_median": round(_pct(restart_s, 0.5), 2),
-            "longest_wait_s": round(max(r["slowest"] for k in seen.values() for r in k), 2),
+            # one file written and fsynced; one pass of listing and stat-ing the directory
+            "longest_write_s": round(max(r["slowest"] for r in seen["writer"]), 2),
+            "longest_listing_s": round(max(r["slowest"] for r in seen["reader"]), 2),
             "program_errors": errors, "files_checked": len(files), "mismatches": bad,
             "outages_s": [round(o, 2) for o in outages],
             "kept": str(work) if keep else None}
