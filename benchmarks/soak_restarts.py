@@ -127,7 +127,11 @@ def soak(topology: str, minutes: float, interval: float, writers: int,
         finally:
             seen = load.finish()
         files = load.fsynced()
-        bad = [m for name, data in files if (m := _mismatch(mnt / "w" / name, data))]
+        bad = [(name, data, m) for name, data in files
+               if (m := _mismatch(mnt / "w" / name, data))]
+        if bad:  # again once the mount's cached attributes have expired: stale, or lost?
+            time.sleep(3)
+        later = [m for name, data, _ in bad if (m := _mismatch(mnt / "w" / name, data))]
         errors = [e for kind in seen.values() for r in kind for e in r["errors"]]
         keep = bool(bad or errors or stalls)
         return {
@@ -140,7 +144,9 @@ def soak(topology: str, minutes: float, interval: float, writers: int,
             # one file written and fsynced; one pass of listing and stat-ing the directory
             "longest_write_s": round(max(r["slowest"] for r in seen["writer"]), 2),
             "longest_listing_s": round(max(r["slowest"] for r in seen["reader"]), 2),
-            "program_errors": errors, "files_checked": len(files), "mismatches": bad,
+            "program_errors": errors, "files_checked": len(files),
+            "mismatches": [m for _, _, m in bad],
+            "mismatches_3s_later": later,
             "outages_s": [round(o, 2) for o in outages],
             "kept": str(work) if keep else None}
     finally:
