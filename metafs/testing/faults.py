@@ -235,8 +235,12 @@ class Workload:
         return self.workdir / f"writer{w}.done"
 
     def written(self) -> int:
-        return sum(len(self.log(w).read_text().split()) if self.log(w).exists() else 0
-                   for w in range(len(self.procs) - 1))
+        return sum(self.written_each())
+
+    def written_each(self) -> list[int]:
+        """How many files each writer has fsynced so far."""
+        return [len(self.log(w).read_text().split()) if self.log(w).exists() else 0
+                for w in range(len(self.procs) - 1)]
 
     def wait_for_progress(self, files: int, timeout: float = 300.0) -> None:
         """Until the writers have fsynced ``files`` more files than now."""
