@@ -537,6 +537,11 @@ def test_hostile_messages_get_clean_errors_and_change_nothing(cluster: Cluster) 
     known += [alice("Open", pb.OpenRequest(caller=alice.caller, ino=known[2],
                                            flags=os.O_RDWR)).handle]
     sessions = [bob.client_id, alice.client_id, "", "x" * 65, "never-opened"]
+    with cluster.client("gateway", uid=0, gid=0, groups=[]) as root:
+        # nothing left that bob may change by right (the file anyone may write, the
+        # directory anyone may add to): then any change at all is one he may not make
+        root.chmod("/home/alice/open.txt", 0o644)
+        root.chmod("/shared", 0o755)
     before = cluster.state()
     frames = bob.stub.Calls
 
