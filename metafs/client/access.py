@@ -159,10 +159,11 @@ class AccessRecorder:
                         with self._lock:
                             self._arm()  # try again later
                         return
+                    else:
+                        self.sent += len(events)
                     with self._lock:
                         for k in keys:
                             self._buf.pop(k, None)
-                    self.sent += len(events)
 
     def close(self) -> None:
         """Send what is left (called by ``Client.close``); what cannot be sent is lost."""
