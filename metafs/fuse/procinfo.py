@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from ..posix import process_key, start_ticks
 
@@ -96,30 +97,26 @@ class ProcCache:
         self._lock = threading.Lock()
 
     def groups(self, pid: int) -> tuple[int, ...]:
-        now = time.monotonic()
-        hit = self._groups.get(pid)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        g = read_groups(pid)
-        with self._lock:
-            if len(self._groups) >= self.max_entries:
-                self._groups.clear()
-            self._groups[pid] = (g, now + self.ttl)
-        return g
+        return self._cached(self._groups, pid, read_groups)
 
     def key(self, pid: int) -> str:
         """:func:`~metafs.posix.process_key` of ``pid`` (the namenode's project flow check
         follows processes by it)."""
+        return self._cached(self._keys, pid, process_key)
+
+    def _cached(self, table: dict[int, tuple[Any, float]], pid: int,
+                read: Callable[[int], Any]) -> Any:
+        """``read(pid)``, kept in ``table`` for ``ttl`` seconds."""
         now = time.monotonic()
-        hit = self._keys.get(pid)
+        hit = table.get(pid)
         if hit is not None and hit[1] > now:
             return hit[0]
-        k = process_key(pid)
+        value = read(pid)
         with self._lock:
-            if len(self._keys) >= self.max_entries:
-                self._keys.clear()
-            self._keys[pid] = (k, now + self.ttl)
-        return k
+            if len(table) >= self.max_entries:
+                table.clear()
+            table[pid] = (value, now + self.ttl)
+        return value
 
     def info(self, pid: int) -> ProcInfo:
         now = time.monotonic()
