@@ -122,7 +122,8 @@ class Settings:
     unavailable (connection refused, reset or timed out, HTTP 502/503/504, throttling)
     before it fails with EIO: programs wait out an outage of the store instead of failing.
     0: fail at the first such error. A namenode waits at most 3 s per call, then answers it
-    as unavailable, and its client tries the call again (failover_timeout)."""
+    as unavailable, and its client tries the call again (failover_timeout); an embedded
+    namenode's calls are tried again the same way, for up to this long."""
     s3_connect_timeout: float = 5.0
     s3_read_timeout: float = 20.0
     """Seconds without data before an S3 response counts as failed (and is retried)."""

@@ -5,7 +5,8 @@ the programs, and every file whose fsync returned is intact byte for byte afterw
 PostgreSQL stopped and started again under the same load is ridden through the same way
 (the namenode's pools reconnect, the mount's retries carry the programs), and so is the S3
 endpoint of the block store cut off for seconds under programs writing large files (the
-mount's uploads and the namenode's checks at commit wait it out). A client killed
+mount's uploads and the namenode's checks at commit wait it out), under a remote namenode
+and under one the mount runs in process. A client killed
 in the middle of writing a large file leaves nothing behind once its lease has run out:
 its handles are dropped, ``metafs gc`` removes the blocks it uploaded but never committed,
 and ``metafs fsck`` finds nothing wrong.
@@ -43,7 +44,7 @@ from metafs.config import load as load_settings
 from metafs.fuse.cache import MountCache
 from metafs.proto import metafs_pb2 as pb
 from metafs.proto import metafs_pb2_grpc as pb_grpc
-from metafs.testing.faults import NamenodeProcess, TcpProxy, Workload
+from metafs.testing.faults import NamenodeProcess, TcpProxy, Workload, content
 
 from blockstore_fixtures import make_bucket, moto_url  # noqa: F401
 from fuse_fixtures import Mount, needs_fuse, stop_all  # noqa: F401
@@ -281,6 +282,67 @@ def test_s3_endpoint_cut_off_under_load(tmp_path: Path, moto_url: str,  # noqa: 
         fs.close()
 
 
+GROW = textwrap.dedent('''
+    import os, sys
+    with open(sys.argv[1], "r+b") as f:
+        os.ftruncate(f.fileno(), int(sys.argv[2]))
+        os.fsync(f.fileno())
+''')
+
+
+@needs_fuse
+def test_s3_endpoint_cut_off_under_an_embedded_mount(tmp_path: Path, moto_url: str,  # noqa: F811
+                                                     stop_all: list[Any]) -> None:
+    """The same outage under a mount that runs its namenode in process (``--data``), longer
+    than the namenode waits per call: its calls that met the store unavailable (the checks
+    at commit, the bytes of an inline file that a truncation moves to a block) are run
+    again until the store answers, as a remote namenode's client retries them. No error
+    reaches the programs, and every fsynced file is intact in the store."""
+    s3 = TcpProxy(moto_url).start()
+    stop_all.append(s3)
+    bucket = make_bucket(moto_url)
+    size = 150_000                     # three blocks, none of it inline
+    mnt = Mount(tmp_path / "mnt", ["--data", str(tmp_path / "data")], env={
+        "METAFS_BLOCKS_URL": f"s3://{bucket}/fs", "METAFS_S3_ENDPOINT": s3.url,
+        "METAFS_INLINE_LIMIT": "4096", "METAFS_BLOCK_SIZE": str(64 * 1024),
+        "METAFS_BLOCK_CACHE_DIR": "off"}).start()
+    stop_all.append(mnt)
+    (mnt.path / "w").mkdir()
+    grown = mnt.path / "grown"
+    grown.write_bytes(content(1, 3000))            # inline: in the database alone
+    load = Workload(mnt.path / "w", tmp_path, writers=2, size=size)
+    try:
+        load.wait_for_progress(3)
+        s3.kill()
+        # past the inline limit: the namenode itself must store the bytes (deterministically
+        # in the outage, where the writers' commits may or may not meet it)
+        grow = subprocess.Popen([sys.executable, "-c", GROW, str(grown), str(size)])
+        time.sleep(5)
+        s3.start()
+        assert grow.wait(120) == 0
+        load.wait_for_progress(3)
+    finally:
+        seen = load.finish()
+    errors = [e for kind in seen.values() for r in kind for e in r["errors"]]
+    assert not errors, errors
+    log = mnt.log_text()
+    assert "block store unavailable" in log and "retrying calls for up to" in log
+    assert "the block store answers again" in log
+    mnt.stop()
+
+    fs = Client(settings=load_settings(overrides={
+        "data_dir": str(tmp_path / "data"), "s3_endpoint": moto_url,
+        "blocks_url": f"s3://{bucket}/fs", "block_cache_dir": "off"}, environ={}))
+    try:
+        assert fs.read_bytes("/grown") == content(1, 3000) + bytes(size - 3000)
+        files = load.fsynced()
+        assert files
+        for name, data in files:
+            assert fs.read_bytes(f"/w/{name}") == data, name
+    finally:
+        fs.close()
+
+
 def test_a_changelog_subscription_resumes_on_the_other_namenode(
         tmp_path: Path, pg_url: str, stop_all: list[Any],
         caplog: pytest.LogCaptureFixture) -> None:
@@ -407,7 +469,6 @@ def test_a_client_killed_mid_write_leaves_nothing_behind(tmp_path: Path,
     assert not report["findings"], report
 
     nn.start()
-    from metafs.testing.faults import content
     fs = Client(nn.address)
     try:
         assert fs.read_bytes("/kept") == content(7, 6 << 20)

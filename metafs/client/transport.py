@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Protocol
 import grpc
 from grpc_status import rpc_status
 
+from ..blockstore.base import StoreUnavailable
 from ..errors import FsError
 from ..proto import metafs_pb2 as pb
 from ..proto import metafs_pb2_grpc as pb_grpc
@@ -41,31 +42,67 @@ class Transport(Protocol):
 
 class LocalTransport:
     """Calls an in-process namenode's handlers. ``namenode`` is a
-    :class:`metafs.namenode.server.Namenode` (or anything with ``handlers``, ``close()`` and
-    ``internal_error(exc, method)``, which logs an unexpected failure and returns the FsError
-    the caller gets); the client does not import the namenode itself."""
+    :class:`metafs.namenode.server.Namenode` (or anything with ``handlers``, ``settings``,
+    ``close()`` and ``internal_error(exc, method)``, which logs an unexpected failure and
+    returns the FsError the caller gets); the client does not import the namenode itself.
+
+    A call that finds the block store unavailable (:class:`StoreUnavailable`: the namenode
+    waits a few seconds per call, then gives up with nothing committed) is run again, as a
+    remote namenode's client does when it is answered as unavailable, until
+    ``s3_outage_timeout`` seconds have passed since its first failure: an outage of the
+    store holds programs up instead of failing them, embedded or remote."""
 
     def __init__(self, namenode: Any, *, owns: bool = False) -> None:
         self.namenode = namenode
         self._handlers = namenode.handlers
         self._owns = owns
+        self.outage_timeout = max(namenode.settings.s3_outage_timeout, 0.0)
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._outage_since = 0.0       # monotonic start of the outage calls wait out now
 
     def call(self, method: str, request: Any) -> Any:
         fn = getattr(self._handlers, method, None)
         if fn is None:
             raise FsError(errno.ENOSYS, f"this namenode does not implement {method}")
-        try:
-            return fn(request)
-        except FsError:
-            raise
-        except Exception as exc:
-            raise self.namenode.internal_error(exc, method) from exc
+        first_failure = 0.0
+        pause = 0.05
+        while True:
+            try:
+                reply = fn(request)
+            except StoreUnavailable as exc:
+                now = time.monotonic()
+                if not first_failure:
+                    first_failure = now
+                    with self._lock:
+                        if not self._outage_since:
+                            self._outage_since = now
+                            log.warning("%s; retrying calls for up to %.0f s", exc.message,
+                                        self.outage_timeout)
+                left = first_failure + self.outage_timeout - now
+                if left <= 0 or self._closed.is_set():
+                    raise
+                self._closed.wait(min(pause, left))
+                pause = min(pause * 2, 0.5)
+                continue
+            except FsError:
+                raise
+            except Exception as exc:
+                raise self.namenode.internal_error(exc, method) from exc
+            if first_failure:  # (other calls may not need the store: they tell nothing)
+                with self._lock:
+                    since, self._outage_since = self._outage_since, 0.0
+                if since:
+                    log.warning("the block store answers again after %.1f s",
+                                time.monotonic() - since)
+            return reply
 
     def stream(self, method: str, request: Any,
                resume: Callable[[Any], Any] | None = None) -> Iterator[Any]:
         return getattr(self._handlers, method)(request)  # (in process: nothing breaks)
 
     def close(self) -> None:
+        self._closed.set()
         if self._owns:
             self.namenode.close()
 
