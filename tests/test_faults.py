@@ -1,6 +1,7 @@
-"""Faults do not break mounts: namenodes killed (SIGKILL) and restarted, or failing over,
-under ordinary programs writing, fsyncing and listing on a real mount. No error reaches
-the programs, and every file whose fsync returned is intact byte for byte afterwards.
+"""Faults do not break mounts: namenodes killed (SIGKILL) and restarted, hung (SIGSTOP)
+and going on, or failing over, under ordinary programs writing, fsyncing and listing on a
+real mount. No error reaches the programs, and every file whose fsync returned is intact
+byte for byte afterwards.
 
 PostgreSQL stopped and started again under the same load is ridden through the same way
 (the namenode's pools reconnect, the mount's retries carry the programs), and so is the S3
@@ -187,6 +188,57 @@ def test_failover_between_two_namenodes(tmp_path: Path, pg_url: str,
     finally:
         seen = load.finish()
     _check(seen, load, mnt.path / "w")
+
+
+# short call timeouts, so that a hung namenode is noticed within seconds
+HUNG = {"METAFS_FUSE_RPC_TIMEOUT": "1", "METAFS_FAILOVER_TIMEOUT": "30"}
+
+
+@needs_fuse
+def test_a_hung_namenode_is_waited_out(tmp_path: Path, stop_all: list[Any]) -> None:
+    """The namenode stops answering (SIGSTOP: its connections stay open, nothing is
+    answered) for longer than a call's timeout, and goes on (SIGCONT): the calls it left
+    without an answer are tried again until it answers, and no error reaches the programs."""
+    nn = NamenodeProcess(tmp_path, data_dir=tmp_path / "data").start()
+    stop_all.append(nn)
+    mnt, load = _mounted_load(tmp_path, nn.address, stop_all, env=HUNG)
+    try:
+        load.wait_for_progress(20)
+        nn.hang()
+        time.sleep(4)
+        nn.resume()
+        load.wait_for_progress(20)
+    finally:
+        nn.resume()
+        seen = load.finish()
+    _check(seen, load, mnt.path / "w")
+    assert "DEADLINE_EXCEEDED" in mnt.log_text() and "answers again" in mnt.log_text()
+
+
+@needs_fuse
+def test_failover_from_a_hung_namenode(tmp_path: Path, pg_url: str,
+                                       stop_all: list[Any]) -> None:
+    """Of two namenodes, one stops answering (SIGSTOP) and stays so, then the other one:
+    the calls it left without an answer go to the other one after their timeout, later
+    calls pass it over, and the programs go on with no error while it hangs."""
+    blocks = (tmp_path / "blocks").as_uri()
+    a = NamenodeProcess(tmp_path, db_url=pg_url, blocks_url=blocks, name="a").start()
+    stop_all.append(a)
+    b = NamenodeProcess(tmp_path, db_url=pg_url, blocks_url=blocks, name="b").start()
+    stop_all.append(b)
+    mnt, load = _mounted_load(tmp_path, f"{a.address},{b.address}", stop_all, env=HUNG)
+    try:
+        load.wait_for_progress(20)
+        for hung in (a, b):            # (the mount's calls may all be on one of them)
+            hung.hang()
+            load.wait_for_progress(30)  # on the other alone
+            hung.resume()
+    finally:
+        a.resume()
+        b.resume()
+        seen = load.finish()
+    _check(seen, load, mnt.path / "w")
+    assert "answered nothing for 1 s; passing over it" in mnt.log_text()
 
 
 @needs_fuse

@@ -213,6 +213,11 @@ _RECONNECT_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000))
 
+# A namenode that let a call pass its deadline without a word (a hung or stopped process
+# keeps its connections open, so gRPC still reports them READY) is passed over for this
+# many seconds while another listed namenode is not.
+SILENT_PASS = 30.0
+
 REQUEST_ID_KEY = "metafs-request-id"
 ATTEMPT_KEY = "metafs-attempt"
 
@@ -233,9 +238,13 @@ class GrpcTransport:
     A call that finds no namenode (refused, reset, UNAVAILABLE, or no answer within
     ``timeout``) is tried again, on the next address when there are several, with a short
     growing pause, until ``failover_timeout`` has passed since its first failure (then
-    EIO). Every attempt of a call carries the same request id: a mutation whose first
-    attempt committed before its namenode went away is answered from what that attempt
-    recorded instead of running twice (see ``metafs.namenode.requests``).
+    EIO). A namenode that answers nothing within ``timeout`` while its connection stays
+    up (a hung or stopped process) counts as gone: with several, later calls pass over it
+    for ``SILENT_PASS`` seconds; with one, a call past its deadline is told from a slow
+    one by a trivial call that must be answered within ``timeout`` too. Every attempt of
+    a call carries the same request id: a mutation whose first attempt committed before
+    its namenode went away is answered from what that attempt recorded instead of running
+    twice (see ``metafs.namenode.requests``).
 
     Calls go over a few long-lived Calls streams (``streams`` of them, one per call in
     flight), which Python's gRPC serves at about twice the rate of unary calls; a call
@@ -270,6 +279,8 @@ class GrpcTransport:
         self._states = [grpc.ChannelConnectivity.IDLE] * len(self._channels)
         for i, ch in enumerate(self._channels):
             ch.subscribe(functools.partial(self._state_changed, i))
+        # monotonic time until which each namenode is passed over (see SILENT_PASS)
+        self._silent_until = [0.0] * len(self._channels)
         self._lock = threading.Lock()
         self.address = address
         self._max_streams = max(streams, 0)
@@ -284,33 +295,63 @@ class GrpcTransport:
         self._states[index] = state
 
     def _pick(self) -> int:
-        """The next namenode in turn, passing over those whose connection is failing
-        while another one's is not."""
+        """The next namenode in turn, passing over those whose connection is failing, and
+        then those recently silent, while another one is not."""
         if len(self._stubs) == 1:
             return 0
         with self._lock:
             return self._next_up()
 
     def _next_up(self) -> int:
+        n = len(self._stubs)
         first = next(self._rr)
-        i = first
-        for _ in range(len(self._stubs)):
-            if self._states[i] != grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+        order = [(first + k) % n for k in range(n)]
+        up = [i for i in order
+              if self._states[i] != grpc.ChannelConnectivity.TRANSIENT_FAILURE]
+        now = time.monotonic()
+        for i in up:
+            if self._silent_until[i] <= now:
                 return i
-            i = next(self._rr)
-        return first
+        # all silent lately: the one silent longest ago
+        return min(up, key=lambda i: self._silent_until[i]) if up else first
 
     def _stub(self) -> pb_grpc.NamenodeStub:
         return self._stubs[self._pick()]
 
     def _gone(self, code: Any, index: int) -> bool:
         """Whether a call that failed with ``code`` on namenode ``index`` found it gone: not
-        reachable, or silent past the deadline while its connection is down (or with
-        another namenode to try)."""
+        reachable, or silent past the deadline while its connection is down, with another
+        namenode to try, or while it does not answer a trivial call either (a call that
+        was merely slow, such as a long poll, fails as it is)."""
         if code == grpc.StatusCode.UNAVAILABLE:
             return True
-        return code == grpc.StatusCode.DEADLINE_EXCEEDED and (
-            len(self._stubs) > 1 or self._states[index] != grpc.ChannelConnectivity.READY)
+        if code != grpc.StatusCode.DEADLINE_EXCEEDED:
+            return False
+        now = time.monotonic()
+        if (len(self._stubs) == 1 and self._states[index] == grpc.ChannelConnectivity.READY
+                and self._silent_until[index] <= now and self._answers(index)):
+            return False
+        if self._silent_until[index] <= now and len(self._stubs) > 1:
+            log.warning("namenode %s answered nothing for %.0f s; passing over it for %.0f s",
+                        self.address.split(",")[index].strip(), self.timeout, SILENT_PASS)
+        self._silent_until[index] = time.monotonic() + SILENT_PASS
+        return True
+
+    def _answers(self, index: int) -> bool:
+        """Whether namenode ``index`` answers a trivial call within the call timeout (with
+        anything but its absence)."""
+        try:
+            self._stubs[index].ChangelogHead(pb.HeadRequest(), timeout=self.timeout,
+                                             metadata=self.metadata)
+        except grpc.RpcError as exc:
+            return _answer(exc) is not None or exc.code() not in (
+                grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+        return True
+
+    def _heard(self, index: int) -> None:
+        """Namenode ``index`` answered a call: it is no longer passed over."""
+        if self._silent_until[index]:
+            self._silent_until[index] = 0.0
 
     def call(self, method: str, request: Any) -> Any:
         rid = uuid.uuid4().hex
@@ -381,6 +422,7 @@ class GrpcTransport:
                     raise FsError(errno.EIO, f"{method} failed: {exc.code}: {exc.details}") \
                         from None
             else:
+                self._heard(st.index)
                 self._give_back(st)
                 if frame.HasField("error"):
                     e = frame.error
@@ -395,9 +437,10 @@ class GrpcTransport:
         with self._lock:
             if time.monotonic() < self._no_streams_until:
                 return None
+            now = time.monotonic()
             while self._idle:
                 st = self._idle.pop()
-                if st.alive():
+                if st.alive() and self._silent_until[st.index] <= now:
                     self._busy.add(st)
                     return st
                 st.close()
@@ -442,8 +485,10 @@ class GrpcTransport:
         while True:
             i = self._pick()
             try:
-                return getattr(self._stubs[i], method)(request, timeout=self.timeout,
-                                                       metadata=metadata)
+                reply = getattr(self._stubs[i], method)(request, timeout=self.timeout,
+                                                        metadata=metadata)
+                self._heard(i)
+                return reply
             except grpc.RpcError as exc:
                 if self._gone(exc.code(), i) and _answer(exc) is None:
                     raise _Gone(exc.code(), str(exc.details())) from None

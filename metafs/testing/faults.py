@@ -1,5 +1,5 @@
 """Parts for fault runs (tests/test_faults.py, benchmarks/soak_restarts.py): namenodes as
-``metafs serve`` processes that can be killed and restarted on the same address, a TCP
+``metafs serve`` processes that can be killed, hung and restarted on the same address, a TCP
 proxy process that cuts the network to a server (an S3 endpoint) while it is down, and
 ordinary programs that use a mount while that happens and say what they saw.
 
@@ -89,8 +89,20 @@ class NamenodeProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
+    def hang(self) -> None:
+        """SIGSTOP: the process answers nothing while its kernel still accepts connections
+        and keeps the open ones, as a wedged or swapped-out namenode does."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`hang`."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.resume()
             self.proc.terminate()
             try:
                 self.proc.wait(30)
