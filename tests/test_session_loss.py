@@ -2,7 +2,9 @@
 whose expired session (its handles and locks) another namenode reaped meanwhile. The
 mount opens a new session, reopens the handles its open files hold, writes what it had
 buffered, and the programs go on with no error; an open file whose POSIX lock was lost
-with the session answers EIO instead of going on as if it still held the lock.
+with the session answers EIO instead of going on as if it still held the lock, and what
+it wrote under that lock and had not committed is dropped, not written over the next
+holder's writes.
 """
 
 from __future__ import annotations
@@ -217,3 +219,67 @@ def test_a_mount_reopens_its_session_and_handles_after_the_lease(tmp_path: Path,
     assert run("digest('b')") == want_b
     assert run("digest('new')") == _digest(b"after")
     assert "opened again" in mnt.log_text()
+
+
+@needs_fuse
+def test_writes_buffered_under_a_lost_lock_are_not_committed(tmp_path: Path,
+                                                             stop_all: list[Any]) -> None:
+    """A lock holder's mount is cut off from the namenode past its lease with writes it
+    buffered under the lock; the namenode reaps its session and another mount takes the
+    lock and writes. When the holder's mount is back, its fsync and close fail with EIO,
+    and what it had buffered is dropped: it is not committed over the new holder's
+    writes as if the lock had been held all along. A file whose lock was released before
+    goes on as any other."""
+    from metafs.testing.faults import TcpProxy
+
+    nn = NamenodeProcess(tmp_path, data_dir=tmp_path / "data", env={
+        "METAFS_SESSION_LEASE": str(LEASE)}).start()
+    stop_all.append(nn)
+    route = TcpProxy(nn.address).start()          # the holder's way to the namenode
+    stop_all.append(route)
+    m1 = Mount(tmp_path / "m1", ["--namenode", route.url]).start()
+    stop_all.append(m1)
+    m2 = Mount(tmp_path / "m2", ["--namenode", nn.address]).start()
+    stop_all.append(m2)
+    holder, other = Program(m1.path), Program(m2.path)
+    stop_all += [holder, other]
+
+    fd = holder("os.open('db', os.O_CREAT | os.O_RDWR, 0o644)")
+    holder(f"os.write({fd}, b'committed')")
+    holder(f"os.fsync({fd})")
+    holder(f"lock({fd})")
+    holder(f"os.pwrite({fd}, b'HOLDER' * 100, 0)")    # buffered in the mount, not committed
+    free = holder("os.open('free', os.O_CREAT | os.O_RDWR, 0o644)")
+    holder(f"lock({free})")
+    holder(f"os.write({free}, b'one')")
+    holder(f"fcntl.lockf({free}, fcntl.LOCK_UN)")
+    holder(f"os.write({free}, b'two')")               # buffered, under no lock
+    route.kill()
+    fd2 = other("os.open('db', os.O_RDWR)")
+    deadline = time.monotonic() + 60
+    while True:                                       # until the holder's session is reaped
+        try:
+            other(f"lock({fd2})")
+            break
+        except OSError as exc:
+            assert exc.errno in (errno.EAGAIN, errno.EACCES), exc
+            assert time.monotonic() < deadline, "the lost session was never reaped"
+            time.sleep(0.2)
+    other(f"os.pwrite({fd2}, b'second', 0)")
+    other(f"os.fsync({fd2})")
+    route.start()
+
+    holder(f"os.fsync({free})")
+    holder(f"os.close({free})")
+    assert other("digest('free')") == _digest(b"onetwo")
+    with pytest.raises(OSError) as ei:
+        holder(f"os.fsync({fd})")
+    assert ei.value.errno == errno.EIO
+    with pytest.raises(OSError) as ei:
+        holder(f"os.close({fd})")
+    assert ei.value.errno == errno.EIO
+    want = _digest(b"secondted")
+    assert other("digest('db')") == want
+    assert holder("digest('db')") == want
+    other(f"os.close({fd2})")
+    assert other("digest('db')") == want

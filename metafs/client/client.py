@@ -225,11 +225,14 @@ class Client:
         sent = time.monotonic()
         reply = self.transport.call("OpenSession", pb.SessionRequest(
             caller=self.caller, client_id=self.client_id, host=self.host))
-        self._renewed_at = sent
         self._lease = reply.lease_seconds
         before, self._session_started = self._session_started, reply.started_ns
-        if before is not None and reply.started_ns != before:
+        lost = before is not None and reply.started_ns != before
+        if lost:
             self.session_epoch += 1
+        # (after the epoch: a call that finds the session renewed finds the new epoch too)
+        self._renewed_at = sent
+        if lost:
             log.warning("session %s was lost (its lease ran out while the namenode could not "
                         "be reached, and it was reaped) and is opened again: open files "
                         "reopen their handles; locks held in it are lost", self.client_id)
@@ -280,8 +283,15 @@ class Client:
         return pb.Caller(uid=uid, gid=gid, groups=groups, pid=pid, client_id=self.client_id,
                          project=project)
 
-    def _call(self, method: str, request: Any, path: str | None = None) -> Any:
+    def _call(self, method: str, request: Any, path: str | None = None,
+              epoch: int | None = None) -> Any:
+        """``epoch``: the call is part of what a lock held in session number ``epoch``
+        covers (see ``RawFile.fence``); EIO, and nothing sent, once that session is lost."""
         self.ensure_session()
+        if epoch is not None and epoch != self.session_epoch:
+            raise OSError(errno.EIO, "a lock this write depends on was lost with the client's "
+                          "session (its lease ran out while the namenode could not be "
+                          "reached); nothing was written", path)
         try:
             return self.transport.call(method, request)
         except FsError as err:

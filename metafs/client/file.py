@@ -55,6 +55,7 @@ class RawFile(io.RawIOBase):
         self.mode_flags = flags
         self.handle = reply.handle
         self._session = client.session_epoch  # of the session ``handle`` belongs to
+        self.fenced: int | None = None  # see fence()
         self._reopen_mu = threading.Lock()
         self.attr = reply.attr
         self.ino = reply.attr.ino
@@ -194,6 +195,19 @@ class RawFile(io.RawIOBase):
         raise io.UnsupportedOperation("metafs files have no OS file descriptor")
 
     # -- the namenode handle across sessions
+    def fence(self) -> None:
+        """A lock was taken through this file in the client's current session: what it
+        writes from now on (and reads) may rely on that lock, so once the session is lost
+        (and with it the lock, which another client may have taken since) its calls fail
+        with EIO instead of going on in a new session, and what it buffered is never
+        committed over the next holder's writes, until :meth:`unfence`."""
+        self.fenced = self._client.session_epoch
+
+    def unfence(self) -> None:
+        """No lock taken through this file is held any more (what it wrote under them
+        was committed before they were released): a lost session takes nothing from it."""
+        self.fenced = None
+
     def current_handle(self) -> int:
         """This file's namenode handle (0: none) in the client's current session. A handle
         that went with a session the namenode lost (its lease ran out while the namenode
@@ -203,6 +217,10 @@ class RawFile(io.RawIOBase):
         c = self._client
         if not self.handle or self._session == c.session_epoch:
             return self.handle
+        if self.fenced is not None:
+            raise OSError(errno.EIO, "this file's handle was lost with the client's session, "
+                          "and a lock taken through it with it: it is not opened again",
+                          self.name)
         with self._reopen_mu:
             epoch = c.session_epoch
             if self._session == epoch:
@@ -228,12 +246,12 @@ class RawFile(io.RawIOBase):
         c = self._client
         handle = self.current_handle()
         try:
-            return c._call(method, make(handle), self.name)
+            return c._call(method, make(handle), self.name, self.fenced)
         except OSError as exc:
             if exc.errno not in (errno.EBADF, errno.ENOENT) or not handle \
                     or not self._handle_lost():
                 raise
-        return c._call(method, make(self.current_handle()), self.name)
+        return c._call(method, make(self.current_handle()), self.name, self.fenced)
 
     def _handle_lost(self) -> bool:
         """After EBADF (or ENOENT) for this file's handle: whether the session it belongs

@@ -17,6 +17,10 @@ machines) of one namenode exclude each other as they would on one machine.
   (close), when a lock callback exists. The mount remembers, per inode, the owners it took
   locks for (and through which open files); an unlock for an owner that holds nothing
   here is answered without a namenode call.
+* **Session loss.** An open file through which a lock is granted is fenced by the
+  session (``RawFile.fence``) until it holds no lock: when the session is lost (and the
+  lock with it), its calls fail with EIO and what it buffered under the lock is dropped
+  instead of being committed in the new session over the next holder's writes.
 * **Release.** When the last descriptor of an open file goes (release, also when the
   kernel closes the descriptors of a killed process), the locks of owners that used only
   that open file (its flock and OFD locks) are dropped. Drops that cannot reach the
@@ -170,6 +174,8 @@ class MountLocks:
             if not wait:
                 raise FuseError(errno.EAGAIN)
             r = self._wait(req, r)
+        with self._mu:  # what it writes from now on is not committed once the lock is lost
+            h.raw.fence()
         self._catch_up(r.head)
         self._fresh(h.ino, r.attr)
 
@@ -282,7 +288,9 @@ class MountLocks:
         could not be reached) and released its locks; another process may have taken
         them since. They are not taken again behind their holders' backs: as NFS does
         with a lock it cannot recover, every open file through which one was held fails
-        its reads and writes with EIO until it is closed (a new lock may be taken)."""
+        its reads and writes with EIO until it is closed, and what it buffered under the
+        lock is never committed (its file was fenced by the session when the lock was
+        granted, see ``RawFile.fence``)."""
         with self._mu:
             fhs = {fh for table in (self._posix, self._flock) for owners in table.values()
                    for held in owners.values() for fh in held}
@@ -342,9 +350,20 @@ class MountLocks:
         with self._mu:
             owners = table.get(ino)
             if owners is not None:
-                owners.pop(owner, None)
+                fhs = owners.pop(owner, set())
                 if not owners:
                     table.pop(ino, None)
+                # open files that hold no lock any more: a later loss of the session
+                # takes nothing from them (their writes under the lock were committed)
+                for fh in fhs - self._holding(ino):
+                    h = self.ops.handles.get(fh)
+                    if h is not None:
+                        h.raw.unfence()
+
+    def _holding(self, ino: int) -> set[int]:
+        """Open files through which this mount holds locks on ``ino`` (caller holds _mu)."""
+        return {fh for table in (self._posix, self._flock)
+                for held in table.get(ino, {}).values() for fh in held}
 
     def _commit_writes(self, ino: int) -> None:
         """Buffered writes to ``ino`` reach the namenode before a lock changes hands."""
