@@ -68,9 +68,17 @@ class Program:
 
     def __call__(self, line: str) -> Any:
         """The result of ``line`` in the program; OSError when it met one."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.send(line)
+        return self.answer()
+
+    def send(self, line: str) -> None:
+        """Have the program run ``line`` (its result is read by :meth:`answer`)."""
+        assert self.proc.stdin is not None
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
+
+    def answer(self) -> Any:
+        assert self.proc.stdout is not None
         answer = json.loads(self.proc.stdout.readline())
         if answer[0] == "err":
             raise OSError(answer[1], answer[2])
@@ -222,14 +230,15 @@ def test_a_mount_reopens_its_session_and_handles_after_the_lease(tmp_path: Path,
 
 
 @needs_fuse
-def test_writes_buffered_under_a_lost_lock_are_not_committed(tmp_path: Path,
-                                                             stop_all: list[Any]) -> None:
-    """A lock holder's mount is cut off from the namenode past its lease with writes it
-    buffered under the lock; the namenode reaps its session and another mount takes the
-    lock and writes. When the holder's mount is back, its fsync and close fail with EIO,
-    and what it had buffered is dropped: it is not committed over the new holder's
-    writes as if the lock had been held all along. A file whose lock was released before
-    goes on as any other."""
+def test_writes_under_a_lost_lock_are_not_committed(tmp_path: Path,
+                                                    stop_all: list[Any]) -> None:
+    """A lock holder's mount is cut off from the namenode past its lease, with writes it
+    made under its locks: buffered in one file, and on their way in the other (its fsync
+    waits for the namenode). The namenode reaps the holder's session and another mount
+    takes the locks and writes. When the holder's mount is back, its fsyncs and closes
+    fail with EIO and what it had written under the locks is dropped: it is not committed
+    over the new holder's writes as if the locks had been held all along. A file whose
+    lock was released before goes on as any other."""
     from metafs.testing.faults import TcpProxy
 
     nn = NamenodeProcess(tmp_path, data_dir=tmp_path / "data", env={
@@ -244,42 +253,51 @@ def test_writes_buffered_under_a_lost_lock_are_not_committed(tmp_path: Path,
     holder, other = Program(m1.path), Program(m2.path)
     stop_all += [holder, other]
 
-    fd = holder("os.open('db', os.O_CREAT | os.O_RDWR, 0o644)")
-    holder(f"os.write({fd}, b'committed')")
-    holder(f"os.fsync({fd})")
-    holder(f"lock({fd})")
-    holder(f"os.pwrite({fd}, b'HOLDER' * 100, 0)")    # buffered in the mount, not committed
+    held = {}
+    for name in ("buffered", "sent"):
+        fd = held[name] = holder(f"os.open('{name}', os.O_CREAT | os.O_RDWR, 0o644)")
+        holder(f"os.write({fd}, b'committed')")
+        holder(f"os.fsync({fd})")
+        holder(f"lock({fd})")
+        holder(f"os.pwrite({fd}, b'HOLDER' * 100, 0)")  # buffered in the mount
     free = holder("os.open('free', os.O_CREAT | os.O_RDWR, 0o644)")
     holder(f"lock({free})")
     holder(f"os.write({free}, b'one')")
     holder(f"fcntl.lockf({free}, fcntl.LOCK_UN)")
     holder(f"os.write({free}, b'two')")               # buffered, under no lock
     route.kill()
-    fd2 = other("os.open('db', os.O_RDWR)")
+    holder.send(f"os.fsync({held['sent']})")          # waits for the namenode
+    theirs = {}
     deadline = time.monotonic() + 60
-    while True:                                       # until the holder's session is reaped
-        try:
-            other(f"lock({fd2})")
-            break
-        except OSError as exc:
-            assert exc.errno in (errno.EAGAIN, errno.EACCES), exc
-            assert time.monotonic() < deadline, "the lost session was never reaped"
-            time.sleep(0.2)
-    other(f"os.pwrite({fd2}, b'second', 0)")
-    other(f"os.fsync({fd2})")
+    for name in held:
+        fd = theirs[name] = other(f"os.open('{name}', os.O_RDWR)")
+        while True:                                   # until the holder's session is reaped
+            try:
+                other(f"lock({fd})")
+                break
+            except OSError as exc:
+                assert exc.errno in (errno.EAGAIN, errno.EACCES), exc
+                assert time.monotonic() < deadline, "the lost session was never reaped"
+                time.sleep(0.2)
+        other(f"os.pwrite({fd}, b'second', 0)")
+        other(f"os.fsync({fd})")
     route.start()
 
+    with pytest.raises(OSError) as ei:
+        holder.answer()                               # the fsync on its way
+    assert ei.value.errno == errno.EIO
     holder(f"os.fsync({free})")
     holder(f"os.close({free})")
     assert other("digest('free')") == _digest(b"onetwo")
     with pytest.raises(OSError) as ei:
-        holder(f"os.fsync({fd})")
-    assert ei.value.errno == errno.EIO
-    with pytest.raises(OSError) as ei:
-        holder(f"os.close({fd})")
+        holder(f"os.fsync({held['buffered']})")
     assert ei.value.errno == errno.EIO
     want = _digest(b"secondted")
-    assert other("digest('db')") == want
-    assert holder("digest('db')") == want
-    other(f"os.close({fd2})")
-    assert other("digest('db')") == want
+    for name, fd in held.items():
+        with pytest.raises(OSError) as ei:
+            holder(f"os.close({fd})")
+        assert ei.value.errno == errno.EIO
+        assert other(f"digest('{name}')") == want, name
+        assert holder(f"digest('{name}')") == want, name
+        other(f"os.close({theirs[name]})")
+        assert other(f"digest('{name}')") == want, name

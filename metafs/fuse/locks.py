@@ -17,10 +17,12 @@ machines) of one namenode exclude each other as they would on one machine.
   (close), when a lock callback exists. The mount remembers, per inode, the owners it took
   locks for (and through which open files); an unlock for an owner that holds nothing
   here is answered without a namenode call.
-* **Session loss.** An open file through which a lock is granted is fenced by the
-  session (``RawFile.fence``) until it holds no lock: when the session is lost (and the
-  lock with it), its calls fail with EIO and what it buffered under the lock is dropped
-  instead of being committed in the new session over the next holder's writes.
+* **Session loss.** An open file through which a lock is granted holds a namenode
+  handle and is fenced by the session (``RawFile.fence``) until it holds no lock: when
+  the session is lost (and the lock with it), its calls fail with EIO and what it wrote
+  under the lock is dropped instead of being committed in the new session over the next
+  holder's writes (a commit already sent is refused by the namenode: its handle went
+  with the session).
 * **Release.** When the last descriptor of an open file goes (release, also when the
   kernel closes the descriptors of a killed process), the locks of owners that used only
   that open file (its flock and OFD locks) are dropped. Drops that cannot reach the
@@ -165,6 +167,10 @@ class MountLocks:
     def _take(self, h: Any, owner: int, kind: int, typ: int, start: int, end: int, pid: int,
               *, wait: bool) -> None:
         self._commit_writes(h.ino)
+        if not h.raw.handle and h.flags & os.O_ACCMODE != os.O_RDONLY:
+            # a namenode handle: a commit already on its way when the session (and the
+            # lock) is lost is then refused by the namenode too, the handle gone with it
+            self.ops._pin_handles(h.ino)
         req = self._request(h, owner, kind, typ, start, end, pid, report_conflict=True)
         # record first: a close racing with the grant must find the owner (the namenode
         # is asked once too often at worst)
