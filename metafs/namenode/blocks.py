@@ -65,8 +65,9 @@ _Q_DELETE_DATA = Prepared(delete(FD).where(FD.c.ino == bindparam("ino")))
 
 
 # Seconds a call waits for an unavailable block store before the namenode answers it as
-# unavailable (its client tries the call again, for up to its failover_timeout): far less
-# than any client's call deadline, and no call holds a thread (or a transaction) for long.
+# unavailable (its client tries the call again, for up to its failover_timeout; the client
+# of an embedded namenode for up to s3_outage_timeout): far less than any client's call
+# deadline, and no call holds a thread (or a transaction) for long.
 STORE_WAIT = 3.0
 
 
