@@ -219,25 +219,29 @@ def test_a_hung_namenode_is_waited_out(tmp_path: Path, stop_all: list[Any]) -> N
 def test_failover_from_a_hung_namenode(tmp_path: Path, pg_url: str,
                                        stop_all: list[Any]) -> None:
     """Of two namenodes, one stops answering (SIGSTOP) and stays so, then the other one:
-    the calls it left without an answer go to the other one after their timeout, later
-    calls pass it over, and the programs go on with no error while it hangs."""
+    the calls it leaves without an answer go to the other one after their timeout, later
+    calls pass it over, and programs writing meanwhile meet no error. (Each is stopped
+    while the mount is idle: a namenode stopped inside a write transaction holds its
+    database locks, and every namenode's writes wait for them until it goes on or dies.)"""
     blocks = (tmp_path / "blocks").as_uri()
     a = NamenodeProcess(tmp_path, db_url=pg_url, blocks_url=blocks, name="a").start()
     stop_all.append(a)
     b = NamenodeProcess(tmp_path, db_url=pg_url, blocks_url=blocks, name="b").start()
     stop_all.append(b)
-    mnt, load = _mounted_load(tmp_path, f"{a.address},{b.address}", stop_all, env=HUNG)
-    try:
-        load.wait_for_progress(20)
-        for hung in (a, b):            # (the mount's calls may all be on one of them)
-            hung.hang()
-            load.wait_for_progress(30)  # on the other alone
+    mnt = Mount(tmp_path / "mnt", ["--namenode", f"{a.address},{b.address}"], HUNG).start()
+    stop_all.append(mnt)
+    for hung in (a, b):            # (the mount's calls may all go to one of them)
+        work = tmp_path / hung.name
+        work.mkdir()
+        (mnt.path / hung.name).mkdir()
+        hung.hang()
+        load = Workload(mnt.path / hung.name, work, writers=2)
+        try:
+            load.wait_for_progress(20)     # on the other one alone
+        finally:
             hung.resume()
-    finally:
-        a.resume()
-        b.resume()
-        seen = load.finish()
-    _check(seen, load, mnt.path / "w")
+            seen = load.finish()
+        _check(seen, load, mnt.path / hung.name)
     assert "answered nothing for 2 s; passing over it" in mnt.log_text()
 
 
