@@ -176,6 +176,13 @@ def test_setgid_directories(u: Users) -> None:
     u.alice.mkdir("/alice/pd")
     assert u.alice.stat("/alice/plain").st_gid == 1000
     assert not u.alice.stat("/alice/pd").st_mode & stat.S_ISGID
+    # a file made set-group-ID in a group one is not in loses the bit (the directory's
+    # group decides, not the creator's); in one's own group it keeps it
+    u.alice.mknod("/g/an", 0o2755 | stat.S_IFREG)
+    assert (u.alice.stat("/g/an").st_gid, stat.S_IMODE(u.alice.stat("/g/an").st_mode)) \
+        == (2000, 0o755)
+    u.bob.mknod("/g/bn", 0o2755 | stat.S_IFREG)
+    assert stat.S_IMODE(u.bob.stat("/g/bn").st_mode) == 0o2755
     # setting S_ISGID on a file of a group one is not in silently drops it
     u.alice.chmod("/g/af", 0o2755)
     assert stat.S_IMODE(u.alice.stat("/g/af").st_mode) == 0o755

@@ -23,6 +23,7 @@ import collections
 import errno
 import logging
 import random
+import stat
 import threading
 import time
 import weakref
@@ -42,9 +43,10 @@ from sqlalchemy.sql.expression import Executable
 from ..config import Settings
 from ..errors import FsError
 from . import changelog, schema
-from .rows import (ATTR_COLS, Q_DELETE_DATA, Q_DELETE_DENTRY, Q_DELETE_INODE, Q_DELETE_XATTRS,
+from .rows import (ATTR_COLS, AttrRow, Q_DELETE_DATA, Q_DELETE_DENTRY, Q_DELETE_INODE, Q_DELETE_XATTRS,
                    Q_ENTRY_INO, Q_INSERT_DATA, Q_INSERT_DENTRY, Q_INSERT_INODE, Q_SET_NLINK, Q_TOUCH_DIR,
-                   Q_UPDATE_DATA, inode_update, inode_update_params, update_inode)
+                   Q_UPDATE_DATA, inherit_group, inode_update, inode_update_params,
+                   update_inode)
 from .sql import Prepared
 
 log = logging.getLogger("metafs.namenode.engine")
@@ -139,6 +141,20 @@ class MetaEngine:
                             mode=row["mode"] & 0o170000)
         Q_TOUCH_DIR.run(conn, ino=parent, now=row["ctime_ns"], delta=nlink_delta)
         return int(row["id"])
+
+    def add_new_entry(self, conn: Connection, parent: int, name: str, row: dict[str, Any],
+                      nlink_delta: int) -> tuple[Any, int | None]:
+        """Lock directory ``parent`` and read its row (as :meth:`lock_inode_rows`); when it
+        is a directory in use (a link count above 0), :meth:`add_entry` ``name`` naming the
+        new inode ``row`` (its group first taken from the directory by
+        :func:`~.rows.inherit_group`, ``row`` updated so) unless the name exists. Returns
+        the directory's row (None if there is no such inode) and the new inode's id, or
+        None when nothing was added."""
+        prow = self.lock_inode_rows(conn, parent).get(parent)
+        if prow is None or not stat.S_ISDIR(prow.mode) or prow.nlink <= 0:
+            return prow, None
+        inherit_group(row, prow)
+        return prow, self.add_entry(conn, parent, name, row, nlink_delta, if_absent=True)
 
     def remove_entry(self, conn: Connection, parent: int, name: str, nlink_delta: int,
                      now: int, ino: int, left: int) -> bool:
@@ -574,6 +590,27 @@ class PostgresEngine(MetaEngine):
         row["id"] = int(ino)
         return row["id"]
 
+    def add_new_entry(self, conn: Connection, parent: int, name: str, row: dict[str, Any],
+                      nlink_delta: int) -> tuple[Any, int | None]:
+        # The lock, the group rule and add_entry's statement in one: the statement
+        # waits for the directory's lock before it inserts anything (the inserts take
+        # their rows from the locked one), and ON CONFLICT sees a concurrent insert of
+        # the name whatever the statement's snapshot.
+        if row["id"]:
+            return super().add_new_entry(conn, parent, name, row, nlink_delta)
+        got = _Q_PG_ADD_NEW_ENTRY.first(conn, parent=parent, name=name, delta=nlink_delta,
+                                        ftype=row["mode"] & 0o170000,
+                                        **{k: v for k, v in row.items() if k != "id"})
+        if got is None:
+            return None, None
+        n = len(ATTR_COLS)
+        prow = AttrRow(*got[:n])
+        ino, mode, gid = got[n:]
+        if ino is None:
+            return prow, None
+        row.update(id=int(ino), mode=mode, gid=gid)
+        return prow, row["id"]
+
     def remove_entry(self, conn: Connection, parent: int, name: str, nlink_delta: int,
                      now: int, ino: int, left: int) -> bool:
         return bool(_Q_PG_REMOVE_ENTRY.scalar(conn, parent=parent, name=name,
@@ -635,6 +672,41 @@ d AS (
     WHERE id = CAST(:parent AS bigint) AND EXISTS (SELECT 1 FROM d)
 )
 SELECT id FROM i
+"""))
+# add_new_entry: the directory locked first; the entry only in a directory in use (with
+# inherit_group's rule on the new inode's group and mode), the rest only with the entry.
+_Q_PG_ADD_NEW_ENTRY = Prepared(text(f"""
+WITH p AS (
+    SELECT {", ".join(c.key for c in ATTR_COLS)}
+    FROM inodes WHERE id = CAST(:parent AS bigint) FOR UPDATE
+), n AS (
+    SELECT nextval('metafs_inode_seq') AS id FROM p
+    WHERE p.mode & {0o170000} = {stat.S_IFDIR} AND p.nlink > 0
+), d AS (
+    INSERT INTO dentries (parent, name, ino, mode)
+    SELECT CAST(:parent AS bigint), CAST(:name AS varchar), n.id, CAST(:ftype AS integer)
+    FROM n
+    ON CONFLICT (parent, name) DO NOTHING
+    RETURNING ino
+), i AS (
+    INSERT INTO inodes (id, mode, uid, gid, nlink, rdev, size, atime_ns, mtime_ns, ctime_ns,
+                        btime_ns, version, generation, storage, target)
+    SELECT d.ino,
+           CASE WHEN p.mode & {stat.S_ISGID} <> 0 AND CAST(:ftype AS integer) = {stat.S_IFDIR}
+                THEN CAST(:mode AS integer) | {stat.S_ISGID} ELSE CAST(:mode AS integer) END,
+           CAST(:uid AS bigint),
+           CASE WHEN p.mode & {stat.S_ISGID} <> 0 THEN p.gid ELSE CAST(:gid AS bigint) END,
+           CAST(:nlink AS integer), CAST(:rdev AS bigint), CAST(:size AS bigint),
+           CAST(:atime_ns AS bigint), CAST(:mtime_ns AS bigint), CAST(:ctime_ns AS bigint),
+           CAST(:btime_ns AS bigint), CAST(:version AS bigint), CAST(:generation AS bigint),
+           CAST(:storage AS integer), CAST(:target AS text)
+    FROM d, p RETURNING id, mode, gid
+), t AS (
+    UPDATE inodes SET nlink = nlink + CAST(:delta AS integer),
+                      mtime_ns = CAST(:ctime_ns AS bigint), ctime_ns = CAST(:ctime_ns AS bigint)
+    WHERE id = CAST(:parent AS bigint) AND EXISTS (SELECT 1 FROM d)
+)
+SELECT p.*, i.id AS new_id, i.mode AS new_mode, i.gid AS new_gid FROM p LEFT JOIN i ON true
 """))
 _Q_PG_REMOVE_ENTRY = Prepared(text("""
 WITH d AS (

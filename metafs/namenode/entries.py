@@ -66,14 +66,13 @@ class Entries:
             raise FsError(errno.EINVAL, "only regular files can be created open")
 
         def fn(tx: Tx) -> pb.OpenReply:
-            pdir = self._locked_dir(tx, parent)
-            if allowed(cred, pdir.mode, pdir.uid, pdir.gid, W | X):
-                # the common case, a new name the caller may make: inserted unless it
-                # exists, without looking it up first
-                row = self._new_inode(tx, pdir, ftype | perm, rdev=rdev)
-                if self.engine.add_entry(tx.conn, parent, name, row, nlink_delta=0,
-                                         if_absent=True) is not None:
-                    return made(tx, row)
+            # the common case, a new name: added unless it exists, without looking it up
+            # first, in the statement that locks the directory
+            pdir, row = self._add_new_entry(tx, parent, name, ftype | perm, rdev=rdev)
+            if row is not None:
+                check(cred, pdir, W | X, "create entries in this directory")
+                return made(tx, row)
+            pdir = self._dir(tx.conn, parent, pdir)
             existing = self._lookup(tx.conn, parent, name)
             if existing is not None:
                 check(cred, pdir, X, "search this directory")
@@ -103,9 +102,13 @@ class Entries:
         perm = stat.S_IMODE(mode) & ~umask & 0o7777
 
         def fn(tx: Tx) -> pb.Entry:
-            pdir = self._check_dir_for_entry(tx, parent, name)
-            row = self._new_inode(tx, pdir, stat.S_IFDIR | perm)
-            self.engine.add_entry(tx.conn, parent, name, row, nlink_delta=1)
+            pdir, row = self._add_new_entry(tx, parent, name, stat.S_IFDIR | perm)
+            if row is None:  # no directory in use, or the name exists: the checks say which
+                self._check_dir_for_entry(tx, parent, name, pdir)
+                raise FsError(errno.EEXIST, "file exists", name)
+            # as Linux, in this order (a name that exists was EEXIST before either)
+            check(cred, pdir, X, "search this directory")
+            check(cred, pdir, W | X, "create entries in this directory")
             attr = dict_attr(row)
             tx.log(pb.OP_MKDIR, row["id"], parent=parent, name=name, attr=attr)
             return pb.Entry(ino=row["id"], attr=attr)

@@ -33,7 +33,7 @@ from .entries import Entries
 from .lookups import Lookups
 from .rename import Renames
 from .rows import (ATTR_COLS, CALLER, D, H, I, Q_INSERT_DENTRY, Q_SET_NLINK, Q_TOUCH_DIR,
-                   STORAGE_INLINE, Tx)
+                   STORAGE_INLINE, Tx, inherit_group, update_inode)
 from .sessions import Sessions
 from .sql import Prepared
 
@@ -228,21 +228,49 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
     def _touch_dir(self, tx: Tx, ino: int, nlink_delta: int = 0) -> None:
         Q_TOUCH_DIR.run(tx.conn, ino=ino, now=tx.now, delta=nlink_delta)
 
-    def _new_inode(self, tx: Tx, parent: Row, mode: int, *, rdev: int = 0,
+    def _new_inode(self, tx: Tx, parent: Row | None, mode: int, *, rdev: int = 0,
                    target: str | None = None, size: int = 0, ino: int | None = None) -> dict:
+        """The columns of a new inode of ``mode`` the caller makes in directory ``parent``
+        (None: the directory's group rule is left to the statement that adds the entry,
+        see :meth:`_add_new_entry`)."""
         cred = tx.cred
-        gid = cred.gid
-        if parent.mode & stat.S_ISGID:
-            gid = parent.gid
-            if stat.S_ISDIR(mode):
-                mode |= stat.S_ISGID
+        row = dict(id=ino or 0, mode=mode, uid=cred.uid, gid=cred.gid,
+                   nlink=2 if stat.S_ISDIR(mode) else 1, rdev=rdev, size=size,
+                   atime_ns=tx.now, mtime_ns=tx.now, ctime_ns=tx.now, btime_ns=tx.now,
+                   version=0, generation=0, storage=STORAGE_INLINE, target=target)
+        if parent is not None:
+            inherit_group(row, parent)
+            row["mode"] = self._setgid_kept(cred, row)
+        return row
+
+    @staticmethod
+    def _setgid_kept(cred: Cred, row: dict[str, Any]) -> int:
+        """The mode of the new inode ``row``: a file's set-group-ID bit is dropped unless
+        the caller is root or in the file's group."""
+        mode = row["mode"]
         if mode & stat.S_ISGID and not stat.S_ISDIR(mode) and not cred.is_root \
-                and not cred.in_group(gid):
+                and not cred.in_group(row["gid"]):
             mode &= ~stat.S_ISGID
-        return dict(id=ino or 0, mode=mode, uid=cred.uid, gid=gid,
-                    nlink=2 if stat.S_ISDIR(mode) else 1, rdev=rdev, size=size,
-                    atime_ns=tx.now, mtime_ns=tx.now, ctime_ns=tx.now, btime_ns=tx.now,
-                    version=0, generation=0, storage=STORAGE_INLINE, target=target)
+        return mode
+
+    def _add_new_entry(self, tx: Tx, parent: int, name: str, mode: int, *, rdev: int = 0
+                       ) -> tuple[Any, dict[str, Any] | None]:
+        """Lock directory ``parent`` and, when it is a directory in use, add the entry
+        ``name`` naming a new inode of ``mode`` unless the name exists: one statement
+        where the engine can (:meth:`~.engine.MetaEngine.add_new_entry`). Returns the
+        directory's row as locked (None: no such inode) and the new inode's columns, or
+        None for them when nothing was added. The caller checks its permissions on the
+        directory afterwards: an error then rolls the addition back with the transaction."""
+        row = self._new_inode(tx, None, mode, rdev=rdev)
+        prow, ino = self.engine.add_new_entry(tx.conn, parent, name, row,
+                                              1 if stat.S_ISDIR(mode) else 0)
+        if ino is None:
+            return prow, None
+        kept = self._setgid_kept(tx.cred, row)  # the group is the directory's now
+        if kept != row["mode"]:
+            row["mode"] = kept
+            update_inode(tx.conn, ino, {"mode": kept})
+        return prow, row
 
     def _link_entry(self, tx: Tx, parent: int, name: str, ino: int, mode: int) -> None:
         Q_INSERT_DENTRY.run(tx.conn, parent=parent, name=name, ino=ino, mode=stat.S_IFMT(mode))
@@ -251,9 +279,12 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         """Lock and read directory ``ino`` (one statement), which must be in use."""
         return self._dir(tx.conn, ino, self.lock_rows(tx.conn, ino).get(ino))
 
-    def _check_dir_for_entry(self, tx: Tx, parent_ino: int, name: str) -> Row:
-        """Lock and check a directory that gets a new entry ``name``."""
-        parent = self._locked_dir(tx, parent_ino)
+    def _check_dir_for_entry(self, tx: Tx, parent_ino: int, name: str,
+                             locked: Row | None = None) -> Row:
+        """Lock and check a directory that gets a new entry ``name`` (``locked``: its row,
+        locked already)."""
+        parent = (self._dir(tx.conn, parent_ino, locked) if locked is not None
+                  else self._locked_dir(tx, parent_ino))
         # As Linux: a name that exists is EEXIST even where it could not be created.
         check(tx.cred, parent, X, "search this directory")
         if self._lookup(tx.conn, parent_ino, name) is not None:

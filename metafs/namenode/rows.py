@@ -4,6 +4,7 @@ limits, the transaction object (:class:`Tx`) and the mapping of inode rows to ``
 from __future__ import annotations
 
 import stat
+from collections import namedtuple
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -32,6 +33,7 @@ STORAGE_INLINE, STORAGE_BLOCKS = 0, 1
 ATTR_COLS = (I.c.id, I.c.mode, I.c.nlink, I.c.uid, I.c.gid, I.c.rdev, I.c.size,
              I.c.atime_ns, I.c.mtime_ns, I.c.ctime_ns, I.c.btime_ns, I.c.version,
              I.c.generation, I.c.storage, I.c.target)
+AttrRow = namedtuple("AttrRow", [c.key for c in ATTR_COLS])  # type: ignore[misc]
 Q_INSERT_INODE = Prepared(insert(I))
 Q_ENTRY_INO = Prepared(select(D.c.ino).where(D.c.parent == bindparam("parent"),
                                              D.c.name == bindparam("name")))
@@ -85,6 +87,17 @@ def update_inode(conn: Connection, ino: int, vals: dict[str, Any]) -> Any:
 # The caller of the operation running in this context. Handle checks read it when their
 # caller passes no credentials (the block layer's RPCs; see Namespace.__init__).
 CALLER: ContextVar[Cred | None] = ContextVar("metafs_caller", default=None)
+
+
+def inherit_group(row: dict[str, Any], parent: Any) -> None:
+    """The group rule of a new inode (the column dict ``row``) made in directory
+    ``parent``: in a set-group-ID directory it takes the directory's group, and a new
+    directory the set-group-ID bit too. (Whether a new file keeps a set-group-ID bit of
+    its own is the namespace's rule, by the caller's groups.)"""
+    if parent.mode & stat.S_ISGID:
+        row["gid"] = parent.gid
+        if stat.S_ISDIR(row["mode"]):
+            row["mode"] |= stat.S_ISGID
 
 
 def kill_priv(mode: int) -> int:
