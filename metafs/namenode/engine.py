@@ -43,10 +43,10 @@ from sqlalchemy.sql.expression import Executable
 from ..config import Settings
 from ..errors import FsError
 from . import changelog, schema
-from .rows import (ATTR_COLS, AttrRow, Q_DELETE_DATA, Q_DELETE_DENTRY, Q_DELETE_INODE, Q_DELETE_XATTRS,
-                   Q_ENTRY_INO, Q_INSERT_DATA, Q_INSERT_DENTRY, Q_INSERT_INODE, Q_SET_NLINK, Q_TOUCH_DIR,
-                   Q_UPDATE_DATA, inherit_group, inode_update, inode_update_params,
-                   update_inode)
+from .rows import (ATTR_COLS, Q_DELETE_DATA, Q_DELETE_DENTRY, Q_DELETE_INODE, Q_DELETE_XATTRS,
+                   Q_ENTRY_INO, Q_INSERT_DATA, Q_INSERT_DENTRY, Q_INSERT_INODE, Q_MOVE_DENTRY,
+                   Q_SET_CTIME, Q_SET_NLINK, Q_TOUCH_DIR, Q_UPDATE_DATA, AttrRow, inherit_group,
+                   inode_update, inode_update_params, update_inode)
 from .sql import Prepared
 
 log = logging.getLogger("metafs.namenode.engine")
@@ -165,6 +165,18 @@ class MetaEngine:
         Q_DELETE_DENTRY.run(conn, dparent=parent, dname=name)
         Q_TOUCH_DIR.run(conn, ino=parent, now=now, delta=nlink_delta)
         return bool(Q_SET_NLINK.scalar(conn, ino=ino, new_nlink=left, now=now))
+
+    def move_entry(self, conn: Connection, sp: int, sn: str, dp: int, dn: str, ino: int,
+                   now: int, sp_delta: int, dp_delta: int) -> Any:
+        """Move the entry ``sn`` of directory ``sp`` to ``dn`` in ``dp`` (which has no
+        entry ``dn``); touch both directories (times set to ``now``, link counts changed
+        by ``sp_delta`` and, when another directory, ``dp_delta``) and set the ctime of
+        ``ino``, the inode moved. Returns its attribute row as changed."""
+        Q_MOVE_DENTRY.run(conn, sp=sp, sn=sn, dp=dp, dn=dn)
+        Q_TOUCH_DIR.run(conn, ino=sp, now=now, delta=sp_delta)
+        if dp != sp:
+            Q_TOUCH_DIR.run(conn, ino=dp, now=now, delta=dp_delta)
+        return Q_SET_CTIME.first(conn, ino=ino, now=now)
 
     def write_inline(self, conn: Connection, ino: int, data: bytes, had: bool,
                      vals: dict[str, Any]) -> Any:
@@ -619,6 +631,14 @@ class PostgresEngine(MetaEngine):
     def delete_inode(self, conn: Connection, ino: int) -> None:
         _Q_PG_DELETE_INODE.run(conn, ino=ino)
 
+    def move_entry(self, conn: Connection, sp: int, sn: str, dp: int, dn: str, ino: int,
+                   now: int, sp_delta: int, dp_delta: int) -> Any:
+        # the rows it changes are distinct: the entry, sp, dp (when another) and ino
+        # (neither directory: a directory is never moved into itself)
+        got = _Q_PG_MOVE_ENTRY.first(conn, sp=sp, sn=sn, dp=dp, dn=dn, ino=ino, now=now,
+                                     sd=sp_delta, dd=dp_delta)
+        return None if got is None else AttrRow(*got)
+
     def write_inline(self, conn: Connection, ino: int, data: bytes, had: bool,
                      vals: dict[str, Any]) -> Any:
         cols = tuple(sorted(vals))
@@ -720,6 +740,22 @@ WITH d AS (
     WHERE id = CAST(:ino AS bigint)
 )
 SELECT EXISTS (SELECT 1 FROM handles WHERE ino = CAST(:ino AS bigint))
+"""))
+_Q_PG_MOVE_ENTRY = Prepared(text(f"""
+WITH m AS (
+    UPDATE dentries SET parent = CAST(:dp AS bigint), name = CAST(:dn AS varchar)
+    WHERE parent = CAST(:sp AS bigint) AND name = CAST(:sn AS varchar)
+), s AS (
+    UPDATE inodes SET nlink = nlink + CAST(:sd AS integer), mtime_ns = CAST(:now AS bigint),
+                      ctime_ns = CAST(:now AS bigint)
+    WHERE id = CAST(:sp AS bigint)
+), t AS (
+    UPDATE inodes SET nlink = nlink + CAST(:dd AS integer), mtime_ns = CAST(:now AS bigint),
+                      ctime_ns = CAST(:now AS bigint)
+    WHERE id = CAST(:dp AS bigint) AND CAST(:dp AS bigint) <> CAST(:sp AS bigint)
+)
+UPDATE inodes SET ctime_ns = CAST(:now AS bigint) WHERE id = CAST(:ino AS bigint)
+RETURNING {", ".join(c.key for c in ATTR_COLS)}
 """))
 _Q_PG_DELETE_INODE = Prepared(text("""
 WITH d AS (DELETE FROM file_data WHERE ino = CAST(:ino AS bigint)),

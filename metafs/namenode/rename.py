@@ -21,10 +21,6 @@ from .sql import Prepared
 
 _RENAME_ATTEMPTS = 100  # restarts of one rename overtaken by changes of its names
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
-_Q_MOVE_DENTRY = Prepared(update(D).where(D.c.parent == bindparam("sp"),
-                                          D.c.name == bindparam("sn")).values(
-    parent=bindparam("dp"), name=bindparam("dn")))
-
 _Q_LOOKUP_BOTH = Prepared(
     select(*ATTR_COLS, D.c.parent, D.c.name).select_from(D.join(I, I.c.id == D.c.ino))
     .where(or_(and_(D.c.parent == bindparam("sp"), D.c.name == bindparam("sn")),
@@ -178,17 +174,14 @@ class Renames:
         left = 0
         if dst is not None:
             Q_DELETE_DENTRY.run(conn, dparent=dp, dname=dn)
-        _Q_MOVE_DENTRY.run(conn, sp=sp, sn=sn, dp=dp, dn=dn)
         if sp != dp and src_dir:
-            self._touch_dir(tx, sp, nlink_delta=-1)
-            self._touch_dir(tx, dp, nlink_delta=0 if dst_dir else 1)
+            sp_delta, dp_delta = -1, 0 if dst_dir else 1
         else:
-            self._touch_dir(tx, sp, nlink_delta=-1 if (dst_dir and sp == dp) else 0)
-            if dp != sp:
-                self._touch_dir(tx, dp, nlink_delta=-1 if dst_dir else 0)
+            sp_delta, dp_delta = -1 if (dst_dir and sp == dp) else 0, -1 if dst_dir else 0
+        moved = self.engine.move_entry(conn, sp, sn, dp, dn, src.id, tx.now, sp_delta, dp_delta)
         rec = tx.log(pb.OP_RENAME, src.id, parent=dp, name=dn, old_parent=sp, old_name=sn,
                      target_ino=dst.id if dst is not None else 0, flags=flags,
-                     attr=to_attr(Q_SET_CTIME.first(conn, ino=src.id, now=tx.now)))
+                     attr=to_attr(moved))
         if dst is not None:
             left = self._drop_link(tx, dst)
             rec.nlink = left

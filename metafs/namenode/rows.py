@@ -46,6 +46,9 @@ Q_INSERT_XATTR = Prepared(insert(XA).values(ino=bindparam("ino"), name=bindparam
                                             value=bindparam("value")))
 Q_SET_CTIME = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
    ctime_ns=bindparam("now")).returning(*ATTR_COLS))  # the row as changed
+Q_MOVE_DENTRY = Prepared(update(D).where(D.c.parent == bindparam("sp"),
+                                         D.c.name == bindparam("sn")).values(
+    parent=bindparam("dp"), name=bindparam("dn")))
 Q_DELETE_DATA = Prepared(delete(FD).where(FD.c.ino == bindparam("ino")))
 Q_DELETE_DENTRY = Prepared(delete(D).where(D.c.parent == bindparam("dparent"),
                                            D.c.name == bindparam("dname")))
