@@ -160,11 +160,15 @@ class MetaEngine:
                      now: int, ino: int, left: int) -> bool:
         """Delete the entry ``name`` of ``parent``, touch ``parent`` (times set to ``now``,
         link count changed by ``nlink_delta``), and set the link count of ``ino``, the
-        inode it named, to ``left`` (ctime ``now``). Returns whether a handle holds
-        ``ino`` open."""
+        inode it named, to ``left`` (ctime ``now``); when that is 0 and no handle holds
+        ``ino`` open, :meth:`delete_inode` it instead. Returns whether it did (the caller
+        frees what else the inode had)."""
         Q_DELETE_DENTRY.run(conn, dparent=parent, dname=name)
         Q_TOUCH_DIR.run(conn, ino=parent, now=now, delta=nlink_delta)
-        return bool(Q_SET_NLINK.scalar(conn, ino=ino, new_nlink=left, now=now))
+        if Q_SET_NLINK.scalar(conn, ino=ino, new_nlink=left, now=now) or left:
+            return False
+        self.delete_inode(conn, ino)
+        return True
 
     def move_entry(self, conn: Connection, sp: int, sn: str, dp: int, dn: str, ino: int,
                    now: int, sp_delta: int, dp_delta: int) -> Any:
@@ -728,6 +732,7 @@ WITH p AS (
 )
 SELECT p.*, i.id AS new_id, i.mode AS new_mode, i.gid AS new_gid FROM p LEFT JOIN i ON true
 """))
+# remove_entry: the inode's rows are deleted (free) or its link count set, never both.
 _Q_PG_REMOVE_ENTRY = Prepared(text("""
 WITH d AS (
     DELETE FROM dentries WHERE parent = CAST(:parent AS bigint) AND name = CAST(:name AS varchar)
@@ -735,11 +740,20 @@ WITH d AS (
     UPDATE inodes SET nlink = nlink + CAST(:delta AS integer), mtime_ns = CAST(:now AS bigint),
                       ctime_ns = CAST(:now AS bigint)
     WHERE id = CAST(:parent AS bigint)
+), f AS (
+    SELECT CAST(:left AS integer) = 0
+           AND NOT EXISTS (SELECT 1 FROM handles WHERE ino = CAST(:ino AS bigint)) AS free
 ), n AS (
     UPDATE inodes SET nlink = CAST(:left AS integer), ctime_ns = CAST(:now AS bigint)
-    WHERE id = CAST(:ino AS bigint)
+    WHERE id = CAST(:ino AS bigint) AND NOT (SELECT free FROM f)
+), fd AS (
+    DELETE FROM file_data WHERE ino = CAST(:ino AS bigint) AND (SELECT free FROM f)
+), x AS (
+    DELETE FROM xattrs WHERE ino = CAST(:ino AS bigint) AND (SELECT free FROM f)
+), i AS (
+    DELETE FROM inodes WHERE id = CAST(:ino AS bigint) AND (SELECT free FROM f)
 )
-SELECT EXISTS (SELECT 1 FROM handles WHERE ino = CAST(:ino AS bigint))
+SELECT free FROM f
 """))
 _Q_PG_MOVE_ENTRY = Prepared(text(f"""
 WITH m AS (

@@ -16,12 +16,20 @@ from sqlalchemy.engine import Connection
 from ..errors import FsError
 from ..posix import PATH_MAX, R, W, X, Cred, allowed, check, check_name, check_sticky
 from ..proto import metafs_pb2 as pb
-from .rows import D, I, Tx, dict_attr, to_attr
+from .rows import ATTR_COLS, D, I, Tx, dict_attr, to_attr
 from .sql import Prepared
 
 
 LINK_MAX = 65000
 _Q_DIR_NONEMPTY = Prepared(select(D.c.name).where(D.c.parent == bindparam("ino")).limit(1))
+# rmdir's lookup under its locks: the row, and whether it has entries (a directory's
+# entries change only under its row's lock, which rmdir holds by then)
+_ENTRIES = D.alias("entries")
+_Q_LOOKUP_RMDIR = Prepared(
+    select(*ATTR_COLS, select(_ENTRIES.c.name).where(_ENTRIES.c.parent == I.c.id).exists()
+           .label("nonempty"))
+    .select_from(D.join(I, I.c.id == D.c.ino))
+    .where(D.c.parent == bindparam("parent"), D.c.name == bindparam("name")))
 _ALLOWED_TYPES = {stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK}
 
 
@@ -165,14 +173,18 @@ class Entries:
         return self.mutate(cred, fn)
 
     # ------------------------------------------------------------------ removal
-    def _entry_to_remove(self, tx: Tx, cred: Cred, parent: int, name: str) -> tuple[Any, Any]:
+    def _entry_to_remove(self, tx: Tx, cred: Cred, parent: int, name: str,
+                         lookup: Prepared | None = None) -> tuple[Any, Any]:
         """The directory ``parent`` and the inode ``name`` names in it, both locked, for a
-        caller who may remove entries there (Linux's order: ENOENT before EACCES)."""
+        caller who may remove entries there (Linux's order: ENOENT before EACCES). The
+        inode's row is read under the locks by ``lookup`` when given (parameters parent
+        and name; the attribute columns first)."""
         target = self._lookup(tx.conn, parent, name)
         locked = self.lock_rows(tx.conn, parent, target.id if target else 0)
         pdir = self._dir(tx.conn, parent, locked.get(parent))
         check(cred, pdir, X, "search this directory")
-        row = self._lookup(tx.conn, parent, name)
+        row = (lookup.first(tx.conn, parent=parent, name=name) if lookup is not None
+               else self._lookup(tx.conn, parent, name))
         if row is None:
             raise FsError(errno.ENOENT, "no such file or directory", name)
         check(cred, pdir, W | X, "remove entries from this directory")
@@ -201,11 +213,11 @@ class Entries:
             raise FsError(errno.ENOTEMPTY, "cannot remove '..'", name)
 
         def fn(tx: Tx) -> None:
-            pdir, row = self._entry_to_remove(tx, cred, parent, name)
+            pdir, row = self._entry_to_remove(tx, cred, parent, name, _Q_LOOKUP_RMDIR)
             if not stat.S_ISDIR(row.mode):
                 raise FsError(errno.ENOTDIR, "not a directory", name)
             check_sticky(cred, pdir, row)
-            if self._dir_has_entries(tx.conn, row.id):
+            if row.nonempty:
                 raise FsError(errno.ENOTEMPTY, "directory not empty", name)
             tx.log(pb.OP_RMDIR, row.id, parent=parent, name=name)
             self._remove_name(tx, parent, name, row)

@@ -303,20 +303,22 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
 
     def _remove_name(self, tx: Tx, parent: int, name: str, row: Row) -> int:
         """Remove the entry ``name`` of directory ``parent``, which names ``row``: as
-        :meth:`_drop_link`, with the entry's removal and the directory's times in the same
-        statement where the engine can. Returns the links left."""
+        :meth:`_drop_link`, with the entry's removal, the directory's times and the
+        inode's own rows in the same statement where the engine can. Returns the links
+        left."""
         is_dir = stat.S_ISDIR(row.mode)
         left = 0 if is_dir else row.nlink - 1
-        held = self.engine.remove_entry(tx.conn, parent, name, -1 if is_dir else 0, tx.now,
-                                        row.id, left)
-        if left == 0 and not held:
-            self._free(tx, row.id)
+        if self.engine.remove_entry(tx.conn, parent, name, -1 if is_dir else 0, tx.now,
+                                    row.id, left):
+            self._free(tx, row.id, deleted=True)
         return left
 
-    def _free(self, tx: Tx, ino: int) -> None:
+    def _free(self, tx: Tx, ino: int, *, deleted: bool = False) -> None:
+        """Free inode ``ino`` (``deleted``: its own rows are deleted already)."""
         for hook in self.free_data_hooks:
             hook(tx, ino)
-        self.engine.delete_inode(tx.conn, ino)
+        if not deleted:
+            self.engine.delete_inode(tx.conn, ino)
         tx.log(pb.OP_FREE, ino)
 
     def statfs(self, cred: Cred) -> pb.StatFsReply:
