@@ -263,7 +263,9 @@ class FileData:
             end = off + len(data)
             if row.storage != STORAGE_INLINE or end > self.settings.inline_limit:
                 self.blocks.refuse_inline_write(row, end)
-            cur = self.inline_data(tx.conn, ino)
+            # the stored bytes never pass the size (zeros there are implied) and no data
+            # row is kept empty: an empty file has nothing to read
+            cur = self.inline_data(tx.conn, ino) if row.size else b""
             had = bool(cur)
             if len(cur) < off:
                 cur = cur + b"\0" * (off - len(cur))
