@@ -562,10 +562,12 @@ class PostgresEngine(MetaEngine):
 
     @contextmanager
     def _read_tx(self) -> Iterator[Connection]:
+        # READ ONLY is said by the driver's BEGIN itself (the pool restores the connection's
+        # settings when it comes back), not by a SET TRANSACTION of its own round trip
         with self.engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            conn = conn.execution_options(isolation_level="REPEATABLE READ",
+                                          postgresql_readonly=True)
             with conn.begin():
-                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
                 yield conn
 
     def is_connection_error(self, exc: BaseException) -> bool:
