@@ -123,6 +123,13 @@ class MetaEngine:
                 .order_by(_I.c.id)))
         return {r.id: r for r in q.all(conn, **{f"i{k}": v for k, v in enumerate(ids)})}
 
+    def lock_dir_entries(self, conn: Connection, parent: int, *names: str) -> dict[int, Any]:
+        """:meth:`lock_inode_rows` of directory ``parent`` and of the inodes its entries
+        ``names`` name, as found before any lock is taken: the caller reads the entries
+        again under the locks (a concurrent change may have overtaken this lookup)."""
+        inos = [Q_ENTRY_INO.scalar(conn, parent=parent, name=n) for n in names]
+        return self.lock_inode_rows(conn, parent, *(i or 0 for i in inos))
+
     # The statements of the hot write paths, one round trip each where the database can
     # merge them (see PostgresEngine); the defaults run them one by one.
     def add_entry(self, conn: Connection, parent: int, name: str, row: dict[str, Any],
@@ -494,6 +501,7 @@ class PostgresEngine(MetaEngine):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         self._statements: Engine | None = None
         self._write_inline: dict[tuple[str, ...], Prepared] = {}  # by updated columns
+        self._dir_entries: dict[int, Prepared] = {}  # lock_dir_entries' by names count
         self._driver_url = url
         self._statements_lock = threading.Lock()
         # No liveness ping at checkout (a round trip more per transaction): a transaction
@@ -591,6 +599,22 @@ class PostgresEngine(MetaEngine):
     def insert_if_absent(self, table: Table, values: dict[str, Any],
                          key: Sequence[Column]) -> Executable:
         return pg_insert(table).values(values).on_conflict_do_nothing(index_elements=key)
+
+    def lock_dir_entries(self, conn: Connection, parent: int, *names: str) -> dict[int, Any]:
+        # One statement: its entries are read by its snapshot, taken before it waits for
+        # any lock (as a lookup of their own before the lock would be); the rows are
+        # locked in id order. (An array of ids, not "id = :parent OR id IN (...)", which
+        # the planner runs as a scan of every inode.)
+        q = self._dir_entries.get(len(names))
+        if q is None:
+            q = self._dir_entries[len(names)] = Prepared(text(f"""
+SELECT {", ".join(c.key for c in ATTR_COLS)} FROM inodes
+WHERE id = ANY (CAST(:parent AS bigint) || ARRAY(
+    SELECT ino FROM dentries WHERE parent = CAST(:parent AS bigint)
+    AND name IN ({", ".join(f"CAST(:n{k} AS varchar)" for k in range(len(names)))})))
+ORDER BY id FOR UPDATE"""))
+        rows = q.all(conn, parent=parent, **{f"n{k}": n for k, n in enumerate(names)})
+        return {r[0]: AttrRow(*r) for r in rows}
 
     # One round trip each (data-modifying CTEs); see MetaEngine for what they do.
     def add_entry(self, conn: Connection, parent: int, name: str, row: dict[str, Any],

@@ -179,8 +179,7 @@ class Entries:
         caller who may remove entries there (Linux's order: ENOENT before EACCES). The
         inode's row is read under the locks by ``lookup`` when given (parameters parent
         and name; the attribute columns first)."""
-        target = self._lookup(tx.conn, parent, name)
-        locked = self.lock_rows(tx.conn, parent, target.id if target else 0)
+        locked = self.engine.lock_dir_entries(tx.conn, parent, name)
         pdir = self._dir(tx.conn, parent, locked.get(parent))
         check(cred, pdir, X, "search this directory")
         row = (lookup.first(tx.conn, parent=parent, name=name) if lookup is not None

@@ -87,14 +87,20 @@ class Renames:
         # transaction rolls back (releasing everything) and the rename starts over, taking
         # the rename lock first if it found that it needs it (``rename_lock``).
         locked_renames = rename_lock and sp != dp
-        if locked_renames:
-            self._lock_renames(conn)
-        src, dst = self._lookup_both(conn, sp, sn, dp, dn)
-        if not locked_renames and self._moves_dir(sp, dp, src, dst, exchange):
-            self._lock_renames(conn)
-            locked_renames = True
-        locked = {sp, dp, src.id if src else 0, dst.id if dst else 0}
-        rows = self.lock_rows(conn, *locked)
+        if sp == dp:
+            # nothing changes parent, so no rename lock: the statement that locks the rows
+            # looks the names up itself
+            rows = self.engine.lock_dir_entries(conn, sp, sn, dn)
+            locked = set(rows)
+        else:
+            if locked_renames:
+                self._lock_renames(conn)
+            src, dst = self._lookup_both(conn, sp, sn, dp, dn)
+            if not locked_renames and self._moves_dir(sp, dp, src, dst, exchange):
+                self._lock_renames(conn)
+                locked_renames = True
+            locked = {sp, dp, src.id if src else 0, dst.id if dst else 0}
+            rows = self.lock_rows(conn, *locked)
         # Re-read everything under the locks. The entries of sp and dp cannot change now
         # (every change of a directory's entries locks its row), nor, once the rename lock
         # is held, the parent of any directory.
