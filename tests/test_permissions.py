@@ -95,6 +95,8 @@ def test_owner_group_other_bits(u: Users) -> None:
     eno(errno.EACCES, lambda: u.bob.mkdir("/alice/d"))
     eno(errno.EACCES, lambda: u.bob.unlink("/alice/f"))
     eno(errno.EACCES, lambda: u.bob.rename("/alice/f", "/tmp/f"))
+    eno(errno.EACCES, lambda: u.bob.rename("/alice/f", "/alice/g"))
+    assert u.bob.read_bytes("/alice/f") == b"secret" and not u.bob.exists("/alice/g")
     eno(errno.EACCES, lambda: u.bob.symlink("x", "/alice/l"))
     eno(errno.EACCES, lambda: u.bob.link("/alice/f", "/alice/g"))
     u.alice.chmod("/alice", 0o775)

@@ -45,8 +45,8 @@ from ..errors import FsError
 from . import changelog, schema
 from .rows import (ATTR_COLS, Q_DELETE_DATA, Q_DELETE_DENTRY, Q_DELETE_INODE, Q_DELETE_XATTRS,
                    Q_ENTRY_INO, Q_INSERT_DATA, Q_INSERT_DENTRY, Q_INSERT_INODE, Q_MOVE_DENTRY,
-                   Q_SET_CTIME, Q_SET_NLINK, Q_TOUCH_DIR, Q_UPDATE_DATA, AttrRow, inherit_group,
-                   inode_update, inode_update_params, update_inode)
+                   Q_SET_CTIME, Q_SET_NLINK, Q_TOUCH_DIR, Q_UPDATE_DATA, AttrRow, LookupRow,
+                   inherit_group, inode_update, inode_update_params, lookup_both, update_inode)
 from .sql import Prepared
 
 log = logging.getLogger("metafs.namenode.engine")
@@ -188,6 +188,17 @@ class MetaEngine:
         if dp != sp:
             Q_TOUCH_DIR.run(conn, ino=dp, now=now, delta=dp_delta)
         return Q_SET_CTIME.first(conn, ino=ino, now=now)
+
+    def rename_within(self, conn: Connection, parent: int, sn: str, dn: str, now: int
+                      ) -> tuple[Any, Any, Any]:
+        """The inode rows (or None) of the entries ``sn`` and ``dn`` of ``parent`` (locked by
+        the caller), as :func:`~.rows.lookup_both` reads them; and when ``sn`` exists and
+        ``dn`` does not, ``sn`` renamed ``dn`` as :meth:`move_entry` does within one
+        directory, with the moved inode's row as changed (else None) as the third."""
+        src, dst = lookup_both(conn, parent, sn, parent, dn)
+        if src is None or dst is not None:
+            return src, dst, None
+        return src, dst, self.move_entry(conn, parent, sn, parent, dn, src.id, now, 0, 0)
 
     def write_inline(self, conn: Connection, ino: int, data: bytes, had: bool,
                      vals: dict[str, Any]) -> Any:
@@ -669,6 +680,23 @@ ORDER BY id FOR UPDATE"""))
                                      sd=sp_delta, dd=dp_delta)
         return None if got is None else AttrRow(*got)
 
+    def rename_within(self, conn: Connection, parent: int, sn: str, dn: str, now: int
+                      ) -> tuple[Any, Any, Any]:
+        # One statement, after the caller's locks: its snapshot sees the entries as they
+        # stay until commit.
+        src = dst = moved = None
+        n = len(ATTR_COLS)
+        for r in _Q_PG_RENAME_WITHIN.all(conn, parent=parent, sn=sn, dn=dn, now=now):
+            row = LookupRow(*r[:n], parent, r[n])
+            if r[n + 1]:
+                moved = AttrRow(*r[:n])
+            else:
+                if r[n] == sn:
+                    src = row
+                if r[n] == dn:
+                    dst = row
+        return src, dst, moved
+
     def write_inline(self, conn: Connection, ino: int, data: bytes, had: bool,
                      vals: dict[str, Any]) -> Any:
         cols = tuple(sorted(vals))
@@ -796,6 +824,33 @@ WITH m AS (
 )
 UPDATE inodes SET ctime_ns = CAST(:now AS bigint) WHERE id = CAST(:ino AS bigint)
 RETURNING {", ".join(c.key for c in ATTR_COLS)}
+"""))
+# rename_within: the entries first (e), the move only when the target name is absent
+# (go); rows (attribute columns, the entry's name, whether it is the moved inode's row).
+_ATTRS = ", ".join(c.key for c in ATTR_COLS)
+_Q_PG_RENAME_WITHIN = Prepared(text(f"""
+WITH e AS (
+    SELECT {", ".join(f"i.{c.key}" for c in ATTR_COLS)}, d.name AS ename
+    FROM dentries d JOIN inodes i ON i.id = d.ino
+    WHERE d.parent = CAST(:parent AS bigint)
+      AND d.name IN (CAST(:sn AS varchar), CAST(:dn AS varchar))
+), go AS (
+    SELECT id FROM e
+    WHERE ename = CAST(:sn AS varchar) AND NOT EXISTS (
+        SELECT 1 FROM e WHERE ename = CAST(:dn AS varchar))
+), m AS (
+    UPDATE dentries SET name = CAST(:dn AS varchar)
+    WHERE parent = CAST(:parent AS bigint) AND name = CAST(:sn AS varchar)
+      AND EXISTS (SELECT 1 FROM go)
+), t AS (
+    UPDATE inodes SET mtime_ns = CAST(:now AS bigint), ctime_ns = CAST(:now AS bigint)
+    WHERE id = CAST(:parent AS bigint) AND EXISTS (SELECT 1 FROM go)
+), c AS (
+    UPDATE inodes SET ctime_ns = CAST(:now AS bigint) WHERE id IN (SELECT id FROM go)
+    RETURNING {_ATTRS}
+)
+SELECT {_ATTRS}, ename, false FROM e
+UNION ALL SELECT {_ATTRS}, NULL, true FROM c
 """))
 _Q_PG_DELETE_INODE = Prepared(text("""
 WITH d AS (DELETE FROM file_data WHERE ino = CAST(:ino AS bigint)),

@@ -9,24 +9,17 @@ import errno
 import stat
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import update
 from sqlalchemy.engine import Connection
 
 from ..errors import FsError
 from ..posix import ROOT_INO, W, X, Cred, check, check_name, check_sticky
 from ..proto import metafs_pb2 as pb
-from .rows import ATTR_COLS, D, I, Q_DELETE_DENTRY, Q_SET_CTIME, Tx, to_attr
-from .sql import Prepared
+from .rows import D, Q_DELETE_DENTRY, Q_SET_CTIME, Tx, lookup_both, to_attr
 
 
 _RENAME_ATTEMPTS = 100  # restarts of one rename overtaken by changes of its names
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
-_Q_LOOKUP_BOTH = Prepared(
-    select(*ATTR_COLS, D.c.parent, D.c.name).select_from(D.join(I, I.c.id == D.c.ino))
-    .where(or_(and_(D.c.parent == bindparam("sp"), D.c.name == bindparam("sn")),
-               and_(D.c.parent == bindparam("dp"), D.c.name == bindparam("dn")))))
-
-
 class _RenameRestart(Exception):
     """A rename found other entries under its locks than it locked for: its transaction
     rolls back and it starts over (with the rename lock first when ``rename_lock``)."""
@@ -108,7 +101,14 @@ class Renames:
         dpd = spd if dp == sp else self._dir(conn, dp, rows.get(dp))
         check(cred, spd, X, "search the source directory")
         check(cred, dpd, X, "search the target directory")
-        src, dst = self._lookup_both(conn, sp, sn, dp, dn)
+        moved = None
+        if sp == dp and not flags:
+            # the common case, a new name in the same directory: moved speculatively by the
+            # statement that reads the entries under the locks, when the target is absent
+            # (every check below that fails raises, rolling the move back)
+            src, dst, moved = self.engine.rename_within(conn, sp, sn, dn, tx.now)
+        else:
+            src, dst = self._lookup_both(conn, sp, sn, dp, dn)
         if src is None:
             raise FsError(errno.ENOENT, "no such file or directory", sn)
         needs_renames = self._moves_dir(sp, dp, src, dst, exchange)
@@ -184,7 +184,9 @@ class Renames:
             sp_delta, dp_delta = -1, 0 if dst_dir else 1
         else:
             sp_delta, dp_delta = -1 if (dst_dir and sp == dp) else 0, -1 if dst_dir else 0
-        moved = self.engine.move_entry(conn, sp, sn, dp, dn, src.id, tx.now, sp_delta, dp_delta)
+        if moved is None:
+            moved = self.engine.move_entry(conn, sp, sn, dp, dn, src.id, tx.now, sp_delta,
+                                           dp_delta)
         rec = tx.log(pb.OP_RENAME, src.id, parent=dp, name=dn, old_parent=sp, old_name=sn,
                      target_ino=dst.id if dst is not None else 0, flags=flags,
                      attr=to_attr(moved))
@@ -196,9 +198,7 @@ class Renames:
     def _lookup_both(conn: Connection, sp: int, sn: str, dp: int, dn: str
                      ) -> tuple[Any, Any]:
         """The inode rows (or None) of both names of a rename, read by one statement."""
-        found = {(r.parent, r.name): r for r in _Q_LOOKUP_BOTH.all(conn, sp=sp, sn=sn, dp=dp,
-                                                                   dn=dn)}
-        return found.get((sp, sn)), found.get((dp, dn))
+        return lookup_both(conn, sp, sn, dp, dn)
 
     def _check_not_ancestor(self, conn: Connection, moving: int, new_parent: int,
                             name: str) -> None:

@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import Update
 
@@ -34,6 +34,8 @@ ATTR_COLS = (I.c.id, I.c.mode, I.c.nlink, I.c.uid, I.c.gid, I.c.rdev, I.c.size,
              I.c.atime_ns, I.c.mtime_ns, I.c.ctime_ns, I.c.btime_ns, I.c.version,
              I.c.generation, I.c.storage, I.c.target)
 AttrRow = namedtuple("AttrRow", [c.key for c in ATTR_COLS])  # type: ignore[misc]
+# an inode's attribute columns with the entry (parent, name) that named it
+LookupRow = namedtuple("LookupRow", [*AttrRow._fields, "parent", "name"])  # type: ignore[misc]
 Q_INSERT_INODE = Prepared(insert(I))
 Q_ENTRY_INO = Prepared(select(D.c.ino).where(D.c.parent == bindparam("parent"),
                                              D.c.name == bindparam("name")))
@@ -60,6 +62,20 @@ Q_SET_NLINK = Prepared(update(I).where(I.c.id == bindparam("ino")).values(
     select(H.c.id).where(H.c.ino == bindparam("ino")).exists().label("held")))
 Q_DELETE_XATTRS = Prepared(delete(XA).where(XA.c.ino == bindparam("ino")))
 Q_DELETE_INODE = Prepared(delete(I).where(I.c.id == bindparam("ino")))
+_Q_LOOKUP_BOTH = Prepared(
+    select(*ATTR_COLS, D.c.parent, D.c.name).select_from(D.join(I, I.c.id == D.c.ino))
+    .where(or_(and_(D.c.parent == bindparam("sp"), D.c.name == bindparam("sn")),
+               and_(D.c.parent == bindparam("dp"), D.c.name == bindparam("dn")))))
+
+
+def lookup_both(conn: Connection, sp: int, sn: str, dp: int, dn: str) -> tuple[Any, Any]:
+    """The inode rows (or None) of the entries ``sn`` of ``sp`` and ``dn`` of ``dp`` (a
+    rename's two names), read by one statement."""
+    found = {(r.parent, r.name): r for r in _Q_LOOKUP_BOTH.all(conn, sp=sp, sn=sn, dp=dp,
+                                                               dn=dn)}
+    return found.get((sp, sn)), found.get((dp, dn))
+
+
 BUMP = object()  # in update_inode's values: version = version + 1
 _Q_UPDATE_INODE: dict[tuple[str, ...], Prepared] = {}
 
