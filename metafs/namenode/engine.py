@@ -619,7 +619,7 @@ class PostgresEngine(MetaEngine):
         q = self._dir_entries.get(len(names))
         if q is None:
             q = self._dir_entries[len(names)] = Prepared(text(f"""
-SELECT {", ".join(c.key for c in ATTR_COLS)} FROM inodes
+SELECT {_ATTRS} FROM inodes
 WHERE id = ANY (CAST(:parent AS bigint) || ARRAY(
     SELECT ino FROM dentries WHERE parent = CAST(:parent AS bigint)
     AND name IN ({", ".join(f"CAST(:n{k} AS varchar)" for k in range(len(names)))})))
@@ -725,6 +725,8 @@ _Q_ALLOCATE = Prepared(
     .values(value=schema.counters.c.value + bindparam("n")).returning(schema.counters.c.value))
 
 
+_ATTRS = ", ".join(c.key for c in ATTR_COLS)  # the attribute columns, in SQL text
+
 # The entry first: when the name exists (the caller holds the directory's lock, so no
 # one else adds it meanwhile) nothing is inserted or updated and no row comes back.
 _Q_PG_ADD_ENTRY = Prepared(text("""
@@ -755,7 +757,7 @@ SELECT id FROM i
 # inherit_group's rule on the new inode's group and mode), the rest only with the entry.
 _Q_PG_ADD_NEW_ENTRY = Prepared(text(f"""
 WITH p AS (
-    SELECT {", ".join(c.key for c in ATTR_COLS)}
+    SELECT {_ATTRS}
     FROM inodes WHERE id = CAST(:parent AS bigint) FOR UPDATE
 ), n AS (
     SELECT nextval('metafs_inode_seq') AS id FROM p
@@ -823,11 +825,10 @@ WITH m AS (
     WHERE id = CAST(:dp AS bigint) AND CAST(:dp AS bigint) <> CAST(:sp AS bigint)
 )
 UPDATE inodes SET ctime_ns = CAST(:now AS bigint) WHERE id = CAST(:ino AS bigint)
-RETURNING {", ".join(c.key for c in ATTR_COLS)}
+RETURNING {_ATTRS}
 """))
 # rename_within: the entries first (e), the move only when the target name is absent
 # (go); rows (attribute columns, the entry's name, whether it is the moved inode's row).
-_ATTRS = ", ".join(c.key for c in ATTR_COLS)
 _Q_PG_RENAME_WITHIN = Prepared(text(f"""
 WITH e AS (
     SELECT {", ".join(f"i.{c.key}" for c in ATTR_COLS)}, d.name AS ename

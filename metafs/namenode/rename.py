@@ -88,7 +88,7 @@ class Renames:
         else:
             if locked_renames:
                 self._lock_renames(conn)
-            src, dst = self._lookup_both(conn, sp, sn, dp, dn)
+            src, dst = lookup_both(conn, sp, sn, dp, dn)
             if not locked_renames and self._moves_dir(sp, dp, src, dst, exchange):
                 self._lock_renames(conn)
                 locked_renames = True
@@ -108,7 +108,7 @@ class Renames:
             # (every check below that fails raises, rolling the move back)
             src, dst, moved = self.engine.rename_within(conn, sp, sn, dn, tx.now)
         else:
-            src, dst = self._lookup_both(conn, sp, sn, dp, dn)
+            src, dst = lookup_both(conn, sp, sn, dp, dn)
         if src is None:
             raise FsError(errno.ENOENT, "no such file or directory", sn)
         needs_renames = self._moves_dir(sp, dp, src, dst, exchange)
@@ -193,12 +193,6 @@ class Renames:
         if dst is not None:
             left = self._drop_link(tx, dst)
             rec.nlink = left
-
-    @staticmethod
-    def _lookup_both(conn: Connection, sp: int, sn: str, dp: int, dn: str
-                     ) -> tuple[Any, Any]:
-        """The inode rows (or None) of both names of a rename, read by one statement."""
-        return lookup_both(conn, sp, sn, dp, dn)
 
     def _check_not_ancestor(self, conn: Connection, moving: int, new_parent: int,
                             name: str) -> None:
