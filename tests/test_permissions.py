@@ -18,6 +18,8 @@ import pytest
 from metafs.assembly import build_namenode, serve_grpc
 from metafs.client import Client
 from metafs.config import Settings
+from metafs.errors import FsError
+from metafs.proto import metafs_pb2 as pb
 
 ALICE, BOB, CAROL = (1000, 1000, []), (1001, 1001, [2000]), (1002, 1002, [1000])
 
@@ -91,6 +93,15 @@ def test_owner_group_other_bits(u: Users) -> None:
     assert u.bob.access("/alice/f", os.R_OK) and not u.bob.access("/alice/f", os.W_OK)
     # writing needs w; creating and removing need w+x on the directory
     eno(errno.EACCES, lambda: u.bob.write_bytes("/alice/f", b"x"))
+    # a write refused by inode changes nothing (an empty file's data is written before
+    # the check on PostgreSQL, and rolled back)
+    u.alice.write_bytes("/alice/e", b"")
+    e = u.alice.stat("/alice/e")
+    with pytest.raises(FsError) as refused:
+        u.bob.transport.call("Write", pb.WriteRequest(caller=u.bob.caller, ino=e.st_ino,
+                                                      offset=0, data=b"x"))
+    assert refused.value.errno == errno.EACCES
+    assert u.alice.read_bytes("/alice/e") == b"" and u.alice.stat("/alice/e") == e
     eno(errno.EACCES, lambda: u.bob.write_bytes("/alice/new", b"x"))
     eno(errno.EACCES, lambda: u.bob.mkdir("/alice/d"))
     eno(errno.EACCES, lambda: u.bob.unlink("/alice/f"))
@@ -195,6 +206,12 @@ def test_setgid_directories(u: Users) -> None:
     with u.alice.open("/g/bf", "r+b") as f:
         f.write(b"x")
     assert stat.S_IMODE(u.bob.stat("/g/bf").st_mode) == 0o777
+    # and so does the first write to an empty file
+    u.bob.chmod("/g/bn", 0o6777)
+    with u.alice.open("/g/bn", "r+b") as f:
+        f.write(b"x")
+    assert stat.S_IMODE(u.bob.stat("/g/bn").st_mode) == 0o777
+    assert u.bob.read_bytes("/g/bn") == b"x"
 
 
 def test_chmod_chown_rules(u: Users) -> None:

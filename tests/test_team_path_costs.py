@@ -38,7 +38,7 @@ CALLS = {
 }
 # namenode call -> (transactions, most SQL statements) per call on PostgreSQL; a writing
 # call's statements include the one that records its result under its request id
-SQL = {"Lookup": (0, 1), "GetAttr": (0, 1), "Create": (1, 2), "Write": (1, 3),
+SQL = {"Lookup": (0, 1), "GetAttr": (0, 1), "Create": (1, 2), "Write": (1, 2),
        "Rename": (1, 3), "Unlink": (1, 6), "Rmdir": (1, 6)}
 
 

@@ -249,8 +249,21 @@ class FileData:
         if offset + len(data) > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG, "write past the largest file")
 
+        # in an empty file (the common case: a new file's first write) the data is all
+        # there is, so it is written by the statement that locks the inode, before the
+        # checks below (one that fails rolls it back with the transaction)
+        at = 0 if append else offset
+        speculate = bool(data) and at + len(data) <= self.settings.inline_limit
+        first = b"\0" * at + data if speculate else b""
+
         def fn(tx: Tx) -> pb.WriteReply:
-            row = self.locked_live_inode(tx.conn, ino)
+            written = None
+            if speculate:
+                locked, written = self.engine.write_empty_inline(
+                    tx.conn, ino, first, tx.now, kill=not cred.is_root)
+                row = self.live_inode(tx.conn, ino, locked)
+            else:
+                row = self.locked_live_inode(tx.conn, ino)
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EISDIR, "is a directory")
             if not stat.S_ISREG(row.mode):
@@ -263,6 +276,9 @@ class FileData:
             end = off + len(data)
             if row.storage != STORAGE_INLINE or end > self.settings.inline_limit:
                 self.blocks.refuse_inline_write(row, end)
+            if written is not None:
+                return self._written(tx, ino, to_attr(written), len(data), off, handle,
+                                     release)
             # the stored bytes never pass the size (zeros there are implied) and no data
             # row is kept empty: an empty file has nothing to read
             cur = self.inline_data(tx.conn, ino) if row.size else b""
@@ -278,9 +294,15 @@ class FileData:
                 attr = to_attr(self.engine.write_inline(tx.conn, ino, new, had, vals))
             else:  # nothing stored (a write of no bytes to an empty file)
                 attr = to_attr(update_inode(tx.conn, ino, vals))
-            tx.log(pb.OP_WRITE, ino, attr=attr)
-            if release:
-                self.release_handle(tx, handle)
-            return pb.WriteReply(attr=attr, written=len(data), offset=off)
+            return self._written(tx, ino, attr, len(data), off, handle, release)
 
         return self.mutate(cred, fn)
+
+    def _written(self, tx: Tx, ino: int, attr: pb.Attr, n: int, off: int, handle: int,
+                 release: bool) -> pb.WriteReply:
+        """The end of a write of ``n`` bytes at ``off`` that made ``ino``'s attributes
+        ``attr``: its change record, the handle released if asked, the reply."""
+        tx.log(pb.OP_WRITE, ino, attr=attr)
+        if release:
+            self.release_handle(tx, handle)
+        return pb.WriteReply(attr=attr, written=n, offset=off)

@@ -46,7 +46,8 @@ from . import changelog, schema
 from .rows import (ATTR_COLS, Q_DELETE_DATA, Q_DELETE_DENTRY, Q_DELETE_INODE, Q_DELETE_XATTRS,
                    Q_ENTRY_INO, Q_INSERT_DATA, Q_INSERT_DENTRY, Q_INSERT_INODE, Q_MOVE_DENTRY,
                    Q_SET_CTIME, Q_SET_NLINK, Q_TOUCH_DIR, Q_UPDATE_DATA, AttrRow, LookupRow,
-                   inherit_group, inode_update, inode_update_params, lookup_both, update_inode)
+                   BUMP, STORAGE_INLINE, inherit_group, inode_update, inode_update_params,
+                   kill_priv, lookup_both, update_inode)
 from .sql import Prepared
 
 log = logging.getLogger("metafs.namenode.engine")
@@ -199,6 +200,22 @@ class MetaEngine:
         if src is None or dst is not None:
             return src, dst, None
         return src, dst, self.move_entry(conn, parent, sn, parent, dn, src.id, now, 0, 0)
+
+    def write_empty_inline(self, conn: Connection, ino: int, data: bytes, now: int, *,
+                           kill: bool) -> tuple[Any, Any]:
+        """Lock inode ``ino`` and read its row (as :meth:`lock_inode_rows`; None if there is
+        no such inode); when it is a linked, inline regular file of size 0, make ``data``
+        its inline data and its size, times ``now`` and version bumped (with ``kill``, its
+        mode as :func:`~.rows.kill_priv` leaves it), as :meth:`write_inline`. Returns the
+        row as locked, and as updated (None when nothing was written)."""
+        row = self.lock_inode_rows(conn, ino).get(ino)
+        if row is None or row.size or row.storage != STORAGE_INLINE or row.nlink <= 0 \
+                or not stat.S_ISREG(row.mode):
+            return row, None
+        vals: dict[str, Any] = dict(size=len(data), mtime_ns=now, ctime_ns=now, version=BUMP)
+        if kill and row.mode & (stat.S_ISUID | stat.S_ISGID):
+            vals["mode"] = kill_priv(row.mode)
+        return row, self.write_inline(conn, ino, data, False, vals)
 
     def write_inline(self, conn: Connection, ino: int, data: bytes, had: bool,
                      vals: dict[str, Any]) -> Any:
@@ -697,6 +714,18 @@ ORDER BY id FOR UPDATE"""))
                     dst = row
         return src, dst, moved
 
+    def write_empty_inline(self, conn: Connection, ino: int, data: bytes, now: int, *,
+                           kill: bool) -> tuple[Any, Any]:
+        locked = written = None
+        n = len(ATTR_COLS)
+        for r in _Q_PG_WRITE_EMPTY.all(conn, ino=ino, data=data, size=len(data), now=now,
+                                       kill=kill):
+            if r[n]:
+                written = AttrRow(*r[:n])
+            else:
+                locked = AttrRow(*r[:n])
+        return locked, written
+
     def write_inline(self, conn: Connection, ino: int, data: bytes, had: bool,
                      vals: dict[str, Any]) -> Any:
         cols = tuple(sorted(vals))
@@ -852,6 +881,32 @@ WITH e AS (
 )
 SELECT {_ATTRS}, ename, false FROM e
 UNION ALL SELECT {_ATTRS}, NULL, true FROM c
+"""))
+# write_empty_inline: the inode locked first, written only when it is a linked, inline,
+# empty regular file (kill_priv's rule on the mode with :kill); rows (attribute columns,
+# whether the row is the one as updated).
+_Q_PG_WRITE_EMPTY = Prepared(text(f"""
+WITH r AS (
+    SELECT {_ATTRS} FROM inodes WHERE id = CAST(:ino AS bigint) FOR UPDATE
+), go AS (
+    SELECT id FROM r
+    WHERE size = 0 AND storage = {STORAGE_INLINE} AND nlink > 0
+      AND mode & {0o170000} = {stat.S_IFREG}
+), s AS (
+    INSERT INTO file_data (ino, data) SELECT id, CAST(:data AS bytea) FROM go
+    ON CONFLICT (ino) DO UPDATE SET data = excluded.data
+), u AS (
+    UPDATE inodes SET size = CAST(:size AS bigint), mtime_ns = CAST(:now AS bigint),
+                      ctime_ns = CAST(:now AS bigint), version = version + 1,
+                      mode = CASE WHEN CAST(:kill AS boolean)
+                                  THEN mode & ~{stat.S_ISUID} & ~(CASE WHEN mode & {stat.S_IXGRP} <> 0
+                                                            THEN {stat.S_ISGID} ELSE 0 END)
+                                  ELSE mode END
+    WHERE id IN (SELECT id FROM go)
+    RETURNING {_ATTRS}
+)
+SELECT {_ATTRS}, false FROM r
+UNION ALL SELECT {_ATTRS}, true FROM u
 """))
 _Q_PG_DELETE_INODE = Prepared(text("""
 WITH d AS (DELETE FROM file_data WHERE ino = CAST(:ino AS bigint)),
