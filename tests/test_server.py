@@ -401,6 +401,43 @@ def test_connection_lost_before_commit_is_retried(settings: Settings, pg_url: st
         eng.dispose()
 
 
+def test_hot_path_statement_conflict_is_retried(settings: Settings, pg_url: str) -> None:
+    """The prepared statements of the hot paths (run on the driver's cursor) raise their
+    conflicts like any other statement: a lock that could not be had (as a deadlock or a
+    serialization failure) rolls the transaction back and the engine runs it again,
+    instead of failing the call with the driver's raw error."""
+    import threading
+
+    import psycopg
+    from sqlalchemy import text
+
+    from metafs.namenode.engine import engine_for
+    from metafs.namenode.sql import Prepared
+
+    eng = engine_for(pg_url, settings)
+    admin = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    take = Prepared(text("SELECT v FROM hot WHERE v = 1 FOR UPDATE"))
+    calls: list[int] = []
+    try:
+        with eng.engine.begin() as conn:
+            conn.execute(text("CREATE TABLE hot (v int)"))
+            conn.execute(text("INSERT INTO hot VALUES (1)"))
+        with psycopg.connect(admin) as holder:
+            holder.execute("SELECT v FROM hot WHERE v = 1 FOR UPDATE")  # held until commit
+            threading.Timer(0.5, holder.commit).start()
+
+            def body(conn):  # type: ignore[no-untyped-def]
+                calls.append(1)
+                if len(calls) == 1:  # the first attempt gives up on the lock at once
+                    conn.execute(text("SET LOCAL lock_timeout = '20ms'"))
+                return take.scalar(conn)
+
+            assert eng.write(body) == 1
+        assert len(calls) == 2
+    finally:
+        eng.dispose()
+
+
 @pytest.mark.postgres
 def test_namenodes_starting_together_on_an_empty_database(settings: Settings,
                                                           pg_url: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from operator import itemgetter
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Executable
@@ -48,10 +48,13 @@ class Prepared:
         sql, pos, fixed = self._sql(conn)
         args = {**fixed, **params} if params else fixed
         cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        if pos is not None:
-            cur.execute(sql, tuple(args[k] for k in pos))
-        else:
-            cur.execute(sql, args)
+        try:
+            if pos is not None:
+                cur.execute(sql, tuple(args[k] for k in pos))
+            else:
+                cur.execute(sql, args)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            _raise_wrapped(conn, exc, sql, args, cur)
         return cur
 
     def first(self, conn: Connection, **params: Any) -> Any:
@@ -99,5 +102,20 @@ class Prepared:
                                 else [(get(r),) for r in rows])
             else:
                 cur.executemany(sql, [{**fixed, **r} for r in rows] if fixed else rows)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            _raise_wrapped(conn, exc, sql, rows, cur)
         finally:
             cur.close()
+
+
+def _raise_wrapped(conn: Connection, exc: BaseException, sql: str, params: Any,
+                   cur: Any) -> NoReturn:
+    """Raise the driver's error ``exc`` as SQLAlchemy would have for a statement of its own
+    (a ``DBAPIError``, the connection invalidated when the error says it is gone), so that
+    the engine's retries and its lost-connection handling see the hot paths' statements
+    like any other."""
+    try:
+        cur.close()
+    except Exception:  # the connection may be gone with it
+        pass
+    conn._handle_dbapi_exception(exc, sql, params, None, None)
