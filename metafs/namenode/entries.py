@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import stat
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
@@ -21,6 +21,13 @@ from .sql import Prepared
 
 
 LINK_MAX = 65000
+_REMOVE_ATTEMPTS = 100  # restarts of one unlink/rmdir overtaken by a change of its name
+
+
+class _Overtaken(Exception):
+    """An unlink or rmdir found its name naming another inode under its locks than the
+    one it looked up and locked (replaced in between): its transaction rolls back and it
+    starts over."""
 _Q_DIR_NONEMPTY = Prepared(select(D.c.name).where(D.c.parent == bindparam("ino")).limit(1))
 # rmdir's lookup under its locks: the row, and whether it has entries (a directory's
 # entries change only under its row's lock, which rmdir holds by then)
@@ -186,8 +193,22 @@ class Entries:
                else self._lookup(tx.conn, parent, name))
         if row is None:
             raise FsError(errno.ENOENT, "no such file or directory", name)
+        if row.id not in locked:  # the name was replaced between the lookup and the locks
+            raise _Overtaken()
         check(cred, pdir, W | X, "remove entries from this directory")
         return pdir, row
+
+    def _removing(self, cred: Cred, name: str, fn: Callable[[Tx], None]) -> None:
+        """Run the removal ``fn`` of ``name``; again when it found ``name`` naming another
+        inode under its locks than the one it locked."""
+        for _ in range(_REMOVE_ATTEMPTS):
+            try:
+                self.mutate(cred, fn)
+                return
+            except _Overtaken:
+                continue
+        raise FsError(errno.EAGAIN, "the name kept being replaced while it was being "
+                      "removed; try again", name)
 
     def unlink(self, cred: Cred, parent: int, name: str) -> None:
         check_name(name, new=False)
@@ -202,7 +223,7 @@ class Entries:
             rec = tx.log(pb.OP_UNLINK, row.id, parent=parent, name=name)
             rec.nlink = self._remove_name(tx, parent, name, row)
 
-        self.mutate(cred, fn)
+        self._removing(cred, name, fn)
 
     def rmdir(self, cred: Cred, parent: int, name: str) -> None:
         check_name(name, new=False)
@@ -221,7 +242,7 @@ class Entries:
             tx.log(pb.OP_RMDIR, row.id, parent=parent, name=name)
             self._remove_name(tx, parent, name, row)
 
-        self.mutate(cred, fn)
+        self._removing(cred, name, fn)
 
     def _dir_has_entries(self, conn: Connection, ino: int) -> bool:
         return _Q_DIR_NONEMPTY.first(conn, ino=ino) is not None
