@@ -183,6 +183,11 @@ class Settings:
     db_retries: int = 30
     """Attempts for a transaction that hits a serialization failure or deadlock."""
     db_pool_size: int = 8
+    db_idle_in_transaction_timeout: float = 10.0
+    """PostgreSQL: seconds a namenode's connection may sit inside a transaction without a
+    statement before the server ends it (0: never). A namenode stopped or cut off in the
+    middle of a write transaction would otherwise hold its row locks, and every other
+    namenode's writes to those rows would wait for it."""
 
     # -- limits (docs/security.md "Limits"): no one client can starve the rest --
     max_xattr_size: int = 64 * 1024

@@ -401,6 +401,38 @@ def test_connection_lost_before_commit_is_retried(settings: Settings, pg_url: st
         eng.dispose()
 
 
+def test_a_transaction_left_idle_loses_its_locks(settings: Settings, pg_url: str) -> None:
+    """A namenode that stops in the middle of a write transaction (SIGSTOP, a cut cable)
+    does not hold its row locks for ever: PostgreSQL ends the transaction after
+    ``db_idle_in_transaction_timeout``, another connection gets the rows, and the stopped
+    one finds its connection gone (and would retry)."""
+    import psycopg
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from metafs.namenode.engine import engine_for
+
+    eng = engine_for(pg_url, settings.with_(db_idle_in_transaction_timeout=0.5))
+    admin = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        with eng.engine.begin() as conn:
+            conn.execute(text("CREATE TABLE idle (v int)"))
+            conn.execute(text("INSERT INTO idle VALUES (1)"))
+        conn = eng.engine.connect()
+        tx = conn.begin()
+        conn.execute(text("SELECT v FROM idle WHERE v = 1 FOR UPDATE"))
+        with psycopg.connect(admin) as other:  # waits for the lock, then gets it
+            other.execute("SET lock_timeout = '20s'")
+            assert other.execute("SELECT v FROM idle WHERE v = 1 FOR UPDATE").fetchone() == (1,)
+        with pytest.raises(DBAPIError) as err:
+            conn.execute(text("SELECT 1"))
+        assert eng.is_connection_error(err.value)
+        tx.rollback()
+        conn.close()
+    finally:
+        eng.dispose()
+
+
 def test_hot_path_statement_conflict_is_retried(settings: Settings, pg_url: str) -> None:
     """The prepared statements of the hot paths (run on the driver's cursor) raise their
     conflicts like any other statement: a lock that could not be had (as a deadlock or a

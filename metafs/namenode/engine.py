@@ -36,7 +36,7 @@ from sqlalchemy import insert as sa_insert
 from sqlalchemy import text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.expression import Executable
 
@@ -541,7 +541,19 @@ class PostgresEngine(MetaEngine):
             pool_size=self.settings.db_pool_size,
             max_overflow=64,
             isolation_level="READ COMMITTED",
+            connect_args=self._session_options(url),
         )
+
+    def _session_options(self, url: str) -> dict[str, str]:
+        """Connection options of the write pool: the URL's own ``options``, and the server
+        ends a transaction left idle for ``db_idle_in_transaction_timeout`` (its locks go
+        with it; the namenode that left it finds its connection gone and retries)."""
+        timeout = int(self.settings.db_idle_in_transaction_timeout * 1000)
+        if timeout <= 0:
+            return {}
+        own = make_url(url).query.get("options", "")
+        own = " ".join(own) if isinstance(own, tuple) else own
+        return {"options": f"{own} -c idle_in_transaction_session_timeout={timeout}".strip()}
 
     def _statement_engine(self) -> Engine:
         """A second, smaller pool whose connections stay in autocommit, for reads of one
