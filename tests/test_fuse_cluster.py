@@ -35,6 +35,11 @@ def test_two_mounts_see_each_others_changes(grpc_namenode: GrpcNamenode, mount_f
     a = mount_factory("--namenode", grpc_namenode.address)
     b = mount_factory("--namenode", grpc_namenode.address)
     (a / "d").mkdir()
+    # A answers the kernel's lookups of new names in a directory it made by itself: a name
+    # B adds there shows once A's follower reports it
+    (b / "d" / "f").write_text("by B")
+    eventually(lambda: (a / "d" / "f").exists(), within=3.0)
+    assert (a / "d" / "f").read_text() == "by B"
     (a / "d" / "f").write_text("v1")
     assert (b / "d" / "f").read_text() == "v1"          # close-to-open
     (b / "d" / "f").write_text("version two")

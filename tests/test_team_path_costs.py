@@ -188,3 +188,31 @@ def test_file_operations_cost_pinned_calls_and_statements(counted_namenode, moun
         stmts = statistics.median_low(s for _, s in counts.each[call])
         assert txs == want_txs, f"{call}: {txs} transactions per call, pinned {want_txs}"
         assert stmts <= most, f"{call}: {stmts} SQL statements per call, pinned {most}"
+
+
+def test_names_in_a_directory_the_mount_made_cost_no_lookup(counted_namenode, mount_factory
+                                                           ) -> None:
+    """While the mount follows the changelog, the kernel's lookup of a new name in a
+    directory the mount made (before a create, a mkdir, a rename's target) is answered
+    without the namenode: every name in it is one the mount made or the follower reported."""
+    address, counts = counted_namenode
+    m = mount_factory("--namenode", address, "--no-access-events")
+    d = m.path / "d"
+    d.mkdir()
+    seen: dict[str, dict[str, float]] = {}
+
+    def run(phase: str, fn: Callable[[int], None]) -> None:
+        c0, _, _ = counts.snapshot()
+        for i in range(N):
+            fn(i)
+        c1, _, _ = counts.snapshot()
+        seen[phase] = {k: (c1[k] - c0[k]) / N for k in c1
+                       if c1[k] != c0[k] and k not in ("ReadChangelog", "ChangelogHead")}
+
+    run("create", lambda i: os.close(os.open(d / f"f{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                                             0o644)))
+    run("rename", lambda i: os.rename(d / f"f{i}", d / f"r{i}"))
+    run("mkdir", lambda i: (d / f"x{i}").mkdir())
+    assert seen == {"create": {"Create": 1}, "rename": {"Rename": 1}, "mkdir": {"Mkdir": 1}}
+    assert sorted(os.listdir(d)) == sorted([f"r{i}" for i in range(N)]
+                                           + [f"x{i}" for i in range(N)])

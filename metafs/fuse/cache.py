@@ -52,20 +52,24 @@ class NameTable(dict):  # type: ignore[type-arg]
         super().clear()
         self._kids.clear()
 
-    def drop_below(self, path: str) -> None:
-        """Forget every cached name strictly under directory ``path``."""
+    def drop_below(self, path: str) -> list[str]:
+        """Forget every cached name strictly under directory ``path``; returns them."""
         stack = [path.rstrip("/") or "/"]
+        dropped: list[str] = []
         while stack:
             for child in self._kids.pop(stack.pop(), ()):
                 super().pop(child, None)
                 stack.append(child)
+                dropped.append(child)
+        return dropped
 
 
 
 class MountCache:
     """A mount's name table and attribute cache (see the module's docstring)."""
 
-    def __init__(self, name_ttl: float, attr_ttl: float, root_ino: int = ROOT_INO) -> None:
+    def __init__(self, name_ttl: float, attr_ttl: float, root_ino: int = ROOT_INO,
+                 complete_dirs: bool = False) -> None:
         self.name_ttl = name_ttl
         self.attr_ttl = attr_ttl
         self.names = NameTable()  # path -> (ino, expiry)
@@ -76,6 +80,16 @@ class MountCache:
         # data version the kernel page cache holds, per inode and name: libfuse's high-level
         # API gives each name of a hard-linked file its own kernel inode (and page cache)
         self.seen_version: dict[int, dict[str, int]] = {}
+        # Directories whose every name is in ``names``: path -> (ino, expiry), and ino ->
+        # path. Only with ``complete_dirs`` (a changelog follower reports every name
+        # another client adds, and calls dir_changed), for directories this mount made: a
+        # name not in ``names`` is known not to exist without asking (the kernel's lookup
+        # before every create, mkdir and rename's target), stale for as long as a
+        # believed name may be.
+        self.complete_dirs = complete_dirs
+        self.complete: dict[str, tuple[int, float]] = {}
+        self._complete_ino: dict[int, str] = {}
+        self.dir_changes = 0  # other clients' changes of directories applied so far
 
     def remember(self, path: str, attr: pb.Attr) -> pb.Attr:
         """``path`` names ``attr.ino`` now, with these attributes (see :meth:`set_attr`)."""
@@ -111,12 +125,49 @@ class MountCache:
             return a[0]
         return None
 
-    def forget_path(self, path: str, subtree: bool = False) -> None:
+    def forget_path(self, path: str, subtree: bool = False, gone: bool = False) -> None:
+        """Forget what ``path`` names (and, with ``subtree``, every name below it). Unless
+        the name is known to be ``gone`` (removed through this mount), it may name
+        something this mount does not know of: its directory is no longer complete."""
         hit = self.names.pop(path, None)
         if hit is not None:
             self.attrs.pop(hit[0], None)
+        if self.complete:
+            self._incomplete(path)
+            if not gone:
+                self._incomplete(path.rsplit("/", 1)[0] or "/")
         if subtree:
-            self.names.drop_below(path)
+            for below in self.names.drop_below(path):
+                self._incomplete(below)
+
+    def _incomplete(self, path: str) -> None:
+        c = self.complete.pop(path, None)
+        if c is not None:
+            self._complete_ino.pop(c[0], None)
+
+    def mark_complete(self, path: str, ino: int, changes: int) -> None:
+        """Directory ``path`` (inode ``ino``, made empty by this mount) has no names but
+        those this mount learns of, unless another client's change of a directory was
+        applied since ``dir_changes`` was ``changes`` (it may be in this one)."""
+        if self.complete_dirs and changes == self.dir_changes:
+            self._incomplete(self._complete_ino.get(ino, path))
+            self.complete[path] = (ino, time.monotonic() + self.name_ttl)
+            self._complete_ino[ino] = path
+
+    def absent(self, parent: str, parent_ino: int, path: str) -> bool:
+        """Whether ``path``, a name in directory ``parent`` (inode ``parent_ino``), is known
+        not to exist (its directory is complete and the name is not in it)."""
+        c = self.complete.get(parent)
+        return (c is not None and c[0] == parent_ino and c[1] > time.monotonic()
+                and path not in self.names)
+
+    def dir_changed(self, ino: int) -> None:
+        """Another client changed the entries of directory ``ino``: it is no longer
+        complete."""
+        self.dir_changes += 1
+        path = self._complete_ino.get(ino)
+        if path is not None:
+            self._incomplete(path)
 
     def forget_ino(self, ino: int, xattrs: bool = False) -> None:
         """Drop the cached attributes of ``ino`` (and, with ``xattrs``, what is known of its
@@ -127,6 +178,9 @@ class MountCache:
             self.nocap.pop(ino, None)
 
     def forget_all(self) -> None:
+        self.dir_changes += 1
+        self.complete.clear()
+        self._complete_ino.clear()
         self.names.clear()
         self.attrs.clear()
         self.nocap.clear()

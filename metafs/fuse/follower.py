@@ -135,6 +135,9 @@ class ChangeFollower:
         for rec in records:
             if rec.client_id == ops.client_id or rec.op in (pb.OP_ACCESS, pb.OP_RUN):
                 continue
+            for ino in (rec.parent, rec.old_parent):
+                if ino:
+                    cache.dir_changed(ino)
             for ino in (rec.ino, rec.target_ino, rec.parent, rec.old_parent):
                 if ino:
                     cache.forget_ino(ino, xattrs=True)
