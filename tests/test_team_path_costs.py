@@ -10,12 +10,14 @@ import collections
 import os
 import statistics
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from metafs.assembly import build_namenode
+from metafs.client import Client
 from metafs.config import load
 from metafs.metrics import instrument
 from metafs.namenode.server import GrpcServer
@@ -194,7 +196,9 @@ def test_names_in_a_directory_the_mount_made_cost_no_lookup(counted_namenode, mo
                                                            ) -> None:
     """While the mount follows the changelog, the kernel's lookup of a new name in a
     directory the mount made (before a create, a mkdir, a rename's target) is answered
-    without the namenode: every name in it is one the mount made or the follower reported."""
+    without the namenode: every name in it is one the mount made or the follower reported.
+    A renamed file's attributes (its new ctime) come back with the follower's record of
+    the rename, so the kernel's lookup again before an unlink costs no GetAttr."""
     address, counts = counted_namenode
     m = mount_factory("--namenode", address, "--no-access-events")
     d = m.path / "d"
@@ -211,8 +215,22 @@ def test_names_in_a_directory_the_mount_made_cost_no_lookup(counted_namenode, mo
 
     run("create", lambda i: os.close(os.open(d / f"f{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY,
                                              0o644)))
+    created = os.stat(d / "f0").st_ctime_ns
     run("rename", lambda i: os.rename(d / f"f{i}", d / f"r{i}"))
     run("mkdir", lambda i: (d / f"x{i}").mkdir())
-    assert seen == {"create": {"Create": 1}, "rename": {"Rename": 1}, "mkdir": {"Mkdir": 1}}
-    assert sorted(os.listdir(d)) == sorted([f"r{i}" for i in range(N)]
-                                           + [f"x{i}" for i in range(N)])
+    # Once the follower has applied the renames (it applies another client's later change
+    # after them) and the kernel's dentries are stale (1 s), the kernel looks each name up
+    # again before unlinking it.
+    with Client(address) as c:
+        c.write_bytes("/d/other", b"")
+    deadline = time.monotonic() + 10
+    while not (d / "other").exists():
+        assert time.monotonic() < deadline, "the follower did not report another client's file"
+        time.sleep(0.01)
+    time.sleep(1.05)
+    os.stat(d)  # (the directory's own lookup is not what is counted)
+    assert os.stat(d / "r0").st_ctime_ns > created  # (the rename's)
+    run("unlink", lambda i: os.unlink(d / f"r{i}"))
+    assert seen == {"create": {"Create": 1}, "rename": {"Rename": 1}, "mkdir": {"Mkdir": 1},
+                    "unlink": {"Unlink": 1}}
+    assert sorted(os.listdir(d)) == sorted(["other"] + [f"x{i}" for i in range(N)])

@@ -90,6 +90,12 @@ class MountCache:
         self.complete: dict[str, tuple[int, float]] = {}
         self._complete_ino: dict[int, str] = {}
         self.dir_changes = 0  # other clients' changes of directories applied so far
+        # Inodes this mount renamed (their ctime changed: their attributes were dropped):
+        # ino -> [its renames through this mount whose changelog record the follower has
+        # not applied yet, whether the mount left its attributes alone since the last].
+        # The follower's record of the last one brings them back (see rename_applied).
+        self.renames: dict[int, list[Any]] = {}
+        self._rename_seq = 0  # the last such record applied (a record may come twice)
 
     def remember(self, path: str, attr: pb.Attr) -> pb.Attr:
         """``path`` names ``attr.ino`` now, with these attributes (see :meth:`set_attr`)."""
@@ -112,6 +118,8 @@ class MountCache:
         # the size before the write (an fsynced file read back empty) for the whole
         # attribute lifetime. An inode's data version only ever grows, and it changes with
         # every write and truncate, the only changes of its size.
+        if self.renames:
+            self._touched(attr.ino)
         cur = self.attrs.get(attr.ino)
         if cur is not None and cur[0].version > attr.version:
             return cur[0]  # (an older answer makes the later one no more certain)
@@ -132,6 +140,8 @@ class MountCache:
         hit = self.names.pop(path, None)
         if hit is not None:
             self.attrs.pop(hit[0], None)
+            if self.renames:
+                self._touched(hit[0])
         if self.complete:
             self._incomplete(path)
             if not gone:
@@ -174,13 +184,52 @@ class MountCache:
         extended attributes: data writes leave those alone, so the kernel's
         security.capability question before every write stays answered locally)."""
         self.attrs.pop(ino, None)
+        if self.renames:
+            self._touched(ino)
         if xattrs:
             self.nocap.pop(ino, None)
+
+    def _touched(self, ino: int) -> None:
+        r = self.renames.get(ino)
+        if r is not None:
+            r[1] = False
+
+    def renaming(self, ino: int) -> None:
+        """This mount is about to rename ``ino`` (see :meth:`renamed`)."""
+        r = self.renames.setdefault(ino, [0, False])
+        r[0] += 1
+        r[1] = False
+
+    def renamed(self, ino: int, untouched: bool) -> None:
+        """The rename of ``ino`` is done; ``untouched``: nothing else of this mount can
+        change it meanwhile (its record's attributes are then its latest)."""
+        r = self.renames.get(ino)
+        if r is not None:
+            r[1] = untouched
+
+    def rename_applied(self, seq: int, ino: int, attr: pb.Attr | None) -> None:
+        """The follower applies record ``seq`` of a rename of ``ino`` through this mount
+        (with the inode's attributes after it, ``attr``): they are believed when it is the
+        last such rename and the mount left them alone since (records come in the order
+        of the renames, and before any later change of the inode)."""
+        if seq <= self._rename_seq:
+            return  # (applied already: a lock grant's catch-up, then the follower)
+        self._rename_seq = seq
+        r = self.renames.get(ino)
+        if r is None:
+            return
+        r[0] -= 1
+        if r[0] <= 0:
+            del self.renames[ino]
+            if r[1] and attr is not None:
+                self._store(attr, time.monotonic())
 
     def forget_all(self) -> None:
         self.dir_changes += 1
         self.complete.clear()
         self._complete_ino.clear()
+        for r in self.renames.values():
+            r[1] = False
         self.names.clear()
         self.attrs.clear()
         self.nocap.clear()

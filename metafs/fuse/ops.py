@@ -540,6 +540,8 @@ class MetafsOperations(FileOperations):
                 self._keep_alive(replaced[0] if replaced else self._ino_of(new, caller))
             except OSError:
                 pass  # no such name: nothing is replaced
+        if moved is not None and self._following:
+            self.cache.renaming(moved[0])
         try:
             self.nodes.rename(sp, sn, dp, dn, caller, flags=flags)
         except OSError as err:
@@ -557,6 +559,10 @@ class MetafsOperations(FileOperations):
                 self.cache.forget_ino(hit[0])
         self.cache.forget_ino(sp)
         self.cache.forget_ino(dp)
+        if moved is not None and self._following:
+            # the follower brings its attributes back, unless the mount has it open (a
+            # write committed meanwhile would be newer than the rename's record)
+            self.cache.renamed(moved[0], moved[0] not in self.open_by_ino)
         now = time.monotonic()
         if moved is not None:
             self.cache.names[new] = (moved[0], now + self.cache.name_ttl)
