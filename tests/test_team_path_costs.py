@@ -198,11 +198,13 @@ def test_names_in_a_directory_the_mount_made_cost_no_lookup(counted_namenode, mo
     directory the mount made (before a create, a mkdir, a rename's target) is answered
     without the namenode: every name in it is one the mount made or the follower reported.
     A renamed file's attributes (its new ctime) come back with the follower's record of
-    the rename, so the kernel's lookup again before an unlink costs no GetAttr."""
+    the rename, and the names in a renamed directory move with it, so the kernel's lookup
+    again before an unlink costs no call either."""
     address, counts = counted_namenode
     m = mount_factory("--namenode", address, "--no-access-events")
     d = m.path / "d"
     d.mkdir()
+    (d / "s").mkdir()
     seen: dict[str, dict[str, float]] = {}
 
     def run(phase: str, fn: Callable[[int], None]) -> None:
@@ -213,11 +215,12 @@ def test_names_in_a_directory_the_mount_made_cost_no_lookup(counted_namenode, mo
         seen[phase] = {k: (c1[k] - c0[k]) / N for k in c1
                        if c1[k] != c0[k] and k not in ("ReadChangelog", "ChangelogHead")}
 
-    run("create", lambda i: os.close(os.open(d / f"f{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY,
-                                             0o644)))
-    created = os.stat(d / "f0").st_ctime_ns
-    run("rename", lambda i: os.rename(d / f"f{i}", d / f"r{i}"))
+    run("create", lambda i: os.close(os.open(d / "s" / f"f{i}",
+                                             os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)))
+    created = os.stat(d / "s" / "f0").st_ctime_ns
+    run("rename", lambda i: os.rename(d / "s" / f"f{i}", d / "s" / f"r{i}"))
     run("mkdir", lambda i: (d / f"x{i}").mkdir())
+    os.rename(d / "s", d / "t")
     # Once the follower has applied the renames (it applies another client's later change
     # after them) and the kernel's dentries are stale (1 s), the kernel looks each name up
     # again before unlinking it.
@@ -228,9 +231,9 @@ def test_names_in_a_directory_the_mount_made_cost_no_lookup(counted_namenode, mo
         assert time.monotonic() < deadline, "the follower did not report another client's file"
         time.sleep(0.01)
     time.sleep(1.05)
-    os.stat(d)  # (the directory's own lookup is not what is counted)
-    assert os.stat(d / "r0").st_ctime_ns > created  # (the rename's)
-    run("unlink", lambda i: os.unlink(d / f"r{i}"))
+    os.stat(d / "t")  # (the directory's own lookup is not what is counted)
+    assert os.stat(d / "t" / "r0").st_ctime_ns > created  # (the rename's)
+    run("unlink", lambda i: os.unlink(d / "t" / f"r{i}"))
     assert seen == {"create": {"Create": 1}, "rename": {"Rename": 1}, "mkdir": {"Mkdir": 1},
                     "unlink": {"Unlink": 1}}
-    assert sorted(os.listdir(d)) == sorted(["other"] + [f"x{i}" for i in range(N)])
+    assert sorted(os.listdir(d)) == sorted(["other", "t"] + [f"x{i}" for i in range(N)])

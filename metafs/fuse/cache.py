@@ -63,6 +63,21 @@ class NameTable(dict):  # type: ignore[type-arg]
                 dropped.append(child)
         return dropped
 
+    def move_below(self, old: str, new: str) -> list[tuple[str, str, int]]:
+        """Every cached name strictly under directory ``old`` now names the same inode
+        under ``new``; returns (old path, new path, inode) of each."""
+        moved: list[tuple[str, str, tuple[int, float]]] = []
+        stack = [old]
+        while stack:
+            for child in self._kids.pop(stack.pop(), ()):
+                value = super().pop(child, None)
+                if value is not None:
+                    moved.append((child, new + child[len(old):], value))
+                stack.append(child)
+        for _, path, value in moved:
+            self[path] = value
+        return [(was, path, value[0]) for was, path, value in moved]
+
 
 
 class MountCache:
@@ -149,6 +164,16 @@ class MountCache:
         if subtree:
             for below in self.names.drop_below(path):
                 self._incomplete(below)
+
+    def move_below(self, old: str, new: str) -> None:
+        """Directory ``old`` was renamed to ``new`` through this mount: the names below it
+        (and their inodes' paths) move with it."""
+        for below in self.names.drop_below(new):
+            self._incomplete(below)
+        for was, path, ino in self.names.move_below(old, new):
+            self._incomplete(was)
+            if self.path_of.get(ino) == was:
+                self.path_of[ino] = path
 
     def _incomplete(self, path: str) -> None:
         c = self.complete.pop(path, None)

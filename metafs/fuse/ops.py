@@ -550,10 +550,14 @@ class MetafsOperations(FileOperations):
                     self.cache.forget_path(p)  # (its directory may hold names it does not know)
             raise
         # (a name this mount names again below is not one it does not know of)
-        self.cache.forget_path(old, subtree=self.cache.maybe_dir(moved),
-                               gone=not flags & RENAME_EXCHANGE or replaced is not None)
         self.cache.forget_path(new, subtree=self.cache.maybe_dir(replaced) if replaced else False,
                                gone=moved is not None)
+        if flags & RENAME_EXCHANGE:
+            self.cache.forget_path(old, subtree=self.cache.maybe_dir(moved),
+                                   gone=replaced is not None)
+        else:
+            self.cache.move_below(old, new)  # (a directory's names move with it)
+            self.cache.forget_path(old, gone=True)
         for hit in (moved, replaced):
             if hit is not None:
                 self.cache.forget_ino(hit[0])
