@@ -283,7 +283,7 @@ class Settings:
     """Seconds a name -> inode lookup may be cached (kernel dentries and the mount's table)."""
     fuse_negative_timeout: float = 0.0
     """Seconds a 'no such file' answer may be cached (0: names created elsewhere appear at
-    once)."""
+    once; within the changelog lag in a directory a following mount made itself)."""
     fuse_follow_changes: str = "auto"
     """Follow the namenode's changelog and drop cached names, attributes and page cache of
     inodes that other clients changed, so long timeouts stay coherent between mounts:

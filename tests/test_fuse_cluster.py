@@ -35,6 +35,11 @@ def test_two_mounts_see_each_others_changes(grpc_namenode: GrpcNamenode, mount_f
     a = mount_factory("--namenode", grpc_namenode.address)
     b = mount_factory("--namenode", grpc_namenode.address)
     (a / "d").mkdir()
+    # A answers the kernel's lookups of new names in a directory it made by itself: a name
+    # B adds there shows once A's follower reports it
+    (b / "d" / "f").write_text("by B")
+    eventually(lambda: (a / "d" / "f").exists(), within=3.0)
+    assert (a / "d" / "f").read_text() == "by B"
     (a / "d" / "f").write_text("v1")
     assert (b / "d" / "f").read_text() == "v1"          # close-to-open
     (b / "d" / "f").write_text("version two")
@@ -61,15 +66,23 @@ def test_two_mounts_see_each_others_changes(grpc_namenode: GrpcNamenode, mount_f
 def test_followed_changes_beat_long_kernel_timeouts(grpc_namenode: GrpcNamenode,
                                                     mount_factory) -> None:
     """With 60 s kernel caches, another mount's removes, renames and chmods still show
-    within the changelog lag: the follower invalidates what the kernel cached."""
-    a = mount_factory("--namenode", grpc_namenode.address,
-                      "--attr-timeout", "60", "--entry-timeout", "60")
+    within the changelog lag (an open that truncates included): the follower invalidates
+    what the kernel and the mount cached."""
+    a = mount_factory("--namenode", grpc_namenode.address, "--allow-other",
+                      "--attr-timeout", "60", "--entry-timeout", "60", public=True)
     b = mount_factory("--namenode", grpc_namenode.address)
-    (a / "d").mkdir()
+    (a / "d").mkdir(mode=0o777)
+    os.chmod(a / "d", 0o777)
     (a / "d" / "f").write_text("x")
+    os.chmod(a / "d" / "f", 0o666)
     os.stat(a / "d" / "f")                      # cached in A's kernel for 60 s
     os.chmod(b / "d" / "f", 0o600)
     eventually(lambda: os.stat(a / "d" / "f").st_mode & 0o777 == 0o600, within=5.0)
+    # an open that truncates goes on the attributes A believes: B's chmod is among them
+    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          "sh", "-c", f": > {a / 'd' / 'f'}"], capture_output=True, text=True)
+    assert res.returncode != 0 and "Permission denied" in res.stderr
+    assert (b / "d" / "f").read_text() == "x"
     (b / "d" / "f").write_text("longer contents")
     eventually(lambda: os.stat(a / "d" / "f").st_size == len("longer contents"), within=5.0)
     assert (a / "d" / "f").read_text() == "longer contents"

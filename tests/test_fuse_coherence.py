@@ -1,8 +1,8 @@
 """What one mount shows agrees with what was just done through it: the attributes of every
 name of a hard-linked file, a directory's times as its entries change, the set-id bits a
-write by another user clears, device files, a truncate by name seen through a descriptor
-that is still open, directory times copied by rsync, and names replaced while a reader
-opens them."""
+write by another user clears, device files, a truncate by name (and an open that
+truncates) seen through a descriptor that is still open, directory times copied by rsync,
+and names replaced while a reader opens them."""
 
 from __future__ import annotations
 
@@ -172,6 +172,23 @@ def test_truncate_by_name_is_seen_by_an_open_descriptor(mnt: Mount, committed: b
     data = p.read_bytes()
     assert len(data) == 2003 and data[:1000] == block[:1000]
     assert data[1000:2000] == bytes(1000) and data[2000:] == b"end"
+
+
+def test_truncating_open_is_seen_by_an_open_descriptor(mnt: Mount) -> None:
+    """An open with O_TRUNC empties the file for the mount's other descriptors of it at
+    once: a write through one of them goes on the empty file, not on the blocks it read."""
+    p = mnt / "big"
+    block = os.urandom(1 << 20)
+    p.write_bytes(block)
+    fd = os.open(p, os.O_RDWR)
+    try:
+        assert os.pread(fd, 16, 0) == block[:16]
+        os.close(os.open(p, os.O_WRONLY | os.O_TRUNC))
+        assert os.fstat(fd).st_size == 0
+        os.pwrite(fd, b"end", 5)
+    finally:
+        os.close(fd)
+    assert p.read_bytes() == bytes(5) + b"end"
 
 
 def test_times_and_xattrs_by_name_while_open(mnt: Mount) -> None:

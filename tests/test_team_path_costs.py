@@ -10,12 +10,14 @@ import collections
 import os
 import statistics
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from metafs.assembly import build_namenode
+from metafs.client import Client
 from metafs.config import load
 from metafs.metrics import instrument
 from metafs.namenode.server import GrpcServer
@@ -30,9 +32,9 @@ N = 8  # files per phase: every count below is per operation, so N only averages
 # operation -> {namenode call: calls per operation}
 CALLS = {
     "create": {"Lookup": 1, "Create": 1},     # the kernel's lookup of the new name
-    "write_4k": {"GetAttr": 1, "Write": 1},   # open O_TRUNC (close-to-open), close
+    "write_4k": {"Write": 1},                 # open O_WRONLY|O_TRUNC on believed attributes
     "read_4k": {"GetAttr": 1},                # the data is in the open's page cache
-    "rename": {"Lookup": 1, "Rename": 1},
+    "rename": {"Lookup": 1, "Rename": 1},     # the kernel's lookup of the new name
     "unlink": {"Unlink": 1},
     "rmdir": {"Rmdir": 1},
 }
@@ -188,3 +190,50 @@ def test_file_operations_cost_pinned_calls_and_statements(counted_namenode, moun
         stmts = statistics.median_low(s for _, s in counts.each[call])
         assert txs == want_txs, f"{call}: {txs} transactions per call, pinned {want_txs}"
         assert stmts <= most, f"{call}: {stmts} SQL statements per call, pinned {most}"
+
+
+def test_names_in_a_directory_the_mount_made_cost_no_lookup(counted_namenode, mount_factory
+                                                           ) -> None:
+    """While the mount follows the changelog, the kernel's lookup of a new name in a
+    directory the mount made (before a create, a mkdir, a rename's target) is answered
+    without the namenode: every name in it is one the mount made or the follower reported.
+    A renamed file's attributes (its new ctime) come back with the follower's record of
+    the rename, and the names in a renamed directory move with it, so the kernel's lookup
+    again before an unlink costs no call either."""
+    address, counts = counted_namenode
+    m = mount_factory("--namenode", address, "--no-access-events")
+    d = m.path / "d"
+    d.mkdir()
+    (d / "s").mkdir()
+    seen: dict[str, dict[str, float]] = {}
+
+    def run(phase: str, fn: Callable[[int], None]) -> None:
+        c0, _, _ = counts.snapshot()
+        for i in range(N):
+            fn(i)
+        c1, _, _ = counts.snapshot()
+        seen[phase] = {k: (c1[k] - c0[k]) / N for k in c1
+                       if c1[k] != c0[k] and k not in ("ReadChangelog", "ChangelogHead")}
+
+    run("create", lambda i: os.close(os.open(d / "s" / f"f{i}",
+                                             os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)))
+    created = os.stat(d / "s" / "f0").st_ctime_ns
+    run("rename", lambda i: os.rename(d / "s" / f"f{i}", d / "s" / f"r{i}"))
+    run("mkdir", lambda i: (d / f"x{i}").mkdir())
+    os.rename(d / "s", d / "t")
+    # Once the follower has applied the renames (it applies another client's later change
+    # after them) and the kernel's dentries are stale (1 s), the kernel looks each name up
+    # again before unlinking it.
+    with Client(address) as c:
+        c.write_bytes("/d/other", b"")
+    deadline = time.monotonic() + 10
+    while not (d / "other").exists():
+        assert time.monotonic() < deadline, "the follower did not report another client's file"
+        time.sleep(0.01)
+    time.sleep(1.05)
+    os.stat(d / "t")  # (the directory's own lookup is not what is counted)
+    assert os.stat(d / "t" / "r0").st_ctime_ns > created  # (the rename's)
+    run("unlink", lambda i: os.unlink(d / "t" / f"r{i}"))
+    assert seen == {"create": {"Create": 1}, "rename": {"Rename": 1}, "mkdir": {"Mkdir": 1},
+                    "unlink": {"Unlink": 1}}
+    assert sorted(os.listdir(d)) == sorted(["other", "t"] + [f"x{i}" for i in range(N)])

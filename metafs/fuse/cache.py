@@ -52,20 +52,39 @@ class NameTable(dict):  # type: ignore[type-arg]
         super().clear()
         self._kids.clear()
 
-    def drop_below(self, path: str) -> None:
-        """Forget every cached name strictly under directory ``path``."""
+    def drop_below(self, path: str) -> list[str]:
+        """Forget every cached name strictly under directory ``path``; returns them."""
         stack = [path.rstrip("/") or "/"]
+        dropped: list[str] = []
         while stack:
             for child in self._kids.pop(stack.pop(), ()):
                 super().pop(child, None)
                 stack.append(child)
+                dropped.append(child)
+        return dropped
+
+    def move_below(self, old: str, new: str) -> list[tuple[str, str, int]]:
+        """Every cached name strictly under directory ``old`` now names the same inode
+        under ``new``; returns (old path, new path, inode) of each."""
+        moved: list[tuple[str, str, tuple[int, float]]] = []
+        stack = [old]
+        while stack:
+            for child in self._kids.pop(stack.pop(), ()):
+                value = super().pop(child, None)
+                if value is not None:
+                    moved.append((child, new + child[len(old):], value))
+                stack.append(child)
+        for _, path, value in moved:
+            self[path] = value
+        return [(was, path, value[0]) for was, path, value in moved]
 
 
 
 class MountCache:
     """A mount's name table and attribute cache (see the module's docstring)."""
 
-    def __init__(self, name_ttl: float, attr_ttl: float, root_ino: int = ROOT_INO) -> None:
+    def __init__(self, name_ttl: float, attr_ttl: float, root_ino: int = ROOT_INO,
+                 complete_dirs: bool = False) -> None:
         self.name_ttl = name_ttl
         self.attr_ttl = attr_ttl
         self.names = NameTable()  # path -> (ino, expiry)
@@ -76,6 +95,22 @@ class MountCache:
         # data version the kernel page cache holds, per inode and name: libfuse's high-level
         # API gives each name of a hard-linked file its own kernel inode (and page cache)
         self.seen_version: dict[int, dict[str, int]] = {}
+        # Directories whose every name is in ``names``: path -> (ino, expiry), and ino ->
+        # path. Only with ``complete_dirs`` (a changelog follower reports every name
+        # another client adds, and calls dir_changed), for directories this mount made: a
+        # name not in ``names`` is known not to exist without asking (the kernel's lookup
+        # before every create, mkdir and rename's target), stale for as long as a
+        # believed name may be.
+        self.complete_dirs = complete_dirs
+        self.complete: dict[str, tuple[int, float]] = {}
+        self._complete_ino: dict[int, str] = {}
+        self.dir_changes = 0  # other clients' changes of directories applied so far
+        # Inodes this mount renamed (their ctime changed: their attributes were dropped):
+        # ino -> [its renames through this mount whose changelog record the follower has
+        # not applied yet, whether the mount left its attributes alone since the last].
+        # The follower's record of the last one brings them back (see rename_applied).
+        self.renames: dict[int, list[Any]] = {}
+        self._rename_seq = 0  # the last such record applied (a record may come twice)
 
     def remember(self, path: str, attr: pb.Attr) -> pb.Attr:
         """``path`` names ``attr.ino`` now, with these attributes (see :meth:`set_attr`)."""
@@ -98,6 +133,8 @@ class MountCache:
         # the size before the write (an fsynced file read back empty) for the whole
         # attribute lifetime. An inode's data version only ever grows, and it changes with
         # every write and truncate, the only changes of its size.
+        if self.renames:
+            self._touched(attr.ino)
         cur = self.attrs.get(attr.ino)
         if cur is not None and cur[0].version > attr.version:
             return cur[0]  # (an older answer makes the later one no more certain)
@@ -111,22 +148,113 @@ class MountCache:
             return a[0]
         return None
 
-    def forget_path(self, path: str, subtree: bool = False) -> None:
+    def forget_path(self, path: str, subtree: bool = False, gone: bool = False) -> None:
+        """Forget what ``path`` names (and, with ``subtree``, every name below it). Unless
+        the name is known to be ``gone`` (removed through this mount), it may name
+        something this mount does not know of: its directory is no longer complete."""
         hit = self.names.pop(path, None)
         if hit is not None:
             self.attrs.pop(hit[0], None)
+            if self.renames:
+                self._touched(hit[0])
+        if self.complete:
+            self._incomplete(path)
+            if not gone:
+                self._incomplete(path.rsplit("/", 1)[0] or "/")
         if subtree:
-            self.names.drop_below(path)
+            for below in self.names.drop_below(path):
+                self._incomplete(below)
+
+    def move_below(self, old: str, new: str) -> None:
+        """Directory ``old`` was renamed to ``new`` through this mount: the names below it
+        (and their inodes' paths) move with it."""
+        for below in self.names.drop_below(new):
+            self._incomplete(below)
+        for was, path, ino in self.names.move_below(old, new):
+            self._incomplete(was)
+            if self.path_of.get(ino) == was:
+                self.path_of[ino] = path
+
+    def _incomplete(self, path: str) -> None:
+        c = self.complete.pop(path, None)
+        if c is not None:
+            self._complete_ino.pop(c[0], None)
+
+    def mark_complete(self, path: str, ino: int, changes: int) -> None:
+        """Directory ``path`` (inode ``ino``, made empty by this mount) has no names but
+        those this mount learns of, unless another client's change of a directory was
+        applied since ``dir_changes`` was ``changes`` (it may be in this one)."""
+        if self.complete_dirs and changes == self.dir_changes:
+            self._incomplete(self._complete_ino.get(ino, path))
+            self.complete[path] = (ino, time.monotonic() + self.name_ttl)
+            self._complete_ino[ino] = path
+
+    def absent(self, parent: str, parent_ino: int, path: str) -> bool:
+        """Whether ``path``, a name in directory ``parent`` (inode ``parent_ino``), is known
+        not to exist (its directory is complete and the name is not in it)."""
+        c = self.complete.get(parent)
+        return (c is not None and c[0] == parent_ino and c[1] > time.monotonic()
+                and path not in self.names)
+
+    def dir_changed(self, ino: int) -> None:
+        """Another client changed the entries of directory ``ino``: it is no longer
+        complete."""
+        self.dir_changes += 1
+        path = self._complete_ino.get(ino)
+        if path is not None:
+            self._incomplete(path)
 
     def forget_ino(self, ino: int, xattrs: bool = False) -> None:
         """Drop the cached attributes of ``ino`` (and, with ``xattrs``, what is known of its
         extended attributes: data writes leave those alone, so the kernel's
         security.capability question before every write stays answered locally)."""
         self.attrs.pop(ino, None)
+        if self.renames:
+            self._touched(ino)
         if xattrs:
             self.nocap.pop(ino, None)
 
+    def _touched(self, ino: int) -> None:
+        r = self.renames.get(ino)
+        if r is not None:
+            r[1] = False
+
+    def renaming(self, ino: int) -> None:
+        """This mount is about to rename ``ino`` (see :meth:`renamed`)."""
+        r = self.renames.setdefault(ino, [0, False])
+        r[0] += 1
+        r[1] = False
+
+    def renamed(self, ino: int, untouched: bool) -> None:
+        """The rename of ``ino`` is done; ``untouched``: nothing else of this mount can
+        change it meanwhile (its record's attributes are then its latest)."""
+        r = self.renames.get(ino)
+        if r is not None:
+            r[1] = untouched
+
+    def rename_applied(self, seq: int, ino: int, attr: pb.Attr | None) -> None:
+        """The follower applies record ``seq`` of a rename of ``ino`` through this mount
+        (with the inode's attributes after it, ``attr``): they are believed when it is the
+        last such rename and the mount left them alone since (records come in the order
+        of the renames, and before any later change of the inode)."""
+        if seq <= self._rename_seq:
+            return  # (applied already: a lock grant's catch-up, then the follower)
+        self._rename_seq = seq
+        r = self.renames.get(ino)
+        if r is None:
+            return
+        r[0] -= 1
+        if r[0] <= 0:
+            del self.renames[ino]
+            if r[1] and attr is not None:
+                self._store(attr, time.monotonic())
+
     def forget_all(self) -> None:
+        self.dir_changes += 1
+        self.complete.clear()
+        self._complete_ino.clear()
+        for r in self.renames.values():
+            r[1] = False
         self.names.clear()
         self.attrs.clear()
         self.nocap.clear()

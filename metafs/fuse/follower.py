@@ -116,8 +116,10 @@ class ChangeFollower:
                 self.refused = True
                 return
             except Exception:
-                # the namenode is away: whatever changed meanwhile is unknown
+                # the namenode is away: whatever changed meanwhile is unknown (and the
+                # records of this mount's renames until now will not come)
                 ops.forget_all()
+                ops.cache.renames.clear()
                 after = None
                 self._stop.wait(1.0)
                 continue
@@ -128,13 +130,22 @@ class ChangeFollower:
                 after = records[-1].seq
 
     def apply(self, records: Sequence[pb.ChangeRecord]) -> None:
-        """Apply changelog ``records`` (those this mount's client made are skipped)."""
+        """Apply changelog ``records`` (of those this mount's client made, only renames
+        count: they bring back the attributes of the files renamed)."""
         ops = self.ops
         cache = ops.cache
         kernel: set[str] = set()
         for rec in records:
-            if rec.client_id == ops.client_id or rec.op in (pb.OP_ACCESS, pb.OP_RUN):
+            if rec.client_id == ops.client_id:
+                if rec.op == pb.OP_RENAME:  # (the moved inode's new ctime)
+                    cache.rename_applied(rec.seq, rec.ino,
+                                         rec.attr if rec.HasField("attr") else None)
                 continue
+            if rec.op in (pb.OP_ACCESS, pb.OP_RUN):
+                continue
+            for ino in (rec.parent, rec.old_parent):
+                if ino:
+                    cache.dir_changed(ino)
             for ino in (rec.ino, rec.target_ino, rec.parent, rec.old_parent):
                 if ino:
                     cache.forget_ino(ino, xattrs=True)

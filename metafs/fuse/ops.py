@@ -28,7 +28,8 @@ from typing import Any, Callable
 from ..client.client import Client
 from ..client.inodes import RENAME_EXCHANGE, UTIME_NOW, UTIME_OMIT
 from ..config import Settings
-from ..posix import ROOT_INO
+from ..errors import FsError
+from ..posix import ROOT_INO, X, Cred, allowed, check_name
 from ..proto import metafs_pb2 as pb
 from .access import MountAccess
 from .cache import NOCAP_TTL, MountCache
@@ -45,6 +46,16 @@ XATTR_SECURITY_CAPABILITY = "security.capability"
 HIDDEN_PREFIX = ".fuse_hidden"
 HIDDEN_NAMES_KEPT = 4096
 _FOREVER = float("inf")
+
+
+def _plain_name(name: str) -> bool:
+    """Whether the namenode would look ``name`` up (else its refusal, ENAMETOOLONG or
+    EILSEQ, is the answer, not "no such name")."""
+    try:
+        check_name(name, new=False)
+    except FsError:
+        return False
+    return True
 
 
 class MetafsOperations(FileOperations):
@@ -71,7 +82,7 @@ class MetafsOperations(FileOperations):
         following = follows_changes(settings)
         self.cache = MountCache(60.0 if following else settings.fuse_entry_timeout,
                                 60.0 if following else settings.fuse_attr_timeout,
-                                self.root_ino)
+                                self.root_ino, complete_dirs=following)
         self.writeback = WriteBack(self.cache, settings.fuse_write_buffer, self._wrote)
         self.kernel = KernelInvalidator()
         self.follower = ChangeFollower(self)  # (its thread runs when ``following``)
@@ -196,6 +207,9 @@ class MetafsOperations(FileOperations):
             return self.cache.set_attr(self.nodes.getattr(ino, caller))
         hit = self.cache.names.get(parent) if parent != "/" else (self.root_ino, _FOREVER)
         if hit is not None and hit[1] > time.monotonic():
+            if self.cache.absent(parent, hit[0], path) and self._may_search(hit[0], caller) \
+                    and _plain_name(name):
+                raise FuseError(errno.ENOENT)  # (a directory this mount made: no such name)
             try:
                 return self.cache.remember(path, self.nodes.lookup(hit[0], name, caller))
             except OSError as err:
@@ -205,6 +219,15 @@ class MetafsOperations(FileOperations):
                     raise
                 self.cache.forget_path(parent)
         return self.cache.remember(path, self._resolve(path, caller))
+
+    def _may_search(self, ino: int, caller: pb.Caller) -> bool:
+        """Whether the caller may look names up in directory ``ino`` as far as the mount
+        can tell without asking (else the namenode answers, with its EACCES)."""
+        if self._kernel_checks or caller.uid == 0:
+            return True  # (the kernel checked the directory's search permission; root's)
+        a = self.cache.attr(ino)
+        return a is not None and allowed(Cred(caller.uid, caller.gid, frozenset(caller.groups)),
+                                         a.mode, a.uid, a.gid, X)
 
     def _attr_of_path(self, path: str, caller: pb.Caller) -> pb.Attr:
         walked = self._walked(path, caller)
@@ -391,6 +414,9 @@ class MetafsOperations(FileOperations):
         try:
             result = fn(pino, name)
         except OSError as err:
+            # (a name this mount does not know of may be there: e.g. EEXIST for a name
+            # another client just made in a directory the mount believes complete)
+            self.cache.forget_path(path)
             if err.errno not in (errno.ENOENT, errno.ENOTDIR) or parent == "/":
                 raise
             hit = self.cache.names.get(parent)
@@ -412,9 +438,11 @@ class MetafsOperations(FileOperations):
 
     def mkdir(self, path: str, mode: int) -> int:
         caller = self.caller()
+        changes = self.cache.dir_changes
         attr = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.mkdir(
             p, n, mode & 0o7777, caller))
         self.cache.remember(path, attr)
+        self.cache.mark_complete(path, attr.ino, changes)  # (it is empty)
         return 0
 
     def mknod(self, path: str, mode: int, dev: int) -> int:
@@ -456,7 +484,7 @@ class MetafsOperations(FileOperations):
         self._retry_stale_parent(path, caller, lambda p, n: self.nodes.unlink(
             p, n, caller))
         hit = self.cache.names.get(path)
-        self.cache.forget_path(path)
+        self.cache.forget_path(path, gone=True)
         if hit is not None and hit[0] in self.cache.links:
             names = self.cache.links[hit[0]]
             names.discard(path)
@@ -472,7 +500,7 @@ class MetafsOperations(FileOperations):
             p, n, caller))
         # the directory was empty: names still cached under it are stale already, and
         # every use of a stale name falls back to a fresh lookup
-        self.cache.forget_path(path)
+        self.cache.forget_path(path, gone=True)
         return 0
 
     def _hide(self, old: str, hidden: str) -> int:
@@ -487,7 +515,7 @@ class MetafsOperations(FileOperations):
         self._keep_alive(ino)
         self._retry_stale_parent(old, caller, lambda p, n: self.nodes.unlink(
             p, n, caller))
-        self.cache.forget_path(old)
+        self.cache.forget_path(old, gone=True)
         self._hidden[hidden] = ino
         # libfuse keeps the hidden name until the kernel forgets the node, which the
         # high-level API does not report: only the latest names are kept
@@ -512,20 +540,33 @@ class MetafsOperations(FileOperations):
                 self._keep_alive(replaced[0] if replaced else self._ino_of(new, caller))
             except OSError:
                 pass  # no such name: nothing is replaced
+        if moved is not None and self._following:
+            self.cache.renaming(moved[0])
         try:
             self.nodes.rename(sp, sn, dp, dn, caller, flags=flags)
         except OSError as err:
-            if err.errno == errno.ENOENT:
-                self.cache.forget_path(old)
-                self.cache.forget_path(new)
+            for p in (old, new):
+                if err.errno == errno.ENOENT or p not in self.cache.names:
+                    self.cache.forget_path(p)  # (its directory may hold names it does not know)
             raise
-        self.cache.forget_path(old, subtree=self.cache.maybe_dir(moved))
-        self.cache.forget_path(new, subtree=self.cache.maybe_dir(replaced) if replaced else False)
+        # (a name this mount names again below is not one it does not know of)
+        self.cache.forget_path(new, subtree=self.cache.maybe_dir(replaced) if replaced else False,
+                               gone=moved is not None)
+        if flags & RENAME_EXCHANGE:
+            self.cache.forget_path(old, subtree=self.cache.maybe_dir(moved),
+                                   gone=replaced is not None)
+        else:
+            self.cache.move_below(old, new)  # (a directory's names move with it)
+            self.cache.forget_path(old, gone=True)
         for hit in (moved, replaced):
             if hit is not None:
                 self.cache.forget_ino(hit[0])
         self.cache.forget_ino(sp)
         self.cache.forget_ino(dp)
+        if moved is not None and self._following:
+            # the follower brings its attributes back, unless the mount has it open (a
+            # write committed meanwhile would be newer than the rename's record)
+            self.cache.renamed(moved[0], moved[0] not in self.open_by_ino)
         now = time.monotonic()
         if moved is not None:
             self.cache.names[new] = (moved[0], now + self.cache.name_ttl)
