@@ -152,3 +152,22 @@ def test_access_events_can_be_switched_off(grpc_namenode: GrpcNamenode, mount_fa
     with Client(grpc_namenode.address) as c:
         records, _ = c.changelog(0, limit=10_000)
     assert not [r for r in records if r.op == pb.OP_ACCESS]
+
+
+def test_truncating_open_empties_what_another_client_just_wrote(
+        grpc_namenode: GrpcNamenode, mount_factory) -> None:
+    """A write-only open with O_TRUNC goes on the attributes the mount believes, but still
+    empties the file at the namenode: data another client wrote since (the mount still
+    believing the file empty) does not survive behind the new, shorter contents."""
+    a = mount_factory("--namenode", grpc_namenode.address,
+                      env={"METAFS_FUSE_FOLLOW_CHANGES": "off"})
+    (a / "f").write_bytes(b"")
+    assert os.stat(a / "f").st_size == 0  # believed empty for the attribute timeout
+    with Client(grpc_namenode.address) as c:
+        c.write_bytes("/f", b"x" * 8192)
+        fd = os.open(a / "f", os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, b"new")
+        finally:
+            os.close(fd)
+        assert c.read_bytes("/f") == b"new"

@@ -9,8 +9,8 @@ attributes fetched at the open: close-to-open) and by the namenode on every read
 a handle is taken when it becomes needed (the inode's mode changes while a writer has it
 open, or its last name is removed through this mount). An open, create or 4 KiB write then
 costs the namenode no handle row to insert and delete: a create is one Create call, a
-small write one Write (its write-only, truncating open goes on the attributes the mount
-believes: see ``_open_attr``).
+small write one SetAttr (its write-only, truncating open empties the file on the
+attributes the mount believes, without a GetAttr: see ``_open_attr``) and one Write.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class FileOperations:
         mask = {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(acc, os.R_OK | os.W_OK)
         if flags & os.O_TRUNC:
             mask |= os.W_OK
-        attr = self._open_attr(path, ino, caller, flags)
+        attr, believed = self._open_attr(path, ino, caller, flags)
         if stat_mod.S_ISLNK(attr.mode):
             raise FuseError(errno.ELOOP)
         if mask & os.W_OK or not self._kernel_checks:
@@ -207,28 +207,32 @@ class FileOperations:
             cred = Cred(caller.uid, caller.gid, frozenset(caller.groups))
             if not allowed(cred, attr.mode, attr.uid, attr.gid, access_mask_to_want(mask)):
                 raise FuseError(errno.EACCES)
-        if flags & os.O_TRUNC and attr.size:
+        if flags & os.O_TRUNC and (attr.size or believed):
+            # on believed attributes the file is emptied whatever size they say: another
+            # client may have written to it since they were fetched
             attr = self.cache.set_attr(self.nodes.setattr(attr.ino, caller, size=0))
             self.writeback.bump(attr.ino)
             self.refresh_others(attr.ino, attr)  # this mount's other open files of it
         self._new_handle(path, attr, flags, caller, fi)
         return 0
 
-    def _open_attr(self, path: str, ino: int, caller: pb.Caller, flags: int) -> pb.Attr:
-        """The attributes an open of ``ino`` with ``flags`` is decided on. A write-only
-        open that truncates needs nothing of the file's old data, version or size but
-        whether there is any: it goes on the attributes the mount believes (those of the
-        lookup just before it, kept as long as the kernel's attribute timeout, or until the
-        changelog follower reports another client's change), as the kernel's own
-        permission checks do; the namenode checks the permission again at every write, and
-        at the SetAttr that empties a file believed not empty. An open by a process the
-        namenode knows (its key: the project boundary's check of an open for writing)
-        asks the namenode."""
+    def _open_attr(self, path: str, ino: int, caller: pb.Caller, flags: int
+                   ) -> tuple[pb.Attr, bool]:
+        """The attributes an open of ``ino`` with ``flags`` is decided on, and whether they
+        are only believed (not fetched). A write-only open that truncates needs nothing of
+        the file's old data, version or size: it goes on the attributes the mount believes
+        (those of the lookup just before it, kept as long as the kernel's attribute
+        timeout, or until the changelog follower reports another client's change) for its
+        permission check, as the kernel's own checks do, and then empties the file with a
+        SetAttr, which the namenode checks again and answers with the fresh attributes:
+        one call instead of a GetAttr and that SetAttr. An open by a process the namenode
+        knows (its key: the project boundary's check of an open for writing) asks the
+        namenode first."""
         if flags & os.O_ACCMODE == os.O_WRONLY and flags & os.O_TRUNC and not caller.process:
             believed = self.cache.attr(ino)
             if believed is not None:
-                return believed
-        return self._fresh_attr(path, ino, caller, flags)
+                return believed, True
+        return self._fresh_attr(path, ino, caller, flags), False
 
     def _pin_handles(self, ino: int) -> None:
         """Give this mount's handle-less write opens of ``ino`` real namenode handles
