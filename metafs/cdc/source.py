@@ -53,7 +53,7 @@ class NamespaceSource:
             # commit on SQLite, in a stamping round on PostgreSQL); polling covers
             # positions given by other namenodes on the same database.
             self.ns.notifier.wait(after, min(self.poll, left))
-            recs, head = self.ns.changelog_read(after, limit)
+            recs, head = self.ns.changelog_read(after, limit, settle=False)
             if recs:
                 return recs, head
 

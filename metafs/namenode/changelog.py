@@ -41,7 +41,8 @@ commit instead:
    number of rounds (not commits) is what the lock serializes. A reader that needs
    read-your-writes gets a round at once (below). An idle assigner still polls, so
    records committed by a namenode that died before stamping are stamped by another one.
-3. *Read*: readers read ``changelog`` exactly as before.
+3. *Read*: readers read ``changelog`` as before, in one statement that also returns the
+   head and whether records await a position.
 
 Why this is correct. *No gap, nothing uncommitted, nothing twice*: only committed rows are
 visible to a round; a round deletes what it moves in the same transaction; rounds are
@@ -70,7 +71,8 @@ Read-your-writes: a read first waits (bounded) for a round that starts after the
 began whenever records await a position (:meth:`StampedLog.settle`; that round runs at
 once, not after the interval), so a client that writes through any namenode and then
 reads the changelog through any other sees its records, as it did when positions were
-handed out in the transaction.
+handed out in the transaction. A long poll needs that for its first read only: what
+commits while it waits comes with the rounds that follow.
 
 ``metafs_changelog_ord`` must not cache values per session (CACHE 1): with a cache,
 tickets would not follow the order in which transactions take them.
@@ -83,7 +85,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import bindparam, insert, text, update
 from sqlalchemy.engine import Connection
 
 from ..proto import metafs_pb2 as pb
@@ -122,33 +124,38 @@ def append(conn: Connection, records: Sequence[pb.ChangeRecord]) -> int:
     return last
 
 
-def head(conn: Connection) -> int:
-    return int(conn.execute(select(_ct.c.value).where(_ct.c.name == "changelog")).scalar_one())
+# One statement, so one snapshot without a transaction around it: the head, whether
+# records await a position (StampedLog's changelog_pending), and up to :lim records after
+# :after, cut in SQL before the record that would take their encoded size (each with its
+# framing and seq field, 16 bytes) past :max_bytes; the first always comes. No record: one
+# row with the head and a NULL seq.
+_Q_READ = Prepared(text("""
+SELECT h.value, EXISTS (SELECT 1 FROM changelog_pending) AS pending, r.seq, r.body
+FROM counters AS h LEFT JOIN (
+    SELECT seq, body, row_number() OVER (ORDER BY seq) AS n,
+           sum(length(body) + 16) OVER (ORDER BY seq) AS size
+    FROM (SELECT seq, body FROM changelog WHERE seq > :after ORDER BY seq LIMIT :lim) AS t
+) AS r ON (:max_bytes = 0 OR r.n = 1 OR r.size <= :max_bytes)
+WHERE h.name = 'changelog'
+ORDER BY r.seq
+"""))
 
 
 def read(conn: Connection, after: int, limit: int,
-         max_bytes: int = 0) -> list[pb.ChangeRecord]:
-    """Up to ``limit`` records after position ``after``, in order. With ``max_bytes``,
-    the records stop before the one that would take their encoded size past it (but the
-    first is always returned): a reader asking for many large records gets fewer of them,
-    never a reply too large to send."""
-    # streamed (a server-side cursor on PostgreSQL): rows past the cap are never fetched
-    rows = conn.execute(
-        select(_cl.c.seq, _cl.c.body).where(_cl.c.seq > after).order_by(_cl.c.seq)
-        .limit(limit).execution_options(stream_results=True, max_row_buffer=256))
+         max_bytes: int = 0) -> tuple[list[pb.ChangeRecord], int, bool]:
+    """Up to ``limit`` records after position ``after``, in order, the head, and whether
+    records await a position, in one statement. With ``max_bytes``, the records stop
+    before the one that would take their encoded size past it (but the first is always
+    returned): a reader asking for many large records gets fewer of them, never a reply
+    too large to send."""
+    rows = _Q_READ.all(conn, after=after, lim=limit, max_bytes=max_bytes)
     out = []
-    size = 0
-    try:
-        for seq, body in rows:
-            size += len(body) + 16  # the record's framing and its seq field
-            if max_bytes and out and size > max_bytes:
-                break
+    for _, _, seq, body in rows:
+        if seq is not None:
             rec = pb.ChangeRecord.FromString(bytes(body))
             rec.seq = seq
             out.append(rec)
-    finally:
-        rows.close()
-    return out
+    return out, int(rows[0][0]), bool(rows[0][1])
 
 
 class Notifier:
@@ -208,6 +215,12 @@ class DirectLog:
         self.notifier.notify(token)
 
     def settle(self, timeout: float = 0) -> bool:
+        return True
+
+    def awaiting(self) -> bool:
+        return False
+
+    def round(self, timeout: float = 0) -> bool:
         return True
 
     def flush(self) -> int:
