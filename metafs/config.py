@@ -296,6 +296,12 @@ class Settings:
     only other writers are other processes opening the same data directory)."""
     fuse_follow_poll_ms: int = 200
     """Longest wait of one changelog poll when following changes."""
+    fuse_follow_delay_ms: int = 50
+    """After applying a batch of other clients' changes, the follower waits this long
+    before reading the changelog again, so that one read covers many changes under load.
+    Other clients' changes reach the mount's caches this much later at most: a small
+    part of the staleness mounts allow each other anyway, the kernel's attribute and
+    entry timeouts (1 s by default)."""
     fuse_kernel_cache: bool = True
     """Keep the kernel page cache of a file across opens when its data version is unchanged
     (close-to-open: every open asks the namenode for the current version)."""
