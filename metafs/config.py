@@ -236,11 +236,12 @@ class Settings:
     # -- changelog --
     changelog_poll: float = 0.05
     """Seconds between checks for records committed by other namenodes."""
-    changelog_stamp_interval: float = 0.01
+    changelog_stamp_interval: float = 0.02
     """PostgreSQL: shortest time in seconds between two stamping rounds of one namenode
     under load (each round is a transaction of its own): commits meanwhile share the next
     round. A reader that must see what was committed before it (read-your-writes) gets a
-    round at once. 0: a round after every commit."""
+    round at once; a long poll joins the next one. Records get their positions (and reach
+    changelog readers) up to this much later. 0: a round after every commit."""
 
     # -- search index (metafs/cdc/search) --
     search_dir: str = ""

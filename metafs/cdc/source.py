@@ -41,7 +41,7 @@ class NamespaceSource:
 
     def read(self, after: int, limit: int, wait_ms: int = 0
              ) -> tuple[Sequence[pb.ChangeRecord], int]:
-        recs, head = self.ns.changelog_read(after, limit)
+        recs, head = self.ns.changelog_read(after, limit, urgent=not wait_ms)
         if recs or not wait_ms:
             return recs, head
         deadline = time.monotonic() + wait_ms / 1000

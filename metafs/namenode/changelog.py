@@ -33,7 +33,7 @@ commit instead:
    pending row its snapshot sees (i.e. of committed transactions) into ``changelog``,
    numbered after the head counter in ``(ord, idx)`` order, and advances the counter.
    Rounds are batched: a local commit wakes the local assigner, which runs a round at
-   once when the last one began at least ``changelog_stamp_interval`` (10 ms) ago, and
+   once when the last one began at least ``changelog_stamp_interval`` (20 ms) ago, and
    otherwise when that interval has passed; each round takes everything committed
    meanwhile. So under load a namenode runs at most one round per interval however many
    commits it makes (a round is a transaction with a commit of its own: one after every
@@ -71,8 +71,9 @@ Read-your-writes: a read first waits (bounded) for a round that starts after the
 began whenever records await a position (:meth:`StampedLog.settle`; that round runs at
 once, not after the interval), so a client that writes through any namenode and then
 reads the changelog through any other sees its records, as it did when positions were
-handed out in the transaction. A long poll needs that for its first read only: what
-commits while it waits comes with the rounds that follow.
+handed out in the transaction. A long poll, which waits anyway, settles its first read
+with the next round the interval allows instead of one of its own, and its later reads
+not at all: what commits while it waits comes with the rounds that follow.
 
 ``metafs_changelog_ord`` must not cache values per session (CACHE 1): with a cache,
 tickets would not follow the order in which transactions take them.
@@ -220,7 +221,7 @@ class DirectLog:
     def awaiting(self) -> bool:
         return False
 
-    def round(self, timeout: float = 0) -> bool:
+    def round(self, timeout: float = 0, *, urgent: bool = True) -> bool:
         return True
 
     def flush(self) -> int:
@@ -363,14 +364,17 @@ class StampedLog:
         with self._cond:
             return self._stamped < self._requested
 
-    def round(self, timeout: float = 5.0) -> bool:
-        """Wait (up to ``timeout``) for a round that starts after this call, run at once
-        (not after ``interval``): it stamps every record committed before the call,
-        through any namenode. True once it has."""
+    def round(self, timeout: float = 5.0, *, urgent: bool = True) -> bool:
+        """Wait (up to ``timeout``) for a round that starts after this call: it stamps
+        every record committed before the call, through any namenode. True once it has.
+        ``urgent``: the round runs at once; otherwise it is the next round the interval
+        allows (for a reader that waits anyway, a long poll: it adds no round)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self._requested += 1
-            target = self._urgent = self._requested
+            target = self._requested
+            if urgent:
+                self._urgent = target
         self.start()
         with self._cond:
             self._cond.notify_all()

@@ -347,25 +347,27 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
 
 
     # ------------------------------------------------------------------ changelog
-    def changelog_read(self, after: int, limit: int, *, settle: bool = True
-                       ) -> tuple[list[pb.ChangeRecord], int]:
+    def changelog_read(self, after: int, limit: int, *, settle: bool = True,
+                       urgent: bool = True) -> tuple[list[pb.ChangeRecord], int]:
         """Up to ``limit`` records after position ``after`` and the head. With ``settle``,
         every record committed before the call (through any namenode) is among them
-        (read-your-writes); a long poll reading again needs that only once."""
-        return self._read_changelog(after, min(limit or 1000, 10_000), settle)
+        (read-your-writes): a stamping round runs for it at once, or with ``urgent``
+        false (a long poll's first read: it waits anyway) the next round the stamping
+        interval allows is waited for. A long poll's later reads need no settling."""
+        return self._read_changelog(after, min(limit or 1000, 10_000), settle, urgent)
 
     def changelog_head(self) -> int:
         """The last position, after every record committed before the call has one."""
-        return self._read_changelog(0, 0, True)[1]
+        return self._read_changelog(0, 0, True, True)[1]
 
-    def _read_changelog(self, after: int, limit: int, settle: bool
+    def _read_changelog(self, after: int, limit: int, settle: bool, urgent: bool
                         ) -> tuple[list[pb.ChangeRecord], int]:
         # One statement (the head, the records, and whether records await a position),
         # with a stamping round before it when this namenode's commits may await theirs,
         # or after it (and the statement again) when the statement saw some awaiting.
         log = self.engine.changelog
         if settle and log.awaiting():
-            log.round()  # a round that starts now stamps what anyone committed before
+            log.round(urgent=urgent)  # a round that starts now stamps what anyone committed
             settle = False
         cap = self.settings.changelog_reply_bytes
 
@@ -375,7 +377,7 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
 
         recs, head, pending = read()
         if settle and pending:
-            log.round()
+            log.round(urgent=urgent)
             recs, head, _ = read()
         return recs, head
 
