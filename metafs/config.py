@@ -236,6 +236,12 @@ class Settings:
     # -- changelog --
     changelog_poll: float = 0.05
     """Seconds between checks for records committed by other namenodes."""
+    changelog_stamp_interval: float = 0.02
+    """PostgreSQL: shortest time in seconds between two stamping rounds of one namenode
+    under load (each round is a transaction of its own): commits meanwhile share the next
+    round. A reader that must see what was committed before it (read-your-writes) gets a
+    round at once; a long poll joins the next one. Records get their positions (and reach
+    changelog readers) up to this much later. 0: a round after every commit."""
 
     # -- search index (metafs/cdc/search) --
     search_dir: str = ""
@@ -291,6 +297,12 @@ class Settings:
     only other writers are other processes opening the same data directory)."""
     fuse_follow_poll_ms: int = 200
     """Longest wait of one changelog poll when following changes."""
+    fuse_follow_delay_ms: int = 50
+    """After applying a batch of other clients' changes, the follower waits this long
+    before reading the changelog again, so that one read covers many changes under load.
+    Other clients' changes reach the mount's caches this much later at most: a small
+    part of the staleness mounts allow each other anyway, the kernel's attribute and
+    entry timeouts (1 s by default)."""
     fuse_kernel_cache: bool = True
     """Keep the kernel page cache of a file across opens when its data version is unchanged
     (close-to-open: every open asks the namenode for the current version)."""

@@ -274,3 +274,26 @@ def test_dump_stamps_what_awaits_a_position(two_namenodes: list[Namenode],
     dump(nn.engine, tmp_path / "d.jsonl")
     kinds = [json.loads(ln)["kind"] for ln in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert kinds.count("change") == start + 1
+
+
+def test_commits_share_rounds_and_a_reader_still_sees_its_writes(
+        pg_url: str, settings: Settings) -> None:
+    """Commits within the stamping interval wait for one round together (an interval
+    longer than the test: only the first commit's round has run), while a read settles
+    at once: it sees every record committed before it."""
+    nn = build_namenode(settings.with_(db_url=pg_url, changelog_stamp_interval=3600.0),
+                        background=False)
+    try:
+        ns, log = nn.ns, nn.engine.changelog
+        root = Cred()
+        start = ns.changelog_head()
+        rounds = log.stats()["rounds"]
+        for i in range(20):
+            ns.create(root, ROOT, f"batched{i}", 0o644, exclusive=True)
+        assert log.stats()["rounds"] - rounds <= 1
+        recs, head = ns.changelog_read(start, 1000)
+        assert [r.name for r in recs] == [f"batched{i}" for i in range(20)]
+        assert head == recs[-1].seq
+        assert log.stats()["rounds"] - rounds <= 2
+    finally:
+        nn.close()

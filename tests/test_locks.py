@@ -312,3 +312,27 @@ def test_lock_over_grpc(settings: Settings) -> None:
         b.close()
         server.stop(0)
         nn.close()
+
+
+def test_a_grant_carries_a_head_past_every_change_committed_before_it(
+        engine_settings: Settings) -> None:
+    """The holder of a lock catches up to the changelog position its grant carries: that
+    position covers what was committed before the grant, also where positions are given
+    after commit (PostgreSQL; here in stamping rounds an hour apart)."""
+    s = engine_settings.with_(changelog_stamp_interval=3600.0)
+    nn = build_namenode(s, background=False)
+    a = Client(settings=s, transport=LocalTransport(nn))
+    b = Client(settings=s, transport=LocalTransport(nn))
+    try:
+        ino = new_file(a)
+        a.changelog_head()  # a stamping round now: the next commits wait for the interval
+        a.write_bytes("/journal", b"x")
+        a.unlink("/journal")
+        r = lk(b, ino, 1, WR)
+        unlinks = [rec.seq for rec in b.changelog(0, 10_000)[0]
+                   if rec.op == pb.OP_UNLINK and rec.name == "journal"]
+        assert len(unlinks) == 1 and unlinks[0] <= r.head
+    finally:
+        a.close()
+        b.close()
+        nn.close()

@@ -382,10 +382,10 @@ def test_message_size_limit(token_server, team: Path, tmp_path: Path) -> None:
         assert not fs.exists("/big.bin")
 
 
-def test_changelog_reply_capped_by_bytes(settings: Settings) -> None:
+def test_changelog_reply_capped_by_bytes(engine_settings: Settings) -> None:
     """Large records make ReadChangelog return fewer of them, never fail (before: 27 run
     records of 10 MB stopped every consumer with RESOURCE_EXHAUSTED)."""
-    s = settings.with_(changelog_reply_bytes=1_000_000, grpc_max_send_bytes=2 * 1024**2)
+    s = engine_settings.with_(changelog_reply_bytes=1_000_000, grpc_max_send_bytes=2 * 1024**2)
     with _serving(s) as (_nn, address):
         stub = pb_grpc.NamenodeStub(grpc.insecure_channel(address))
         body = '{"x": "' + "a" * 200_000 + '"}'

@@ -41,7 +41,11 @@ CALLS = {
 # namenode call -> (transactions, most SQL statements) per call on PostgreSQL; a writing
 # call's statements include the one that records its result under its request id
 SQL = {"Lookup": (0, 1), "GetAttr": (0, 1), "Create": (1, 2), "Write": (1, 2),
-       "Rename": (1, 3), "Unlink": (1, 6), "Rmdir": (1, 6)}
+       "Rename": (1, 3), "Unlink": (1, 6), "Rmdir": (1, 6),
+       # a following mount's read of the changelog: the head, the records and whether
+       # records await a position come from one statement (a stamping round it may wait
+       # for runs on the namenode's assigner thread)
+       "ReadChangelog": (0, 1)}
 
 
 class Counts:
@@ -181,6 +185,10 @@ def test_file_operations_cost_pinned_calls_and_statements(counted_namenode, moun
     for x in dirs:
         x.mkdir()
     run("rmdir", rmdir)
+    with Client(address) as c:
+        head = c.changelog_head()
+        for _ in range(N):
+            assert len(c.changelog(head - N, 1000)[0]) == N
 
     assert seen == CALLS
     # what a call costs is what most of its calls cost: one now and then retried after a

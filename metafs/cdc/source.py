@@ -41,7 +41,7 @@ class NamespaceSource:
 
     def read(self, after: int, limit: int, wait_ms: int = 0
              ) -> tuple[Sequence[pb.ChangeRecord], int]:
-        recs, head = self.ns.changelog_read(after, limit)
+        recs, head = self.ns.changelog_read(after, limit, urgent=not wait_ms)
         if recs or not wait_ms:
             return recs, head
         deadline = time.monotonic() + wait_ms / 1000
@@ -53,7 +53,7 @@ class NamespaceSource:
             # commit on SQLite, in a stamping round on PostgreSQL); polling covers
             # positions given by other namenodes on the same database.
             self.ns.notifier.wait(after, min(self.poll, left))
-            recs, head = self.ns.changelog_read(after, limit)
+            recs, head = self.ns.changelog_read(after, limit, settle=False)
             if recs:
                 return recs, head
 

@@ -101,11 +101,17 @@ class ChangeFollower:
         after = None
         own = ops.own_caller()
         wait = max(1, ops.settings.fuse_follow_poll_ms)
+        # After a batch, changes are left to gather for ``delay`` before the next read, so
+        # that under load one read (and one reply) covers many operations instead of the
+        # namenode answering about one read per operation. The first change after a quiet
+        # spell still comes at once (the long poll returns with it).
+        delay = max(0, ops.settings.fuse_follow_delay_ms) / 1000
+        limit = 1000
         while not self._stop.is_set():
             try:
                 if after is None:
                     after = ops.nodes.changelog_head(own)
-                records = ops.nodes.changelog(after, 1000, wait, own)
+                records = ops.nodes.changelog(after, limit, wait, own)
             except PermissionError as exc:
                 # the changelog is for trusted service identities: a mount of a plain
                 # user's identity relies on its attribute and entry timeouts instead
@@ -128,6 +134,8 @@ class ChangeFollower:
                 for listener in self._listeners:
                     listener(records)
                 after = records[-1].seq
+                if len(records) < limit and delay:
+                    self._stop.wait(delay)  # (a full batch: more are waiting, read on)
 
     def apply(self, records: Sequence[pb.ChangeRecord]) -> None:
         """Apply changelog ``records`` (of those this mount's client made, only renames

@@ -52,6 +52,7 @@ from ..errors import FsError
 from ..posix import R, W, Cred, allowed
 from ..proto import metafs_pb2 as pb
 from . import schema
+from .changelog import StampedLog
 from .rows import Tx, to_attr
 from .sql import Prepared
 
@@ -191,6 +192,11 @@ class Locks:
         reply = self.ns.mutate(cred, lambda tx: self._set(tx, req, typ, args))
         if not reply.granted and not req.report_conflict:
             raise FsError(errno.EAGAIN, describe(kind, reply))
+        if reply.granted and typ is not None and isinstance(self.ns.engine.changelog,
+                                                            StampedLog):
+            # positions are stamped after commit: records committed before the grant (its
+            # predecessor's changes) may still await theirs, past the grant's head
+            reply.head = self.ns.changelog_head()
         return reply
 
     def _check(self, conn: Connection, cred: Cred, req: pb.LockRequest, kind: str,

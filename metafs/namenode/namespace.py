@@ -347,19 +347,39 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
 
 
     # ------------------------------------------------------------------ changelog
-    def changelog_read(self, after: int, limit: int) -> tuple[list[pb.ChangeRecord], int]:
-        self.engine.changelog.settle()  # this namenode's commits so far have positions
-
-        def fn(conn: Connection) -> tuple[list[pb.ChangeRecord], int]:
-            h = changelog.head(conn)
-            return changelog.read(conn, after, min(limit or 1000, 10_000),
-                                  self.settings.changelog_reply_bytes), h
-
-        return self.query(fn)
+    def changelog_read(self, after: int, limit: int, *, settle: bool = True,
+                       urgent: bool = True) -> tuple[list[pb.ChangeRecord], int]:
+        """Up to ``limit`` records after position ``after`` and the head. With ``settle``,
+        every record committed before the call (through any namenode) is among them
+        (read-your-writes): a stamping round runs for it at once, or with ``urgent``
+        false (a long poll's first read: it waits anyway) the next round the stamping
+        interval allows is waited for. A long poll's later reads need no settling."""
+        return self._read_changelog(after, min(limit or 1000, 10_000), settle, urgent)
 
     def changelog_head(self) -> int:
-        self.engine.changelog.settle()
-        return self.query(changelog.head)
+        """The last position, after every record committed before the call has one."""
+        return self._read_changelog(0, 0, True, True)[1]
+
+    def _read_changelog(self, after: int, limit: int, settle: bool, urgent: bool
+                        ) -> tuple[list[pb.ChangeRecord], int]:
+        # One statement (the head, the records, and whether records await a position),
+        # with a stamping round before it when this namenode's commits may await theirs,
+        # or after it (and the statement again) when the statement saw some awaiting.
+        log = self.engine.changelog
+        if settle and log.awaiting():
+            log.round(urgent=urgent)  # a round that starts now stamps what anyone committed
+            settle = False
+        cap = self.settings.changelog_reply_bytes
+
+        def read() -> tuple[list[pb.ChangeRecord], int, bool]:
+            return self.engine.read_statement(
+                lambda conn: changelog.read(conn, after, limit, cap))
+
+        recs, head, pending = read()
+        if settle and pending:
+            log.round(urgent=urgent)
+            recs, head, _ = read()
+        return recs, head
 
     def volume_uuid(self) -> str:
         """This file system's identity (provenance keeps its records under it)."""

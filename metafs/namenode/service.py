@@ -233,13 +233,13 @@ class Handlers:
     def ReadChangelog(self, req: pb.ReadChangelogRequest,
                       ctx: Any = None) -> pb.ReadChangelogReply:
         self.service_cred(req, ctx, "reading the changelog")
-        recs, head = self.ns.changelog_read(req.after, req.limit)
+        recs, head = self.ns.changelog_read(req.after, req.limit, urgent=not req.wait_ms)
         if not recs and req.wait_ms:
             deadline = time.monotonic() + min(req.wait_ms, 60_000) / 1000
             while not recs and time.monotonic() < deadline and not self._stopping.is_set():
                 self.ns.notifier.wait(req.after, min(self.settings.changelog_poll,
                                                      max(deadline - time.monotonic(), 0)))
-                recs, head = self.ns.changelog_read(req.after, req.limit)
+                recs, head = self.ns.changelog_read(req.after, req.limit, settle=False)
         return pb.ReadChangelogReply(records=recs, head=head)
 
     def SubscribeChangelog(self, req: pb.ReadChangelogRequest,
@@ -248,8 +248,10 @@ class Handlers:
         self.service_cred(req, ctx, "subscribing to the changelog")
         after = req.after
         batch = min(req.limit or 1000, 10_000)
+        settle = True  # read-your-writes once, for what was committed before the call
         while not self._stopping.is_set() and (ctx is None or ctx.is_active()):
-            recs, _ = self.ns.changelog_read(after, batch)
+            recs, _ = self.ns.changelog_read(after, batch, settle=settle, urgent=False)
+            settle = False
             for r in recs:
                 yield r
                 after = r.seq
