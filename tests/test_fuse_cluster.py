@@ -171,3 +171,33 @@ def test_truncating_open_empties_what_another_client_just_wrote(
         finally:
             os.close(fd)
         assert c.read_bytes("/f") == b"new"
+
+
+def test_replacing_an_open_file_is_one_rename(grpc_namenode: GrpcNamenode,
+                                              mount_factory) -> None:
+    """A rename over a file that is open on the mount (an atomic save while a reader has
+    the old version open) replaces the name at the namenode in one step: the changelog shows
+    one rename and no unlink (an unlink first would leave a moment with no such name, and
+    other opens would fail with ENOENT), the open descriptor still reads the old file, and
+    an unlink of an open file still removes its name at once."""
+    a = mount_factory("--namenode", grpc_namenode.address)
+    (a / "old").write_text("old version")
+    (a / "new").write_text("new version")
+    (a / "gone").write_text("x")
+    with Client(grpc_namenode.address) as c:
+        _, head = c.changelog(0, limit=10_000)
+        fd = os.open(a / "old", os.O_RDONLY)
+        gone = os.open(a / "gone", os.O_RDONLY)
+        try:
+            os.rename(a / "new", a / "old")
+            assert os.pread(fd, 64, 0) == b"old version"
+            assert (a / "old").read_text() == "new version"
+            os.unlink(a / "gone")
+            assert not (a / "gone").exists() and not c.exists("/gone")
+        finally:
+            os.close(fd)
+            os.close(gone)
+        records, _ = c.changelog(head, limit=10_000)
+    ops = [pb.Op.Name(r.op) for r in records]
+    assert ops.count("OP_RENAME") == 1 and ops.count("OP_UNLINK") == 1, ops
+    assert sorted(os.listdir(a.path)) == ["old"]

@@ -36,7 +36,7 @@ from .cache import NOCAP_TTL, MountCache
 from .files import FileOperations, lazy_read_handles
 from .follower import ChangeFollower, KernelInvalidator, follows_changes
 from .handles import DirHandle, FuseError, Handle
-from .procinfo import ProcCache
+from .procinfo import ProcCache, in_rename
 from .project import ProjectMount
 from .writeback import WriteBack
 
@@ -507,15 +507,22 @@ class MetafsOperations(FileOperations):
         """libfuse's high-level API cannot serve fstat/fchmod on an open file whose name is
         gone (with hard_remove it answers ESTALE), so it renames such files to a
         ``.fuse_hidden*`` name instead of unlinking them. metafs does not need that name:
-        the namenode keeps an unlinked inode alive while handles are open. So the file is
-        unlinked for real here, and the hidden name lives only in this mount's table
-        (no directory listing, and no other mount, ever shows it)."""
+        the namenode keeps an unlinked inode alive while handles are open. So the hidden
+        name lives only in this mount's table (no directory listing, and no other mount,
+        ever shows it), and at the namenode the file is unlinked for real here, unless the
+        caller is renaming another file over it: then libfuse's next call is that rename,
+        which replaces the name at the namenode in one step (unlinking it here first would
+        leave a moment with no such name, where a concurrent open would fail with ENOENT
+        and an atomic save would not be atomic)."""
+        from .binding import fuse_context
+
         caller = self.caller()
         ino = self._ino_of(old, caller)
         self._keep_alive(ino)
-        self._retry_stale_parent(old, caller, lambda p, n: self.nodes.unlink(
-            p, n, caller))
-        self.cache.forget_path(old, gone=True)
+        if not in_rename(fuse_context()[2]):
+            self._retry_stale_parent(old, caller, lambda p, n: self.nodes.unlink(
+                p, n, caller))
+            self.cache.forget_path(old, gone=True)
         self._hidden[hidden] = ino
         # libfuse keeps the hidden name until the kernel forgets the node, which the
         # high-level API does not report: only the latest names are kept

@@ -33,6 +33,22 @@ def _boot_time_ns() -> int:
 
 _BOOT_NS = _boot_time_ns()
 
+# rename(2), renameat(2) and renameat2(2) by machine (asm/unistd.h)
+_RENAME_SYSCALLS = {"x86_64": {82, 264, 316}, "aarch64": {38, 276}}.get(os.uname().machine,
+                                                                          set())
+
+
+def in_rename(tid: int) -> bool:
+    """Whether thread ``tid`` (the kernel's pid of a FUSE request) is inside a rename
+    system call: what it is blocked in, from ``/proc/TID/syscall``; False when that cannot
+    be read (another pid namespace, a kernel-internal caller, an unknown machine)."""
+    try:
+        with open(f"/proc/{tid}/syscall", "rb") as f:
+            first = f.read(32).split(b" ", 1)[0]
+    except OSError:
+        return False
+    return first.isdigit() and int(first) in _RENAME_SYSCALLS
+
 
 @dataclass(frozen=True)
 class ProcInfo:
