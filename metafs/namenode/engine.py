@@ -340,6 +340,67 @@ class FifoLock:
                 self._held = False
 
 
+class WalCheckpointer:
+    """Checkpoints a SQLite database's WAL from a thread of its own.
+
+    SQLite checkpoints from inside the COMMIT that takes the WAL past
+    ``wal_autocheckpoint`` pages: that commit copies the WAL into the database and syncs
+    both files, so one call in about a hundred waited milliseconds (tens of them while
+    the disk was busy) for work that is no part of it. Here a PASSIVE checkpoint runs
+    after every ``EVERY`` commits (and at least every ``INTERVAL`` seconds after one);
+    it waits for no reader or writer, and the calls go on while it syncs. Commits still
+    checkpoint themselves past ``FALLBACK_PAGES`` (this thread stalled)."""
+
+    EVERY = 100
+    INTERVAL = 1.0
+    FALLBACK_PAGES = 16384
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._commits = 0
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="metafs-wal-checkpoint",
+                                        daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        """A write transaction ended (committed or not: a count, not a ledger)."""
+        self._commits += 1  # (a lost increment under a race only delays a checkpoint)
+        if self._commits >= self.EVERY:
+            self._wake.set()
+
+    def _run(self) -> None:
+        conn = None
+        try:
+            while True:
+                self._wake.wait(self.INTERVAL)
+                self._wake.clear()
+                if self._stop:
+                    return
+                if not self._commits:
+                    continue
+                self._commits = 0
+                try:
+                    if conn is None:
+                        conn = self._engine.raw_connection()
+                    conn.driver_connection.execute(  # type: ignore[union-attr]
+                        "PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except Exception:  # the next round retries (commits checkpoint meanwhile)
+                    log.debug("WAL checkpoint failed", exc_info=True)
+        finally:
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    log.debug("closing the checkpoint connection failed", exc_info=True)
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+
 class _ThreadMarker:
     """Lives in one thread's local storage: collected when the thread ends."""
 
@@ -353,11 +414,20 @@ class SqliteEngine(MetaEngine):
         self._disposed = False
         self._all_lock = threading.Lock()
         self._turns = FifoLock()
+        self._checkpoints: WalCheckpointer | None = None
         super().__init__(url, settings)
+        if self._file_path(url):
+            self._checkpoints = WalCheckpointer(self.engine)
+
+    @staticmethod
+    def _file_path(url: str) -> str:
+        """The database file of ``url`` ("" for an in-memory database)."""
+        path = url.split("sqlite:///", 1)[1] if url.startswith("sqlite:///") else ""
+        return "" if path == ":memory:" else path
 
     def _create_engine(self, url: str) -> Engine:
-        path = url.split("sqlite:///", 1)[1] if url.startswith("sqlite:///") else ""
-        if path and path != ":memory:":
+        path = self._file_path(url)
+        if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         eng = create_engine(
             url,
@@ -380,6 +450,9 @@ class SqliteEngine(MetaEngine):
             cur.execute(f"PRAGMA busy_timeout={busy}")
             cur.execute(f"PRAGMA synchronous={sync}")
             cur.execute("PRAGMA foreign_keys=OFF")
+            # the WAL is checkpointed by a thread of its own (WalCheckpointer); a commit
+            # checkpoints only if that thread fell far behind
+            cur.execute(f"PRAGMA wal_autocheckpoint={WalCheckpointer.FALLBACK_PAGES}")
             cur.close()
 
         return eng
@@ -467,6 +540,8 @@ class SqliteEngine(MetaEngine):
         finally:
             if not nested:
                 self._turns.release()
+        if self._checkpoints is not None:
+            self._checkpoints.committed()
 
     @contextmanager
     def _read_tx(self) -> Iterator[Connection]:
@@ -489,6 +564,8 @@ class SqliteEngine(MetaEngine):
                 conn.close()
             except Exception:
                 log.debug("closing an idle connection at dispose failed", exc_info=True)
+        if self._checkpoints is not None:
+            self._checkpoints.close()
         super().dispose()
 
     def is_retryable(self, exc: BaseException, *, committing: bool = False) -> bool:
