@@ -29,7 +29,7 @@ def follows_changes(settings: Settings) -> bool:
     """Whether the mount follows the changelog (``fuse_follow_changes``)."""
     v = str(settings.fuse_follow_changes).strip().lower()
     if v in ("auto", ""):
-        return bool(settings.namenode)
+        return True
     return v in ("1", "true", "yes", "on")
 
 
@@ -101,11 +101,16 @@ class ChangeFollower:
         after = None
         own = ops.own_caller()
         wait = max(1, ops.settings.fuse_follow_poll_ms)
+        # An embedded namenode's long poll would return at each of the mount's own
+        # commits (its changelog wakes readers in the process): so its changelog is read
+        # every ``wait`` ms instead, and what this mount wrote meanwhile is skipped at once.
+        embedded = not ops.settings.namenode
+        limit = 1000
         while not self._stop.is_set():
             try:
                 if after is None:
                     after = ops.nodes.changelog_head(own)
-                records = ops.nodes.changelog(after, 1000, wait, own)
+                records = ops.nodes.changelog(after, limit, 0 if embedded else wait, own)
             except PermissionError as exc:
                 # the changelog is for trusted service identities: a mount of a plain
                 # user's identity relies on its attribute and entry timeouts instead
@@ -126,6 +131,8 @@ class ChangeFollower:
                 for listener in self._listeners:
                     listener(records)
                 after = records[-1].seq
+            if embedded and len(records) < limit:
+                self._stop.wait(wait / 1000)
 
     def apply(self, records: Sequence[pb.ChangeRecord]) -> None:
         """Apply changelog ``records`` (those this mount's client made are skipped)."""

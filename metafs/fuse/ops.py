@@ -31,7 +31,7 @@ from ..config import Settings
 from ..posix import ROOT_INO
 from ..proto import metafs_pb2 as pb
 from .access import MountAccess
-from .cache import NOCAP_TTL, MountCache
+from .cache import FOLLOWED_TTL, NOCAP_TTL, MountCache, kernel_timeouts
 from .files import FileOperations, lazy_read_handles
 from .follower import ChangeFollower, KernelInvalidator, follows_changes
 from .handles import DirHandle, FuseError, Handle
@@ -69,9 +69,9 @@ class MetafsOperations(FileOperations):
         # process (its key), so that the project boundary holds across mounts.
         self.follow_processes = bool(getattr(client.transport, "authenticated", False))
         following = follows_changes(settings)
-        self.cache = MountCache(60.0 if following else settings.fuse_entry_timeout,
-                                60.0 if following else settings.fuse_attr_timeout,
-                                self.root_ino)
+        entry_ttl, attr_ttl = kernel_timeouts(settings, following)
+        self.cache = MountCache(FOLLOWED_TTL if following else entry_ttl,
+                                FOLLOWED_TTL if following else attr_ttl, self.root_ino)
         self.writeback = WriteBack(self.cache, settings.fuse_write_buffer, self._wrote)
         self.kernel = KernelInvalidator()
         self.follower = ChangeFollower(self)  # (its thread runs when ``following``)
