@@ -60,6 +60,12 @@ def test_hard_link_attributes_agree_through_every_name(mnt: Mount) -> None:
     _tick()
     os.setxattr(b, "user.k", b"v")
     assert os.lstat(c).st_ctime_ns > ctime
+    # a rename over one name (pjdfstest rename/23): the other loses a link
+    ctime = os.lstat(c).st_ctime_ns
+    _tick()
+    (mnt / "new").write_bytes(b"")
+    os.rename(mnt / "new", b)
+    assert os.lstat(c).st_nlink == 1 and os.lstat(c).st_ctime_ns > ctime
 
 
 @pytest.mark.parametrize("kind", ["file", "fifo", "symlink", "dir", "link", "device"])

@@ -533,7 +533,24 @@ class MetafsOperations(FileOperations):
         if flags & RENAME_EXCHANGE and replaced is not None:
             self.cache.names[old] = (replaced[0], now + self.cache.name_ttl)
             self.cache.path_of[replaced[0]] = old
+        if moved is None or replaced is None or moved[0] != replaced[0]:
+            self._relinked(moved, old, new)
+            self._relinked(replaced, new, old if flags & RENAME_EXCHANGE else None)
         return 0
+
+    def _relinked(self, hit: tuple[int, float] | None, frm: str, to: str | None) -> None:
+        """A rename moved the inode of ``hit`` from name ``frm`` to ``to`` (None: the name
+        was replaced, the inode lost it). The kernel caches the other names of a
+        hard-linked file on their own: their ctime (and link count) changed."""
+        names = self.cache.links.get(hit[0]) if hit is not None else None
+        if not names:
+            return
+        names.discard(frm)
+        if to is not None:
+            names.add(to)
+        self._other_names_changed(hit[0], to, now=True)
+        if len(names) <= 1:
+            self.cache.links.pop(hit[0], None)
 
     # ------------------------------------------------------------------ xattrs
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0
