@@ -77,8 +77,8 @@ def _pin_thread_state() -> None:
     """Keep this libfuse worker thread's Python thread state alive between callbacks.
 
     A ctypes callback on a thread Python did not start gets a new thread state for each
-    call, and so a fresh ``threading.local``: per-thread caches (the embedded namenode
-    keeps one database connection per thread) would be rebuilt, and leaked, on every
+    call, and so a fresh ``threading.local``: per-thread state (the embedded namenode
+    marks the thread inside a transaction there) would be rebuilt, and leaked, on every
     request. One extra PyGILState_Ensure, never released, pins the thread state to the
     thread for its lifetime (libfuse keeps a fixed set of worker threads)."""
     if not getattr(_tls, "pinned", False):

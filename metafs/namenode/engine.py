@@ -26,7 +26,6 @@ import random
 import stat
 import threading
 import time
-import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -401,16 +400,13 @@ class WalCheckpointer:
         self._thread.join(timeout=30)
 
 
-class _ThreadMarker:
-    """Lives in one thread's local storage: collected when the thread ends."""
-
-
 class SqliteEngine(MetaEngine):
     name = "sqlite"
 
     def __init__(self, url: str, settings: Settings) -> None:
         self._all: list[Connection] = []
-        self._busy: set[int] = set()  # ids of thread connections inside a transaction
+        self._idle: list[Connection] = []  # of _all, those between transactions (a stack)
+        self._busy: set[int] = set()  # ids of connections inside a transaction
         self._disposed = False
         self._all_lock = threading.Lock()
         self._turns = FifoLock()
@@ -457,42 +453,33 @@ class SqliteEngine(MetaEngine):
 
         return eng
 
-    # Each thread keeps one connection checked out, and transactions are begun and ended
-    # on the driver connection: SQLAlchemy's pool checkout and transaction events cost
-    # more than a primary-key lookup. A nested transaction on the same thread (which the
-    # namespace never makes, but an extension might) gets a connection of its own.
-    def _thread_conn(self) -> tuple[Connection, bool]:
-        loc = self._local
-        conn = getattr(loc, "conn", None)
-        if getattr(loc, "busy", False):
+    # Connections stay checked out of SQLAlchemy's pool, and transactions are begun and
+    # ended on the driver connection: SQLAlchemy's pool checkout and transaction events
+    # cost more than a primary-key lookup. A transaction takes the connection that ended
+    # one last (a stack): every write on one connection empties the page cache of all the
+    # others, so calls made one after another on a mount's many threads keep reusing one
+    # connection with its pages cached, where one connection per thread re-read them on
+    # every call. A nested transaction on the same thread (which the namespace never
+    # makes, but an extension might) gets a connection of its own.
+    def _take_conn(self) -> tuple[Connection, bool]:
+        if getattr(self._local, "busy", False):
             return self.engine.connect(), True
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self.engine.connect()
-            loc.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
-            # a thread that ends (a timer's, a short-lived worker's) gives its connection
-            # back: its thread-local values, this marker among them, go with it
-            loc.marker = _ThreadMarker()
-            weakref.finalize(loc.marker, self._thread_ended, conn)
-        return conn, False
-
-    def _thread_ended(self, conn: Connection) -> None:
         with self._all_lock:
-            try:
+            while self._idle:
+                conn = self._idle.pop()
+                if not (conn.closed or conn.invalidated):
+                    return conn, False
                 self._all.remove(conn)
-            except ValueError:
-                return  # closed by dispose() already
-        try:
-            conn.close()
-        except Exception:
-            log.debug("closing the connection of an ended thread failed", exc_info=True)
+        conn = self.engine.connect()
+        with self._all_lock:
+            self._all.append(conn)
+        return conn, False
 
     @contextmanager
     def _tx(self, begin_sql: str | None) -> Iterator[Connection]:
         """A transaction begun with ``begin_sql`` on this thread's connection; with None,
         the connection in autocommit (each statement its own transaction)."""
-        conn, private = self._thread_conn()
+        conn, private = self._take_conn()
         if not private:
             self._local.busy = True
             with self._all_lock:
@@ -520,10 +507,12 @@ class SqliteEngine(MetaEngine):
                 with self._all_lock:
                     self._busy.discard(id(conn))
                     late = self._disposed  # dispose() left this one to its thread
-                    if late and conn in self._all:
-                        self._all.remove(conn)
+                    if late:
+                        if conn in self._all:
+                            self._all.remove(conn)
+                    else:
+                        self._idle.append(conn)
                 if late:
-                    self._local.conn = None
                     conn.close()
 
     @contextmanager
@@ -559,6 +548,7 @@ class SqliteEngine(MetaEngine):
             self._disposed = True
             conns = [c for c in self._all if id(c) not in self._busy]
             self._all = [c for c in self._all if id(c) in self._busy]
+            self._idle = []
         for conn in conns:
             try:
                 conn.close()
