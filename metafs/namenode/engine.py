@@ -580,6 +580,21 @@ class SqliteEngine(MetaEngine):
                          key: Sequence[Column]) -> Executable:
         return sqlite_insert(table).values(values).on_conflict_do_nothing(index_elements=key)
 
+    def add_entry(self, conn: Connection, parent: int, name: str, row: dict[str, Any],
+                  nlink_delta: int, *, if_absent: bool = False) -> int | None:
+        if not if_absent:
+            return super().add_entry(conn, parent, name, row, nlink_delta)
+        # The entry first, inserted unless the name exists: no lookup before it (a create's
+        # usual case). When it exists, the id it was to get stays unused.
+        if not row["id"]:
+            row["id"] = self.allocate_ids(conn, "inode", 1)[0]
+        if not _Q_INSERT_DENTRY_IF_ABSENT.run(conn, parent=parent, name=name, ino=row["id"],
+                                              mode=row["mode"] & 0o170000):
+            return None
+        Q_INSERT_INODE.run(conn, **row)
+        Q_TOUCH_DIR.run(conn, ino=parent, now=row["ctime_ns"], delta=nlink_delta)
+        return int(row["id"])
+
     def allocate_ids(self, conn: Connection, kind: str, n: int) -> list[int]:
         # Writers are serialized by BEGIN IMMEDIATE, so a counter row costs nothing extra.
         last = _Q_ALLOCATE.scalar(conn, kind=kind, n=n)
@@ -819,6 +834,10 @@ ORDER BY id FOR UPDATE"""))
 _Q_ALLOCATE = Prepared(
     update(schema.counters).where(schema.counters.c.name == bindparam("kind"))
     .values(value=schema.counters.c.value + bindparam("n")).returning(schema.counters.c.value))
+_Q_INSERT_DENTRY_IF_ABSENT = Prepared(
+    sqlite_insert(schema.dentries).values(parent=bindparam("parent"), name=bindparam("name"),
+                                          ino=bindparam("ino"), mode=bindparam("mode"))
+    .on_conflict_do_nothing(index_elements=["parent", "name"]))
 
 
 _ATTRS = ", ".join(c.key for c in ATTR_COLS)  # the attribute columns, in SQL text
