@@ -282,27 +282,31 @@ class Settings:
     of the directory."""
 
     # -- FUSE mount (metafs/fuse; see docs/fuse.md for the consistency each gives) --
-    fuse_attr_timeout: float = 1.0
+    fuse_attr_timeout: float = -1.0
     """Seconds the kernel and the mount may answer stat() from cache. Changes made through
-    other mounts become visible after at most this long (sooner with fuse_follow_changes)."""
-    fuse_entry_timeout: float = 1.0
-    """Seconds a name -> inode lookup may be cached (kernel dentries and the mount's table)."""
+    other mounts become visible after at most this long (sooner with fuse_follow_changes).
+    Negative (the default): 1 s on a mount of a remote namenode, 60 s on a mount of an
+    embedded one that follows its changelog (see metafs.fuse.cache.kernel_timeouts)."""
+    fuse_entry_timeout: float = -1.0
+    """Seconds a name -> inode lookup may be cached (kernel dentries and the mount's table).
+    Negative (the default): as fuse_attr_timeout."""
     fuse_negative_timeout: float = 0.0
     """Seconds a 'no such file' answer may be cached (0: names created elsewhere appear at
     once; within the changelog lag in a directory a following mount made itself)."""
     fuse_follow_changes: str = "auto"
     """Follow the namenode's changelog and drop cached names, attributes and page cache of
     inodes that other clients changed, so long timeouts stay coherent between mounts:
-    ``on``, ``off``, or ``auto`` (on for a remote namenode; off for an embedded one, whose
+    ``on``, ``off``, or ``auto`` (on: for a remote namenode, and for an embedded one, whose
     only other writers are other processes opening the same data directory)."""
     fuse_follow_poll_ms: int = 200
-    """Longest wait of one changelog poll when following changes."""
+    """Longest wait of one changelog poll when following changes (an embedded namenode's
+    changelog is read this often: its commits are nearly all the mount's own)."""
     fuse_follow_delay_ms: int = 50
     """After applying a batch of other clients' changes, the follower waits this long
     before reading the changelog again, so that one read covers many changes under load.
     Other clients' changes reach the mount's caches this much later at most: a small
     part of the staleness mounts allow each other anyway, the kernel's attribute and
-    entry timeouts (1 s by default)."""
+    entry timeouts."""
     fuse_kernel_cache: bool = True
     """Keep the kernel page cache of a file across opens when its data version is unchanged
     (close-to-open: every open asks the namenode for the current version)."""

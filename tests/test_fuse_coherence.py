@@ -2,7 +2,8 @@
 name of a hard-linked file, a directory's times as its entries change, the set-id bits a
 write by another user clears, device files, a truncate by name (and an open that
 truncates) seen through a descriptor that is still open, directory times copied by rsync,
-and names replaced while a reader opens them."""
+names replaced while a reader opens them, and what another process changes in an embedded
+mount's data directory."""
 
 from __future__ import annotations
 
@@ -60,6 +61,12 @@ def test_hard_link_attributes_agree_through_every_name(mnt: Mount) -> None:
     _tick()
     os.setxattr(b, "user.k", b"v")
     assert os.lstat(c).st_ctime_ns > ctime
+    # a rename over one name (pjdfstest rename/23): the other loses a link
+    ctime = os.lstat(c).st_ctime_ns
+    _tick()
+    (mnt / "new").write_bytes(b"")
+    os.rename(mnt / "new", b)
+    assert os.lstat(c).st_nlink == 1 and os.lstat(c).st_ctime_ns > ctime
 
 
 @pytest.mark.parametrize("kind", ["file", "fifo", "symlink", "dir", "link", "device"])
@@ -294,3 +301,42 @@ def test_replaced_name_never_gives_estale(mount_factory) -> None:  # type: ignor
     if stale:
         pytest.xfail(f"{stale} of {opens} opens got ESTALE from libfuse itself (a node "
                      "renamed away before its OPEN came, twice in a row)")
+
+
+def test_embedded_mount_follows_other_processes_on_its_data_dir(mount_factory, tmp_path: Path
+                                                                ) -> None:  # type: ignore[no-untyped-def]
+    """An embedded mount's kernel caches last 60 s by default; another process opening the
+    same data directory (here this one, through the client) still has its chmod, write,
+    rename and unlink seen through the mount within the follower's poll."""
+    from metafs.client import Client
+    from metafs.config import Settings
+    from metafs.fuse.cache import kernel_timeouts
+
+    embedded = Settings(data_dir=str(tmp_path / "any"))
+    assert kernel_timeouts(embedded, True) == (60.0, 60.0)
+    assert kernel_timeouts(embedded, False) == (1.0, 1.0)
+    assert kernel_timeouts(embedded.with_(namenode="localhost:1"), True) == (1.0, 1.0)
+    assert kernel_timeouts(embedded.with_(fuse_attr_timeout=2.5), True) == (60.0, 2.5)
+    data = tmp_path / "shared-data"
+    m = mount_factory(data=data)
+    (m / "f").write_text("x")
+    (m / "g").write_text("y")
+    os.stat(m / "f"), os.stat(m / "g")  # cached by the kernel (60 s)
+
+    def eventually(check, within: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + within
+        while not check():
+            assert time.monotonic() < deadline, f"still stale after {within} s"
+            time.sleep(0.01)
+
+    with Client(data_dir=str(data)) as c:
+        c.chmod("/f", 0o600)
+        eventually(lambda: os.stat(m / "f").st_mode & 0o777 == 0o600)
+        c.write_bytes("/f", b"longer contents")
+        eventually(lambda: os.stat(m / "f").st_size == len("longer contents"))
+        assert (m / "f").read_text() == "longer contents"
+        c.rename("/g", "/h")
+        eventually(lambda: not (m / "g").exists())
+        assert (m / "h").read_text() == "y"
+        c.remove("/f")
+        eventually(lambda: not (m / "f").exists())

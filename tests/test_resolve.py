@@ -175,8 +175,9 @@ def test_a_plain_path_is_one_statement_on_sqlite(settings: Settings) -> None:
         statements: list[str] = []
 
         def traced(fn: Any) -> Any:
-            # the engine's connection for this thread, with every statement recorded
-            raw = ns.engine._thread_conn()[0].connection.dbapi_connection
+            # the connection the engine's next transaction takes (the one that ended a
+            # transaction last), with every statement recorded
+            raw = ns.engine._idle[-1].connection.dbapi_connection
             assert isinstance(raw, sqlite3.Connection)
             raw.set_trace_callback(statements.append)
             try:

@@ -20,15 +20,16 @@ def add_commands(sub: Any, common: Common) -> None:
                     help="stay attached (serve in this process until unmounted)")
     sp.add_argument("--log-file", help="where a background mount logs")
     sp.add_argument("--attr-timeout", type=float, dest="fuse_attr_timeout",
-                    help="seconds attributes may be cached (default 1)")
+                    help="seconds attributes may be cached (default 1; 60 on a mount of "
+                    "an embedded namenode, which follows its changelog)")
     sp.add_argument("--entry-timeout", type=float, dest="fuse_entry_timeout",
-                    help="seconds name lookups may be cached (default 1)")
+                    help="seconds name lookups may be cached (default: as --attr-timeout)")
     sp.add_argument("--negative-timeout", type=float, dest="fuse_negative_timeout",
                     help="seconds 'no such file' may be cached (default 0)")
     sp.add_argument("--follow-changes", dest="fuse_follow_changes",
                     choices=["auto", "on", "off"],
                     help="follow the changelog to drop caches of what other clients change "
-                    "(default auto: on for a remote namenode)")
+                    "(default auto: on)")
     sp.add_argument("--no-follow-changes", dest="fuse_follow_changes", action="store_const",
                     const="off", help="same as --follow-changes off")
     sp.add_argument("--no-kernel-cache", dest="fuse_kernel_cache", action="store_const",

@@ -30,6 +30,8 @@ import mfusepy  # noqa: E402
 from ..buffers import memmove  # noqa: E402
 from ..config import Settings  # noqa: E402
 from ..metrics import FuseCallMetrics  # noqa: E402
+from .cache import kernel_timeouts  # noqa: E402
+from .follower import follows_changes  # noqa: E402
 
 if mfusepy.fuse_version_major != 3:  # pragma: no cover - depends on the machine
     raise ImportError(f"metafs needs libfuse 3 (found {mfusepy.fuse_version_major}."
@@ -75,8 +77,8 @@ def _pin_thread_state() -> None:
     """Keep this libfuse worker thread's Python thread state alive between callbacks.
 
     A ctypes callback on a thread Python did not start gets a new thread state for each
-    call, and so a fresh ``threading.local``: per-thread caches (the embedded namenode
-    keeps one database connection per thread) would be rebuilt, and leaked, on every
+    call, and so a fresh ``threading.local``: per-thread state (the embedded namenode
+    marks the thread inside a transaction there) would be rebuilt, and leaked, on every
     request. One extra PyGILState_Ensure, never released, pins the thread state to the
     thread for its lifetime (libfuse keeps a fixed set of worker threads)."""
     if not getattr(_tls, "pinned", False):
@@ -165,8 +167,9 @@ class MetafsFUSE(mfusepy.FUSE):
             # the kernel cached for one user would answer another without asking the
             # mount, and so without the namenode's check of that user. Cache none.
             shared = bool(s.fuse_allow_other) and not default_permissions(s)
-            cfg.entry_timeout = 0.0 if shared else float(s.fuse_entry_timeout)
-            cfg.attr_timeout = 0.0 if shared else float(s.fuse_attr_timeout)
+            entry, attr = kernel_timeouts(s, follows_changes(s))
+            cfg.entry_timeout = 0.0 if shared else entry
+            cfg.attr_timeout = 0.0 if shared else attr
             cfg.negative_timeout = 0.0 if shared else float(s.fuse_negative_timeout)
             # open files whose name is removed get a .fuse_hidden name that exists only in
             # the mount (MetafsOperations._hide): hard_remove would make fstat fail

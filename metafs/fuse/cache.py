@@ -4,7 +4,7 @@ version the kernel's page cache holds, "no security.capability").
 
 The beliefs are dropped by the mount's own changes and by other clients' changes, which the
 changelog follower (:mod:`.follower`) reports. With a follower, beliefs are kept a minute;
-without, for the ``fuse_entry_timeout`` and ``fuse_attr_timeout`` settings.
+without, for the kernel's entry and attribute timeouts (:func:`kernel_timeouts`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,30 @@ import stat as stat_mod
 import time
 from typing import Any
 
+from ..config import Settings
 from ..posix import ROOT_INO
 from ..proto import metafs_pb2 as pb
 
 # How long "no security.capability" (asked by the kernel before every write) is believed:
 # changes through this mount, and other clients' changes seen in the changelog, drop it.
 NOCAP_TTL = 300.0
+# What a mount's own tables believe while it follows the changelog, and the kernel's
+# timeouts on a following mount of an embedded namenode (see kernel_timeouts).
+FOLLOWED_TTL = 60.0
+
+
+def kernel_timeouts(settings: Settings, following: bool) -> tuple[float, float]:
+    """The (entry, attribute) timeouts of the kernel's caches: the settings', or where
+    they are negative (the default), 1 s on a mount of a remote namenode and
+    :data:`FOLLOWED_TTL` on a following mount of an embedded one. An embedded namenode's
+    only other writers are other processes opening the same data directory, and the
+    follower has the kernel drop the attributes and pages of whatever they change within
+    a poll (``fuse_follow_poll_ms``); what the timeout still bounds is how long a name
+    they removed or renamed stays in the kernel's dentry cache (an open of it is then
+    looked up again, a stat of it asks the mount: neither sees the old file)."""
+    auto = FOLLOWED_TTL if following and not settings.namenode else 1.0
+    entry, attr = float(settings.fuse_entry_timeout), float(settings.fuse_attr_timeout)
+    return (auto if entry < 0 else entry), (auto if attr < 0 else attr)
 
 
 class NameTable(dict):  # type: ignore[type-arg]

@@ -29,7 +29,7 @@ def follows_changes(settings: Settings) -> bool:
     """Whether the mount follows the changelog (``fuse_follow_changes``)."""
     v = str(settings.fuse_follow_changes).strip().lower()
     if v in ("auto", ""):
-        return bool(settings.namenode)
+        return True
     return v in ("1", "true", "yes", "on")
 
 
@@ -106,12 +106,16 @@ class ChangeFollower:
         # namenode answering about one read per operation. The first change after a quiet
         # spell still comes at once (the long poll returns with it).
         delay = max(0, ops.settings.fuse_follow_delay_ms) / 1000
+        # An embedded namenode's long poll would return at each of the mount's own
+        # commits (its changelog wakes readers in the process): so its changelog is read
+        # every ``wait`` ms instead, and what this mount wrote meanwhile is skipped at once.
+        embedded = not ops.settings.namenode
         limit = 1000
         while not self._stop.is_set():
             try:
                 if after is None:
                     after = ops.nodes.changelog_head(own)
-                records = ops.nodes.changelog(after, limit, wait, own)
+                records = ops.nodes.changelog(after, limit, 0 if embedded else wait, own)
             except PermissionError as exc:
                 # the changelog is for trusted service identities: a mount of a plain
                 # user's identity relies on its attribute and entry timeouts instead
@@ -134,8 +138,11 @@ class ChangeFollower:
                 for listener in self._listeners:
                     listener(records)
                 after = records[-1].seq
-                if len(records) < limit and delay:
-                    self._stop.wait(delay)  # (a full batch: more are waiting, read on)
+            if len(records) < limit:  # (a full batch: more are waiting, read on)
+                if embedded:
+                    self._stop.wait(wait / 1000)
+                elif records and delay:
+                    self._stop.wait(delay)
 
     def apply(self, records: Sequence[pb.ChangeRecord]) -> None:
         """Apply changelog ``records`` (of those this mount's client made, only renames

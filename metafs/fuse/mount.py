@@ -107,7 +107,7 @@ def fuse_options(settings: Settings) -> dict[str, Any]:
         opts["nothreads"] = True
     else:
         # a fixed set of worker threads: libfuse would otherwise start and end threads
-        # with the load, and the embedded namenode keeps one database connection per thread
+        # with the load (and each new one pins a Python thread state: binding.py)
         opts["max_threads"] = settings.fuse_max_threads
         opts["max_idle_threads"] = settings.fuse_max_threads
     if settings.fuse_allow_other:

@@ -32,7 +32,7 @@ from ..errors import FsError
 from ..posix import ROOT_INO, X, Cred, allowed, check_name
 from ..proto import metafs_pb2 as pb
 from .access import MountAccess
-from .cache import NOCAP_TTL, MountCache
+from .cache import FOLLOWED_TTL, NOCAP_TTL, MountCache, kernel_timeouts
 from .files import FileOperations, lazy_read_handles
 from .follower import ChangeFollower, KernelInvalidator, follows_changes
 from .handles import DirHandle, FuseError, Handle
@@ -80,9 +80,10 @@ class MetafsOperations(FileOperations):
         # process (its key), so that the project boundary holds across mounts.
         self.follow_processes = bool(getattr(client.transport, "authenticated", False))
         following = follows_changes(settings)
-        self.cache = MountCache(60.0 if following else settings.fuse_entry_timeout,
-                                60.0 if following else settings.fuse_attr_timeout,
-                                self.root_ino, complete_dirs=following)
+        entry_ttl, attr_ttl = kernel_timeouts(settings, following)
+        self.cache = MountCache(FOLLOWED_TTL if following else entry_ttl,
+                                FOLLOWED_TTL if following else attr_ttl, self.root_ino,
+                                complete_dirs=following)
         self.writeback = WriteBack(self.cache, settings.fuse_write_buffer, self._wrote)
         self.kernel = KernelInvalidator()
         self.follower = ChangeFollower(self)  # (its thread runs when ``following``)
@@ -581,7 +582,24 @@ class MetafsOperations(FileOperations):
         if flags & RENAME_EXCHANGE and replaced is not None:
             self.cache.names[old] = (replaced[0], now + self.cache.name_ttl)
             self.cache.path_of[replaced[0]] = old
+        if moved is None or replaced is None or moved[0] != replaced[0]:
+            self._relinked(moved, old, new)
+            self._relinked(replaced, new, old if flags & RENAME_EXCHANGE else None)
         return 0
+
+    def _relinked(self, hit: tuple[int, float] | None, frm: str, to: str | None) -> None:
+        """A rename moved the inode of ``hit`` from name ``frm`` to ``to`` (None: the name
+        was replaced, the inode lost it). The kernel caches the other names of a
+        hard-linked file on their own: their ctime (and link count) changed."""
+        names = self.cache.links.get(hit[0]) if hit is not None else None
+        if not names:
+            return
+        names.discard(frm)
+        if to is not None:
+            names.add(to)
+        self._other_names_changed(hit[0], to, now=True)
+        if len(names) <= 1:
+            self.cache.links.pop(hit[0], None)
 
     # ------------------------------------------------------------------ xattrs
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0

@@ -196,6 +196,9 @@ class DirectLog:
 
     def __init__(self) -> None:
         self.notifier = Notifier()
+        # the ``unless`` conditions' statements (a few fixed strings; asked on every
+        # create: built and compiled once, not per transaction)
+        self._unless: dict[str, Prepared] = {}
 
     def append(self, conn: Connection, records: Sequence[pb.ChangeRecord],
                request: dict[str, Any] | None = None, unless: str | None = None
@@ -205,8 +208,12 @@ class DirectLog:
         any. Returns a token for :meth:`committed` (here: the last position; 0 for no
         records); or None, having written nothing, when the SQL condition ``unless`` (an
         EXISTS over a table) holds: the caller then has checks to run before appending."""
-        if unless is not None and conn.execute(text(f"SELECT {unless}")).scalar():
-            return None
+        if unless is not None:
+            q = self._unless.get(unless)
+            if q is None:
+                q = self._unless[unless] = Prepared(text(f"SELECT {unless}"))
+            if q.scalar(conn):
+                return None
         if request is not None:
             _Q_REQUEST.run(conn, **request)
         return append(conn, records) if records else 0

@@ -26,7 +26,6 @@ import random
 import stat
 import threading
 import time
-import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -340,8 +339,65 @@ class FifoLock:
                 self._held = False
 
 
-class _ThreadMarker:
-    """Lives in one thread's local storage: collected when the thread ends."""
+class WalCheckpointer:
+    """Checkpoints a SQLite database's WAL from a thread of its own.
+
+    SQLite checkpoints from inside the COMMIT that takes the WAL past
+    ``wal_autocheckpoint`` pages: that commit copies the WAL into the database and syncs
+    both files, so one call in about a hundred waited milliseconds (tens of them while
+    the disk was busy) for work that is no part of it. Here a PASSIVE checkpoint runs
+    after every ``EVERY`` commits (and at least every ``INTERVAL`` seconds after one);
+    it waits for no reader or writer, and the calls go on while it syncs. Commits still
+    checkpoint themselves past ``FALLBACK_PAGES`` (this thread stalled)."""
+
+    EVERY = 100
+    INTERVAL = 1.0
+    FALLBACK_PAGES = 16384
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._commits = 0
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="metafs-wal-checkpoint",
+                                        daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        """A write transaction ended (committed or not: a count, not a ledger)."""
+        self._commits += 1  # (a lost increment under a race only delays a checkpoint)
+        if self._commits >= self.EVERY:
+            self._wake.set()
+
+    def _run(self) -> None:
+        conn = None
+        try:
+            while True:
+                self._wake.wait(self.INTERVAL)
+                self._wake.clear()
+                if self._stop:
+                    return
+                if not self._commits:
+                    continue
+                self._commits = 0
+                try:
+                    if conn is None:
+                        conn = self._engine.raw_connection()
+                    conn.driver_connection.execute(  # type: ignore[union-attr]
+                        "PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except Exception:  # the next round retries (commits checkpoint meanwhile)
+                    log.debug("WAL checkpoint failed", exc_info=True)
+        finally:
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    log.debug("closing the checkpoint connection failed", exc_info=True)
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=30)
 
 
 class SqliteEngine(MetaEngine):
@@ -349,15 +405,25 @@ class SqliteEngine(MetaEngine):
 
     def __init__(self, url: str, settings: Settings) -> None:
         self._all: list[Connection] = []
-        self._busy: set[int] = set()  # ids of thread connections inside a transaction
+        self._idle: list[Connection] = []  # of _all, those between transactions (a stack)
+        self._busy: set[int] = set()  # ids of connections inside a transaction
         self._disposed = False
         self._all_lock = threading.Lock()
         self._turns = FifoLock()
+        self._checkpoints: WalCheckpointer | None = None
         super().__init__(url, settings)
+        if self._file_path(url):
+            self._checkpoints = WalCheckpointer(self.engine)
+
+    @staticmethod
+    def _file_path(url: str) -> str:
+        """The database file of ``url`` ("" for an in-memory database)."""
+        path = url.split("sqlite:///", 1)[1] if url.startswith("sqlite:///") else ""
+        return "" if path == ":memory:" else path
 
     def _create_engine(self, url: str) -> Engine:
-        path = url.split("sqlite:///", 1)[1] if url.startswith("sqlite:///") else ""
-        if path and path != ":memory:":
+        path = self._file_path(url)
+        if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         eng = create_engine(
             url,
@@ -380,46 +446,40 @@ class SqliteEngine(MetaEngine):
             cur.execute(f"PRAGMA busy_timeout={busy}")
             cur.execute(f"PRAGMA synchronous={sync}")
             cur.execute("PRAGMA foreign_keys=OFF")
+            # the WAL is checkpointed by a thread of its own (WalCheckpointer); a commit
+            # checkpoints only if that thread fell far behind
+            cur.execute(f"PRAGMA wal_autocheckpoint={WalCheckpointer.FALLBACK_PAGES}")
             cur.close()
 
         return eng
 
-    # Each thread keeps one connection checked out, and transactions are begun and ended
-    # on the driver connection: SQLAlchemy's pool checkout and transaction events cost
-    # more than a primary-key lookup. A nested transaction on the same thread (which the
-    # namespace never makes, but an extension might) gets a connection of its own.
-    def _thread_conn(self) -> tuple[Connection, bool]:
-        loc = self._local
-        conn = getattr(loc, "conn", None)
-        if getattr(loc, "busy", False):
+    # Connections stay checked out of SQLAlchemy's pool, and transactions are begun and
+    # ended on the driver connection: SQLAlchemy's pool checkout and transaction events
+    # cost more than a primary-key lookup. A transaction takes the connection that ended
+    # one last (a stack): every write on one connection empties the page cache of all the
+    # others, so calls made one after another on a mount's many threads keep reusing one
+    # connection with its pages cached, where one connection per thread re-read them on
+    # every call. A nested transaction on the same thread (which the namespace never
+    # makes, but an extension might) gets a connection of its own.
+    def _take_conn(self) -> tuple[Connection, bool]:
+        if getattr(self._local, "busy", False):
             return self.engine.connect(), True
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self.engine.connect()
-            loc.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
-            # a thread that ends (a timer's, a short-lived worker's) gives its connection
-            # back: its thread-local values, this marker among them, go with it
-            loc.marker = _ThreadMarker()
-            weakref.finalize(loc.marker, self._thread_ended, conn)
-        return conn, False
-
-    def _thread_ended(self, conn: Connection) -> None:
         with self._all_lock:
-            try:
+            while self._idle:
+                conn = self._idle.pop()
+                if not (conn.closed or conn.invalidated):
+                    return conn, False
                 self._all.remove(conn)
-            except ValueError:
-                return  # closed by dispose() already
-        try:
-            conn.close()
-        except Exception:
-            log.debug("closing the connection of an ended thread failed", exc_info=True)
+        conn = self.engine.connect()
+        with self._all_lock:
+            self._all.append(conn)
+        return conn, False
 
     @contextmanager
     def _tx(self, begin_sql: str | None) -> Iterator[Connection]:
         """A transaction begun with ``begin_sql`` on this thread's connection; with None,
         the connection in autocommit (each statement its own transaction)."""
-        conn, private = self._thread_conn()
+        conn, private = self._take_conn()
         if not private:
             self._local.busy = True
             with self._all_lock:
@@ -447,10 +507,12 @@ class SqliteEngine(MetaEngine):
                 with self._all_lock:
                     self._busy.discard(id(conn))
                     late = self._disposed  # dispose() left this one to its thread
-                    if late and conn in self._all:
-                        self._all.remove(conn)
+                    if late:
+                        if conn in self._all:
+                            self._all.remove(conn)
+                    else:
+                        self._idle.append(conn)
                 if late:
-                    self._local.conn = None
                     conn.close()
 
     @contextmanager
@@ -467,6 +529,8 @@ class SqliteEngine(MetaEngine):
         finally:
             if not nested:
                 self._turns.release()
+        if self._checkpoints is not None:
+            self._checkpoints.committed()
 
     @contextmanager
     def _read_tx(self) -> Iterator[Connection]:
@@ -484,11 +548,14 @@ class SqliteEngine(MetaEngine):
             self._disposed = True
             conns = [c for c in self._all if id(c) not in self._busy]
             self._all = [c for c in self._all if id(c) in self._busy]
+            self._idle = []
         for conn in conns:
             try:
                 conn.close()
             except Exception:
                 log.debug("closing an idle connection at dispose failed", exc_info=True)
+        if self._checkpoints is not None:
+            self._checkpoints.close()
         super().dispose()
 
     def is_retryable(self, exc: BaseException, *, committing: bool = False) -> bool:
@@ -512,6 +579,21 @@ class SqliteEngine(MetaEngine):
     def insert_if_absent(self, table: Table, values: dict[str, Any],
                          key: Sequence[Column]) -> Executable:
         return sqlite_insert(table).values(values).on_conflict_do_nothing(index_elements=key)
+
+    def add_entry(self, conn: Connection, parent: int, name: str, row: dict[str, Any],
+                  nlink_delta: int, *, if_absent: bool = False) -> int | None:
+        if not if_absent:
+            return super().add_entry(conn, parent, name, row, nlink_delta)
+        # The entry first, inserted unless the name exists: no lookup before it (a create's
+        # usual case). When it exists, the id it was to get stays unused.
+        if not row["id"]:
+            row["id"] = self.allocate_ids(conn, "inode", 1)[0]
+        if not _Q_INSERT_DENTRY_IF_ABSENT.run(conn, parent=parent, name=name, ino=row["id"],
+                                              mode=row["mode"] & 0o170000):
+            return None
+        Q_INSERT_INODE.run(conn, **row)
+        Q_TOUCH_DIR.run(conn, ino=parent, now=row["ctime_ns"], delta=nlink_delta)
+        return int(row["id"])
 
     def allocate_ids(self, conn: Connection, kind: str, n: int) -> list[int]:
         # Writers are serialized by BEGIN IMMEDIATE, so a counter row costs nothing extra.
@@ -764,6 +846,10 @@ ORDER BY id FOR UPDATE"""))
 _Q_ALLOCATE = Prepared(
     update(schema.counters).where(schema.counters.c.name == bindparam("kind"))
     .values(value=schema.counters.c.value + bindparam("n")).returning(schema.counters.c.value))
+_Q_INSERT_DENTRY_IF_ABSENT = Prepared(
+    sqlite_insert(schema.dentries).values(parent=bindparam("parent"), name=bindparam("name"),
+                                          ino=bindparam("ino"), mode=bindparam("mode"))
+    .on_conflict_do_nothing(index_elements=["parent", "name"]))
 
 
 _ATTRS = ", ".join(c.key for c in ATTR_COLS)  # the attribute columns, in SQL text

@@ -92,6 +92,7 @@ _Q_OWN = Prepared(
                          L.c.start <= bindparam("end"), L.c.end >= bindparam("start"))
     .order_by(L.c.start))
 _Q_DELETE = Prepared(delete(L).where(L.c.id == bindparam("id")))
+_Q_DELETE_INO = Prepared(delete(L).where(L.c.ino == bindparam("ino")))
 _Q_INSERT = Prepared(insert(L).values(
     ino=bindparam("ino"), session=bindparam("session"), owner=bindparam("owner"),
     kind=bindparam("kind"), type=bindparam("type"), start=bindparam("start"),
@@ -314,7 +315,8 @@ class Locks:
         return int(conn.execute(delete(L).where(cond)).rowcount or 0)
 
     def _freed(self, tx: "Tx", ino: int) -> None:
-        self._drop_where(tx.conn, L.c.ino == ino)
+        # (every unlink and rmdir that frees an inode runs this: prepared, not built)
+        _Q_DELETE_INO.run(tx.conn, ino=ino)
 
     # ------------------------------------------------------------------ inspection
     def list(self, ino: int | None = None) -> list[dict[str, Any]]:
