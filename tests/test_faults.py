@@ -142,6 +142,14 @@ def _mounted_load(tmp_path: Path, namenodes: str, stop_all: list[Any],
     return mnt, Workload(mnt.path / "w", tmp_path, writers=2, size=size)
 
 
+def _check_fsynced_through(fs: Any, load: Workload) -> None:
+    """Every file the workload fsynced under /w reads back byte for byte through ``fs``."""
+    files = load.fsynced()
+    assert files
+    for name, data in files:
+        assert fs.read_bytes(f"/w/{name}") == data, name
+
+
 def _check(seen: dict[str, Any], load: Workload, mnt: Path) -> None:
     errors = [e for kind in seen.values() for r in kind for e in r["errors"]]
     assert not errors, errors
@@ -330,10 +338,7 @@ def test_s3_endpoint_cut_off_under_load(tmp_path: Path, moto_url: str,  # noqa: 
         "namenode": nn.address, "s3_endpoint": moto_url, "block_cache_dir": "off"},
         environ={}))
     try:
-        files = load.fsynced()
-        assert files
-        for name, data in files:
-            assert fs.read_bytes(f"/w/{name}") == data, name
+        _check_fsynced_through(fs, load)
     finally:
         fs.close()
 
@@ -391,10 +396,7 @@ def test_s3_endpoint_cut_off_under_an_embedded_mount(tmp_path: Path, moto_url: s
         "blocks_url": f"s3://{bucket}/fs", "block_cache_dir": "off"}, environ={}))
     try:
         assert fs.read_bytes("/grown") == content(1, 3000) + bytes(size - 3000)
-        files = load.fsynced()
-        assert files
-        for name, data in files:
-            assert fs.read_bytes(f"/w/{name}") == data, name
+        _check_fsynced_through(fs, load)
     finally:
         fs.close()
 
