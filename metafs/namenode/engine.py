@@ -854,11 +854,10 @@ _Q_INSERT_DENTRY_IF_ABSENT = Prepared(
 
 _ATTRS = ", ".join(c.key for c in ATTR_COLS)  # the attribute columns, in SQL text
 
-# The entry first: when the name exists (the caller holds the directory's lock, so no
-# one else adds it meanwhile) nothing is inserted or updated and no row comes back.
-_Q_PG_ADD_ENTRY = Prepared(text("""
-WITH n AS (SELECT nextval('metafs_inode_seq') AS id),
-d AS (
+# The parts add_entry's and add_new_entry's statements share: the entry (from the new id
+# ``n``) unless the name exists, the inode's insert up to its values, and the directory's
+# times and link count when the entry went in.
+_PG_ENTRY_INSERT = """d AS (
     INSERT INTO dentries (parent, name, ino, mode)
     SELECT CAST(:parent AS bigint), CAST(:name AS varchar), n.id, CAST(:ftype AS integer)
     FROM n
@@ -867,18 +866,25 @@ d AS (
 ), i AS (
     INSERT INTO inodes (id, mode, uid, gid, nlink, rdev, size, atime_ns, mtime_ns, ctime_ns,
                         btime_ns, version, generation, storage, target)
-    SELECT d.ino, CAST(:mode AS integer), CAST(:uid AS bigint), CAST(:gid AS bigint),
+"""
+_PG_TOUCH_PARENT = """), t AS (
+    UPDATE inodes SET nlink = nlink + CAST(:delta AS integer),
+                      mtime_ns = CAST(:ctime_ns AS bigint), ctime_ns = CAST(:ctime_ns AS bigint)
+    WHERE id = CAST(:parent AS bigint) AND EXISTS (SELECT 1 FROM d)
+)
+"""
+
+# The entry first: when the name exists (the caller holds the directory's lock, so no
+# one else adds it meanwhile) nothing is inserted or updated and no row comes back.
+_Q_PG_ADD_ENTRY = Prepared(text(f"""
+WITH n AS (SELECT nextval('metafs_inode_seq') AS id),
+{_PG_ENTRY_INSERT}    SELECT d.ino, CAST(:mode AS integer), CAST(:uid AS bigint), CAST(:gid AS bigint),
            CAST(:nlink AS integer), CAST(:rdev AS bigint), CAST(:size AS bigint),
            CAST(:atime_ns AS bigint), CAST(:mtime_ns AS bigint), CAST(:ctime_ns AS bigint),
            CAST(:btime_ns AS bigint), CAST(:version AS bigint), CAST(:generation AS bigint),
            CAST(:storage AS integer), CAST(:target AS text)
     FROM d RETURNING id
-), t AS (
-    UPDATE inodes SET nlink = nlink + CAST(:delta AS integer),
-                      mtime_ns = CAST(:ctime_ns AS bigint), ctime_ns = CAST(:ctime_ns AS bigint)
-    WHERE id = CAST(:parent AS bigint) AND EXISTS (SELECT 1 FROM d)
-)
-SELECT id FROM i
+{_PG_TOUCH_PARENT}SELECT id FROM i
 """))
 # add_new_entry: the directory locked first; the entry only in a directory in use (with
 # inherit_group's rule on the new inode's group and mode), the rest only with the entry.
@@ -889,16 +895,7 @@ WITH p AS (
 ), n AS (
     SELECT nextval('metafs_inode_seq') AS id FROM p
     WHERE p.mode & {0o170000} = {stat.S_IFDIR} AND p.nlink > 0
-), d AS (
-    INSERT INTO dentries (parent, name, ino, mode)
-    SELECT CAST(:parent AS bigint), CAST(:name AS varchar), n.id, CAST(:ftype AS integer)
-    FROM n
-    ON CONFLICT (parent, name) DO NOTHING
-    RETURNING ino
-), i AS (
-    INSERT INTO inodes (id, mode, uid, gid, nlink, rdev, size, atime_ns, mtime_ns, ctime_ns,
-                        btime_ns, version, generation, storage, target)
-    SELECT d.ino,
+), {_PG_ENTRY_INSERT}    SELECT d.ino,
            CASE WHEN p.mode & {stat.S_ISGID} <> 0 AND CAST(:ftype AS integer) = {stat.S_IFDIR}
                 THEN CAST(:mode AS integer) | {stat.S_ISGID} ELSE CAST(:mode AS integer) END,
            CAST(:uid AS bigint),
@@ -908,12 +905,7 @@ WITH p AS (
            CAST(:btime_ns AS bigint), CAST(:version AS bigint), CAST(:generation AS bigint),
            CAST(:storage AS integer), CAST(:target AS text)
     FROM d, p RETURNING id, mode, gid
-), t AS (
-    UPDATE inodes SET nlink = nlink + CAST(:delta AS integer),
-                      mtime_ns = CAST(:ctime_ns AS bigint), ctime_ns = CAST(:ctime_ns AS bigint)
-    WHERE id = CAST(:parent AS bigint) AND EXISTS (SELECT 1 FROM d)
-)
-SELECT p.*, i.id AS new_id, i.mode AS new_mode, i.gid AS new_gid FROM p LEFT JOIN i ON true
+{_PG_TOUCH_PARENT}SELECT p.*, i.id AS new_id, i.mode AS new_mode, i.gid AS new_gid FROM p LEFT JOIN i ON true
 """))
 # remove_entry: the inode's rows are deleted (free) or its link count set, never both.
 _Q_PG_REMOVE_ENTRY = Prepared(text("""
