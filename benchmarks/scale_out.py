@@ -6,7 +6,10 @@ and every client process (spread round-robin over the namenodes) works in a dire
 its own, making the calls a mount makes, phase by phase (all clients start each phase
 together): create N empty files, stat them, write 4 KiB into each (the mount's
 handle-less open, one Write, close), rename each, unlink each. Each phase reports the
-aggregate operations per second; the changelog lag (reply of a create to the moment a
+aggregate operations per second and the machine's CPU time per operation (all processes:
+clients, namenodes, PostgreSQL or JuiceFS's mount; when the cores are saturated, that cost
+and not the namenode count bounds the aggregate rate; it counts every process on the
+machine, so run it on a quiet one); the changelog lag (reply of a create to the moment a
 follower on another namenode read its record) is measured during the create phase.
 
 JuiceFS runs with its metadata in another database of the same server and local file
@@ -24,9 +27,12 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -128,13 +134,53 @@ def _posix_worker(args: tuple[str, int, int, Any]) -> dict[str, Any]:
     return out
 
 
-def _rates(done: list[dict[str, Any]], clients: int, n: int) -> dict[str, float]:
-    rates = {}
+class _CpuClock:
+    """The machine's busy CPU seconds (all processes), sampled every ``every`` seconds, so
+    each phase can report the CPU time it cost per operation."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        self.every = every
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "_CpuClock":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            t = psutil.cpu_times()
+            busy = t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+            self.samples.append((time.time(), busy))
+            if self._stop.wait(self.every):
+                return
+
+    def busy_seconds(self, t0: float, t1: float) -> float | None:
+        """CPU seconds spent between the first sample at or after ``t0`` and the last at or
+        before ``t1``, scaled to the whole window (None if the window is too short)."""
+        inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        (a, ba), (b, bb) = inside[0], inside[-1]
+        return (bb - ba) / (b - a) * (t1 - t0)
+
+
+def _rates(done: list[dict[str, Any]], clients: int, n: int,
+           cpu: _CpuClock) -> tuple[dict[str, float], dict[str, float | None]]:
+    """Aggregate ops/s per phase, and the machine's CPU milliseconds per operation."""
+    rates, cost = {}, {}
     for phase in PHASES:
         t0 = min(d[phase][0] for d in done)
         t1 = max(d[phase][1] for d in done)
         rates[phase] = clients * n / (t1 - t0) if t1 > t0 else float("inf")
-    return rates
+        busy = cpu.busy_seconds(t0, t1)
+        cost[phase] = busy / (clients * n) * 1000 if busy is not None else None
+    return rates, cost
 
 
 def _run_workers(fn: Any, targets: list[Any], clients: int, n: int) -> list[dict[str, Any]]:
@@ -150,22 +196,27 @@ def run_metafs(url: str, nns: int, clients: int, n: int) -> dict[str, Any]:
     with namenodes(url, nns) as addrs:
         follower = _Follower(addrs[-1], clients * n)
         follower.start()
-        done = _run_workers(_metafs_worker, addrs, clients, n)
+        with _CpuClock() as cpu:
+            done = _run_workers(_metafs_worker, addrs, clients, n)
         lags = follower.finish([d["created"] for d in done])
+    rates, cost = _rates(done, clients, n, cpu)
     return {"system": "metafs", "namenodes": nns, "clients": clients,
-            "ops_per_s": _rates(done, clients, n),
+            "ops_per_s": rates, "cpu_ms_per_op": cost,
             "changelog_missing": clients * n - len(follower.seen),
             "lag_p50_ms": _pct(lags, 0.50) * 1000, "lag_p99_ms": _pct(lags, 0.99) * 1000}
 
 
 def run_juicefs(url: str, clients: int, n: int, work: Path, k: int) -> dict[str, Any]:
     with juicefs_pg_mount(work / f"jfs{k}", url, f"jfs{k}") as root:
-        done = _run_workers(_posix_worker, [str(root)], clients, n)
+        with _CpuClock() as cpu:
+            done = _run_workers(_posix_worker, [str(root)], clients, n)
+    rates, cost = _rates(done, clients, n, cpu)
     return {"system": "juicefs", "namenodes": 0, "clients": clients,
-            "ops_per_s": _rates(done, clients, n)}
+            "ops_per_s": rates, "cpu_ms_per_op": cost}
 
 
 def table(results: list[dict[str, Any]]) -> str:
+    """Aggregate ops/s per phase (with the changelog lag), then CPU ms per operation."""
     head = f"| system | namenodes | clients | {' | '.join(PHASES)} | lag p50 / p99 ms |"
     lines = [head, "|" + "---|" * (len(PHASES) + 4)]
     for r in results:
@@ -173,6 +224,13 @@ def table(results: list[dict[str, Any]]) -> str:
         lag = (f"{r['lag_p50_ms']:.0f} / {r['lag_p99_ms']:.0f}" if "lag_p50_ms" in r else "-")
         nn = r["namenodes"] or "-"
         lines.append(f"| {r['system']} | {nn} | {r['clients']} | {rates} | {lag} |")
+    lines += ["", f"CPU ms per operation, all processes, {psutil.cpu_count()} cores:", "",
+              f"| system | namenodes | clients | {' | '.join(PHASES)} |",
+              "|" + "---|" * (len(PHASES) + 3)]
+    for r in results:
+        cost = " | ".join("-" if r["cpu_ms_per_op"][p] is None
+                          else f"{r['cpu_ms_per_op'][p]:.2f}" for p in PHASES)
+        lines.append(f"| {r['system']} | {r['namenodes'] or '-'} | {r['clients']} | {cost} |")
     return "\n".join(lines)
 
 
@@ -205,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
              if base and best else None)
     if scale is not None:
         print(f"creates, 8 clients over 2 namenodes / 1 client on 1: {scale:.2f}x (target 4x)")
-    payload = {"benchmark": "scale_out", "n": args.n, "loadavg_before": load0,
+    payload = {"benchmark": "scale_out", "n": args.n, "cores": psutil.cpu_count(),
+               "loadavg_before": load0,
                "loadavg_after": os.getloadavg(), "create_scale_2x8_vs_1x1": scale,
                "results": results}
     emit_json(payload, args.json)
