@@ -262,10 +262,14 @@ class FileOperations:
             return self.cache.set_attr(self.nodes.getattr(ino, caller, open_flags=flags))
 
     def _keep_alive(self, ino: int) -> None:
-        """Take a namenode handle for ``ino`` if only handle-less opens hold it (its last
-        name is about to be removed through this mount)."""
+        """Take a namenode handle for ``ino`` if a handle-less open of this mount holds it
+        (its last name is about to be removed through this mount). Another open's own
+        namenode handle is no keeper for it: that open may be closed first (the fallback
+        open of a replaced name's new file takes one), and the namenode then frees the
+        inode under the handle-less open's reads (ENOENT). The handle taken is kept until
+        the mount's last open of the inode is released."""
         hs = self.open_by_ino.get(ino)
-        if not hs or ino in self._keepalive or any(h.raw.handle for h in hs):
+        if not hs or ino in self._keepalive or all(h.raw.handle for h in hs):
             return
         try:
             r = self.nodes.open(ino, os.O_RDONLY, self.own_caller())
