@@ -129,9 +129,9 @@ class FileOperations:
         with self._fh_lock:
             fh = self._next_fh
             self._next_fh += 1
-        h = Handle(fh, attr.ino, path, flags, raw, caller)  # raw's calls carry ``caller``
-        self.handles[fh] = h
-        self.open_by_ino.setdefault(attr.ino, set()).add(h)
+            h = Handle(fh, attr.ino, path, flags, raw, caller)  # raw's calls carry ``caller``
+            self.handles[fh] = h
+            self.open_by_ino.setdefault(attr.ino, set()).add(h)
         self.cache.set_attr(attr)
         self.cache.path_of[attr.ino] = path
         versions = self.cache.seen_version.setdefault(attr.ino, {})
@@ -267,15 +267,36 @@ class FileOperations:
         namenode handle is no keeper for it: that open may be closed first (the fallback
         open of a replaced name's new file takes one), and the namenode then frees the
         inode under the handle-less open's reads (ENOENT). The handle taken is kept until
-        the mount's last open of the inode is released."""
-        hs = self.open_by_ino.get(ino)
-        if not hs or ino in self._keepalive or all(h.raw.handle for h in hs):
-            return
+        the mount's last open of the inode is released.
+
+        The open sets, and the keepers, change under ``_fh_lock``, but the namenode call is
+        made outside it: a keeper taken while the last open was released, or by a
+        concurrent call for the same inode, is given back at once instead of kept."""
+        def needs_keeper() -> bool:
+            hs = self.open_by_ino.get(ino)
+            return bool(hs) and ino not in self._keepalive and \
+                not all(h.raw.handle for h in hs)
+
+        with self._fh_lock:
+            if not needs_keeper():
+                return
         try:
             r = self.nodes.open(ino, os.O_RDONLY, self.own_caller())
-            self._keepalive[ino] = r.handle
         except OSError as err:
             log.warning("cannot keep inode %d alive for its open files: %s", ino, err)
+            return
+        with self._fh_lock:
+            kept = needs_keeper()
+            if kept:
+                self._keepalive[ino] = r.handle
+        if not kept:
+            self._release_keeper(r.handle)
+
+    def _release_keeper(self, handle: int) -> None:
+        try:
+            self.nodes.release(handle, self.own_caller())
+        except OSError:
+            pass  # the session's lease reclaims it
 
     def create(self, path: str, mode: int, fi: Any) -> int:
         caller = self.caller()
@@ -415,18 +436,17 @@ class FileOperations:
         return 0
 
     def _release_handle(self, h: Handle) -> None:
-        self.handles.pop(h.fh, None)
-        hs = self.open_by_ino.get(h.ino)
-        if hs is not None:
-            hs.discard(h)
-            if not hs:
-                self.open_by_ino.pop(h.ino, None)
-                kept = self._keepalive.pop(h.ino, None)
-                if kept:
-                    try:
-                        self.nodes.release(kept, self.own_caller())
-                    except OSError:
-                        pass  # the session's lease reclaims it
+        kept = None
+        with self._fh_lock:
+            self.handles.pop(h.fh, None)
+            hs = self.open_by_ino.get(h.ino)
+            if hs is not None:
+                hs.discard(h)
+                if not hs:
+                    self.open_by_ino.pop(h.ino, None)
+                    kept = self._keepalive.pop(h.ino, None)
+        if kept:
+            self._release_keeper(kept)
         err: OSError | None = h.error
         with h.lock:
             try:
