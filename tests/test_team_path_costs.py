@@ -32,7 +32,7 @@ N = 8  # files per phase: every count below is per operation, so N only averages
 # operation -> {namenode call: calls per operation}
 CALLS = {
     "create": {"Lookup": 1, "Create": 1},     # the kernel's lookup of the new name
-    "write_4k": {"SetAttr": 1, "Write": 1},   # open O_WRONLY|O_TRUNC empties it on believed attributes
+    "write_4k": {"Write": 1},                 # the O_TRUNC open's truncation goes with it
     "read_4k": {"GetAttr": 1},                # the data is in the open's page cache
     "rename": {"Lookup": 1, "Rename": 1},     # the kernel's lookup of the new name
     "unlink": {"Unlink": 1},

@@ -44,6 +44,15 @@ def lazy_read_handles(settings: Settings) -> bool:
     return v in ("auto", "", "1", "true", "yes", "on")
 
 
+def _emptied(attr: pb.Attr) -> pb.Attr:
+    """``attr`` as a truncation to 0 leaves it (until the namenode's own answer)."""
+    a = pb.Attr()
+    a.CopyFrom(attr)
+    a.size, a.inline = 0, True
+    a.mtime_ns = a.ctime_ns = time.time_ns()
+    return a
+
+
 class FileOperations:
     """The open-file and open-directory operations of :class:`.ops.MetafsOperations`, a
     part of that class: they use its caches (``cache``), write-back buffers
@@ -121,7 +130,7 @@ class FileOperations:
 
     # ------------------------------------------------------------------ files
     def _new_handle(self, path: str, opened: pb.OpenReply | pb.Attr, flags: int,
-                    caller: pb.Caller, fi: Any) -> None:
+                    caller: pb.Caller, fi: Any) -> Handle:
         """A FUSE file over an open by inode (an Attr: a handle-less open)."""
         raw = self.nodes.file(path, opened, flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC),
                               caller)
@@ -143,6 +152,7 @@ class FileOperations:
             self.writeback.bump(attr.ino)
         if self.recorder is not None:
             self.recorder.opened(h)
+        return h
 
     def open(self, path: str, fi: Any) -> int:
         try:
@@ -207,13 +217,27 @@ class FileOperations:
             cred = Cred(caller.uid, caller.gid, frozenset(caller.groups))
             if not allowed(cred, attr.mode, attr.uid, attr.gid, access_mask_to_want(mask)):
                 raise FuseError(errno.EACCES)
-        if flags & os.O_TRUNC and (attr.size or believed):
-            # on believed attributes the file is emptied whatever size they say: another
-            # client may have written to it since they were fetched
+        truncate = bool(flags & os.O_TRUNC and (attr.size or believed))
+        if truncate and self.open_by_ino.get(attr.ino):
+            # (this mount's other open files of it see the empty file at once)
             attr = self.cache.set_attr(self.nodes.setattr(attr.ino, caller, size=0))
             self.writeback.bump(attr.ino)
-            self.refresh_others(attr.ino, attr)  # this mount's other open files of it
-        self._new_handle(path, attr, flags, caller, fi)
+            self.refresh_others(attr.ino, attr)
+            truncate = False
+        elif truncate:
+            # on believed attributes the file is emptied whatever size they say: another
+            # client may have written to it since they were fetched
+            attr = _emptied(attr)
+        h = self._new_handle(path, attr, flags, caller, fi)
+        if truncate:
+            # The truncation goes to the namenode with the first write through this file
+            # (one Write call that replaces the file's content), or alone at its flush.
+            # Until then it counts as a buffered write of the file: it is sent before
+            # anything reads the file's data or size through this mount, or another open
+            # file of it writes or opens (this mount sees the empty file from now on).
+            h.raw.defer_truncate()
+            self.writeback.truncating(h)
+            fi.keep_cache = 0
         return 0
 
     def _open_attr(self, path: str, ino: int, caller: pb.Caller, flags: int

@@ -251,7 +251,10 @@ class MetafsOperations(FileOperations):
                 if err.errno != errno.ENOENT or path == "/":
                     raise
                 self.cache.forget_path(path)
-        return self._lookup(path, caller)
+        a = self._lookup(path, caller)
+        if a.ino in self.writeback.dirty:  # (as above: an open file's writes may be held)
+            return self._attr_of_ino(a.ino, caller)
+        return a
 
     def _attr_of_ino(self, ino: int, caller: pb.Caller) -> pb.Attr:
         if ino in self.writeback.dirty:

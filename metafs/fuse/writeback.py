@@ -41,6 +41,12 @@ class WriteBack:
         """The data of ``ino`` changed."""
         self._epoch[ino] = self._epoch.get(ino, 0) + 1
 
+    def truncating(self, h: Handle) -> None:
+        """``h``'s open truncated the file and left the truncation to its file (sent with
+        its first write): until it is sent it counts as a buffered write."""
+        self.dirty.setdefault(h.ino, set()).add(h)
+        self.bump(h.ino)
+
     def write(self, h: Handle, data: bytes | memoryview, offset: int) -> None:
         """``data`` may be a view of libfuse's request buffer: it is copied, never kept."""
         n = len(data)
@@ -91,10 +97,12 @@ class WriteBack:
 
     def commit(self, h: Handle) -> None:
         """Push buffered writes and make them visible to everyone (the client's file
-        commits what it buffers, e.g. blocks); caller holds ``h.lock``."""
+        commits what it buffers, e.g. blocks, and a truncation its open left to it);
+        caller holds ``h.lock``."""
+        changed = h.did_write or h.raw.pending_truncate
         try:
             self.push(h)
-            if h.did_write:
+            if changed:
                 h.raw.commit()
         except OSError as err:
             self.cache.forget_ino(h.ino)
@@ -105,7 +113,7 @@ class WriteBack:
                 s.discard(h)
                 if not s:
                     self.dirty.pop(h.ino, None)
-        if h.did_write:
+        if changed:
             self._committed(h)
 
     def flush_ino(self, ino: int) -> None:
