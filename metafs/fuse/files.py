@@ -9,8 +9,9 @@ attributes fetched at the open: close-to-open) and by the namenode on every read
 a handle is taken when it becomes needed (the inode's mode changes while a writer has it
 open, or its last name is removed through this mount). An open, create or 4 KiB write then
 costs the namenode no handle row to insert and delete: a create is one Create call, a
-small write one SetAttr (its write-only, truncating open empties the file on the
-attributes the mount believes, without a GetAttr: see ``_open_attr``) and one Write.
+small write over an existing file one Write (its write-only, truncating open goes on the
+attributes the mount believes, without a GetAttr, see ``_open_attr``, and leaves the
+truncation to that Write, see ``_open_lazy``).
 """
 
 from __future__ import annotations
@@ -247,9 +248,9 @@ class FileOperations:
         the file's old data, version or size: it goes on the attributes the mount believes
         (those of the lookup just before it, kept as long as the kernel's attribute
         timeout, or until the changelog follower reports another client's change) for its
-        permission check, as the kernel's own checks do, and then empties the file with a
-        SetAttr, which the namenode checks again and answers with the fresh attributes:
-        one call instead of a GetAttr and that SetAttr. An open by a process the namenode
+        permission check, as the kernel's own checks do, and the file is emptied by its
+        first write (or a SetAttr), which the namenode checks again and answers with the
+        fresh attributes: no GetAttr. An open by a process the namenode
         knows (its key: the project boundary's check of an open for writing) asks the
         namenode first."""
         if flags & os.O_ACCMODE == os.O_WRONLY and flags & os.O_TRUNC and not caller.process:
