@@ -179,8 +179,8 @@ def test_truncating_open_goes_with_the_first_write(grpc_namenode: GrpcNamenode,
     """A truncating open leaves its truncation to the first write (one Write call replaces
     the content) or to the close: another client sees exactly the new contents after the
     close (no tail of the old ones), a file in blocks gives them up, and the mount sees
-    the empty file from the open on (fstat, stat, other opens and reads: they send the
-    truncation first)."""
+    the empty file from the open on (fstat and stat answer so by themselves; other opens
+    and reads send the truncation first)."""
     a = mount_factory("--namenode", grpc_namenode.address)
     old = os.urandom(10 * 1024)
     new = os.urandom(4096)
@@ -193,6 +193,7 @@ def test_truncating_open_goes_with_the_first_write(grpc_namenode: GrpcNamenode,
         for name in ("f", "big"):
             fd = os.open(a / name, os.O_WRONLY | os.O_TRUNC)
             try:
+                assert os.fstat(fd).st_size == 0 and os.stat(a / name).st_size == 0
                 os.write(fd, new)
             finally:
                 os.close(fd)

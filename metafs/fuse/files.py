@@ -234,8 +234,9 @@ class FileOperations:
             # The truncation goes to the namenode with the first write through this file
             # (one Write call that replaces the file's content), or alone at its flush.
             # Until then it counts as a buffered write of the file: it is sent before
-            # anything reads the file's data or size through this mount, or another open
-            # file of it writes or opens (this mount sees the empty file from now on).
+            # anything reads the file's data through this mount, or another open file of
+            # it writes or opens; a stat is answered with the emptied file's attributes
+            # (this mount sees the empty file from now on).
             h.raw.defer_truncate()
             self.writeback.truncating(h)
             fi.keep_cache = 0

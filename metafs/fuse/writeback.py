@@ -15,6 +15,7 @@ import errno
 import time
 from typing import Callable
 
+from ..proto import metafs_pb2 as pb
 from .cache import MountCache
 from .handles import FuseError, Handle
 
@@ -46,6 +47,18 @@ class WriteBack:
         its first write): until it is sent it counts as a buffered write."""
         self.dirty.setdefault(h.ino, set()).add(h)
         self.bump(h.ino)
+
+    def truncated(self, ino: int) -> pb.Attr | None:
+        """The attributes of ``ino`` when all this mount holds back of it is an open's
+        truncation (its open file's attributes are those of the emptied file, so its size
+        and attributes need nothing sent: Python's open() asks fstat before it writes);
+        None otherwise."""
+        attr = None
+        for h in list(self.dirty.get(ino, ())):
+            if h.did_write or h.buf or not h.raw.pending_truncate:
+                return None
+            attr = h.raw.attr
+        return attr
 
     def write(self, h: Handle, data: bytes | memoryview, offset: int) -> None:
         """``data`` may be a view of libfuse's request buffer: it is copied, never kept."""
