@@ -184,12 +184,13 @@ def test_truncating_open_goes_with_the_first_write(grpc_namenode: GrpcNamenode,
     a = mount_factory("--namenode", grpc_namenode.address)
     old = os.urandom(10 * 1024)
     new = os.urandom(4096)
-    for name in ("f", "e", "s"):
+    large = os.urandom(3 << 19)
+    for name in ("f", "e", "s", "L"):
         (a / name).write_bytes(old)
     (a / "big").write_bytes(os.urandom(3 << 20))
     with Client(grpc_namenode.address) as c:
         _, head = c.changelog(0, limit=10_000)
-        ino = {name: c.stat(f"/{name}").st_ino for name in ("f", "e", "s", "big")}
+        ino = {name: c.stat(f"/{name}").st_ino for name in ("f", "e", "s", "L", "big")}
         for name in ("f", "big"):
             fd = os.open(a / name, os.O_WRONLY | os.O_TRUNC)
             try:
@@ -199,6 +200,12 @@ def test_truncating_open_goes_with_the_first_write(grpc_namenode: GrpcNamenode,
                 os.close(fd)
             assert (a / name).read_bytes() == new and c.read_bytes(f"/{name}") == new
         assert c.inodes.getattr(ino["big"]).inline  # (its block freed: see below)
+        fd = os.open(a / "L", os.O_WRONLY | os.O_TRUNC)  # new contents in blocks
+        try:
+            os.write(fd, large)
+        finally:
+            os.close(fd)
+        assert c.read_bytes("/L") == large
         os.close(os.open(a / "e", os.O_WRONLY | os.O_TRUNC))  # nothing written
         assert c.stat("/e").st_size == 0 and c.read_bytes("/e") == b""
         fd = os.open(a / "s", os.O_RDWR | os.O_TRUNC)
@@ -212,6 +219,7 @@ def test_truncating_open_goes_with_the_first_write(grpc_namenode: GrpcNamenode,
         recs, _ = c.changelog(head, limit=100)
         assert [(r.ino, r.flags, r.attr.size) for r in recs if r.op == pb.OP_WRITE] == [
             (ino["f"], pb.WRITE_REPLACED, 4096), (ino["big"], pb.WRITE_REPLACED, 4096),
+            (ino["L"], pb.WRITE_PLAIN, 0), (ino["L"], pb.WRITE_PLAIN, len(large)),
             (ino["e"], pb.WRITE_PLAIN, 0),
             (ino["s"], pb.WRITE_PLAIN, 0), (ino["s"], pb.WRITE_PLAIN, 100)]
     assert grpc_namenode.nn is not None
