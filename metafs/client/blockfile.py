@@ -268,9 +268,10 @@ class BlockFile(BlockReads, RawFile):
         return self._truncating
 
     def _send_truncate(self) -> None:
-        """Send the truncation :meth:`defer_truncate` left to this file (a SetAttr)."""
-        self._truncating = False
+        """Send the truncation :meth:`defer_truncate` left to this file (a SetAttr; one
+        that fails stays to be sent)."""
         RawFile._truncate(self, 0)
+        self._truncating = False
         a = self.attr
         self._inline, self._bsize, self._version = a.inline, a.size, a.version
         self._fresh = a.inline and a.size == 0
