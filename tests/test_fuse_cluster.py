@@ -184,10 +184,10 @@ def test_truncating_open_goes_with_the_first_write(grpc_namenode: GrpcNamenode,
     a = mount_factory("--namenode", grpc_namenode.address)
     old = os.urandom(10 * 1024)
     new = os.urandom(4096)
-    large = os.urandom(3 << 19)
+    large = os.urandom(3 << 16)  # (past the inline limit: in blocks)
     for name in ("f", "e", "s", "L"):
         (a / name).write_bytes(old)
-    (a / "big").write_bytes(os.urandom(3 << 20))
+    (a / "big").write_bytes(os.urandom(1 << 17))
     with Client(grpc_namenode.address) as c:
         _, head = c.changelog(0, limit=10_000)
         ino = {name: c.stat(f"/{name}").st_ino for name in ("f", "e", "s", "L", "big")}
@@ -224,7 +224,7 @@ def test_truncating_open_goes_with_the_first_write(grpc_namenode: GrpcNamenode,
             (ino["s"], pb.WRITE_PLAIN, 0), (ino["s"], pb.WRITE_PLAIN, 100)]
     assert grpc_namenode.nn is not None
     stats = gc(grpc_namenode.nn.ns, now=time.time() + 10 * 3600)
-    assert stats.freed_deleted == 1  # (3 MiB: one block of the default size)
+    assert stats.freed_deleted == 1  # (128 KiB: one block of the default size)
 
 
 def test_replacing_an_open_file_is_one_rename(grpc_namenode: GrpcNamenode,
