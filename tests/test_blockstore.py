@@ -304,6 +304,22 @@ def test_truncate_moves_between_inline_and_blocks(nn: Namenode) -> None:
     assert list(nn.ns.blocks.store.list()) == []
 
 
+def test_a_write_replacing_a_file_in_blocks_frees_its_blocks(nn: Namenode) -> None:
+    """A Write that empties the file first (a truncating open's first write) on a file in
+    blocks brings it back inline with just the new bytes; its blocks go to garbage."""
+    ino = _create(nn)
+    _commit(nn, ino, 2 * BS, [_block(nn, ino, 0, b"a" * BS), _block(nn, ino, 1, b"b" * BS)],
+            to_blocks=True)
+    r = nn.handlers.Write(pb.WriteRequest(caller=ROOT, ino=ino, offset=0, data=b"new",
+                                          truncate=True))
+    assert r.attr.inline and r.attr.size == 3
+    assert nn.handlers.Read(pb.ReadRequest(caller=ROOT, ino=ino, size=BS)).data == b"new"
+    assert not _layout(nn, ino).blocks
+    stats = gc(nn.ns, now=time.time() + 10 * 3600)
+    assert stats.freed_deleted == 2
+    assert list(nn.ns.blocks.store.list()) == []
+
+
 def test_unlink_frees_blocks_and_gc_keeps_referenced(nn: Namenode) -> None:
     keep = _create(nn, "keep")
     gone = _create(nn, "gone")

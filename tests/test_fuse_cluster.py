@@ -15,6 +15,7 @@ import pytest
 
 from fuse_fixtures import GrpcNamenode, Mount, grpc_namenode, mount_factory, needs_fuse  # noqa: F401
 from metafs.client import Client
+from metafs.namenode.gc import gc
 from metafs.proto import metafs_pb2 as pb
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
@@ -171,6 +172,59 @@ def test_truncating_open_empties_what_another_client_just_wrote(
         finally:
             os.close(fd)
         assert c.read_bytes("/f") == b"new"
+
+
+def test_truncating_open_goes_with_the_first_write(grpc_namenode: GrpcNamenode,
+                                                   mount_factory) -> None:
+    """A truncating open leaves its truncation to the first write (one Write call replaces
+    the content) or to the close: another client sees exactly the new contents after the
+    close (no tail of the old ones), a file in blocks gives them up, and the mount sees
+    the empty file from the open on (fstat and stat answer so by themselves; other opens
+    and reads send the truncation first)."""
+    a = mount_factory("--namenode", grpc_namenode.address)
+    old = os.urandom(10 * 1024)
+    new = os.urandom(4096)
+    large = os.urandom(3 << 16)  # (past the inline limit: in blocks)
+    for name in ("f", "e", "s", "L"):
+        (a / name).write_bytes(old)
+    (a / "big").write_bytes(os.urandom(1 << 17))
+    with Client(grpc_namenode.address) as c:
+        _, head = c.changelog(0, limit=10_000)
+        ino = {name: c.stat(f"/{name}").st_ino for name in ("f", "e", "s", "L", "big")}
+        for name in ("f", "big"):
+            fd = os.open(a / name, os.O_WRONLY | os.O_TRUNC)
+            try:
+                assert os.fstat(fd).st_size == 0 and os.stat(a / name).st_size == 0
+                os.write(fd, new)
+            finally:
+                os.close(fd)
+            assert (a / name).read_bytes() == new and c.read_bytes(f"/{name}") == new
+        assert c.inodes.getattr(ino["big"]).inline  # (its block freed: see below)
+        fd = os.open(a / "L", os.O_WRONLY | os.O_TRUNC)  # new contents in blocks
+        try:
+            os.write(fd, large)
+        finally:
+            os.close(fd)
+        assert c.read_bytes("/L") == large
+        os.close(os.open(a / "e", os.O_WRONLY | os.O_TRUNC))  # nothing written
+        assert c.stat("/e").st_size == 0 and c.read_bytes("/e") == b""
+        fd = os.open(a / "s", os.O_RDWR | os.O_TRUNC)
+        try:
+            assert os.fstat(fd).st_size == 0 and os.stat(a / "s").st_size == 0
+            assert (a / "s").read_bytes() == b"" and os.pread(fd, 100, 0) == b""
+            os.write(fd, new[:100])
+        finally:
+            os.close(fd)
+        assert c.read_bytes("/s") == new[:100]
+        recs, _ = c.changelog(head, limit=100)
+        assert [(r.ino, r.flags, r.attr.size) for r in recs if r.op == pb.OP_WRITE] == [
+            (ino["f"], pb.WRITE_REPLACED, 4096), (ino["big"], pb.WRITE_REPLACED, 4096),
+            (ino["L"], pb.WRITE_PLAIN, 0), (ino["L"], pb.WRITE_PLAIN, len(large)),
+            (ino["e"], pb.WRITE_PLAIN, 0),
+            (ino["s"], pb.WRITE_PLAIN, 0), (ino["s"], pb.WRITE_PLAIN, 100)]
+    assert grpc_namenode.nn is not None
+    stats = gc(grpc_namenode.nn.ns, now=time.time() + 10 * 3600)
+    assert stats.freed_deleted == 1  # (128 KiB: one block of the default size)
 
 
 def test_replacing_an_open_file_is_one_rename(grpc_namenode: GrpcNamenode,

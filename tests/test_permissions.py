@@ -123,6 +123,38 @@ def test_owner_group_other_bits(u: Users) -> None:
     eno(errno.EACCES, lambda: u.bob.stat("/alice/xonly/known"))
 
 
+def test_a_write_replacing_the_content_is_checked_as_a_write(u: Users) -> None:
+    """A Write that empties the file first (a truncating open's truncation sent with its
+    first write) is one transaction: refused, it changes nothing; allowed, the file holds
+    exactly the new bytes (no tail of the old ones), the set-id bits are cleared for a
+    caller other than root, and one change record says the content was replaced."""
+    old = os.urandom(10 * 1024)
+    u.alice.write_bytes("/alice/f", old)
+    u.alice.chmod("/alice/f", 0o644)
+    before = u.alice.stat("/alice/f")
+
+    def replace(who: Client, data: bytes) -> pb.WriteReply:
+        return who.transport.call("Write", pb.WriteRequest(
+            caller=who.caller, ino=before.st_ino, offset=0, data=data, truncate=True))
+
+    with pytest.raises(FsError) as refused:
+        replace(u.bob, b"x" * 4096)
+    assert refused.value.errno == errno.EACCES
+    assert u.alice.read_bytes("/alice/f") == old and u.alice.stat("/alice/f") == before
+    u.alice.chmod("/alice/f", 0o6776)
+    _, head = u.root.changelog(0, limit=10_000)
+    new = os.urandom(4096)
+    reply = replace(u.bob, new)
+    assert reply.attr.size == 4096 and reply.written == 4096
+    assert u.alice.read_bytes("/alice/f") == new
+    st = u.alice.stat("/alice/f")
+    assert st.st_size == 4096 and stat.S_IMODE(st.st_mode) == 0o776
+    assert st.st_mtime_ns > before.st_mtime_ns and st.st_ctime_ns > before.st_ctime_ns
+    recs, _ = u.root.changelog(head, limit=100)
+    assert [(r.op, r.ino, r.flags, r.attr.size) for r in recs] == \
+        [(pb.OP_WRITE, before.st_ino, pb.WRITE_REPLACED, 4096)]
+
+
 def test_search_permission_on_every_component(u: Users) -> None:
     u.alice.makedirs("/alice/a/b/c")
     u.alice.write_bytes("/alice/a/b/c/f", b"deep")

@@ -19,7 +19,9 @@ from typing import Any, Iterator
 
 import pytest
 
+from metafs.cdc.provenance.store import ProvenanceStore
 from metafs.client import Client
+from metafs.proto import metafs_pb2 as pb
 
 TRAIN = """
 import sys, metafs
@@ -517,3 +519,23 @@ def test_second_reader_of_cached_file_is_recorded(tmp_path: Path) -> None:
     for key, ev in reads.items():
         if key[0] == "writer":
             assert ev["wrote"] and not ev["read"], (key, ev)
+
+
+def test_a_write_replacing_the_content_starts_a_version(tmp_path: Path) -> None:
+    """A write that emptied the file first (WRITE_REPLACED: a truncating open's first write
+    through a mount) closes the open version as a truncation to 0 does, even for the same
+    writer; a plain write by that writer extends the version."""
+    store = ProvenanceStore(f"sqlite:///{tmp_path / 'prov.db'}")
+    try:
+        def write(seq: int, version: int, size: int, flags: int) -> pb.ChangeRecord:
+            return pb.ChangeRecord(seq=seq, op=pb.OP_WRITE, ino=5, client_id="c", flags=flags,
+                                   attr=pb.Attr(ino=5, version=version, size=size))
+
+        store.apply([pb.ChangeRecord(seq=1, op=pb.OP_CREATE, ino=5, parent=1, name="m.pt",
+                                     client_id="c"),
+                     write(2, 1, 10, pb.WRITE_PLAIN), write(3, 2, 20, pb.WRITE_PLAIN)], 3)
+        assert store.counts()["versions"] == 1
+        store.apply([write(4, 3, 5, pb.WRITE_REPLACED), write(5, 4, 9, pb.WRITE_PLAIN)], 5)
+        assert store.counts()["versions"] == 2
+    finally:
+        store.close()

@@ -32,7 +32,8 @@ N = 8  # files per phase: every count below is per operation, so N only averages
 # operation -> {namenode call: calls per operation}
 CALLS = {
     "create": {"Lookup": 1, "Create": 1},     # the kernel's lookup of the new name
-    "write_4k": {"SetAttr": 1, "Write": 1},   # open O_WRONLY|O_TRUNC empties it on believed attributes
+    "write_4k": {"Write": 1},                 # the O_TRUNC open's truncation goes with it
+    "write_4k_py": {"Write": 1},              # Python's open() asks fstat before it writes
     "read_4k": {"GetAttr": 1},                # the data is in the open's page cache
     "rename": {"Lookup": 1, "Rename": 1},     # the kernel's lookup of the new name
     "unlink": {"Unlink": 1},
@@ -151,6 +152,10 @@ def test_file_operations_cost_pinned_calls_and_statements(counted_namenode, moun
             os.write(fd, payload)
             os.close(fd)
 
+    def write_4k_py() -> None:
+        for p in paths:
+            p.write_bytes(payload)
+
     def read_4k() -> None:
         for p in paths:
             fd = os.open(p, os.O_RDONLY)
@@ -170,7 +175,8 @@ def test_file_operations_cost_pinned_calls_and_statements(counted_namenode, moun
             os.rmdir(x)
 
     phases: dict[str, Callable[[], None]] = {
-        "create": create, "write_4k": write_4k, "read_4k": read_4k, "rename": rename,
+        "create": create, "write_4k": write_4k, "write_4k_py": write_4k_py, "read_4k": read_4k,
+        "rename": rename,
         "unlink": unlink}
     seen: dict[str, dict[str, float]] = {}
 

@@ -87,6 +87,7 @@ class BlockFile(BlockReads, RawFile):
         # An empty inline file needs no layout to be written: its chunks are all new.
         self._fresh = reply.attr.inline and reply.attr.size == 0
         self._pend: bytearray | None = None     # inline bytes held back (see _write_at)
+        self._truncating = False                # see defer_truncate
         self._complete = False                  # _refs is the whole layout of its version
         self._urls: dict[str, str] = {}         # presigned GET URLs (block_presign)
         if not self._inline and not self._s.block_presign:  # (presigning needs URLs)
@@ -190,6 +191,8 @@ class BlockFile(BlockReads, RawFile):
         inline limit now). A file that was empty when this handle opened it and that this
         handle has not written inline needs no GetLayout once the client knows the chunk
         size and store: its layout is empty."""
+        if self._truncating:
+            self._send_truncate()
         self._inline_data = b""
         self._forget_layout()
         pend, self._pend = self._pend, None
@@ -226,13 +229,18 @@ class BlockFile(BlockReads, RawFile):
             self._write_blocks(0, bytes(pend))
 
     def _flush_pend(self) -> None:
-        """Send inline bytes held back by :meth:`_write_at` (one Write call)."""
+        """Send inline bytes held back by :meth:`_write_at` (one Write call, which also
+        empties the file first if its open's truncation is still to be sent), or that
+        truncation alone when nothing is held back."""
         pend, self._pend = self._pend, None
         self._fresh = False
         if not pend:
+            if self._truncating:
+                self._send_truncate()
             return
         try:
-            super()._write_at(0, bytes(pend), False)
+            self._write_call(0, bytes(pend), False, truncate=self._truncating)
+            self._truncating = False
         except OSError as exc:
             if exc.errno != errno.EFBIG:
                 raise
@@ -240,9 +248,39 @@ class BlockFile(BlockReads, RawFile):
             self._pend = pend
             self._enter_blocks()
 
+    def defer_truncate(self) -> None:
+        """This file's open truncates it (O_TRUNC), and leaves the truncation to it: the
+        file is empty to this handle from now on, and the truncation goes to the namenode
+        with the first bytes written (one Write that replaces the file's content, when
+        they fit inline), else alone (a SetAttr to 0) before anything reads the file or
+        its size through this handle, before data goes to blocks, or at the commit."""
+        with self._lock:
+            self._truncating = True
+            self._inline = True
+            self._bsize = 0
+            self._fresh = True
+            self._inline_data = b""
+            self._forget_layout()
+
+    @property
+    def pending_truncate(self) -> bool:
+        """Whether a truncation left to this file (:meth:`defer_truncate`) is not sent yet."""
+        return self._truncating
+
+    def _send_truncate(self) -> None:
+        """Send the truncation :meth:`defer_truncate` left to this file (a SetAttr; one
+        that fails stays to be sent)."""
+        RawFile._truncate(self, 0)
+        self._truncating = False
+        a = self.attr
+        self._inline, self._bsize, self._version = a.inline, a.size, a.version
+        self._fresh = a.inline and a.size == 0
+        self._inline_data = b""
+        self._forget_layout()
+
     # ------------------------------------------------------------ RawFile data path
     def _size(self) -> int:
-        if self._pend is not None:
+        if self._pend is not None or self._truncating:
             self._flush_pend()
         if not self._inline and (self._dirty or self._uploads):
             return self._bsize
@@ -265,7 +303,7 @@ class BlockFile(BlockReads, RawFile):
         (layout, read-ahead, this handle's own buffers); waiting for blocks, verifying
         and slicing them do not take it (blocks are immutable)."""
         with self._lock:
-            if self._pend is not None:
+            if self._pend is not None or self._truncating:
                 self._flush_pend()
             if self._inline:
                 got = self._read_inline(offset, size)
@@ -296,11 +334,13 @@ class BlockFile(BlockReads, RawFile):
                 end = offset + len(data)
                 limit = self._c.inline_limit
                 if end <= limit:
-                    if self._pend is not None or (self._fresh and offset == 0):
+                    if self._pend is not None or (self._fresh and (offset == 0
+                                                                   or self._truncating)):
                         # A new file's first bytes are held back: if it grows past the
                         # inline limit (a buffered writer's first flush of a larger file)
                         # it goes straight to blocks; else they are written inline once,
-                        # at flush or by the Release call at close.
+                        # at flush or by the Release call at close (so are a truncated
+                        # file's, wherever they start: it is empty before them).
                         pend = self._pend if self._pend is not None else bytearray()
                         if len(pend) < offset:
                             pend.extend(bytes(offset - len(pend)))
@@ -348,7 +388,8 @@ class BlockFile(BlockReads, RawFile):
 
     def _last_write(self) -> tuple[int, bytes] | None:
         with self._lock:
-            if self._pend is None or not self._inline or self._dirty or self._uploads:
+            if self._pend is None or not self._inline or self._dirty or self._uploads \
+                    or self._truncating:
                 return None
             pend, self._pend = self._pend, None
             self._fresh = False
@@ -403,7 +444,7 @@ class BlockFile(BlockReads, RawFile):
         while this file holds writes it has not committed (they go over the new version
         at the next commit)."""
         with self._lock:
-            if self._dirty or self._uploads or self._pend is not None:
+            if self._dirty or self._uploads or self._pend is not None or self._truncating:
                 return False
             if callable(attr):
                 attr = attr()
@@ -543,7 +584,7 @@ class BlockFile(BlockReads, RawFile):
     def _commit(self, release: bool = False) -> bool:
         """Upload what is written and commit it; with ``release`` (at close) the commit
         also releases the handle. True when it did."""
-        if self._pend is not None:
+        if self._pend is not None or self._truncating:
             self._flush_pend()
         if self._inline or (not self._dirty and not self._uploads):
             return False

@@ -314,9 +314,15 @@ class RawFile(io.RawIOBase):
         return got
 
     def _write_at(self, offset: int, data: bytes, append: bool) -> int:
+        return self._write_call(offset, data, append)
+
+    def _write_call(self, offset: int, data: bytes, append: bool,
+                    truncate: bool = False) -> int:
+        """One Write call (``truncate``: the data replaces the file's content); returns
+        the offset after the data."""
         reply = self._with_handle("Write", lambda handle: pb.WriteRequest(
             caller=self._client.caller, ino=self.ino, offset=offset, data=data,
-            handle=handle, append=append))
+            handle=handle, append=append, truncate=truncate))
         self.attr = reply.attr
         return reply.offset + reply.written
 

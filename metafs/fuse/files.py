@@ -9,8 +9,9 @@ attributes fetched at the open: close-to-open) and by the namenode on every read
 a handle is taken when it becomes needed (the inode's mode changes while a writer has it
 open, or its last name is removed through this mount). An open, create or 4 KiB write then
 costs the namenode no handle row to insert and delete: a create is one Create call, a
-small write one SetAttr (its write-only, truncating open empties the file on the
-attributes the mount believes, without a GetAttr: see ``_open_attr``) and one Write.
+small write over an existing file one Write (its write-only, truncating open goes on the
+attributes the mount believes, without a GetAttr, see ``_open_attr``, and leaves the
+truncation to that Write, see ``_open_lazy``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ def lazy_read_handles(settings: Settings) -> bool:
     opens keep)."""
     v = str(settings.fuse_lazy_read_handles).strip().lower()
     return v in ("auto", "", "1", "true", "yes", "on")
+
+
+def _emptied(attr: pb.Attr) -> pb.Attr:
+    """``attr`` as a truncation to 0 leaves it (until the namenode's own answer)."""
+    a = pb.Attr()
+    a.CopyFrom(attr)
+    a.size, a.inline = 0, True
+    a.mtime_ns = a.ctime_ns = time.time_ns()
+    return a
 
 
 class FileOperations:
@@ -121,7 +131,7 @@ class FileOperations:
 
     # ------------------------------------------------------------------ files
     def _new_handle(self, path: str, opened: pb.OpenReply | pb.Attr, flags: int,
-                    caller: pb.Caller, fi: Any) -> None:
+                    caller: pb.Caller, fi: Any) -> Handle:
         """A FUSE file over an open by inode (an Attr: a handle-less open)."""
         raw = self.nodes.file(path, opened, flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC),
                               caller)
@@ -143,6 +153,7 @@ class FileOperations:
             self.writeback.bump(attr.ino)
         if self.recorder is not None:
             self.recorder.opened(h)
+        return h
 
     def open(self, path: str, fi: Any) -> int:
         try:
@@ -207,13 +218,28 @@ class FileOperations:
             cred = Cred(caller.uid, caller.gid, frozenset(caller.groups))
             if not allowed(cred, attr.mode, attr.uid, attr.gid, access_mask_to_want(mask)):
                 raise FuseError(errno.EACCES)
-        if flags & os.O_TRUNC and (attr.size or believed):
-            # on believed attributes the file is emptied whatever size they say: another
-            # client may have written to it since they were fetched
+        truncate = bool(flags & os.O_TRUNC and (attr.size or believed))
+        if truncate and self.open_by_ino.get(attr.ino):
+            # (this mount's other open files of it see the empty file at once)
             attr = self.cache.set_attr(self.nodes.setattr(attr.ino, caller, size=0))
             self.writeback.bump(attr.ino)
-            self.refresh_others(attr.ino, attr)  # this mount's other open files of it
-        self._new_handle(path, attr, flags, caller, fi)
+            self.refresh_others(attr.ino, attr)
+            truncate = False
+        elif truncate:
+            # on believed attributes the file is emptied whatever size they say: another
+            # client may have written to it since they were fetched
+            attr = _emptied(attr)
+        h = self._new_handle(path, attr, flags, caller, fi)
+        if truncate:
+            # The truncation goes to the namenode with the first write through this file
+            # (one Write call that replaces the file's content), or alone at its flush.
+            # Until then it counts as a buffered write of the file: it is sent before
+            # anything reads the file's data through this mount, or another open file of
+            # it writes or opens; a stat is answered with the emptied file's attributes
+            # (this mount sees the empty file from now on).
+            h.raw.defer_truncate()
+            self.writeback.truncating(h)
+            fi.keep_cache = 0
         return 0
 
     def _open_attr(self, path: str, ino: int, caller: pb.Caller, flags: int
@@ -223,9 +249,9 @@ class FileOperations:
         the file's old data, version or size: it goes on the attributes the mount believes
         (those of the lookup just before it, kept as long as the kernel's attribute
         timeout, or until the changelog follower reports another client's change) for its
-        permission check, as the kernel's own checks do, and then empties the file with a
-        SetAttr, which the namenode checks again and answers with the fresh attributes:
-        one call instead of a GetAttr and that SetAttr. An open by a process the namenode
+        permission check, as the kernel's own checks do, and the file is emptied by its
+        first write (or a SetAttr), which the namenode checks again and answers with the
+        fresh attributes: no GetAttr. An open by a process the namenode
         knows (its key: the project boundary's check of an open for writing) asks the
         namenode first."""
         if flags & os.O_ACCMODE == os.O_WRONLY and flags & os.O_TRUNC and not caller.process:

@@ -240,8 +240,9 @@ class MetafsOperations(FileOperations):
         hit = self.cache.names.get(path) if path != "/" else (self.root_ino, _FOREVER)
         if hit is not None and hit[1] > now:
             ino = hit[0]
-            if ino in self.writeback.dirty:
-                self.writeback.flush_ino(ino)
+            held = self._held_attr(ino)
+            if held is not None:
+                return held
             a = self.cache.attrs.get(ino)
             if a is not None and a[1] > now:
                 return a[0]
@@ -251,11 +252,26 @@ class MetafsOperations(FileOperations):
                 if err.errno != errno.ENOENT or path == "/":
                     raise
                 self.cache.forget_path(path)
-        return self._lookup(path, caller)
+        a = self._lookup(path, caller)
+        if a.ino in self.writeback.dirty:  # (as above: an open file's writes may be held)
+            return self._attr_of_ino(a.ino, caller)
+        return a
+
+    def _held_attr(self, ino: int) -> pb.Attr | None:
+        """Before the attributes of ``ino`` are answered: the writes this mount holds back
+        of it are sent (None), unless all it holds back is an open's truncation, whose
+        attributes are known (they are returned; the truncation goes with the write)."""
+        if ino not in self.writeback.dirty:
+            return None
+        held = self.writeback.truncated(ino)
+        if held is None:
+            self.writeback.flush_ino(ino)
+        return held
 
     def _attr_of_ino(self, ino: int, caller: pb.Caller) -> pb.Attr:
-        if ino in self.writeback.dirty:
-            self.writeback.flush_ino(ino)
+        held = self._held_attr(ino)
+        if held is not None:
+            return held
         a = self.cache.attrs.get(ino)
         if a is not None and a[1] > time.monotonic():
             return a[0]

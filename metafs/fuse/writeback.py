@@ -15,6 +15,7 @@ import errno
 import time
 from typing import Callable
 
+from ..proto import metafs_pb2 as pb
 from .cache import MountCache
 from .handles import FuseError, Handle
 
@@ -40,6 +41,24 @@ class WriteBack:
     def bump(self, ino: int) -> None:
         """The data of ``ino`` changed."""
         self._epoch[ino] = self._epoch.get(ino, 0) + 1
+
+    def truncating(self, h: Handle) -> None:
+        """``h``'s open truncated the file and left the truncation to its file (sent with
+        its first write): until it is sent it counts as a buffered write."""
+        self.dirty.setdefault(h.ino, set()).add(h)
+        self.bump(h.ino)
+
+    def truncated(self, ino: int) -> pb.Attr | None:
+        """The attributes of ``ino`` when all this mount holds back of it is an open's
+        truncation (its open file's attributes are those of the emptied file, so its size
+        and attributes need nothing sent: Python's open() asks fstat before it writes);
+        None otherwise."""
+        attr = None
+        for h in list(self.dirty.get(ino, ())):
+            if h.did_write or h.buf or not h.raw.pending_truncate:
+                return None
+            attr = h.raw.attr
+        return attr
 
     def write(self, h: Handle, data: bytes | memoryview, offset: int) -> None:
         """``data`` may be a view of libfuse's request buffer: it is copied, never kept."""
@@ -91,10 +110,12 @@ class WriteBack:
 
     def commit(self, h: Handle) -> None:
         """Push buffered writes and make them visible to everyone (the client's file
-        commits what it buffers, e.g. blocks); caller holds ``h.lock``."""
+        commits what it buffers, e.g. blocks, and a truncation its open left to it);
+        caller holds ``h.lock``."""
+        changed = h.did_write or h.raw.pending_truncate
         try:
             self.push(h)
-            if h.did_write:
+            if changed:
                 h.raw.commit()
         except OSError as err:
             self.cache.forget_ino(h.ino)
@@ -105,7 +126,7 @@ class WriteBack:
                 s.discard(h)
                 if not s:
                     self.dirty.pop(h.ino, None)
-        if h.did_write:
+        if changed:
             self._committed(h)
 
     def flush_ino(self, ino: int) -> None:

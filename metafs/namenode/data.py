@@ -241,17 +241,21 @@ class FileData:
         return self.query(fn)
 
     def write(self, cred: Cred, ino: int, offset: int, data: bytes, handle: int = 0,
-              append: bool = False, *, release: bool = False) -> pb.WriteReply:
+              append: bool = False, *, release: bool = False,
+              truncate: bool = False) -> pb.WriteReply:
         """Write inline data; with ``release``, release ``handle`` in the same transaction
-        (a file's last write at close)."""
+        (a file's last write at close); with ``truncate``, the data replaces the file's
+        content: it is emptied first (its inline data or blocks dropped, as a truncation
+        to 0 by this caller would), in the same transaction."""
         if offset < 0:
             raise FsError(errno.EINVAL, "negative offset")
         if offset + len(data) > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG, "write past the largest file")
 
-        # in an empty file (the common case: a new file's first write) the data is all
-        # there is, so it is written by the statement that locks the inode, before the
-        # checks below (one that fails rolls it back with the transaction)
+        # in an empty file (the common case: a new file's first write; or any inline file
+        # whose content it replaces) the data is all there is, so it is written by the
+        # statement that locks the inode, before the checks below (one that fails rolls it
+        # back with the transaction)
         at = 0 if append else offset
         speculate = bool(data) and at + len(data) <= self.settings.inline_limit
         first = b"\0" * at + data if speculate else b""
@@ -260,7 +264,7 @@ class FileData:
             written = None
             if speculate:
                 locked, written = self.engine.write_empty_inline(
-                    tx.conn, ino, first, tx.now, kill=not cred.is_root)
+                    tx.conn, ino, first, tx.now, kill=not cred.is_root, replace=truncate)
                 row = self.live_inode(tx.conn, ino, locked)
             else:
                 row = self.locked_live_inode(tx.conn, ino)
@@ -272,21 +276,25 @@ class FileData:
                 if handle:
                     raise FsError(errno.EBADF, "file is not open for writing")
                 check(cred, row, W, "write this file")
-            off = row.size if append else offset
+            size, storage = row.size, row.storage
+            if truncate and written is None and (size or storage != STORAGE_INLINE):
+                self._truncate(tx, row, 0)  # (a file in blocks comes back inline, empty)
+                size, storage = 0, STORAGE_INLINE
+            off = size if append else offset
             end = off + len(data)
-            if row.storage != STORAGE_INLINE or end > self.settings.inline_limit:
+            if storage != STORAGE_INLINE or end > self.settings.inline_limit:
                 self.blocks.refuse_inline_write(row, end)
             if written is not None:
                 return self._written(tx, ino, to_attr(written), len(data), off, handle,
-                                     release)
+                                     release, truncate)
             # the stored bytes never pass the size (zeros there are implied) and no data
             # row is kept empty: an empty file has nothing to read
-            cur = self.inline_data(tx.conn, ino) if row.size else b""
+            cur = self.inline_data(tx.conn, ino) if size else b""
             had = bool(cur)
             if len(cur) < off:
                 cur = cur + b"\0" * (off - len(cur))
             new = cur[:off] + data + cur[end:]
-            vals: dict[str, Any] = dict(size=max(row.size, end), mtime_ns=tx.now,
+            vals: dict[str, Any] = dict(size=max(size, end), mtime_ns=tx.now,
                                         ctime_ns=tx.now, version=BUMP)
             if not cred.is_root and row.mode & (stat.S_ISUID | stat.S_ISGID):
                 vals["mode"] = kill_priv(row.mode)
@@ -294,15 +302,17 @@ class FileData:
                 attr = to_attr(self.engine.write_inline(tx.conn, ino, new, had, vals))
             else:  # nothing stored (a write of no bytes to an empty file)
                 attr = to_attr(update_inode(tx.conn, ino, vals))
-            return self._written(tx, ino, attr, len(data), off, handle, release)
+            return self._written(tx, ino, attr, len(data), off, handle, release, truncate)
 
         return self.mutate(cred, fn)
 
     def _written(self, tx: Tx, ino: int, attr: pb.Attr, n: int, off: int, handle: int,
-                 release: bool) -> pb.WriteReply:
+                 release: bool, truncated: bool) -> pb.WriteReply:
         """The end of a write of ``n`` bytes at ``off`` that made ``ino``'s attributes
-        ``attr``: its change record, the handle released if asked, the reply."""
-        tx.log(pb.OP_WRITE, ino, attr=attr)
+        ``attr`` (``truncated``: after emptying the file): its change record, the handle
+        released if asked, the reply."""
+        tx.log(pb.OP_WRITE, ino, attr=attr,
+               flags=pb.WRITE_REPLACED if truncated else pb.WRITE_PLAIN)
         if release:
             self.release_handle(tx, handle)
         return pb.WriteReply(attr=attr, written=n, offset=off)

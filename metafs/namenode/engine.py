@@ -201,19 +201,22 @@ class MetaEngine:
         return src, dst, self.move_entry(conn, parent, sn, parent, dn, src.id, now, 0, 0)
 
     def write_empty_inline(self, conn: Connection, ino: int, data: bytes, now: int, *,
-                           kill: bool) -> tuple[Any, Any]:
+                           kill: bool, replace: bool = False) -> tuple[Any, Any]:
         """Lock inode ``ino`` and read its row (as :meth:`lock_inode_rows`; None if there is
-        no such inode); when it is a linked, inline regular file of size 0, make ``data``
-        its inline data and its size, times ``now`` and version bumped (with ``kill``, its
-        mode as :func:`~.rows.kill_priv` leaves it), as :meth:`write_inline`. Returns the
-        row as locked, and as updated (None when nothing was written)."""
+        no such inode); when it is a linked, inline regular file of size 0 (with
+        ``replace``, of any size: its content is replaced), make ``data`` its inline data
+        and its size, times ``now`` and version bumped (with ``kill``, its mode as
+        :func:`~.rows.kill_priv` leaves it), as :meth:`write_inline`. Returns the row as
+        locked, and as updated (None when nothing was written)."""
         row = self.lock_inode_rows(conn, ino).get(ino)
-        if row is None or row.size or row.storage != STORAGE_INLINE or row.nlink <= 0 \
-                or not stat.S_ISREG(row.mode):
+        if row is None or (row.size and not replace) or row.storage != STORAGE_INLINE \
+                or row.nlink <= 0 or not stat.S_ISREG(row.mode):
             return row, None
         vals: dict[str, Any] = dict(size=len(data), mtime_ns=now, ctime_ns=now, version=BUMP)
         if kill and row.mode & (stat.S_ISUID | stat.S_ISGID):
             vals["mode"] = kill_priv(row.mode)
+        if row.size:  # (its old bytes, if any are stored)
+            Q_DELETE_DATA.run(conn, ino=ino)
         return row, self.write_inline(conn, ino, data, False, vals)
 
     def write_inline(self, conn: Connection, ino: int, data: bytes, had: bool,
@@ -809,11 +812,11 @@ ORDER BY id FOR UPDATE"""))
         return src, dst, moved
 
     def write_empty_inline(self, conn: Connection, ino: int, data: bytes, now: int, *,
-                           kill: bool) -> tuple[Any, Any]:
+                           kill: bool, replace: bool = False) -> tuple[Any, Any]:
         locked = written = None
         n = len(ATTR_COLS)
         for r in _Q_PG_WRITE_EMPTY.all(conn, ino=ino, data=data, size=len(data), now=now,
-                                       kill=kill):
+                                       kill=kill, replace=replace):
             if r[n]:
                 written = AttrRow(*r[:n])
             else:
@@ -973,14 +976,15 @@ SELECT {_ATTRS}, ename, false FROM e
 UNION ALL SELECT {_ATTRS}, NULL, true FROM c
 """))
 # write_empty_inline: the inode locked first, written only when it is a linked, inline,
-# empty regular file (kill_priv's rule on the mode with :kill); rows (attribute columns,
-# whether the row is the one as updated).
+# empty regular file, or any size with :replace (the data row's upsert replaces its old
+# bytes); kill_priv's rule on the mode with :kill; rows (attribute columns, whether the row
+# is the one as updated).
 _Q_PG_WRITE_EMPTY = Prepared(text(f"""
 WITH r AS (
     SELECT {_ATTRS} FROM inodes WHERE id = CAST(:ino AS bigint) FOR UPDATE
 ), go AS (
     SELECT id FROM r
-    WHERE size = 0 AND storage = {STORAGE_INLINE} AND nlink > 0
+    WHERE (size = 0 OR CAST(:replace AS boolean)) AND storage = {STORAGE_INLINE} AND nlink > 0
       AND mode & {0o170000} = {stat.S_IFREG}
 ), s AS (
     INSERT INTO file_data (ino, data) SELECT id, CAST(:data AS bytea) FROM go

@@ -214,7 +214,7 @@ class Handlers:
             if w.handle != req.handle:
                 raise FsError(errno.EINVAL, "the last write must be on the handle released")
             return self.ns.write(cred, w.ino, w.offset, w.data, w.handle, w.append,
-                                 release=True)
+                                 release=True, truncate=w.truncate)
         self.ns.release(cred, req.handle)
         return reply
 
@@ -223,7 +223,7 @@ class Handlers:
 
     def Write(self, req: pb.WriteRequest, ctx: Any = None) -> pb.WriteReply:
         return self.ns.write(self.c(req, ctx), req.ino, req.offset, req.data, req.handle,
-                             req.append)
+                             req.append, truncate=req.truncate)
 
     def BulkCreate(self, req: pb.BulkCreateRequest, ctx: Any = None) -> pb.BulkCreateReply:
         return self.ns.bulk_create(self.c(req, ctx), req.parent, req.entries,

@@ -19,6 +19,11 @@ class RenameFlags(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RENAME_NOREPLACE: _ClassVar[RenameFlags]
     RENAME_EXCHANGE: _ClassVar[RenameFlags]
 
+class WriteFlags(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WRITE_PLAIN: _ClassVar[WriteFlags]
+    WRITE_REPLACED: _ClassVar[WriteFlags]
+
 class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OP_UNSPECIFIED: _ClassVar[Op]
@@ -56,6 +61,8 @@ TIME_SET: TimeHow
 RENAME_PLAIN: RenameFlags
 RENAME_NOREPLACE: RenameFlags
 RENAME_EXCHANGE: RenameFlags
+WRITE_PLAIN: WriteFlags
+WRITE_REPLACED: WriteFlags
 OP_UNSPECIFIED: Op
 OP_CREATE: Op
 OP_MKDIR: Op
@@ -493,20 +500,22 @@ class ReadReply(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., inline: bool = ..., attr: _Optional[_Union[Attr, _Mapping]] = ...) -> None: ...
 
 class WriteRequest(_message.Message):
-    __slots__ = ("caller", "ino", "offset", "data", "handle", "append")
+    __slots__ = ("caller", "ino", "offset", "data", "handle", "append", "truncate")
     CALLER_FIELD_NUMBER: _ClassVar[int]
     INO_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     APPEND_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     caller: Caller
     ino: int
     offset: int
     data: bytes
     handle: int
     append: bool
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., handle: _Optional[int] = ..., append: bool = ...) -> None: ...
+    truncate: bool
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., handle: _Optional[int] = ..., append: bool = ..., truncate: bool = ...) -> None: ...
 
 class WriteReply(_message.Message):
     __slots__ = ("attr", "written", "offset")

@@ -348,11 +348,15 @@ class ProvenanceStore:
                 self._edge(c, b, self._run_id(c, b, r, writer), av, "w", r)
             return
         cur = self._latest(c, ino)
-        if size == 0:  # emptied (an O_TRUNC open, a truncate): the next write is new data
+        if size == 0 or r.flags & pb.WRITE_REPLACED:
+            # emptied (an O_TRUNC open, a truncate; or a write that replaced the content,
+            # the truncating open's first write): what is written from now on is new data
             if cur is not None and cur.open:
                 c.execute(update(VERSIONS).where(VERSIONS.c.id == cur.id)
-                          .values(open=False, v_hi=max(cur.v_hi, v)))
-            return
+                          .values(open=False, v_hi=max(cur.v_hi, v if not size else v - 1)))
+                cur = None
+            if size == 0:
+                return
         if cur is not None and cur.open and cur.writer == writer:
             c.execute(update(VERSIONS).where(VERSIONS.c.id == cur.id)
                       .values(v_hi=max(cur.v_hi, v), size=size))
