@@ -133,9 +133,11 @@ def _errno_name(n: int) -> str:
 def _wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     ok = OPS.labels(name, "OK")
     hist = LATENCY.labels(name)
+    consumer = name == "ReadChangelog"
+    clock = time.perf_counter
 
     def call(req: Any, ctx: Any = None) -> Any:
-        t0 = time.perf_counter()
+        t0 = clock()
         try:
             reply = fn(req, ctx)
         except FsError as err:
@@ -145,9 +147,9 @@ def _wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             OPS.labels(name, "EIO").inc()
             raise
         finally:
-            hist.observe(time.perf_counter() - t0)
+            hist.observe(clock() - t0)
         ok.inc()
-        if name == "ReadChangelog":
+        if consumer:
             last = reply.records[-1].seq if reply.records else req.after
             STATE.saw(_consumer_name(req), last)
         return reply
@@ -176,7 +178,6 @@ class Instrumented:
 
     def __init__(self, handlers: Any) -> None:
         self._h = handlers
-        self._cache: dict[str, Callable[..., Any]] = {}
         ns = getattr(handlers, "ns", None)
         if ns is not None:
             STATE.namespaces.add(ns)
@@ -187,10 +188,9 @@ class Instrumented:
         attr = getattr(self._h, name)
         if not name[:1].isupper() or not callable(attr):
             return attr
-        fn = self._cache.get(name)
-        if fn is None:
-            fn = _wrap_stream(name, attr) if name == "SubscribeChangelog" else _wrap(name, attr)
-            self._cache[name] = fn
+        fn = _wrap_stream(name, attr) if name == "SubscribeChangelog" else _wrap(name, attr)
+        # kept as an attribute of this view: later calls find it without coming here
+        setattr(self, name, fn)
         return fn
 
 

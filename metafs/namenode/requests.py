@@ -26,9 +26,9 @@ import io
 import logging
 import pickle
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from google.protobuf.message import Message
 from sqlalchemy import bindparam, delete, select
@@ -79,18 +79,31 @@ REQUEST: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
     "metafs_request", default=None)
 
 
-@contextmanager
-def scope(method: str, rid: str, attempt: int) -> Iterator[None]:
+class _Scoped:
+    """The context a handler of a mutation runs in: :data:`REQUEST` holds its scope."""
+
+    __slots__ = ("_scope", "_token")
+
+    def __init__(self, sc: Scope) -> None:
+        self._scope = sc
+
+    def __enter__(self) -> None:
+        self._token = REQUEST.set(self._scope)
+
+    def __exit__(self, *exc: object) -> None:
+        REQUEST.reset(self._token)
+
+
+_UNSCOPED: AbstractContextManager[None] = nullcontext()
+
+
+def scope(method: str, rid: str, attempt: int) -> AbstractContextManager[None]:
     """Run a handler of ``method`` as attempt ``attempt`` of call ``rid`` (no-op for calls
-    that write nothing, or without an id)."""
+    that write nothing, or without an id). A class rather than a generator: every call
+    of a namenode enters one."""
     if not rid or method not in MUTATIONS or len(rid) > MAX_ID:
-        yield
-        return
-    token = REQUEST.set(Scope(rid, attempt > 0))
-    try:
-        yield
-    finally:
-        REQUEST.reset(token)
+        return _UNSCOPED
+    return _Scoped(Scope(rid, attempt > 0))
 
 
 def _message(name: str, data: bytes) -> Message:
