@@ -642,9 +642,10 @@ class PostgresEngine(MetaEngine):
 
     def _statement_engine(self) -> Engine:
         """A second, smaller pool whose connections stay in autocommit, for reads of one
-        statement: no isolation level to set and reset on every checkout, and no liveness
+        statement: no isolation level to set and reset on every checkout, no liveness
         ping (a statement on a dead connection fails before it did anything, SQLAlchemy
-        then drops every older connection of the pool, and the read is retried)."""
+        then drops every older connection of the pool, and the read is retried), and no
+        rollback when a connection comes back (in autocommit none holds a transaction)."""
         eng = self._statements
         if eng is None:
             with self._statements_lock:
@@ -652,7 +653,8 @@ class PostgresEngine(MetaEngine):
                 if eng is None:
                     eng = self._statements = create_engine(
                         self._driver_url, pool_size=self.settings.db_pool_size,
-                        max_overflow=64, isolation_level="AUTOCOMMIT")
+                        max_overflow=64, isolation_level="AUTOCOMMIT",
+                        pool_reset_on_return=None)
         return eng
 
     @contextmanager
