@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import random
 import threading
 from pathlib import Path
@@ -297,3 +298,47 @@ def test_commits_share_rounds_and_a_reader_still_sees_its_writes(
         assert log.stats()["rounds"] - rounds <= 2
     finally:
         nn.close()
+
+
+def test_one_statement_calls_write_the_records_the_namespace_would(
+        two_namenodes: list[Namenode]) -> None:
+    """An unlink, an rmdir and a rename within a directory run as one statement of the
+    database (schema v12), which completes their records: stored byte for byte as the
+    namespace serializes them, a time before 1970 and the links left included; and their
+    errors are the namespace's own."""
+    nn = two_namenodes[0]
+    ns = nn.ns
+    cred = Cred(uid=1000, gid=1000, client_id="c", run_id="r")
+    d = ns.mkdir(Cred(), ROOT, "one", 0o777).ino
+    ns.open_session(cred, "c", "here")
+    start = ns.changelog_head()
+    f = ns.create(cred, d, "f", 0o644).attr.ino
+    ns.setattr(cred, f, mtime=(pb.TIME_SET, -1_500_000_000_123))
+    ns.rename(cred, d, "f", d, "g")
+    ns.link(cred, f, d, "h")
+    ns.unlink(cred, d, "g")
+    handle = ns.open(cred, f, os.O_RDONLY).handle
+    ns.unlink(cred, d, "h")  # the last name of an inode held open: not freed
+    s = ns.mkdir(cred, d, "s", 0o755).ino
+    ns.mkdir(cred, s, "t", 0o755)
+    for call, err in ((lambda: ns.unlink(cred, d, "g"), errno.ENOENT),
+                      (lambda: ns.rmdir(cred, d, "s"), errno.ENOTEMPTY),
+                      (lambda: ns.unlink(cred, d, "s"), errno.EISDIR),
+                      (lambda: ns.rename(Cred(uid=7), s, "t", s, "u"), errno.EACCES)):
+        with pytest.raises(FsError) as exc:
+            call()
+        assert exc.value.errno == err
+    ns.rmdir(cred, s, "t")
+    recs = _read_all(ns, start)
+    stored = nn.engine.read(lambda c: c.execute(
+        select(schema.changelog.c.seq, schema.changelog.c.body)
+        .where(schema.changelog.c.seq > start).order_by(schema.changelog.c.seq)).all())
+    assert [(s, bytes(body)) for s, body in stored] == [(r.seq, _body(r)) for r in recs]
+    ops = [(r.op, r.name, r.nlink) for r in recs if r.op != pb.OP_SETATTR]
+    assert ops == [(pb.OP_CREATE, "f", 0), (pb.OP_RENAME, "g", 0), (pb.OP_LINK, "h", 0),
+                   (pb.OP_UNLINK, "g", 1), (pb.OP_UNLINK, "h", 0), (pb.OP_MKDIR, "s", 0),
+                   (pb.OP_MKDIR, "t", 0), (pb.OP_RMDIR, "t", 0), (pb.OP_FREE, "", 0)]
+    moved = next(r for r in recs if r.op == pb.OP_RENAME)
+    assert moved.ino == f and moved.attr.mtime_ns == -1_500_000_000_123
+    assert moved.attr.ctime_ns == moved.ts_ns and moved.attr.inline
+    ns.release(cred, handle)

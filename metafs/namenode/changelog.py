@@ -190,6 +190,26 @@ class Notifier:
 
 _Q_REQUEST = Prepared(insert(schema.requests))
 
+# A change record the database completes (the schema's functions, v12): its op, and its
+# serialized fields before ``ino`` (3), between ``ino`` and the one field the database
+# writes after it, and after that field; the database puts ``ino`` and that field
+# between them, so the body is byte for byte what serializing the whole record gives.
+RecordParts = tuple[int, bytes, bytes, bytes]
+
+
+def record_parts(rec: pb.ChangeRecord, field: int) -> RecordParts:
+    """``rec`` (its ``ino`` and field number ``field`` unset) cut for the database to
+    complete with ``ino`` and field ``field`` (see :data:`RecordParts`)."""
+    parts = []
+    for lo, hi in ((0, 3), (4, field), (field + 1, 1 << 29)):
+        part = pb.ChangeRecord()
+        part.CopyFrom(rec)
+        for fd, _ in rec.ListFields():
+            if not lo <= fd.number < hi:
+                part.ClearField(fd.name)
+        parts.append(part.SerializeToString())
+    return (int(rec.op), parts[0], parts[1], parts[2])
+
 
 class DirectLog:
     """Positions handed out inside the writing transaction (engines with one writer)."""

@@ -41,12 +41,14 @@ from sqlalchemy.sql.expression import Executable
 
 from ..config import Settings
 from ..errors import FsError
+from ..posix import Cred
 from . import changelog, schema
 from .rows import (ATTR_COLS, Q_DELETE_DATA, Q_DELETE_DENTRY, Q_DELETE_INODE, Q_DELETE_XATTRS,
                    Q_ENTRY_INO, Q_INSERT_DATA, Q_INSERT_DENTRY, Q_INSERT_INODE, Q_MOVE_DENTRY,
                    Q_SET_CTIME, Q_SET_NLINK, Q_TOUCH_DIR, Q_UPDATE_DATA, AttrRow, LookupRow,
                    BUMP, STORAGE_INLINE, inherit_group, inode_update, inode_update_params,
                    kill_priv, lookup_both, update_inode)
+from .changelog import RecordParts
 from .sql import Prepared
 
 log = logging.getLogger("metafs.namenode.engine")
@@ -61,6 +63,7 @@ class MetaEngine:
     """The contract every metadata engine implements."""
 
     name = "abstract"
+    at_once = False  # whether remove_at_once and rename_at_once do anything
 
     def __init__(self, url: str, settings: Settings) -> None:
         self.url = url
@@ -230,6 +233,28 @@ class MetaEngine:
             Q_INSERT_DATA.run(conn, ino=ino, data=data)
         return update_inode(conn, ino, vals)
 
+    # The plain case of an unlink, an rmdir and a rename within one directory, whole, as
+    # one statement that commits by itself where the database can (see PostgresEngine);
+    # the defaults do nothing. The caller runs them only where no hook of its own has
+    # anything to add, and runs its general path when they did nothing.
+    def remove_at_once(self, cred: Cred, parent: int, name: str, is_dir: bool, now: int,
+                       record: RecordParts, free: RecordParts,
+                       request: dict[str, Any] | None) -> int | None:
+        """Unlink (rmdir with ``is_dir``) the entry ``name`` of ``parent`` for ``cred`` at
+        ``now`` when nothing but success can come of it, as the namespace would: its
+        change record ``record`` (cut before the links left) gets the inode's id and the
+        links left, ``free`` (cut at the end) the id when the inode is freed, and the row
+        ``request`` records the call's result (None).
+        Returns the inode removed, or None when nothing was done."""
+        return None
+
+    def rename_at_once(self, cred: Cred, parent: int, sn: str, dn: str, now: int,
+                       record: RecordParts, request: dict[str, Any] | None) -> int | None:
+        """Rename the entry ``sn`` of ``parent`` to ``dn``, a name it does not have, as
+        :meth:`remove_at_once` does an unlink (``record``, cut before ``attr``, gets the
+        moved inode's id and attributes). Returns the inode moved, or None when nothing was done."""
+        return None
+
     def delete_inode(self, conn: Connection, ino: int) -> None:
         """Delete the rows of inode ``ino``: its inline data, its xattrs, the inode."""
         Q_DELETE_DATA.run(conn, ino=ino)
@@ -275,8 +300,15 @@ class MetaEngine:
     def _statement_conn(self) -> Any:
         return self._read_tx()
 
+    def write_statement(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn``, which writes with one statement, as a transaction of its own (no
+        BEGIN and no COMMIT of their own round trips), retried as :meth:`write` is; a
+        connection lost while it runs leaves its outcome unknown, as one lost while a
+        transaction commits."""
+        return self._retrying(self._statement_conn, fn, write=True, atomic=True)
+
     def _retrying(self, tx: Callable[[], Any], fn: Callable[[Connection], T], *,
-                  write: bool = False) -> T:
+                  write: bool = False, atomic: bool = False) -> T:
         """Bounded retries with jittered exponential backoff; FsErrors are answers, not
         conflicts, and are never retried.
 
@@ -284,11 +316,12 @@ class MetaEngine:
         guarantees it rolled back (:meth:`is_retryable` with ``committing=True``). A write
         whose connection is lost once COMMIT may have been sent has an unknown outcome:
         running it again could apply it twice (an append written twice, a mkdir answered
-        EEXIST), so it fails with EIO saying so."""
+        EEXIST), so it fails with EIO saying so. ``atomic``: ``fn`` is one statement that
+        commits by itself, so it is committing from its start."""
         attempts = max(1, self.settings.db_retries)
         delay = 0.002
         for attempt in range(1, attempts + 1):
-            committing = False
+            committing = atomic
             try:
                 with tx() as conn:
                     result = fn(conn)
@@ -606,6 +639,7 @@ class SqliteEngine(MetaEngine):
 
 class PostgresEngine(MetaEngine):
     name = "postgresql"
+    at_once = True
 
     _RETRY_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock n/a
 
@@ -813,6 +847,29 @@ ORDER BY id FOR UPDATE"""))
                     dst = row
         return src, dst, moved
 
+    def remove_at_once(self, cred: Cred, parent: int, name: str, is_dir: bool, now: int,
+                       record: RecordParts, free: RecordParts,
+                       request: dict[str, Any] | None) -> int | None:
+        return self._at_once(_Q_PG_REMOVE, cred, now, request, record, parent=parent,
+                             name=name, dir=is_dir, free_op=free[0], free_head=free[1],
+                             free_mid=free[2])
+
+    def rename_at_once(self, cred: Cred, parent: int, sn: str, dn: str, now: int,
+                       record: RecordParts, request: dict[str, Any] | None) -> int | None:
+        return self._at_once(_Q_PG_RENAME_AT_ONCE, cred, now, request, record,
+                             parent=parent, sn=sn, dn=dn)
+
+    def _at_once(self, q: Prepared, cred: Cred, now: int, request: dict[str, Any] | None,
+                 record: RecordParts, **params: Any) -> int | None:
+        """Run one of the schema's functions (v12) that do a call whole."""
+        r = request or {}
+        params.update(uid=cred.uid, gids=[cred.gid, *cred.groups], ro=list(cred.ro_groups),
+                      now=now, op=record[0], head=record[1], mid=record[2], tail=record[3],
+                      rid=r.get("id"), ridx=r.get("idx"), owner=r.get("owner"),
+                      result=r.get("result"))
+        got = self.write_statement(lambda conn: q.scalar(conn, **params))
+        return None if got is None else int(got)
+
     def write_empty_inline(self, conn: Connection, ino: int, data: bytes, now: int, *,
                            kill: bool, replace: bool = False) -> tuple[Any, Any]:
         locked = written = None
@@ -1003,6 +1060,22 @@ WITH r AS (
 )
 SELECT {_ATTRS}, false FROM r
 UNION ALL SELECT {_ATTRS}, true FROM u
+"""))
+# the schema's functions (v12) that do a call whole, and their caller's parameters
+_AT_ONCE_CALLER = """CAST(:uid AS bigint), CAST(:gids AS bigint[]), CAST(:ro AS bigint[]),
+    CAST(:now AS bigint), CAST(:op AS smallint), CAST(:head AS bytea), CAST(:mid AS bytea),
+    CAST(:tail AS bytea)"""
+_AT_ONCE_REQUEST = """CAST(:rid AS varchar), CAST(:ridx AS integer), CAST(:owner AS text),
+    CAST(:result AS bytea)"""
+_Q_PG_REMOVE = Prepared(text(f"""
+SELECT metafs_remove(CAST(:parent AS bigint), CAST(:name AS varchar), CAST(:dir AS boolean),
+    {_AT_ONCE_CALLER}, CAST(:free_op AS smallint), CAST(:free_head AS bytea),
+    CAST(:free_mid AS bytea),
+    {_AT_ONCE_REQUEST})
+"""))
+_Q_PG_RENAME_AT_ONCE = Prepared(text(f"""
+SELECT metafs_rename_within(CAST(:parent AS bigint), CAST(:sn AS varchar),
+    CAST(:dn AS varchar), {_AT_ONCE_CALLER}, {_AT_ONCE_REQUEST})
 """))
 _Q_PG_DELETE_INODE = Prepared(text("""
 WITH d AS (DELETE FROM file_data WHERE ino = CAST(:ino AS bigint)),

@@ -16,12 +16,16 @@ from sqlalchemy.engine import Connection
 from ..errors import FsError
 from ..posix import PATH_MAX, R, W, X, Cred, allowed, check, check_name, check_sticky
 from ..proto import metafs_pb2 as pb
+from .changelog import record_parts
 from .rows import ATTR_COLS, D, I, Tx, dict_attr, to_attr
 from .sql import Prepared
 
 
 LINK_MAX = 65000
 _REMOVE_ATTEMPTS = 100  # restarts of one unlink/rmdir overtaken by a change of its name
+# ChangeRecord's field numbers: the links left, and past the last field
+_NLINK = pb.ChangeRecord.DESCRIPTOR.fields_by_name["nlink"].number
+_END = 1 << 29
 
 
 class _Overtaken(Exception):
@@ -198,12 +202,23 @@ class Entries:
         check(cred, pdir, W | X, "remove entries from this directory")
         return pdir, row
 
-    def _removing(self, cred: Cred, name: str, fn: Callable[[Tx], None]) -> None:
+    def _removing(self, cred: Cred, parent: int, name: str, is_dir: bool,
+                  fn: Callable[[Tx], None]) -> None:
         """Run the removal ``fn`` of ``name``; again when it found ``name`` naming another
-        inode under its locks than the one it locked."""
+        inode under its locks than the one it locked. Its plain case runs as one
+        statement where the engine can (:meth:`~.engine.MetaEngine.remove_at_once`)."""
+        def at_once(tx: Tx, request: dict[str, Any] | None) -> bool:
+            if self.free_data_hooks != self.sql_free_hooks:
+                return False
+            rec = tx.log(pb.OP_RMDIR if is_dir else pb.OP_UNLINK, 0, parent=parent, name=name)
+            free = tx.log(pb.OP_FREE, 0)
+            return self.engine.remove_at_once(
+                tx.cred, parent, name, is_dir, tx.now, record_parts(rec, _NLINK),
+                record_parts(free, _END), request) is not None
+
         for _ in range(_REMOVE_ATTEMPTS):
             try:
-                self.mutate(cred, fn)
+                self.mutate(cred, fn, at_once)
                 return
             except _Overtaken:
                 continue
@@ -223,7 +238,7 @@ class Entries:
             rec = tx.log(pb.OP_UNLINK, row.id, parent=parent, name=name)
             rec.nlink = self._remove_name(tx, parent, name, row)
 
-        self._removing(cred, name, fn)
+        self._removing(cred, parent, name, False, fn)
 
     def rmdir(self, cred: Cred, parent: int, name: str) -> None:
         check_name(name, new=False)
@@ -242,7 +257,7 @@ class Entries:
             tx.log(pb.OP_RMDIR, row.id, parent=parent, name=name)
             self._remove_name(tx, parent, name, row)
 
-        self._removing(cred, name, fn)
+        self._removing(cred, parent, name, True, fn)
 
     def _dir_has_entries(self, conn: Connection, ino: int) -> bool:
         return _Q_DIR_NONEMPTY.first(conn, ino=ino) is not None

@@ -87,6 +87,10 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         # Checks run inside each write transaction before it commits (the project
         # boundary; quotas are checked with the changelog append, see _mutate).
         self.precommit_hooks: list[Callable[[Tx], None]] = []
+        # One for each precommit hook: whether it has nothing to check now. A call made as
+        # one statement (mutate's ``at_once``) runs no hook, so it is made so only while
+        # every hook is idle.
+        self.precommit_idle: list[Callable[[], bool]] = []
         # Other paths of the same directories (projects: a share entry names the data set
         # directory of another project), as (path, alias) pairs worth trying for a caller:
         # see Lookups.visible_paths.
@@ -102,6 +106,9 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
         from .locks import Locks  # cluster-wide fcntl/flock locks (dropped with sessions)
 
         self.locks = Locks(self)
+        # what the engine's one-statement removals do of an inode's freeing themselves
+        # (the block layer's and the file locks' hooks): with any other hook they are off
+        self.sql_free_hooks = list(self.free_data_hooks)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -122,20 +129,40 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
                 generation=0, storage=STORAGE_INLINE))
 
     # ------------------------------------------------------------------ plumbing
-    def mutate(self, cred: Cred, fn: Callable[[Tx], T]) -> T:
+    def mutate(self, cred: Cred, fn: Callable[[Tx], T],
+               at_once: Callable[[Tx, dict[str, Any] | None], bool] | None = None) -> T:
         """Run ``fn`` in one write transaction (with the precommit hooks and the change
         records it logs). Within a client's call that carries a request id, a transaction
         an earlier attempt of the call committed is answered from its record instead
-        (:mod:`.requests`)."""
+        (:mod:`.requests`).
+
+        ``at_once(tx, request)``, for a call whose result is None: the call's plain case
+        whole, its records and the ``request`` row (or None) with it, as one statement
+        that commits by itself where the engine can (one round trip); tried first while
+        no precommit hook has anything to check (``tx`` has no connection). True when it
+        made the call; else ``fn`` runs."""
         scope = requests.REQUEST.get()
         if scope is None:
-            return self._mutate(cred, fn, None)
+            return self._mutate(cred, fn, None, at_once)
         return requests.once(self, cred, fn, scope,
-                             lambda record: self._mutate(cred, fn, record))
+                             lambda record: self._mutate(cred, fn, record, at_once))
 
     def _mutate(self, cred: Cred, fn: Callable[[Tx], T],
-                record: Callable[[Tx, Any], dict[str, Any] | None] | None) -> T:
+                record: Callable[[Tx, Any], dict[str, Any] | None] | None,
+                at_once: Callable[[Tx, dict[str, Any] | None], bool] | None = None) -> T:
         log = self.engine.changelog
+        if at_once is not None and self.engine.at_once \
+                and len(self.precommit_idle) == len(self.precommit_hooks) \
+                and all(idle() for idle in self.precommit_idle):
+            tx = Tx(self, None, cred, time.time_ns())  # type: ignore[arg-type]
+            token = CALLER.set(cred)
+            try:
+                done = at_once(tx, record(tx, None) if record is not None else None)
+            finally:
+                CALLER.reset(token)
+            if done:
+                log.committed(1)
+                return None  # type: ignore[return-value]
 
         def body(conn: Connection) -> tuple[T, int, list[Callable[[], None]]]:
             tx = Tx(self, conn, cred, time.time_ns())

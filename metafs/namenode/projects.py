@@ -193,6 +193,7 @@ class Projects:
         self._recorded: set[tuple[str, int]] = set()
         self._purged_ns = 0
         ns.precommit_hooks.append(self.check)
+        ns.precommit_idle.append(lambda: not self.state().projects)
         ns.path_aliases.append(lambda cred: self.state().aliases_for(cred))
         ns.open_checks.append(self.check_open)
         ns.read_hooks.append(self.record_read)

@@ -15,11 +15,13 @@ from sqlalchemy.engine import Connection
 from ..errors import FsError
 from ..posix import ROOT_INO, W, X, Cred, check, check_name, check_sticky
 from ..proto import metafs_pb2 as pb
+from .changelog import record_parts
 from .rows import D, Q_DELETE_DENTRY, Q_SET_CTIME, Tx, lookup_both, to_attr
 
 
 _RENAME_ATTEMPTS = 100  # restarts of one rename overtaken by changes of its names
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+_ATTR = pb.ChangeRecord.DESCRIPTOR.fields_by_name["attr"].number  # (a field number)
 class _RenameRestart(Exception):
     """A rename found other entries under its locks than it locked for: its transaction
     rolls back and it starts over (with the rename lock first when ``rename_lock``)."""
@@ -47,11 +49,23 @@ class Renames:
         if dst_name in (".", ".."):
             raise FsError(errno.EEXIST if flags & RENAME_NOREPLACE else errno.EBUSY,
                           f"cannot rename onto {dst_name!r}", dst_name)
+        at_once = None
+        if src_parent == dst_parent and not flags:
+            # the plain case, a new name in the same directory, as one statement where the
+            # engine can (:meth:`~.engine.MetaEngine.rename_at_once`)
+            def at_once(tx: Tx, request: dict[str, Any] | None) -> bool:
+                rec = tx.log(pb.OP_RENAME, 0, parent=dst_parent, name=dst_name,
+                             old_parent=src_parent, old_name=src_name)
+                return self.engine.rename_at_once(
+                    tx.cred, src_parent, src_name, dst_name, tx.now,
+                    record_parts(rec, _ATTR), request) is not None
+
         rename_lock = False
         for _ in range(_RENAME_ATTEMPTS):
             try:
                 self.mutate(cred, lambda tx: self._rename(tx, src_parent, src_name, dst_parent,
-                                                          dst_name, flags, rename_lock))
+                                                          dst_name, flags, rename_lock),
+                            at_once)
                 return
             except _RenameRestart as restart:
                 rename_lock = rename_lock or restart.rename_lock

@@ -384,6 +384,196 @@ def _v11(conn: Connection) -> None:
     metadata.create_all(conn, tables=[project_gateways])
 
 
+# -- v12: the common removals and renames as one statement each (PostgreSQL) --
+# Functions that run the plain case of an unlink, an rmdir and a rename within one
+# directory whole, in the order and with the checks of the namespace's own path
+# (metafs/namenode/entries.py, rename.py): called in autocommit, each is a transaction of
+# one round trip. Any case but the plain one (an error to report, a name replaced under
+# the locks, a rename onto an existing name) changes nothing and returns NULL: the caller
+# then runs its general path, which says what is wrong. A change record's body is the
+# caller's serialized ChangeRecord cut where the fields only the database knows go
+# (metafs.namenode.changelog.RecordParts), with those fields put in their places.
+_PG_FUNCTIONS = r"""
+CREATE OR REPLACE FUNCTION metafs_pb_varint(v bigint) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+    out bytea := '';
+BEGIN
+    LOOP
+        IF v >= 0 AND v < 128 THEN
+            RETURN out || set_byte('\x00'::bytea, 0, v::integer);
+        END IF;
+        out := out || set_byte('\x00'::bytea, 0, ((v & 127) | 128)::integer);
+        v := (v >> 7) & 144115188075855871;  -- a logical shift (2^57 - 1): int64 is two's complement
+    END LOOP;
+END $$;
+
+-- a varint field of a protobuf message, absent when 0 (as proto3 writes it)
+CREATE OR REPLACE FUNCTION metafs_pb_field(field integer, v bigint) RETURNS bytea
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN v = 0 THEN ''::bytea
+                ELSE metafs_pb_varint(field::bigint << 3) || metafs_pb_varint(v) END
+$$;
+
+-- ChangeRecord.attr (field 8): the pb.Attr of an inode row (metafs.namenode.rows.to_attr)
+CREATE OR REPLACE FUNCTION metafs_pb_attr(i inodes) RETURNS bytea
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT '\x42'::bytea || metafs_pb_varint(length(a)) || a FROM (SELECT
+        metafs_pb_field(1, i.id) || metafs_pb_field(2, i.mode) || metafs_pb_field(3, i.nlink)
+        || metafs_pb_field(4, i.uid) || metafs_pb_field(5, i.gid) || metafs_pb_field(6, i.rdev)
+        || metafs_pb_field(7, i.size) || metafs_pb_field(8, i.atime_ns)
+        || metafs_pb_field(9, i.mtime_ns) || metafs_pb_field(10, i.ctime_ns)
+        || metafs_pb_field(11, i.btime_ns) || metafs_pb_field(12, i.version)
+        || metafs_pb_field(13, CASE WHEN i.storage = 0 THEN 1 ELSE 0 END)
+        || metafs_pb_field(14, i.generation)) AS t(a)
+$$;
+
+-- Whether the caller (uid, its groups with the primary first, its read-only groups) may
+-- change the entries of directory d: metafs.posix.allowed(cred, ..., W | X)
+CREATE OR REPLACE FUNCTION metafs_may_change(d inodes, p_uid bigint, p_gids bigint[],
+                                             p_ro bigint[]) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p_uid = 0 OR (CASE
+        WHEN p_uid = d.uid THEN d.mode >> 6
+        WHEN d.gid = ANY (p_gids) THEN (d.mode >> 3)
+                                       & CASE WHEN d.gid = ANY (p_ro) THEN 5 ELSE 7 END
+        ELSE d.mode END) & 3 = 3
+$$;
+
+-- The records (op, ino, body) of one transaction and the row recording its call's
+-- result (p_rid NULL: none), appended as metafs.namenode.changelog.StampedLog.append
+-- does, under one ticket taken last.
+CREATE OR REPLACE FUNCTION metafs_append(p_ops smallint[], p_inos bigint[], p_bodies bytea[],
+                                         p_now bigint, p_rid varchar, p_ridx integer,
+                                         p_owner text, p_result bytea) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_rid IS NOT NULL THEN
+        INSERT INTO requests (id, idx, owner, result, created_ns)
+        VALUES (p_rid, p_ridx, p_owner, p_result, p_now);
+    END IF;
+    INSERT INTO changelog_pending (ord, idx, op, ino, ts_ns, body, added_ns)
+    SELECT o.ord, t.idx - 1, t.op, t.ino, p_now, t.body,
+           (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint
+    FROM (SELECT nextval('metafs_changelog_ord') AS ord) AS o,
+         unnest(p_ops, p_inos, p_bodies) WITH ORDINALITY AS t(op, ino, body, idx);
+END $$;
+
+-- unlink (p_dir false) or rmdir (p_dir true) of the entry p_name of p_parent
+-- (metafs.namenode.entries.Entries.unlink and rmdir): the inode removed, or NULL
+CREATE OR REPLACE FUNCTION metafs_remove(
+    p_parent bigint, p_name varchar, p_dir boolean, p_uid bigint, p_gids bigint[],
+    p_ro bigint[], p_now bigint, p_op smallint, p_head bytea, p_mid bytea, p_tail bytea,
+    p_free_op smallint, p_free_head bytea, p_free_mid bytea, p_rid varchar,
+    p_ridx integer, p_owner text, p_result bytea)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    locked bigint[];
+    d inodes;
+    r inodes;
+    nonempty boolean;
+    lft integer;
+    freed boolean;
+BEGIN
+    -- the locks in id order, of the directory and of what the name names before them
+    SELECT array_agg(id) INTO locked FROM (
+        SELECT id FROM inodes WHERE id = ANY (p_parent || ARRAY(
+            SELECT ino FROM dentries WHERE parent = p_parent AND name = p_name))
+        ORDER BY id FOR UPDATE) AS l;
+    -- each statement below sees what committed before the locks were granted
+    SELECT * INTO d FROM inodes WHERE id = p_parent;
+    IF d.id IS NULL OR d.mode & 61440 <> 16384 OR d.nlink <= 0
+            OR NOT metafs_may_change(d, p_uid, p_gids, p_ro) THEN
+        RETURN NULL;
+    END IF;
+    SELECT i.* INTO r FROM dentries x JOIN inodes i ON i.id = x.ino
+    WHERE x.parent = p_parent AND x.name = p_name;
+    IF r.id IS NULL OR NOT r.id = ANY (locked) OR (r.mode & 61440 = 16384) <> p_dir
+            OR (d.mode & 512 <> 0 AND p_uid NOT IN (0, d.uid, r.uid)) THEN
+        RETURN NULL;
+    END IF;
+    IF p_dir THEN
+        SELECT EXISTS (SELECT 1 FROM dentries WHERE parent = r.id) INTO nonempty;
+        IF nonempty THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    lft := CASE WHEN p_dir THEN 0 ELSE r.nlink - 1 END;
+    DELETE FROM dentries WHERE parent = p_parent AND name = p_name;
+    UPDATE inodes SET nlink = nlink - CASE WHEN p_dir THEN 1 ELSE 0 END,
+                      mtime_ns = p_now, ctime_ns = p_now
+    WHERE id = p_parent;
+    freed := lft = 0 AND NOT EXISTS (SELECT 1 FROM handles WHERE ino = r.id);
+    IF freed THEN
+        DELETE FROM file_data WHERE ino = r.id;
+        DELETE FROM xattrs WHERE ino = r.id;
+        DELETE FROM inodes WHERE id = r.id;
+        -- the free hooks of the block layer and of file locks
+        INSERT INTO block_garbage (key, freed_ns) SELECT key, p_now FROM blocks WHERE ino = r.id;
+        DELETE FROM blocks WHERE ino = r.id;
+        DELETE FROM locks WHERE ino = r.id;
+        PERFORM metafs_append(
+            ARRAY[p_op, p_free_op], ARRAY[r.id, r.id],
+            ARRAY[p_head || metafs_pb_field(3, r.id) || p_mid || metafs_pb_field(18, lft)
+                  || p_tail, p_free_head || metafs_pb_field(3, r.id) || p_free_mid],
+            p_now, p_rid, p_ridx, p_owner, p_result);
+    ELSE
+        UPDATE inodes SET nlink = lft, ctime_ns = p_now WHERE id = r.id;
+        PERFORM metafs_append(
+            ARRAY[p_op], ARRAY[r.id],
+            ARRAY[p_head || metafs_pb_field(3, r.id) || p_mid || metafs_pb_field(18, lft)
+                  || p_tail],
+            p_now, p_rid, p_ridx, p_owner, p_result);
+    END IF;
+    RETURN r.id;
+END $$;
+
+-- rename(2) without flags of p_sn to p_dn, a name p_parent does not have
+-- (metafs.namenode.rename.Renames.rename): the inode moved, or NULL
+CREATE OR REPLACE FUNCTION metafs_rename_within(
+    p_parent bigint, p_sn varchar, p_dn varchar, p_uid bigint, p_gids bigint[],
+    p_ro bigint[], p_now bigint, p_op smallint, p_head bytea, p_mid bytea, p_tail bytea,
+    p_rid varchar, p_ridx integer, p_owner text, p_result bytea)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    locked bigint[];
+    d inodes;
+    s inodes;
+BEGIN
+    SELECT array_agg(id) INTO locked FROM (
+        SELECT id FROM inodes WHERE id = ANY (p_parent || ARRAY(
+            SELECT ino FROM dentries WHERE parent = p_parent AND name IN (p_sn, p_dn)))
+        ORDER BY id FOR UPDATE) AS l;
+    SELECT * INTO d FROM inodes WHERE id = p_parent;
+    IF d.id IS NULL OR d.mode & 61440 <> 16384 OR d.nlink <= 0
+            OR NOT metafs_may_change(d, p_uid, p_gids, p_ro) THEN
+        RETURN NULL;
+    END IF;
+    SELECT i.* INTO s FROM dentries x JOIN inodes i ON i.id = x.ino
+    WHERE x.parent = p_parent AND x.name = p_sn;
+    IF s.id IS NULL OR NOT s.id = ANY (locked)
+            OR (d.mode & 512 <> 0 AND p_uid NOT IN (0, d.uid, s.uid))
+            OR EXISTS (SELECT 1 FROM dentries WHERE parent = p_parent AND name = p_dn) THEN
+        RETURN NULL;
+    END IF;
+    UPDATE dentries SET name = p_dn WHERE parent = p_parent AND name = p_sn;
+    UPDATE inodes SET mtime_ns = p_now, ctime_ns = p_now WHERE id = p_parent;
+    UPDATE inodes SET ctime_ns = p_now WHERE id = s.id RETURNING * INTO s;
+    PERFORM metafs_append(
+        ARRAY[p_op], ARRAY[s.id],
+        ARRAY[p_head || metafs_pb_field(3, s.id) || p_mid || metafs_pb_attr(s) || p_tail],
+        p_now, p_rid, p_ridx, p_owner, p_result);
+    RETURN s.id;
+END $$;
+"""
+
+
+def _v12(conn: Connection) -> None:
+    """The one-statement removals and renames (PostgreSQL; elsewhere nothing)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(_PG_FUNCTIONS)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -396,6 +586,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (9, _v9),
     (10, _v10),
     (11, _v11),
+    (12, _v12),
 ]
 
 
