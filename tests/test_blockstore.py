@@ -182,6 +182,18 @@ def nn(tmp_path: Path):  # type: ignore[no-untyped-def]
     n.close()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def nn_engines(request: pytest.FixtureRequest, nn: Namenode):  # type: ignore[no-untyped-def]
+    """``nn``, and the same on PostgreSQL (whose unlink frees an inode in one statement)."""
+    if request.param == "sqlite":
+        yield nn
+        return
+    n = build_namenode(nn.settings.with_(db_url=request.getfixturevalue("pg_url")),
+                       background=False)
+    yield n
+    n.close()
+
+
 def _create(nn: Namenode, name: str = "f", caller: pb.Caller = ROOT, mode: int = 0o644) -> int:
     r = nn.handlers.Create(pb.CreateRequest(caller=caller, parent=1, name=name,
                                             mode=0o100000 | mode))
@@ -320,7 +332,8 @@ def test_a_write_replacing_a_file_in_blocks_frees_its_blocks(nn: Namenode) -> No
     assert list(nn.ns.blocks.store.list()) == []
 
 
-def test_unlink_frees_blocks_and_gc_keeps_referenced(nn: Namenode) -> None:
+def test_unlink_frees_blocks_and_gc_keeps_referenced(nn_engines: Namenode) -> None:
+    nn = nn_engines
     keep = _create(nn, "keep")
     gone = _create(nn, "gone")
     kb = _block(nn, keep, 0, b"k" * 1000)
