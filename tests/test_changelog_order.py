@@ -302,10 +302,10 @@ def test_commits_share_rounds_and_a_reader_still_sees_its_writes(
 
 def test_one_statement_calls_write_the_records_the_namespace_would(
         two_namenodes: list[Namenode]) -> None:
-    """An unlink, an rmdir and a rename within a directory run as one statement of the
-    database (schema v12), which completes their records: stored byte for byte as the
-    namespace serializes them, a time before 1970 and the links left included; and their
-    errors are the namespace's own."""
+    """A create, a mkdir, an unlink, an rmdir and a rename within a directory run as one
+    statement of the database (schema v12), which completes their records: stored byte
+    for byte as the namespace serializes them, a time before 1970 and the links left
+    included; their errors, and a set-group-ID directory's group, are the namespace's."""
     nn = two_namenodes[0]
     ns = nn.ns
     cred = Cred(uid=1000, gid=1000, client_id="c", run_id="r")
@@ -324,11 +324,16 @@ def test_one_statement_calls_write_the_records_the_namespace_would(
     for call, err in ((lambda: ns.unlink(cred, d, "g"), errno.ENOENT),
                       (lambda: ns.rmdir(cred, d, "s"), errno.ENOTEMPTY),
                       (lambda: ns.unlink(cred, d, "s"), errno.EISDIR),
-                      (lambda: ns.rename(Cred(uid=7), s, "t", s, "u"), errno.EACCES)):
+                      (lambda: ns.rename(Cred(uid=7), s, "t", s, "u"), errno.EACCES),
+                      (lambda: ns.create(cred, d, "s", 0o644, exclusive=True), errno.EEXIST),
+                      (lambda: ns.mkdir(Cred(uid=7), s, "v", 0o755), errno.EACCES)):
         with pytest.raises(FsError) as exc:
             call()
         assert exc.value.errno == err
     ns.rmdir(cred, s, "t")
+    ns.setattr(cred, s, mode=0o2777)
+    assert ns.mkdir(Cred(uid=7, gid=7), s, "g", 0o755).attr.gid == 1000
+    ns.rmdir(cred, s, "g")
     recs = _read_all(ns, start)
     stored = nn.engine.read(lambda c: c.execute(
         select(schema.changelog.c.seq, schema.changelog.c.body)
@@ -337,7 +342,8 @@ def test_one_statement_calls_write_the_records_the_namespace_would(
     ops = [(r.op, r.name, r.nlink) for r in recs if r.op != pb.OP_SETATTR]
     assert ops == [(pb.OP_CREATE, "f", 0), (pb.OP_RENAME, "g", 0), (pb.OP_LINK, "h", 0),
                    (pb.OP_UNLINK, "g", 1), (pb.OP_UNLINK, "h", 0), (pb.OP_MKDIR, "s", 0),
-                   (pb.OP_MKDIR, "t", 0), (pb.OP_RMDIR, "t", 0), (pb.OP_FREE, "", 0)]
+                   (pb.OP_MKDIR, "t", 0), (pb.OP_RMDIR, "t", 0), (pb.OP_FREE, "", 0),
+                   (pb.OP_MKDIR, "g", 0), (pb.OP_RMDIR, "g", 0), (pb.OP_FREE, "", 0)]
     moved = next(r for r in recs if r.op == pb.OP_RENAME)
     assert moved.ino == f and moved.attr.mtime_ns == -1_500_000_000_123
     assert moved.attr.ctime_ns == moved.ts_ns and moved.attr.inline

@@ -42,10 +42,10 @@ CALLS = {
 # namenode call -> (transactions, most SQL statements) per call on PostgreSQL; a writing
 # call's statements include the one that records its result under its request id. A
 # transaction costs two round trips more (BEGIN, COMMIT); a call of no transaction and
-# one statement (a rename within a directory, an unlink, an rmdir: a function of the
-# schema, in autocommit) is one round trip.
-SQL = {"Lookup": (0, 1), "GetAttr": (0, 1), "Create": (1, 2), "Write": (1, 2),
-       "Rename": (0, 1), "Unlink": (0, 1), "Rmdir": (0, 1),
+# one statement (a create, a mkdir, a rename within a directory, an unlink, an rmdir: a
+# function of the schema, in autocommit) is one round trip.
+SQL = {"Lookup": (0, 1), "GetAttr": (0, 1), "Create": (0, 1), "Mkdir": (0, 1),
+       "Write": (1, 2), "Rename": (0, 1), "Unlink": (0, 1), "Rmdir": (0, 1),
        # a following mount's read of the changelog: the head, the records and whether
        # records await a position come from one statement (a stamping round it may wait
        # for runs on the namenode's assigner thread)

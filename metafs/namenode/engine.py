@@ -233,10 +233,26 @@ class MetaEngine:
             Q_INSERT_DATA.run(conn, ino=ino, data=data)
         return update_inode(conn, ino, vals)
 
-    # The plain case of an unlink, an rmdir and a rename within one directory, whole, as
-    # one statement that commits by itself where the database can (see PostgresEngine);
-    # the defaults do nothing. The caller runs them only where no hook of its own has
-    # anything to add, and runs its general path when they did nothing.
+    # The plain case of a create, an unlink, an rmdir and a rename within one directory,
+    # whole, as one statement that commits by itself where the database can (see
+    # PostgresEngine); the defaults do nothing. The caller runs them only where no hook of
+    # its own has anything to add, and runs its general path when they did nothing.
+    def next_inode_id(self) -> int:
+        """An inode id no one else has or will get, for :meth:`create_at_once` (whose
+        caller writes it into the new inode's record and result before the statement)."""
+        raise NotImplementedError
+
+    def create_at_once(self, cred: Cred, parent: int, name: str, row: dict[str, Any],
+                       nlink_delta: int, quota: bool, record: tuple[int, bytes],
+                       request: dict[str, Any] | None) -> int | None:
+        """Add the entry ``name`` naming the new inode ``row`` (its id from
+        :meth:`next_inode_id`, its times its ctime, its group the caller's) to directory
+        ``parent`` when nothing but success can come of it, as the namespace would
+        (``parent``'s link count changed by ``nlink_delta``; nothing when ``quota`` and a
+        quota exists), with its change record ``record`` (op, serialized whole) and the row
+        ``request``. Returns the inode's id, or None when nothing was done."""
+        return None
+
     def remove_at_once(self, cred: Cred, parent: int, name: str, is_dir: bool, now: int,
                        record: RecordParts, free: RecordParts,
                        request: dict[str, Any] | None) -> int | None:
@@ -640,6 +656,7 @@ class SqliteEngine(MetaEngine):
 class PostgresEngine(MetaEngine):
     name = "postgresql"
     at_once = True
+    _ID_BATCH = 64  # inode ids next_inode_id takes from the sequence at a time
 
     _RETRY_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock n/a
 
@@ -651,6 +668,8 @@ class PostgresEngine(MetaEngine):
         self._dir_entries: dict[int, Prepared] = {}  # lock_dir_entries' by names count
         self._driver_url = url
         self._statements_lock = threading.Lock()
+        self._ids: collections.deque[int] = collections.deque()  # next_inode_id's
+        self._ids_lock = threading.Lock()
         # No liveness ping at checkout (a round trip more per transaction): a transaction
         # on a connection the server dropped fails at its first statement, before it did
         # anything; SQLAlchemy then drops every older connection of the pool and
@@ -858,6 +877,24 @@ ORDER BY id FOR UPDATE"""))
                        record: RecordParts, request: dict[str, Any] | None) -> int | None:
         return self._at_once(_Q_PG_RENAME_AT_ONCE, cred, now, request, record,
                              parent=parent, sn=sn, dn=dn)
+
+    def next_inode_id(self) -> int:
+        # ids are taken from the sequence a batch at a time (one round trip per batch);
+        # one this process never uses is a gap, as a rolled-back create leaves
+        with self._ids_lock:
+            if not self._ids:
+                self._ids.extend(self.read_statement(
+                    lambda conn: self.allocate_ids(conn, "inode", self._ID_BATCH)))
+            return self._ids.popleft()
+
+    def create_at_once(self, cred: Cred, parent: int, name: str, row: dict[str, Any],
+                       nlink_delta: int, quota: bool, record: tuple[int, bytes],
+                       request: dict[str, Any] | None) -> int | None:
+        return self._at_once(
+            _Q_PG_CREATE_AT_ONCE, cred, row["ctime_ns"], request, (record[0], b"", b"", b""),
+            parent=parent, name=name, ino=row["id"], mode=row["mode"], nlink=row["nlink"],
+            rdev=row["rdev"], delta=nlink_delta, quota=quota, gid=row["gid"],
+            body=record[1])
 
     def _at_once(self, q: Prepared, cred: Cred, now: int, request: dict[str, Any] | None,
                  record: RecordParts, **params: Any) -> int | None:
@@ -1072,6 +1109,13 @@ SELECT metafs_remove(CAST(:parent AS bigint), CAST(:name AS varchar), CAST(:dir 
     {_AT_ONCE_CALLER}, CAST(:free_op AS smallint), CAST(:free_head AS bytea),
     CAST(:free_mid AS bytea),
     {_AT_ONCE_REQUEST})
+"""))
+_Q_PG_CREATE_AT_ONCE = Prepared(text(f"""
+SELECT metafs_create(CAST(:parent AS bigint), CAST(:name AS varchar), CAST(:ino AS bigint),
+    CAST(:mode AS integer), CAST(:nlink AS integer), CAST(:rdev AS bigint),
+    CAST(:delta AS integer), CAST(:quota AS boolean), CAST(:uid AS bigint),
+    CAST(:gid AS bigint), CAST(:gids AS bigint[]), CAST(:ro AS bigint[]),
+    CAST(:now AS bigint), CAST(:op AS smallint), CAST(:body AS bytea), {_AT_ONCE_REQUEST})
 """))
 _Q_PG_RENAME_AT_ONCE = Prepared(text(f"""
 SELECT metafs_rename_within(CAST(:parent AS bigint), CAST(:sn AS varchar),

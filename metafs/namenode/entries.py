@@ -114,7 +114,14 @@ class Entries:
             handle = self._new_handle(tx, row["id"], flags) if do_open else 0
             return pb.OpenReply(attr=attr, handle=handle)
 
-        return self.mutate(cred, fn)
+        def at_once(tx: Tx, request: Callable[[Any], dict[str, Any] | None]
+                    ) -> tuple[bool, pb.OpenReply]:
+            row = self._new_inode(tx, None, ftype | perm, rdev=rdev,
+                                  ino=self.engine.next_inode_id())
+            reply = made(tx, row)  # (no handle: not open)
+            return self._create_at_once(tx, parent, name, row, 0, request(reply)), reply
+
+        return self.mutate(cred, fn, None if do_open else at_once)
 
     def mkdir(self, cred: Cred, parent: int, name: str, mode: int, umask: int = 0) -> pb.Entry:
         check_name(name)
@@ -132,7 +139,27 @@ class Entries:
             tx.log(pb.OP_MKDIR, row["id"], parent=parent, name=name, attr=attr)
             return pb.Entry(ino=row["id"], attr=attr)
 
-        return self.mutate(cred, fn)
+        def at_once(tx: Tx, request: Callable[[Any], dict[str, Any] | None]
+                    ) -> tuple[bool, pb.Entry]:
+            row = self._new_inode(tx, None, stat.S_IFDIR | perm,
+                                  ino=self.engine.next_inode_id())
+            attr = dict_attr(row)
+            tx.log(pb.OP_MKDIR, row["id"], parent=parent, name=name, attr=attr)
+            entry = pb.Entry(ino=row["id"], attr=attr)
+            return self._create_at_once(tx, parent, name, row, 1, request(entry)), entry
+
+        return self.mutate(cred, fn, at_once)
+
+    def _create_at_once(self, tx: Tx, parent: int, name: str, row: dict[str, Any],
+                        nlink_delta: int, request: dict[str, Any] | None) -> bool:
+        """A create's or a mkdir's plain case as one statement where the engine can
+        (:meth:`~.engine.MetaEngine.create_at_once`): the new inode ``row`` (its id taken
+        ahead, its group the caller's) and the record ``tx`` logged for it, whole, as the
+        general path would make them; whether it was made."""
+        rec = tx.records[-1]
+        return self.engine.create_at_once(
+            tx.cred, parent, name, row, nlink_delta, self.quotas.guard(tx) is not None,
+            (int(rec.op), rec.SerializeToString()), request) is not None
 
     def symlink(self, cred: Cred, parent: int, name: str, target: str) -> pb.Entry:
         check_name(name)
@@ -207,14 +234,15 @@ class Entries:
         """Run the removal ``fn`` of ``name``; again when it found ``name`` naming another
         inode under its locks than the one it locked. Its plain case runs as one
         statement where the engine can (:meth:`~.engine.MetaEngine.remove_at_once`)."""
-        def at_once(tx: Tx, request: dict[str, Any] | None) -> bool:
+        def at_once(tx: Tx, request: Callable[[Any], dict[str, Any] | None]
+                    ) -> tuple[bool, None]:
             if self.free_data_hooks != self.sql_free_hooks:
-                return False
+                return False, None
             rec = tx.log(pb.OP_RMDIR if is_dir else pb.OP_UNLINK, 0, parent=parent, name=name)
             free = tx.log(pb.OP_FREE, 0)
             return self.engine.remove_at_once(
                 tx.cred, parent, name, is_dir, tx.now, record_parts(rec, _NLINK),
-                record_parts(free, _END), request) is not None
+                record_parts(free, _END), request(None)) is not None, None
 
         for _ in range(_REMOVE_ATTEMPTS):
             try:

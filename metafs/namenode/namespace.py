@@ -130,17 +130,18 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
 
     # ------------------------------------------------------------------ plumbing
     def mutate(self, cred: Cred, fn: Callable[[Tx], T],
-               at_once: Callable[[Tx, dict[str, Any] | None], bool] | None = None) -> T:
+               at_once: Callable[[Tx, Callable[[Any], dict[str, Any] | None]],
+                                 tuple[bool, Any]] | None = None) -> T:
         """Run ``fn`` in one write transaction (with the precommit hooks and the change
         records it logs). Within a client's call that carries a request id, a transaction
         an earlier attempt of the call committed is answered from its record instead
         (:mod:`.requests`).
 
-        ``at_once(tx, request)``, for a call whose result is None: the call's plain case
-        whole, its records and the ``request`` row (or None) with it, as one statement
-        that commits by itself where the engine can (one round trip); tried first while
-        no precommit hook has anything to check (``tx`` has no connection). True when it
-        made the call; else ``fn`` runs."""
+        ``at_once(tx, request)``: the call's plain case whole, its records and the row
+        ``request(result)`` (or None) with it, as one statement that commits by itself
+        where the engine can (one round trip); tried first while no precommit hook has
+        anything to check (``tx`` has no connection). It returns whether it made the call
+        and the call's result; when it did not, ``fn`` runs."""
         scope = requests.REQUEST.get()
         if scope is None:
             return self._mutate(cred, fn, None, at_once)
@@ -149,7 +150,8 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
 
     def _mutate(self, cred: Cred, fn: Callable[[Tx], T],
                 record: Callable[[Tx, Any], dict[str, Any] | None] | None,
-                at_once: Callable[[Tx, dict[str, Any] | None], bool] | None = None) -> T:
+                at_once: Callable[[Tx, Callable[[Any], dict[str, Any] | None]],
+                                  tuple[bool, Any]] | None = None) -> T:
         log = self.engine.changelog
         if at_once is not None and self.engine.at_once \
                 and len(self.precommit_idle) == len(self.precommit_hooks) \
@@ -157,12 +159,13 @@ class Namespace(Sessions, Lookups, Entries, Renames, Attributes, FileData, BulkC
             tx = Tx(self, None, cred, time.time_ns())  # type: ignore[arg-type]
             token = CALLER.set(cred)
             try:
-                done = at_once(tx, record(tx, None) if record is not None else None)
+                done, result = at_once(
+                    tx, lambda result: record(tx, result) if record is not None else None)
             finally:
                 CALLER.reset(token)
             if done:
                 log.committed(1)
-                return None  # type: ignore[return-value]
+                return result  # type: ignore[no-any-return]
 
         def body(conn: Connection) -> tuple[T, int, list[Callable[[], None]]]:
             tx = Tx(self, conn, cred, time.time_ns())

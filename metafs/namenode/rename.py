@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno
 import stat
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import update
 from sqlalchemy.engine import Connection
@@ -53,12 +53,13 @@ class Renames:
         if src_parent == dst_parent and not flags:
             # the plain case, a new name in the same directory, as one statement where the
             # engine can (:meth:`~.engine.MetaEngine.rename_at_once`)
-            def at_once(tx: Tx, request: dict[str, Any] | None) -> bool:
+            def at_once(tx: Tx, request: Callable[[Any], dict[str, Any] | None]
+                        ) -> tuple[bool, None]:
                 rec = tx.log(pb.OP_RENAME, 0, parent=dst_parent, name=dst_name,
                              old_parent=src_parent, old_name=src_name)
                 return self.engine.rename_at_once(
                     tx.cred, src_parent, src_name, dst_name, tx.now,
-                    record_parts(rec, _ATTR), request) is not None
+                    record_parts(rec, _ATTR), request(None)) is not None, None
 
         rename_lock = False
         for _ in range(_RENAME_ATTEMPTS):

@@ -384,29 +384,37 @@ def _v11(conn: Connection) -> None:
     metadata.create_all(conn, tables=[project_gateways])
 
 
-# -- v12: the common removals and renames as one statement each (PostgreSQL) --
-# Functions that run the plain case of an unlink, an rmdir and a rename within one
-# directory whole, in the order and with the checks of the namespace's own path
+# -- v12: the common creates, removals and renames as one statement each (PostgreSQL) --
+# Functions that run the plain case of a create, a mkdir, an unlink, an rmdir and a
+# rename within one directory whole, in the order and with the checks of the namespace's own path
 # (metafs/namenode/entries.py, rename.py): called in autocommit, each is a transaction of
 # one round trip. Any case but the plain one (an error to report, a name replaced under
-# the locks, a rename onto an existing name) changes nothing and returns NULL: the caller
+# the locks, a rename onto an existing name, a name that exists) changes nothing and
+# returns NULL: the caller
 # then runs its general path, which says what is wrong. A change record's body is the
 # caller's serialized ChangeRecord cut where the fields only the database knows go
 # (metafs.namenode.changelog.RecordParts), with those fields put in their places.
+def _varint_sql(v: str) -> str:
+    """A protobuf varint of the bigint ``v`` as one SQL expression (no loop, so that
+    PostgreSQL inlines the function it is the body of): byte i holds bits 7i..7i+6 and
+    the continuation bit while bits remain above them; a negative value (two's
+    complement, as int64) takes all ten bytes."""
+    def byte(i: int) -> str:
+        more = f"CASE WHEN {v} >> {7 * (i + 1)} <> 0 THEN 128 ELSE 0 END"
+        return f"set_byte('\\x00'::bytea, 0, ((({v} >> {7 * i}) & 127) | {more})::integer)"
+
+    parts = [byte(0)]
+    parts += [f"CASE WHEN {v} >> {7 * i} <> 0 THEN {byte(i)} ELSE ''::bytea END"
+              for i in range(1, 9)]
+    parts.append(f"CASE WHEN {v} < 0 THEN '\\x01'::bytea ELSE ''::bytea END")
+    return "\n        || ".join(parts)
+
+
 _PG_FUNCTIONS = r"""
 CREATE OR REPLACE FUNCTION metafs_pb_varint(v bigint) RETURNS bytea
-LANGUAGE plpgsql IMMUTABLE STRICT AS $$
-DECLARE
-    out bytea := '';
-BEGIN
-    LOOP
-        IF v >= 0 AND v < 128 THEN
-            RETURN out || set_byte('\x00'::bytea, 0, v::integer);
-        END IF;
-        out := out || set_byte('\x00'::bytea, 0, ((v & 127) | 128)::integer);
-        v := (v >> 7) & 144115188075855871;  -- a logical shift (2^57 - 1): int64 is two's complement
-    END LOOP;
-END $$;
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT {varint}
+$$;
 
 -- a varint field of a protobuf message, absent when 0 (as proto3 writes it)
 CREATE OR REPLACE FUNCTION metafs_pb_field(field integer, v bigint) RETURNS bytea
@@ -417,16 +425,19 @@ $$;
 
 -- ChangeRecord.attr (field 8): the pb.Attr of an inode row (metafs.namenode.rows.to_attr)
 CREATE OR REPLACE FUNCTION metafs_pb_attr(i inodes) RETURNS bytea
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT '\x42'::bytea || metafs_pb_varint(length(a)) || a FROM (SELECT
-        metafs_pb_field(1, i.id) || metafs_pb_field(2, i.mode) || metafs_pb_field(3, i.nlink)
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    a bytea;
+BEGIN
+    a := metafs_pb_field(1, i.id) || metafs_pb_field(2, i.mode) || metafs_pb_field(3, i.nlink)
         || metafs_pb_field(4, i.uid) || metafs_pb_field(5, i.gid) || metafs_pb_field(6, i.rdev)
         || metafs_pb_field(7, i.size) || metafs_pb_field(8, i.atime_ns)
         || metafs_pb_field(9, i.mtime_ns) || metafs_pb_field(10, i.ctime_ns)
         || metafs_pb_field(11, i.btime_ns) || metafs_pb_field(12, i.version)
         || metafs_pb_field(13, CASE WHEN i.storage = 0 THEN 1 ELSE 0 END)
-        || metafs_pb_field(14, i.generation)) AS t(a)
-$$;
+        || metafs_pb_field(14, i.generation);
+    RETURN '\x42'::bytea || metafs_pb_varint(length(a)) || a;
+END $$;
 
 -- Whether the caller (uid, its groups with the primary first, its read-only groups) may
 -- change the entries of directory d: metafs.posix.allowed(cred, ..., W | X)
@@ -528,6 +539,42 @@ BEGIN
     RETURN r.id;
 END $$;
 
+-- a new inode p_ino (its columns from the caller, its times p_now) named p_name in
+-- p_parent (metafs.namenode.entries.Entries.create without open, and mkdir), its record
+-- p_body whole: the inode made, or NULL (also when p_quota says quotas are to be checked
+-- and one exists, and in a set-group-ID directory, whose group the inode would take)
+CREATE OR REPLACE FUNCTION metafs_create(
+    p_parent bigint, p_name varchar, p_ino bigint, p_mode integer, p_nlink integer,
+    p_rdev bigint, p_delta integer, p_quota boolean, p_uid bigint, p_gid bigint,
+    p_gids bigint[], p_ro bigint[], p_now bigint, p_op smallint, p_body bytea,
+    p_rid varchar, p_ridx integer, p_owner text, p_result bytea)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    d inodes;
+BEGIN
+    SELECT * INTO d FROM inodes WHERE id = p_parent FOR UPDATE;
+    IF d.id IS NULL OR d.mode & 61440 <> 16384 OR d.nlink <= 0 OR d.mode & 1024 <> 0
+            OR NOT metafs_may_change(d, p_uid, p_gids, p_ro)
+            OR (p_quota AND EXISTS (SELECT 1 FROM quotas)) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO dentries (parent, name, ino, mode)
+    VALUES (p_parent, p_name, p_ino, p_mode & 61440)
+    ON CONFLICT (parent, name) DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO inodes (id, mode, uid, gid, nlink, rdev, size, atime_ns, mtime_ns, ctime_ns,
+                        btime_ns, version, generation, storage, target)
+    VALUES (p_ino, p_mode, p_uid, p_gid, p_nlink, p_rdev, 0, p_now, p_now, p_now, p_now,
+            0, 0, 0, NULL);
+    UPDATE inodes SET nlink = nlink + p_delta, mtime_ns = p_now, ctime_ns = p_now
+    WHERE id = p_parent;
+    PERFORM metafs_append(ARRAY[p_op], ARRAY[p_ino], ARRAY[p_body], p_now, p_rid, p_ridx,
+                          p_owner, p_result);
+    RETURN p_ino;
+END $$;
+
 -- rename(2) without flags of p_sn to p_dn, a name p_parent does not have
 -- (metafs.namenode.rename.Renames.rename): the inode moved, or NULL
 CREATE OR REPLACE FUNCTION metafs_rename_within(
@@ -569,9 +616,9 @@ END $$;
 
 
 def _v12(conn: Connection) -> None:
-    """The one-statement removals and renames (PostgreSQL; elsewhere nothing)."""
+    """The one-statement creates, removals and renames (PostgreSQL; elsewhere nothing)."""
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(_PG_FUNCTIONS)
+        conn.exec_driver_sql(_PG_FUNCTIONS.replace("{varint}", _varint_sql("v")))
 
 
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
