@@ -261,12 +261,13 @@ def test_postgres_restart_mid_workload(settings: Settings) -> None:
 
 class _CommitDropper:
     """A unix-socket proxy in front of PostgreSQL that, once armed, forwards the next
-    COMMIT, lets the server answer it, and then drops the client's connection without
-    passing the answer on: the transaction is committed and the client cannot know."""
+    COMMIT (or the next message holding ``marker``: a statement that commits by itself),
+    lets the server answer it, and then drops the client's connection without passing
+    the answer on: the transaction is committed and the client cannot know."""
 
-    _COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # the simple-protocol message psycopg sends
+    COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # the simple-protocol message psycopg sends
 
-    def __init__(self, server_url: str) -> None:
+    def __init__(self, server_url: str, marker: bytes = COMMIT) -> None:
         import socket
         import tempfile
         import threading
@@ -278,6 +279,7 @@ class _CommitDropper:
         self.dir = tempfile.mkdtemp(prefix="mfcd")
         self.url = url.set(query={**url.query, "host": self.dir}).render_as_string(
             hide_password=False)
+        self.marker = marker
         self.armed = threading.Event()
         self.dropped = threading.Event()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -303,7 +305,7 @@ class _CommitDropper:
     def _c2s(self, client, server, state) -> None:  # type: ignore[no-untyped-def]
         try:
             while data := client.recv(65536):
-                if self.armed.is_set() and self._COMMIT in data:
+                if self.armed.is_set() and self.marker in data:
                     self.armed.clear()
                     state["drop"] = True
                 server.sendall(data)
@@ -344,27 +346,36 @@ class _CommitDropper:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def test_connection_lost_during_commit_is_answered_once(settings: Settings, pg_url: str) -> None:
-    """The connection drops after the server committed a mkdir but before the namenode
+@pytest.mark.parametrize("call", ["mkdir", "symlink"])
+def test_connection_lost_during_commit_is_answered_once(settings: Settings, pg_url: str,
+                                                        call: str) -> None:
+    """The connection drops after the server committed a mkdir (one statement that
+    commits by itself) or a symlink (a transaction's COMMIT) but before the namenode
     heard so: the outcome is unknown, so the namenode answers UNAVAILABLE and the client
     asks again under the same request id; the retry finds the first attempt's recorded
-    result and answers with it. The mkdir runs once (no EEXIST) and the caller sees success."""
-    proxy = _CommitDropper(pg_url)
+    result and answers with it. The call runs once (no EEXIST) and the caller sees
+    success."""
+    proxy = _CommitDropper(pg_url, b"metafs_create" if call == "mkdir"
+                           else _CommitDropper.COMMIT)
     nn = build_namenode(settings.with_(db_url=proxy.url), background=False)
     server = serve_grpc(nn, "127.0.0.1:0")  # (request ids, and retries under them)
     try:
         fs = Client(settings=nn.settings.with_(namenode=server.address), uid=0, gid=0)
         fs.mkdir("/before")
-        # no stamping round awaits: the next COMMIT is the mkdir's (but for a rare idle
+        # no stamping round awaits: the next COMMIT is the symlink's (but for a rare idle
         # round of the changelog's assigner, whose lost COMMIT it retries by itself)
         nn.ns.changelog_head()
         proxy.armed.set()
-        fs.mkdir("/d")
+        if call == "mkdir":
+            fs.mkdir("/d")
+            assert fs.isdir("/d"), "the server committed the mkdir"
+        else:
+            fs.symlink("/before", "/d")
+            assert fs.readlink("/d") == "/before", "the server committed the symlink"
         assert proxy.dropped.is_set()
-        assert fs.isdir("/d"), "the server committed the mkdir"
         # the namenode goes on working on new connections
-        fs.write_bytes("/d/f", b"x")
-        assert fs.read_bytes("/d/f") == b"x"
+        fs.write_bytes("/before/f", b"x")
+        assert fs.read_bytes("/before/f") == b"x"
         fs.close()
     finally:
         server.stop(0)
