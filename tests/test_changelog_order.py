@@ -302,10 +302,11 @@ def test_commits_share_rounds_and_a_reader_still_sees_its_writes(
 
 def test_one_statement_calls_write_the_records_the_namespace_would(
         two_namenodes: list[Namenode]) -> None:
-    """A create, a mkdir, an unlink, an rmdir and a rename within a directory run as one
-    statement of the database (schema v12), which completes their records: stored byte
-    for byte as the namespace serializes them, a time before 1970 and the links left
-    included; their errors, and a set-group-ID directory's group, are the namespace's."""
+    """A create, a mkdir, an unlink, an rmdir and a rename (of a file, or within a
+    directory) run as one statement of the database (schema v12), which completes their
+    records: stored byte for byte as the namespace serializes them, a time before 1970,
+    the links left and a replaced file included; their errors, and a set-group-ID
+    directory's group, are the namespace's."""
     nn = two_namenodes[0]
     ns = nn.ns
     cred = Cred(uid=1000, gid=1000, client_id="c", run_id="r")
@@ -334,6 +335,9 @@ def test_one_statement_calls_write_the_records_the_namespace_would(
     ns.setattr(cred, s, mode=0o2777)
     assert ns.mkdir(Cred(uid=7, gid=7), s, "g", 0o755).attr.gid == 1000
     ns.rmdir(cred, s, "g")
+    x = ns.create(cred, d, "x", 0o644).attr.ino
+    y = ns.create(cred, s, "y", 0o644).attr.ino
+    ns.rename(cred, d, "x", s, "y")  # into another directory, over a file
     recs = _read_all(ns, start)
     stored = nn.engine.read(lambda c: c.execute(
         select(schema.changelog.c.seq, schema.changelog.c.body)
@@ -343,7 +347,11 @@ def test_one_statement_calls_write_the_records_the_namespace_would(
     assert ops == [(pb.OP_CREATE, "f", 0), (pb.OP_RENAME, "g", 0), (pb.OP_LINK, "h", 0),
                    (pb.OP_UNLINK, "g", 1), (pb.OP_UNLINK, "h", 0), (pb.OP_MKDIR, "s", 0),
                    (pb.OP_MKDIR, "t", 0), (pb.OP_RMDIR, "t", 0), (pb.OP_FREE, "", 0),
-                   (pb.OP_MKDIR, "g", 0), (pb.OP_RMDIR, "g", 0), (pb.OP_FREE, "", 0)]
+                   (pb.OP_MKDIR, "g", 0), (pb.OP_RMDIR, "g", 0), (pb.OP_FREE, "", 0),
+                   (pb.OP_CREATE, "x", 0), (pb.OP_CREATE, "y", 0), (pb.OP_RENAME, "y", 0),
+                   (pb.OP_FREE, "", 0)]
+    assert (recs[-2].ino, recs[-2].old_parent, recs[-2].parent, recs[-2].target_ino,
+            recs[-1].ino) == (x, d, s, y, y)
     moved = next(r for r in recs if r.op == pb.OP_RENAME)
     assert moved.ino == f and moved.attr.mtime_ns == -1_500_000_000_123
     assert moved.attr.ctime_ns == moved.ts_ns and moved.attr.inline

@@ -191,24 +191,26 @@ class Notifier:
 _Q_REQUEST = Prepared(insert(schema.requests))
 
 # A change record the database completes (the schema's functions, v12): its op, and its
-# serialized fields before ``ino`` (3), between ``ino`` and the one field the database
-# writes after it, and after that field; the database puts ``ino`` and that field
-# between them, so the body is byte for byte what serializing the whole record gives.
-RecordParts = tuple[int, bytes, bytes, bytes]
+# serialized fields cut where the fields the database writes go (``ino``, 3, and the
+# ones named to record_parts); the database puts them between the parts, so the body is
+# byte for byte what serializing the whole record gives.
+RecordParts = tuple[int, list[bytes]]
 
 
-def record_parts(rec: pb.ChangeRecord, field: int) -> RecordParts:
-    """``rec`` (its ``ino`` and field number ``field`` unset) cut for the database to
-    complete with ``ino`` and field ``field`` (see :data:`RecordParts`)."""
+def record_parts(rec: pb.ChangeRecord, *fields: int) -> RecordParts:
+    """``rec`` (its ``ino`` and the fields numbered ``fields``, ascending, unset) cut for
+    the database to complete (see :data:`RecordParts`)."""
+    cuts = [3, *fields]
+    bounds = zip([0] + [c + 1 for c in cuts], cuts + [1 << 29])
     parts = []
-    for lo, hi in ((0, 3), (4, field), (field + 1, 1 << 29)):
+    for lo, hi in bounds:
         part = pb.ChangeRecord()
         part.CopyFrom(rec)
         for fd, _ in rec.ListFields():
             if not lo <= fd.number < hi:
                 part.ClearField(fd.name)
         parts.append(part.SerializeToString())
-    return (int(rec.op), parts[0], parts[1], parts[2])
+    return int(rec.op), parts
 
 
 class DirectLog:

@@ -258,17 +258,21 @@ class MetaEngine:
                        request: dict[str, Any] | None) -> int | None:
         """Unlink (rmdir with ``is_dir``) the entry ``name`` of ``parent`` for ``cred`` at
         ``now`` when nothing but success can come of it, as the namespace would: its
-        change record ``record`` (cut before the links left) gets the inode's id and the
-        links left, ``free`` (cut at the end) the id when the inode is freed, and the row
+        change record ``record`` (cut at ``nlink``) gets the inode's id and the links
+        left, ``free`` the id when the inode is freed, and the row
         ``request`` records the call's result (None).
         Returns the inode removed, or None when nothing was done."""
         return None
 
-    def rename_at_once(self, cred: Cred, parent: int, sn: str, dn: str, now: int,
-                       record: RecordParts, request: dict[str, Any] | None) -> int | None:
-        """Rename the entry ``sn`` of ``parent`` to ``dn``, a name it does not have, as
-        :meth:`remove_at_once` does an unlink (``record``, cut before ``attr``, gets the
-        moved inode's id and attributes). Returns the inode moved, or None when nothing was done."""
+    def rename_at_once(self, cred: Cred, sp: int, sn: str, dp: int, dn: str, now: int,
+                       quota: bool, record: RecordParts, free: RecordParts,
+                       request: dict[str, Any] | None) -> int | None:
+        """Rename the entry ``sn`` of ``sp`` to ``dn`` in ``dp`` (replacing what that
+        names when neither is a directory) as :meth:`remove_at_once` does an unlink
+        (nothing when ``quota`` and a quota exists): ``record``, cut at ``attr``,
+        ``target_ino`` and ``nlink``, gets the moved inode's id and attributes, and the
+        replaced inode's id and links left. Returns the inode moved, or None when
+        nothing was done."""
         return None
 
     def delete_inode(self, conn: Connection, ino: int) -> None:
@@ -870,13 +874,13 @@ ORDER BY id FOR UPDATE"""))
                        record: RecordParts, free: RecordParts,
                        request: dict[str, Any] | None) -> int | None:
         return self._at_once(_Q_PG_REMOVE, cred, now, request, record, parent=parent,
-                             name=name, dir=is_dir, free_op=free[0], free_head=free[1],
-                             free_mid=free[2])
+                             name=name, dir=is_dir, free_op=free[0], free_parts=free[1])
 
-    def rename_at_once(self, cred: Cred, parent: int, sn: str, dn: str, now: int,
-                       record: RecordParts, request: dict[str, Any] | None) -> int | None:
-        return self._at_once(_Q_PG_RENAME_AT_ONCE, cred, now, request, record,
-                             parent=parent, sn=sn, dn=dn)
+    def rename_at_once(self, cred: Cred, sp: int, sn: str, dp: int, dn: str, now: int,
+                       quota: bool, record: RecordParts, free: RecordParts,
+                       request: dict[str, Any] | None) -> int | None:
+        return self._at_once(_Q_PG_RENAME_AT_ONCE, cred, now, request, record, sp=sp, sn=sn,
+                             dp=dp, dn=dn, quota=quota, free_op=free[0], free_parts=free[1])
 
     def next_inode_id(self) -> int:
         # ids are taken from the sequence a batch at a time (one round trip per batch);
@@ -891,7 +895,7 @@ ORDER BY id FOR UPDATE"""))
                        nlink_delta: int, quota: bool, record: tuple[int, bytes],
                        request: dict[str, Any] | None) -> int | None:
         return self._at_once(
-            _Q_PG_CREATE_AT_ONCE, cred, row["ctime_ns"], request, (record[0], b"", b"", b""),
+            _Q_PG_CREATE_AT_ONCE, cred, row["ctime_ns"], request, (record[0], []),
             parent=parent, name=name, ino=row["id"], mode=row["mode"], nlink=row["nlink"],
             rdev=row["rdev"], delta=nlink_delta, quota=quota, gid=row["gid"],
             body=record[1])
@@ -901,7 +905,7 @@ ORDER BY id FOR UPDATE"""))
         """Run one of the schema's functions (v12) that do a call whole."""
         r = request or {}
         params.update(uid=cred.uid, gids=[cred.gid, *cred.groups], ro=list(cred.ro_groups),
-                      now=now, op=record[0], head=record[1], mid=record[2], tail=record[3],
+                      now=now, op=record[0], parts=record[1],
                       rid=r.get("id"), ridx=r.get("idx"), owner=r.get("owner"),
                       result=r.get("result"))
         got = self.write_statement(lambda conn: q.scalar(conn, **params))
@@ -1100,14 +1104,12 @@ UNION ALL SELECT {_ATTRS}, true FROM u
 """))
 # the schema's functions (v12) that do a call whole, and their caller's parameters
 _AT_ONCE_CALLER = """CAST(:uid AS bigint), CAST(:gids AS bigint[]), CAST(:ro AS bigint[]),
-    CAST(:now AS bigint), CAST(:op AS smallint), CAST(:head AS bytea), CAST(:mid AS bytea),
-    CAST(:tail AS bytea)"""
+    CAST(:now AS bigint), CAST(:op AS smallint), CAST(:parts AS bytea[])"""
 _AT_ONCE_REQUEST = """CAST(:rid AS varchar), CAST(:ridx AS integer), CAST(:owner AS text),
     CAST(:result AS bytea)"""
 _Q_PG_REMOVE = Prepared(text(f"""
 SELECT metafs_remove(CAST(:parent AS bigint), CAST(:name AS varchar), CAST(:dir AS boolean),
-    {_AT_ONCE_CALLER}, CAST(:free_op AS smallint), CAST(:free_head AS bytea),
-    CAST(:free_mid AS bytea),
+    {_AT_ONCE_CALLER}, CAST(:free_op AS smallint), CAST(:free_parts AS bytea[]),
     {_AT_ONCE_REQUEST})
 """))
 _Q_PG_CREATE_AT_ONCE = Prepared(text(f"""
@@ -1118,8 +1120,9 @@ SELECT metafs_create(CAST(:parent AS bigint), CAST(:name AS varchar), CAST(:ino 
     CAST(:now AS bigint), CAST(:op AS smallint), CAST(:body AS bytea), {_AT_ONCE_REQUEST})
 """))
 _Q_PG_RENAME_AT_ONCE = Prepared(text(f"""
-SELECT metafs_rename_within(CAST(:parent AS bigint), CAST(:sn AS varchar),
-    CAST(:dn AS varchar), {_AT_ONCE_CALLER}, {_AT_ONCE_REQUEST})
+SELECT metafs_rename(CAST(:sp AS bigint), CAST(:sn AS varchar), CAST(:dp AS bigint),
+    CAST(:dn AS varchar), CAST(:quota AS boolean), {_AT_ONCE_CALLER},
+    CAST(:free_op AS smallint), CAST(:free_parts AS bytea[]), {_AT_ONCE_REQUEST})
 """))
 _Q_PG_DELETE_INODE = Prepared(text("""
 WITH d AS (DELETE FROM file_data WHERE ino = CAST(:ino AS bigint)),

@@ -23,9 +23,7 @@ from .sql import Prepared
 
 LINK_MAX = 65000
 _REMOVE_ATTEMPTS = 100  # restarts of one unlink/rmdir overtaken by a change of its name
-# ChangeRecord's field numbers: the links left, and past the last field
-_NLINK = pb.ChangeRecord.DESCRIPTOR.fields_by_name["nlink"].number
-_END = 1 << 29
+_NLINK = pb.ChangeRecord.DESCRIPTOR.fields_by_name["nlink"].number  # (a field number)
 
 
 class _Overtaken(Exception):
@@ -242,7 +240,7 @@ class Entries:
             free = tx.log(pb.OP_FREE, 0)
             return self.engine.remove_at_once(
                 tx.cred, parent, name, is_dir, tx.now, record_parts(rec, _NLINK),
-                record_parts(free, _END), request(None)) is not None, None
+                record_parts(free), request(None)) is not None, None
 
         for _ in range(_REMOVE_ATTEMPTS):
             try:

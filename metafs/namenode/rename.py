@@ -21,7 +21,10 @@ from .rows import D, Q_DELETE_DENTRY, Q_SET_CTIME, Tx, lookup_both, to_attr
 
 _RENAME_ATTEMPTS = 100  # restarts of one rename overtaken by changes of its names
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
-_ATTR = pb.ChangeRecord.DESCRIPTOR.fields_by_name["attr"].number  # (a field number)
+# the fields of a rename's record the database writes: the moved inode's attributes, the
+# replaced inode and its links left (field numbers)
+_FIELDS = tuple(pb.ChangeRecord.DESCRIPTOR.fields_by_name[f].number
+                for f in ("attr", "target_ino", "nlink"))
 class _RenameRestart(Exception):
     """A rename found other entries under its locks than it locked for: its transaction
     rolls back and it starts over (with the rename lock first when ``rename_lock``)."""
@@ -49,24 +52,26 @@ class Renames:
         if dst_name in (".", ".."):
             raise FsError(errno.EEXIST if flags & RENAME_NOREPLACE else errno.EBUSY,
                           f"cannot rename onto {dst_name!r}", dst_name)
-        at_once = None
-        if src_parent == dst_parent and not flags:
-            # the plain case, a new name in the same directory, as one statement where the
-            # engine can (:meth:`~.engine.MetaEngine.rename_at_once`)
-            def at_once(tx: Tx, request: Callable[[Any], dict[str, Any] | None]
-                        ) -> tuple[bool, None]:
-                rec = tx.log(pb.OP_RENAME, 0, parent=dst_parent, name=dst_name,
-                             old_parent=src_parent, old_name=src_name)
-                return self.engine.rename_at_once(
-                    tx.cred, src_parent, src_name, dst_name, tx.now,
-                    record_parts(rec, _ATTR), request(None)) is not None, None
+        def at_once(tx: Tx, request: Callable[[Any], dict[str, Any] | None]
+                    ) -> tuple[bool, None]:
+            # the plain case as one statement where the engine can
+            # (:meth:`~.engine.MetaEngine.rename_at_once`)
+            if self.free_data_hooks != self.sql_free_hooks:
+                return False, None
+            rec = tx.log(pb.OP_RENAME, 0, parent=dst_parent, name=dst_name,
+                         old_parent=src_parent, old_name=src_name)
+            free = tx.log(pb.OP_FREE, 0)
+            return self.engine.rename_at_once(
+                tx.cred, src_parent, src_name, dst_parent, dst_name, tx.now,
+                self.quotas.guard(tx) is not None, record_parts(rec, *_FIELDS),
+                record_parts(free), request(None)) is not None, None
 
         rename_lock = False
         for _ in range(_RENAME_ATTEMPTS):
             try:
                 self.mutate(cred, lambda tx: self._rename(tx, src_parent, src_name, dst_parent,
                                                           dst_name, flags, rename_lock),
-                            at_once)
+                            None if flags else at_once)
                 return
             except _RenameRestart as restart:
                 rename_lock = rename_lock or restart.rename_lock

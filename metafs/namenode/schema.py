@@ -470,21 +470,38 @@ BEGIN
          unnest(p_ops, p_inos, p_bodies) WITH ORDINALITY AS t(op, ino, body, idx);
 END $$;
 
+-- An inode's last name is gone (its link count set to p_left, ctime p_now): its rows
+-- deleted, with what the block layer's and the file locks' free hooks delete, when
+-- p_left is 0 and no handle holds it open. Returns whether it was freed.
+CREATE OR REPLACE FUNCTION metafs_drop_link(p_ino bigint, p_left integer, p_now bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_left = 0 AND NOT EXISTS (SELECT 1 FROM handles WHERE ino = p_ino) THEN
+        DELETE FROM file_data WHERE ino = p_ino;
+        DELETE FROM xattrs WHERE ino = p_ino;
+        DELETE FROM inodes WHERE id = p_ino;
+        INSERT INTO block_garbage (key, freed_ns) SELECT key, p_now FROM blocks WHERE ino = p_ino;
+        DELETE FROM blocks WHERE ino = p_ino;
+        DELETE FROM locks WHERE ino = p_ino;
+        RETURN true;
+    END IF;
+    UPDATE inodes SET nlink = p_left, ctime_ns = p_now WHERE id = p_ino;
+    RETURN false;
+END $$;
+
 -- unlink (p_dir false) or rmdir (p_dir true) of the entry p_name of p_parent
 -- (metafs.namenode.entries.Entries.unlink and rmdir): the inode removed, or NULL
 CREATE OR REPLACE FUNCTION metafs_remove(
     p_parent bigint, p_name varchar, p_dir boolean, p_uid bigint, p_gids bigint[],
-    p_ro bigint[], p_now bigint, p_op smallint, p_head bytea, p_mid bytea, p_tail bytea,
-    p_free_op smallint, p_free_head bytea, p_free_mid bytea, p_rid varchar,
-    p_ridx integer, p_owner text, p_result bytea)
+    p_ro bigint[], p_now bigint, p_op smallint, p_parts bytea[], p_free_op smallint,
+    p_free_parts bytea[], p_rid varchar, p_ridx integer, p_owner text, p_result bytea)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     locked bigint[];
     d inodes;
     r inodes;
-    nonempty boolean;
     lft integer;
-    freed boolean;
+    body bytea;
 BEGIN
     -- the locks in id order, of the directory and of what the name names before them
     SELECT array_agg(id) INTO locked FROM (
@@ -500,41 +517,25 @@ BEGIN
     SELECT i.* INTO r FROM dentries x JOIN inodes i ON i.id = x.ino
     WHERE x.parent = p_parent AND x.name = p_name;
     IF r.id IS NULL OR NOT r.id = ANY (locked) OR (r.mode & 61440 = 16384) <> p_dir
-            OR (d.mode & 512 <> 0 AND p_uid NOT IN (0, d.uid, r.uid)) THEN
+            OR (d.mode & 512 <> 0 AND p_uid NOT IN (0, d.uid, r.uid))
+            OR (p_dir AND EXISTS (SELECT 1 FROM dentries WHERE parent = r.id)) THEN
         RETURN NULL;
-    END IF;
-    IF p_dir THEN
-        SELECT EXISTS (SELECT 1 FROM dentries WHERE parent = r.id) INTO nonempty;
-        IF nonempty THEN
-            RETURN NULL;
-        END IF;
     END IF;
     lft := CASE WHEN p_dir THEN 0 ELSE r.nlink - 1 END;
     DELETE FROM dentries WHERE parent = p_parent AND name = p_name;
     UPDATE inodes SET nlink = nlink - CASE WHEN p_dir THEN 1 ELSE 0 END,
                       mtime_ns = p_now, ctime_ns = p_now
     WHERE id = p_parent;
-    freed := lft = 0 AND NOT EXISTS (SELECT 1 FROM handles WHERE ino = r.id);
-    IF freed THEN
-        DELETE FROM file_data WHERE ino = r.id;
-        DELETE FROM xattrs WHERE ino = r.id;
-        DELETE FROM inodes WHERE id = r.id;
-        -- the free hooks of the block layer and of file locks
-        INSERT INTO block_garbage (key, freed_ns) SELECT key, p_now FROM blocks WHERE ino = r.id;
-        DELETE FROM blocks WHERE ino = r.id;
-        DELETE FROM locks WHERE ino = r.id;
+    body := p_parts[1] || metafs_pb_field(3, r.id) || p_parts[2] || metafs_pb_field(18, lft)
+            || p_parts[3];
+    IF metafs_drop_link(r.id, lft, p_now) THEN
         PERFORM metafs_append(
             ARRAY[p_op, p_free_op], ARRAY[r.id, r.id],
-            ARRAY[p_head || metafs_pb_field(3, r.id) || p_mid || metafs_pb_field(18, lft)
-                  || p_tail, p_free_head || metafs_pb_field(3, r.id) || p_free_mid],
+            ARRAY[body, p_free_parts[1] || metafs_pb_field(3, r.id) || p_free_parts[2]],
             p_now, p_rid, p_ridx, p_owner, p_result);
     ELSE
-        UPDATE inodes SET nlink = lft, ctime_ns = p_now WHERE id = r.id;
-        PERFORM metafs_append(
-            ARRAY[p_op], ARRAY[r.id],
-            ARRAY[p_head || metafs_pb_field(3, r.id) || p_mid || metafs_pb_field(18, lft)
-                  || p_tail],
-            p_now, p_rid, p_ridx, p_owner, p_result);
+        PERFORM metafs_append(ARRAY[p_op], ARRAY[r.id], ARRAY[body], p_now, p_rid, p_ridx,
+                              p_owner, p_result);
     END IF;
     RETURN r.id;
 END $$;
@@ -575,41 +576,74 @@ BEGIN
     RETURN p_ino;
 END $$;
 
--- rename(2) without flags of p_sn to p_dn, a name p_parent does not have
--- (metafs.namenode.rename.Renames.rename): the inode moved, or NULL
-CREATE OR REPLACE FUNCTION metafs_rename_within(
-    p_parent bigint, p_sn varchar, p_dn varchar, p_uid bigint, p_gids bigint[],
-    p_ro bigint[], p_now bigint, p_op smallint, p_head bytea, p_mid bytea, p_tail bytea,
-    p_rid varchar, p_ridx integer, p_owner text, p_result bytea)
+-- rename(2) without flags of p_sn in p_sp to p_dn in p_dp, where that name is absent or
+-- names another inode that is not a directory, of a source that is no directory or stays
+-- in its directory (a directory that changes parent takes the rename lock first)
+-- (metafs.namenode.rename.Renames.rename): the inode moved, or NULL (also when p_quota
+-- says quotas are to be checked and one exists)
+CREATE OR REPLACE FUNCTION metafs_rename(
+    p_sp bigint, p_sn varchar, p_dp bigint, p_dn varchar, p_quota boolean, p_uid bigint,
+    p_gids bigint[], p_ro bigint[], p_now bigint, p_op smallint, p_parts bytea[],
+    p_free_op smallint, p_free_parts bytea[], p_rid varchar, p_ridx integer, p_owner text,
+    p_result bytea)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     locked bigint[];
-    d inodes;
+    sd inodes;
+    dd inodes;
     s inodes;
+    t inodes;
+    lft integer := 0;
+    body bytea;
 BEGIN
     SELECT array_agg(id) INTO locked FROM (
-        SELECT id FROM inodes WHERE id = ANY (p_parent || ARRAY(
-            SELECT ino FROM dentries WHERE parent = p_parent AND name IN (p_sn, p_dn)))
+        SELECT id FROM inodes WHERE id = ANY (ARRAY[p_sp, p_dp] || ARRAY(
+            SELECT ino FROM dentries WHERE (parent = p_sp AND name = p_sn)
+                                        OR (parent = p_dp AND name = p_dn)))
         ORDER BY id FOR UPDATE) AS l;
-    SELECT * INTO d FROM inodes WHERE id = p_parent;
-    IF d.id IS NULL OR d.mode & 61440 <> 16384 OR d.nlink <= 0
-            OR NOT metafs_may_change(d, p_uid, p_gids, p_ro) THEN
+    SELECT * INTO sd FROM inodes WHERE id = p_sp;
+    SELECT * INTO dd FROM inodes WHERE id = p_dp;
+    IF sd.id IS NULL OR sd.mode & 61440 <> 16384 OR sd.nlink <= 0
+            OR NOT metafs_may_change(sd, p_uid, p_gids, p_ro)
+            OR dd.id IS NULL OR dd.mode & 61440 <> 16384 OR dd.nlink <= 0
+            OR NOT metafs_may_change(dd, p_uid, p_gids, p_ro)
+            OR (p_quota AND EXISTS (SELECT 1 FROM quotas)) THEN
         RETURN NULL;
     END IF;
     SELECT i.* INTO s FROM dentries x JOIN inodes i ON i.id = x.ino
-    WHERE x.parent = p_parent AND x.name = p_sn;
+    WHERE x.parent = p_sp AND x.name = p_sn;
+    SELECT i.* INTO t FROM dentries x JOIN inodes i ON i.id = x.ino
+    WHERE x.parent = p_dp AND x.name = p_dn;
     IF s.id IS NULL OR NOT s.id = ANY (locked)
-            OR (d.mode & 512 <> 0 AND p_uid NOT IN (0, d.uid, s.uid))
-            OR EXISTS (SELECT 1 FROM dentries WHERE parent = p_parent AND name = p_dn) THEN
+            OR (s.mode & 61440 = 16384 AND (p_sp <> p_dp OR t.id IS NOT NULL))
+            OR (sd.mode & 512 <> 0 AND p_uid NOT IN (0, sd.uid, s.uid))
+            OR (t.id IS NOT NULL AND (NOT t.id = ANY (locked) OR t.id = s.id
+                                      OR t.mode & 61440 = 16384
+                                      OR (dd.mode & 512 <> 0
+                                          AND p_uid NOT IN (0, dd.uid, t.uid)))) THEN
         RETURN NULL;
     END IF;
-    UPDATE dentries SET name = p_dn WHERE parent = p_parent AND name = p_sn;
-    UPDATE inodes SET mtime_ns = p_now, ctime_ns = p_now WHERE id = p_parent;
+    IF t.id IS NOT NULL THEN
+        DELETE FROM dentries WHERE parent = p_dp AND name = p_dn;
+    END IF;
+    UPDATE dentries SET parent = p_dp, name = p_dn WHERE parent = p_sp AND name = p_sn;
+    UPDATE inodes SET mtime_ns = p_now, ctime_ns = p_now WHERE id IN (p_sp, p_dp);
     UPDATE inodes SET ctime_ns = p_now WHERE id = s.id RETURNING * INTO s;
-    PERFORM metafs_append(
-        ARRAY[p_op], ARRAY[s.id],
-        ARRAY[p_head || metafs_pb_field(3, s.id) || p_mid || metafs_pb_attr(s) || p_tail],
-        p_now, p_rid, p_ridx, p_owner, p_result);
+    IF t.id IS NOT NULL THEN
+        lft := t.nlink - 1;
+    END IF;
+    body := p_parts[1] || metafs_pb_field(3, s.id) || p_parts[2] || metafs_pb_attr(s)
+            || p_parts[3] || metafs_pb_field(11, COALESCE(t.id, 0)) || p_parts[4]
+            || metafs_pb_field(18, lft) || p_parts[5];
+    IF t.id IS NOT NULL AND metafs_drop_link(t.id, lft, p_now) THEN
+        PERFORM metafs_append(
+            ARRAY[p_op, p_free_op], ARRAY[s.id, t.id],
+            ARRAY[body, p_free_parts[1] || metafs_pb_field(3, t.id) || p_free_parts[2]],
+            p_now, p_rid, p_ridx, p_owner, p_result);
+    ELSE
+        PERFORM metafs_append(ARRAY[p_op], ARRAY[s.id], ARRAY[body], p_now, p_rid, p_ridx,
+                              p_owner, p_result);
+    END IF;
     RETURN s.id;
 END $$;
 """
