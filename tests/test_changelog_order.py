@@ -302,11 +302,11 @@ def test_commits_share_rounds_and_a_reader_still_sees_its_writes(
 
 def test_one_statement_calls_write_the_records_the_namespace_would(
         two_namenodes: list[Namenode]) -> None:
-    """A create, a mkdir, an unlink, an rmdir and a rename (of a file, or within a
-    directory) run as one statement of the database (schema v12), which completes their
-    records: stored byte for byte as the namespace serializes them, a time before 1970,
-    the links left and a replaced file included; their errors, and a set-group-ID
-    directory's group, are the namespace's."""
+    """A create, a mkdir, an unlink, an rmdir and a rename run as one statement of the
+    database (schema v12), which completes their records: stored byte for byte as the
+    namespace serializes them, a time before 1970, the links left, a replaced file and a
+    moved directory's links included; their errors, and a set-group-ID directory's
+    group, are the namespace's."""
     nn = two_namenodes[0]
     ns = nn.ns
     cred = Cred(uid=1000, gid=1000, client_id="c", run_id="r")
@@ -338,6 +338,12 @@ def test_one_statement_calls_write_the_records_the_namespace_would(
     x = ns.create(cred, d, "x", 0o644).attr.ino
     y = ns.create(cred, s, "y", 0o644).attr.ino
     ns.rename(cred, d, "x", s, "y")  # into another directory, over a file
+    q = ns.mkdir(cred, d, "q", 0o755).ino
+    ns.rename(cred, d, "q", s, "q")  # a directory into another one
+    with pytest.raises(FsError) as exc:
+        ns.rename(Cred(), ROOT, "one", s, "z")  # into its own subtree
+    assert exc.value.errno == errno.EINVAL
+    assert (ns.getattr(cred, d).nlink, ns.getattr(cred, s).nlink) == (3, 3)
     recs = _read_all(ns, start)
     stored = nn.engine.read(lambda c: c.execute(
         select(schema.changelog.c.seq, schema.changelog.c.body)
@@ -349,9 +355,10 @@ def test_one_statement_calls_write_the_records_the_namespace_would(
                    (pb.OP_MKDIR, "t", 0), (pb.OP_RMDIR, "t", 0), (pb.OP_FREE, "", 0),
                    (pb.OP_MKDIR, "g", 0), (pb.OP_RMDIR, "g", 0), (pb.OP_FREE, "", 0),
                    (pb.OP_CREATE, "x", 0), (pb.OP_CREATE, "y", 0), (pb.OP_RENAME, "y", 0),
-                   (pb.OP_FREE, "", 0)]
-    assert (recs[-2].ino, recs[-2].old_parent, recs[-2].parent, recs[-2].target_ino,
-            recs[-1].ino) == (x, d, s, y, y)
+                   (pb.OP_FREE, "", 0), (pb.OP_MKDIR, "q", 0), (pb.OP_RENAME, "q", 0)]
+    assert (recs[-4].ino, recs[-4].old_parent, recs[-4].parent, recs[-4].target_ino,
+            recs[-3].ino) == (x, d, s, y, y)
+    assert (recs[-1].ino, recs[-1].parent, recs[-1].attr.nlink) == (q, s, 2)
     moved = next(r for r in recs if r.op == pb.OP_RENAME)
     assert moved.ino == f and moved.attr.mtime_ns == -1_500_000_000_123
     assert moved.attr.ctime_ns == moved.ts_ns and moved.attr.inline

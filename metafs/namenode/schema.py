@@ -440,15 +440,15 @@ BEGIN
 END $$;
 
 -- Whether the caller (uid, its groups with the primary first, its read-only groups) may
--- change the entries of directory d: metafs.posix.allowed(cred, ..., W | X)
-CREATE OR REPLACE FUNCTION metafs_may_change(d inodes, p_uid bigint, p_gids bigint[],
-                                             p_ro bigint[]) RETURNS boolean
+-- access directory d for p_want (R 4, W 2, X 1): metafs.posix.allowed
+CREATE OR REPLACE FUNCTION metafs_allowed(d inodes, p_uid bigint, p_gids bigint[],
+                                          p_ro bigint[], p_want integer) RETURNS boolean
 LANGUAGE sql IMMUTABLE AS $$
     SELECT p_uid = 0 OR (CASE
         WHEN p_uid = d.uid THEN d.mode >> 6
         WHEN d.gid = ANY (p_gids) THEN (d.mode >> 3)
                                        & CASE WHEN d.gid = ANY (p_ro) THEN 5 ELSE 7 END
-        ELSE d.mode END) & 3 = 3
+        ELSE d.mode END) & p_want = p_want
 $$;
 
 -- The records (op, ino, body) of one transaction and the row recording its call's
@@ -511,7 +511,7 @@ BEGIN
     -- each statement below sees what committed before the locks were granted
     SELECT * INTO d FROM inodes WHERE id = p_parent;
     IF d.id IS NULL OR d.mode & 61440 <> 16384 OR d.nlink <= 0
-            OR NOT metafs_may_change(d, p_uid, p_gids, p_ro) THEN
+            OR NOT metafs_allowed(d, p_uid, p_gids, p_ro, 3) THEN
         RETURN NULL;
     END IF;
     SELECT i.* INTO r FROM dentries x JOIN inodes i ON i.id = x.ino
@@ -555,7 +555,7 @@ DECLARE
 BEGIN
     SELECT * INTO d FROM inodes WHERE id = p_parent FOR UPDATE;
     IF d.id IS NULL OR d.mode & 61440 <> 16384 OR d.nlink <= 0 OR d.mode & 1024 <> 0
-            OR NOT metafs_may_change(d, p_uid, p_gids, p_ro)
+            OR NOT metafs_allowed(d, p_uid, p_gids, p_ro, 3)
             OR (p_quota AND EXISTS (SELECT 1 FROM quotas)) THEN
         RETURN NULL;
     END IF;
@@ -577,10 +577,10 @@ BEGIN
 END $$;
 
 -- rename(2) without flags of p_sn in p_sp to p_dn in p_dp, where that name is absent or
--- names another inode that is not a directory, of a source that is no directory or stays
--- in its directory (a directory that changes parent takes the rename lock first)
--- (metafs.namenode.rename.Renames.rename): the inode moved, or NULL (also when p_quota
--- says quotas are to be checked and one exists)
+-- names another inode and neither is a directory (metafs.namenode.rename.Renames.rename):
+-- the inode moved, or NULL (also when p_quota says quotas are to be checked and one
+-- exists). A directory that changes parent takes the rename lock first, as the namespace
+-- does, and may not go into its own subtree.
 CREATE OR REPLACE FUNCTION metafs_rename(
     p_sp bigint, p_sn varchar, p_dp bigint, p_dn varchar, p_quota boolean, p_uid bigint,
     p_gids bigint[], p_ro bigint[], p_now bigint, p_op smallint, p_parts bytea[],
@@ -595,7 +595,17 @@ DECLARE
     t inodes;
     lft integer := 0;
     body bytea;
+    renames boolean := false;
+    delta integer := 0;
+    cur bigint;
+    seen integer := 0;
 BEGIN
+    -- (what the name names before any lock says whether to take the rename lock)
+    IF p_sp <> p_dp AND EXISTS (SELECT 1 FROM dentries WHERE parent = p_sp AND name = p_sn
+                                                       AND mode = 16384) THEN
+        PERFORM 1 FROM counters WHERE name = 'rename_lock' FOR UPDATE;
+        renames := true;
+    END IF;
     SELECT array_agg(id) INTO locked FROM (
         SELECT id FROM inodes WHERE id = ANY (ARRAY[p_sp, p_dp] || ARRAY(
             SELECT ino FROM dentries WHERE (parent = p_sp AND name = p_sn)
@@ -604,9 +614,9 @@ BEGIN
     SELECT * INTO sd FROM inodes WHERE id = p_sp;
     SELECT * INTO dd FROM inodes WHERE id = p_dp;
     IF sd.id IS NULL OR sd.mode & 61440 <> 16384 OR sd.nlink <= 0
-            OR NOT metafs_may_change(sd, p_uid, p_gids, p_ro)
+            OR NOT metafs_allowed(sd, p_uid, p_gids, p_ro, 3)
             OR dd.id IS NULL OR dd.mode & 61440 <> 16384 OR dd.nlink <= 0
-            OR NOT metafs_may_change(dd, p_uid, p_gids, p_ro)
+            OR NOT metafs_allowed(dd, p_uid, p_gids, p_ro, 3)
             OR (p_quota AND EXISTS (SELECT 1 FROM quotas)) THEN
         RETURN NULL;
     END IF;
@@ -615,7 +625,8 @@ BEGIN
     SELECT i.* INTO t FROM dentries x JOIN inodes i ON i.id = x.ino
     WHERE x.parent = p_dp AND x.name = p_dn;
     IF s.id IS NULL OR NOT s.id = ANY (locked)
-            OR (s.mode & 61440 = 16384 AND (p_sp <> p_dp OR t.id IS NOT NULL))
+            OR (s.mode & 61440 = 16384 AND (t.id IS NOT NULL OR (p_sp <> p_dp AND (
+                NOT renames OR NOT metafs_allowed(s, p_uid, p_gids, p_ro, 2)))))
             OR (sd.mode & 512 <> 0 AND p_uid NOT IN (0, sd.uid, s.uid))
             OR (t.id IS NOT NULL AND (NOT t.id = ANY (locked) OR t.id = s.id
                                       OR t.mode & 61440 = 16384
@@ -623,11 +634,29 @@ BEGIN
                                           AND p_uid NOT IN (0, dd.uid, t.uid)))) THEN
         RETURN NULL;
     END IF;
+    IF s.mode & 61440 = 16384 AND p_sp <> p_dp THEN
+        -- not into its own subtree (the rename lock keeps every directory's parent)
+        cur := p_dp;
+        LOOP
+            IF cur = s.id OR seen > 100000 THEN
+                RETURN NULL;
+            END IF;
+            EXIT WHEN cur = 1;
+            SELECT parent INTO cur FROM dentries WHERE ino = cur LIMIT 1;
+            IF NOT FOUND THEN
+                RETURN NULL;
+            END IF;
+            seen := seen + 1;
+        END LOOP;
+        delta := 1;  -- its '..' leaves p_sp for p_dp
+    END IF;
     IF t.id IS NOT NULL THEN
         DELETE FROM dentries WHERE parent = p_dp AND name = p_dn;
     END IF;
     UPDATE dentries SET parent = p_dp, name = p_dn WHERE parent = p_sp AND name = p_sn;
-    UPDATE inodes SET mtime_ns = p_now, ctime_ns = p_now WHERE id IN (p_sp, p_dp);
+    UPDATE inodes SET nlink = nlink + CASE WHEN id = p_sp THEN -delta ELSE delta END,
+                      mtime_ns = p_now, ctime_ns = p_now
+    WHERE id IN (p_sp, p_dp);
     UPDATE inodes SET ctime_ns = p_now WHERE id = s.id RETURNING * INTO s;
     IF t.id IS NOT NULL THEN
         lft := t.nlink - 1;
