@@ -394,34 +394,47 @@ def _v11(conn: Connection) -> None:
 # then runs its general path, which says what is wrong. A change record's body is the
 # caller's serialized ChangeRecord cut where the fields only the database knows go
 # (metafs.namenode.changelog.RecordParts), with those fields put in their places.
-def _varint_sql(v: str) -> str:
-    """A protobuf varint of the bigint ``v`` as one SQL expression (no loop, so that
-    PostgreSQL inlines the function it is the body of): byte i holds bits 7i..7i+6 and
-    the continuation bit while bits remain above them; a negative value (two's
-    complement, as int64) takes all ten bytes."""
-    def byte(i: int) -> str:
-        more = f"CASE WHEN {v} >> {7 * (i + 1)} <> 0 THEN 128 ELSE 0 END"
-        return f"set_byte('\\x00'::bytea, 0, ((({v} >> {7 * i}) & 127) | {more})::integer)"
-
-    parts = [byte(0)]
-    parts += [f"CASE WHEN {v} >> {7 * i} <> 0 THEN {byte(i)} ELSE ''::bytea END"
-              for i in range(1, 9)]
-    parts.append(f"CASE WHEN {v} < 0 THEN '\\x01'::bytea ELSE ''::bytea END")
-    return "\n        || ".join(parts)
-
-
 _PG_FUNCTIONS = r"""
 CREATE OR REPLACE FUNCTION metafs_pb_varint(v bigint) RETURNS bytea
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT {varint}
-$$;
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    out bytea := '';
+BEGIN
+    WHILE v < 0 OR v >= 128 LOOP
+        out := out || set_byte('\x00'::bytea, 0, ((v & 127) | 128)::integer);
+        v := (v >> 7) & 144115188075855871;  -- a logical shift: int64 is two's complement
+    END LOOP;
+    RETURN out || set_byte('\x00'::bytea, 0, v::integer);
+END $$;
 
--- a varint field of a protobuf message, absent when 0 (as proto3 writes it)
-CREATE OR REPLACE FUNCTION metafs_pb_field(field integer, v bigint) RETURNS bytea
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN v = 0 THEN ''::bytea
-                ELSE metafs_pb_varint(field::bigint << 3) || metafs_pb_varint(v) END
-$$;
+-- The varint fields p_first, p_first + 1, ... of a protobuf message holding p_vals, those
+-- of 0 absent (as proto3 writes them). Loops of small expressions, not one expression of
+-- every byte: PostgreSQL sets up a function's expressions again in every transaction, and
+-- these run in transactions of one statement.
+CREATE OR REPLACE FUNCTION metafs_pb_fields(p_first integer, p_vals bigint[]) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    out bytea := '';
+    v bigint;
+    tag integer;
+BEGIN
+    FOR k IN 1 .. cardinality(p_vals) LOOP
+        v := p_vals[k];
+        CONTINUE WHEN v = 0;
+        tag := (p_first + k - 1) << 3;  -- wire type 0
+        WHILE tag >= 128 LOOP
+            out := out || set_byte('\x00'::bytea, 0, (tag & 127) | 128);
+            tag := tag >> 7;
+        END LOOP;
+        out := out || set_byte('\x00'::bytea, 0, tag);
+        WHILE v < 0 OR v >= 128 LOOP
+            out := out || set_byte('\x00'::bytea, 0, ((v & 127) | 128)::integer);
+            v := (v >> 7) & 144115188075855871;
+        END LOOP;
+        out := out || set_byte('\x00'::bytea, 0, v::integer);
+    END LOOP;
+    RETURN out;
+END $$;
 
 -- ChangeRecord.attr (field 8): the pb.Attr of an inode row (metafs.namenode.rows.to_attr)
 CREATE OR REPLACE FUNCTION metafs_pb_attr(i inodes) RETURNS bytea
@@ -429,13 +442,9 @@ LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     a bytea;
 BEGIN
-    a := metafs_pb_field(1, i.id) || metafs_pb_field(2, i.mode) || metafs_pb_field(3, i.nlink)
-        || metafs_pb_field(4, i.uid) || metafs_pb_field(5, i.gid) || metafs_pb_field(6, i.rdev)
-        || metafs_pb_field(7, i.size) || metafs_pb_field(8, i.atime_ns)
-        || metafs_pb_field(9, i.mtime_ns) || metafs_pb_field(10, i.ctime_ns)
-        || metafs_pb_field(11, i.btime_ns) || metafs_pb_field(12, i.version)
-        || metafs_pb_field(13, CASE WHEN i.storage = 0 THEN 1 ELSE 0 END)
-        || metafs_pb_field(14, i.generation);
+    a := metafs_pb_fields(1, ARRAY[i.id, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size,
+                                   i.atime_ns, i.mtime_ns, i.ctime_ns, i.btime_ns, i.version,
+                                   CASE WHEN i.storage = 0 THEN 1 ELSE 0 END, i.generation]);
     RETURN '\x42'::bytea || metafs_pb_varint(length(a)) || a;
 END $$;
 
@@ -526,12 +535,12 @@ BEGIN
     UPDATE inodes SET nlink = nlink - CASE WHEN p_dir THEN 1 ELSE 0 END,
                       mtime_ns = p_now, ctime_ns = p_now
     WHERE id = p_parent;
-    body := p_parts[1] || metafs_pb_field(3, r.id) || p_parts[2] || metafs_pb_field(18, lft)
-            || p_parts[3];
+    body := p_parts[1] || metafs_pb_fields(3, ARRAY[r.id]) || p_parts[2]
+            || metafs_pb_fields(18, ARRAY[lft]) || p_parts[3];
     IF metafs_drop_link(r.id, lft, p_now) THEN
         PERFORM metafs_append(
             ARRAY[p_op, p_free_op], ARRAY[r.id, r.id],
-            ARRAY[body, p_free_parts[1] || metafs_pb_field(3, r.id) || p_free_parts[2]],
+            ARRAY[body, p_free_parts[1] || metafs_pb_fields(3, ARRAY[r.id]) || p_free_parts[2]],
             p_now, p_rid, p_ridx, p_owner, p_result);
     ELSE
         PERFORM metafs_append(ARRAY[p_op], ARRAY[r.id], ARRAY[body], p_now, p_rid, p_ridx,
@@ -661,13 +670,13 @@ BEGIN
     IF t.id IS NOT NULL THEN
         lft := t.nlink - 1;
     END IF;
-    body := p_parts[1] || metafs_pb_field(3, s.id) || p_parts[2] || metafs_pb_attr(s)
-            || p_parts[3] || metafs_pb_field(11, COALESCE(t.id, 0)) || p_parts[4]
-            || metafs_pb_field(18, lft) || p_parts[5];
+    body := p_parts[1] || metafs_pb_fields(3, ARRAY[s.id]) || p_parts[2] || metafs_pb_attr(s)
+            || p_parts[3] || metafs_pb_fields(11, ARRAY[COALESCE(t.id, 0)]) || p_parts[4]
+            || metafs_pb_fields(18, ARRAY[lft]) || p_parts[5];
     IF t.id IS NOT NULL AND metafs_drop_link(t.id, lft, p_now) THEN
         PERFORM metafs_append(
             ARRAY[p_op, p_free_op], ARRAY[s.id, t.id],
-            ARRAY[body, p_free_parts[1] || metafs_pb_field(3, t.id) || p_free_parts[2]],
+            ARRAY[body, p_free_parts[1] || metafs_pb_fields(3, ARRAY[t.id]) || p_free_parts[2]],
             p_now, p_rid, p_ridx, p_owner, p_result);
     ELSE
         PERFORM metafs_append(ARRAY[p_op], ARRAY[s.id], ARRAY[body], p_now, p_rid, p_ridx,
@@ -681,7 +690,7 @@ END $$;
 def _v12(conn: Connection) -> None:
     """The one-statement creates, removals and renames (PostgreSQL; elsewhere nothing)."""
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(_PG_FUNCTIONS.replace("{varint}", _varint_sql("v")))
+        conn.exec_driver_sql(_PG_FUNCTIONS)
 
 
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
