@@ -63,7 +63,7 @@ class MetaEngine:
     """The contract every metadata engine implements."""
 
     name = "abstract"
-    at_once = False  # whether remove_at_once and rename_at_once do anything
+    at_once = False  # whether create_at_once, remove_at_once and rename_at_once do anything
 
     def __init__(self, url: str, settings: Settings) -> None:
         self.url = url
@@ -233,13 +233,14 @@ class MetaEngine:
             Q_INSERT_DATA.run(conn, ino=ino, data=data)
         return update_inode(conn, ino, vals)
 
-    # The plain case of a create, an unlink, an rmdir and a rename within one directory,
-    # whole, as one statement that commits by itself where the database can (see
-    # PostgresEngine); the defaults do nothing. The caller runs them only where no hook of
+    # The plain case of a create, a mkdir, an unlink, an rmdir and a rename, whole, as one
+    # statement that commits by itself where the database can (see PostgresEngine and the
+    # schema's v12); the defaults do nothing. The caller runs them only where no hook of
     # its own has anything to add, and runs its general path when they did nothing.
     def next_inode_id(self) -> int:
         """An inode id no one else has or will get, for :meth:`create_at_once` (whose
-        caller writes it into the new inode's record and result before the statement)."""
+        caller writes it into the new inode's record and result before the statement);
+        only where :attr:`at_once` holds."""
         raise NotImplementedError
 
     def create_at_once(self, cred: Cred, parent: int, name: str, row: dict[str, Any],
@@ -259,9 +260,9 @@ class MetaEngine:
         """Unlink (rmdir with ``is_dir``) the entry ``name`` of ``parent`` for ``cred`` at
         ``now`` when nothing but success can come of it, as the namespace would: its
         change record ``record`` (cut at ``nlink``) gets the inode's id and the links
-        left, ``free`` the id when the inode is freed, and the row
-        ``request`` records the call's result (None).
-        Returns the inode removed, or None when nothing was done."""
+        left, ``free`` the id when the inode is freed, and the row ``request`` records
+        the call's result (None). Returns the inode removed, or None when nothing was
+        done."""
         return None
 
     def rename_at_once(self, cred: Cred, sp: int, sn: str, dp: int, dn: str, now: int,
