@@ -113,12 +113,19 @@ class Inodes:
 
     # ------------------------------------------------------------------ attributes
     def getattr(self, ino: int, caller: pb.Caller | None = None,
-                open_flags: int | None = None) -> pb.Attr:
+                open_flags: int | None = None, *, read_inline: bool = False,
+                have_version: int | None = None) -> pb.Attr:
         """The attributes of ``ino``; with ``open_flags``, for an open without a handle
-        (the namenode checks and records it as an open)."""
+        (the namenode checks and records it as an open). With ``read_inline`` too, a
+        read-only open of an inline file that ``caller`` may read brings the whole file
+        (``inline_data``), unless the file is still at ``have_version``."""
         req = pb.InodeRequest(caller=self._who(caller), ino=ino)
         if open_flags is not None:
             req.open, req.flags = True, open_flags
+            if read_inline:
+                req.read_inline = True
+                if have_version is not None:
+                    req.have_version = have_version
         return self._call("GetAttr", req)
 
     def setattr(self, ino: int, caller: pb.Caller | None = None, *, mode: int | None = None,
