@@ -79,7 +79,8 @@ class FileData:
         """The attributes of ``ino`` for an open without a handle (the reads and writes
         through it are checked one by one), checked and recorded as :meth:`open` does.
         With ``read_inline``, a read-only open of an inline file the caller may read gets
-        its data too (``inline_data``), unless the file is at ``have_version``."""
+        its data too (``inline_data``), or, when the file is at ``have_version``, word
+        that the caller's copy is current (``inline_current``)."""
         self._opening(cred, flags)
         attr = None
         if read_inline and flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY:
@@ -100,13 +101,17 @@ class FileData:
         if row is None or row.nlink == 0:
             return None
         attr = to_attr(row)
-        # the read permission is the caller's: one who may only stat the file gets no data
-        if (stat.S_ISREG(row.mode) and row.storage == STORAGE_INLINE and row.version != have
+        # the read permission is the caller's: one who may only stat the file gets no data,
+        # and no word that a copy it holds is current
+        if (stat.S_ISREG(row.mode) and row.storage == STORAGE_INLINE
                 and allowed(cred, row.mode, row.uid, row.gid, R)):
-            data = bytes(row.data) if row.data is not None else b""
-            if len(data) < row.size:  # implied zeros past the stored bytes
-                data += b"\0" * (row.size - len(data))
-            attr.inline_data = data
+            if row.version == have:
+                attr.inline_current = True
+            else:
+                data = bytes(row.data) if row.data is not None else b""
+                if len(data) < row.size:  # implied zeros past the stored bytes
+                    data += b"\0" * (row.size - len(data))
+                attr.inline_data = data
         return attr
 
     def _opening(self, cred: Cred, flags: int) -> None:

@@ -118,7 +118,7 @@ class ErrorDetail(_message.Message):
     def __init__(self, errno: _Optional[int] = ..., message: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class Attr(_message.Message):
-    __slots__ = ("ino", "mode", "nlink", "uid", "gid", "rdev", "size", "atime_ns", "mtime_ns", "ctime_ns", "btime_ns", "version", "inline", "generation", "inline_data")
+    __slots__ = ("ino", "mode", "nlink", "uid", "gid", "rdev", "size", "atime_ns", "mtime_ns", "ctime_ns", "btime_ns", "version", "inline", "generation", "inline_data", "inline_current")
     INO_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     NLINK_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,7 @@ class Attr(_message.Message):
     INLINE_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     INLINE_DATA_FIELD_NUMBER: _ClassVar[int]
+    INLINE_CURRENT_FIELD_NUMBER: _ClassVar[int]
     ino: int
     mode: int
     nlink: int
@@ -149,7 +150,8 @@ class Attr(_message.Message):
     inline: bool
     generation: int
     inline_data: bytes
-    def __init__(self, ino: _Optional[int] = ..., mode: _Optional[int] = ..., nlink: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., rdev: _Optional[int] = ..., size: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., btime_ns: _Optional[int] = ..., version: _Optional[int] = ..., inline: bool = ..., generation: _Optional[int] = ..., inline_data: _Optional[bytes] = ...) -> None: ...
+    inline_current: bool
+    def __init__(self, ino: _Optional[int] = ..., mode: _Optional[int] = ..., nlink: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., rdev: _Optional[int] = ..., size: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., btime_ns: _Optional[int] = ..., version: _Optional[int] = ..., inline: bool = ..., generation: _Optional[int] = ..., inline_data: _Optional[bytes] = ..., inline_current: bool = ...) -> None: ...
 
 class Entry(_message.Message):
     __slots__ = ("ino", "attr")
