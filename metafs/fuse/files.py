@@ -230,13 +230,7 @@ class FileOperations:
             # on believed attributes the file is emptied whatever size they say: another
             # client may have written to it since they were fetched
             attr = _emptied(attr)
-        opened: pb.Attr | pb.OpenReply = attr
-        if not believed and flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY:
-            # the data of a small file at the version just revalidated serves the reads
-            data = self.inline.get(attr)
-            if data is not None:
-                opened = pb.OpenReply(attr=attr, data=data, has_data=True)
-        h = self._new_handle(path, opened, flags, caller, fi)
+        h = self._new_handle(path, attr, flags, caller, fi)
         if truncate:
             # The truncation goes to the namenode with the first write through this file
             # (one Write call that replaces the file's content), or alone at its flush.
@@ -295,17 +289,28 @@ class FileOperations:
 
     def _revalidate(self, ino: int, caller: pb.Caller, flags: int) -> pb.Attr:
         """One GetAttr for an open of ``ino``. A read-only open asks for the file's data
-        too: a small (inline) file the caller may read comes with it, unless it is still
-        at the version ``inline`` holds, and its reads then need no call
-        (:meth:`_open_lazy` gives the data to the open file)."""
+        too: a small (inline) file the caller may read comes with it (or, when it is still
+        at the version ``inline`` holds, the namenode's word that the caller may read
+        that copy), and the attributes returned then carry it (``inline_data``: the open
+        file's reads are served from it, see ``Inodes.file``)."""
         read = flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY
         attr = self.nodes.getattr(ino, caller, open_flags=flags, read_inline=read,
                                   have_version=self.inline.version(ino) if read else None)
+        data = None
         if attr.HasField("inline_data"):
             data = attr.inline_data
-            attr.ClearField("inline_data")  # (attributes are kept; the data only here)
+            attr.ClearField("inline_data")  # (the attributes are kept, the data only here)
             self.inline.put(attr, data)
-        return self.cache.set_attr(attr)
+        elif attr.inline_current:
+            attr.inline_current = False
+            data = self.inline.get(attr)
+        believed = self.cache.set_attr(attr)
+        if data is None or believed is not attr:
+            return believed
+        opened = pb.Attr()
+        opened.CopyFrom(attr)
+        opened.inline_data = data
+        return opened
 
     def _keep_alive(self, ino: int) -> None:
         """Take a namenode handle for ``ino`` if a handle-less open of this mount holds it
