@@ -66,8 +66,8 @@ class Counts:
         self.each: collections.defaultdict[str, list[tuple[int, int]]] = \
             collections.defaultdict(list)
         # per GetAttr of an open that asked for a small file's data: (caller's uid, whether
-        # the reply carried the data)
-        self.inline: list[tuple[int, bool]] = []
+        # the reply carried the data, whether it said the caller's copy is current)
+        self.inline: list[tuple[int, bool, bool]] = []
 
     def snapshot(self) -> tuple[collections.Counter[str], ...]:
         return self.calls.copy(), self.stmts.copy(), self.txs.copy()
@@ -89,7 +89,8 @@ class Counts:
                         reply = fn(req, ctx)
                         if name == "GetAttr" and req.read_inline:
                             counts.inline.append((req.caller.uid,
-                                                  reply.HasField("inline_data")))
+                                                  reply.HasField("inline_data"),
+                                                  reply.inline_current))
                         return reply
                     finally:
                         counts.local.op = None
@@ -196,7 +197,8 @@ def test_file_operations_cost_pinned_calls_and_statements(counted_namenode, moun
         "read_4k_cold": read_4k_cold, "rename": rename, "unlink": unlink}
     seen: dict[str, dict[str, float]] = {}
 
-    data_sent: dict[str, int] = {}  # GetAttr replies of a phase that carried file data
+    # GetAttr replies of a phase that carried file data, and that said the copy is current
+    data_sent: dict[str, tuple[int, int]] = {}
 
     def run(name: str, fn: Callable[[], None]) -> None:
         c0, _, _ = counts.snapshot()
@@ -204,7 +206,8 @@ def test_file_operations_cost_pinned_calls_and_statements(counted_namenode, moun
         fn()
         c1, _, _ = counts.snapshot()
         seen[name] = {k: (c1[k] - c0[k]) / N for k in c1 if c1[k] != c0[k]}
-        data_sent[name] = sum(sent for _, sent in counts.inline[i0:])
+        data_sent[name] = (sum(sent for _, sent, _ in counts.inline[i0:]),
+                           sum(current for _, _, current in counts.inline[i0:]))
 
     for name, fn in phases.items():
         run(name, fn)
@@ -219,7 +222,7 @@ def test_file_operations_cost_pinned_calls_and_statements(counted_namenode, moun
     assert seen == CALLS
     # the first reads of the files bring their data with the open; the mount keeps it, and
     # the opens after the kernel dropped its caches find the files unchanged: no data again
-    assert (data_sent["read_4k"], data_sent["read_4k_cold"]) == (N, 0)
+    assert (data_sent["read_4k"], data_sent["read_4k_cold"]) == ((N, 0), (0, N))
     # what a call costs is what most of its calls cost: one now and then retried after a
     # transient conflict (a deadlock, a serialization failure) runs its transaction twice
     for call, (want_txs, most) in SQL.items():
@@ -279,8 +282,9 @@ def test_names_in_a_directory_the_mount_made_cost_no_lookup(counted_namenode, mo
 def test_an_open_without_read_permission_gets_no_data(counted_namenode, mount_factory) -> None:
     """The data a read-only open's GetAttr may bring is given only to a caller the
     namenode lets read the file: another user who may stat a private file gets EACCES on
-    open (here from the namenode's rule alone: no kernel mode-bit checks), and none of the
-    file's bytes reached the mount for that user."""
+    open (here from the namenode's rule alone: no kernel mode-bit checks), and neither the
+    file's bytes nor word that the copy the mount holds (its owner read it) is current
+    reached the mount for that user."""
     address, counts = counted_namenode
     m = mount_factory("--namenode", address, "--allow-other", "--no-access-events",
                       public=True, env={**os.environ, "METAFS_FUSE_DEFAULT_PERMISSIONS": "0"})
@@ -290,12 +294,13 @@ def test_an_open_without_read_permission_gets_no_data(counted_namenode, mount_fa
     os.chmod(private, 0o600)
     public.write_bytes(b"hello")
     os.chmod(public, 0o644)
+    assert private.read_bytes() == b"secret"  # (its owner reads it: the mount keeps it)
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     r = subprocess.run([*nobody, "cat", str(private)], capture_output=True, text=True)
     assert r.returncode != 0 and "Permission denied" in r.stderr
     assert os.stat(private).st_size == 6  # (the user may stat it)
     r = subprocess.run([*nobody, "cat", str(public)], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == "hello"
-    assert private.read_bytes() == b"secret"  # (its owner reads it)
-    by_nobody = [sent for uid, sent in counts.inline if uid == 65534]
-    assert by_nobody == [False, True]  # asked for both files' data; got only the readable one
+    by_nobody = [(sent, current) for uid, sent, current in counts.inline if uid == 65534]
+    # asked for both files' data; got only the readable one's
+    assert by_nobody == [(False, False), (True, False)]
