@@ -15,6 +15,7 @@ import pytest
 
 from fuse_fixtures import GrpcNamenode, Mount, grpc_namenode, mount_factory, needs_fuse  # noqa: F401
 from metafs.client import Client
+from metafs.fuse.cache import InlineData
 from metafs.namenode.gc import gc
 from metafs.proto import metafs_pb2 as pb
 
@@ -266,6 +267,25 @@ def test_an_open_reads_a_small_file_another_client_rewrote_before_it(
             os.close(reader)
         assert cold_read() == b"ten " + b"six " * 499
         assert c.read_bytes("/f") == b"ten " + b"six " * 499
+
+
+def test_the_small_files_data_a_mount_keeps_is_bounded() -> None:
+    """The data kept for small files' next opens stays within its byte limit, the least
+    recently opened file going first, and serves only the attributes it is of."""
+    kept = InlineData(10_000)
+
+    def attr(ino: int, version: int = 1) -> pb.Attr:
+        return pb.Attr(ino=ino, version=version, size=4000, mtime_ns=7, inline=True)
+
+    for ino in (1, 2):
+        kept.put(attr(ino), bytes([ino]) * 4000)
+    assert kept.get(attr(1)) == b"\1" * 4000  # (1 is now the one opened last)
+    kept.put(attr(3), b"\3" * 4000)  # 12,000 bytes: 2 goes
+    assert kept.get(attr(2)) is None and kept.version(2) is None
+    assert kept.get(attr(1)) == b"\1" * 4000 and kept.get(attr(3)) == b"\3" * 4000
+    assert kept.get(attr(1, version=2)) is None  # (another version of the file)
+    kept.put(attr(4), bytes(20_000))  # larger than the limit: not kept, the rest stays
+    assert kept.version(4) is None and kept.version(1) == 1
 
 
 def test_replacing_an_open_file_is_one_rename(grpc_namenode: GrpcNamenode,
