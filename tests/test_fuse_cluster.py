@@ -15,6 +15,7 @@ import pytest
 
 from fuse_fixtures import GrpcNamenode, Mount, grpc_namenode, mount_factory, needs_fuse  # noqa: F401
 from metafs.client import Client
+from metafs.fuse.cache import InlineData
 from metafs.namenode.gc import gc
 from metafs.proto import metafs_pb2 as pb
 
@@ -225,6 +226,66 @@ def test_truncating_open_goes_with_the_first_write(grpc_namenode: GrpcNamenode,
     assert grpc_namenode.nn is not None
     stats = gc(grpc_namenode.nn.ns, now=time.time() + 10 * 3600)
     assert stats.freed_deleted == 1  # (128 KiB: one block of the default size)
+
+
+def test_an_open_reads_a_small_file_another_client_rewrote_before_it(
+        grpc_namenode: GrpcNamenode, mount_factory) -> None:
+    """Close-to-open for a small file whose data comes with the open (and that the mount
+    keeps for its next opens): each open after another client's rewrite (of the same size,
+    so that only the version tells) reads the new bytes, with or without the kernel's
+    pages; a change by this mount is read at once through its files already open, and by
+    its next open. The mount follows no changelog here: the open's revalidation alone
+    must see the change."""
+    a = mount_factory("--namenode", grpc_namenode.address,
+                      env={"METAFS_FUSE_FOLLOW_CHANGES": "off"})
+    f = a / "f"
+
+    def cold_read() -> bytes:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the mount serves the read
+            return os.pread(fd, 8192, 0)
+        finally:
+            os.close(fd)
+
+    with Client(grpc_namenode.address) as c:
+        c.write_bytes("/f", b"one " * 500)
+        assert f.read_bytes() == b"one " * 500
+        assert cold_read() == b"one " * 500    # the kept data, the file unchanged
+        c.write_bytes("/f", b"two " * 500)
+        assert f.read_bytes() == b"two " * 500
+        assert cold_read() == b"two " * 500
+        c.write_bytes("/f", b"six " * 500)
+        assert cold_read() == b"six " * 500    # the kept data is of the old version
+        reader = os.open(f, os.O_RDONLY)       # (open with the data of "six")
+        try:
+            with open(f, "r+b") as fh:         # this mount's own (buffered) write
+                fh.write(b"ten")
+            os.posix_fadvise(reader, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert os.pread(reader, 8192, 0) == b"ten " + b"six " * 499  # one machine, one file
+        finally:
+            os.close(reader)
+        assert cold_read() == b"ten " + b"six " * 499
+        assert c.read_bytes("/f") == b"ten " + b"six " * 499
+
+
+def test_the_small_files_data_a_mount_keeps_is_bounded() -> None:
+    """The data kept for small files' next opens stays within its byte limit, the least
+    recently opened file going first, and serves only the attributes it is of."""
+    kept = InlineData(10_000)
+
+    def attr(ino: int, version: int = 1) -> pb.Attr:
+        return pb.Attr(ino=ino, version=version, size=4000, mtime_ns=7, inline=True)
+
+    for ino in (1, 2):
+        kept.put(attr(ino), bytes([ino]) * 4000)
+    assert kept.get(attr(1)) == b"\1" * 4000  # (1 is now the one opened last)
+    kept.put(attr(3), b"\3" * 4000)  # 12,000 bytes: 2 goes
+    assert kept.get(attr(2)) is None and kept.version(2) is None
+    assert kept.get(attr(1)) == b"\1" * 4000 and kept.get(attr(3)) == b"\3" * 4000
+    assert kept.get(attr(1, version=2)) is None  # (another version of the file)
+    kept.put(attr(4), bytes(20_000))  # larger than the limit: not kept, the rest stays
+    assert kept.version(4) is None and kept.version(1) == 1
 
 
 def test_replacing_an_open_file_is_one_rename(grpc_namenode: GrpcNamenode,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import os
 import statistics
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -35,6 +36,10 @@ CALLS = {
     "write_4k": {"Write": 1},                 # the O_TRUNC open's truncation goes with it
     "write_4k_py": {"Write": 1},              # Python's open() asks fstat before it writes
     "read_4k": {"GetAttr": 1},                # the data is in the open's page cache
+    # after the kernel dropped its caches: the open's GetAttr brings the small file's data
+    # (and the kernel's new lookup of the directory costs one GetAttr for all its files:
+    # the creates in it dropped its attributes)
+    "read_4k_cold": {"GetAttr": 1 + 1 / N},
     "rename": {"Lookup": 1, "Rename": 1},     # the kernel's lookup of the new name
     "unlink": {"Unlink": 1},
     "rmdir": {"Rmdir": 1},
@@ -63,6 +68,9 @@ class Counts:
         # per call made: (transactions, statements) of that one call
         self.each: collections.defaultdict[str, list[tuple[int, int]]] = \
             collections.defaultdict(list)
+        # per GetAttr of an open that asked for a small file's data: (caller's uid, whether
+        # the reply carried the data, whether it said the caller's copy is current)
+        self.inline: list[tuple[int, bool, bool]] = []
 
     def snapshot(self) -> tuple[collections.Counter[str], ...]:
         return self.calls.copy(), self.stmts.copy(), self.txs.copy()
@@ -81,7 +89,12 @@ class Counts:
                     counts.local.op = name
                     counts.local.one = [0, 0]
                     try:
-                        return fn(req, ctx)
+                        reply = fn(req, ctx)
+                        if name == "GetAttr" and req.read_inline:
+                            counts.inline.append((req.caller.uid,
+                                                  reply.HasField("inline_data"),
+                                                  reply.inline_current))
+                        return reply
                     finally:
                         counts.local.op = None
                         counts.each[name].append((counts.local.one[0], counts.local.one[1]))
@@ -165,6 +178,11 @@ def test_file_operations_cost_pinned_calls_and_statements(counted_namenode, moun
             assert os.read(fd, 8192) == payload
             os.close(fd)
 
+    def read_4k_cold() -> None:
+        with open("/proc/sys/vm/drop_caches", "w") as f:  # pages, names and inodes
+            f.write("3\n")
+        read_4k()
+
     def rename() -> None:
         for a, b in zip(paths, renamed):
             os.rename(a, b)
@@ -179,15 +197,20 @@ def test_file_operations_cost_pinned_calls_and_statements(counted_namenode, moun
 
     phases: dict[str, Callable[[], None]] = {
         "create": create, "write_4k": write_4k, "write_4k_py": write_4k_py, "read_4k": read_4k,
-        "rename": rename,
-        "unlink": unlink}
+        "read_4k_cold": read_4k_cold, "rename": rename, "unlink": unlink}
     seen: dict[str, dict[str, float]] = {}
+
+    # GetAttr replies of a phase that carried file data, and that said the copy is current
+    data_sent: dict[str, tuple[int, int]] = {}
 
     def run(name: str, fn: Callable[[], None]) -> None:
         c0, _, _ = counts.snapshot()
+        i0 = len(counts.inline)
         fn()
         c1, _, _ = counts.snapshot()
         seen[name] = {k: (c1[k] - c0[k]) / N for k in c1 if c1[k] != c0[k]}
+        data_sent[name] = (sum(sent for _, sent, _ in counts.inline[i0:]),
+                           sum(current for _, _, current in counts.inline[i0:]))
 
     for name, fn in phases.items():
         run(name, fn)
@@ -200,6 +223,9 @@ def test_file_operations_cost_pinned_calls_and_statements(counted_namenode, moun
             assert len(c.changelog(head - N, 1000)[0]) == N
 
     assert seen == CALLS
+    # the first reads of the files bring their data with the open; the mount keeps it, and
+    # the opens after the kernel dropped its caches find the files unchanged: no data again
+    assert (data_sent["read_4k"], data_sent["read_4k_cold"]) == ((N, 0), (0, N))
     # what a call costs is what most of its calls cost: one now and then retried after a
     # transient conflict (a deadlock, a serialization failure) runs its transaction twice
     for call, (want_txs, most) in SQL.items():
@@ -254,3 +280,30 @@ def test_names_in_a_directory_the_mount_made_cost_no_lookup(counted_namenode, mo
     assert seen == {"create": {"Create": 1}, "rename": {"Rename": 1}, "mkdir": {"Mkdir": 1},
                     "unlink": {"Unlink": 1}}
     assert sorted(os.listdir(d)) == sorted(["other", "t"] + [f"x{i}" for i in range(N)])
+
+
+def test_an_open_without_read_permission_gets_no_data(counted_namenode, mount_factory) -> None:
+    """The data a read-only open's GetAttr may bring is given only to a caller the
+    namenode lets read the file: another user who may stat a private file gets EACCES on
+    open (here from the namenode's rule alone: no kernel mode-bit checks), and neither the
+    file's bytes nor word that the copy the mount holds (its owner read it) is current
+    reached the mount for that user."""
+    address, counts = counted_namenode
+    m = mount_factory("--namenode", address, "--allow-other", "--no-access-events",
+                      public=True, env={**os.environ, "METAFS_FUSE_DEFAULT_PERMISSIONS": "0"})
+    os.chmod(m.path, 0o755)
+    private, public = m.path / "private", m.path / "public"
+    private.write_bytes(b"secret")
+    os.chmod(private, 0o600)
+    public.write_bytes(b"hello")
+    os.chmod(public, 0o644)
+    assert private.read_bytes() == b"secret"  # (its owner reads it: the mount keeps it)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    r = subprocess.run([*nobody, "cat", str(private)], capture_output=True, text=True)
+    assert r.returncode != 0 and "Permission denied" in r.stderr
+    assert os.stat(private).st_size == 6  # (the user may stat it)
+    r = subprocess.run([*nobody, "cat", str(public)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "hello"
+    by_nobody = [(sent, current) for uid, sent, current in counts.inline if uid == 65534]
+    # asked for both files' data; got only the readable one's
+    assert by_nobody == [(False, False), (True, False)]

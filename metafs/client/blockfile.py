@@ -453,6 +453,7 @@ class BlockFile(BlockReads, RawFile):
             self._bsize = attr.size
             self._version = attr.version
             self._inline_data = b""
+            self._opened_data = None  # (what the open brought is of the old version)
             self._fresh = False
             self._forget_layout()
             self._bs = 0  # the layout is loaded again at the next read or write

@@ -113,12 +113,20 @@ class Inodes:
 
     # ------------------------------------------------------------------ attributes
     def getattr(self, ino: int, caller: pb.Caller | None = None,
-                open_flags: int | None = None) -> pb.Attr:
+                open_flags: int | None = None, *, read_inline: bool = False,
+                have_version: int | None = None) -> pb.Attr:
         """The attributes of ``ino``; with ``open_flags``, for an open without a handle
-        (the namenode checks and records it as an open)."""
+        (the namenode checks and records it as an open). With ``read_inline`` too, a
+        read-only open of an inline file that ``caller`` may read brings the whole file
+        (``inline_data``), or, if the file is still at ``have_version``, word that the
+        caller's copy is current (``inline_current``)."""
         req = pb.InodeRequest(caller=self._who(caller), ino=ino)
         if open_flags is not None:
             req.open, req.flags = True, open_flags
+            if read_inline:
+                req.read_inline = True
+                if have_version is not None:
+                    req.have_version = have_version
         return self._call("GetAttr", req)
 
     def setattr(self, ino: int, caller: pb.Caller | None = None, *, mode: int | None = None,
@@ -182,10 +190,18 @@ class Inodes:
              caller: pb.Caller | None = None) -> "BlockFile":
         """The raw file over an open made by inode (:meth:`open` or :meth:`create`), or,
         given an inode's attributes, over a handle-less open (the namenode then checks
-        permission on every read and write). Its data calls carry ``caller``."""
+        permission on every read and write; attributes with ``inline_data``, the whole
+        file as a :meth:`getattr` for the open brought it, serve the reads). Its data
+        calls carry ``caller``."""
         from .blockfile import BlockFile
 
-        reply = opened if isinstance(opened, pb.OpenReply) else pb.OpenReply(attr=opened)
+        if isinstance(opened, pb.OpenReply):
+            reply = opened
+        elif opened.HasField("inline_data"):
+            reply = pb.OpenReply(attr=opened, data=opened.inline_data, has_data=True)
+            reply.attr.ClearField("inline_data")  # (the file's attributes, kept with it)
+        else:
+            reply = pb.OpenReply(attr=opened)
         owner = self._client if caller is None else _CallerView(self._client, caller)
         return BlockFile(owner, path, reply, flags)  # type: ignore[arg-type]
 

@@ -10,7 +10,9 @@ without, for the kernel's entry and attribute timeouts (:func:`kernel_timeouts`)
 from __future__ import annotations
 
 import stat as stat_mod
+import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 from ..config import Settings
@@ -23,6 +25,8 @@ NOCAP_TTL = 300.0
 # What a mount's own tables believe while it follows the changelog, and the kernel's
 # timeouts on a following mount of an embedded namenode (see kernel_timeouts).
 FOLLOWED_TTL = 60.0
+# The bytes of small files' data a mount keeps for their next opens (see InlineData).
+INLINE_DATA_BYTES = 16 << 20
 
 
 def kernel_timeouts(settings: Settings, following: bool) -> tuple[float, float]:
@@ -96,6 +100,50 @@ class NameTable(dict):  # type: ignore[type-arg]
             self[path] = value
         return [(was, path, value[0]) for was, path, value in moved]
 
+
+
+class InlineData:
+    """The data of small (inline) files this mount opened lately, by inode, each with the
+    version, size and mtime it is of. A read-only open revalidates its file with the
+    namenode (close-to-open) and names the version held here: a file still at that version
+    comes back without its data, which is then taken from here. Data is believed only for
+    the attributes of a revalidation that match it (a file's data version changes with
+    each write and truncate). At most ``limit`` bytes are kept, the least recently opened
+    going first."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._files: OrderedDict[int, tuple[int, int, int, bytes]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def version(self, ino: int) -> int | None:
+        """The data version of ``ino`` held here, if any."""
+        got = self._files.get(ino)
+        return None if got is None else got[0]
+
+    def get(self, attr: pb.Attr) -> bytes | None:
+        """The data of the file at ``attr`` (fresh attributes), if held here."""
+        with self._lock:
+            got = self._files.get(attr.ino)
+            if (got is None or not attr.inline
+                    or got[:3] != (attr.version, attr.size, attr.mtime_ns)):
+                return None
+            self._files.move_to_end(attr.ino)
+            return got[3]
+
+    def put(self, attr: pb.Attr, data: bytes) -> None:
+        """Keep ``data``, the whole file at ``attr``."""
+        with self._lock:
+            old = self._files.pop(attr.ino, None)
+            if old is not None:
+                self._bytes -= len(old[3])
+            if len(data) > self.limit:
+                return
+            self._files[attr.ino] = (attr.version, attr.size, attr.mtime_ns, data)
+            self._bytes += len(data)
+            while self._bytes > self.limit:
+                self._bytes -= len(self._files.popitem(last=False)[1][3])
 
 
 class MountCache:

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 from ..config import Settings
 from ..posix import Cred, access_mask_to_want, allowed
 from ..proto import metafs_pb2 as pb
-from .cache import NOCAP_TTL
+from .cache import NOCAP_TTL, InlineData
 from .handles import DirHandle, FuseError, Handle
 
 log = logging.getLogger("metafs.fuse")
@@ -62,6 +62,7 @@ class FileOperations:
 
     handles: dict[int, Handle]
     open_by_ino: dict[int, set[Handle]]
+    inline: InlineData
     _hidden: dict[str, int]
     _hidden_from: OrderedDict[str, str]
     follow_processes: bool
@@ -279,13 +280,37 @@ class FileOperations:
         """The inode's current attributes from the namenode (close-to-open), for an open
         with ``flags`` (the namenode checks and records it as an open)."""
         try:
-            return self.cache.set_attr(self.nodes.getattr(ino, caller, open_flags=flags))
+            return self._revalidate(ino, caller, flags)
         except OSError as err:
             if err.errno != errno.ENOENT:
                 raise
             self.cache.forget_path(path)
-            ino = self._lookup(path, caller).ino
-            return self.cache.set_attr(self.nodes.getattr(ino, caller, open_flags=flags))
+            return self._revalidate(self._lookup(path, caller).ino, caller, flags)
+
+    def _revalidate(self, ino: int, caller: pb.Caller, flags: int) -> pb.Attr:
+        """One GetAttr for an open of ``ino``. A read-only open asks for the file's data
+        too: a small (inline) file the caller may read comes with it (or, when it is still
+        at the version ``inline`` holds, the namenode's word that the caller may read
+        that copy), and the attributes returned then carry it (``inline_data``: the open
+        file's reads are served from it, see ``Inodes.file``)."""
+        read = flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY
+        attr = self.nodes.getattr(ino, caller, open_flags=flags, read_inline=read,
+                                  have_version=self.inline.version(ino) if read else None)
+        data = None
+        if attr.HasField("inline_data"):
+            data = attr.inline_data
+            attr.ClearField("inline_data")  # (the attributes are kept, the data only here)
+            self.inline.put(attr, data)
+        elif attr.inline_current:
+            attr.inline_current = False
+            data = self.inline.get(attr)
+        believed = self.cache.set_attr(attr)
+        if data is None or believed is not attr:
+            return believed
+        opened = pb.Attr()
+        opened.CopyFrom(attr)
+        opened.inline_data = data
+        return opened
 
     def _keep_alive(self, ino: int) -> None:
         """Take a namenode handle for ``ino`` if a handle-less open of this mount holds it

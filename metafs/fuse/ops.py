@@ -32,7 +32,8 @@ from ..errors import FsError
 from ..posix import ROOT_INO, X, Cred, allowed, check_name
 from ..proto import metafs_pb2 as pb
 from .access import MountAccess
-from .cache import FOLLOWED_TTL, NOCAP_TTL, MountCache, kernel_timeouts
+from .cache import (FOLLOWED_TTL, INLINE_DATA_BYTES, NOCAP_TTL, InlineData, MountCache,
+                    kernel_timeouts)
 from .files import FileOperations, lazy_read_handles
 from .follower import ChangeFollower, KernelInvalidator, follows_changes
 from .handles import DirHandle, FuseError, Handle
@@ -85,6 +86,7 @@ class MetafsOperations(FileOperations):
                                 FOLLOWED_TTL if following else attr_ttl, self.root_ino,
                                 complete_dirs=following)
         self.writeback = WriteBack(self.cache, settings.fuse_write_buffer, self._wrote)
+        self.inline = InlineData(INLINE_DATA_BYTES)  # small files' data for their next opens
         self.kernel = KernelInvalidator()
         self.follower = ChangeFollower(self)  # (its thread runs when ``following``)
         self._following = following

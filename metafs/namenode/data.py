@@ -15,11 +15,13 @@ from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.engine import Connection, Row
 
 from ..errors import FsError
-from ..posix import R, W, Cred, check
+from ..posix import R, W, Cred, allowed, check
 from ..proto import metafs_pb2 as pb
 from . import schema
-from .rows import (BUMP, CALLER, FD, H, MAX_FILE_SIZE, Q_DELETE_DATA, Q_INSERT_DATA, Q_UPDATE_DATA,
-                   STORAGE_INLINE, Tx, kill_priv, to_attr, update_inode)
+from .lookups import reach_checked
+from .rows import (ATTR_COLS, BUMP, CALLER, FD, H, I, MAX_FILE_SIZE, Q_DELETE_DATA,
+                   Q_INSERT_DATA, Q_UPDATE_DATA, STORAGE_INLINE, Tx, kill_priv, to_attr,
+                   update_inode)
 from .sql import Prepared
 
 S = schema.sessions
@@ -33,6 +35,11 @@ _Q_HANDLE = Prepared(select(H.c.flags, H.c.session, S.c.owner)
                      .select_from(H.join(S, S.c.id == H.c.session))
                      .where(H.c.id == bindparam("hid"), H.c.ino == bindparam("ino")))
 _Q_INLINE = Prepared(select(FD.c.data).where(FD.c.ino == bindparam("ino")))
+# an inode's attributes and its inline data (NULL when it has none, or when the inode is at
+# data version :have: the caller holds those bytes), in one statement
+_Q_ATTR_DATA = Prepared(select(*ATTR_COLS, FD.c.data.label("data")).select_from(I.outerjoin(
+    FD, (FD.c.ino == I.c.id) & (I.c.version != bindparam("have"))))
+    .where(I.c.id == bindparam("ino")))
 _Q_HANDLE_BY_ID = Prepared(select(H.c.ino, H.c.session, S.c.owner)
                            .select_from(H.join(S, S.c.id == H.c.session))
                            .where(H.c.id == bindparam("hid")))
@@ -67,12 +74,44 @@ class FileData:
         self._opened(cred, flags, reply.attr)
         return reply
 
-    def open_attr(self, cred: Cred, ino: int, flags: int) -> pb.Attr:
+    def open_attr(self, cred: Cred, ino: int, flags: int, *, read_inline: bool = False,
+                  have_version: int | None = None) -> pb.Attr:
         """The attributes of ``ino`` for an open without a handle (the reads and writes
-        through it are checked one by one), checked and recorded as :meth:`open` does."""
+        through it are checked one by one), checked and recorded as :meth:`open` does.
+        With ``read_inline``, a read-only open of an inline file the caller may read gets
+        its data too (``inline_data``), or, when the file is at ``have_version``, word
+        that the caller's copy is current (``inline_current``)."""
         self._opening(cred, flags)
-        attr = self.getattr(cred, ino)
+        attr = None
+        if read_inline and flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY:
+            attr = self._attr_with_data(cred, ino, have_version)
+        if attr is None:
+            attr = self.getattr(cred, ino)
         self._opened(cred, flags, attr)
+        return attr
+
+    def _attr_with_data(self, cred: Cred, ino: int, have: int | None) -> pb.Attr | None:
+        """The attributes of linked inode ``ino`` with its inline data (see
+        :meth:`open_attr`), read in one statement; None when :meth:`getattr` must decide
+        (no such inode, or one whose last name is gone)."""
+        if reach_checked(cred, ino):
+            self.check_reachable(cred, ino)
+        row = self.engine.read_statement(lambda conn: _Q_ATTR_DATA.first(
+            conn, ino=ino, have=-1 if have is None else have))
+        if row is None or row.nlink == 0:
+            return None
+        attr = to_attr(row)
+        # the read permission is the caller's: one who may only stat the file gets no data,
+        # and no word that a copy it holds is current
+        if (stat.S_ISREG(row.mode) and row.storage == STORAGE_INLINE
+                and allowed(cred, row.mode, row.uid, row.gid, R)):
+            if row.version == have:
+                attr.inline_current = True
+            else:
+                data = bytes(row.data) if row.data is not None else b""
+                if len(data) < row.size:  # implied zeros past the stored bytes
+                    data += b"\0" * (row.size - len(data))
+                attr.inline_data = data
         return attr
 
     def _opening(self, cred: Cred, flags: int) -> None:

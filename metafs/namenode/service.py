@@ -111,7 +111,9 @@ class Handlers:
     def GetAttr(self, req: pb.InodeRequest, ctx: Any = None) -> pb.Attr:
         cred = self.c(req, ctx, reach=False)
         if req.open:
-            return self.ns.open_attr(cred, req.ino, req.flags)
+            return self.ns.open_attr(
+                cred, req.ino, req.flags, read_inline=req.read_inline,
+                have_version=req.have_version if req.HasField("have_version") else None)
         return self.ns.getattr(cred, req.ino)
 
     def SetAttr(self, req: pb.SetAttrRequest, ctx: Any = None) -> pb.Attr:

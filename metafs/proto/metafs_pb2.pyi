@@ -118,7 +118,7 @@ class ErrorDetail(_message.Message):
     def __init__(self, errno: _Optional[int] = ..., message: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class Attr(_message.Message):
-    __slots__ = ("ino", "mode", "nlink", "uid", "gid", "rdev", "size", "atime_ns", "mtime_ns", "ctime_ns", "btime_ns", "version", "inline", "generation")
+    __slots__ = ("ino", "mode", "nlink", "uid", "gid", "rdev", "size", "atime_ns", "mtime_ns", "ctime_ns", "btime_ns", "version", "inline", "generation", "inline_data", "inline_current")
     INO_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     NLINK_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,8 @@ class Attr(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INLINE_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    INLINE_DATA_FIELD_NUMBER: _ClassVar[int]
+    INLINE_CURRENT_FIELD_NUMBER: _ClassVar[int]
     ino: int
     mode: int
     nlink: int
@@ -147,7 +149,9 @@ class Attr(_message.Message):
     version: int
     inline: bool
     generation: int
-    def __init__(self, ino: _Optional[int] = ..., mode: _Optional[int] = ..., nlink: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., rdev: _Optional[int] = ..., size: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., btime_ns: _Optional[int] = ..., version: _Optional[int] = ..., inline: bool = ..., generation: _Optional[int] = ...) -> None: ...
+    inline_data: bytes
+    inline_current: bool
+    def __init__(self, ino: _Optional[int] = ..., mode: _Optional[int] = ..., nlink: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., rdev: _Optional[int] = ..., size: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., btime_ns: _Optional[int] = ..., version: _Optional[int] = ..., inline: bool = ..., generation: _Optional[int] = ..., inline_data: _Optional[bytes] = ..., inline_current: bool = ...) -> None: ...
 
 class Entry(_message.Message):
     __slots__ = ("ino", "attr")
@@ -180,16 +184,20 @@ class ResolveRequest(_message.Message):
     def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., path: _Optional[str] = ..., start: _Optional[int] = ..., follow: bool = ...) -> None: ...
 
 class InodeRequest(_message.Message):
-    __slots__ = ("caller", "ino", "open", "flags")
+    __slots__ = ("caller", "ino", "open", "flags", "read_inline", "have_version")
     CALLER_FIELD_NUMBER: _ClassVar[int]
     INO_FIELD_NUMBER: _ClassVar[int]
     OPEN_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
+    READ_INLINE_FIELD_NUMBER: _ClassVar[int]
+    HAVE_VERSION_FIELD_NUMBER: _ClassVar[int]
     caller: Caller
     ino: int
     open: bool
     flags: int
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., open: bool = ..., flags: _Optional[int] = ...) -> None: ...
+    read_inline: bool
+    have_version: int
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., ino: _Optional[int] = ..., open: bool = ..., flags: _Optional[int] = ..., read_inline: bool = ..., have_version: _Optional[int] = ...) -> None: ...
 
 class SetAttrRequest(_message.Message):
     __slots__ = ("caller", "ino", "mode", "uid", "gid", "size", "atime_how", "atime_ns", "mtime_how", "mtime_ns", "handle")
