@@ -33,7 +33,7 @@ from ..posix import ROOT_INO, X, Cred, allowed, check_name
 from ..proto import metafs_pb2 as pb
 from .access import MountAccess
 from .cache import (FOLLOWED_TTL, INLINE_DATA_BYTES, NOCAP_TTL, InlineData, MountCache,
-                    kernel_timeouts)
+                    created_at, kernel_timeouts)
 from .files import FileOperations, lazy_read_handles
 from .follower import ChangeFollower, KernelInvalidator, follows_changes
 from .handles import DirHandle, FuseError, Handle
@@ -426,9 +426,12 @@ class MetafsOperations(FileOperations):
         return self._ino_of(parent, caller), name, parent
 
     def _retry_stale_parent(self, path: str, caller: pb.Caller,
-                            fn: Callable[[int, str], Any]) -> Any:
+                            fn: Callable[[int, str], Any],
+                            stamp: Callable[[Any], tuple[int, int]] | None = None) -> Any:
         """Run ``fn(parent_ino, name)``; if the cached parent inode turned out to be gone,
-        look the parent up again and retry once."""
+        look the parent up again and retry once. ``stamp(result)``: when the namenode
+        changed the parent and how (:meth:`MountCache.entries_changed`), if the reply
+        tells."""
         pino, name, parent = self._parent(path, caller)
         try:
             result = fn(pino, name)
@@ -451,15 +454,17 @@ class MetafsOperations(FileOperations):
             result = fn(pino2, name)
             pino = pino2
         # the namenode changed the directory's mtime and ctime with its entries (the
-        # kernel drops its own copy of the directory's attributes after such a request)
-        self.cache.forget_ino(pino)
+        # kernel drops its own copy of the directory's attributes after such a request,
+        # and asks again: from the cache when the reply says what changed)
+        at_ns, nlink_delta = stamp(result) if stamp is not None else (0, 0)
+        self.cache.entries_changed(pino, at_ns, nlink_delta)
         return result
 
     def mkdir(self, path: str, mode: int) -> int:
         caller = self.caller()
         changes = self.cache.dir_changes
         attr = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.mkdir(
-            p, n, mode & 0o7777, caller))
+            p, n, mode & 0o7777, caller), lambda a: (a.ctime_ns, 1))
         self.cache.remember(path, attr)
         self.cache.mark_complete(path, attr.ino, changes)  # (it is empty)
         return 0
@@ -467,14 +472,14 @@ class MetafsOperations(FileOperations):
     def mknod(self, path: str, mode: int, dev: int) -> int:
         caller = self.caller()
         r = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.create(
-            p, n, mode, caller, rdev=dev))
+            p, n, mode, caller, rdev=dev), created_at)
         self.cache.remember(path, r.attr)
         return 0
 
     def symlink(self, path: str, target: str) -> int:
         caller = self.caller()
         attr = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.symlink(
-            p, n, target, caller))
+            p, n, target, caller), lambda a: (a.ctime_ns, 0))
         self.cache.remember(path, attr)
         return 0
 
@@ -482,7 +487,7 @@ class MetafsOperations(FileOperations):
         caller = self.caller()
         ino = self._ino_of(existing, caller)
         attr = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.link(
-            ino, p, n, caller))
+            ino, p, n, caller), lambda a: (a.ctime_ns, 0))
         self.cache.links.setdefault(ino, set()).update((existing, path))
         self.cache.remember(path, attr)
         self._other_names_changed(ino, path, now=True)
