@@ -59,6 +59,11 @@ def _plain_name(name: str) -> bool:
     return True
 
 
+def _unchanged_nlink(at_ns: int) -> tuple[int, int]:
+    """For an unlink's reply (its time): the directory's link count stays."""
+    return at_ns, 0
+
+
 class MetafsOperations(FileOperations):
     """mfusepy operations for one mount (only the methods a mount needs are defined, since
     every method libfuse sees costs a kernel round trip when it is called)."""
@@ -506,7 +511,7 @@ class MetafsOperations(FileOperations):
             return 0
         caller = self.caller()
         self._retry_stale_parent(path, caller, lambda p, n: self.nodes.unlink(
-            p, n, caller))
+            p, n, caller), _unchanged_nlink)
         hit = self.cache.names.get(path)
         self.cache.forget_path(path, gone=True)
         if hit is not None and hit[0] in self.cache.links:
@@ -521,7 +526,7 @@ class MetafsOperations(FileOperations):
     def rmdir(self, path: str) -> int:
         caller = self.caller()
         self._retry_stale_parent(path, caller, lambda p, n: self.nodes.rmdir(
-            p, n, caller))
+            p, n, caller), lambda at_ns: (at_ns, -1))
         # the directory was empty: names still cached under it are stale already, and
         # every use of a stale name falls back to a fresh lookup
         self.cache.forget_path(path, gone=True)
@@ -545,7 +550,7 @@ class MetafsOperations(FileOperations):
         self._keep_alive(ino)
         if not in_rename(fuse_context()[2]):
             self._retry_stale_parent(old, caller, lambda p, n: self.nodes.unlink(
-                p, n, caller))
+                p, n, caller), _unchanged_nlink)
             self.cache.forget_path(old, gone=True)
         self._hidden[hidden] = ino
         # libfuse keeps the hidden name until the kernel forgets the node, which the
@@ -573,8 +578,10 @@ class MetafsOperations(FileOperations):
                 pass  # no such name: nothing is replaced
         if moved is not None and self._following:
             self.cache.renaming(moved[0])
+        # a file's move changes neither directory's link count (a directory's may)
+        file_moved = not flags & RENAME_EXCHANGE and not self.cache.maybe_dir(moved)
         try:
-            self.nodes.rename(sp, sn, dp, dn, caller, flags=flags)
+            at_ns = self.nodes.rename(sp, sn, dp, dn, caller, flags=flags)
         except OSError as err:
             for p in (old, new):
                 if err.errno == errno.ENOENT or p not in self.cache.names:
@@ -592,8 +599,8 @@ class MetafsOperations(FileOperations):
         for hit in (moved, replaced):
             if hit is not None:
                 self.cache.forget_ino(hit[0])
-        self.cache.forget_ino(sp)
-        self.cache.forget_ino(dp)
+        for pino in {sp, dp}:
+            self.cache.entries_changed(pino, at_ns if file_moved else 0)
         if moved is not None and self._following:
             # the follower brings its attributes back, unless the mount has it open (a
             # write committed meanwhile would be newer than the rename's record)
