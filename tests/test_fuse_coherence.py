@@ -385,3 +385,67 @@ def test_embedded_mount_follows_other_processes_on_its_data_dir(mount_factory, t
         assert (m / "h").read_text() == "y"
         c.remove("/f")
         eventually(lambda: not (m / "f").exists())
+
+
+def _getattr_calls() -> float:
+    """GetAttr calls the namenode of this process (grpc_namenode) has answered."""
+    from metafs.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value("metafs_ops_total", {"op": "GetAttr", "errno": "OK"}
+                                     ) or 0.0
+
+
+def test_directory_attributes_follow_its_entries(grpc_namenode, mount_factory
+                                                 ) -> None:  # type: ignore[no-untyped-def]
+    """A remote mount keeps a directory's attributes while entries are made, removed and
+    renamed in it: the namenode changed the directory's mtime, ctime and link count in the
+    same transaction and says when (the new entry's time, or the time in the reply of an
+    unlink, rmdir or rename), so the mount applies that to its copy instead of asking
+    again (a directory renamed or removed after files were made, renamed or removed in it
+    cost one more call each). What it shows is what the namenode holds; an open with
+    O_CREAT of a file that is there already leaves the directory alone."""
+    from metafs.client import Client
+
+    mnt = mount_factory("--namenode", grpc_namenode.address)
+    d = mnt / "d"
+    d.mkdir()
+    (mnt / "src").write_bytes(b"")
+    (d / "old").write_bytes(b"")
+    os.stat(d)
+    with Client(namenode=grpc_namenode.address) as c:
+        def shown() -> tuple[int, int, int]:
+            st = os.stat(d)
+            return st.st_mtime_ns, st.st_ctime_ns, st.st_nlink
+
+        def held() -> tuple[int, int, int]:
+            st = c.stat("/d")
+            return st.st_mtime_ns, st.st_ctime_ns, st.st_nlink
+
+        steps = [lambda: os.close(os.open(d / "f", os.O_CREAT | os.O_WRONLY, 0o644)),
+                 lambda: os.mkdir(d / "sub"),
+                 lambda: os.symlink("f", d / "s"),
+                 lambda: os.link(mnt / "src", d / "l"),
+                 lambda: os.mkfifo(d / "p"),
+                 lambda: os.rename(d / "f", d / "g"),
+                 lambda: os.unlink(d / "p"),
+                 # a file known to be one: both directories (see below)
+                 lambda: (os.lstat(d / "g"), os.rename(d / "g", mnt / "g")),
+                 lambda: os.rename(mnt / "src", d / "src"),
+                 lambda: os.rmdir(d / "sub"),
+                 lambda: os.mkdir(d / "sub")]
+        for step, make in enumerate(steps):
+            before = shown()
+            make()
+            calls = _getattr_calls()
+            now = shown()
+            assert _getattr_calls() == calls, f"step {step}: the mount asked the namenode"
+            assert now == held()
+            assert now[0] > before[0] and now[1] > before[1]
+        assert shown()[2] == 3  # ".", "..", and "sub"
+        root = os.stat(mnt.path)
+        assert (root.st_mtime_ns, root.st_ctime_ns) == (c.stat("/").st_mtime_ns,
+                                                         c.stat("/").st_ctime_ns)
+        # the file is there: the open neither creates nor changes the directory
+        before = shown()
+        os.close(os.open(d / "old", os.O_CREAT | os.O_WRONLY, 0o644))
+        assert shown() == before == held()

@@ -92,18 +92,22 @@ class Inodes:
         return self._call("Readlink", pb.InodeRequest(caller=self._who(caller),
                                                       ino=ino)).target
 
-    def unlink(self, parent: int, name: str, caller: pb.Caller | None = None) -> None:
-        self._call("Unlink", pb.NameRequest(caller=self._who(caller), parent=parent, name=name))
+    # unlink, rmdir and rename return the time the namenode set the directories' mtime and
+    # ctime to (0: not known, or nothing changed)
+    def unlink(self, parent: int, name: str, caller: pb.Caller | None = None) -> int:
+        return int(self._call("Unlink", pb.NameRequest(
+            caller=self._who(caller), parent=parent, name=name)).time_ns)
 
-    def rmdir(self, parent: int, name: str, caller: pb.Caller | None = None) -> None:
-        self._call("Rmdir", pb.NameRequest(caller=self._who(caller), parent=parent, name=name))
+    def rmdir(self, parent: int, name: str, caller: pb.Caller | None = None) -> int:
+        return int(self._call("Rmdir", pb.NameRequest(
+            caller=self._who(caller), parent=parent, name=name)).time_ns)
 
     def rename(self, src_parent: int, src_name: str, dst_parent: int, dst_name: str,
-               caller: pb.Caller | None = None, *, flags: int = 0) -> None:
+               caller: pb.Caller | None = None, *, flags: int = 0) -> int:
         """rename(2), with renameat2's ``RENAME_NOREPLACE`` and ``RENAME_EXCHANGE``."""
-        self._call("Rename", pb.RenameRequest(caller=self._who(caller), src_parent=src_parent,
-                                              src_name=src_name, dst_parent=dst_parent,
-                                              dst_name=dst_name, flags=flags))
+        return int(self._call("Rename", pb.RenameRequest(
+            caller=self._who(caller), src_parent=src_parent, src_name=src_name,
+            dst_parent=dst_parent, dst_name=dst_name, flags=flags)).time_ns)
 
     def readdir(self, ino: int, cursor: str = "", limit: int = 0,
                 caller: pb.Caller | None = None) -> pb.ReadDirReply:

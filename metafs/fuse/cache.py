@@ -146,6 +146,15 @@ class InlineData:
                 self._bytes -= len(self._files.popitem(last=False)[1][3])
 
 
+def created_at(reply: pb.OpenReply) -> tuple[int, int]:
+    """For a Create's reply: when it made the file, which is when it changed the parent
+    (0 for a file that was there already: an open of it, without O_EXCL, leaves the
+    directory alone; a file made in that call has one time for all four)."""
+    a = reply.attr
+    fresh = a.btime_ns == a.ctime_ns == a.mtime_ns
+    return (a.ctime_ns if fresh else 0), 0
+
+
 class MountCache:
     """A mount's name table and attribute cache (see the module's docstring)."""
 
@@ -269,6 +278,29 @@ class MountCache:
         path = self._complete_ino.get(ino)
         if path is not None:
             self._incomplete(path)
+
+    def entries_changed(self, ino: int, at_ns: int, nlink_delta: int = 0) -> None:
+        """The namenode changed the entries of directory ``ino`` for this mount: in the same
+        transaction it set the directory's mtime and ctime to ``at_ns`` and added
+        ``nlink_delta`` to its link count. The cached attributes take that change when they
+        are what it was made on as far as this mount knows (nothing of a later time is
+        cached: two of this mount's changes may commit in either order); otherwise, or
+        with ``at_ns`` 0 (not known), they go. They keep their expiry: what another client
+        changes meanwhile is no more stale than it was."""
+        cur = self.attrs.get(ino)
+        if cur is None:
+            return
+        attr, expiry = cur
+        if not at_ns or at_ns <= attr.ctime_ns or expiry <= time.monotonic():
+            self.forget_ino(ino)
+            return
+        changed = pb.Attr()
+        changed.CopyFrom(attr)
+        changed.mtime_ns = changed.ctime_ns = at_ns
+        changed.nlink = max(attr.nlink + nlink_delta, 0)
+        self.attrs[ino] = (changed, expiry)
+        if self.renames:
+            self._touched(ino)
 
     def forget_ino(self, ino: int, xattrs: bool = False) -> None:
         """Drop the cached attributes of ``ino`` (and, with ``xattrs``, what is known of its

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 from ..config import Settings
 from ..posix import Cred, access_mask_to_want, allowed
 from ..proto import metafs_pb2 as pb
-from .cache import NOCAP_TTL, InlineData
+from .cache import NOCAP_TTL, InlineData, created_at
 from .handles import DirHandle, FuseError, Handle
 
 log = logging.getLogger("metafs.fuse")
@@ -359,7 +359,7 @@ class FileOperations:
         handle = not (self._lazy_reads and (caller.uid == 0 or mode & need == need))
         reply = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.create(
             p, n, (mode & 0o7777) | stat_mod.S_IFREG, caller, exclusive=bool(flags & os.O_EXCL),
-            open=handle, flags=flags & ~(os.O_CREAT | os.O_EXCL)))
+            open=handle, flags=flags & ~(os.O_CREAT | os.O_EXCL)), created_at)
         self.cache.remember(path, reply.attr)
         self.cache.nocap[reply.attr.ino] = time.monotonic() + NOCAP_TTL  # a new file has no xattrs
         self._new_handle(path, reply, flags, caller, fi)

@@ -33,7 +33,7 @@ from ..posix import ROOT_INO, X, Cred, allowed, check_name
 from ..proto import metafs_pb2 as pb
 from .access import MountAccess
 from .cache import (FOLLOWED_TTL, INLINE_DATA_BYTES, NOCAP_TTL, InlineData, MountCache,
-                    kernel_timeouts)
+                    created_at, kernel_timeouts)
 from .files import FileOperations, lazy_read_handles
 from .follower import ChangeFollower, KernelInvalidator, follows_changes
 from .handles import DirHandle, FuseError, Handle
@@ -57,6 +57,11 @@ def _plain_name(name: str) -> bool:
     except FsError:
         return False
     return True
+
+
+def _unchanged_nlink(at_ns: int) -> tuple[int, int]:
+    """For an unlink's reply (its time): the directory's link count stays."""
+    return at_ns, 0
 
 
 class MetafsOperations(FileOperations):
@@ -426,9 +431,12 @@ class MetafsOperations(FileOperations):
         return self._ino_of(parent, caller), name, parent
 
     def _retry_stale_parent(self, path: str, caller: pb.Caller,
-                            fn: Callable[[int, str], Any]) -> Any:
+                            fn: Callable[[int, str], Any],
+                            stamp: Callable[[Any], tuple[int, int]] | None = None) -> Any:
         """Run ``fn(parent_ino, name)``; if the cached parent inode turned out to be gone,
-        look the parent up again and retry once."""
+        look the parent up again and retry once. ``stamp(result)``: when the namenode
+        changed the parent and how (:meth:`MountCache.entries_changed`), if the reply
+        tells."""
         pino, name, parent = self._parent(path, caller)
         try:
             result = fn(pino, name)
@@ -451,15 +459,17 @@ class MetafsOperations(FileOperations):
             result = fn(pino2, name)
             pino = pino2
         # the namenode changed the directory's mtime and ctime with its entries (the
-        # kernel drops its own copy of the directory's attributes after such a request)
-        self.cache.forget_ino(pino)
+        # kernel drops its own copy of the directory's attributes after such a request,
+        # and asks again: from the cache when the reply says what changed)
+        at_ns, nlink_delta = stamp(result) if stamp is not None else (0, 0)
+        self.cache.entries_changed(pino, at_ns, nlink_delta)
         return result
 
     def mkdir(self, path: str, mode: int) -> int:
         caller = self.caller()
         changes = self.cache.dir_changes
         attr = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.mkdir(
-            p, n, mode & 0o7777, caller))
+            p, n, mode & 0o7777, caller), lambda a: (a.ctime_ns, 1))
         self.cache.remember(path, attr)
         self.cache.mark_complete(path, attr.ino, changes)  # (it is empty)
         return 0
@@ -467,14 +477,14 @@ class MetafsOperations(FileOperations):
     def mknod(self, path: str, mode: int, dev: int) -> int:
         caller = self.caller()
         r = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.create(
-            p, n, mode, caller, rdev=dev))
+            p, n, mode, caller, rdev=dev), created_at)
         self.cache.remember(path, r.attr)
         return 0
 
     def symlink(self, path: str, target: str) -> int:
         caller = self.caller()
         attr = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.symlink(
-            p, n, target, caller))
+            p, n, target, caller), lambda a: (a.ctime_ns, 0))
         self.cache.remember(path, attr)
         return 0
 
@@ -482,7 +492,7 @@ class MetafsOperations(FileOperations):
         caller = self.caller()
         ino = self._ino_of(existing, caller)
         attr = self._retry_stale_parent(path, caller, lambda p, n: self.nodes.link(
-            ino, p, n, caller))
+            ino, p, n, caller), lambda a: (a.ctime_ns, 0))
         self.cache.links.setdefault(ino, set()).update((existing, path))
         self.cache.remember(path, attr)
         self._other_names_changed(ino, path, now=True)
@@ -501,7 +511,7 @@ class MetafsOperations(FileOperations):
             return 0
         caller = self.caller()
         self._retry_stale_parent(path, caller, lambda p, n: self.nodes.unlink(
-            p, n, caller))
+            p, n, caller), _unchanged_nlink)
         hit = self.cache.names.get(path)
         self.cache.forget_path(path, gone=True)
         if hit is not None and hit[0] in self.cache.links:
@@ -516,7 +526,7 @@ class MetafsOperations(FileOperations):
     def rmdir(self, path: str) -> int:
         caller = self.caller()
         self._retry_stale_parent(path, caller, lambda p, n: self.nodes.rmdir(
-            p, n, caller))
+            p, n, caller), lambda at_ns: (at_ns, -1))
         # the directory was empty: names still cached under it are stale already, and
         # every use of a stale name falls back to a fresh lookup
         self.cache.forget_path(path, gone=True)
@@ -540,7 +550,7 @@ class MetafsOperations(FileOperations):
         self._keep_alive(ino)
         if not in_rename(fuse_context()[2]):
             self._retry_stale_parent(old, caller, lambda p, n: self.nodes.unlink(
-                p, n, caller))
+                p, n, caller), _unchanged_nlink)
             self.cache.forget_path(old, gone=True)
         self._hidden[hidden] = ino
         # libfuse keeps the hidden name until the kernel forgets the node, which the
@@ -568,8 +578,10 @@ class MetafsOperations(FileOperations):
                 pass  # no such name: nothing is replaced
         if moved is not None and self._following:
             self.cache.renaming(moved[0])
+        # a file's move changes neither directory's link count (a directory's may)
+        file_moved = not flags & RENAME_EXCHANGE and not self.cache.maybe_dir(moved)
         try:
-            self.nodes.rename(sp, sn, dp, dn, caller, flags=flags)
+            at_ns = self.nodes.rename(sp, sn, dp, dn, caller, flags=flags)
         except OSError as err:
             for p in (old, new):
                 if err.errno == errno.ENOENT or p not in self.cache.names:
@@ -587,8 +599,8 @@ class MetafsOperations(FileOperations):
         for hit in (moved, replaced):
             if hit is not None:
                 self.cache.forget_ino(hit[0])
-        self.cache.forget_ino(sp)
-        self.cache.forget_ino(dp)
+        for pino in {sp, dp}:
+            self.cache.entries_changed(pino, at_ns if file_moved else 0)
         if moved is not None and self._following:
             # the follower brings its attributes back, unless the mount has it open (a
             # write committed meanwhile would be newer than the rename's record)

@@ -228,52 +228,55 @@ class Entries:
         return pdir, row
 
     def _removing(self, cred: Cred, parent: int, name: str, is_dir: bool,
-                  fn: Callable[[Tx], None]) -> None:
+                  fn: Callable[[Tx], int]) -> int:
         """Run the removal ``fn`` of ``name``; again when it found ``name`` naming another
         inode under its locks than the one it locked. Its plain case runs as one
-        statement where the engine can (:meth:`~.engine.MetaEngine.remove_at_once`)."""
+        statement where the engine can (:meth:`~.engine.MetaEngine.remove_at_once`).
+        Returns the time the directory's mtime and ctime were set to."""
         def at_once(tx: Tx, request: Callable[[Any], dict[str, Any] | None]
-                    ) -> tuple[bool, None]:
+                    ) -> tuple[bool, int]:
             if self.free_data_hooks != self.sql_free_hooks:
-                return False, None
+                return False, 0
             rec = tx.log(pb.OP_RMDIR if is_dir else pb.OP_UNLINK, 0, parent=parent, name=name)
             free = tx.log(pb.OP_FREE, 0)
             return self.engine.remove_at_once(
                 tx.cred, parent, name, is_dir, tx.now, record_parts(rec, _NLINK),
-                record_parts(free), request(None)) is not None, None
+                record_parts(free), request(tx.now)) is not None, tx.now
 
         for _ in range(_REMOVE_ATTEMPTS):
             try:
-                self.mutate(cred, fn, at_once)
-                return
+                return self.mutate(cred, fn, at_once)
             except _Overtaken:
                 continue
         raise FsError(errno.EAGAIN, "the name kept being replaced while it was being "
                       "removed; try again", name)
 
-    def unlink(self, cred: Cred, parent: int, name: str) -> None:
+    def unlink(self, cred: Cred, parent: int, name: str) -> int:
+        """unlink(2); returns the time the directory's mtime and ctime were set to."""
         check_name(name, new=False)
         if name in (".", ".."):
             raise FsError(errno.EISDIR, "is a directory", name)
 
-        def fn(tx: Tx) -> None:
+        def fn(tx: Tx) -> int:
             pdir, row = self._entry_to_remove(tx, cred, parent, name)
             if stat.S_ISDIR(row.mode):
                 raise FsError(errno.EISDIR, "is a directory (use rmdir)", name)
             check_sticky(cred, pdir, row)
             rec = tx.log(pb.OP_UNLINK, row.id, parent=parent, name=name)
             rec.nlink = self._remove_name(tx, parent, name, row)
+            return tx.now
 
-        self._removing(cred, parent, name, False, fn)
+        return self._removing(cred, parent, name, False, fn)
 
-    def rmdir(self, cred: Cred, parent: int, name: str) -> None:
+    def rmdir(self, cred: Cred, parent: int, name: str) -> int:
+        """rmdir(2); returns the time the directory's mtime and ctime were set to."""
         check_name(name, new=False)
         if name == ".":
             raise FsError(errno.EINVAL, "cannot remove '.'", name)
         if name == "..":
             raise FsError(errno.ENOTEMPTY, "cannot remove '..'", name)
 
-        def fn(tx: Tx) -> None:
+        def fn(tx: Tx) -> int:
             pdir, row = self._entry_to_remove(tx, cred, parent, name, _Q_LOOKUP_RMDIR)
             if not stat.S_ISDIR(row.mode):
                 raise FsError(errno.ENOTDIR, "not a directory", name)
@@ -282,8 +285,9 @@ class Entries:
                 raise FsError(errno.ENOTEMPTY, "directory not empty", name)
             tx.log(pb.OP_RMDIR, row.id, parent=parent, name=name)
             self._remove_name(tx, parent, name, row)
+            return tx.now
 
-        self._removing(cred, parent, name, True, fn)
+        return self._removing(cred, parent, name, True, fn)
 
     def _dir_has_entries(self, conn: Connection, ino: int) -> bool:
         return _Q_DIR_NONEMPTY.first(conn, ino=ino) is not None

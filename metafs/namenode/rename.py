@@ -39,7 +39,9 @@ class Renames:
 
     # ------------------------------------------------------------------ rename
     def rename(self, cred: Cred, src_parent: int, src_name: str, dst_parent: int,
-               dst_name: str, flags: int = 0) -> None:
+               dst_name: str, flags: int = 0) -> int:
+        """rename(2) with renameat2's flags; returns the time the directories' mtime and
+        ctime were set to (0 when nothing changed: two names of one inode)."""
         check_name(src_name, new=False)
         check_name(dst_name, new=False)
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
@@ -53,26 +55,25 @@ class Renames:
             raise FsError(errno.EEXIST if flags & RENAME_NOREPLACE else errno.EBUSY,
                           f"cannot rename onto {dst_name!r}", dst_name)
         def at_once(tx: Tx, request: Callable[[Any], dict[str, Any] | None]
-                    ) -> tuple[bool, None]:
+                    ) -> tuple[bool, int]:
             # the plain case as one statement where the engine can
             # (:meth:`~.engine.MetaEngine.rename_at_once`)
             if self.free_data_hooks != self.sql_free_hooks:
-                return False, None
+                return False, 0
             rec = tx.log(pb.OP_RENAME, 0, parent=dst_parent, name=dst_name,
                          old_parent=src_parent, old_name=src_name)
             free = tx.log(pb.OP_FREE, 0)
             return self.engine.rename_at_once(
                 tx.cred, src_parent, src_name, dst_parent, dst_name, tx.now,
                 self.quotas.guard(tx) is not None, record_parts(rec, *_FIELDS),
-                record_parts(free), request(None)) is not None, None
+                record_parts(free), request(tx.now)) is not None, tx.now
 
         rename_lock = False
         for _ in range(_RENAME_ATTEMPTS):
             try:
-                self.mutate(cred, lambda tx: self._rename(tx, src_parent, src_name, dst_parent,
-                                                          dst_name, flags, rename_lock),
-                            None if flags else at_once)
-                return
+                return self.mutate(cred, lambda tx: self._rename(
+                    tx, src_parent, src_name, dst_parent, dst_name, flags, rename_lock),
+                    None if flags else at_once)
             except _RenameRestart as restart:
                 rename_lock = rename_lock or restart.rename_lock
         raise FsError(errno.EAGAIN, "rename kept racing with concurrent changes of its names; "
@@ -86,7 +87,7 @@ class Renames:
             or (exchange and dst is not None and stat.S_ISDIR(dst.mode)))
 
     def _rename(self, tx: Tx, sp: int, sn: str, dp: int, dn: str, flags: int,
-                rename_lock: bool = False) -> None:
+                rename_lock: bool = False) -> int:
         conn, cred = tx.conn, tx.cred
         exchange = bool(flags & RENAME_EXCHANGE)
         # Locks in the global order: the rename lock first, then inode rows by id. What to
@@ -156,7 +157,7 @@ class Renames:
                                       dn) from None
                     raise
         if dst is not None and dst.id == src.id:
-            return  # two names of one inode: POSIX says do nothing
+            return 0  # two names of one inode: POSIX says do nothing
         # As Linux: missing names, subtree checks, then write access to the directories.
         check(cred, spd, W | X, "rename entries in the source directory")
         if dpd is not spd:
@@ -195,7 +196,7 @@ class Renames:
             tx.log(pb.OP_RENAME, src.id, parent=dp, name=dn, old_parent=sp, old_name=sn,
                    target_ino=dst.id, flags=flags,
                    attr=to_attr(Q_SET_CTIME.first(conn, ino=src.id, now=tx.now)))
-            return
+            return tx.now
 
         left = 0
         if dst is not None:
@@ -213,6 +214,7 @@ class Renames:
         if dst is not None:
             left = self._drop_link(tx, dst)
             rec.nlink = left
+        return tx.now
 
     def _check_not_ancestor(self, conn: Connection, moving: int, new_parent: int,
                             name: str) -> None:

@@ -140,18 +140,16 @@ class Handlers:
     def Mkdir(self, req: pb.MkdirRequest, ctx: Any = None) -> pb.Entry:
         return self.ns.mkdir(self.c(req, ctx), req.parent, req.name, req.mode, req.umask)
 
-    def Unlink(self, req: pb.NameRequest, ctx: Any = None) -> pb.Empty:
-        self.ns.unlink(self.c(req, ctx), req.parent, req.name)
-        return EMPTY
+    def Unlink(self, req: pb.NameRequest, ctx: Any = None) -> pb.Changed:
+        return pb.Changed(time_ns=self.ns.unlink(self.c(req, ctx), req.parent, req.name) or 0)
 
-    def Rmdir(self, req: pb.NameRequest, ctx: Any = None) -> pb.Empty:
-        self.ns.rmdir(self.c(req, ctx), req.parent, req.name)
-        return EMPTY
+    def Rmdir(self, req: pb.NameRequest, ctx: Any = None) -> pb.Changed:
+        return pb.Changed(time_ns=self.ns.rmdir(self.c(req, ctx), req.parent, req.name) or 0)
 
-    def Rename(self, req: pb.RenameRequest, ctx: Any = None) -> pb.Empty:
-        self.ns.rename(self.c(req, ctx), req.src_parent, req.src_name, req.dst_parent,
-                       req.dst_name, req.flags)
-        return EMPTY
+    def Rename(self, req: pb.RenameRequest, ctx: Any = None) -> pb.Changed:
+        return pb.Changed(time_ns=self.ns.rename(
+            self.c(req, ctx), req.src_parent, req.src_name, req.dst_parent, req.dst_name,
+            req.flags) or 0)
 
     def Link(self, req: pb.LinkRequest, ctx: Any = None) -> pb.Entry:
         return self.ns.link(self.c(req, ctx), req.ino, req.new_parent, req.new_name)

@@ -930,6 +930,12 @@ class Empty(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class Changed(_message.Message):
+    __slots__ = ("time_ns",)
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    time_ns: int
+    def __init__(self, time_ns: _Optional[int] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ("caller",)
     CALLER_FIELD_NUMBER: _ClassVar[int]

@@ -72,17 +72,17 @@ class NamenodeStub(object):
         self.Unlink = channel.unary_unary(
                 '/metafs.v1.Namenode/Unlink',
                 request_serializer=metafs__pb2.NameRequest.SerializeToString,
-                response_deserializer=metafs__pb2.Empty.FromString,
+                response_deserializer=metafs__pb2.Changed.FromString,
                 _registered_method=True)
         self.Rmdir = channel.unary_unary(
                 '/metafs.v1.Namenode/Rmdir',
                 request_serializer=metafs__pb2.NameRequest.SerializeToString,
-                response_deserializer=metafs__pb2.Empty.FromString,
+                response_deserializer=metafs__pb2.Changed.FromString,
                 _registered_method=True)
         self.Rename = channel.unary_unary(
                 '/metafs.v1.Namenode/Rename',
                 request_serializer=metafs__pb2.RenameRequest.SerializeToString,
-                response_deserializer=metafs__pb2.Empty.FromString,
+                response_deserializer=metafs__pb2.Changed.FromString,
                 _registered_method=True)
         self.Link = channel.unary_unary(
                 '/metafs.v1.Namenode/Link',
@@ -499,17 +499,17 @@ def add_NamenodeServicer_to_server(servicer, server):
             'Unlink': grpc.unary_unary_rpc_method_handler(
                     servicer.Unlink,
                     request_deserializer=metafs__pb2.NameRequest.FromString,
-                    response_serializer=metafs__pb2.Empty.SerializeToString,
+                    response_serializer=metafs__pb2.Changed.SerializeToString,
             ),
             'Rmdir': grpc.unary_unary_rpc_method_handler(
                     servicer.Rmdir,
                     request_deserializer=metafs__pb2.NameRequest.FromString,
-                    response_serializer=metafs__pb2.Empty.SerializeToString,
+                    response_serializer=metafs__pb2.Changed.SerializeToString,
             ),
             'Rename': grpc.unary_unary_rpc_method_handler(
                     servicer.Rename,
                     request_deserializer=metafs__pb2.RenameRequest.FromString,
-                    response_serializer=metafs__pb2.Empty.SerializeToString,
+                    response_serializer=metafs__pb2.Changed.SerializeToString,
             ),
             'Link': grpc.unary_unary_rpc_method_handler(
                     servicer.Link,
@@ -867,7 +867,7 @@ class Namenode(object):
             target,
             '/metafs.v1.Namenode/Unlink',
             metafs__pb2.NameRequest.SerializeToString,
-            metafs__pb2.Empty.FromString,
+            metafs__pb2.Changed.FromString,
             options,
             channel_credentials,
             insecure,
@@ -894,7 +894,7 @@ class Namenode(object):
             target,
             '/metafs.v1.Namenode/Rmdir',
             metafs__pb2.NameRequest.SerializeToString,
-            metafs__pb2.Empty.FromString,
+            metafs__pb2.Changed.FromString,
             options,
             channel_credentials,
             insecure,
@@ -921,7 +921,7 @@ class Namenode(object):
             target,
             '/metafs.v1.Namenode/Rename',
             metafs__pb2.RenameRequest.SerializeToString,
-            metafs__pb2.Empty.FromString,
+            metafs__pb2.Changed.FromString,
             options,
             channel_credentials,
             insecure,
