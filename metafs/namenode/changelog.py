@@ -32,10 +32,10 @@ commit instead:
    advisory lock (one round at a time in the cluster), and in one statement moves every
    pending row its snapshot sees (i.e. of committed transactions) into ``changelog``,
    numbered after the head counter in ``(ord, idx)`` order, and advances the counter.
-   Rounds are batched: a local commit wakes the local assigner, which runs a round at
-   once when the last one began at least ``changelog_stamp_interval`` (20 ms) ago, and
-   otherwise when that interval has passed; each round takes everything committed
-   meanwhile. So under load a namenode runs at most one round per interval however many
+   Rounds are batched: a local commit wakes the local assigner (the first since its
+   last round; later ones find a round due), which runs a round at once when the last
+   one began at least ``changelog_stamp_interval`` (20 ms) ago, and otherwise when that
+   interval has passed; each round takes everything committed meanwhile. So under load a namenode runs at most one round per interval however many
    commits it makes (a round is a transaction with a commit of its own: one after every
    commit made a single sequential writer's creates about 1.6 times as slow), and the
    number of rounds (not commits) is what the lock serializes. A reader that needs
