@@ -309,9 +309,10 @@ class GrpcTransport:
         on a channel that is not READY met a namenode that is gone, not a slow one).
 
         Asked when a call needs it, not followed with ``channel.subscribe``: a
-        subscription keeps a thread of gRPC's waiting on the channel, and that thread took
-        part in every call's traffic (about 0.05 ms of CPU per call, a sixth of the
-        client's CPU for a call on a call stream)."""
+        subscription keeps a thread of gRPC's waiting on the channel, which on gRPC's
+        polling I/O (metafs.config.tune_grpc) polls the connection too and was woken by
+        every call's replies (about 0.05 ms of CPU per call, a sixth of the client's CPU
+        for a call on a call stream; docs/design.md "Calls over streams")."""
         channel: Any = self._channels[index]
         try:
             got = channel._channel.check_connectivity_state(False)
