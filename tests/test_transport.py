@@ -170,6 +170,25 @@ def test_a_restarted_namenode_is_reached_again_through_new_streams(tmp_path: Pat
         nn.close()
 
 
+def test_a_transport_asks_its_channels_state_and_follows_none(settings: Settings) -> None:
+    """A subscription to a channel's connectivity keeps a thread of gRPC's polling the
+    connection, which every reply woke (docs/design.md "Calls over streams"): the transport
+    asks a channel's state when a failed call needs it instead."""
+    nn = build_namenode(settings)
+    srv = serve_grpc(nn, "127.0.0.1:0")
+    try:
+        c = Client(settings=settings.with_(namenode=srv.address))
+        c.mkdir("/d")
+        t = c.transport
+        assert t._state(0) == grpc.ChannelConnectivity.READY
+        assert not t._channels[0]._connectivity_state.callbacks_and_connectivities
+        c.close()
+        assert t._state(0) == grpc.ChannelConnectivity.SHUTDOWN
+    finally:
+        srv.stop(0)
+        nn.close()
+
+
 def test_bulk_calls_go_unary_and_others_over_streams(settings: Settings) -> None:
     """A bulk request of megabytes is not framed into a stream (it would be serialized and
     parsed twice); the small calls around it still use the streams."""

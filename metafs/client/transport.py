@@ -9,7 +9,6 @@ default. Both run the same client test-suite.
 from __future__ import annotations
 
 import errno
-import functools
 import itertools
 import logging
 import os
@@ -19,6 +18,7 @@ import time
 from typing import Any, Callable, Iterator, Protocol
 
 import grpc
+from grpc._common import CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY as _CONNECTIVITY
 from grpc_status import rpc_status
 
 from ..blockstore.base import StoreUnavailable
@@ -292,11 +292,6 @@ class GrpcTransport:
             self._channels.append(ch)
             self._stubs.append(pb_grpc.NamenodeStub(ch))
         self._rr = itertools.cycle(range(len(self._stubs)))
-        # each channel's connectivity, as gRPC reports it (a call that times out on a
-        # channel that is not READY met a namenode that is gone, not a slow one)
-        self._states = [grpc.ChannelConnectivity.IDLE] * len(self._channels)
-        for i, ch in enumerate(self._channels):
-            ch.subscribe(functools.partial(self._state_changed, i))
         # monotonic time until which each namenode is passed over (see SILENT_PASS)
         self._silent_until = [0.0] * len(self._channels)
         self._lock = threading.Lock()
@@ -309,8 +304,21 @@ class GrpcTransport:
         self._closed = threading.Event()
         self._outage_since = 0.0       # monotonic start of the outage calls wait out now
 
-    def _state_changed(self, index: int, state: grpc.ChannelConnectivity) -> None:
-        self._states[index] = state
+    def _state(self, index: int) -> grpc.ChannelConnectivity:
+        """Channel ``index``'s connectivity now, as gRPC reports it (a call that times out
+        on a channel that is not READY met a namenode that is gone, not a slow one).
+
+        Asked when a call needs it, not followed with ``channel.subscribe``: a
+        subscription keeps a thread of gRPC's waiting on the channel, which on gRPC's
+        polling I/O (metafs.config.tune_grpc) polls the connection too and was woken by
+        every call's replies (about 0.05 ms of CPU per call, a sixth of the client's CPU
+        for a call on a call stream; docs/design.md "Calls over streams")."""
+        channel: Any = self._channels[index]
+        try:
+            got = channel._channel.check_connectivity_state(False)
+        except ValueError:  # closed
+            return grpc.ChannelConnectivity.SHUTDOWN
+        return _CONNECTIVITY[got]
 
     def _pick(self) -> int:
         """The next namenode in turn, passing over those whose connection is failing, and
@@ -325,7 +333,7 @@ class GrpcTransport:
         first = next(self._rr)
         order = [(first + k) % n for k in range(n)]
         up = [i for i in order
-              if self._states[i] != grpc.ChannelConnectivity.TRANSIENT_FAILURE]
+              if self._state(i) != grpc.ChannelConnectivity.TRANSIENT_FAILURE]
         now = time.monotonic()
         for i in up:
             if self._silent_until[i] <= now:
@@ -346,7 +354,7 @@ class GrpcTransport:
         if code != grpc.StatusCode.DEADLINE_EXCEEDED:
             return False
         now = time.monotonic()
-        if (len(self._stubs) == 1 and self._states[index] == grpc.ChannelConnectivity.READY
+        if (len(self._stubs) == 1 and self._state(index) == grpc.ChannelConnectivity.READY
                 and self._silent_until[index] <= now and self._answers(index)):
             return False
         if self._silent_until[index] <= now and len(self._stubs) > 1:
