@@ -269,3 +269,71 @@ def test_embedded_volume_keeps_its_graph_in_its_data_dir(tmp_path: Path) -> None
         uuid = volume_uuid(fs.embedded.ns)
     assert db == f"sqlite:///{data / 'provenance' / (uuid + '.db')}"
     assert (data / "provenance" / f"{uuid}.db").exists()
+
+
+def test_a_batch_of_access_events_is_checked_as_a_whole(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """A batch of access events (a mount sends them a hundred at a time) looks its inodes
+    up a few hundred per statement, not one statement per event, and claims each run once:
+    every event of an inode that exists is recorded, in order, with its run; an event of
+    an inode removed meanwhile is dropped."""
+    from metafs.namenode import runs
+
+    monkeypatch.setattr(runs, "_INODES_PER_QUERY", 2)  # several statements for 6 inodes
+    with Client(data_dir=str(tmp_path / "data")) as fs:
+        inos = []
+        for i in range(6):
+            fs.write_bytes(f"/f{i}", b"x")
+            inos.append(fs.ino(f"/f{i}"))
+        fs.unlink("/f3")
+        head = fs.changelog_head()
+        events = [pb.AccessEvent(ino=ino, read=True, run_id="batch-run") for ino in inos]
+        events.append(pb.AccessEvent(ino=inos[0], wrote=True, run_id="batch-run"))
+        fs.transport.call("RecordAccess", pb.RecordAccessRequest(caller=fs.caller,
+                                                                 events=events))
+        records, _ = fs.changelog(head, 1000)
+    access = [r for r in records if r.op == pb.OP_ACCESS]
+    assert [r.ino for r in access] == [inos[i] for i in (0, 1, 2, 4, 5, 0)]
+    assert {r.run_id for r in access} == {"batch-run"}
+    assert [json.loads(r.extra)["wrote"] for r in access] == [False] * 5 + [True]
+
+
+def test_access_events_go_in_full_batches_from_many_threads(tmp_path: Path) -> None:
+    """Threads closing files at once (a mount's release threads) send their access events
+    in full batches: a thread that finds a batch being sent goes on instead of waiting to
+    send, after it, the few events that came in meanwhile (calls of one or two events
+    each, and release threads queued behind them, on a busy mount). What is left of a
+    batch goes with the next flush; every event arrives once."""
+    import threading
+
+    with Client(data_dir=str(tmp_path / "data")) as fs:
+        fs.write_bytes("/f", b"x")
+        ino = fs.ino("/f")
+        rec = fs.access_recorder
+        rec.flush()  # (the write's own event)
+        rec.configure(batch=8, interval=60.0)
+        sizes: list[int] = []
+        send = fs.inodes.record_access
+
+        def counted(events: Any, who: Any = None) -> None:
+            sizes.append(len(events))
+            send(events, who)
+
+        fs.inodes.record_access = counted  # type: ignore[method-assign]
+        head = fs.changelog_head()
+
+        def closer(t: int) -> None:
+            for i in range(50):
+                rec.add(pb.AccessEvent(ino=ino, read=True, pid=t, ts_ns=i + 1))
+
+        threads = [threading.Thread(target=closer, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sizes and all(n == 8 for n in sizes)
+        rec.flush()
+        assert sum(sizes) == 200 and all(n == 8 for n in sizes[:-1])
+        records, _ = fs.changelog(head, 1000)
+    assert len([r for r in records if r.op == pb.OP_ACCESS]) == 200

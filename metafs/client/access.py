@@ -116,10 +116,16 @@ class AccessRecorder:
                 self._buf.pop(next(iter(self._buf)))  # the oldest goes
             self._buf[key] = (event, caller)
             full = len(self._buf) >= self.batch
-            if not full:
-                self._arm()
-        if full:
-            self.flush()
+            self._arm()  # (also when full: the rest of a full batch waits for it)
+        if full and self._send_lock.acquire(blocking=False):
+            # Full batches go now, from this thread; a thread that finds another sending
+            # goes on (the sender takes what is full when its call returns): none waits
+            # for another's call, and no call carries just the few events that came in
+            # during the one before.
+            try:
+                self._send(full_only=True)
+            finally:
+                self._send_lock.release()
 
     def _arm(self) -> None:
         """Start the interval timer if none runs (caller holds ``_lock``)."""
@@ -135,35 +141,42 @@ class AccessRecorder:
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-            while True:
-                with self._lock:
-                    batch = list(itertools.islice(self._buf.items(), self.batch))
-                if not batch:
+            self._send(full_only=False)
+
+    def _send(self, full_only: bool) -> None:
+        """Send waiting events in batches (the caller holds ``_send_lock``): all of them,
+        or with ``full_only`` only as many as fill whole batches."""
+        while True:
+            with self._lock:
+                if full_only and len(self._buf) < self.batch:
                     return
-                # one call per identity the events are sent as
-                by_caller: dict[bytes, tuple[pb.Caller, list[Hashable], list[pb.AccessEvent]]
-                                ] = {}
-                for key, (event, caller) in batch:
-                    who = caller if caller is not None else self.caller()
-                    group = by_caller.setdefault(who.SerializeToString(deterministic=True),
-                                                 (who, [], []))
-                    group[1].append(key)
-                    group[2].append(event)
-                for who, keys, events in by_caller.values():
-                    try:
-                        self.client.inodes.record_access(events, who)
-                    except PermissionError as exc:  # not theirs to record: never will be
-                        log.warning("dropped %d access events: %s", len(events), exc)
-                    except OSError as exc:
-                        log.warning("%d access events not sent yet: %s", len(self._buf), exc)
-                        with self._lock:
-                            self._arm()  # try again later
-                        return
-                    else:
-                        self.sent += len(events)
+                batch = list(itertools.islice(self._buf.items(), self.batch))
+            if not batch:
+                return
+            # one call per identity the events are sent as
+            by_caller: dict[bytes, tuple[pb.Caller, list[Hashable], list[pb.AccessEvent]]
+                            ] = {}
+            for key, (event, caller) in batch:
+                who = caller if caller is not None else self.caller()
+                group = by_caller.setdefault(who.SerializeToString(deterministic=True),
+                                             (who, [], []))
+                group[1].append(key)
+                group[2].append(event)
+            for who, keys, events in by_caller.values():
+                try:
+                    self.client.inodes.record_access(events, who)
+                except PermissionError as exc:  # not theirs to record: never will be
+                    log.warning("dropped %d access events: %s", len(events), exc)
+                except OSError as exc:
+                    log.warning("%d access events not sent yet: %s", len(self._buf), exc)
                     with self._lock:
-                        for k in keys:
-                            self._buf.pop(k, None)
+                        self._arm()  # try again later
+                    return
+                else:
+                    self.sent += len(events)
+                with self._lock:
+                    for k in keys:
+                        self._buf.pop(k, None)
 
     def close(self) -> None:
         """Send what is left (called by ``Client.close``); what cannot be sent is lost."""

@@ -42,8 +42,10 @@ log = logging.getLogger("metafs.namenode.runs")
 RUN_ID_MAX = 128
 RUNS = schema.runs
 _Q_OWNER = Prepared(select(RUNS.c.uid).where(RUNS.c.id == bindparam("id")))
-_Q_INODE = Prepared(select(I.c.mode, I.c.uid, I.c.gid, I.c.nlink)
-                    .where(I.c.id == bindparam("ino")))
+_INODE_COLUMNS = (I.c.id, I.c.mode, I.c.uid, I.c.gid)
+# inodes looked up per statement when checking a batch of access events (well under the
+# bound parameters SQLite allows in one statement)
+_INODES_PER_QUERY = 500
 
 
 def acts_for_others(cred: Cred) -> bool:
@@ -76,10 +78,22 @@ def claim_run(conn: Connection, run_id: str, uid: int, now: int) -> None:
         raise FsError(errno.EACCES, f"run {run_id} belongs to uid {row.uid}, not to uid {uid}")
 
 
-def _may_record(conn: Connection, cred: Cred, ev: pb.AccessEvent) -> bool | None:
-    """True when ``cred`` could have made this access itself, None when the inode is
-    gone (the event is dropped); FsError(EACCES) otherwise."""
-    row = _Q_INODE.first(conn, ino=ev.ino)
+def _inodes(conn: Connection, inos: set[int]) -> dict[int, Any]:
+    """The rows (mode, uid, gid) of those of ``inos`` that exist, by inode, in one
+    statement per few hundred: a batch of events costs a round trip, not one per event."""
+    found: dict[int, Any] = {}
+    todo = sorted(inos)
+    for i in range(0, len(todo), _INODES_PER_QUERY):
+        part = todo[i:i + _INODES_PER_QUERY]
+        for row in conn.execute(select(*_INODE_COLUMNS).where(I.c.id.in_(part))):
+            found[int(row.id)] = row
+    return found
+
+
+def _may_record(conn: Connection, cred: Cred, ev: pb.AccessEvent, row: Any) -> bool | None:
+    """True when ``cred`` could have made this access itself to the inode of ``row``,
+    None when the inode is gone (``row`` None: the event is dropped); FsError(EACCES)
+    otherwise."""
     if row is None:
         return None
     if cred.is_root:
@@ -109,15 +123,18 @@ def record_access(ns: "Namespace", cred: Cred, events: Iterable[pb.AccessEvent])
                           "nor wrote")
 
     def fn(tx: Tx) -> None:
+        rows = _inodes(tx.conn, {ev.ino for ev in evs if (ev.uid or cred.uid) == cred.uid})
+        claimed: set[tuple[str, int]] = set()
         for ev in evs:
             uid = ev.uid or cred.uid
-            if uid == cred.uid and _may_record(tx.conn, cred, ev) is None:
+            if uid == cred.uid and _may_record(tx.conn, cred, ev, rows.get(ev.ino)) is None:
                 log.debug("dropped an access event for inode %d: it no longer exists",
                           ev.ino)
                 continue
             run_id = ev.run_id or cred.run_id
-            if run_id:
+            if run_id and (run_id, uid) not in claimed:
                 claim_run(tx.conn, run_id, uid, tx.now)
+                claimed.add((run_id, uid))
             tx.log(pb.OP_ACCESS, ev.ino, uid=uid, extra=json.dumps({
                 "read": ev.read, "wrote": ev.wrote, "pid": ev.pid,
                 "proc_start": ev.proc_start, "cmdline": ev.cmdline, "host": ev.host,
