@@ -51,18 +51,26 @@ class NameTable(dict):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__()
         self._kids: dict[str, set[str]] = {}
+        # bumped whenever a cached name goes or comes to name another inode: an answer
+        # for a name that was asked for before a bump may be older than the mount's own
+        # change of that name (see MetafsOperations._attr_of_path)
+        self.epoch = 0
 
     @staticmethod
     def _parent(path: str) -> str:
         return path.rsplit("/", 1)[0] or "/"
 
     def __setitem__(self, path: str, value: tuple[int, float]) -> None:
-        if path not in self:
+        old = self.get(path)
+        if old is None:
             self._kids.setdefault(self._parent(path), set()).add(path)
+        elif old[0] != value[0]:
+            self.epoch += 1
         super().__setitem__(path, value)
 
     def pop(self, path: str, default: Any = None) -> Any:  # type: ignore[override]
         if path in self:
+            self.epoch += 1
             kids = self._kids.get(self._parent(path))
             if kids is not None:
                 kids.discard(path)
@@ -71,11 +79,13 @@ class NameTable(dict):  # type: ignore[type-arg]
         return super().pop(path, default)
 
     def clear(self) -> None:
+        self.epoch += 1
         super().clear()
         self._kids.clear()
 
     def drop_below(self, path: str) -> list[str]:
         """Forget every cached name strictly under directory ``path``; returns them."""
+        self.epoch += 1
         stack = [path.rstrip("/") or "/"]
         dropped: list[str] = []
         while stack:
@@ -88,6 +98,7 @@ class NameTable(dict):  # type: ignore[type-arg]
     def move_below(self, old: str, new: str) -> list[tuple[str, str, int]]:
         """Every cached name strictly under directory ``old`` now names the same inode
         under ``new``; returns (old path, new path, inode) of each."""
+        self.epoch += 1
         moved: list[tuple[str, str, tuple[int, float]]] = []
         stack = [old]
         while stack:

@@ -64,6 +64,10 @@ def _unchanged_nlink(at_ns: int) -> tuple[int, int]:
     return at_ns, 0
 
 
+# Attribute answers for a name tried before the last one is given whatever changed meanwhile
+_NAME_RACE_TRIES = 3
+
+
 class MetafsOperations(FileOperations):
     """mfusepy operations for one mount (only the methods a mount needs are defined, since
     every method libfuse sees costs a kernel round trip when it is called)."""
@@ -238,6 +242,19 @@ class MetafsOperations(FileOperations):
                                          a.mode, a.uid, a.gid, X)
 
     def _attr_of_path(self, path: str, caller: pb.Caller) -> pb.Attr:
+        """The attributes of what ``path`` names now. An answer asked for before this
+        mount renamed or removed a name (the namenode may have answered for the inode the
+        name had before) is asked for again: given to the kernel, the old inode's
+        attributes would be those of the name's new inode (an atomic save's reader saw
+        the old file's size with the new file's data)."""
+        for _ in range(_NAME_RACE_TRIES):
+            epoch = self.cache.names.epoch
+            attr = self._attr_of_path_once(path, caller)
+            if self.cache.names.epoch == epoch:
+                return attr
+        return attr
+
+    def _attr_of_path_once(self, path: str, caller: pb.Caller) -> pb.Attr:
         walked = self._walked(path, caller)
         if walked is not None:
             if walked.ino in self.writeback.dirty:  # buffered writes first: the size must be theirs
