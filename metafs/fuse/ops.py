@@ -64,7 +64,8 @@ def _unchanged_nlink(at_ns: int) -> tuple[int, int]:
     return at_ns, 0
 
 
-# Attribute answers for a name tried before the last one is given whatever changed meanwhile
+# How often a getattr asks again when names changed while it was answering; the last
+# answer is given whatever changed meanwhile
 _NAME_RACE_TRIES = 3
 
 
